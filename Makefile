@@ -1,0 +1,65 @@
+# slimkv — build the library, the CLI and the tests.
+#   make            build build/slimkv and build/skv_tests
+#   make demo       install missing packages, build, generate text with the shipped model
+#   make test       install missing packages, build, run the test suite
+#   make asan       build with AddressSanitizer into build-asan/ and run the tests
+#   make cuda-check (later) compile the CUDA backend
+
+CC      ?= gcc
+BUILD   ?= build
+ARCH    ?= -march=native
+OPT     ?= -O2
+BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp -Wall -Wextra -Wno-unused-parameter \
+           -Iinclude -Isrc -Isrc/base -I$(BLASINC) $(EXTRA_CFLAGS)
+LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -llzma \
+           -lm -fopenmp $(EXTRA_LDFLAGS)
+
+LIB_SRC  := $(wildcard src/*/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_SRC  := $(wildcard tools/*.c)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+DEPS     := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+DEMO_PROMPT ?= It is a truth universally acknowledged, that
+
+.PHONY: all deps demo test asan clean
+all: $(BUILD)/slimkv $(BUILD)/skv_tests
+
+deps:
+	@./scripts/deps.sh
+
+$(BUILD)/libslimkv.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/slimkv: $(CLI_OBJ) $(BUILD)/libslimkv.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/skv_tests: $(TEST_OBJ) $(BUILD)/libslimkv.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+demo: deps
+	$(MAKE) $(BUILD)/slimkv
+	./$(BUILD)/slimkv run -m models/kvt-s -p "$(DEMO_PROMPT)" -n 64
+
+test: deps
+	$(MAKE) all
+	./$(BUILD)/skv_tests
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+	SKV_CLI=build-asan/slimkv ./build-asan/skv_tests
+
+clean:
+	rm -rf build build-asan
+
+-include $(DEPS)

@@ -1,0 +1,189 @@
+/*
+ * slimkv.h — the one public header of libslimkv.
+ *
+ * An inference engine for decoder-only LLMs (Llama / Qwen2 / Mistral family, Hugging Face
+ * format) whose KV cache is the product. Conventions:
+ *   - opaque handles; *_init / *_load fill an out-pointer and return a status; a matching *_free;
+ *   - params structs are passed by value and come from *_default_params();
+ *   - every failing call returns a negative skv_status and leaves a one-line message naming the
+ *     file, field or argument in skv_last_error() (thread-local);
+ *   - the library never exits or prints; only the CLI does.
+ */
+#ifndef SLIMKV_H
+#define SLIMKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Status codes                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum skv_status {
+    SKV_OK = 0,
+    SKV_ERR_IO = -1,          /* a file is missing or cannot be read */
+    SKV_ERR_FORMAT = -2,      /* a file is malformed (JSON, safetensors header, offsets) */
+    SKV_ERR_UNSUPPORTED = -3, /* a valid input this engine does not implement (architecture, dtype) */
+    SKV_ERR_NOMEM = -4,       /* an allocation failed */
+    SKV_ERR_ARG = -5,         /* a bad argument (empty prompt, bad option value) */
+    SKV_ERR_RANGE = -6,       /* a size limit exceeded (prompt longer than the context) */
+    SKV_ERR_SHAPE = -7,       /* a tensor's shape or dtype disagrees with the config */
+} skv_status;
+
+/* Short fixed description of a status code. */
+const char *skv_strerror(skv_status st);
+/* The detailed message of the last failing call on this thread ("" if none). */
+const char *skv_last_error(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Tokenizer (tokenizer.json: byte-level BPE, or SentencePiece-style BPE with byte fallback)    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct skv_tokenizer skv_tokenizer;
+
+/* Load a Hugging Face tokenizer.json file. */
+skv_status skv_tokenizer_load(const char *path, skv_tokenizer **out);
+void skv_tokenizer_free(skv_tokenizer *tok);
+int32_t skv_tokenizer_n_vocab(const skv_tokenizer *tok);
+
+/* Encode text[0..len) into ids. No BOS/EOS is added. Added/special tokens that appear literally
+ * in the text are matched as single ids. *ids is malloc'd; the caller frees it. */
+skv_status skv_tokenize(const skv_tokenizer *tok, const char *text, size_t len, int32_t **ids,
+                        size_t *n_ids);
+
+/* Decode ids to text (malloc'd, NUL-terminated, caller frees). Invalid UTF-8 becomes U+FFFD,
+ * as the reference implementation does. */
+skv_status skv_detokenize(const skv_tokenizer *tok, const int32_t *ids, size_t n_ids, char **text,
+                          size_t *len);
+
+/* Streaming decoder: push one id at a time and receive only complete UTF-8 characters; bytes
+ * of a character split across tokens are held back until it completes. */
+typedef struct skv_detok skv_detok;
+skv_status skv_detok_init(const skv_tokenizer *tok, skv_detok **out);
+void skv_detok_free(skv_detok *d);
+/* Appends the newly completed text for id to out (NUL-terminated, at most cap-1 bytes written;
+ * cap >= 64 suffices for any single token of the supported tokenizers). Returns bytes written,
+ * or a negative status for an out-of-range id. */
+int skv_detok_push(skv_detok *d, int32_t id, char *out, size_t cap);
+/* Emits whatever is held back (incomplete characters become U+FFFD). */
+int skv_detok_flush(skv_detok *d, char *out, size_t cap);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Model                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum skv_arch {
+    SKV_ARCH_LLAMA = 0,
+    SKV_ARCH_QWEN2 = 1,
+    SKV_ARCH_MISTRAL = 2,
+} skv_arch;
+
+typedef enum skv_dtype {
+    SKV_DTYPE_F32 = 0,
+    SKV_DTYPE_F16 = 1,
+    SKV_DTYPE_BF16 = 2,
+} skv_dtype;
+
+/* Hyperparameters read from config.json. */
+typedef struct skv_model_info {
+    skv_arch arch;
+    int32_t n_vocab;
+    int32_t dim;        /* hidden_size */
+    int32_t ffn_dim;    /* intermediate_size */
+    int32_t n_layer;
+    int32_t n_head;     /* query heads */
+    int32_t n_kv_head;  /* key/value heads (GQA) */
+    int32_t head_dim;
+    int32_t n_ctx;      /* max_position_embeddings */
+    int32_t bos_id;     /* -1 if absent */
+    int32_t eos_id;     /* -1 if absent */
+    int32_t tied_embeddings; /* 1: lm_head shares embed_tokens */
+    int32_t qkv_bias;   /* 1: q/k/v projections carry a bias (Qwen2) */
+    int32_t sliding_window; /* 0: none (Mistral's sliding window, if set and < n_ctx) */
+    float rms_eps;
+    float rope_theta;
+    skv_dtype weight_dtype; /* dtype of the stored weights */
+    int64_t n_params;
+} skv_model_info;
+
+typedef struct skv_model skv_model;
+
+typedef struct skv_model_params {
+    int32_t n_threads; /* 0: all cores */
+} skv_model_params;
+
+skv_model_params skv_model_default_params(void);
+
+/* Load config.json and the safetensors weights (one file or sharded with
+ * model.safetensors.index.json) from a Hugging Face model directory. Weights are memory-mapped
+ * and validated (header, offsets, shapes, dtypes) before use. */
+skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out);
+void skv_model_free(skv_model *m);
+const skv_model_info *skv_model_get_info(const skv_model *m);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Context: one sequence's state (KV cache + scratch) over a loaded model                       */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct skv_context skv_context;
+
+typedef struct skv_context_params {
+    int32_t n_ctx;       /* tokens the cache holds; 0: the model's max_position_embeddings */
+    int32_t n_batch;     /* most tokens one skv_decode call processes at once; 0: 512 */
+} skv_context_params;
+
+skv_context_params skv_context_default_params(void);
+
+skv_status skv_context_init(skv_model *m, skv_context_params params, skv_context **out);
+void skv_context_free(skv_context *c);
+
+/* Number of tokens in the cache (the position the next token gets). */
+int32_t skv_context_n_past(const skv_context *c);
+/* Forget everything after the first n_past tokens (n_past <= current length). */
+skv_status skv_context_truncate(skv_context *c, int32_t n_past);
+
+/* Run n ids through the model, appending them to the cache. If logits is non-NULL it receives
+ * logits for the last token only (n_vocab floats), or for all n tokens (n x n_vocab, row-major)
+ * when all_logits is 1. Prompts longer than n_batch are processed in chunks. */
+skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logits,
+                      int all_logits);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sampling                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct skv_sampler_params {
+    float temperature;        /* 0: greedy (argmax) */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* 1: off */
+    float repetition_penalty; /* 1: off (CTRL-style: logit/p if > 0 else logit*p, on seen ids) */
+    int32_t penalty_last_n;   /* how many recent ids the penalty looks at; 0: all */
+    uint64_t seed;
+} skv_sampler_params;
+
+typedef struct skv_sampler skv_sampler;
+
+skv_sampler_params skv_sampler_default_params(void);
+skv_status skv_sampler_init(skv_sampler_params params, int32_t n_vocab, skv_sampler **out);
+void skv_sampler_free(skv_sampler *s);
+/* Record an id as seen (prompt or generated) for the repetition penalty. */
+void skv_sampler_accept(skv_sampler *s, int32_t id);
+/* Pick the next id from logits[n_vocab]; logits may be modified. */
+int32_t skv_sampler_sample(skv_sampler *s, float *logits);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Misc                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+const char *skv_version(void);
+/* Monotonic wall-clock time in seconds. */
+double skv_time_now(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLIMKV_H */

@@ -1,0 +1,128 @@
+/*
+ * harness.c — the test runner behind harness.h.
+ */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <stdarg.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_TESTS 512
+
+static struct { const char *name; skv_test_fn fn; } g_tests[MAX_TESTS];
+static int g_n_tests;
+static int g_cur_failed;
+static const char *g_cur_name;
+
+void skv_test_add(const char *name, skv_test_fn fn) {
+    if (g_n_tests >= MAX_TESTS) {
+        fprintf(stderr, "harness: too many tests\n");
+        exit(2);
+    }
+    g_tests[g_n_tests].name = name;
+    g_tests[g_n_tests].fn = fn;
+    g_n_tests++;
+}
+
+void skv_test_fail(const char *file, int line, const char *fmt, ...) {
+    if (g_cur_failed < 10) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stdout, "    %s:%d: ", file, line);
+        vfprintf(stdout, fmt, ap);
+        fprintf(stdout, "\n");
+        va_end(ap);
+    } else if (g_cur_failed == 10) {
+        fprintf(stdout, "    (further failures of %s not shown)\n", g_cur_name);
+    }
+    g_cur_failed++;
+}
+
+const char *skv_test_shared_dir(void) {
+    const char *s = getenv("SKV_SHARED");
+    return s && *s ? s : "../shared";
+}
+
+const char *skv_test_cli(void) {
+    const char *s = getenv("SKV_CLI");
+    return s && *s ? s : "build/slimkv";
+}
+
+static char *slurp(FILE *f) {
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    rewind(f);
+    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+int skv_test_sh(const char *cmd, char **out, char **err) {
+    FILE *fo = tmpfile(), *fe = tmpfile();
+    if (!fo || !fe) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fileno(fo), 1);
+        dup2(fileno(fe), 2);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (out) *out = slurp(fo);
+    if (err) *err = slurp(fe);
+    fclose(fo);
+    fclose(fe);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static char g_tmpdir[256];
+static void rm_tmpdir(void) {
+    char cmd[300];
+    if (g_tmpdir[0]) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
+        if (system(cmd) != 0) fprintf(stderr, "harness: could not remove %s\n", g_tmpdir);
+    }
+}
+
+const char *skv_test_tmpdir(void) {
+    if (!g_tmpdir[0]) {
+        snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/skv_tests.XXXXXX");
+        if (!mkdtemp(g_tmpdir)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+        atexit(rm_tmpdir);
+    }
+    return g_tmpdir;
+}
+
+int skv_test_main(int argc, char **argv) {
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    int passed = 0, failed = 0;
+    for (int i = 0; i < g_n_tests; i++) {
+        if (filter && !strstr(g_tests[i].name, filter)) continue;
+        g_cur_failed = 0;
+        g_cur_name = g_tests[i].name;
+        g_tests[i].fn();
+        if (g_cur_failed) {
+            printf("FAIL %s\n", g_tests[i].name);
+            failed++;
+        } else {
+            printf("ok   %s\n", g_tests[i].name);
+            passed++;
+        }
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

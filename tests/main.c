@@ -1,0 +1,19 @@
+/*
+ * main.c — registers every test area and runs them. Usage: skv_tests [NAME-SUBSTRING]
+ */
+#include "harness.h"
+
+int skv_test_main(int argc, char **argv);
+
+#define AREAS(X) X(tokenizer)
+
+#define DECL(a) void register_##a(void);
+AREAS(DECL)
+#undef DECL
+
+int main(int argc, char **argv) {
+#define CALL(a) register_##a();
+    AREAS(CALL)
+#undef CALL
+    return skv_test_main(argc, argv);
+}
