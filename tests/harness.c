@@ -1,7 +1,6 @@
 /*
  * harness.c — the test runner behind harness.h.
  */
-#define _GNU_SOURCE
 #include "harness.h"
 
 #include <stdarg.h>

@@ -1,0 +1,186 @@
+/*
+ * ops.c — CPU kernels behind ops.h. AVX2+FMA paths where the compiler targets them, scalar
+ * otherwise. Decode is memory-bound: the bf16 kernels read 2 bytes per weight and widen in
+ * registers.
+ */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SKV_AVX2 1
+#endif
+
+#ifdef SKV_AVX2
+static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+/* 8 bf16 -> 8 f32 */
+static inline __m256 load_bf16x8(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline __m256 load_f16x8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+#endif
+
+float skv_dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float s = 0;
+#ifdef SKV_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    s = hsum256(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void skv_axpy(float *y, float a, const float *x, int64_t n) {
+    int64_t i = 0;
+#ifdef SKV_AVX2
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int64_t n) {
+    int64_t i = 0;
+    float s = 0;
+#ifdef SKV_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16x8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
+    s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+    for (; i < n; i++) s += skv_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float dot_f16(const uint16_t *w, const float *x, int64_t n) {
+    int64_t i = 0;
+    float s = 0;
+#ifdef SKV_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(load_f16x8(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(w + i), _mm256_loadu_ps(x + i), a0);
+    s = hsum256(_mm256_add_ps(a0, a1));
+#endif
+    for (; i < n; i++) s += skv_f16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+float skv_weight_row_dot(const skv_weight *w, int64_t r, const float *x) {
+    switch (w->dtype) {
+    case SKV_DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + r * w->cols, x, w->cols);
+    case SKV_DTYPE_F16: return dot_f16((const uint16_t *)w->data + r * w->cols, x, w->cols);
+    case SKV_DTYPE_F32: return skv_dot((const float *)w->data + r * w->cols, x, w->cols);
+    }
+    return 0;
+}
+
+void skv_matvec_rows(const skv_weight *w, const float *x, float *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) y[r] = skv_weight_row_dot(w, r, x);
+}
+
+static void convert_bf16(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+#ifdef SKV_AVX2
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(src + i));
+#endif
+    for (; i < n; i++) dst[i] = skv_bf16_to_f32(src[i]);
+}
+
+static void convert_f16(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+#ifdef SKV_AVX2
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(src + i));
+#endif
+    for (; i < n; i++) dst[i] = skv_f16_to_f32(src[i]);
+}
+
+void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out) {
+    const int64_t c = w->cols;
+    switch (w->dtype) {
+    case SKV_DTYPE_BF16: convert_bf16((const uint16_t *)w->data + r * c, out, c); break;
+    case SKV_DTYPE_F16: convert_f16((const uint16_t *)w->data + r * c, out, c); break;
+    case SKV_DTYPE_F32: memcpy(out, (const float *)w->data + r * c, (size_t)c * sizeof(float)); break;
+    }
+}
+
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch) {
+    const float *wf = w->data;
+    if (w->dtype != SKV_DTYPE_F32) {
+        const int64_t total = w->rows * w->cols, chunk = 1 << 16;
+#pragma omp parallel for schedule(static)
+        for (int64_t s = 0; s < total; s += chunk) {
+            int64_t len = SKV_MIN(chunk, total - s);
+            if (w->dtype == SKV_DTYPE_BF16)
+                convert_bf16((const uint16_t *)w->data + s, scratch + s, len);
+            else
+                convert_f16((const uint16_t *)w->data + s, scratch + s, len);
+        }
+        wf = scratch;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)w->rows, (int)w->cols, 1.0f,
+                x, (int)w->cols, wf, (int)w->cols, 0.0f, y, (int)w->rows);
+}
+
+void skv_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+    float ss = skv_dot(x, x, n);
+    float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
+}
+
+void skv_rope(float *v, const float *cos, const float *sin, int32_t hd) {
+    const int32_t half = hd / 2;
+    for (int32_t i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cos[i] - b * sin[i];
+        v[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
+float skv_softmax(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) { /* fully masked row: define output as zeros */
+        for (int64_t i = 0; i < n; i++) x[i] = 0;
+        return -INFINITY;
+    }
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+    return mx + (float)log(sum);
+}
+
+void skv_swiglu(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}

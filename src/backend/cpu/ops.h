@@ -1,0 +1,48 @@
+/*
+ * ops.h — CPU kernels: matrix-vector and matrix-matrix products over bf16/f16/f32 weights,
+ * RMSNorm, RoPE, softmax, SwiGLU. Weights W are row-major (rows = out features, cols = in),
+ * as Hugging Face stores nn.Linear.
+ */
+#ifndef SKV_CPU_OPS_H
+#define SKV_CPU_OPS_H
+
+#include "internal.h"
+
+/* A 2-D weight matrix held in its stored dtype (usually mapped from the safetensors file). */
+typedef struct skv_weight {
+    const void *data; /* (rows, cols) row-major */
+    skv_dtype dtype;
+    int64_t rows, cols;
+} skv_weight;
+
+/* y[r0..r1) = W[r0..r1, :] x, for rows r0..r1 (the caller splits rows across threads). */
+void skv_matvec_rows(const skv_weight *w, const float *x, float *y, int64_t r0, int64_t r1);
+
+/* Dot product of row r of W with x. */
+float skv_weight_row_dot(const skv_weight *w, int64_t r, const float *x);
+
+/* Row r of W converted to f32: out[cols]. */
+void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out);
+
+/* Y(n, rows) = X(n, cols) W^T with OpenBLAS. Non-f32 weights are converted into scratch
+ * (rows*cols floats) first, in parallel. Call from outside an OpenMP parallel region. */
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch);
+
+/* out[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (float32, as HF LlamaRMSNorm). */
+void skv_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
+
+/* Rotate-half RoPE on one head vector v[hd]: pairs (i, i + hd/2) with cos/sin[hd/2]. */
+void skv_rope(float *v, const float *cos, const float *sin, int32_t hd);
+
+/* In place softmax of x[n]; returns the log-sum-exp. */
+float skv_softmax(float *x, int64_t n);
+
+/* a[i] = silu(a[i]) * b[i] */
+void skv_swiglu(float *a, const float *b, int64_t n);
+
+/* y[n] += a * x[n] */
+void skv_axpy(float *y, float a, const float *x, int64_t n);
+/* dot of two f32 vectors */
+float skv_dot(const float *a, const float *b, int64_t n);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * config.h — config.json of a Hugging Face model directory -> hyperparameters.
+ */
+#ifndef SKV_CONFIG_H
+#define SKV_CONFIG_H
+
+#include "internal.h"
+
+typedef enum skv_rope_type {
+    SKV_ROPE_DEFAULT = 0,
+    SKV_ROPE_LINEAR = 1, /* positions divided by factor */
+    SKV_ROPE_LLAMA3 = 2, /* Llama-3.1 frequency-dependent scaling */
+} skv_rope_type;
+
+typedef struct skv_config {
+    skv_model_info info;
+    int32_t attn_out_bias;  /* o_proj has a bias (Llama attention_bias) */
+    skv_rope_type rope_type;
+    float rope_factor;      /* linear / llama3 */
+    float rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    int32_t rope_orig_ctx;  /* llama3 original_max_position_embeddings */
+} skv_config;
+
+/* Parse dir/config.json. Unknown architectures, activations other than SiLU, and RoPE scaling
+ * types that are not implemented are refused with a message naming the field. */
+skv_status skv_config_load(const char *dir, skv_config *cfg);
+
+#endif

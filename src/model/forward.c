@@ -1,0 +1,156 @@
+/*
+ * forward.c — the decoder forward pass (Llama / Qwen2 / Mistral), float32 compute.
+ *
+ * Per layer: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x); x += down(silu(gate)*up) on
+ * rmsnorm(x). Several tokens (prefill) run as matrix-matrix products through OpenBLAS; a single
+ * token (decode) runs as matrix-vector products straight from the stored bf16/f16/f32 weights.
+ */
+#include "model.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+
+/* y(n, rows) = x(n, cols) W^T + bias */
+static void linear(skv_context *c, const skv_weight *w, const float *bias, const float *x, float *y,
+                   int64_t n) {
+    if (n == 1) {
+        const int64_t rows = w->rows, blk = 16;
+#pragma omp parallel for schedule(static) num_threads(c->n_threads)
+        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows(w, x, y, r, SKV_MIN(r + blk, rows));
+    } else {
+        skv_matmul(w, x, y, n, c->wconv);
+    }
+    if (bias)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t r = 0; r < w->rows; r++) y[i * w->rows + r] += bias[r];
+}
+
+static inline float *kv_row(const skv_context *c, float *base, int32_t l, int32_t g, int64_t pos) {
+    const skv_model_info *in = &c->m->cfg.info;
+    return base + (((int64_t)l * in->n_kv_head + g) * c->n_ctx + pos) * in->head_dim;
+}
+
+/* First key position visible to a query at pos (sliding window, else 0). */
+static inline int64_t first_visible(const skv_context *c, int64_t pos) {
+    int32_t w = c->m->cfg.info.sliding_window;
+    return (w > 0 && pos - w + 1 > 0) ? pos - w + 1 : 0;
+}
+
+/* Attention of n new queries (positions pos0..pos0+n-1) over the cache of layer l.
+ * q: (n, n_head*hd) -> out: (n, n_head*hd). */
+static void attention(skv_context *c, int32_t l, int64_t pos0, int64_t n) {
+    const skv_model_info *in = &c->m->cfg.info;
+    const int32_t hd = in->head_dim, H = in->n_head, G = H / in->n_kv_head;
+    const int64_t QD = (int64_t)H * hd, T = pos0 + n;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(c->n_threads)
+    for (int32_t h = 0; h < H; h++) {
+        const int32_t g = h / G;
+        float *S = c->att + (int64_t)omp_get_thread_num() * c->n_batch * c->n_ctx; /* (n, T) */
+        const float *K = kv_row(c, c->k_cache, l, g, 0); /* (T, hd) */
+        const float *V = kv_row(c, c->v_cache, l, g, 0); /* (T, hd) */
+        const float *Q = c->q + (int64_t)h * hd;         /* rows of stride QD */
+        float *O = c->att_out + (int64_t)h * hd;         /* rows of stride QD */
+        if (n == 1) {
+            const int64_t lo = first_visible(c, pos0);
+            for (int64_t t = lo; t < T; t++) S[t] = skv_dot(Q, K + t * hd, hd) * scale;
+            skv_softmax(S + lo, T - lo);
+            memset(O, 0, (size_t)hd * sizeof(float));
+            for (int64_t t = lo; t < T; t++) skv_axpy(O, S[t], V + t * hd, hd);
+            continue;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)T, hd, scale, Q, (int)QD,
+                    K, hd, 0.0f, S, (int)T);
+        for (int64_t i = 0; i < n; i++) {
+            float *row = S + i * T;
+            const int64_t pos = pos0 + i, lo = first_visible(c, pos);
+            for (int64_t t = 0; t < lo; t++) row[t] = -INFINITY;
+            for (int64_t t = pos + 1; t < T; t++) row[t] = -INFINITY;
+            skv_softmax(row + lo, pos + 1 - lo);
+            for (int64_t t = 0; t < lo; t++) row[t] = 0;
+            for (int64_t t = pos + 1; t < T; t++) row[t] = 0;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, hd, (int)T, 1.0f, S, (int)T,
+                    V, hd, 0.0f, O, (int)QD);
+    }
+}
+
+static void rmsnorm_rows(const skv_context *c, float *out, const float *x, const float *w,
+                         int64_t n) {
+    const skv_model_info *in = &c->m->cfg.info;
+    for (int64_t i = 0; i < n; i++)
+        skv_rmsnorm(out + i * in->dim, x + i * in->dim, w, in->dim, in->rms_eps);
+}
+
+/* One chunk of n <= n_batch tokens at positions n_past..n_past+n-1. Writes logits of every
+ * token (n x vocab) when all is set, else of the last token only (vocab), if logits != NULL. */
+static void forward_chunk(skv_context *c, const int32_t *ids, int64_t n, float *logits, int all) {
+    const skv_model *m = c->m;
+    const skv_model_info *in = &m->cfg.info;
+    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim;
+    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
+    const int64_t pos0 = c->n_past;
+
+    for (int64_t i = 0; i < n; i++) skv_weight_row_f32(&m->tok_embed, ids[i], c->x + i * D);
+
+    for (int32_t l = 0; l < in->n_layer; l++) {
+        const skv_layer *ly = &m->layers[l];
+        rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
+        linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
+        linear(c, &ly->wk, ly->bk, c->xb, c->k, n);
+        linear(c, &ly->wv, ly->bv, c->xb, c->v, n);
+        for (int64_t i = 0; i < n; i++) {
+            const float *cs = c->rope_cos + (pos0 + i) * hd / 2, *sn = c->rope_sin + (pos0 + i) * hd / 2;
+            for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
+            for (int32_t g = 0; g < in->n_kv_head; g++) {
+                float *k = c->k + i * KD + g * hd;
+                skv_rope(k, cs, sn, (int32_t)hd);
+                memcpy(kv_row(c, c->k_cache, l, g, pos0 + i), k, (size_t)hd * sizeof(float));
+                memcpy(kv_row(c, c->v_cache, l, g, pos0 + i), c->v + i * KD + g * hd,
+                       (size_t)hd * sizeof(float));
+            }
+        }
+        attention(c, l, pos0, n);
+        linear(c, &ly->wo, ly->bo, c->att_out, c->proj, n);
+        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+
+        rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
+        linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
+        linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
+        for (int64_t i = 0; i < n; i++) skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
+        linear(c, &ly->w_down, NULL, c->hb, c->proj, n);
+        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+    }
+    c->n_past += (int32_t)n;
+    if (!logits) return;
+    if (all) {
+        rmsnorm_rows(c, c->xb, c->x, m->final_norm, n);
+        linear(c, &m->lm_head, NULL, c->xb, logits, n);
+    } else {
+        rmsnorm_rows(c, c->xb, c->x + (n - 1) * D, m->final_norm, 1);
+        linear(c, &m->lm_head, NULL, c->xb, logits, 1);
+    }
+}
+
+skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logits, int all_logits) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (n <= 0) return skv_set_error(SKV_ERR_ARG, "no tokens to decode (empty prompt?)");
+    if ((int64_t)c->n_past + n > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE,
+                             "%d tokens after %d cached exceed the context of %d tokens",
+                             n, c->n_past, c->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= in->n_vocab)
+            return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary "
+                                 "(%d entries)", ids[i], i, in->n_vocab);
+    for (int32_t off = 0; off < n; off += c->n_batch) {
+        int32_t nb = SKV_MIN(c->n_batch, n - off);
+        int last = off + nb == n;
+        float *lg = NULL;
+        if (logits && all_logits) lg = logits + (int64_t)off * in->n_vocab;
+        else if (logits && last) lg = logits;
+        forward_chunk(c, ids + off, nb, lg, all_logits);
+    }
+    return SKV_OK;
+}

@@ -1,0 +1,54 @@
+/*
+ * model.h — the loaded model (weights as views into the mapped safetensors) and the
+ * per-sequence context (KV cache, scratch). Internal to libslimkv.
+ */
+#ifndef SKV_MODEL_H
+#define SKV_MODEL_H
+
+#include "backend/cpu/ops.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+
+typedef struct skv_layer {
+    float *attn_norm;          /* (dim) */
+    float *ffn_norm;           /* (dim) */
+    skv_weight wq;             /* (n_head*hd, dim) */
+    skv_weight wk, wv;         /* (n_kv_head*hd, dim) */
+    skv_weight wo;             /* (dim, n_head*hd) */
+    float *bq, *bk, *bv, *bo;  /* (n_head*hd), (n_kv*hd), (n_kv*hd), (dim); NULL when absent */
+    skv_weight w_gate, w_up;   /* (ffn, dim) */
+    skv_weight w_down;         /* (dim, ffn) */
+} skv_layer;
+
+struct skv_model {
+    skv_config cfg;
+    skv_st_set *st;
+    skv_weight tok_embed;     /* (n_vocab, dim) */
+    skv_weight lm_head;       /* (n_vocab, dim); same data as tok_embed when tied */
+    float *final_norm;        /* (dim) */
+    skv_layer *layers;        /* (n_layer) */
+    float *f32_store;         /* one allocation holding every norm and bias in f32 */
+    float *rope_inv_freq;     /* (head_dim/2), scaling applied */
+    int32_t n_threads;
+    int64_t max_weight_elems; /* largest matrix, for the f32 conversion scratch */
+};
+
+struct skv_context {
+    skv_model *m;
+    int32_t n_ctx, n_batch, n_past, n_threads;
+    float *k_cache, *v_cache;  /* (n_layer, n_kv_head, n_ctx, head_dim) keys after RoPE */
+    float *rope_cos, *rope_sin;/* (n_ctx, head_dim/2) */
+    /* scratch for up to n_batch tokens */
+    float *x;                  /* (n_batch, dim) residual stream */
+    float *xb;                 /* (n_batch, dim) normed input */
+    float *q;                  /* (n_batch, n_head*hd) */
+    float *k, *v;              /* (n_batch, n_kv_head*hd) */
+    float *att_out;            /* (n_batch, n_head*hd) */
+    float *hb, *hb2;           /* (n_batch, ffn) */
+    float *proj;               /* (n_batch, dim) */
+    float *att;                /* (n_threads, n_batch, n_ctx) attention score rows */
+    float *wconv;              /* (max_weight_elems) weight conversion scratch */
+    float *logits;             /* (n_vocab) last-token logits scratch */
+};
+
+#endif
