@@ -17,7 +17,8 @@
 typedef struct st_file {
     char *path;
     void *map;
-    size_t size;
+    size_t size;     /* file size */
+    size_t map_size; /* bytes mapped at map */
 } st_file;
 
 struct skv_st_set {
@@ -42,7 +43,7 @@ const char *skv_dtype_name(skv_dtype t) {
 void skv_st_close(skv_st_set *s) {
     if (!s) return;
     for (int i = 0; i < s->n_files; i++) {
-        if (s->files[i].map) munmap(s->files[i].map, s->files[i].size);
+        if (s->files[i].map) munmap(s->files[i].map, s->files[i].map_size);
         free(s->files[i].path);
     }
     for (int64_t i = 0; i < s->n_tensors; i++) free(s->tensors[i].name);
@@ -132,7 +133,7 @@ static skv_status open_file(skv_st_set *s, const char *path) {
     if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
     st_file *f = &s->files[s->n_files++];
     f->map = map;
-    f->size = size;
+    f->size = f->map_size = size;
     f->path = strdup(path);
 
     const uint8_t *p = map;
@@ -196,6 +197,28 @@ static skv_status open_file(skv_st_set *s, const char *path) {
         free(order);
     }
     return st;
+}
+
+/* Move a validated file's bytes from its file mapping into private anonymous memory backed by
+ * transparent huge pages (fewer TLB misses when decode streams every weight), and rebase the
+ * tensor views onto it. */
+static skv_status move_to_ram(skv_st_set *s, st_file *f) {
+    const size_t huge = (size_t)2 << 20, al = (f->size + huge - 1) & ~(huge - 1);
+    void *mem = mmap(NULL, al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return skv_set_error(SKV_ERR_NOMEM, "%s: cannot allocate %zu bytes for the weights",
+                             f->path, f->size);
+    madvise(mem, al, MADV_HUGEPAGE);
+    memcpy(mem, f->map, f->size);
+    mprotect(mem, al, PROT_READ);
+    for (int64_t i = 0; i < s->n_tensors; i++)
+        if (s->tensors[i].file == f->path)
+            s->tensors[i].data = (const uint8_t *)mem + ((const uint8_t *)s->tensors[i].data -
+                                                         (const uint8_t *)f->map);
+    munmap(f->map, f->map_size);
+    f->map = mem;
+    f->map_size = al;
+    return SKV_OK;
 }
 
 static int file_exists(const char *path) {
@@ -264,7 +287,7 @@ done:
     return st;
 }
 
-skv_status skv_st_open(const char *dir, skv_st_set **out) {
+skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out) {
     *out = NULL;
     skv_st_set *s = calloc(1, sizeof *s);
     if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
@@ -281,6 +304,11 @@ skv_status skv_st_open(const char *dir, skv_st_set **out) {
         st = skv_set_error(SKV_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json",
                            dir);
     }
+    if (st) {
+        skv_st_close(s);
+        return st;
+    }
+    for (int i = 0; i < s->n_files && to_ram && !st; i++) st = move_to_ram(s, &s->files[i]);
     if (st) {
         skv_st_close(s);
         return st;

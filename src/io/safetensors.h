@@ -23,8 +23,9 @@ typedef struct skv_st_set skv_st_set;
 /* Open dir/model.safetensors, or every shard named by dir/model.safetensors.index.json.
  * Checks: header length and JSON, dtypes (F32, F16, BF16), offsets inside the file and
  * consistent with shape x dtype size, no overlapping tensors, every tensor of the index present
- * in its shard. */
-skv_status skv_st_open(const char *dir, skv_st_set **out);
+ * in its shard. With to_ram, the validated bytes are then copied into huge-page-backed private
+ * memory and the file mappings dropped. */
+skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out);
 void skv_st_close(skv_st_set *s);
 /* NULL if absent. */
 const skv_st_tensor *skv_st_find(const skv_st_set *s, const char *name);

@@ -11,6 +11,9 @@
 #include <math.h>
 #include <omp.h>
 
+/* query rows per causal block of prefill attention */
+#define ATT_BLOCK 64
+
 /* y(n, rows) = x(n, cols) W^T + bias */
 static void linear(skv_context *c, const skv_weight *w, const float *bias, const float *x, float *y,
                    int64_t n) {
@@ -60,19 +63,22 @@ static void attention(skv_context *c, int32_t l, int64_t pos0, int64_t n) {
             for (int64_t t = lo; t < T; t++) skv_axpy(O, S[t], V + t * hd, hd);
             continue;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)T, hd, scale, Q, (int)QD,
-                    K, hd, 0.0f, S, (int)T);
-        for (int64_t i = 0; i < n; i++) {
-            float *row = S + i * T;
-            const int64_t pos = pos0 + i, lo = first_visible(c, pos);
-            for (int64_t t = 0; t < lo; t++) row[t] = -INFINITY;
-            for (int64_t t = pos + 1; t < T; t++) row[t] = -INFINITY;
-            skv_softmax(row + lo, pos + 1 - lo);
-            for (int64_t t = 0; t < lo; t++) row[t] = 0;
-            for (int64_t t = pos + 1; t < T; t++) row[t] = 0;
+        /* Causal blocks of query rows: rows [i0, i1) see keys [lo(i0), pos0 + i1) only. */
+        for (int64_t i0 = 0; i0 < n; i0 += ATT_BLOCK) {
+            const int64_t i1 = SKV_MIN(i0 + ATT_BLOCK, n), nb = i1 - i0;
+            const int64_t k0 = first_visible(c, pos0 + i0), k1 = pos0 + i1, nk = k1 - k0;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nk, hd, scale,
+                        Q + i0 * QD, (int)QD, K + k0 * hd, hd, 0.0f, S, (int)nk);
+            for (int64_t i = i0; i < i1; i++) {
+                float *row = S + (i - i0) * nk;
+                const int64_t pos = pos0 + i, lo = first_visible(c, pos) - k0, hi = pos + 1 - k0;
+                skv_softmax(row + lo, hi - lo);
+                for (int64_t t = 0; t < lo; t++) row[t] = 0;
+                for (int64_t t = hi; t < nk; t++) row[t] = 0;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb, hd, (int)nk, 1.0f, S,
+                        (int)nk, V + k0 * hd, hd, 0.0f, O + i0 * QD, (int)QD);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, hd, (int)T, 1.0f, S, (int)T,
-                    V, hd, 0.0f, O, (int)QD);
     }
 }
 
@@ -81,6 +87,95 @@ static void rmsnorm_rows(const skv_context *c, float *out, const float *x, const
     const skv_model_info *in = &c->m->cfg.info;
     for (int64_t i = 0; i < n; i++)
         skv_rmsnorm(out + i * in->dim, x + i * in->dim, w, in->dim, in->rms_eps);
+}
+
+/* Rows [r0, r1) of a matrix, split evenly over the team of the enclosing parallel region. */
+static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *r0 = rows * t / nt;
+    *r1 = rows * (t + 1) / nt;
+}
+
+/* Single-token decode: one parallel region for the whole pass, matrix-vector products straight
+ * from the stored weights, q/k/v and gate/up fused, residual adds folded into o_proj and
+ * down_proj. Barriers separate the steps. */
+static void forward_token(skv_context *c, int32_t id, float *logits) {
+    const skv_model *m = c->m;
+    const skv_model_info *in = &m->cfg.info;
+    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, pos = c->n_past;
+    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
+    const int32_t H = in->n_head, G = in->n_head / in->n_kv_head;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *cs = c->rope_cos + pos * hd / 2, *sn = c->rope_sin + pos * hd / 2;
+    const int64_t lo = first_visible(c, pos), T = pos + 1;
+    skv_weight_row_f32(&m->tok_embed, id, c->x);
+
+#pragma omp parallel num_threads(c->n_threads)
+    {
+        int64_t r0, r1;
+        for (int32_t l = 0; l < in->n_layer; l++) {
+            const skv_layer *ly = &m->layers[l];
+#pragma omp single
+            skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+            /* q, k, v: one row range over the three stacked matrices */
+            team_rows(QD + 2 * KD, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) {
+                if (r < QD) {
+                    c->q[r] = skv_weight_row_dot(&ly->wq, r, c->xb) + (ly->bq ? ly->bq[r] : 0);
+                } else if (r < QD + KD) {
+                    int64_t k = r - QD;
+                    c->k[k] = skv_weight_row_dot(&ly->wk, k, c->xb) + (ly->bk ? ly->bk[k] : 0);
+                } else {
+                    int64_t k = r - QD - KD;
+                    c->v[k] = skv_weight_row_dot(&ly->wv, k, c->xb) + (ly->bv ? ly->bv[k] : 0);
+                }
+            }
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (int32_t g = 0; g < in->n_kv_head; g++) {
+                skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
+                memcpy(kv_row(c, c->k_cache, l, g, pos), c->k + g * hd, (size_t)hd * sizeof(float));
+                memcpy(kv_row(c, c->v_cache, l, g, pos), c->v + g * hd, (size_t)hd * sizeof(float));
+            }
+#pragma omp for schedule(static)
+            for (int32_t h = 0; h < H; h++) {
+                float *S = c->att + (int64_t)omp_get_thread_num() * c->n_batch * c->n_ctx;
+                float *q = c->q + (int64_t)h * hd, *o = c->att_out + (int64_t)h * hd;
+                const float *K = kv_row(c, c->k_cache, l, h / G, 0);
+                const float *V = kv_row(c, c->v_cache, l, h / G, 0);
+                skv_rope(q, cs, sn, (int32_t)hd);
+                for (int64_t t = lo; t < T; t++) S[t] = skv_dot(q, K + t * hd, hd) * scale;
+                skv_softmax(S + lo, T - lo);
+                memset(o, 0, (size_t)hd * sizeof(float));
+                for (int64_t t = lo; t < T; t++) skv_axpy(o, S[t], V + t * hd, hd);
+            }
+            /* x += o_proj(att_out) */
+            team_rows(D, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                c->x[r] += skv_weight_row_dot(&ly->wo, r, c->att_out) + (ly->bo ? ly->bo[r] : 0);
+#pragma omp barrier
+#pragma omp single
+            skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+            /* hb = silu(gate xb) * (up xb) */
+            team_rows(F, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) {
+                float gt = skv_weight_row_dot(&ly->w_gate, r, c->xb);
+                float up = skv_weight_row_dot(&ly->w_up, r, c->xb);
+                c->hb[r] = skv_silu(gt) * up;
+            }
+#pragma omp barrier
+            team_rows(D, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot(&ly->w_down, r, c->hb);
+#pragma omp barrier
+        }
+        if (logits) {
+#pragma omp single
+            skv_rmsnorm(c->xb, c->x, m->final_norm, D, in->rms_eps);
+            team_rows(in->n_vocab, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) logits[r] = skv_weight_row_dot(&m->lm_head, r, c->xb);
+        }
+    }
+    c->n_past += 1;
 }
 
 /* One chunk of n <= n_batch tokens at positions n_past..n_past+n-1. Writes logits of every
@@ -150,7 +245,10 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
         float *lg = NULL;
         if (logits && all_logits) lg = logits + (int64_t)off * in->n_vocab;
         else if (logits && last) lg = logits;
-        forward_chunk(c, ids + off, nb, lg, all_logits);
+        if (nb == 1)
+            forward_token(c, ids[off], lg);
+        else
+            forward_chunk(c, ids + off, nb, lg, all_logits);
     }
     return SKV_OK;
 }

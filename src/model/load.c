@@ -7,7 +7,7 @@
 #include <omp.h>
 
 skv_model_params skv_model_default_params(void) {
-    skv_model_params p = {.n_threads = 0};
+    skv_model_params p = {.n_threads = 0, .use_mmap = 0};
     return p;
 }
 
@@ -149,7 +149,7 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     skv_model *m = calloc(1, sizeof *m);
     if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     skv_status st = skv_config_load(dir, &m->cfg);
-    if (!st) st = skv_st_open(dir, &m->st);
+    if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
     if (!st) {
         loader L = {.m = m, .dir = dir};
         st = load_weights(&L);
@@ -163,6 +163,11 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     int64_t n = 0;
     for (int64_t i = 0; i < skv_st_n_tensors(m->st); i++) n += skv_st_get(m->st, i)->n_elem;
     m->cfg.info.n_params = n;
+    m->cfg.info.weight_bytes = skv_st_bytes(m->st);
+    m->cfg.info.decode_weight_bytes = m->cfg.info.weight_bytes;
+    if (!m->cfg.info.tied_embeddings)
+        m->cfg.info.decode_weight_bytes -= m->tok_embed.rows * m->tok_embed.cols *
+                                           (int64_t)skv_dtype_size(m->tok_embed.dtype);
     init_rope(m);
     m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
     *out = m;

@@ -38,6 +38,7 @@ void skv_rope(float *v, const float *cos, const float *sin, int32_t hd);
 float skv_softmax(float *x, int64_t n);
 
 /* a[i] = silu(a[i]) * b[i] */
+float skv_silu(float x);
 void skv_swiglu(float *a, const float *b, int64_t n);
 
 /* y[n] += a * x[n] */

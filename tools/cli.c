@@ -1,0 +1,298 @@
+/*
+ * cli.c — the helpers behind cli.h.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <lzma.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int g_argc;
+static char **g_argv;
+
+void cli_set_argv(int argc, char **argv) {
+    g_argc = argc;
+    g_argv = argv;
+}
+
+void cli_die(const char *cmd, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "slimkv %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(code);
+}
+
+void cli_check(const char *cmd, skv_status st) {
+    if (st != SKV_OK) cli_die(cmd, 1, "%s", skv_last_error());
+}
+
+void cli_usage(const cli_cmd *cmd, FILE *f) {
+    fprintf(f, "usage: slimkv %s %s\n\n%s\n\noptions:\n", cmd->name, cmd->synopsis, cmd->summary);
+    for (int i = 0; i < cmd->n_opts; i++) {
+        const cli_opt *o = &cmd->opts[i];
+        char lhs[64];
+        if (o->short_name)
+            snprintf(lhs, sizeof lhs, "-%c, --%s%s%s", o->short_name, o->name,
+                     o->metavar ? " " : "", o->metavar ? o->metavar : "");
+        else
+            snprintf(lhs, sizeof lhs, "    --%s%s%s", o->name, o->metavar ? " " : "",
+                     o->metavar ? o->metavar : "");
+        fprintf(f, "  %-28s %s\n", lhs, o->help);
+    }
+    fprintf(f, "  %-28s %s\n", "-h, --help", "show this help");
+}
+
+static void set_value(const cli_cmd *cmd, const cli_opt *o, const char *flag, const char *v) {
+    char *end = NULL;
+    errno = 0;
+    switch (o->kind) {
+    case OPT_STR: *(const char **)o->dst = v; return;
+    case OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
+            cli_die(cmd->name, 2, "bad value for %s: '%s' (expected an integer)", flag, v);
+        *(int *)o->dst = (int)x;
+        return;
+    }
+    case OPT_U64: {
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*v || *end || errno || *v == '-')
+            cli_die(cmd->name, 2, "bad value for %s: '%s' (expected a non-negative integer)", flag, v);
+        *(uint64_t *)o->dst = x;
+        return;
+    }
+    case OPT_FLOAT: {
+        float x = strtof(v, &end);
+        if (!*v || *end || errno || !isfinite(x))
+            cli_die(cmd->name, 2, "bad value for %s: '%s' (expected a number)", flag, v);
+        *(float *)o->dst = x;
+        return;
+    }
+    case OPT_FLAG: *(int *)o->dst = 1; return;
+    }
+}
+
+void cli_parse(const cli_cmd *cmd, int argc, char **argv) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            cli_usage(cmd, stdout);
+            exit(0);
+        }
+        const cli_opt *o = NULL;
+        const char *inline_val = NULL;
+        char flag[64];
+        if (a[0] == '-' && a[1] == '-' && a[2]) {
+            const char *eq = strchr(a + 2, '=');
+            size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+            for (int k = 0; k < cmd->n_opts && !o; k++)
+                if (strlen(cmd->opts[k].name) == n && !strncmp(cmd->opts[k].name, a + 2, n))
+                    o = &cmd->opts[k];
+            if (eq) inline_val = eq + 1;
+            snprintf(flag, sizeof flag, "--%.*s", (int)SKV_CLI_MIN(n, 60), a + 2);
+        } else if (a[0] == '-' && a[1] && !a[2]) {
+            for (int k = 0; k < cmd->n_opts && !o; k++)
+                if (cmd->opts[k].short_name == a[1]) o = &cmd->opts[k];
+            snprintf(flag, sizeof flag, "%s", a);
+        } else {
+            cli_die(cmd->name, 2, "unexpected argument '%s' (see 'slimkv %s --help')", a,
+                    cmd->name);
+        }
+        if (!o) cli_die(cmd->name, 2, "unknown flag '%s' (see 'slimkv %s --help')", a, cmd->name);
+        if (o->kind == OPT_FLAG) {
+            if (inline_val) cli_die(cmd->name, 2, "flag %s takes no value", flag);
+            set_value(cmd, o, flag, NULL);
+            continue;
+        }
+        const char *v = inline_val;
+        if (!v) {
+            if (i + 1 >= argc) cli_die(cmd->name, 2, "flag %s needs a value (%s)", flag, o->metavar);
+            v = argv[++i];
+        }
+        set_value(cmd, o, flag, v);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static char *read_stream(const char *cmd, FILE *f, const char *name, size_t *len) {
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = malloc(cap);
+    if (!buf) cli_die(cmd, 1, "out of memory reading %s", name);
+    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (n + 1 == cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) cli_die(cmd, 1, "out of memory reading %s", name);
+            buf = nb;
+        }
+    }
+    if (ferror(f)) cli_die(cmd, 1, "%s: read error", name);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static char *xz_decode(const char *cmd, const char *path, const uint8_t *in, size_t in_len,
+                       size_t *len) {
+    lzma_stream s = LZMA_STREAM_INIT;
+    if (lzma_stream_decoder(&s, UINT64_MAX, LZMA_CONCATENATED) != LZMA_OK)
+        cli_die(cmd, 1, "%s: cannot start the xz decoder", path);
+    size_t cap = in_len * 4 + 1024, n = 0;
+    uint8_t *out = malloc(cap);
+    s.next_in = in;
+    s.avail_in = in_len;
+    lzma_ret r;
+    do {
+        if (cap - n < 1024) {
+            cap *= 2;
+            out = realloc(out, cap);
+            if (!out) cli_die(cmd, 1, "%s: out of memory decompressing", path);
+        }
+        s.next_out = out + n;
+        s.avail_out = cap - n - 1;
+        r = lzma_code(&s, LZMA_FINISH);
+        n = cap - 1 - s.avail_out;
+    } while (r == LZMA_OK);
+    lzma_end(&s);
+    if (r != LZMA_STREAM_END) cli_die(cmd, 1, "%s: corrupt or truncated xz data", path);
+    out[n] = 0;
+    *len = n;
+    return (char *)out;
+}
+
+char *cli_read_text_file(const char *cmd, const char *path, size_t *len) {
+    FILE *f = !strcmp(path, "-") ? stdin : fopen(path, "rb");
+    if (!f) cli_die(cmd, 1, "%s: cannot open: %s", path, strerror(errno));
+    char *data = read_stream(cmd, f, path, len);
+    if (f != stdin) fclose(f);
+    size_t pl = strlen(path);
+    if (*len >= 6 && !memcmp(data, "\xFD" "7zXZ\0", 6)) {
+        size_t out_len;
+        char *text = xz_decode(cmd, path, (const uint8_t *)data, *len, &out_len);
+        free(data);
+        *len = out_len;
+        return text;
+    }
+    if (pl > 3 && !strcmp(path + pl - 3, ".xz"))
+        cli_die(cmd, 1, "%s: not xz data (bad magic)", path);
+    return data;
+}
+
+char *cli_read_prompt(const char *cmd, const char *text, const char *file, size_t *len) {
+    if (text && file) cli_die(cmd, 2, "give the prompt with -p or -f, not both");
+    if (text) {
+        *len = strlen(text);
+        return strdup(text);
+    }
+    if (file) return cli_read_text_file(cmd, file, len);
+    if (!isatty(0)) return read_stream(cmd, stdin, "standard input", len);
+    cli_die(cmd, 2, "no prompt: give -p TEXT, -f FILE, or pipe text to standard input");
+}
+
+skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int use_mmap) {
+    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory)");
+    skv_model_params mp = skv_model_default_params();
+    if (n_threads < 0) cli_die(cmd, 2, "bad value for --threads: %d (must be >= 0)", n_threads);
+    mp.n_threads = n_threads;
+    mp.use_mmap = use_mmap;
+    skv_model *m = NULL;
+    cli_check(cmd, skv_model_load(dir, mp, &m));
+    return m;
+}
+
+skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir) {
+    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory)");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    skv_tokenizer *t = NULL;
+    cli_check(cmd, skv_tokenizer_load(path, &t));
+    return t;
+}
+
+int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const char *text, size_t len,
+                      size_t *n) {
+    int32_t *ids = NULL;
+    cli_check(cmd, skv_tokenize(tok, text, len, &ids, n));
+    if (*n == 0) {
+        free(ids);
+        cli_die(cmd, 2, "the prompt is empty (no tokens)");
+    }
+    return ids;
+}
+
+void cli_git_commit(char *buf, size_t cap) {
+    snprintf(buf, cap, "unknown");
+    FILE *p = popen("git rev-parse --short=12 HEAD 2>/dev/null", "r");
+    if (!p) return;
+    char line[64] = "";
+    if (fgets(line, sizeof line, p)) {
+        line[strcspn(line, "\n")] = 0;
+        if (*line) snprintf(buf, cap, "%s", line);
+    }
+    pclose(p);
+    p = popen("git status --porcelain --untracked-files=no 2>/dev/null | head -1", "r");
+    if (p) {
+        if (fgets(line, sizeof line, p) && *line) strncat(buf, "-dirty", cap - strlen(buf) - 1);
+        pclose(p);
+    }
+}
+
+void cli_machine(char *buf, size_t cap) {
+    char model[256] = "unknown CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            if (!strncmp(line, "model name", 10)) {
+                char *c = strchr(line, ':');
+                if (c) {
+                    c++;
+                    while (*c == ' ') c++;
+                    c[strcspn(c, "\n")] = 0;
+                    snprintf(model, sizeof model, "%s", c);
+                }
+                break;
+            }
+        }
+        fclose(f);
+    }
+    snprintf(buf, cap, "%s, %ld cores", model, sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+void cli_command_line(char *buf, size_t cap) {
+    buf[0] = 0;
+    for (int i = 0; i < g_argc; i++) {
+        const char *a = g_argv[i];
+        int quote = !*a || strpbrk(a, " \t\n'\"$\\*?;&|<>()") != NULL;
+        size_t l = strlen(buf);
+        if (l + strlen(a) + 4 >= cap) break;
+        snprintf(buf + l, cap - l, "%s%s%s%s", i ? " " : "", quote ? "'" : "", a, quote ? "'" : "");
+    }
+}
+
+void cli_json_string(FILE *f, const char *s, size_t len) {
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        switch (ch) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        default:
+            if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+            else fputc(ch, f);
+        }
+    }
+    fputc('"', f);
+}

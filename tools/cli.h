@@ -1,0 +1,70 @@
+/*
+ * cli.h — shared pieces of the slimkv command line: a table-driven flag parser that refuses
+ * unknown flags and malformed values, prompt input (-p, -f, stdin), loading a model directory,
+ * and machine/commit descriptions for result files.
+ */
+#ifndef SKV_CLI_H
+#define SKV_CLI_H
+
+#include "slimkv.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define SKV_CLI_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG, OPT_U64 } cli_kind;
+
+typedef struct cli_opt {
+    const char *name;  /* long name without "--" */
+    char short_name;   /* 0 if none */
+    cli_kind kind;
+    void *dst;         /* char**, int*, float*, int* (flag), uint64_t* */
+    const char *metavar;
+    const char *help;
+} cli_opt;
+
+typedef struct cli_cmd {
+    const char *name;
+    const char *synopsis;
+    const char *summary;
+    const cli_opt *opts;
+    int n_opts;
+} cli_cmd;
+
+/* Parse argv (after the subcommand name). Prints usage and exits 0 on --help; prints a one-line
+ * error naming the flag and exits 2 on an unknown flag, a missing or malformed value, or a
+ * stray positional argument. */
+void cli_parse(const cli_cmd *cmd, int argc, char **argv);
+void cli_usage(const cli_cmd *cmd, FILE *f);
+
+/* Print "slimkv <cmd>: <msg>" and exit(code). */
+void cli_die(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
+__attribute__((noreturn));
+/* Exit with the library's last error if st != SKV_OK. */
+void cli_check(const char *cmd, skv_status st);
+
+/* The prompt: -p TEXT, else -f FILE ("-" = stdin), else stdin if it is not a terminal.
+ * Returns a malloc'd NUL-terminated string; exits with an error if there is none. */
+char *cli_read_prompt(const char *cmd, const char *text, const char *file, size_t *len);
+/* Whole file (plain or .xz) into memory; exits with an error naming the file on failure. */
+char *cli_read_text_file(const char *cmd, const char *path, size_t *len);
+
+/* Load model + tokenizer from dir (both exit on failure). */
+skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int use_mmap);
+skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir);
+/* Tokenize and refuse an empty result. */
+int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const char *text, size_t len,
+                      size_t *n);
+
+/* "git commit (dirty?)", CPU model and core count, for result files. */
+void cli_git_commit(char *buf, size_t cap);
+void cli_machine(char *buf, size_t cap);
+/* The command line as typed, shell-quoted where needed. */
+void cli_command_line(char *buf, size_t cap);
+void cli_set_argv(int argc, char **argv);
+
+/* Print s as a JSON string (with quotes) to f. */
+void cli_json_string(FILE *f, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,222 @@
+/*
+ * cmd_bench.c — `slimkv bench`: llama-bench-style speed (docs/evaluation.md section 5).
+ *
+ * pp<N>: prefill N random tokens into an empty cache. tg<N>@d<D>: prefill D tokens (untimed),
+ * then N single-token decode steps (no sampling: the next id is pseudo-random). Each test runs
+ * once to warm up, then R timed repetitions; tokens/s mean and standard deviation over the
+ * repetitions. Next to them: the measured copy bandwidth, the decode bound it implies (bytes one
+ * decode step reads / bandwidth), and OpenBLAS sgemm throughput at the model's shapes.
+ */
+#include "cli.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct result {
+    char name[32];
+    int n, depth;
+    double mean, sd;
+    double samples[64];
+    int reps;
+} result;
+
+static uint64_t g_rng = 0x1234567ull;
+static int32_t rand_id(int32_t V) {
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (int32_t)((g_rng >> 33) % (uint64_t)V);
+}
+
+static void stats(result *r) {
+    double s = 0, ss = 0;
+    for (int i = 0; i < r->reps; i++) s += r->samples[i];
+    r->mean = s / r->reps;
+    for (int i = 0; i < r->reps; i++) ss += (r->samples[i] - r->mean) * (r->samples[i] - r->mean);
+    r->sd = r->reps > 1 ? sqrt(ss / (r->reps - 1)) : 0;
+}
+
+/* tokens/s of one repetition */
+static double run_once(skv_context *c, int32_t V, int n, int depth, int is_pp, int32_t *buf,
+                       float *logits) {
+    cli_check("bench", skv_context_truncate(c, 0));
+    if (depth > 0) {
+        for (int i = 0; i < depth; i++) buf[i] = rand_id(V);
+        cli_check("bench", skv_decode(c, buf, depth, NULL, 0));
+    }
+    double t0;
+    if (is_pp) {
+        for (int i = 0; i < n; i++) buf[i] = rand_id(V);
+        t0 = skv_time_now();
+        cli_check("bench", skv_decode(c, buf, n, logits, 0));
+    } else {
+        t0 = skv_time_now();
+        for (int i = 0; i < n; i++) {
+            int32_t id = rand_id(V);
+            cli_check("bench", skv_decode(c, &id, 1, logits, 0));
+        }
+    }
+    return n / (skv_time_now() - t0);
+}
+
+/* STREAM-style copy bandwidth: (bytes read + bytes written) / s, best of 5, n threads. */
+static double copy_bandwidth(int threads) {
+    const size_t bytes = (size_t)256 << 20;
+    char *a = malloc(bytes), *b = malloc(bytes);
+    if (!a || !b) cli_die("bench", 1, "out of memory for the bandwidth test");
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = skv_time_now();
+#pragma omp parallel num_threads(threads)
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            size_t chunk = bytes / (size_t)nt, off = chunk * (size_t)t;
+            memcpy(b + off, a + off, t == nt - 1 ? bytes - off : chunk);
+        }
+        double bw = 2.0 * (double)bytes / (skv_time_now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(a);
+    free(b);
+    return best / 1e9;
+}
+
+/* sgemm GFLOP/s for C(m,n) = A(m,k) B(n,k)^T, best of 5 */
+static double sgemm_gflops(int m, int n, int k) {
+    float *A = malloc((size_t)m * k * 4), *B = malloc((size_t)n * k * 4), *C = malloc((size_t)m * n * 4);
+    for (size_t i = 0; i < (size_t)m * k; i++) A[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)n * k; i++) B[i] = (float)(i % 5) * 0.1f;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = skv_time_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, A, k, B, k, 0.0f, C, n);
+        double g = 2.0 * m * n * k / (skv_time_now() - t0) / 1e9;
+        if (g > best) best = g;
+    }
+    free(A);
+    free(B);
+    free(C);
+    return best;
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984";
+    int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128;
+    const cli_opt opts[] = {
+        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
+        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
+        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
+        {"reps", 'r', OPT_INT, &reps, "R", "timed repetitions per test (default 5)"},
+        {"pp", 0, OPT_INT, &pp, "N", "prompt tokens of the pp test (default 512; 0 = skip)"},
+        {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
+        {"depths", 'd', OPT_STR, &depths_s, "LIST", "context depths of the tg tests (default 0,1024,1984)"},
+        {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default bench/cpu-<model>-t<threads>.json)"},
+    };
+    const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R]",
+                         "Prompt processing and generation speed, llama-bench style, with the "
+                         "memory-bandwidth bound and sgemm throughput of this machine.",
+                         opts, (int)(sizeof opts / sizeof opts[0])};
+    cli_parse(&cmd, argc, argv);
+    if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
+    if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
+    skv_model *m = cli_load_model("bench", dir, threads, use_mmap);
+    const skv_model_info *in = skv_model_get_info(m);
+    if (threads == 0) threads = omp_get_num_procs();
+    int depths[16], n_depths = 0;
+    for (const char *p = depths_s; *p && n_depths < 16;) {
+        char *end;
+        long d = strtol(p, &end, 10);
+        if (end == p || d < 0 || d >= in->n_ctx || (*end && *end != ','))
+            cli_die("bench", 2, "bad value for --depths: '%s' (comma-separated, each < %d)", depths_s, in->n_ctx);
+        depths[n_depths++] = (int)d;
+        p = *end ? end + 1 : end;
+    }
+    if (pp > in->n_ctx) cli_die("bench", 2, "bad value for --pp: %d exceeds the context %d", pp, in->n_ctx);
+
+    skv_context *c = NULL;
+    cli_check("bench", skv_context_init(m, skv_context_default_params(), &c));
+    int32_t *buf = malloc((size_t)in->n_ctx * sizeof(int32_t));
+    float *logits = malloc((size_t)in->n_vocab * sizeof(float));
+    result res[20];
+    int n_res = 0;
+    if (pp > 0) {
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->name, sizeof r->name, "pp%d", pp);
+        r->n = pp;
+        run_once(c, in->n_vocab, pp, 0, 1, buf, logits);
+        for (r->reps = 0; r->reps < reps; r->reps++)
+            r->samples[r->reps] = run_once(c, in->n_vocab, pp, 0, 1, buf, logits);
+        stats(r);
+    }
+    for (int d = 0; tg > 0 && d < n_depths; d++) {
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof *r);
+        r->depth = depths[d];
+        r->n = tg < in->n_ctx - depths[d] ? tg : in->n_ctx - depths[d];
+        snprintf(r->name, sizeof r->name, "tg%d@d%d", r->n, r->depth);
+        run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
+        for (r->reps = 0; r->reps < reps; r->reps++)
+            r->samples[r->reps] = run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
+        stats(r);
+    }
+    double bw = copy_bandwidth(threads);
+    double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
+    double g_square = sgemm_gflops(1024, 1024, 1024);
+
+    char commit[64], machine[256], cmdline[4096], path[1024];
+    cli_git_commit(commit, sizeof commit);
+    cli_machine(machine, sizeof machine);
+    cli_command_line(cmdline, sizeof cmdline);
+    const char *base = strrchr(dir, '/');
+    base = base && base[1] ? base + 1 : dir;
+    if (!out) {
+        snprintf(path, sizeof path, "bench/cpu-%s-t%d.json", base, threads);
+        out = path;
+    }
+    const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;
+    printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base,
+           in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
+           in->weight_bytes / 1e6, threads, commit, machine);
+    printf("%-14s %14s %14s\n", "test", "tokens/s", "bound tok/s");
+    FILE *f = fopen(out, "w");
+    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
+    fprintf(f, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
+    cli_json_string(f, cmdline, strlen(cmdline));
+    fprintf(f, ",\n  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
+            "  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
+            "  \"copy_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"
+            "  \"results\": [\n",
+            base, threads, (long long)in->weight_bytes, (long long)in->decode_weight_bytes,
+            (long long)kv_row_bytes, bw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
+    for (int i = 0; i < n_res; i++) {
+        const result *r = &res[i];
+        double bound = 0;
+        if (r->name[0] == 't') {
+            /* average cache length over the run */
+            double kv = (double)kv_row_bytes * (r->depth + r->n / 2.0);
+            bound = bw * 1e9 / ((double)in->decode_weight_bytes + kv);
+        }
+        printf("%-14s %8.1f ± %-5.1f", r->name, r->mean, r->sd);
+        if (bound > 0) printf(" %10.1f", bound);
+        printf("\n");
+        fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"reps\": %d, \"tps_mean\": %.2f, "
+                "\"tps_sd\": %.2f, \"bound_tps\": %.1f, \"samples\": [", r->name, r->n, r->depth,
+                r->reps, r->mean, r->sd, bound);
+        for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.2f", k ? ", " : "", r->samples[k]);
+        fprintf(f, "]}%s\n", i + 1 < n_res ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+    printf("copy bandwidth %.1f GB/s (read+write); sgemm %dx%dx%d %.1f GFLOP/s, 1024^3 %.1f GFLOP/s\n",
+           bw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
+    printf("bound = copy bandwidth / (decode weight bytes + KV bytes read); written to %s\n", out);
+    free(buf);
+    free(logits);
+    skv_context_free(c);
+    skv_model_free(m);
+    return 0;
+}

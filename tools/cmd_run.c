@@ -1,0 +1,133 @@
+/*
+ * cmd_run.c — `slimkv run`: generate text from a prompt, streamed token by token.
+ */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int cmd_run(int argc, char **argv) {
+    int use_mmap = 0;
+    const char *dir = NULL, *prompt = NULL, *file = NULL;
+    int n_gen = 128, top_k = -1, last_n = -1, json = 0, threads = 0, ctx = 0, ignore_eos = 0;
+    int no_echo = 0;
+    float temp = -1, top_p = -1, penalty = -1;
+    uint64_t seed = 42;
+    const cli_opt opts[] = {
+        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
+        {"prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text"},
+        {"file", 'f', OPT_STR, &file, "FILE", "read the prompt from FILE ('-': stdin)"},
+        {"n-predict", 'n', OPT_INT, &n_gen, "N", "tokens to generate (default 128)"},
+        {"temp", 0, OPT_FLOAT, &temp, "T", "temperature; 0 = greedy (default 0.8)"},
+        {"top-k", 0, OPT_INT, &top_k, "K", "keep the K most likely tokens; 0 = off (default 40)"},
+        {"top-p", 0, OPT_FLOAT, &top_p, "P", "nucleus sampling mass; 1 = off (default 0.95)"},
+        {"repeat-penalty", 0, OPT_FLOAT, &penalty, "R", "repetition penalty; 1 = off (default 1)"},
+        {"repeat-last-n", 0, OPT_INT, &last_n, "N", "ids the penalty looks back at; 0 = all (default 64)"},
+        {"seed", 0, OPT_U64, &seed, "S", "random seed (default 42)"},
+        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
+        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
+        {"ctx", 'c', OPT_INT, &ctx, "N", "context size in tokens (default: the model's)"},
+        {"ignore-eos", 0, OPT_FLAG, &ignore_eos, NULL, "keep generating after end-of-sequence"},
+        {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
+        {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
+    };
+    const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
+                         "Generate text after a prompt, streaming it to standard output.", opts,
+                         (int)(sizeof opts / sizeof opts[0])};
+    cli_parse(&cmd, argc, argv);
+    if (n_gen < 0) cli_die("run", 2, "bad value for -n: %d (must be >= 0)", n_gen);
+
+    skv_sampler_params sp = skv_sampler_default_params();
+    if (temp >= 0 || temp < -1) sp.temperature = temp;
+    if (top_k != -1) sp.top_k = top_k;
+    if (top_p != -1) sp.top_p = top_p;
+    if (penalty != -1) sp.repetition_penalty = penalty;
+    if (last_n != -1) sp.penalty_last_n = last_n;
+    sp.seed = seed;
+
+    size_t len;
+    char *text = cli_read_prompt("run", prompt, file, &len);
+    skv_tokenizer *tok = cli_load_tokenizer("run", dir);
+    skv_model *m = cli_load_model("run", dir, threads, use_mmap);
+    const skv_model_info *in = skv_model_get_info(m);
+    size_t n_prompt;
+    int32_t *ids = cli_tokenize("run", tok, text, len, &n_prompt);
+
+    skv_sampler *smp = NULL;
+    cli_check("run", skv_sampler_init(sp, in->n_vocab, &smp));
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = ctx;
+    skv_context *c = NULL;
+    cli_check("run", skv_context_init(m, cp, &c));
+    int n_ctx = ctx ? ctx : in->n_ctx;
+    if ((int64_t)n_prompt >= n_ctx)
+        cli_die("run", 1, "the prompt has %zu tokens; the context holds %d (the prompt must be "
+                "shorter to leave room for generation)", n_prompt, n_ctx);
+
+    float *logits = malloc((size_t)in->n_vocab * sizeof(float));
+    int32_t *gen = malloc((size_t)(n_gen + 1) * sizeof(int32_t));
+    double t0 = skv_time_now();
+    cli_check("run", skv_decode(c, ids, (int32_t)n_prompt, logits, 0));
+    double t1 = skv_time_now();
+    for (size_t i = 0; i < n_prompt; i++) skv_sampler_accept(smp, ids[i]);
+
+    skv_detok *dt = NULL;
+    cli_check("run", skv_detok_init(tok, &dt));
+    if (!json && !no_echo) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    int n_out = 0, stopped_ctx = 0;
+    char piece[256];
+    double t2 = skv_time_now();
+    while (n_out < n_gen) {
+        int32_t id = skv_sampler_sample(smp, logits);
+        gen[n_out++] = id;
+        skv_sampler_accept(smp, id);
+        if (!ignore_eos && id == in->eos_id) break;
+        if (!json) {
+            int w = skv_detok_push(dt, id, piece, sizeof piece);
+            if (w > 0) {
+                fwrite(piece, 1, (size_t)w, stdout);
+                fflush(stdout);
+            }
+        }
+        if (n_out == n_gen) break;
+        if (skv_context_n_past(c) >= n_ctx) {
+            stopped_ctx = 1;
+            break;
+        }
+        cli_check("run", skv_decode(c, &id, 1, logits, 0));
+    }
+    double t3 = skv_time_now();
+    if (json) {
+        char *out_text = NULL;
+        size_t out_len = 0;
+        cli_check("run", skv_detokenize(tok, gen, (size_t)n_out, &out_text, &out_len));
+        printf("{\"ids\": [");
+        for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", gen[i]);
+        printf("], \"text\": ");
+        cli_json_string(stdout, out_text, out_len);
+        printf("}\n");
+        free(out_text);
+    } else {
+        int w = skv_detok_flush(dt, piece, sizeof piece);
+        if (w > 0) fwrite(piece, 1, (size_t)w, stdout);
+        printf("\n");
+    }
+    fflush(stdout);
+    if (stopped_ctx) fprintf(stderr, "slimkv run: stopped: the context of %d tokens is full\n", n_ctx);
+    fprintf(stderr, "slimkv run: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in "
+            "%.1f ms (%.1f tok/s)\n", n_prompt, 1e3 * (t1 - t0), (double)n_prompt / (t1 - t0),
+            n_out, 1e3 * (t3 - t2), n_out > 1 ? (double)(n_out - 1) / (t3 - t2) : 0.0);
+    skv_detok_free(dt);
+    free(gen);
+    free(logits);
+    free(ids);
+    free(text);
+    skv_context_free(c);
+    skv_sampler_free(smp);
+    skv_model_free(m);
+    skv_tokenizer_free(tok);
+    return 0;
+}
