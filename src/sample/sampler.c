@@ -139,8 +139,13 @@ int32_t skv_sampler_sample(skv_sampler *s, float *logits) {
         qsort(s->cands, (size_t)n, sizeof *s->cands, cmp_cand_desc);
         if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
         if (s->p.top_p < 1.0f) {
+            /* The nucleus is measured against the whole mass left after top-k: with top-k
+             * off that includes the candidates the pre-filter dropped. */
             double tot = 0, acc = 0;
-            for (int32_t i = 0; i < n; i++) tot += s->cands[i].p;
+            if (s->p.top_k > 0)
+                for (int32_t i = 0; i < n; i++) tot += s->cands[i].p;
+            else
+                tot = sum;
             int32_t keep = n;
             for (int32_t i = 0; i < n; i++) {
                 acc += s->cands[i].p;
