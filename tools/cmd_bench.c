@@ -84,6 +84,27 @@ static double copy_bandwidth(int threads) {
     return best / 1e9;
 }
 
+/* Read-only bandwidth: XOR-reduce a 256 MiB buffer (vectorises; no stores), best of 5. */
+static double read_bandwidth(int threads) {
+    const size_t bytes = (size_t)256 << 20, n = bytes / 8;
+    uint64_t *a = malloc(bytes);
+    if (!a) cli_die("bench", 1, "out of memory for the bandwidth test");
+    for (size_t i = 0; i < n; i++) a[i] = i;
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        uint64_t x = 0;
+        double t0 = skv_time_now();
+#pragma omp parallel for reduction(^ : x) num_threads(threads) schedule(static)
+        for (size_t i = 0; i < n; i++) x ^= a[i];
+        double bw = (double)bytes / (skv_time_now() - t0);
+        sink ^= x;
+        if (bw > best) best = bw;
+    }
+    free(a);
+    return best / 1e9;
+}
+
 /* sgemm GFLOP/s for C(m,n) = A(m,k) B(n,k)^T, best of 5 */
 static double sgemm_gflops(int m, int n, int k) {
     float *A = malloc((size_t)m * k * 4), *B = malloc((size_t)n * k * 4), *C = malloc((size_t)m * n * 4);
@@ -163,7 +184,7 @@ int cmd_bench(int argc, char **argv) {
             r->samples[r->reps] = run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
         stats(r);
     }
-    double bw = copy_bandwidth(threads);
+    double bw = copy_bandwidth(threads), rbw = read_bandwidth(threads);
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
 
@@ -181,39 +202,41 @@ int cmd_bench(int argc, char **argv) {
     printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base,
            in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
            in->weight_bytes / 1e6, threads, commit, machine);
-    printf("%-14s %14s %14s\n", "test", "tokens/s", "bound tok/s");
+    printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
     FILE *f = fopen(out, "w");
     if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
     fprintf(f, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
     cli_json_string(f, cmdline, strlen(cmdline));
     fprintf(f, ",\n  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
             "  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
-            "  \"copy_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"
+            "  \"copy_bandwidth_GBps\": %.2f,\n  \"read_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"
             "  \"results\": [\n",
             base, threads, (long long)in->weight_bytes, (long long)in->decode_weight_bytes,
-            (long long)kv_row_bytes, bw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
+            (long long)kv_row_bytes, bw, rbw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
     for (int i = 0; i < n_res; i++) {
         const result *r = &res[i];
-        double bound = 0;
+        double bound = 0, rbound = 0;
         if (r->name[0] == 't') {
-            /* average cache length over the run */
-            double kv = (double)kv_row_bytes * (r->depth + r->n / 2.0);
-            bound = bw * 1e9 / ((double)in->decode_weight_bytes + kv);
+            /* bytes one step reads: every weight it uses + K and V of the average cache length */
+            double step = (double)in->decode_weight_bytes + (double)kv_row_bytes * (r->depth + r->n / 2.0);
+            bound = bw * 1e9 / step;
+            rbound = rbw * 1e9 / step;
         }
-        printf("%-14s %8.1f ± %-5.1f", r->name, r->mean, r->sd);
-        if (bound > 0) printf(" %10.1f", bound);
+        printf("%-14s %9.1f ± %-5.1f", r->name, r->mean, r->sd);
+        if (bound > 0) printf(" %12.1f %12.1f", bound, rbound);
         printf("\n");
         fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"reps\": %d, \"tps_mean\": %.2f, "
-                "\"tps_sd\": %.2f, \"bound_tps\": %.1f, \"samples\": [", r->name, r->n, r->depth,
-                r->reps, r->mean, r->sd, bound);
+                "\"tps_sd\": %.2f, \"copy_bound_tps\": %.1f, \"read_bound_tps\": %.1f, \"samples\": [",
+                r->name, r->n, r->depth, r->reps, r->mean, r->sd, bound, rbound);
         for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.2f", k ? ", " : "", r->samples[k]);
         fprintf(f, "]}%s\n", i + 1 < n_res ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     fclose(f);
-    printf("copy bandwidth %.1f GB/s (read+write); sgemm %dx%dx%d %.1f GFLOP/s, 1024^3 %.1f GFLOP/s\n",
-           bw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
-    printf("bound = copy bandwidth / (decode weight bytes + KV bytes read); written to %s\n", out);
+    printf("copy bandwidth %.1f GB/s (read+write), read bandwidth %.1f GB/s; sgemm %dx%dx%d %.1f "
+           "GFLOP/s, 1024^3 %.1f GFLOP/s\n",
+           bw, rbw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
+    printf("bound = bandwidth / (decode weight bytes + KV bytes read per step); written to %s\n", out);
     free(buf);
     free(logits);
     skv_context_free(c);
