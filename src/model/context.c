@@ -49,7 +49,8 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->v = alloc_floats(B * KD, &fail);
     c->hb = alloc_floats(B * in->ffn_dim, &fail);
     c->hb2 = alloc_floats(B * in->ffn_dim, &fail);
-    c->att = alloc_floats((int64_t)c->n_threads * B * T, &fail);
+    c->att_stride = SKV_MAX(SKV_MIN(B, SKV_ATT_BLOCK), in->n_head) * T;
+    c->att = alloc_floats((int64_t)c->n_threads * c->att_stride, &fail);
     c->wconv = alloc_floats(m->max_weight_elems, &fail);
     c->logits = alloc_floats(in->n_vocab, &fail);
     if (fail) {

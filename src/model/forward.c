@@ -11,8 +11,6 @@
 #include <math.h>
 #include <omp.h>
 
-/* query rows per causal block of prefill attention */
-#define ATT_BLOCK 64
 
 /* y(n, rows) = x(n, cols) W^T + bias */
 static void linear(skv_context *c, const skv_weight *w, const float *bias, const float *x, float *y,
@@ -50,7 +48,7 @@ static void attention(skv_context *c, int32_t l, int64_t pos0, int64_t n) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(c->n_threads)
     for (int32_t h = 0; h < H; h++) {
         const int32_t g = h / G;
-        float *S = c->att + (int64_t)omp_get_thread_num() * c->n_batch * c->n_ctx; /* (n, T) */
+        float *S = c->att + (int64_t)omp_get_thread_num() * c->att_stride; /* (n, T) */
         const float *K = kv_row(c, c->k_cache, l, g, 0); /* (T, hd) */
         const float *V = kv_row(c, c->v_cache, l, g, 0); /* (T, hd) */
         const float *Q = c->q + (int64_t)h * hd;         /* rows of stride QD */
@@ -64,8 +62,8 @@ static void attention(skv_context *c, int32_t l, int64_t pos0, int64_t n) {
             continue;
         }
         /* Causal blocks of query rows: rows [i0, i1) see keys [lo(i0), pos0 + i1) only. */
-        for (int64_t i0 = 0; i0 < n; i0 += ATT_BLOCK) {
-            const int64_t i1 = SKV_MIN(i0 + ATT_BLOCK, n), nb = i1 - i0;
+        for (int64_t i0 = 0; i0 < n; i0 += SKV_ATT_BLOCK) {
+            const int64_t i1 = SKV_MIN(i0 + SKV_ATT_BLOCK, n), nb = i1 - i0;
             const int64_t k0 = first_visible(c, pos0 + i0), k1 = pos0 + i1, nk = k1 - k0;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nk, hd, scale,
                         Q + i0 * QD, (int)QD, K + k0 * hd, hd, 0.0f, S, (int)nk);
@@ -94,6 +92,28 @@ static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     *r0 = rows * t / nt;
     *r1 = rows * (t + 1) / nt;
+}
+
+/* Decode attention of query heads [h0, h0 + nh), all in KV group g, over cached tokens
+ * [lo, T). RoPE is applied to the queries here. Each K and V row is loaded once for the nh
+ * heads: with nh = G the group's cache is streamed once instead of G times.
+ * Scores: (nh, T) in this thread's scratch. */
+static void attend_heads(skv_context *c, int32_t l, int32_t g, int32_t h0, int32_t nh,
+                         const float *cs, const float *sn, int64_t lo, int64_t T, float scale) {
+    const int32_t hd = c->m->cfg.info.head_dim;
+    float *S = c->att + (int64_t)omp_get_thread_num() * c->att_stride;
+    const float *K = kv_row(c, c->k_cache, l, g, 0), *V = kv_row(c, c->v_cache, l, g, 0);
+    for (int32_t j = 0; j < nh; j++) skv_rope(c->q + (int64_t)(h0 + j) * hd, cs, sn, hd);
+    for (int64_t t = lo; t < T; t++)
+        for (int32_t j = 0; j < nh; j++)
+            S[j * T + t] = skv_dot(c->q + (int64_t)(h0 + j) * hd, K + t * hd, hd) * scale;
+    for (int32_t j = 0; j < nh; j++) {
+        skv_softmax(S + j * T + lo, T - lo);
+        memset(c->att_out + (int64_t)(h0 + j) * hd, 0, (size_t)hd * sizeof(float));
+    }
+    for (int64_t t = lo; t < T; t++)
+        for (int32_t j = 0; j < nh; j++)
+            skv_axpy(c->att_out + (int64_t)(h0 + j) * hd, S[j * T + t], V + t * hd, hd);
 }
 
 /* Single-token decode: one parallel region for the whole pass, matrix-vector products straight
@@ -137,17 +157,15 @@ static void forward_token(skv_context *c, int32_t id, float *logits) {
                 memcpy(kv_row(c, c->k_cache, l, g, pos), c->k + g * hd, (size_t)hd * sizeof(float));
                 memcpy(kv_row(c, c->v_cache, l, g, pos), c->v + g * hd, (size_t)hd * sizeof(float));
             }
+            if (in->n_kv_head >= c->n_threads) {
+                /* one work item per KV head: its K and V rows are read once for the G query
+                 * heads that share them */
 #pragma omp for schedule(static)
-            for (int32_t h = 0; h < H; h++) {
-                float *S = c->att + (int64_t)omp_get_thread_num() * c->n_batch * c->n_ctx;
-                float *q = c->q + (int64_t)h * hd, *o = c->att_out + (int64_t)h * hd;
-                const float *K = kv_row(c, c->k_cache, l, h / G, 0);
-                const float *V = kv_row(c, c->v_cache, l, h / G, 0);
-                skv_rope(q, cs, sn, (int32_t)hd);
-                for (int64_t t = lo; t < T; t++) S[t] = skv_dot(q, K + t * hd, hd) * scale;
-                skv_softmax(S + lo, T - lo);
-                memset(o, 0, (size_t)hd * sizeof(float));
-                for (int64_t t = lo; t < T; t++) skv_axpy(o, S[t], V + t * hd, hd);
+                for (int32_t g = 0; g < in->n_kv_head; g++)
+                    attend_heads(c, l, g, g * G, G, cs, sn, lo, T, scale);
+            } else {
+#pragma omp for schedule(static)
+                for (int32_t h = 0; h < H; h++) attend_heads(c, l, h / G, h, 1, cs, sn, lo, T, scale);
             }
             /* x += o_proj(att_out) */
             team_rows(D, &r0, &r1);

@@ -9,6 +9,9 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 
+/* query rows per causal block of prefill attention */
+#define SKV_ATT_BLOCK 64
+
 typedef struct skv_layer {
     float *attn_norm;          /* (dim) */
     float *ffn_norm;           /* (dim) */
@@ -46,7 +49,9 @@ struct skv_context {
     float *att_out;            /* (n_batch, n_head*hd) */
     float *hb, *hb2;           /* (n_batch, ffn) */
     float *proj;               /* (n_batch, dim) */
-    float *att;                /* (n_threads, n_batch, n_ctx) attention score rows */
+    float *att;                /* (n_threads, att_rows, n_ctx) attention score rows */
+    int64_t att_stride;        /* floats per thread in att: att_rows * n_ctx, where
+                                  att_rows = max(min(n_batch, SKV_ATT_BLOCK), n_head) */
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
     float *logits;             /* (n_vocab) last-token logits scratch */
 };
