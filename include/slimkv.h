@@ -137,9 +137,54 @@ const skv_model_info *skv_model_get_info(const skv_model *m);
 
 typedef struct skv_context skv_context;
 
+/* Storage format of cached K and V rows. The quantized formats follow KIVI: keys per channel
+ * and values per token (groups of 32 channels), with scale and minimum per group, in blocks of
+ * 32 tokens; the newest tokens of each head (the block still filling) stay f32. */
+typedef enum skv_kv_format {
+    SKV_KV_F32 = 0,
+    SKV_KV_BF16 = 1,
+    SKV_KV_Q8 = 2,
+    SKV_KV_Q4 = 3,
+    SKV_KV_FORMAT_COUNT = 4,
+} skv_kv_format;
+
+/* A KV-cache policy decides which tokens each KV head keeps. It runs after every multi-token
+ * skv_decode call (a prompt, or a chunk of one: "compression", to the budget relative to the
+ * tokens cached so far) and after every single-token call (a decode step).
+ *   full      keep everything
+ *   window    StreamingLLM: `sinks` first tokens + the most recent ones
+ *   h2o       heavy hitters by accumulated attention + recent tokens, re-evicted every step
+ *   snapkv    per head, the keys the last `obs_window` prompt queries attend to most (scores
+ *             max-pooled over `pool_kernel` neighbouring keys) + the window itself, once per
+ *             compression; decode steps append
+ *   pyramidkv as snapkv, with budgets shrinking linearly from the bottom layer to the top
+ *   quant     keep everything, stored as KIVI int8 or int4 (`quant_bits`)
+ * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
+typedef struct skv_policy_params {
+    const char *name;      /* one of the above; NULL means "full" */
+    float budget;          /* fraction of the cached tokens kept at compression, in (0, 1] */
+    int32_t budget_tokens; /* or an absolute count per KV head (used when budget is 0) */
+    int32_t sinks;         /* window: attention-sink tokens (default 4) */
+    float recent_frac;     /* h2o: share of the budget for recent tokens (default 0.5) */
+    int32_t obs_window;    /* snapkv, pyramidkv: observation window (default 32) */
+    int32_t pool_kernel;   /* snapkv, pyramidkv: max-pool width over keys, odd (default 7) */
+    float pyramid_beta;    /* pyramidkv: top layer gets budget / beta (default 20) */
+    int32_t quant_bits;    /* quant: 8 or 4 (default 4) */
+} skv_policy_params;
+
+skv_policy_params skv_policy_default_params(const char *name);
+/* Check a policy and budget against a model: unknown name, budget <= 0 or > 1, a budget that
+ * cannot hold the sinks + 1 recent token or the observation window, a head_dim the quantizer
+ * cannot group. */
+skv_status skv_policy_validate(const skv_policy_params *p, const skv_model *m);
+
 typedef struct skv_context_params {
     int32_t n_ctx;       /* tokens the cache holds; 0: the model's max_position_embeddings */
     int32_t n_batch;     /* most tokens one skv_decode call processes at once; 0: 512 */
+    skv_kv_format kv_format; /* storage of K and V (default f32; the quant policy sets its own) */
+    skv_policy_params policy;
+    int32_t collect_stats; /* 1: gather the attention statistics of every policy, whatever the
+                              own policy, so that skv_context_fork can branch into any of them */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -151,6 +196,27 @@ void skv_context_free(skv_context *c);
 int32_t skv_context_n_past(const skv_context *c);
 /* Forget everything after the first n_past tokens (n_past <= current length). */
 skv_status skv_context_truncate(skv_context *c, int32_t n_past);
+
+/* A new context holding a copy of src's cache and statistics, then compressed by `policy`
+ * (the prompt's statistics must have been collected: collect_stats, or a src policy that needs
+ * the same). The fork starts at src's position; src is unchanged. */
+skv_status skv_context_fork(const skv_context *src, const skv_policy_params *policy,
+                            skv_context **out);
+
+/* Memory the KV cache holds right now (blocks in use; a partly filled block counts whole). */
+typedef struct skv_kv_usage {
+    int64_t bytes;          /* all K and V blocks */
+    int64_t bytes_fast, bytes_slow;
+    int64_t bytes_by_format[SKV_KV_FORMAT_COUNT];
+    int64_t slots;          /* kept tokens summed over (layer, KV head) */
+    int32_t n_past;         /* tokens seen */
+} skv_kv_usage;
+void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u);
+/* Bytes held by one (layer, KV head) stream, K and V together. */
+int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t kv_head);
+/* Kept tokens of one (layer, KV head) stream and, if pos is non-NULL, their positions
+ * (pos must hold n_ctx entries), in slot order. */
+int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos);
 
 /* Run n ids through the model, appending them to the cache. If logits is non-NULL it receives
  * logits for the last token only (n_vocab floats), or for all n tokens (n x n_vocab, row-major)

@@ -5,7 +5,7 @@
 
 int skv_test_main(int argc, char **argv);
 
-#define AREAS(X) X(tokenizer) X(conformance) X(arch) X(sampler) X(badinput)
+#define AREAS(X) X(tokenizer) X(conformance) X(arch) X(sampler) X(badinput) X(kv)
 
 #define DECL(a) void register_##a(void);
 AREAS(DECL)

@@ -1,5 +1,6 @@
 /*
- * context.c — per-sequence state: KV cache memory, RoPE tables and scratch, allocated once.
+ * context.c — per-sequence state: the KV cache and its policy, RoPE tables and scratch, all
+ * allocated once; forking a context into another policy.
  */
 #include "model.h"
 
@@ -7,8 +8,14 @@
 #include <math.h>
 
 skv_context_params skv_context_default_params(void) {
-    skv_context_params p = {.n_ctx = 0, .n_batch = 512};
+    skv_context_params p = {.n_ctx = 0, .n_batch = 512, .kv_format = SKV_KV_F32,
+                            .policy = skv_policy_default_params("full"), .collect_stats = 0};
     return p;
+}
+
+skv_status skv_policy_validate(const skv_policy_params *p, const skv_model *m) {
+    skv_policy_kind k;
+    return skv_policy_parse(p, m->cfg.info.n_layer, m->cfg.info.head_dim, &k);
 }
 
 static void *alloc_floats(int64_t n, int *fail) {
@@ -18,7 +25,7 @@ static void *alloc_floats(int64_t n, int *fail) {
     return p;
 }
 
-skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
+static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context **out) {
     *out = NULL;
     const skv_model_info *in = &m->cfg.info;
     if (p.n_ctx < 0) return skv_set_error(SKV_ERR_ARG, "n_ctx must be >= 0 (got %d)", p.n_ctx);
@@ -27,17 +34,36 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
                              "context of %d tokens exceeds the model's max_position_embeddings %d",
                              p.n_ctx, in->n_ctx);
     if (p.n_batch < 0) return skv_set_error(SKV_ERR_ARG, "n_batch must be >= 0 (got %d)", p.n_batch);
+    if ((unsigned)p.kv_format >= SKV_KV_FORMAT_COUNT)
+        return skv_set_error(SKV_ERR_ARG, "unknown KV format %d", (int)p.kv_format);
+    skv_policy_kind kind;
+    skv_status st = skv_policy_parse(&p.policy, in->n_layer, in->head_dim, &kind);
+    if (st) return st;
+    skv_kv_format fmt = p.kv_format;
+    if (kind == SKV_POL_QUANT) fmt = p.policy.quant_bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4;
+
     skv_context *c = calloc(1, sizeof *c);
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     c->m = m;
     c->n_ctx = p.n_ctx ? p.n_ctx : in->n_ctx;
     c->n_batch = p.n_batch ? SKV_MIN(p.n_batch, c->n_ctx) : SKV_MIN(512, c->n_ctx);
     c->n_threads = m->n_threads;
+    c->pol.p = p.policy;
+    c->pol.kind = kind;
+    c->want_acc = p.collect_stats || skv_policy_needs_acc(kind);
+    c->want_win = p.collect_stats || skv_policy_needs_win(kind);
+    if ((st = skv_cache_init(&c->cache, in->n_layer, in->n_kv_head, in->head_dim, c->n_ctx, fmt))) {
+        free(c);
+        return st;
+    }
+    if ((c->want_acc || c->want_win) && (st = skv_cache_enable_stats(&c->cache))) {
+        skv_context_free(c);
+        return st;
+    }
     const int64_t hd = in->head_dim, B = c->n_batch, T = c->n_ctx;
     const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
     int fail = 0;
-    c->k_cache = alloc_floats((int64_t)in->n_layer * KD * T, &fail);
-    c->v_cache = alloc_floats((int64_t)in->n_layer * KD * T, &fail);
+    c->pol.budget_now = calloc((size_t)in->n_layer, sizeof(int32_t));
     c->rope_cos = alloc_floats(T * hd / 2, &fail);
     c->rope_sin = alloc_floats(T * hd / 2, &fail);
     c->x = alloc_floats(B * in->dim, &fail);
@@ -49,14 +75,18 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->v = alloc_floats(B * KD, &fail);
     c->hb = alloc_floats(B * in->ffn_dim, &fail);
     c->hb2 = alloc_floats(B * in->ffn_dim, &fail);
-    c->att_stride = SKV_MAX(SKV_MIN(B, SKV_ATT_BLOCK), in->n_head) * T;
+    c->att_stride = SKV_MIN(B, SKV_ATT_BLOCK) * T;
     c->att = alloc_floats((int64_t)c->n_threads * c->att_stride, &fail);
+    c->gk = alloc_floats(KD * T, &fail);
+    c->gv = alloc_floats(KD * T, &fail);
+    c->probs = alloc_floats(in->n_head * T, &fail);
+    c->probs_win = alloc_floats(in->n_head * T, &fail);
+    c->blk = alloc_floats((int64_t)c->n_threads * 2 * SKV_KV_BLOCK * hd, &fail);
     c->wconv = alloc_floats(m->max_weight_elems, &fail);
-    c->logits = alloc_floats(in->n_vocab, &fail);
-    if (fail) {
+    c->pol_scratch = malloc((size_t)T * 16 + 64);
+    if (fail || !c->pol.budget_now || !c->pol_scratch) {
         skv_context_free(c);
-        return skv_set_error(SKV_ERR_NOMEM, "cannot allocate the KV cache and scratch for %d tokens",
-                             (int)T);
+        return skv_set_error(SKV_ERR_NOMEM, "cannot allocate the scratch for %d tokens", (int)T);
     }
     /* RoPE tables as transformers computes them: freqs = pos * inv_freq in float32. */
     for (int64_t pos = 0; pos < T; pos++)
@@ -70,13 +100,78 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     return SKV_OK;
 }
 
+skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
+    return context_alloc(m, p, out);
+}
+
 void skv_context_free(skv_context *c) {
     if (!c) return;
-    float **bufs[] = {&c->k_cache, &c->v_cache, &c->rope_cos, &c->rope_sin, &c->x, &c->xb,
-                      &c->proj, &c->q, &c->att_out, &c->k, &c->v, &c->hb, &c->hb2, &c->att,
-                      &c->wconv, &c->logits};
+    skv_cache_free(&c->cache);
+    float **bufs[] = {&c->rope_cos, &c->rope_sin, &c->x, &c->xb, &c->proj, &c->q, &c->att_out,
+                      &c->k, &c->v, &c->hb, &c->hb2, &c->att, &c->gk, &c->gv, &c->probs,
+                      &c->probs_win, &c->blk, &c->wconv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
+    free(c->pol.budget_now);
+    free(c->pol_scratch);
     free(c);
+}
+
+skv_status skv_context_fork(const skv_context *src, const skv_policy_params *policy,
+                            skv_context **out) {
+    *out = NULL;
+    skv_context_params p = skv_context_default_params();
+    p.n_ctx = src->n_ctx;
+    p.n_batch = src->n_batch;
+    p.kv_format = src->cache.fmt;
+    p.policy = *policy;
+    skv_policy_kind kind;
+    skv_status st = skv_policy_parse(policy, src->m->cfg.info.n_layer, src->m->cfg.info.head_dim, &kind);
+    if (st) return st;
+    if ((skv_policy_needs_acc(kind) && !src->want_acc) || (skv_policy_needs_win(kind) && !src->want_win))
+        return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
+                             "the attention statistics it needs (set collect_stats)", policy->name);
+    if (kind == SKV_POL_QUANT && src->cache.fmt != SKV_KV_F32)
+        return skv_set_error(SKV_ERR_ARG, "fork into policy quant needs an f32 source cache");
+    skv_context *c = NULL;
+    p.kv_format = kind == SKV_POL_QUANT ? SKV_KV_F32 : src->cache.fmt;
+    if ((st = context_alloc(src->m, p, &c))) return st;
+    skv_cache_free(&c->cache);
+    if ((st = skv_cache_clone(&c->cache, &src->cache))) {
+        skv_context_free(c);
+        return st;
+    }
+    c->n_past = src->n_past;
+    if (kind == SKV_POL_QUANT) {
+        /* re-store the f32 cache in the quantized format, block by block */
+        skv_cache q;
+        skv_kv_format fmt = policy->quant_bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4;
+        const skv_model_info *in = &src->m->cfg.info;
+        if ((st = skv_cache_init(&q, in->n_layer, in->n_kv_head, in->head_dim, c->n_ctx, fmt))) {
+            skv_context_free(c);
+            return st;
+        }
+        for (int32_t l = 0; l < in->n_layer && !st; l++)
+            for (int32_t g = 0; g < in->n_kv_head && !st; g++) {
+                const skv_stream *s = skv_cache_stream(&c->cache, l, g);
+                for (int32_t i = 0; i < s->n && !st; i++) {
+                    const float *kr = skv_cache_k_rows(&c->cache, s, i / SKV_KV_BLOCK, c->blk);
+                    const float *vr = skv_cache_v_rows(&c->cache, s, i / SKV_KV_BLOCK,
+                                                       c->blk + SKV_KV_BLOCK * in->head_dim);
+                    int32_t r = i % SKV_KV_BLOCK;
+                    st = skv_cache_append(&q, l, g, s->pos[i], kr + (int64_t)r * in->head_dim,
+                                          vr + (int64_t)r * in->head_dim);
+                }
+            }
+        skv_cache_free(&c->cache);
+        c->cache = q;
+        if (st) {
+            skv_context_free(c);
+            return st;
+        }
+    }
+    skv_policy_compress(&c->pol, &c->cache, c->pol_scratch);
+    *out = c;
+    return SKV_OK;
 }
 
 int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
@@ -85,6 +180,34 @@ skv_status skv_context_truncate(skv_context *c, int32_t n_past) {
     if (n_past < 0 || n_past > c->n_past)
         return skv_set_error(SKV_ERR_ARG, "truncate to %d: context holds %d tokens", n_past,
                              c->n_past);
+    skv_cache_truncate(&c->cache, n_past);
     c->n_past = n_past;
+    if (n_past == 0) memset(c->pol.budget_now, 0, (size_t)c->m->cfg.info.n_layer * sizeof(int32_t));
     return SKV_OK;
+}
+
+void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u) {
+    skv_cache_usage cu;
+    skv_cache_usage_get(&c->cache, &cu);
+    memset(u, 0, sizeof *u);
+    u->bytes = cu.total;
+    for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++) {
+        u->bytes_fast += cu.bytes[SKV_TIER_FAST][f];
+        u->bytes_slow += cu.bytes[SKV_TIER_SLOW][f];
+        u->bytes_by_format[f] = cu.bytes[SKV_TIER_FAST][f] + cu.bytes[SKV_TIER_SLOW][f];
+    }
+    u->slots = cu.slots;
+    u->n_past = c->n_past;
+}
+
+int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t kv_head) {
+    if (layer < 0 || layer >= c->cache.n_layer || kv_head < 0 || kv_head >= c->cache.n_kv_head) return -1;
+    return skv_cache_stream_bytes(&c->cache, layer, kv_head);
+}
+
+int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos) {
+    if (layer < 0 || layer >= c->cache.n_layer || kv_head < 0 || kv_head >= c->cache.n_kv_head) return -1;
+    const skv_stream *st = skv_cache_stream(&c->cache, layer, kv_head);
+    if (pos) memcpy(pos, st->pos, (size_t)st->n * sizeof *pos);
+    return st->n;
 }

@@ -8,6 +8,8 @@
 #include "backend/cpu/ops.h"
 #include "io/config.h"
 #include "io/safetensors.h"
+#include "kv/cache.h"
+#include "kv/policy.h"
 
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64
@@ -39,7 +41,10 @@ struct skv_model {
 struct skv_context {
     skv_model *m;
     int32_t n_ctx, n_batch, n_past, n_threads;
-    float *k_cache, *v_cache;  /* (n_layer, n_kv_head, n_ctx, head_dim) keys after RoPE */
+    skv_cache cache;           /* K (after RoPE) and V of the kept tokens */
+    skv_policy_state pol;
+    int32_t want_acc, want_win;/* collect accumulated / observation-window attention */
+    int32_t win_from;          /* queries at positions >= win_from count for `win` */
     float *rope_cos, *rope_sin;/* (n_ctx, head_dim/2) */
     /* scratch for up to n_batch tokens */
     float *x;                  /* (n_batch, dim) residual stream */
@@ -51,9 +56,14 @@ struct skv_context {
     float *proj;               /* (n_batch, dim) */
     float *att;                /* (n_threads, att_rows, n_ctx) attention score rows */
     int64_t att_stride;        /* floats per thread in att: att_rows * n_ctx, where
-                                  att_rows = max(min(n_batch, SKV_ATT_BLOCK), n_head) */
+                                  att_rows = min(n_batch, SKV_ATT_BLOCK) */
+    float *gk, *gv;            /* (n_kv_head, n_ctx, hd) one layer's cache gathered to f32 */
+    float *probs;              /* (n_head, n_ctx) last decode step's attention over each
+                                  head's slots; in prefill, per-head `acc` sums */
+    float *probs_win;          /* (n_head, n_ctx) per-head `win` sums in prefill */
+    float *blk;                /* (n_threads, 2, SKV_KV_BLOCK, hd) decoded blocks */
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
-    float *logits;             /* (n_vocab) last-token logits scratch */
+    void *pol_scratch;         /* policy selection scratch */
 };
 
 #endif

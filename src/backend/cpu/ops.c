@@ -33,10 +33,11 @@ static inline __m256 load_f16x8(const uint16_t *p) {
 
 #ifdef SKV_AVX2
 /* e^x for 8 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n through the
- * exponent bits. Relative error ~2e-7 (a few ulp) over the clamped range; e^x underflows to 0
- * below -87.3 and saturates above 88.7. */
+ * exponent bits. Relative error ~2e-7 (a few ulp) over the clamped range; e^x is 0 below
+ * -87.3 (including -inf: masked scores) and saturates above 88.7. */
 static inline __m256 exp256(__m256 x) {
     const __m256 hi = _mm256_set1_ps(88.7f), lo = _mm256_set1_ps(-87.3f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* e^x below FLT_MIN (and -inf): 0 */
     x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -50,7 +51,7 @@ static inline __m256 exp256(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 #endif
 

@@ -1,0 +1,409 @@
+/*
+ * cache.c — block pools and the per-(layer, KV head) streams of the KV cache (see cache.h).
+ */
+#include "kv/cache.h"
+
+#include "kv/quant.h"
+
+#define SKV_POOL_CHUNK 64 /* blocks allocated at once when a pool runs dry */
+
+/* ---------------------------------------------------------------------------------------- */
+/* Pools                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+size_t skv_kv_block_bytes(skv_kv_format fmt, int32_t hd, int is_v) {
+    switch (fmt) {
+    case SKV_KV_F32: return (size_t)SKV_KV_BLOCK * hd * sizeof(float);
+    case SKV_KV_BF16: return (size_t)SKV_KV_BLOCK * hd * sizeof(uint16_t);
+    case SKV_KV_Q8:
+    case SKV_KV_Q4: return skv_quant_block_bytes(fmt, hd, is_v);
+    default: return 0;
+    }
+}
+
+static inline int pool_index(skv_tier t, skv_kv_format f) { return (int)t * SKV_KV_FORMAT_COUNT + (int)f; }
+static inline int id_pool(skv_block_id id) { return (int)((uint32_t)id >> 24); }
+static inline int32_t id_index(skv_block_id id) { return id & 0xffffff; }
+
+/* Pools of the same format keep K and V blocks, whose quantized sizes differ: a pool's blocks
+ * are sized for the larger of the two. */
+static size_t pool_block_bytes(skv_kv_format f, int32_t hd) {
+    size_t k = skv_kv_block_bytes(f, hd, 0), v = skv_kv_block_bytes(f, hd, 1);
+    return k > v ? k : v;
+}
+
+static skv_status pool_grow(skv_pool *p) {
+    if (p->n_chunks == p->cap_chunks) {
+        int32_t cap = p->cap_chunks ? 2 * p->cap_chunks : 16;
+        uint8_t **ch = realloc(p->chunks, (size_t)cap * sizeof *ch);
+        if (!ch) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+        p->chunks = ch;
+        p->cap_chunks = cap;
+    }
+    if ((int64_t)(p->n_chunks + 1) * SKV_POOL_CHUNK > 0xffffff)
+        return skv_set_error(SKV_ERR_NOMEM, "KV cache: block pool exhausted");
+    uint8_t *mem = aligned_alloc(64, (p->block_bytes * SKV_POOL_CHUNK + 63) / 64 * 64);
+    int32_t *fr = realloc(p->free_ids, (size_t)(p->cap_free + SKV_POOL_CHUNK) * sizeof *fr);
+    if (!mem || !fr) {
+        free(mem);
+        if (fr) p->free_ids = fr;
+        return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+    }
+    p->free_ids = fr;
+    p->cap_free += SKV_POOL_CHUNK;
+    int32_t base = p->n_chunks * SKV_POOL_CHUNK;
+    p->chunks[p->n_chunks++] = mem;
+    for (int32_t i = SKV_POOL_CHUNK - 1; i >= 0; i--) p->free_ids[p->n_free++] = base + i;
+    return SKV_OK;
+}
+
+static skv_status block_alloc(skv_cache *c, skv_tier t, skv_kv_format f, skv_block_id *out) {
+    const int pi = pool_index(t, f);
+    skv_pool *p = &c->pools[pi];
+    if (p->n_free == 0) {
+        skv_status st = pool_grow(p);
+        if (st) return st;
+    }
+    int32_t idx = p->free_ids[--p->n_free];
+    p->n_used++;
+    *out = (skv_block_id)(((uint32_t)pi << 24) | (uint32_t)idx);
+    return SKV_OK;
+}
+
+static void block_release(skv_cache *c, skv_block_id id) {
+    skv_pool *p = &c->pools[id_pool(id)];
+    p->free_ids[p->n_free++] = id_index(id);
+    p->n_used--;
+}
+
+static inline uint8_t *block_mem(const skv_cache *c, skv_block_id id) {
+    const skv_pool *p = &c->pools[id_pool(id)];
+    int32_t idx = id_index(id);
+    return p->chunks[idx / SKV_POOL_CHUNK] + (size_t)(idx % SKV_POOL_CHUNK) * p->block_bytes;
+}
+
+static inline skv_kv_format block_fmt(skv_block_id id) {
+    return (skv_kv_format)(id_pool(id) % SKV_KV_FORMAT_COUNT);
+}
+static inline skv_tier block_tier(skv_block_id id) {
+    return (skv_tier)(id_pool(id) / SKV_KV_FORMAT_COUNT);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Cache                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int32_t head_dim,
+                          int32_t cap, skv_kv_format fmt) {
+    memset(c, 0, sizeof *c);
+    if ((fmt == SKV_KV_Q8 || fmt == SKV_KV_Q4) && head_dim % SKV_KV_VGROUP != 0)
+        return skv_set_error(SKV_ERR_UNSUPPORTED,
+                             "KV quantization groups values in %d channels; head_dim %d is not a "
+                             "multiple", SKV_KV_VGROUP, head_dim);
+    c->n_layer = n_layer;
+    c->n_kv_head = n_kv_head;
+    c->head_dim = head_dim;
+    c->cap = cap;
+    c->max_blocks = (cap + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    c->fmt = fmt;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++) {
+            skv_pool *p = &c->pools[pool_index((skv_tier)t, (skv_kv_format)f)];
+            p->fmt = (skv_kv_format)f;
+            p->tier = (skv_tier)t;
+            p->block_bytes = pool_block_bytes((skv_kv_format)f, head_dim);
+        }
+    const int64_t ns = (int64_t)n_layer * n_kv_head;
+    c->streams = calloc((size_t)ns, sizeof *c->streams);
+    if (!c->streams) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+    for (int64_t i = 0; i < ns; i++) {
+        skv_stream *st = &c->streams[i];
+        st->kb = malloc((size_t)c->max_blocks * sizeof *st->kb);
+        st->vb = malloc((size_t)c->max_blocks * sizeof *st->vb);
+        st->pos = malloc((size_t)cap * sizeof *st->pos);
+        if (!st->kb || !st->vb || !st->pos) {
+            skv_cache_free(c);
+            return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+        }
+        for (int32_t b = 0; b < c->max_blocks; b++) st->kb[b] = st->vb[b] = -1;
+    }
+    return SKV_OK;
+}
+
+skv_status skv_cache_enable_stats(skv_cache *c) {
+    const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    for (int64_t i = 0; i < ns; i++) {
+        skv_stream *st = &c->streams[i];
+        if (st->acc) continue;
+        st->acc = calloc((size_t)c->cap, sizeof *st->acc);
+        st->win = calloc((size_t)c->cap, sizeof *st->win);
+        if (!st->acc || !st->win) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+    }
+    return SKV_OK;
+}
+
+void skv_cache_free(skv_cache *c) {
+    if (!c->streams && !c->pools[0].chunks) return;
+    const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    for (int64_t i = 0; c->streams && i < ns; i++) {
+        free(c->streams[i].kb);
+        free(c->streams[i].vb);
+        free(c->streams[i].pos);
+        free(c->streams[i].acc);
+        free(c->streams[i].win);
+    }
+    free(c->streams);
+    for (int p = 0; p < SKV_TIER_COUNT * SKV_KV_FORMAT_COUNT; p++) {
+        for (int32_t k = 0; k < c->pools[p].n_chunks; k++) free(c->pools[p].chunks[k]);
+        free(c->pools[p].chunks);
+        free(c->pools[p].free_ids);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
+    skv_status st = skv_cache_init(dst, src->n_layer, src->n_kv_head, src->head_dim, src->cap, src->fmt);
+    if (st) return st;
+    dst->k_tier = src->k_tier;
+    dst->v_tier = src->v_tier;
+    if (src->streams[0].acc && (st = skv_cache_enable_stats(dst))) return st;
+    const int64_t ns = (int64_t)src->n_layer * src->n_kv_head;
+    for (int64_t i = 0; i < ns; i++) {
+        const skv_stream *a = &src->streams[i];
+        skv_stream *b = &dst->streams[i];
+        b->n = a->n;
+        memcpy(b->pos, a->pos, (size_t)a->n * sizeof *a->pos);
+        if (a->acc) {
+            memcpy(b->acc, a->acc, (size_t)a->n * sizeof *a->acc);
+            memcpy(b->win, a->win, (size_t)a->n * sizeof *a->win);
+        }
+        for (int32_t k = 0; k < src->max_blocks; k++) {
+            for (int v = 0; v < 2; v++) {
+                skv_block_id from = v ? a->vb[k] : a->kb[k], to;
+                if (from < 0) continue;
+                if ((st = block_alloc(dst, block_tier(from), block_fmt(from), &to))) return st;
+                memcpy(block_mem(dst, to), block_mem(src, from), src->pools[id_pool(from)].block_bytes);
+                if (v) b->vb[k] = to;
+                else b->kb[k] = to;
+            }
+        }
+    }
+    return SKV_OK;
+}
+
+/* Byte offset of row r in an f32 or bf16 block. */
+static inline uint8_t *row_ptr(const skv_cache *c, skv_block_id id, int32_t r) {
+    size_t esz = block_fmt(id) == SKV_KV_F32 ? 4 : 2;
+    return block_mem(c, id) + (size_t)r * c->head_dim * esz;
+}
+
+static void write_row(skv_cache *c, skv_block_id id, int32_t r, const float *x) {
+    if (block_fmt(id) == SKV_KV_F32) {
+        memcpy(row_ptr(c, id, r), x, (size_t)c->head_dim * sizeof(float));
+    } else {
+        uint16_t *d = (uint16_t *)row_ptr(c, id, r);
+        for (int32_t i = 0; i < c->head_dim; i++) d[i] = skv_f32_to_bf16(x[i]);
+    }
+}
+
+/* The format a stream's blocks are written in: quantized caches write f32 (the residual) and
+ * quantize a block once it is full. */
+static inline skv_kv_format write_fmt(const skv_cache *c) {
+    return c->fmt == SKV_KV_BF16 ? SKV_KV_BF16 : SKV_KV_F32;
+}
+
+static skv_status quantize_full_block(skv_cache *c, skv_block_id *slot, int is_v) {
+    skv_block_id q;
+    skv_status st = block_alloc(c, block_tier(*slot), c->fmt, &q);
+    if (st) return st;
+    skv_quant_block(c->fmt, c->head_dim, is_v, (const float *)block_mem(c, *slot), block_mem(c, q));
+    block_release(c, *slot);
+    *slot = q;
+    return SKV_OK;
+}
+
+skv_status skv_cache_append(skv_cache *c, int32_t l, int32_t g, int32_t pos, const float *k,
+                            const float *v) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    if (st->n >= c->cap)
+        return skv_set_error(SKV_ERR_RANGE, "KV cache: layer %d head %d is full (%d tokens)", l, g, c->cap);
+    const int32_t b = st->n / SKV_KV_BLOCK, r = st->n % SKV_KV_BLOCK;
+    skv_status s;
+    if (r == 0) {
+        if ((s = block_alloc(c, c->k_tier, write_fmt(c), &st->kb[b])) ||
+            (s = block_alloc(c, c->v_tier, write_fmt(c), &st->vb[b])))
+            return s;
+    }
+    write_row(c, st->kb[b], r, k);
+    write_row(c, st->vb[b], r, v);
+    st->pos[st->n] = pos;
+    if (st->acc) st->acc[st->n] = st->win[st->n] = 0;
+    st->n++;
+    if (r == SKV_KV_BLOCK - 1 && (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4)) {
+        if ((s = quantize_full_block(c, &st->kb[b], 0)) || (s = quantize_full_block(c, &st->vb[b], 1)))
+            return s;
+    }
+    return SKV_OK;
+}
+
+/* Release blocks past the stream's last slot. */
+static void trim_blocks(skv_cache *c, skv_stream *st) {
+    for (int32_t b = (st->n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK; b < c->max_blocks; b++) {
+        if (st->kb[b] >= 0) block_release(c, st->kb[b]);
+        if (st->vb[b] >= 0) block_release(c, st->vb[b]);
+        st->kb[b] = st->vb[b] = -1;
+    }
+}
+
+static void copy_row(skv_cache *c, skv_stream *st, int32_t to, int32_t from) {
+    const int32_t bt = to / SKV_KV_BLOCK, rt = to % SKV_KV_BLOCK;
+    const int32_t bf = from / SKV_KV_BLOCK, rf = from % SKV_KV_BLOCK;
+    SKV_ASSERT(block_fmt(st->kb[bt]) == block_fmt(st->kb[bf]));
+    SKV_ASSERT(block_fmt(st->kb[bt]) == SKV_KV_F32 || block_fmt(st->kb[bt]) == SKV_KV_BF16);
+    const size_t bytes = (size_t)c->head_dim * (block_fmt(st->kb[bt]) == SKV_KV_F32 ? 4 : 2);
+    memcpy(row_ptr(c, st->kb[bt], rt), row_ptr(c, st->kb[bf], rf), bytes);
+    memcpy(row_ptr(c, st->vb[bt], rt), row_ptr(c, st->vb[bf], rf), bytes);
+    st->pos[to] = st->pos[from];
+    if (st->acc) {
+        st->acc[to] = st->acc[from];
+        st->win[to] = st->win[from];
+    }
+}
+
+void skv_cache_compact(skv_cache *c, int32_t l, int32_t g, const uint8_t *keep) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    int32_t w = 0;
+    for (int32_t s = 0; s < st->n; s++) {
+        if (!keep[s]) continue;
+        if (s != w) copy_row(c, st, w, s);
+        w++;
+    }
+    st->n = w;
+    trim_blocks(c, st);
+}
+
+void skv_cache_remove_swap(skv_cache *c, int32_t l, int32_t g, int32_t s) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    SKV_ASSERT(s >= 0 && s < st->n);
+    if (s != st->n - 1) copy_row(c, st, s, st->n - 1);
+    st->n--;
+    trim_blocks(c, st);
+}
+
+void skv_cache_truncate(skv_cache *c, int32_t from_pos) {
+    const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    for (int64_t i = 0; i < ns; i++) {
+        skv_stream *st = &c->streams[i];
+        if (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4) {
+            /* quantized streams never reorder: the newest tokens are at the end */
+            while (st->n > 0 && st->pos[st->n - 1] >= from_pos) st->n--;
+            trim_blocks(c, st);
+            int32_t b = st->n / SKV_KV_BLOCK, r = st->n % SKV_KV_BLOCK;
+            if (r != 0 && block_fmt(st->kb[b]) != SKV_KV_F32) {
+                /* a quantized block became the partial last block: back to f32 */
+                for (int v = 0; v < 2; v++) {
+                    skv_block_id *slot = v ? &st->vb[b] : &st->kb[b], f;
+                    if (block_alloc(c, block_tier(*slot), SKV_KV_F32, &f) != SKV_OK) continue;
+                    skv_dequant_block(c->fmt, c->head_dim, v, block_mem(c, *slot),
+                                      (float *)block_mem(c, f), SKV_KV_BLOCK);
+                    block_release(c, *slot);
+                    *slot = f;
+                }
+            }
+            continue;
+        }
+        int32_t w = 0;
+        for (int32_t s = 0; s < st->n; s++) {
+            if (st->pos[s] >= from_pos) continue;
+            if (s != w) copy_row(c, st, w, s);
+            w++;
+        }
+        st->n = w;
+        trim_blocks(c, st);
+    }
+}
+
+static const float *rows_of(const skv_cache *c, skv_block_id id, int is_v, int n_rows, float *scratch) {
+    switch (block_fmt(id)) {
+    case SKV_KV_F32: return (const float *)block_mem(c, id);
+    case SKV_KV_BF16: {
+        const uint16_t *src = (const uint16_t *)block_mem(c, id);
+        for (int64_t i = 0; i < (int64_t)n_rows * c->head_dim; i++) scratch[i] = skv_bf16_to_f32(src[i]);
+        return scratch;
+    }
+    default:
+        skv_dequant_block(block_fmt(id), c->head_dim, is_v, block_mem(c, id), scratch, n_rows);
+        return scratch;
+    }
+}
+
+static inline int rows_in_block(const skv_stream *st, int32_t b) {
+    int r = st->n - b * SKV_KV_BLOCK;
+    return r > SKV_KV_BLOCK ? SKV_KV_BLOCK : r;
+}
+
+const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch) {
+    return rows_of(c, st->kb[b], 0, rows_in_block(st, b), scratch);
+}
+
+const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch) {
+    return rows_of(c, st->vb[b], 1, rows_in_block(st, b), scratch);
+}
+
+void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v) {
+    const skv_stream *st = skv_cache_stream(c, l, g);
+    const int32_t hd = c->head_dim;
+    for (int32_t b = 0; b * SKV_KV_BLOCK < st->n; b++) {
+        const int n = rows_in_block(st, b);
+        float *kd = k + (int64_t)b * SKV_KV_BLOCK * hd, *vd = v + (int64_t)b * SKV_KV_BLOCK * hd;
+        const float *ks = rows_of(c, st->kb[b], 0, n, kd), *vs = rows_of(c, st->vb[b], 1, n, vd);
+        if (ks != kd) memcpy(kd, ks, (size_t)n * hd * sizeof(float));
+        if (vs != vd) memcpy(vd, vs, (size_t)n * hd * sizeof(float));
+    }
+}
+
+skv_status skv_cache_move(skv_cache *c, int32_t l, int32_t g, int is_v, skv_tier tier) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    skv_block_id *list = is_v ? st->vb : st->kb;
+    for (int32_t b = 0; b < c->max_blocks; b++) {
+        if (list[b] < 0 || block_tier(list[b]) == tier) continue;
+        skv_block_id to;
+        skv_status s = block_alloc(c, tier, block_fmt(list[b]), &to);
+        if (s) return s;
+        memcpy(block_mem(c, to), block_mem(c, list[b]), c->pools[id_pool(to)].block_bytes);
+        block_release(c, list[b]);
+        list[b] = to;
+    }
+    return SKV_OK;
+}
+
+static int64_t block_true_bytes(const skv_cache *c, skv_block_id id, int is_v) {
+    return (int64_t)skv_kv_block_bytes(block_fmt(id), c->head_dim, is_v);
+}
+
+void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u) {
+    memset(u, 0, sizeof *u);
+    const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    for (int64_t i = 0; i < ns; i++) {
+        const skv_stream *st = &c->streams[i];
+        u->slots += st->n;
+        for (int32_t b = 0; b < c->max_blocks; b++)
+            for (int v = 0; v < 2; v++) {
+                skv_block_id id = v ? st->vb[b] : st->kb[b];
+                if (id < 0) continue;
+                int64_t by = block_true_bytes(c, id, v);
+                u->bytes[block_tier(id)][block_fmt(id)] += by;
+                u->total += by;
+            }
+    }
+}
+
+int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {
+    const skv_stream *st = skv_cache_stream(c, l, g);
+    int64_t total = 0;
+    for (int32_t b = 0; b < c->max_blocks; b++) {
+        if (st->kb[b] >= 0) total += block_true_bytes(c, st->kb[b], 0);
+        if (st->vb[b] >= 0) total += block_true_bytes(c, st->vb[b], 1);
+    }
+    return total;
+}

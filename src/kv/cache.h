@@ -1,0 +1,99 @@
+/*
+ * cache.h — the KV cache object: per-(layer, KV head) streams of kept tokens whose K and V
+ * rows live in fixed-size blocks drawn from pools (one per tier and storage format).
+ *
+ * A stream's slots 0..n-1 hold its kept tokens in arbitrary order (attention does not depend on
+ * key order; each slot records the token's position, and keys are stored after RoPE at that
+ * position). Slot s lives in row s % SKV_KV_BLOCK of the stream's block s / SKV_KV_BLOCK, for K
+ * and for V separately. New tokens are appended at the end; eviction compacts (stably) or swaps
+ * the last slot into the hole.
+ */
+#ifndef SKV_KV_CACHE_H
+#define SKV_KV_CACHE_H
+
+#include "internal.h"
+
+#define SKV_KV_BLOCK 32 /* tokens per block (also the KIVI quantization group) */
+#define SKV_KV_VGROUP 32 /* channels per value quantization group (KIVI, per token) */
+
+typedef enum skv_tier { SKV_TIER_FAST = 0, SKV_TIER_SLOW = 1, SKV_TIER_COUNT } skv_tier;
+
+/* Pools: blocks of one byte size, allocated in chunks, recycled through a free list. */
+typedef struct skv_pool {
+    skv_kv_format fmt;
+    skv_tier tier;
+    size_t block_bytes;
+    uint8_t **chunks;     /* (n_chunks) each holds SKV_POOL_CHUNK blocks */
+    int32_t n_chunks, cap_chunks;
+    int32_t *free_ids;    /* stack of free block indices */
+    int32_t n_free, cap_free;
+    int64_t n_used;       /* blocks handed out */
+} skv_pool;
+
+/* A block reference: pool index (tier * SKV_KV_FORMAT_COUNT + fmt) in the top 8 bits. */
+typedef int32_t skv_block_id;
+
+typedef struct skv_stream {
+    skv_block_id *kb, *vb; /* (max_blocks) K and V blocks; -1 where none */
+    int32_t n;             /* kept tokens (slots) */
+    int32_t *pos;          /* (cap) position of each slot */
+    float *acc;            /* (cap) attention accumulated over all queries, group-summed */
+    float *win;            /* (cap) attention of the last observation-window queries */
+} skv_stream;
+
+typedef struct skv_cache {
+    int32_t n_layer, n_kv_head, head_dim;
+    int32_t cap;           /* most slots a stream may hold (the context size) */
+    int32_t max_blocks;    /* per stream: ceil(cap / SKV_KV_BLOCK) */
+    skv_kv_format fmt;     /* format of full blocks (the last, partial block of a quantized
+                              stream stays f32: KIVI's full-precision residual) */
+    skv_pool pools[SKV_TIER_COUNT * SKV_KV_FORMAT_COUNT];
+    skv_stream *streams;   /* (n_layer, n_kv_head) */
+    skv_tier k_tier, v_tier; /* tier new blocks of K and V come from */
+} skv_cache;
+
+skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int32_t head_dim,
+                          int32_t cap, skv_kv_format fmt);
+void skv_cache_free(skv_cache *c);
+/* Allocate the per-slot attention statistics (acc, win) of every stream. */
+skv_status skv_cache_enable_stats(skv_cache *c);
+/* Deep copy (blocks, slots, statistics) into dst, which must be uninitialised. */
+skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src);
+
+static inline skv_stream *skv_cache_stream(const skv_cache *c, int32_t l, int32_t g) {
+    return &c->streams[(int64_t)l * c->n_kv_head + g];
+}
+
+/* Append one token's K and V rows (f32, head_dim each) at position pos. */
+skv_status skv_cache_append(skv_cache *c, int32_t l, int32_t g, int32_t pos, const float *k,
+                            const float *v);
+/* Drop every slot (positions >= from_pos are forgotten; with from_pos = 0 the stream empties).
+ * Only removes slots whose position is >= from_pos; keeps the rest in order. */
+void skv_cache_truncate(skv_cache *c, int32_t from_pos);
+/* Keep exactly the slots with keep[s] != 0, preserving their order. */
+void skv_cache_compact(skv_cache *c, int32_t l, int32_t g, const uint8_t *keep);
+/* Remove slot s by moving the last slot into it. */
+void skv_cache_remove_swap(skv_cache *c, int32_t l, int32_t g, int32_t s);
+
+/* Rows of one block for reading: f32 pointers when the block is f32, else the block decoded
+ * into scratch (SKV_KV_BLOCK x head_dim floats each). n_rows of the block are valid. */
+const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch);
+const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch);
+/* All n slots of a stream, decoded to f32: K and V (n, head_dim). */
+void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v);
+
+/* Move every block of a stream's K or V to a tier (copy, then release the old blocks). */
+skv_status skv_cache_move(skv_cache *c, int32_t l, int32_t g, int is_v, skv_tier tier);
+
+/* Bytes held right now: per (tier, format) and per stream (k and v). */
+typedef struct skv_cache_usage {
+    int64_t bytes[SKV_TIER_COUNT][SKV_KV_FORMAT_COUNT];
+    int64_t total;
+    int64_t slots;         /* kept tokens summed over streams */
+} skv_cache_usage;
+void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u);
+int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g);
+
+size_t skv_kv_block_bytes(skv_kv_format fmt, int32_t head_dim, int is_v);
+
+#endif

@@ -1,0 +1,17 @@
+/*
+ * quant.h — KIVI-style block quantization (keys per channel, values per token in groups).
+ */
+#ifndef SKV_KV_QUANT_H
+#define SKV_KV_QUANT_H
+
+#include "kv/cache.h"
+
+/* Bytes of one quantized block (f = SKV_KV_Q8 or SKV_KV_Q4). */
+size_t skv_quant_block_bytes(skv_kv_format f, int32_t hd, int is_v);
+/* rows: (SKV_KV_BLOCK, hd) f32 -> dst (skv_quant_block_bytes). */
+void skv_quant_block(skv_kv_format f, int32_t hd, int is_v, const float *rows, void *dst);
+/* src -> rows (n_rows, hd) f32. */
+void skv_dequant_block(skv_kv_format f, int32_t hd, int is_v, const void *src, float *rows,
+                       int n_rows);
+
+#endif
