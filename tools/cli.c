@@ -296,3 +296,56 @@ void cli_json_string(FILE *f, const char *s, size_t len) {
     }
     fputc('"', f);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+
+void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
+    skv_policy_params d = skv_policy_default_params("full");
+    *a = (cli_policy_args){.policy = "full", .budget = -1, .budget_tokens = 0, .sinks = d.sinks,
+                           .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
+                           .bits = d.quant_bits, .recent_frac = d.recent_frac,
+                           .beta = d.pyramid_beta, .kv_format = "f32"};
+    const cli_opt po[] = {
+        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant (default full)"},
+        {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
+        {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
+        {"sinks", 0, OPT_INT, &a->sinks, "N", "window: attention-sink tokens (default 4)"},
+        {"recent", 0, OPT_FLOAT, &a->recent_frac, "F", "h2o: share of the budget for recent tokens (default 0.5)"},
+        {"obs-window", 0, OPT_INT, &a->obs_window, "N", "snapkv/pyramidkv: observation window (default 32)"},
+        {"pool", 0, OPT_INT, &a->pool_kernel, "K", "snapkv/pyramidkv: max-pool width, odd (default 7)"},
+        {"beta", 0, OPT_FLOAT, &a->beta, "X", "pyramidkv: top layer budget = budget / X (default 20)"},
+        {"bits", 0, OPT_INT, &a->bits, "N", "quant: 8 or 4 (default 4)"},
+        {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32 or bf16 (default f32)"},
+    };
+    for (size_t i = 0; i < sizeof po / sizeof po[0]; i++) opts[(*n)++] = po[i];
+}
+
+skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
+                                    const skv_model *m) {
+    skv_policy_params p = skv_policy_default_params(name ? name : a->policy);
+    if (a->budget_tokens < 0) cli_die(cmd, 2, "bad value for --budget-tokens: %d (must be > 0)", a->budget_tokens);
+    if (a->budget != -1 && a->budget_tokens > 0)
+        cli_die(cmd, 2, "give --budget or --budget-tokens, not both");
+    if (a->budget != -1 && !(a->budget > 0 && a->budget <= 1))
+        cli_die(cmd, 2, "bad value for --budget: %g (a fraction in (0, 1]; use --budget-tokens for a count)", a->budget);
+    if (a->budget_tokens > 0) {
+        p.budget = 0;
+        p.budget_tokens = a->budget_tokens;
+    } else if (a->budget != -1) {
+        p.budget = a->budget;
+    }
+    p.sinks = a->sinks;
+    p.recent_frac = a->recent_frac;
+    p.obs_window = a->obs_window;
+    p.pool_kernel = a->pool_kernel;
+    p.pyramid_beta = a->beta;
+    p.quant_bits = a->bits;
+    if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
+    return p;
+}
+
+skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
+    if (!strcmp(a->kv_format, "f32")) return SKV_KV_F32;
+    if (!strcmp(a->kv_format, "bf16")) return SKV_KV_BF16;
+    cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32 or bf16)", a->kv_format);
+}

@@ -64,6 +64,22 @@ void cli_machine(char *buf, size_t cap);
 void cli_command_line(char *buf, size_t cap);
 void cli_set_argv(int argc, char **argv);
 
+/* KV policy flags shared by run, ppl, eval and sweep. */
+typedef struct cli_policy_args {
+    const char *policy;
+    float budget;
+    int budget_tokens, sinks, obs_window, pool_kernel, bits;
+    float recent_frac, beta;
+    const char *kv_format;
+} cli_policy_args;
+/* Initialise a with the library defaults and append the policy flags to opts at *n. */
+void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
+/* Policy parameters for one policy name (NULL: a->policy), checked against the model; exits
+ * with an error naming the flag on bad values. */
+skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
+                                    const skv_model *m);
+skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a);
+
 /* Print s as a JSON string (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s, size_t len);
 

@@ -10,6 +10,8 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -21,6 +23,8 @@ static const struct {
     {"logits", cmd_logits, "print the top-K logits at every prompt position as JSON"},
     {"ppl", cmd_ppl, "perplexity of a text corpus (docs/evaluation.md section 3)"},
     {"bench", cmd_bench, "prompt processing and generation speed (llama-bench style)"},
+    {"eval", cmd_eval, "run the evaluation tasks under a KV policy"},
+    {"sweep", cmd_sweep, "quality against KV budget for several policies, with CSV and plots"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,250 @@
+/*
+ * cmd_sweep.c — `slimkv sweep`: quality against budget (docs/evaluation.md section 4). Each
+ * task row is prefilled once; the cache is forked into every (policy, budget) and into the full
+ * cache. Writes <out>/sweep.csv (means per model, policy, budget, task), <out>/rows.jsonl (every
+ * row and configuration), <out>/<task>.png (score against budget, one line per policy) and
+ * <out>/meta.json (commit, machine, command, time).
+ */
+#include "cli.h"
+#include "eval/eval.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_CFG 64
+#define MAX_TASKS 16
+
+typedef struct agg {
+    double score, kv, kl_sum;
+    int64_t kl_n;
+    int rows;
+} agg;
+
+static int split_list(char *s, char **items, int max) {
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ",")) items[n++] = tok;
+    return n;
+}
+
+static void progress(int done, int total, double secs) {
+    const int width = 30;
+    int fill = total ? done * width / total : width;
+    double eta = done ? secs / done * (total - done) : 0;
+    fprintf(stderr, "\r[");
+    for (int i = 0; i < width; i++) fputc(i < fill ? '#' : '-', stderr);
+    fprintf(stderr, "] %d/%d rows  %.0f s elapsed, ~%.0f s left   ", done, total, secs, eta);
+    fflush(stderr);
+}
+
+/* one PNG per task: score against budget, a line per eviction policy, full and quant as
+ * horizontal references */
+static void plot_task(const char *dir, const char *model, const char *task, const char **labels,
+                      const float *budgets, const int *is_budgeted, int n_cfg, const double *score) {
+    char path[1200], cmd[1400];
+    snprintf(path, sizeof path, "%s/%s.png", dir, task);
+    snprintf(cmd, sizeof cmd, "gnuplot > /dev/null 2>&1");
+    FILE *g = popen(cmd, "w");
+    if (!g) return;
+    fprintf(g, "set terminal pngcairo size 900,560 font 'sans,11'\nset output '%s'\n", path);
+    fprintf(g, "set title '%s: %s, score against KV budget'\nset xlabel 'budget (fraction of prompt tokens kept per KV head)'\n"
+               "set ylabel 'score'\nset yrange [0:1.05]\nset key outside right\nset grid\nset logscale x 2\nset xrange [0.04:0.5]\n"
+               "set xtics (0.05, 0.1, 0.2, 0.4)\n", model, task);
+    /* distinct policy names among budgeted configs, in order */
+    const char *pols[MAX_CFG];
+    int n_pols = 0;
+    for (int k = 0; k < n_cfg; k++) {
+        if (!is_budgeted[k]) continue;
+        int seen = 0;
+        for (int j = 0; j < n_pols; j++) seen |= !strcmp(pols[j], labels[k]);
+        if (!seen) pols[n_pols++] = labels[k];
+    }
+    fprintf(g, "plot ");
+    int first = 1;
+    for (int j = 0; j < n_pols; j++) {
+        fprintf(g, "%s'-' using 1:2 with linespoints lw 2 title '%s'", first ? "" : ", ", pols[j]);
+        first = 0;
+    }
+    for (int k = 0; k < n_cfg; k++)
+        if (!is_budgeted[k]) {
+            fprintf(g, "%s%.6f with lines dt %d lw 2 title '%s (%.3f)'", first ? "" : ", ", score[k],
+                    strcmp(labels[k], "full") ? 3 : 2, labels[k], score[k]);
+            first = 0;
+        }
+    fprintf(g, "\n");
+    for (int j = 0; j < n_pols; j++) {
+        for (int k = 0; k < n_cfg; k++)
+            if (is_budgeted[k] && !strcmp(labels[k], pols[j])) fprintf(g, "%g %.6f\n", budgets[k], score[k]);
+        fprintf(g, "e\n");
+    }
+    pclose(g);
+}
+
+int cmd_sweep(int argc, char **argv) {
+    const char *dir = NULL, *tasks = NULL, *out_dir = NULL, *pol_s = "window,h2o,snapkv,pyramidkv",
+               *bud_s = "0.05,0.1,0.2,0.4";
+    int use_mmap = 0, threads = 0, limit = 0, exact = 0, quiet = 0, no_kl = 0;
+    cli_policy_args pa;
+    cli_opt opts[40] = {
+        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
+        {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
+        {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},
+        {"budgets", 0, OPT_STR, &bud_s, "LIST", "comma-separated budget fractions (default 0.05,0.1,0.2,0.4)"},
+        {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
+        {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default bench/sweep-<model>)"},
+        {"exact", 0, OPT_FLAG, &exact, NULL, "generate all 48 tokens (default: stop once a row's score is fixed)"},
+        {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
+        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
+        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
+        {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
+    };
+    int n_opts = 11;
+    cli_policy_options(&pa, opts, &n_opts);
+    const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
+                         "Score every task under every (policy, budget), prefilling each row once.",
+                         opts, n_opts};
+    cli_parse(&cmd, argc, argv);
+    if (!tasks) cli_die("sweep", 2, "no tasks: give --tasks FILE");
+    if (limit < 0) cli_die("sweep", 2, "bad value for --limit: %d (must be >= 0)", limit);
+
+    char *pol_buf = strdup(pol_s), *bud_buf = strdup(bud_s), *pols[16], *buds[16];
+    int n_pol = split_list(pol_buf, pols, 16), n_bud = split_list(bud_buf, buds, 16);
+    float budgets[16];
+    for (int i = 0; i < n_bud; i++) {
+        char *end;
+        budgets[i] = strtof(buds[i], &end);
+        if (*end || !(budgets[i] > 0 && budgets[i] <= 1))
+            cli_die("sweep", 2, "bad value for --budgets: '%s' (fractions in (0, 1])", buds[i]);
+    }
+    if (n_pol == 0) cli_die("sweep", 2, "bad value for --policies: empty");
+
+    skv_task_set ts;
+    cli_check("sweep", skv_tasks_load(tasks, limit, &ts));
+    skv_tokenizer *tok = cli_load_tokenizer("sweep", dir);
+    skv_model *m = cli_load_model("sweep", dir, threads, use_mmap);
+
+    /* configurations: full first, then each policy at each budget (quant once per width) */
+    skv_policy_params cfg[MAX_CFG];
+    const char *label[MAX_CFG];
+    float cbud[MAX_CFG];
+    int budgeted[MAX_CFG], n_cfg = 0;
+    cfg[n_cfg] = skv_policy_default_params("full");
+    label[n_cfg] = "full";
+    cbud[n_cfg] = 1;
+    budgeted[n_cfg++] = 0;
+    for (int i = 0; i < n_pol; i++) {
+        if (!strcmp(pols[i], "full")) continue;
+        if (!strcmp(pols[i], "quant") || !strcmp(pols[i], "quant8") || !strcmp(pols[i], "quant4")) {
+            cli_policy_args q = pa;
+            if (pols[i][5]) q.bits = pols[i][5] - '0';
+            q.budget = -1;
+            q.budget_tokens = 0;
+            cfg[n_cfg] = cli_policy_params("sweep", &q, "quant", m);
+            label[n_cfg] = q.bits == 8 ? "quant int8" : "quant int4";
+            cbud[n_cfg] = 1;
+            budgeted[n_cfg++] = 0;
+            continue;
+        }
+        for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
+            cli_policy_args b = pa;
+            b.budget = budgets[j];
+            b.budget_tokens = 0;
+            cfg[n_cfg] = cli_policy_params("sweep", &b, pols[i], m);
+            label[n_cfg] = pols[i];
+            cbud[n_cfg] = budgets[j];
+            budgeted[n_cfg++] = 1;
+        }
+    }
+
+    const char *base = strrchr(dir, '/');
+    base = base && base[1] ? base + 1 : dir;
+    char outd[1024];
+    if (out_dir) snprintf(outd, sizeof outd, "%s", out_dir);
+    else snprintf(outd, sizeof outd, "bench/sweep-%s", base);
+    if (mkdir(outd, 0755) != 0 && errno != EEXIST) cli_die("sweep", 1, "%s: cannot create: %s", outd, strerror(errno));
+    char path[1200];
+    snprintf(path, sizeof path, "%s/rows.jsonl", outd);
+    FILE *rows = fopen(path, "w");
+    if (!rows) cli_die("sweep", 1, "%s: cannot write", path);
+
+    skv_eval_opts eo = skv_eval_default_opts();
+    eo.kv_format = cli_kv_format("sweep", &pa);
+    eo.early_stop = !exact;
+    eo.kl = !no_kl;
+    const char *tnames[MAX_TASKS];
+    int n_tasks = 0;
+    static agg A[MAX_TASKS][MAX_CFG];
+    memset(A, 0, sizeof A);
+    skv_eval_result *res = malloc(sizeof *res * (size_t)n_cfg);
+    double t0 = skv_time_now();
+    for (int32_t i = 0; i < ts.n; i++) {
+        const skv_task_row *r = &ts.rows[i];
+        int32_t np;
+        if (skv_eval_row(m, tok, r, cfg, n_cfg, &eo, res, &np))
+            cli_die("sweep", 1, "%s:%d: %s", tasks, r->line, skv_last_error());
+        int k;
+        for (k = 0; k < n_tasks && strcmp(tnames[k], r->task); k++) {}
+        if (k == n_tasks) {
+            if (n_tasks == MAX_TASKS) cli_die("sweep", 1, "more than %d tasks", MAX_TASKS);
+            tnames[n_tasks++] = r->task;
+        }
+        for (int c = 0; c < n_cfg; c++) {
+            agg *a = &A[k][c];
+            a->score += res[c].score;
+            a->kv += (double)res[c].kv_bytes;
+            a->kl_sum += res[c].kl_sum;
+            a->kl_n += res[c].kl_n;
+            a->rows++;
+            fprintf(rows, "{\"task\": \"%s\", \"index\": %d, \"policy\": \"%s\", \"budget\": %g, \"score\": %.6f, "
+                    "\"kv_bytes\": %lld, \"kl\": %.6g, \"n_gen\": %d, \"prompt_tokens\": %d}\n", r->task, r->index,
+                    label[c], cbud[c], res[c].score, (long long)res[c].kv_bytes,
+                    res[c].kl_n ? res[c].kl_sum / res[c].kl_n : 0.0, res[c].n_gen, np);
+        }
+        if (!quiet) progress(i + 1, ts.n, skv_time_now() - t0);
+    }
+    if (!quiet) fprintf(stderr, "\n");
+    fclose(rows);
+    double secs = skv_time_now() - t0;
+
+    snprintf(path, sizeof path, "%s/sweep.csv", outd);
+    FILE *csv = fopen(path, "w");
+    if (!csv) cli_die("sweep", 1, "%s: cannot write", path);
+    fprintf(csv, "model,policy,budget,task,score,kv_bytes,kl,rows,kv_frac\n");
+    for (int k = 0; k < n_tasks; k++) {
+        double sc[MAX_CFG];
+        for (int c = 0; c < n_cfg; c++) {
+            const agg *a = &A[k][c];
+            sc[c] = a->score / a->rows;
+            fprintf(csv, "%s,%s,%g,%s,%.6f,%.0f,%.6g,%d,%.4f\n", base, label[c], cbud[c], tnames[k], sc[c],
+                    a->kv / a->rows, a->kl_n ? a->kl_sum / (double)a->kl_n : 0.0, a->rows,
+                    (a->kv / a->rows) / (A[k][0].kv / A[k][0].rows));
+        }
+        plot_task(outd, base, tnames[k], label, cbud, budgeted, n_cfg, sc);
+    }
+    fclose(csv);
+
+    char commit[64], machine[256], cmdline[4096];
+    cli_git_commit(commit, sizeof commit);
+    cli_machine(machine, sizeof machine);
+    cli_command_line(cmdline, sizeof cmdline);
+    snprintf(path, sizeof path, "%s/meta.json", outd);
+    FILE *meta = fopen(path, "w");
+    if (meta) {
+        fprintf(meta, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
+        cli_json_string(meta, cmdline, strlen(cmdline));
+        fprintf(meta, ",\n  \"rows\": %d,\n  \"configurations\": %d,\n  \"early_stop\": %s,\n  \"seconds\": %.1f\n}\n",
+                ts.n, n_cfg, eo.early_stop ? "true" : "false", secs);
+        fclose(meta);
+    }
+    printf("slimkv sweep: %d rows x %d configurations in %.0f s; results in %s/ (sweep.csv, rows.jsonl, "
+           "<task>.png, meta.json)\n", ts.n, n_cfg, secs, outd);
+    free(res);
+    free(pol_buf);
+    free(bud_buf);
+    skv_tasks_free(&ts);
+    skv_model_free(m);
+    skv_tokenizer_free(tok);
+    return 0;
+}
