@@ -341,6 +341,7 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
     p.pyramid_beta = a->beta;
     p.quant_bits = a->bits;
     if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
+    if (!strcmp(p.name, "full") || !strcmp(p.name, "quant")) p.budget = 0; /* keeps every token */
     return p;
 }
 

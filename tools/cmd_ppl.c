@@ -13,8 +13,9 @@
 int cmd_ppl(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *file = NULL, *out = NULL;
-    int windows = 200, threads = 0, ctx = 0, quiet = 0;
-    const cli_opt opts[] = {
+    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0;
+    cli_policy_args pa;
+    cli_opt opts[40] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
         {"windows", 'w', OPT_INT, &windows, "W", "score the first W windows (default 200)"},
@@ -23,10 +24,16 @@ int cmd_ppl(int argc, char **argv) {
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"out", 'o', OPT_STR, &out, "FILE", "also write the result as JSON (with commit, machine, command)"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
+        {"chunk", 0, OPT_INT, &chunk, "N", "tokens per forward call; the policy compresses after each (default 512, 128 with a policy)"},
     };
-    const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W]",
-                         "Perplexity of a corpus under the model (docs/evaluation.md section 3).",
-                         opts, (int)(sizeof opts / sizeof opts[0])};
+    int n_opts = 9;
+    cli_policy_options(&pa, opts, &n_opts);
+    const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
+                         "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
+                         "KV policy, each window is processed in chunks and the cache is compressed "
+                         "after every chunk; the KL divergence from the full cache (same chunks) is "
+                         "reported next to the perplexity.",
+                         opts, n_opts};
     cli_parse(&cmd, argc, argv);
     if (!file) cli_die("ppl", 2, "no corpus: give -f FILE");
     if (windows < 1) cli_die("ppl", 2, "bad value for --windows: %d (must be >= 1)", windows);
@@ -41,6 +48,10 @@ int cmd_ppl(int argc, char **argv) {
     const int W = ctx ? ctx : in->n_ctx;
     if (W < 2) cli_die("ppl", 2, "bad value for --ctx: %d (must be 2..%d)", ctx, in->n_ctx);
     const int32_t bos = in->bos_id >= 0 ? in->bos_id : 0;
+    skv_policy_params pp = cli_policy_params("ppl", &pa, NULL, m);
+    const int with_policy = strcmp(pp.name, "full") != 0;
+    if (chunk < 0) cli_die("ppl", 2, "bad value for --chunk: %d (must be >= 0)", chunk);
+    if (chunk == 0) chunk = with_policy ? 128 : 512;
 
     /* Tokenize documents until W * windows tokens are collected. */
     const size_t need = (size_t)W * (size_t)windows;
@@ -65,39 +76,88 @@ int cmd_ppl(int argc, char **argv) {
 
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = W;
-    skv_context *c = NULL;
+    cp.n_batch = chunk < W ? chunk : W;
+    cp.kv_format = cli_kv_format("ppl", &pa);
+    skv_context *c = NULL, *cpol = NULL;
     cli_check("ppl", skv_context_init(m, cp, &c));
-    const int B = cp.n_batch < W ? cp.n_batch : W;
+    if (with_policy) {
+        cp.policy = pp;
+        cli_check("ppl", skv_context_init(m, cp, &cpol));
+    }
+    const int B = cp.n_batch;
     float *lg = malloc((size_t)B * V * sizeof(float));
-    double nll = 0, t0 = skv_time_now();
+    /* with a policy: the full cache's log-probabilities of the window, for KL */
+    float *lp_full = with_policy ? malloc((size_t)W * V * sizeof(float)) : NULL;
+    if (!lg || (with_policy && !lp_full)) cli_die("ppl", 1, "out of memory for the logits");
+    double nll = 0, nll_pol = 0, kl = 0, kv_sum = 0, t0 = skv_time_now();
     int64_t scored = 0;
     for (int w = 0; w < n_win; w++) {
         const int32_t *ids = all + (size_t)w * W;
-        cli_check("ppl", skv_context_truncate(c, 0));
-        for (int off = 0; off < W; off += B) {
-            int nb = W - off < B ? W - off : B;
-            cli_check("ppl", skv_decode(c, ids + off, nb, lg, 1));
-            for (int i = 0; i < nb; i++) {
-                int pos = off + i;
-                if (pos + 1 >= W) break;
-                const float *row = lg + (size_t)i * V;
-                float mx = row[0];
-                for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-                double s = 0;
-                for (int v = 0; v < V; v++) s += exp((double)row[v] - mx);
-                nll += (double)mx + log(s) - (double)row[ids[pos + 1]];
-                scored++;
+        for (int pass = 0; pass < (with_policy ? 2 : 1); pass++) {
+            skv_context *cc = pass ? cpol : c;
+            cli_check("ppl", skv_context_truncate(cc, 0));
+            for (int off = 0; off < W; off += B) {
+                int nb = W - off < B ? W - off : B;
+                cli_check("ppl", skv_decode(cc, ids + off, nb, lg, 1));
+                for (int i = 0; i < nb; i++) {
+                    int pos = off + i;
+                    if (pos + 1 >= W) break;
+                    const float *row = lg + (size_t)i * V;
+                    float mx = row[0];
+                    for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+                    double s = 0;
+                    for (int v = 0; v < V; v++) s += exp((double)row[v] - mx);
+                    const double lse = (double)mx + log(s);
+                    if (!pass) {
+                        nll += lse - (double)row[ids[pos + 1]];
+                        scored++;
+                        if (with_policy)
+                            for (int v = 0; v < V; v++) lp_full[(size_t)pos * V + v] = (float)(row[v] - lse);
+                    } else {
+                        nll_pol += lse - (double)row[ids[pos + 1]];
+                        const float *ref = lp_full + (size_t)pos * V;
+                        double k = 0;
+                        for (int v = 0; v < V; v++) {
+                            double pf = exp((double)ref[v]);
+                            k += pf * ((double)ref[v] - ((double)row[v] - lse));
+                        }
+                        kl += k > 0 ? k : 0;
+                    }
+                }
+            }
+            if (pass) {
+                skv_kv_usage u;
+                skv_context_kv_usage(cc, &u);
+                kv_sum += (double)u.bytes;
             }
         }
-        if (!quiet)
-            fprintf(stderr, "\rslimkv ppl: window %d/%d  ppl %.4f  (%.0f tok/s)", w + 1, n_win,
-                    exp(nll / (double)scored), (double)(w + 1) * W / (skv_time_now() - t0));
+        if (!quiet) {
+            if (with_policy)
+                fprintf(stderr, "\rslimkv ppl: window %d/%d  ppl %.4f (full %.4f)  KL %.4f  (%.0f tok/s)", w + 1, n_win,
+                        exp(nll_pol / (double)scored), exp(nll / (double)scored), kl / (double)scored,
+                        2.0 * (w + 1) * W / (skv_time_now() - t0));
+            else
+                fprintf(stderr, "\rslimkv ppl: window %d/%d  ppl %.4f  (%.0f tok/s)", w + 1, n_win,
+                        exp(nll / (double)scored), (double)(w + 1) * W / (skv_time_now() - t0));
+        }
     }
     if (!quiet) fprintf(stderr, "\n");
+    if (with_policy) {
+        /* report the policy's perplexity; the full cache's goes alongside */
+        double tmp = nll;
+        nll = nll_pol;
+        nll_pol = tmp;
+    }
     double secs = skv_time_now() - t0, ppl = exp(nll / (double)scored);
+    char extra[512] = "";
+    if (with_policy)
+        snprintf(extra, sizeof extra, ", \"policy\": \"%s\", \"budget\": %g, \"budget_tokens\": %d, "
+                 "\"chunk\": %d, \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"kv_bytes_mean\": %.0f",
+                 pp.name, pp.budget, pp.budget_tokens, chunk, exp(nll_pol / (double)scored),
+                 kl / (double)scored, kv_sum / n_win);
     printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, "
-           "\"tokens_scored\": %lld, \"seconds\": %.2f}\n",
-           ppl, nll / (double)scored, n_win, W, (long long)scored, secs);
+           "\"tokens_scored\": %lld, \"seconds\": %.2f%s}\n",
+           ppl, nll / (double)scored, n_win, W, (long long)scored, secs, extra);
     if (out) {
         FILE *f = fopen(out, "w");
         if (!f) cli_die("ppl", 1, "%s: cannot write", out);
@@ -110,14 +170,16 @@ int cmd_ppl(int argc, char **argv) {
         fprintf(f, ",\n  \"model\": ");
         cli_json_string(f, dir, strlen(dir));
         fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
-                "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f\n}\n",
-                ppl, nll / (double)scored, n_win, W, (long long)scored, secs);
+                "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n",
+                ppl, nll / (double)scored, n_win, W, (long long)scored, secs, extra);
         fclose(f);
     }
     free(lg);
     free(all);
     free(text);
+    free(lp_full);
     skv_context_free(c);
+    skv_context_free(cpol);
     skv_model_free(m);
     skv_tokenizer_free(tok);
     return 0;

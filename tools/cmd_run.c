@@ -13,7 +13,8 @@ int cmd_run(int argc, char **argv) {
     int no_echo = 0;
     float temp = -1, top_p = -1, penalty = -1;
     uint64_t seed = 42;
-    const cli_opt opts[] = {
+    cli_policy_args pa;
+    cli_opt opts[48] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text"},
         {"file", 'f', OPT_STR, &file, "FILE", "read the prompt from FILE ('-': stdin)"},
@@ -31,9 +32,11 @@ int cmd_run(int argc, char **argv) {
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
     };
+    int n_opts = 16;
+    cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
-                         "Generate text after a prompt, streaming it to standard output.", opts,
-                         (int)(sizeof opts / sizeof opts[0])};
+                         "Generate text after a prompt, streaming it to standard output. With a KV "
+                         "policy the prompt's cache is compressed after prefill.", opts, n_opts};
     cli_parse(&cmd, argc, argv);
     if (n_gen < 0) cli_die("run", 2, "bad value for -n: %d (must be >= 0)", n_gen);
 
@@ -57,6 +60,8 @@ int cmd_run(int argc, char **argv) {
     cli_check("run", skv_sampler_init(sp, in->n_vocab, &smp));
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = ctx;
+    cp.policy = cli_policy_params("run", &pa, NULL, m);
+    cp.kv_format = cli_kv_format("run", &pa);
     skv_context *c = NULL;
     cli_check("run", skv_context_init(m, cp, &c));
     int n_ctx = ctx ? ctx : in->n_ctx;
@@ -117,6 +122,10 @@ int cmd_run(int argc, char **argv) {
     }
     fflush(stdout);
     if (stopped_ctx) fprintf(stderr, "slimkv run: stopped: the context of %d tokens is full\n", n_ctx);
+    skv_kv_usage u;
+    skv_context_kv_usage(c, &u);
+    fprintf(stderr, "slimkv run: KV cache (%s) holds %lld bytes for %lld kept token-heads\n", cp.policy.name,
+            (long long)u.bytes, (long long)u.slots);
     fprintf(stderr, "slimkv run: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in "
             "%.1f ms (%.1f tok/s)\n", n_prompt, 1e3 * (t1 - t0), (double)n_prompt / (t1 - t0),
             n_out, 1e3 * (t3 - t2), n_out > 1 ? (double)(n_out - 1) / (t3 - t2) : 0.0);
