@@ -435,6 +435,30 @@ static void test_cache_tier_move(void) {
     skv_cache_free(&c);
 }
 
+/* bf16 storage: close to the f32 cache, but not the same (it is really rounded) */
+static void test_bf16_close(void) {
+    REQUIRE(model(), "kvt-s: %s", skv_last_error());
+    const int n = 200, steps = 4, V = 8192;
+    prompt_ids(n);
+    float *a = malloc(sizeof(float) * V * steps), *b = malloc(sizeof(float) * V * steps);
+    for (int f = 0; f < 2; f++) {
+        skv_context_params cp = skv_context_default_params();
+        cp.n_ctx = 512;
+        cp.kv_format = f ? SKV_KV_BF16 : SKV_KV_F32;
+        skv_context *c = NULL;
+        REQUIRE(skv_context_init(model(), cp, &c) == SKV_OK, "%s", skv_last_error());
+        run(c, n, steps, f ? b : a);
+        skv_context_free(c);
+    }
+    double maxd = 0;
+    for (size_t i = V; i < (size_t)V * steps; i++) maxd = fmax(maxd, fabs(a[i] - b[i]));
+    CHECKF(maxd > 0 && maxd < 0.1, "bf16 KV vs f32: max logit difference %.3g", maxd);
+    /* the first step comes from the prefill, whose own keys are used unrounded */
+    CHECK(!memcmp(a, b, sizeof(float) * V));
+    free(a);
+    free(b);
+}
+
 static void test_bad_policy(void) {
     REQUIRE(model(), "kvt-s: %s", skv_last_error());
     struct { const char *name; float budget; int tokens; int sinks; const char *needle; } cases[] = {
@@ -498,6 +522,7 @@ void register_kv(void) {
     skv_test_add("kv/policies in the model: kept sets and budgets", test_policies_in_model);
     skv_test_add("kv/fork equals running the policy directly", test_fork_matches_direct);
     skv_test_add("kv/memory accounting matches the formula", test_memory_accounting);
+    skv_test_add("kv/bf16 storage stays close to f32", test_bf16_close);
     skv_test_add("kv/bad policy parameters", test_bad_policy);
     skv_test_add("kv/(release the shared model)", test_cleanup);
 }

@@ -10,7 +10,7 @@ int cmd_run(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *prompt = NULL, *file = NULL;
     int n_gen = 128, top_k = -1, last_n = -1, json = 0, threads = 0, ctx = 0, ignore_eos = 0;
-    int no_echo = 0;
+    int no_echo = 0, kv_stats = 0;
     float temp = -1, top_p = -1, penalty = -1;
     uint64_t seed = 42;
     cli_policy_args pa;
@@ -30,9 +30,10 @@ int cmd_run(int argc, char **argv) {
         {"ctx", 'c', OPT_INT, &ctx, "N", "context size in tokens (default: the model's)"},
         {"ignore-eos", 0, OPT_FLAG, &ignore_eos, NULL, "keep generating after end-of-sequence"},
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
+        {"kv-stats", 0, OPT_FLAG, &kv_stats, NULL, "print the KV memory per layer and KV head, and per format, at the end"},
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
     };
-    int n_opts = 16;
+    int n_opts = 17;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
                          "Generate text after a prompt, streaming it to standard output. With a KV "
@@ -124,6 +125,18 @@ int cmd_run(int argc, char **argv) {
     if (stopped_ctx) fprintf(stderr, "slimkv run: stopped: the context of %d tokens is full\n", n_ctx);
     skv_kv_usage u;
     skv_context_kv_usage(c, &u);
+    if (kv_stats) {
+        static const char *fmt_names[SKV_KV_FORMAT_COUNT] = {"f32", "bf16", "int8", "int4"};
+        fprintf(stderr, "slimkv run: KV cache after %d tokens (policy %s)\n%6s %6s %8s %12s\n", u.n_past,
+                cp.policy.name, "layer", "head", "tokens", "bytes");
+        for (int32_t l = 0; l < in->n_layer; l++)
+            for (int32_t g = 0; g < in->n_kv_head; g++)
+                fprintf(stderr, "%6d %6d %8d %12lld\n", l, g, skv_context_kept(c, l, g, NULL),
+                        (long long)skv_context_kv_bytes_head(c, l, g));
+        for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++)
+            if (u.bytes_by_format[f]) fprintf(stderr, "  %s blocks: %lld bytes\n", fmt_names[f], (long long)u.bytes_by_format[f]);
+        fprintf(stderr, "  fast tier %lld bytes, slow tier %lld bytes\n", (long long)u.bytes_fast, (long long)u.bytes_slow);
+    }
     fprintf(stderr, "slimkv run: KV cache (%s) holds %lld bytes for %lld kept token-heads\n", cp.policy.name,
             (long long)u.bytes, (long long)u.slots);
     fprintf(stderr, "slimkv run: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in "

@@ -76,13 +76,9 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     c->hb = alloc_floats(B * in->ffn_dim, &fail);
     c->hb2 = alloc_floats(B * in->ffn_dim, &fail);
     c->att_stride = SKV_MIN(B, SKV_ATT_BLOCK) * T;
-    c->att = alloc_floats((int64_t)c->n_threads * c->att_stride, &fail);
-    c->gk = alloc_floats(KD * T, &fail);
-    c->gv = alloc_floats(KD * T, &fail);
     c->probs = alloc_floats(in->n_head * T, &fail);
     c->probs_win = alloc_floats(in->n_head * T, &fail);
     c->blk = alloc_floats((int64_t)c->n_threads * 2 * SKV_KV_BLOCK * hd, &fail);
-    c->wconv = alloc_floats(m->max_weight_elems, &fail);
     c->pol_scratch = malloc((size_t)T * 16 + 64);
     if (fail || !c->pol.budget_now || !c->pol_scratch) {
         skv_context_free(c);
@@ -171,6 +167,23 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
     }
     skv_policy_compress(&c->pol, &c->cache, c->pol_scratch);
     *out = c;
+    return SKV_OK;
+}
+
+skv_status skv_context_prefill_scratch(skv_context *c) {
+    if (c->wconv) return SKV_OK;
+    const skv_model_info *in = &c->m->cfg.info;
+    const int64_t KD = (int64_t)in->n_kv_head * in->head_dim;
+    int fail = 0;
+    c->att = alloc_floats((int64_t)c->n_threads * c->att_stride, &fail);
+    c->gk = alloc_floats(KD * c->n_ctx, &fail);
+    c->gv = alloc_floats(KD * c->n_ctx, &fail);
+    c->wconv = alloc_floats(c->m->max_weight_elems, &fail);
+    if (fail) {
+        free(c->att), free(c->gk), free(c->gv), free(c->wconv);
+        c->att = c->gk = c->gv = c->wconv = NULL;
+        return skv_set_error(SKV_ERR_NOMEM, "cannot allocate the prefill scratch for %d tokens", c->n_ctx);
+    }
     return SKV_OK;
 }
 

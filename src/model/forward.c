@@ -101,12 +101,11 @@ static void attention_prefill(skv_context *c, int32_t l, int64_t pos0, int64_t n
             for (int64_t i = i0; i < i1; i++) {
                 float *row = S + (i - i0) * nk;
                 const int64_t qp = pos0 + i, hi = n_old + i + 1; /* slots >= hi are later tokens */
-                int64_t lo = 0;
                 if (in->sliding_window > 0) {
                     for (int64_t t = 0; t < hi; t++)
                         if (!visible(c, qp, kpos[t])) row[t] = -INFINITY;
                 }
-                skv_softmax(row + lo, hi - lo);
+                skv_softmax(row, hi);
                 for (int64_t t = hi; t < nk; t++) row[t] = 0;
                 if (stats) {
                     for (int64_t t = 0; t < hi; t++) pa[t] += row[t];
@@ -146,7 +145,8 @@ static skv_status forward_chunk(skv_context *c, const int32_t *ids, int64_t n, f
     const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim;
     const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
     const int64_t pos0 = c->n_past;
-    skv_status st;
+    skv_status st = skv_context_prefill_scratch(c);
+    if (st) return st;
 
     for (int64_t i = 0; i < n; i++) skv_weight_row_f32(&m->tok_embed, ids[i], c->x + i * D);
 

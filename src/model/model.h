@@ -54,6 +54,8 @@ struct skv_context {
     float *att_out;            /* (n_batch, n_head*hd) */
     float *hb, *hb2;           /* (n_batch, ffn) */
     float *proj;               /* (n_batch, dim) */
+    /* prefill-only scratch, allocated on the first multi-token call (forks that only decode
+     * never pay for it): */
     float *att;                /* (n_threads, att_rows, n_ctx) attention score rows */
     int64_t att_stride;        /* floats per thread in att: att_rows * n_ctx, where
                                   att_rows = min(n_batch, SKV_ATT_BLOCK) */
@@ -65,5 +67,8 @@ struct skv_context {
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
     void *pol_scratch;         /* policy selection scratch */
 };
+
+/* Allocate the prefill-only scratch (att, gk, gv, wconv) if not yet done. */
+skv_status skv_context_prefill_scratch(skv_context *c);
 
 #endif
