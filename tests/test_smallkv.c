@@ -1,0 +1,187 @@
+/*
+ * test_smallkv.c — SmallKV's model-independent parts against brute force: budget split, head
+ * matching on constructed attention maps with a known answer, token classes, re-selection,
+ * and the compensated attention (mass and paper normalisation).
+ */
+#include "harness.h"
+#include "kv/smallkv.h"
+
+#include <math.h>
+
+static uint32_t g_rng = 88172645u;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 17;
+    g_rng ^= g_rng << 5;
+    return g_rng;
+}
+static float frnd(void) { return (float)(rnd() >> 8) / 16777216.0f; }
+
+static void test_budget(void) {
+    skv_smallkv_split s = skv_smallkv_budget(400, 2, 1, 2);
+    CHECKF(s.crit == 200 && s.recent == 100 && s.marg == 200, "400 slots: %d/%d/%d", s.crit, s.recent, s.marg);
+    for (int slots = 1; slots < 900; slots++) {
+        s = skv_smallkv_budget(slots, 2, 1, 2);
+        CHECKF(s.crit + s.recent + (s.marg + 1) / 2 <= slots, "slots %d: %d/%d/%d over budget", slots, s.crit, s.recent, s.marg);
+        CHECK(s.recent >= 1 && s.crit >= 0 && s.marg >= 0);
+        if (slots >= 20) {
+            CHECKF(abs(s.crit - 2 * s.recent) <= 2 && abs(s.marg - s.crit) <= 2, "slots %d: ratio %d/%d/%d", slots, s.crit, s.recent, s.marg);
+            CHECKF(s.crit + s.recent + (s.marg + 1) / 2 >= slots - 2, "slots %d: %d/%d/%d wastes the budget", slots, s.crit, s.recent, s.marg);
+        }
+    }
+    s = skv_smallkv_budget(100, 2, 1, 0); /* ablation: no marginal tokens */
+    CHECK(s.marg == 0 && s.crit + s.recent <= 100 && s.crit >= 65);
+}
+
+/* LLM head i attends like SLM head perm[i] (scaled, with noise below the top-K margin) */
+static void test_match_known(void) {
+    enum { NS = 12, NL = 60, T = 160, K = 24 };
+    static float as[NS * T], al[NL * T];
+    int perm[NL], f[NL];
+    for (int j = 0; j < NS; j++)
+        for (int t = 0; t < T; t++) as[j * T + t] = frnd() < 0.2f ? 1 + frnd() : frnd() * 0.1f;
+    for (int i = 0; i < NL; i++) {
+        perm[i] = (int)(rnd() % NS);
+        for (int t = 0; t < T; t++) al[i * T + t] = 3 * as[perm[i] * T + t] + 0.01f * frnd();
+    }
+    static float jac[NL * NS];
+    skv_smallkv_match(al, NL, as, NS, T, K, f, jac);
+    for (int i = 0; i < NL; i++) {
+        CHECKF(f[i] == perm[i], "LLM head %d matched to %d, want %d", i, f[i], perm[i]);
+        CHECKF(jac[i * NS + perm[i]] >= 0.8f, "head %d: Jaccard with its source %.3f", i, jac[i * NS + perm[i]]);
+    }
+    /* a rank-preserving transform without noise: identical top-K sets */
+    for (int i = 0; i < NL; i++)
+        for (int t = 0; t < T; t++) al[i * T + t] = as[perm[i] * T + t] * as[perm[i] * T + t] + 0.5f;
+    skv_smallkv_match(al, NL, as, NS, T, K, f, jac);
+    for (int i = 0; i < NL; i++)
+        CHECKF(f[i] == perm[i] && jac[i * NS + perm[i]] == 1.0f, "head %d: %d, J %.3f", i, f[i], jac[i * NS + perm[i]]);
+}
+
+/* Jaccard values against sets built by brute force */
+static void test_match_bruteforce(void) {
+    enum { NS = 5, NL = 7, T = 40, K = 9 };
+    float as[NS * T], al[NL * T], jac[NL * NS];
+    int f[NL];
+    for (int trial = 0; trial < 20; trial++) {
+        for (int i = 0; i < NS * T; i++) as[i] = frnd();
+        for (int i = 0; i < NL * T; i++) al[i] = frnd();
+        skv_smallkv_match(al, NL, as, NS, T, K, f, jac);
+        for (int i = 0; i < NL; i++) {
+            float best = -1;
+            int bj = -1;
+            for (int j = 0; j < NS; j++) {
+                int inter = 0, uni = 0;
+                for (int t = 0; t < T; t++) {
+                    int ra = 0, rb = 0; /* rank = count of strictly better keys */
+                    for (int u = 0; u < T; u++) {
+                        ra += al[i * T + u] > al[i * T + t];
+                        rb += as[j * T + u] > as[j * T + t];
+                    }
+                    int ina = ra < K, inb = rb < K;
+                    inter += ina && inb;
+                    uni += ina || inb;
+                }
+                float J = (float)inter / uni;
+                CHECKF(fabsf(J - jac[i * NS + j]) < 1e-6, "J(%d,%d) %.4f vs %.4f", i, j, jac[i * NS + j], J);
+                if (J > best) best = J, bj = j;
+            }
+            CHECK(f[i] == bj);
+        }
+    }
+}
+
+static void test_select(void) {
+    for (int trial = 0; trial < 200; trial++) {
+        int T = 1 + (int)(rnd() % 150);
+        skv_smallkv_split s = {(int32_t)(rnd() % 40), 1 + (int32_t)(rnd() % 20), (int32_t)(rnd() % 40)};
+        float sc[160];
+        uint8_t cls[160];
+        for (int t = 0; t < T; t++) sc[t] = frnd();
+        skv_smallkv_select(sc, T, s, cls);
+        int recent = s.recent < T ? s.recent : T, n = T - recent;
+        for (int t = 0; t < T; t++) {
+            int want;
+            if (t >= n) {
+                want = SKV_SK_RECENT;
+            } else {
+                int better = 0;
+                for (int u = 0; u < n; u++) better += sc[u] > sc[t];
+                want = better < s.crit ? SKV_SK_CRIT : better < s.crit + s.marg ? SKV_SK_MARG : SKV_SK_SKIP;
+            }
+            CHECKF(cls[t] == want, "T=%d key %d: class %d, want %d", T, t, cls[t], want);
+        }
+    }
+}
+
+/* a token skipped at one step comes back when the small model starts attending to it */
+static void test_reselection(void) {
+    enum { T = 100 };
+    float sc[T];
+    uint8_t cls[T];
+    skv_smallkv_split s = {10, 5, 10};
+    for (int t = 0; t < T; t++) sc[t] = 1.0f + 0.01f * (float)(t % 7);
+    sc[3] = 0.0f;
+    skv_smallkv_select(sc, T, s, cls);
+    CHECK(cls[3] == SKV_SK_SKIP);
+    sc[3] += 5.0f; /* the next step's accumulated attention puts it on top */
+    skv_smallkv_select(sc, T, s, cls);
+    CHECK(cls[3] == SKV_SK_CRIT);
+}
+
+static void brute_attend(const float *q, const float *K, const float *V, int T, int hd, const uint8_t *cls,
+                         const float *p, int paper, double *o) {
+    double l[256], z = 0, m = 0, mx = -1e300;
+    for (int t = 0; t < T; t++) {
+        l[t] = 0;
+        for (int d = 0; d < hd; d++) l[t] += (double)q[d] * K[t * hd + d];
+        l[t] /= sqrt((double)hd);
+        if (cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT) mx = fmax(mx, l[t]);
+        if (cls[t] == SKV_SK_MARG) m += p[t];
+    }
+    for (int t = 0; t < T; t++)
+        if (cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT) z += exp(l[t] - mx);
+    for (int d = 0; d < hd; d++) o[d] = 0;
+    for (int t = 0; t < T; t++) {
+        double w = 0;
+        if (cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT) w = (paper ? 1 : 1 - m) * exp(l[t] - mx) / z;
+        if (cls[t] == SKV_SK_MARG) w = p[t];
+        for (int d = 0; d < hd; d++) o[d] += w * V[t * hd + d];
+    }
+}
+
+static void test_attend(void) {
+    enum { T = 120, HD = 16 };
+    float q[HD], K[T * HD], V[T * HD], p[T], o[HD];
+    double ref[HD];
+    uint8_t cls[T];
+    for (int trial = 0; trial < 50; trial++) {
+        for (int i = 0; i < HD; i++) q[i] = frnd() * 2 - 1;
+        for (int i = 0; i < T * HD; i++) K[i] = frnd() * 2 - 1, V[i] = frnd() * 2 - 1;
+        double ps = 0;
+        for (int t = 0; t < T; t++) ps += (p[t] = frnd());
+        for (int t = 0; t < T; t++) p[t] = (float)(p[t] / ps); /* a probability row */
+        for (int t = 0; t < T; t++) cls[t] = (uint8_t)(rnd() % 4);
+        cls[T - 1] = SKV_SK_RECENT;
+        for (int paper = 0; paper < 2; paper++) {
+            skv_smallkv_attend(q, K, V, T, HD, cls, p, paper, o);
+            brute_attend(q, K, V, T, HD, cls, p, paper, ref);
+            for (int d = 0; d < HD; d++) CHECKF(fabs(o[d] - ref[d]) < 1e-5, "paper=%d d=%d: %.6f vs %.6f", paper, d, o[d], ref[d]);
+        }
+    }
+    /* without marginal tokens both modes are plain attention over critical + recent */
+    for (int t = 0; t < T; t++) cls[t] = t % 3 ? SKV_SK_CRIT : SKV_SK_SKIP;
+    float o2[HD];
+    skv_smallkv_attend(q, K, V, T, HD, cls, p, 0, o);
+    skv_smallkv_attend(q, K, V, T, HD, cls, p, 1, o2);
+    CHECK(!memcmp(o, o2, sizeof o));
+}
+
+void register_smallkv(void) {
+    skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);
+    skv_test_add("smallkv/head matching recovers a known assignment", test_match_known);
+    skv_test_add("smallkv/Jaccard of top-K sets vs brute force", test_match_bruteforce);
+    skv_test_add("smallkv/token classes vs brute force", test_select);
+    skv_test_add("smallkv/re-selection brings back a skipped token", test_reselection);
+    skv_test_add("smallkv/compensated attention (mass, paper) vs brute force", test_attend);
+}
