@@ -185,6 +185,9 @@ typedef struct skv_context_params {
     skv_policy_params policy;
     int32_t collect_stats; /* 1: gather the attention statistics of every policy, whatever the
                               own policy, so that skv_context_fork can branch into any of them */
+    int32_t collect_head_stats; /* 1 (full policy only): keep, per layer and query head, the
+                              attention accumulated over all queries and the last decode step's
+                              attention, by position (skv_context_head_attention) */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -217,6 +220,12 @@ int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t k
 /* Kept tokens of one (layer, KV head) stream and, if pos is non-NULL, their positions
  * (pos must hold n_ctx entries), in slot order. */
 int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos);
+
+/* Per-query-head attention of a context created with collect_head_stats: acc[n_past] the
+ * attention every query so far paid to each position (summed over queries), last[n_past] the
+ * attention of the last single-token step's query (zeros before any). Either may be NULL. */
+skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc,
+                                      float *last);
 
 /* Run n ids through the model, appending them to the cache. If logits is non-NULL it receives
  * logits for the last token only (n_vocab floats), or for all n tokens (n x n_vocab, row-major)

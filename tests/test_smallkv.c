@@ -5,6 +5,8 @@
  */
 #include "harness.h"
 #include "kv/smallkv.h"
+#include "model/model.h"
+#include "slimkv.h"
 
 #include <math.h>
 
@@ -177,6 +179,110 @@ static void test_attend(void) {
     CHECK(!memcmp(o, o2, sizeof o));
 }
 
+static skv_model *load_s(void) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/kvt-s", skv_test_shared_dir());
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    skv_model *m = NULL;
+    return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
+}
+
+static skv_context *head_ctx(skv_model *m) {
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 256;
+    cp.collect_head_stats = 1;
+    skv_context *c = NULL;
+    return skv_context_init(m, cp, &c) == SKV_OK ? c : NULL;
+}
+
+/* per-head statistics: the prefill (matrix) path equals the token-by-token path; rows sum to 1 */
+static void test_head_stats(void) {
+    skv_model *m = load_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    enum { N = 60 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 2654435761u >> 9) % 8000 + 1);
+    skv_context *a = head_ctx(m), *b = head_ctx(m);
+    REQUIRE(a && b, "%s", skv_last_error());
+    CHECK(skv_decode(a, ids, N, NULL, 0) == SKV_OK);
+    for (int i = 0; i < N; i++) CHECK(skv_decode(b, ids + i, 1, NULL, 0) == SKV_OK);
+    float acc_a[N + 1], acc_b[N + 1], last[N + 1];
+    double worst = 0;
+    for (int l = 0; l < 4; l++)
+        for (int h = 0; h < 3; h++) {
+            CHECK(skv_context_head_attention(a, l, h, acc_a, NULL) == SKV_OK);
+            CHECK(skv_context_head_attention(b, l, h, acc_b, last) == SKV_OK);
+            double sum = 0, lsum = 0;
+            for (int t = 0; t < N; t++) {
+                worst = fmax(worst, fabs(acc_a[t] - acc_b[t]));
+                sum += acc_a[t];
+                lsum += last[t];
+            }
+            CHECKF(fabs(sum - N) < 1e-3, "layer %d head %d: accumulated attention sums to %.5f, want %d", l, h, sum, N);
+            CHECKF(fabs(lsum - 1) < 1e-5, "layer %d head %d: last row sums to %.6f", l, h, lsum);
+        }
+    CHECKF(worst < 1e-4, "prefill vs token-by-token head statistics differ by %.3g", worst);
+    skv_context_params cp = skv_context_default_params();
+    cp.collect_head_stats = 1;
+    cp.policy = skv_policy_default_params("h2o");
+    skv_context *bad = NULL;
+    CHECK(skv_context_init(m, cp, &bad) == SKV_ERR_ARG && !bad);
+    skv_context_free(a);
+    skv_context_free(b);
+    skv_model_free(m);
+}
+
+/* An all-critical plan is ordinary attention (bit-identical). With marginal weights equal to
+ * the model's own full-attention probabilities, the mass-preserving plan reproduces full
+ * attention whichever slots are marginal; the paper's unnormalised sum does not. */
+static void test_plan_exactness(void) {
+    skv_model *m = load_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    enum { N = 80, V = 8192, L = 4, H = 3, CTX = 256 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 40503u + 7) % 8000 + 1);
+    skv_context *base = head_ctx(m);
+    REQUIRE(base, "%s", skv_last_error());
+    CHECK(skv_decode(base, ids, N, NULL, 0) == SKV_OK);
+    const skv_policy_params full = skv_policy_default_params("full");
+    skv_context *ref = NULL, *p1 = NULL, *p2 = NULL, *p3 = NULL;
+    REQUIRE(skv_context_fork(base, &full, &ref) == SKV_OK && skv_context_fork(base, &full, &p1) == SKV_OK &&
+            skv_context_fork(base, &full, &p2) == SKV_OK && skv_context_fork(base, &full, &p3) == SKV_OK,
+            "fork: %s", skv_last_error());
+    static float lr[V], l1[V], l2[V], l3[V];
+    int32_t x = 1234;
+    CHECK(skv_decode(ref, &x, 1, lr, 0) == SKV_OK);
+    static uint8_t cls[L * 1 * CTX];
+    static float marg[L * H * CTX];
+    /* 1: everything critical, the current token recent */
+    for (int i = 0; i < L * CTX; i++) cls[i] = (i % CTX) == N ? SKV_SK_RECENT : SKV_SK_CRIT;
+    CHECK(skv_context_set_plan(p1, cls, marg, 0) == SKV_OK);
+    CHECK(skv_decode(p1, &x, 1, l1, 0) == SKV_OK);
+    CHECK(!memcmp(l1, lr, sizeof lr));
+    /* 2: random critical / marginal split, marginal weights = true probabilities of this step */
+    for (int l = 0; l < L; l++) {
+        for (int t = 0; t <= N; t++) cls[l * CTX + t] = t == N ? SKV_SK_RECENT : (rnd() % 2 ? SKV_SK_CRIT : SKV_SK_MARG);
+        for (int h = 0; h < H; h++) CHECK(skv_context_head_attention(ref, l, h, NULL, marg + (l * H + h) * CTX) == SKV_OK);
+    }
+    CHECK(skv_context_set_plan(p2, cls, marg, 0) == SKV_OK);
+    CHECK(skv_decode(p2, &x, 1, l2, 0) == SKV_OK);
+    CHECK(skv_context_set_plan(p3, cls, marg, 1) == SKV_OK);
+    CHECK(skv_decode(p3, &x, 1, l3, 0) == SKV_OK);
+    double d2 = 0, d3 = 0;
+    for (int v = 0; v < V; v++) d2 = fmax(d2, fabs(l2[v] - lr[v])), d3 = fmax(d3, fabs(l3[v] - lr[v]));
+    CHECKF(d2 < 1e-3, "mass plan with true marginal weights: max logit difference %.3g", d2);
+    CHECKF(d3 > 10 * d2 && d3 > 1e-2, "paper plan should differ (%.3g vs mass %.3g)", d3, d2);
+    skv_context *q = NULL;
+    skv_context_params cp = skv_context_default_params();
+    cp.policy = skv_policy_default_params("window");
+    CHECK(skv_context_init(m, cp, &q) == SKV_OK);
+    CHECK(skv_context_set_plan(q, cls, marg, 0) == SKV_ERR_ARG);
+    skv_context_free(q);
+    skv_context_free(base), skv_context_free(ref), skv_context_free(p1), skv_context_free(p2), skv_context_free(p3);
+    skv_model_free(m);
+}
+
 void register_smallkv(void) {
     skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);
     skv_test_add("smallkv/head matching recovers a known assignment", test_match_known);
@@ -184,4 +290,6 @@ void register_smallkv(void) {
     skv_test_add("smallkv/token classes vs brute force", test_select);
     skv_test_add("smallkv/re-selection brings back a skipped token", test_reselection);
     skv_test_add("smallkv/compensated attention (mass, paper) vs brute force", test_attend);
+    skv_test_add("smallkv/per-head attention statistics (prefill = token by token)", test_head_stats);
+    skv_test_add("smallkv/attention plan in the model: identity and mass exactness", test_plan_exactness);
 }

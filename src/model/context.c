@@ -42,6 +42,9 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     skv_kv_format fmt = p.kv_format;
     if (kind == SKV_POL_QUANT) fmt = p.policy.quant_bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4;
 
+    if (p.collect_head_stats && kind != SKV_POL_FULL)
+        return skv_set_error(SKV_ERR_ARG, "per-head attention statistics need the full policy (got %s)",
+                             p.policy.name);
     skv_context *c = calloc(1, sizeof *c);
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     c->m = m;
@@ -80,6 +83,12 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     c->probs_win = alloc_floats(in->n_head * T, &fail);
     c->blk = alloc_floats((int64_t)c->n_threads * 2 * SKV_KV_BLOCK * hd, &fail);
     c->pol_scratch = malloc((size_t)T * 16 + 64);
+    if (p.collect_head_stats) {
+        const size_t nh = (size_t)in->n_layer * in->n_head * (size_t)T;
+        c->head_acc = calloc(nh, sizeof(float));
+        c->head_last = calloc(nh, sizeof(float));
+        if (!c->head_acc || !c->head_last) fail = 1;
+    }
     if (fail || !c->pol.budget_now || !c->pol_scratch) {
         skv_context_free(c);
         return skv_set_error(SKV_ERR_NOMEM, "cannot allocate the scratch for %d tokens", (int)T);
@@ -109,6 +118,8 @@ void skv_context_free(skv_context *c) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(c->pol.budget_now);
     free(c->pol_scratch);
+    free(c->head_acc);
+    free(c->head_last);
     free(c);
 }
 
@@ -137,6 +148,17 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
         return st;
     }
     c->n_past = src->n_past;
+    if (src->head_acc && kind == SKV_POL_FULL) {
+        const size_t nh = (size_t)src->m->cfg.info.n_layer * src->m->cfg.info.n_head * (size_t)c->n_ctx;
+        c->head_acc = malloc(nh * sizeof(float));
+        c->head_last = malloc(nh * sizeof(float));
+        if (!c->head_acc || !c->head_last) {
+            skv_context_free(c);
+            return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        }
+        memcpy(c->head_acc, src->head_acc, nh * sizeof(float));
+        memcpy(c->head_last, src->head_last, nh * sizeof(float));
+    }
     if (kind == SKV_POL_QUANT) {
         /* re-store the f32 cache in the quantized format, block by block */
         skv_cache q;
@@ -187,7 +209,29 @@ skv_status skv_context_prefill_scratch(skv_context *c) {
     return SKV_OK;
 }
 
+skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float *marg, int paper) {
+    if (cls && (c->pol.kind != SKV_POL_FULL || c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4))
+        return skv_set_error(SKV_ERR_ARG, "an attention plan needs a context that keeps every token");
+    c->plan_cls = cls;
+    c->plan_marg = marg;
+    c->plan_paper = paper;
+    return SKV_OK;
+}
+
 int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
+
+skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc,
+                                      float *last) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (!c->head_acc)
+        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
+    if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
+        return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
+    const size_t off = ((size_t)layer * in->n_head + head) * (size_t)c->n_ctx;
+    if (acc) memcpy(acc, c->head_acc + off, (size_t)c->n_past * sizeof(float));
+    if (last) memcpy(last, c->head_last + off, (size_t)c->n_past * sizeof(float));
+    return SKV_OK;
+}
 
 skv_status skv_context_truncate(skv_context *c, int32_t n_past) {
     if (n_past < 0 || n_past > c->n_past)

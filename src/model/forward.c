@@ -11,6 +11,8 @@
  */
 #include "model.h"
 
+#include "kv/smallkv.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -107,6 +109,10 @@ static void attention_prefill(skv_context *c, int32_t l, int64_t pos0, int64_t n
                 }
                 skv_softmax(row, hi);
                 for (int64_t t = hi; t < nk; t++) row[t] = 0;
+                if (c->head_acc) {
+                    float *ha = c->head_acc + ((int64_t)l * H + h) * T;
+                    for (int64_t t = 0; t < hi; t++) ha[t] += row[t];
+                }
                 if (stats) {
                     for (int64_t t = 0; t < hi; t++) pa[t] += row[t];
                     if (use_win && qp >= c->win_from)
@@ -214,9 +220,25 @@ static void attend_heads(skv_context *c, int32_t l, int32_t g, int32_t h0, int32
         for (int64_t s = 0; s < n; s++)
             if (!visible(c, qp, st->pos[s]))
                 for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + s] = -INFINITY;
+    /* SmallKV plan: own scores only for critical and recent slots */
+    const uint8_t *cls = c->plan_cls ? c->plan_cls + ((int64_t)l * c->m->cfg.info.n_kv_head + g) * c->n_ctx : NULL;
+    if (cls)
+        for (int64_t s = 0; s < n; s++)
+            if (cls[s] != SKV_SK_CRIT && cls[s] != SKV_SK_RECENT)
+                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + s] = -INFINITY;
     for (int32_t j = 0; j < nh; j++) {
-        skv_softmax(c->probs + (int64_t)(h0 + j) * c->n_ctx, n);
+        float *pr = c->probs + (int64_t)(h0 + j) * c->n_ctx;
+        skv_softmax(pr, n);
         memset(c->att_out + (int64_t)(h0 + j) * hd, 0, (size_t)hd * sizeof(float));
+        if (!cls) continue;
+        /* marginal slots: V weighted by the small model's probability; the own part scaled by
+         * what the marginal mass leaves (mass mode) */
+        const float *mw = c->plan_marg + ((int64_t)l * c->m->cfg.info.n_head + h0 + j) * c->n_ctx;
+        double mass = 0;
+        for (int64_t s = 0; s < n; s++)
+            if (cls[s] == SKV_SK_MARG) mass += mw[s];
+        const float own = c->plan_paper ? 1.0f : (float)(1.0 - fmin(fmax(mass, 0.0), 1.0));
+        for (int64_t s = 0; s < n; s++) pr[s] = cls[s] == SKV_SK_MARG ? mw[s] : pr[s] * own;
     }
     for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
         const float *V = skv_cache_v_rows(&c->cache, st, (int32_t)b, vb);
@@ -278,6 +300,15 @@ static skv_status forward_token(skv_context *c, int32_t id, float *logits) {
             } else {
 #pragma omp for schedule(static)
                 for (int32_t h = 0; h < H; h++) attend_heads(c, l, h / G, h, 1, cs, sn, pos, scale);
+            }
+            if (c->head_acc) {
+#pragma omp for schedule(static)
+                for (int32_t h = 0; h < H; h++) {
+                    const int64_t off = ((int64_t)l * H + h) * c->n_ctx, n = skv_cache_stream(&c->cache, l, h / G)->n;
+                    const float *pr = c->probs + (int64_t)h * c->n_ctx;
+                    for (int64_t s = 0; s < n; s++) c->head_acc[off + s] += pr[s];
+                    memcpy(c->head_last + off, pr, (size_t)n * sizeof(float));
+                }
             }
             if (c->want_acc) {
 #pragma omp for schedule(static)

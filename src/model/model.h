@@ -64,9 +64,20 @@ struct skv_context {
                                   head's slots; in prefill, per-head `acc` sums */
     float *probs_win;          /* (n_head, n_ctx) per-head `win` sums in prefill */
     float *blk;                /* (n_threads, 2, SKV_KV_BLOCK, hd) decoded blocks */
+    float *head_acc;           /* (n_layer, n_head, n_ctx) per-query-head accumulated attention
+                                  by slot (= position: full policy only); NULL unless asked */
+    float *head_last;          /* (n_layer, n_head, n_ctx) last decode step's attention */
+    /* SmallKV plan for the next decode step (NULL: ordinary attention), owned by the caller: */
+    const uint8_t *plan_cls;   /* (n_layer, n_kv_head, n_ctx) SKV_SK_* class of every slot */
+    const float *plan_marg;    /* (n_layer, n_head, n_ctx) weight of each marginal slot */
+    int32_t plan_paper;        /* 1: unnormalised O_c + O_m; 0: mass-preserving */
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
     void *pol_scratch;         /* policy selection scratch */
 };
+
+/* Set (or clear with NULLs) the SmallKV attention plan used by single-token decode steps. The
+ * context must keep every token (full policy, f32 or bf16). */
+skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float *marg, int paper);
 
 /* Allocate the prefill-only scratch (att, gk, gv, wconv) if not yet done. */
 skv_status skv_context_prefill_scratch(skv_context *c);
