@@ -234,6 +234,49 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
                       int all_logits);
 
 /* ------------------------------------------------------------------------------------------ */
+/* SmallKV: a small model of the same family guides the large model's attention                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Each decode step the small model (full cache) runs first; every large-model KV head then takes
+ * its critical tokens (own K and V), its recent window, and marginal tokens (V only, weighted by
+ * the small model's attention) from the small model's accumulated attention of the matched
+ * heads. Heads are matched once, by Jaccard similarity of top-K accumulated-attention sets over
+ * the first match_len prompt tokens. The large model's full cache is kept (slow tier). */
+typedef struct skv_smallkv_params {
+    float budget;          /* slots per KV head as a fraction of the prompt, (0, 1] */
+    float r_crit, r_recent, r_marg; /* token ratio (2 : 1 : 2); a marginal token is half a slot */
+    int32_t match_len;     /* prompt tokens for head matching (128) */
+    int32_t match_k;       /* top-K size for matching; 0: the critical share at match_len */
+    int32_t paper;         /* 1: O_c + O_m unnormalised (the paper's Alg. 1); 0: mass-preserving */
+    int32_t no_marginal;   /* ablation: no marginal tokens (their budget goes unused) */
+    int32_t static_select; /* ablation: no saliency shift: critical and marginal sets fixed at
+                              the first decode step, the recent window still slides */
+} skv_smallkv_params;
+
+typedef struct skv_smallkv skv_smallkv;
+
+typedef struct skv_smallkv_usage {
+    int64_t fast_bytes;    /* selected rows at the last step: crit+recent K and V, marginal V */
+    int64_t slow_bytes;    /* the large model's full cache */
+    int64_t draft_kv_bytes;      /* the small model's cache */
+    int64_t draft_weight_bytes;  /* the small model's weights */
+} skv_smallkv_usage;
+
+skv_smallkv_params skv_smallkv_default_params(void);
+/* Both models must share the vocabulary. n_ctx: tokens each cache holds (0: the large model's). */
+skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_params p, int32_t n_ctx,
+                            skv_smallkv **out);
+void skv_smallkv_free(skv_smallkv *s);
+/* Prefill the prompt through both models (full attention); logits of the last token. */
+skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits);
+/* One decode step of both models. */
+skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits);
+void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u);
+/* The matched small-model head (layer * n_head + head) of each large-model head, or NULL before
+ * matching. */
+const int32_t *skv_smallkv_head_map(const skv_smallkv *s);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 

@@ -283,6 +283,107 @@ static void test_plan_exactness(void) {
     skv_model_free(m);
 }
 
+/* the driver on kvt-l guided by kvt-s */
+static skv_model *load_l(void) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/kvt-l", skv_test_shared_dir());
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    skv_model *m = NULL;
+    return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
+}
+
+
+static void gen_ids(int32_t *ids, int n, uint32_t seed) {
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(((uint32_t)i * 2654435761u + seed) % 8000 + 1);
+}
+
+static void test_driver(void) {
+    skv_model *ml = load_l(), *ms = load_s();
+    REQUIRE(ml && ms, "models: %s", skv_last_error());
+    enum { V = 8192, N = 300, STEPS = 8, CTX = 512 };
+    static int32_t ids[N + STEPS];
+    gen_ids(ids, N + STEPS, 99);
+    static float lg[V], ref[V];
+
+    /* 1: prompt shorter than match_len: no matching, the large model runs unchanged */
+    skv_smallkv_params p = skv_smallkv_default_params();
+    p.match_len = 64;
+    skv_smallkv *s = NULL;
+    REQUIRE(skv_smallkv_init(ml, ms, p, CTX, &s) == SKV_OK, "%s", skv_last_error());
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = CTX;
+    skv_context *plain = NULL;
+    REQUIRE(skv_context_init(ml, cp, &plain) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_smallkv_prefill(s, ids, 40, lg) == SKV_OK);
+    CHECK(skv_decode(plain, ids, 40, ref, 0) == SKV_OK);
+    CHECK(!memcmp(lg, ref, sizeof lg));
+    for (int t = 0; t < 10; t++) {
+        CHECK(skv_smallkv_decode(s, ids[40 + t], lg) == SKV_OK);
+        CHECK(skv_decode(plain, &ids[40 + t], 1, ref, 0) == SKV_OK);
+        if (40 + t + 1 <= 64) CHECKF(!memcmp(lg, ref, sizeof lg), "step %d before matching differs", t);
+    }
+    CHECK(skv_smallkv_head_map(s) == NULL); /* 50 tokens < 64 */
+    skv_smallkv_free(s);
+    skv_context_free(plain);
+
+    /* 2: default, no-marginal, static, paper: what each switch changes */
+    static uint8_t first_cls[10 * 2 * CTX], last_cls[10 * 2 * CTX];
+    float out[4][V];
+    for (int mode = 0; mode < 4; mode++) {
+        p = skv_smallkv_default_params();
+        p.budget = 0.2f;
+        p.no_marginal = mode == 1;
+        p.static_select = mode == 2;
+        p.paper = mode == 3;
+        REQUIRE(skv_smallkv_init(ml, ms, p, CTX, &s) == SKV_OK, "%s", skv_last_error());
+        CHECK(skv_smallkv_prefill(s, ids, N, lg) == SKV_OK);
+        const struct skv_smallkv *v = s;
+        const int32_t *f = skv_smallkv_head_map(s);
+        REQUIRE(f, "not matched after a %d-token prompt", N);
+        for (int i = 0; i < 60; i++) CHECK(f[i] >= 0 && f[i] < 12);
+        int changed = 0, marg = 0, slid_back = 0;
+        for (int t = 0; t < STEPS; t++) {
+            CHECK(skv_smallkv_decode(s, ids[N + t], lg) == SKV_OK);
+            const int T = N + t + 1;
+            for (int k = 0; k < 20; k++)
+                for (int j = 0; j < T; j++) {
+                    uint8_t c = v->cls[k * CTX + j];
+                    marg += c == SKV_SK_MARG;
+                    if (t == 0) first_cls[k * CTX + j] = c;
+                    if (t == STEPS - 1) last_cls[k * CTX + j] = c;
+                }
+        }
+        for (int k = 0; k < 20; k++)
+            for (int j = 0; j < N; j++) {
+                uint8_t a = first_cls[k * CTX + j], b = last_cls[k * CTX + j];
+                if (a != b && a != SKV_SK_RECENT && b != SKV_SK_RECENT) changed++;
+                if (a == SKV_SK_SKIP && (b == SKV_SK_CRIT || b == SKV_SK_MARG)) slid_back++;
+            }
+        if (mode == 0) CHECKF(changed > 0 && slid_back > 0, "default: no saliency shift in %d steps (%d changes, %d returns)", STEPS, changed, slid_back);
+        if (mode == 1) CHECKF(marg == 0, "no-marginal ablation still has %d marginal tokens", marg);
+        if (mode != 1) CHECK(marg > 0);
+        if (mode == 2) CHECKF(changed == 0 && slid_back == 0, "static ablation changed %d classes", changed);
+        /* budget: crit+recent rows and marginal rows per KV head */
+        skv_smallkv_usage u;
+        skv_smallkv_get_usage(s, &u);
+        const int64_t row = 64 * 4;
+        int64_t want = 20 * ((int64_t)(v->split.crit + v->split.recent) * 2 * row + (int64_t)v->split.marg * row);
+        if (mode == 2) want = u.fast_bytes; /* positions that left the window are dropped */
+        CHECKF(u.fast_bytes == want, "mode %d: fast bytes %lld, want %lld", mode, (long long)u.fast_bytes, (long long)want);
+        CHECK(u.slow_bytes > 4 * u.fast_bytes && u.draft_weight_bytes > 0 && u.draft_kv_bytes > 0);
+        memcpy(out[mode], lg, sizeof lg);
+        skv_smallkv_free(s);
+    }
+    CHECK(memcmp(out[0], out[3], sizeof out[0]) != 0); /* paper != mass */
+    CHECK(memcmp(out[0], out[1], sizeof out[0]) != 0);
+    p = skv_smallkv_default_params();
+    p.budget = 1.5f;
+    CHECK(skv_smallkv_init(ml, ms, p, CTX, &s) == SKV_ERR_ARG);
+    skv_model_free(ml);
+    skv_model_free(ms);
+}
+
 void register_smallkv(void) {
     skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);
     skv_test_add("smallkv/head matching recovers a known assignment", test_match_known);
@@ -292,4 +393,5 @@ void register_smallkv(void) {
     skv_test_add("smallkv/compensated attention (mass, paper) vs brute force", test_attend);
     skv_test_add("smallkv/per-head attention statistics (prefill = token by token)", test_head_stats);
     skv_test_add("smallkv/attention plan in the model: identity and mass exactness", test_plan_exactness);
+    skv_test_add("smallkv/driver: deferral, saliency shift, ablations, memory", test_driver);
 }

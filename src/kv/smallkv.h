@@ -45,4 +45,24 @@ void skv_smallkv_select(const float *score, int32_t T, skv_smallkv_split s, uint
 void skv_smallkv_attend(const float *q, const float *K, const float *V, int32_t T, int32_t hd,
                         const uint8_t *cls, const float *p, int paper_mode, float *o);
 
+/* The driver's state (internal; tests read it). */
+typedef struct skv_context skv_context;
+struct skv_smallkv {
+    skv_smallkv_params p;
+    skv_context *lc, *sc;   /* large, small */
+    int32_t L, H, G, KVH;   /* large model: layers, query heads, group size, KV heads */
+    int32_t Ls, Hs;         /* small model: layers, query heads */
+    int32_t n_ctx;
+    int32_t n_prompt;
+    skv_smallkv_split split;
+    int32_t matched;
+    int32_t *f;             /* (L*H) matched small head of each large head */
+    uint8_t *cls;           /* (L, KVH, n_ctx) plan classes */
+    float *marg;            /* (L, H, n_ctx) marginal weights */
+    float *score;           /* (n_ctx) scratch */
+    uint8_t *fixed;         /* (L, KVH, n_ctx) static-selection ablation: first step's classes */
+    int32_t fixed_set;
+    int64_t fast_bytes;
+};
+
 #endif

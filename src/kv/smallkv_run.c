@@ -1,0 +1,197 @@
+/*
+ * smallkv_run.c — the SmallKV driver: a large and a small model side by side (see slimkv.h and
+ * ../shared/docs/techniques.md §1). Defaults: GQA selection per KV head by the summed scores of
+ * its query heads' matched small-model heads; marginal weights per query head; matching K = the
+ * critical share of the budget at the matching length; the large model attends in place by
+ * index (on CPU its full cache stays where it is; the "fast tier" is the selected rows).
+ */
+#include "kv/smallkv.h"
+#include "model/model.h"
+
+#include <math.h>
+
+
+skv_smallkv_params skv_smallkv_default_params(void) {
+    skv_smallkv_params p = {.budget = 0.2f, .r_crit = 2, .r_recent = 1, .r_marg = 2, .match_len = 128,
+                            .match_k = 0, .paper = 0, .no_marginal = 0, .static_select = 0};
+    return p;
+}
+
+void skv_smallkv_free(skv_smallkv *s) {
+    if (!s) return;
+    skv_context_free(s->lc);
+    skv_context_free(s->sc);
+    free(s->f);
+    free(s->cls);
+    free(s->marg);
+    free(s->score);
+    free(s->fixed);
+    free(s);
+}
+
+skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_params p, int32_t n_ctx,
+                            skv_smallkv **out) {
+    *out = NULL;
+    const skv_model_info *li = skv_model_get_info(large), *si = skv_model_get_info(small);
+    if (li->n_vocab != si->n_vocab)
+        return skv_set_error(SKV_ERR_ARG, "smallkv: the draft model's vocabulary (%d) differs from the "
+                             "model's (%d)", si->n_vocab, li->n_vocab);
+    if (!(p.budget > 0 && p.budget <= 1))
+        return skv_set_error(SKV_ERR_ARG, "smallkv: budget %g is outside (0, 1]", p.budget);
+    if (!(p.r_crit >= 0 && p.r_recent > 0 && p.r_marg >= 0))
+        return skv_set_error(SKV_ERR_ARG, "smallkv: split ratios must be >= 0 (recent > 0)");
+    if (p.match_len < 1 || p.match_k < 0)
+        return skv_set_error(SKV_ERR_ARG, "smallkv: match length must be >= 1 and match K >= 0");
+    skv_smallkv *s = calloc(1, sizeof *s);
+    if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    s->p = p;
+    s->L = li->n_layer, s->H = li->n_head, s->KVH = li->n_kv_head, s->G = li->n_head / li->n_kv_head;
+    s->Ls = si->n_layer, s->Hs = si->n_head;
+    s->n_ctx = n_ctx ? n_ctx : li->n_ctx;
+    if (s->n_ctx > si->n_ctx) s->n_ctx = si->n_ctx;
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = s->n_ctx;
+    cp.collect_head_stats = 1;
+    skv_status st;
+    if ((st = skv_context_init(large, cp, &s->lc)) || (st = skv_context_init(small, cp, &s->sc))) {
+        skv_smallkv_free(s);
+        return st;
+    }
+    s->f = malloc(sizeof(int32_t) * (size_t)(s->L * s->H));
+    s->cls = malloc((size_t)s->L * s->KVH * s->n_ctx);
+    s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
+    s->score = malloc(sizeof(float) * (size_t)s->n_ctx);
+    s->fixed = malloc((size_t)s->L * s->KVH * s->n_ctx);
+    if (!s->f || !s->cls || !s->marg || !s->score || !s->fixed) {
+        skv_smallkv_free(s);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    *out = s;
+    return SKV_OK;
+}
+
+/* Match every large head to a small head on the accumulated attention of the first T tokens. */
+static skv_status match_heads(skv_smallkv *s, int32_t T) {
+    const int32_t nl = s->L * s->H, ns = s->Ls * s->Hs;
+    float *al = malloc(sizeof(float) * (size_t)nl * T), *as = malloc(sizeof(float) * (size_t)ns * T);
+    float *tmp = malloc(sizeof(float) * (size_t)s->n_ctx);
+    skv_status st = SKV_OK;
+    if (!al || !as || !tmp) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    for (int32_t i = 0; i < nl && !st; i++) {
+        st = skv_context_head_attention(s->lc, i / s->H, i % s->H, tmp, NULL);
+        memcpy(al + (size_t)i * T, tmp, sizeof(float) * (size_t)T);
+    }
+    for (int32_t j = 0; j < ns && !st; j++) {
+        st = skv_context_head_attention(s->sc, j / s->Hs, j % s->Hs, tmp, NULL);
+        memcpy(as + (size_t)j * T, tmp, sizeof(float) * (size_t)T);
+    }
+    if (!st) {
+        int32_t K = s->p.match_k;
+        if (K == 0) {
+            /* the critical share of the budget, as a fraction, at the matching length */
+            K = (int32_t)lrint((double)s->split.crit / SKV_MAX(s->n_prompt, 1) * T);
+            K = SKV_MAX(K, 1);
+        }
+        skv_smallkv_match(al, nl, as, ns, T, SKV_MIN(K, T), s->f, NULL);
+        s->matched = 1;
+    }
+    free(al);
+    free(as);
+    free(tmp);
+    return st;
+}
+
+skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits) {
+    if (skv_context_n_past(s->lc) != 0)
+        return skv_set_error(SKV_ERR_ARG, "smallkv: prefill on a used context");
+    s->n_prompt = n;
+    const int32_t slots = SKV_MAX(1, (int32_t)lrintf(s->p.budget * (float)n));
+    s->split = skv_smallkv_budget(slots, s->p.r_crit, s->p.r_recent, s->p.no_marginal ? 0 : s->p.r_marg);
+    skv_status st;
+    int32_t first = n >= s->p.match_len ? s->p.match_len : n;
+    if ((st = skv_decode(s->lc, ids, first, first == n ? logits : NULL, 0)) ||
+        (st = skv_decode(s->sc, ids, first, NULL, 0)))
+        return st;
+    if (first == s->p.match_len && (st = match_heads(s, first))) return st;
+    if (first < n && ((st = skv_decode(s->lc, ids + first, n - first, logits, 0)) ||
+                      (st = skv_decode(s->sc, ids + first, n - first, NULL, 0))))
+        return st;
+    /* the large model's full cache is the slow tier; selected rows are read from it in place */
+    for (int32_t l = 0; l < s->L; l++)
+        for (int32_t g = 0; g < s->KVH; g++)
+            if ((st = skv_cache_move(&s->lc->cache, l, g, 0, SKV_TIER_SLOW)) ||
+                (st = skv_cache_move(&s->lc->cache, l, g, 1, SKV_TIER_SLOW)))
+                return st;
+    s->lc->cache.k_tier = s->lc->cache.v_tier = SKV_TIER_SLOW;
+    return SKV_OK;
+}
+
+/* Classes and marginal weights for a step whose query sits at position T - 1. */
+static skv_status build_plan(skv_smallkv *s, int32_t T) {
+    float *acc = malloc(sizeof(float) * (size_t)s->n_ctx);
+    if (!acc) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    skv_status st = SKV_OK;
+    const int32_t hd = s->lc->m->cfg.info.head_dim;
+    int64_t fast = 0;
+    for (int32_t l = 0; l < s->L && !st; l++)
+        for (int32_t g = 0; g < s->KVH && !st; g++) {
+            uint8_t *cls = s->cls + ((int64_t)l * s->KVH + g) * s->n_ctx;
+            uint8_t *fx = s->fixed + ((int64_t)l * s->KVH + g) * s->n_ctx;
+            if (s->p.static_select && s->fixed_set) {
+                /* sets fixed at the first step; the window slides; tokens that leave it are gone */
+                const int32_t recent = SKV_MIN(s->split.recent, T);
+                for (int32_t t = 0; t < T; t++)
+                    cls[t] = t >= T - recent ? SKV_SK_RECENT
+                             : (t < T - 1 && (fx[t] == SKV_SK_CRIT || fx[t] == SKV_SK_MARG)) ? fx[t]
+                                                                                             : SKV_SK_SKIP;
+            } else {
+                memset(s->score, 0, sizeof(float) * (size_t)T);
+                for (int32_t j = 0; j < s->G; j++) {
+                    const int32_t i = l * s->H + g * s->G + j, fs = s->f[i];
+                    if ((st = skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, acc, NULL))) break;
+                    for (int32_t t = 0; t < T; t++) s->score[t] += acc[t];
+                }
+                skv_smallkv_select(s->score, T, s->split, cls);
+                if (s->p.static_select) memcpy(fx, cls, (size_t)T);
+            }
+            for (int32_t t = 0; t < T; t++)
+                fast += cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? 2 * hd * 4 : cls[t] == SKV_SK_MARG ? hd * 4 : 0;
+            /* marginal weights: the matched small head's attention at this step */
+            for (int32_t j = 0; j < s->G && !st; j++) {
+                const int32_t h = g * s->G + j, fs = s->f[l * s->H + h];
+                st = skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, NULL,
+                                                s->marg + ((int64_t)l * s->H + h) * s->n_ctx);
+            }
+        }
+    if (s->p.static_select) s->fixed_set = 1;
+    s->fast_bytes = fast;
+    free(acc);
+    return st;
+}
+
+skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits) {
+    skv_status st;
+    /* small model first: its attention of this step and its accumulated scores */
+    if ((st = skv_decode(s->sc, &id, 1, NULL, 0))) return st;
+    const int32_t T = skv_context_n_past(s->sc); /* keys including this token */
+    if (!s->matched && T - 1 >= s->p.match_len && (st = match_heads(s, T - 1))) return st;
+    if (s->matched) {
+        if ((st = build_plan(s, T))) return st;
+        if ((st = skv_context_set_plan(s->lc, s->cls, s->marg, s->p.paper))) return st;
+    }
+    st = skv_decode(s->lc, &id, 1, logits, 0);
+    skv_context_set_plan(s->lc, NULL, NULL, 0);
+    return st;
+}
+
+void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u) {
+    skv_kv_usage lu, su;
+    skv_context_kv_usage(s->lc, &lu);
+    skv_context_kv_usage(s->sc, &su);
+    u->fast_bytes = s->fast_bytes;
+    u->slow_bytes = lu.bytes_slow;
+    u->draft_kv_bytes = su.bytes;
+    u->draft_weight_bytes = skv_model_get_info(s->sc->m)->weight_bytes;
+}
+
+const int32_t *skv_smallkv_head_map(const skv_smallkv *s) { return s->matched ? s->f : NULL; }
