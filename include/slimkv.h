@@ -188,6 +188,8 @@ typedef struct skv_context_params {
     int32_t collect_head_stats; /* 1 (full policy only): keep, per layer and query head, the
                               attention accumulated over all queries and the last decode step's
                               attention, by position (skv_context_head_attention) */
+    int32_t head_prefix;   /* with collect_head_stats: also accumulate, separately, the attention
+                              of the queries at positions < head_prefix (SmallKV's matching) */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -226,6 +228,9 @@ int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, i
  * attention of the last single-token step's query (zeros before any). Either may be NULL. */
 skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc,
                                       float *last);
+/* The same accumulation restricted to queries at positions < head_prefix: acc[head_prefix]. */
+skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head,
+                                             float *acc);
 
 /* Run n ids through the model, appending them to the cache. If logits is non-NULL it receives
  * logits for the last token only (n_vocab floats), or for all n tokens (n x n_vocab, row-major)
@@ -269,6 +274,11 @@ skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_para
 void skv_smallkv_free(skv_smallkv *s);
 /* Prefill the prompt through both models (full attention); logits of the last token. */
 skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits);
+/* A driver from two contexts that prefilled the same prompt (large and small model), created
+ * with collect_head_stats and head_prefix >= match_len; both are copied, not changed. Lets one
+ * prefill serve several budgets and ablations. */
+skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, skv_smallkv_params p,
+                            skv_smallkv **out);
 /* One decode step of both models. */
 skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits);
 void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u);

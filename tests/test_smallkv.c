@@ -375,6 +375,31 @@ static void test_driver(void) {
         memcpy(out[mode], lg, sizeof lg);
         skv_smallkv_free(s);
     }
+    /* 3: a driver forked from prefilled base contexts equals one that prefilled itself */
+    {
+        skv_context_params bp = skv_context_default_params();
+        bp.n_ctx = CTX;
+        bp.collect_head_stats = 1;
+        bp.head_prefix = 128;
+        skv_context *bl = NULL, *bs = NULL;
+        REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
+        CHECK(skv_decode(bl, ids, N, NULL, 0) == SKV_OK && skv_decode(bs, ids, N, NULL, 0) == SKV_OK);
+        p = skv_smallkv_default_params();
+        skv_smallkv *a = NULL, *b = NULL;
+        REQUIRE(skv_smallkv_fork(bl, bs, p, &a) == SKV_OK, "fork: %s", skv_last_error());
+        REQUIRE(skv_smallkv_init(ml, ms, p, CTX, &b) == SKV_OK && skv_smallkv_prefill(b, ids, N, NULL) == SKV_OK, "%s", skv_last_error());
+        static float la[V], lb[V];
+        for (int t = 0; t < 4; t++) {
+            CHECK(skv_smallkv_decode(a, ids[N + t], la) == SKV_OK && skv_smallkv_decode(b, ids[N + t], lb) == SKV_OK);
+            CHECKF(!memcmp(la, lb, sizeof la), "forked driver differs at step %d", t);
+        }
+        CHECK(!memcmp(skv_smallkv_head_map(a), skv_smallkv_head_map(b), sizeof(int32_t) * 60));
+        CHECK(skv_context_n_past(bl) == N); /* the bases are untouched */
+        skv_smallkv_free(a);
+        skv_smallkv_free(b);
+        skv_context_free(bl);
+        skv_context_free(bs);
+    }
     CHECK(memcmp(out[0], out[3], sizeof out[0]) != 0); /* paper != mass */
     CHECK(memcmp(out[0], out[1], sizeof out[0]) != 0);
     p = skv_smallkv_default_params();

@@ -29,10 +29,7 @@ void skv_smallkv_free(skv_smallkv *s) {
     free(s);
 }
 
-skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_params p, int32_t n_ctx,
-                            skv_smallkv **out) {
-    *out = NULL;
-    const skv_model_info *li = skv_model_get_info(large), *si = skv_model_get_info(small);
+static skv_status check_params(const skv_model_info *li, const skv_model_info *si, skv_smallkv_params p) {
     if (li->n_vocab != si->n_vocab)
         return skv_set_error(SKV_ERR_ARG, "smallkv: the draft model's vocabulary (%d) differs from the "
                              "model's (%d)", si->n_vocab, li->n_vocab);
@@ -42,21 +39,25 @@ skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_para
         return skv_set_error(SKV_ERR_ARG, "smallkv: split ratios must be >= 0 (recent > 0)");
     if (p.match_len < 1 || p.match_k < 0)
         return skv_set_error(SKV_ERR_ARG, "smallkv: match length must be >= 1 and match K >= 0");
+    return SKV_OK;
+}
+
+/* A driver around two existing contexts (ownership passes to it). */
+static skv_status wrap(skv_context *lc, skv_context *sc, skv_smallkv_params p, skv_smallkv **out) {
+    *out = NULL;
+    const skv_model_info *li = skv_model_get_info(lc->m), *si = skv_model_get_info(sc->m);
     skv_smallkv *s = calloc(1, sizeof *s);
-    if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    if (!s) {
+        skv_context_free(lc);
+        skv_context_free(sc);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
     s->p = p;
+    s->lc = lc;
+    s->sc = sc;
     s->L = li->n_layer, s->H = li->n_head, s->KVH = li->n_kv_head, s->G = li->n_head / li->n_kv_head;
     s->Ls = si->n_layer, s->Hs = si->n_head;
-    s->n_ctx = n_ctx ? n_ctx : li->n_ctx;
-    if (s->n_ctx > si->n_ctx) s->n_ctx = si->n_ctx;
-    skv_context_params cp = skv_context_default_params();
-    cp.n_ctx = s->n_ctx;
-    cp.collect_head_stats = 1;
-    skv_status st;
-    if ((st = skv_context_init(large, cp, &s->lc)) || (st = skv_context_init(small, cp, &s->sc))) {
-        skv_smallkv_free(s);
-        return st;
-    }
+    s->n_ctx = lc->n_ctx;
     s->f = malloc(sizeof(int32_t) * (size_t)(s->L * s->H));
     s->cls = malloc((size_t)s->L * s->KVH * s->n_ctx);
     s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
@@ -70,7 +71,27 @@ skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_para
     return SKV_OK;
 }
 
-/* Match every large head to a small head on the accumulated attention of the first T tokens. */
+skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_params p, int32_t n_ctx,
+                            skv_smallkv **out) {
+    *out = NULL;
+    const skv_model_info *li = skv_model_get_info(large), *si = skv_model_get_info(small);
+    skv_status st = check_params(li, si, p);
+    if (st) return st;
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = SKV_MIN(n_ctx ? n_ctx : li->n_ctx, si->n_ctx);
+    cp.collect_head_stats = 1;
+    cp.head_prefix = p.match_len;
+    skv_context *lc = NULL, *sc = NULL;
+    if ((st = skv_context_init(large, cp, &lc))) return st;
+    if ((st = skv_context_init(small, cp, &sc))) {
+        skv_context_free(lc);
+        return st;
+    }
+    return wrap(lc, sc, p, out);
+}
+
+/* Match every large head to a small head on the accumulated attention of the first T tokens
+ * (queries and keys < T = match_len, recorded as the prefix statistics). */
 static skv_status match_heads(skv_smallkv *s, int32_t T) {
     const int32_t nl = s->L * s->H, ns = s->Ls * s->Hs;
     float *al = malloc(sizeof(float) * (size_t)nl * T), *as = malloc(sizeof(float) * (size_t)ns * T);
@@ -78,11 +99,11 @@ static skv_status match_heads(skv_smallkv *s, int32_t T) {
     skv_status st = SKV_OK;
     if (!al || !as || !tmp) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
     for (int32_t i = 0; i < nl && !st; i++) {
-        st = skv_context_head_attention(s->lc, i / s->H, i % s->H, tmp, NULL);
+        st = skv_context_head_attention_prefix(s->lc, i / s->H, i % s->H, tmp);
         memcpy(al + (size_t)i * T, tmp, sizeof(float) * (size_t)T);
     }
     for (int32_t j = 0; j < ns && !st; j++) {
-        st = skv_context_head_attention(s->sc, j / s->Hs, j % s->Hs, tmp, NULL);
+        st = skv_context_head_attention_prefix(s->sc, j / s->Hs, j % s->Hs, tmp);
         memcpy(as + (size_t)j * T, tmp, sizeof(float) * (size_t)T);
     }
     if (!st) {
@@ -101,21 +122,14 @@ static skv_status match_heads(skv_smallkv *s, int32_t T) {
     return st;
 }
 
-skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits) {
-    if (skv_context_n_past(s->lc) != 0)
-        return skv_set_error(SKV_ERR_ARG, "smallkv: prefill on a used context");
+/* After the prompt: budget split, matching (if the prompt reached match_len), slow tier. */
+static skv_status finish_prompt(skv_smallkv *s) {
+    const int32_t n = skv_context_n_past(s->lc);
     s->n_prompt = n;
     const int32_t slots = SKV_MAX(1, (int32_t)lrintf(s->p.budget * (float)n));
     s->split = skv_smallkv_budget(slots, s->p.r_crit, s->p.r_recent, s->p.no_marginal ? 0 : s->p.r_marg);
     skv_status st;
-    int32_t first = n >= s->p.match_len ? s->p.match_len : n;
-    if ((st = skv_decode(s->lc, ids, first, first == n ? logits : NULL, 0)) ||
-        (st = skv_decode(s->sc, ids, first, NULL, 0)))
-        return st;
-    if (first == s->p.match_len && (st = match_heads(s, first))) return st;
-    if (first < n && ((st = skv_decode(s->lc, ids + first, n - first, logits, 0)) ||
-                      (st = skv_decode(s->sc, ids + first, n - first, NULL, 0))))
-        return st;
+    if (n >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
     /* the large model's full cache is the slow tier; selected rows are read from it in place */
     for (int32_t l = 0; l < s->L; l++)
         for (int32_t g = 0; g < s->KVH; g++)
@@ -123,6 +137,40 @@ skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, fl
                 (st = skv_cache_move(&s->lc->cache, l, g, 1, SKV_TIER_SLOW)))
                 return st;
     s->lc->cache.k_tier = s->lc->cache.v_tier = SKV_TIER_SLOW;
+    return SKV_OK;
+}
+
+skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits) {
+    if (skv_context_n_past(s->lc) != 0)
+        return skv_set_error(SKV_ERR_ARG, "smallkv: prefill on a used context");
+    skv_status st;
+    if ((st = skv_decode(s->lc, ids, n, logits, 0)) || (st = skv_decode(s->sc, ids, n, NULL, 0))) return st;
+    return finish_prompt(s);
+}
+
+skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, skv_smallkv_params p,
+                            skv_smallkv **out) {
+    *out = NULL;
+    skv_status st = check_params(skv_model_get_info(large->m), skv_model_get_info(small->m), p);
+    if (st) return st;
+    if (!large->head_pre || !small->head_pre || large->head_prefix < p.match_len ||
+        small->head_prefix < p.match_len || skv_context_n_past(large) != skv_context_n_past(small))
+        return skv_set_error(SKV_ERR_ARG, "smallkv: fork needs two prefilled contexts of the same "
+                             "prompt with collect_head_stats and head_prefix >= %d", p.match_len);
+    const skv_policy_params full = skv_policy_default_params("full");
+    skv_context *lc = NULL, *sc = NULL;
+    if ((st = skv_context_fork(large, &full, &lc))) return st;
+    if ((st = skv_context_fork(small, &full, &sc))) {
+        skv_context_free(lc);
+        return st;
+    }
+    skv_smallkv *s;
+    if ((st = wrap(lc, sc, p, &s))) return st;
+    if ((st = finish_prompt(s))) {
+        skv_smallkv_free(s);
+        return st;
+    }
+    *out = s;
     return SKV_OK;
 }
 
@@ -174,7 +222,7 @@ skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits) {
     /* small model first: its attention of this step and its accumulated scores */
     if ((st = skv_decode(s->sc, &id, 1, NULL, 0))) return st;
     const int32_t T = skv_context_n_past(s->sc); /* keys including this token */
-    if (!s->matched && T - 1 >= s->p.match_len && (st = match_heads(s, T - 1))) return st;
+    if (!s->matched && T - 1 >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
     if (s->matched) {
         if ((st = build_plan(s, T))) return st;
         if ((st = skv_context_set_plan(s->lc, s->cls, s->marg, s->p.paper))) return st;

@@ -88,6 +88,11 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
         c->head_acc = calloc(nh, sizeof(float));
         c->head_last = calloc(nh, sizeof(float));
         if (!c->head_acc || !c->head_last) fail = 1;
+        if (p.head_prefix > 0) {
+            c->head_prefix = SKV_MIN(p.head_prefix, c->n_ctx);
+            c->head_pre = calloc((size_t)in->n_layer * in->n_head * (size_t)c->head_prefix, sizeof(float));
+            if (!c->head_pre) fail = 1;
+        }
     }
     if (fail || !c->pol.budget_now || !c->pol_scratch) {
         skv_context_free(c);
@@ -120,6 +125,7 @@ void skv_context_free(skv_context *c) {
     free(c->pol_scratch);
     free(c->head_acc);
     free(c->head_last);
+    free(c->head_pre);
     free(c);
 }
 
@@ -158,6 +164,16 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
         }
         memcpy(c->head_acc, src->head_acc, nh * sizeof(float));
         memcpy(c->head_last, src->head_last, nh * sizeof(float));
+        if (src->head_pre) {
+            const size_t np = (size_t)src->m->cfg.info.n_layer * src->m->cfg.info.n_head * (size_t)src->head_prefix;
+            c->head_pre = malloc(np * sizeof(float));
+            if (!c->head_pre) {
+                skv_context_free(c);
+                return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+            }
+            memcpy(c->head_pre, src->head_pre, np * sizeof(float));
+            c->head_prefix = src->head_prefix;
+        }
     }
     if (kind == SKV_POL_QUANT) {
         /* re-store the f32 cache in the quantized format, block by block */
@@ -219,6 +235,18 @@ skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float 
 }
 
 int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
+
+skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head,
+                                             float *acc) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (!c->head_pre)
+        return skv_set_error(SKV_ERR_ARG, "the context was created without head_prefix");
+    if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
+        return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
+    memcpy(acc, c->head_pre + ((size_t)layer * in->n_head + head) * (size_t)c->head_prefix,
+           (size_t)c->head_prefix * sizeof(float));
+    return SKV_OK;
+}
 
 skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc,
                                       float *last) {

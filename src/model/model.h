@@ -67,6 +67,8 @@ struct skv_context {
     float *head_acc;           /* (n_layer, n_head, n_ctx) per-query-head accumulated attention
                                   by slot (= position: full policy only); NULL unless asked */
     float *head_last;          /* (n_layer, n_head, n_ctx) last decode step's attention */
+    float *head_pre;           /* (n_layer, n_head, head_prefix) attention of queries < prefix */
+    int32_t head_prefix;
     /* SmallKV plan for the next decode step (NULL: ordinary attention), owned by the caller: */
     const uint8_t *plan_cls;   /* (n_layer, n_kv_head, n_ctx) SKV_SK_* class of every slot */
     const float *plan_marg;    /* (n_layer, n_head, n_ctx) weight of each marginal slot */
