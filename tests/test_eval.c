@@ -78,6 +78,10 @@ static void test_cli_policy_errors(void) {
         {"sweep -m models/kvt-s --tasks TASKS --policies window,nope", 2, "unknown policy 'nope'"},
         {"ppl -m models/kvt-s -f TASKS --policy quant --bits 3", 2, "bits must be 8 or 4"},
         {"run -m models/kvt-s -p hi --kv-format f8", 2, "--kv-format"},
+        {"eval -m models/kvt-s --tasks TASKS --policy smallkv", 2, "smallkv needs --draft"},
+        {"eval -m models/kvt-s --tasks TASKS --policy smallkv --draft models/kvt-s --budget-tokens 9", 2, "not --budget-tokens"},
+        {"eval -m models/kvt-s --tasks TASKS --policy smallkv --draft /nonexistent", 1, "/nonexistent/config.json"},
+        {"sweep -m models/kvt-s --tasks TASKS --policies smallkv-fast --draft models/kvt-s", 2, "unknown policy 'smallkv-fast'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024];

@@ -304,7 +304,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
     *a = (cli_policy_args){.policy = "full", .budget = -1, .budget_tokens = 0, .sinks = d.sinks,
                            .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
-                           .beta = d.pyramid_beta, .kv_format = "f32"};
+                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128};
     const cli_opt po[] = {
         {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant (default full)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
@@ -316,6 +316,12 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"beta", 0, OPT_FLOAT, &a->beta, "X", "pyramidkv: top layer budget = budget / X (default 20)"},
         {"bits", 0, OPT_INT, &a->bits, "N", "quant: 8 or 4 (default 4)"},
         {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32 or bf16 (default f32)"},
+        {"draft", 0, OPT_STR, &a->draft, "DIR", "smallkv: the small model of the same family"},
+        {"match-len", 0, OPT_INT, &a->match_len, "N", "smallkv: prompt tokens for head matching (default 128)"},
+        {"match-k", 0, OPT_INT, &a->match_k, "K", "smallkv: top-K size for matching (default: the critical share)"},
+        {"sk-paper", 0, OPT_FLAG, &a->sk_paper, NULL, "smallkv: unnormalised O_c + O_m as in the paper"},
+        {"sk-no-marginal", 0, OPT_FLAG, &a->sk_no_marginal, NULL, "smallkv ablation: no marginal tokens"},
+        {"sk-static", 0, OPT_FLAG, &a->sk_static, NULL, "smallkv ablation: selection fixed after the first step"},
     };
     for (size_t i = 0; i < sizeof po / sizeof po[0]; i++) opts[(*n)++] = po[i];
 }
@@ -349,4 +355,30 @@ skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
     if (!strcmp(a->kv_format, "f32")) return SKV_KV_F32;
     if (!strcmp(a->kv_format, "bf16")) return SKV_KV_BF16;
     cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32 or bf16)", a->kv_format);
+}
+
+skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant) {
+    skv_smallkv_params p = skv_smallkv_default_params();
+    if (b > 0) p.budget = b;
+    else if (a->budget != -1) p.budget = a->budget;
+    if (!(p.budget > 0 && p.budget <= 1))
+        cli_die(cmd, 2, "bad value for --budget: %g (a fraction in (0, 1])", p.budget);
+    if (a->budget_tokens > 0) cli_die(cmd, 2, "smallkv takes --budget as a fraction, not --budget-tokens");
+    if (a->match_len < 1) cli_die(cmd, 2, "bad value for --match-len: %d (must be >= 1)", a->match_len);
+    if (a->match_k < 0) cli_die(cmd, 2, "bad value for --match-k: %d (must be >= 0)", a->match_k);
+    p.match_len = a->match_len;
+    p.match_k = a->match_k;
+    p.paper = a->sk_paper || !strcmp(variant, "paper");
+    p.no_marginal = a->sk_no_marginal || !strcmp(variant, "nomarg");
+    p.static_select = a->sk_static || !strcmp(variant, "static");
+    return p;
+}
+
+skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads) {
+    if (!a->draft) cli_die(cmd, 2, "smallkv needs --draft DIR (the small model of the same family)");
+    skv_model *d = cli_load_model(cmd, a->draft, threads, 0);
+    if (skv_model_get_info(d)->n_vocab != skv_model_get_info(m)->n_vocab)
+        cli_die(cmd, 2, "--draft %s: vocabulary of %d tokens, the model has %d", a->draft,
+                skv_model_get_info(d)->n_vocab, skv_model_get_info(m)->n_vocab);
+    return d;
 }

@@ -71,6 +71,9 @@ typedef struct cli_policy_args {
     int budget_tokens, sinks, obs_window, pool_kernel, bits;
     float recent_frac, beta;
     const char *kv_format;
+    /* smallkv */
+    const char *draft;
+    int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the policy flags to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
@@ -79,6 +82,10 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
 skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
                                     const skv_model *m);
 skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a);
+/* SmallKV parameters from the flags, with budget b; variant "", "nomarg", "static", "paper". */
+skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant);
+/* Load the --draft model (exits with an error if absent or incompatible). */
+skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
 
 /* Print s as a JSON string (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s, size_t len);

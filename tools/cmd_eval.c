@@ -36,10 +36,23 @@ int cmd_eval(int argc, char **argv) {
     cli_check("eval", skv_tasks_load(tasks, limit, &ts));
     skv_tokenizer *tok = cli_load_tokenizer("eval", dir);
     skv_model *m = cli_load_model("eval", dir, threads, use_mmap);
-    skv_policy_params pp = cli_policy_params("eval", &pa, NULL, m);
+    skv_eval_config cfg = {0};
+    skv_model *draft = NULL;
+    if (!strcmp(pa.policy, "smallkv")) {
+        cfg.policy = skv_policy_default_params("full");
+        cfg.policy.name = "smallkv";
+        cfg.smallkv = 1;
+        cfg.sk = cli_smallkv_params("eval", &pa, 0, "");
+        cfg.policy.budget = cfg.sk.budget;
+        draft = cli_load_draft("eval", &pa, m, threads);
+    } else {
+        cfg.policy = cli_policy_params("eval", &pa, NULL, m);
+    }
+    const skv_policy_params pp = cfg.policy;
     skv_eval_opts eo = skv_eval_default_opts();
     eo.kv_format = cli_kv_format("eval", &pa);
     eo.kl = !no_kl && strcmp(pp.name, "full") != 0;
+    eo.draft = draft;
     FILE *fo = NULL;
     if (out && !(fo = fopen(out, "w"))) cli_die("eval", 1, "%s: cannot write", out);
 
@@ -54,7 +67,7 @@ int cmd_eval(int argc, char **argv) {
         if (only && strcmp(r->task, only)) continue;
         skv_eval_result res;
         int32_t np = 0;
-        skv_status st = skv_eval_row(m, tok, r, &pp, 1, &eo, &res, &np);
+        skv_status st = skv_eval_row(m, tok, r, &cfg, 1, &eo, &res, &np);
         if (st) cli_die("eval", 1, "%s:%d: %s", tasks, r->line, skv_last_error());
         int k;
         for (k = 0; k < n_names && strcmp(names[k], r->task); k++) {}
@@ -67,9 +80,9 @@ int cmd_eval(int argc, char **argv) {
         if (fo) {
             fprintf(fo, "{\"task\": \"%s\", \"index\": %d, \"line\": %d, \"policy\": \"%s\", \"budget\": %g, "
                     "\"budget_tokens\": %d, \"prompt_tokens\": %d, \"score\": %.6f, \"kv_bytes\": %lld, "
-                    "\"kl\": %.6g, \"gen\": [", r->task, r->index, r->line, pp.name, pp.budget,
+                    "\"kl\": %.6g, \"extra_bytes\": %lld, \"gen\": [", r->task, r->index, r->line, pp.name, pp.budget,
                     pp.budget_tokens, np, res.score, (long long)res.kv_bytes,
-                    res.kl_n ? res.kl_sum / res.kl_n : 0.0);
+                    res.kl_n ? res.kl_sum / res.kl_n : 0.0, (long long)res.extra_bytes);
             for (int j = 0; j < res.n_gen; j++) fprintf(fo, "%s%d", j ? ", " : "", res.gen[j]);
             fprintf(fo, "], \"text\": ");
             cli_json_string(fo, res.text, strlen(res.text));
@@ -89,6 +102,7 @@ int cmd_eval(int argc, char **argv) {
     printf("}, \"kv_bytes_mean\": %.0f, \"kl_mean\": %.6g, \"seconds\": %.1f}\n", kv_sum / done,
            kl_n ? kl_sum / (double)kl_n : 0.0, skv_time_now() - t0);
     skv_tasks_free(&ts);
+    skv_model_free(draft);
     skv_model_free(m);
     skv_tokenizer_free(tok);
     return 0;

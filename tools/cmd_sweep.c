@@ -126,11 +126,13 @@ int cmd_sweep(int argc, char **argv) {
     skv_model *m = cli_load_model("sweep", dir, threads, use_mmap);
 
     /* configurations: full first, then each policy at each budget (quant once per width) */
-    skv_policy_params cfg[MAX_CFG];
+    skv_eval_config cfg[MAX_CFG];
+    skv_model *draft = NULL;
+    memset(cfg, 0, sizeof cfg);
     const char *label[MAX_CFG];
     float cbud[MAX_CFG];
     int budgeted[MAX_CFG], n_cfg = 0;
-    cfg[n_cfg] = skv_policy_default_params("full");
+    cfg[n_cfg].policy = skv_policy_default_params("full");
     label[n_cfg] = "full";
     cbud[n_cfg] = 1;
     budgeted[n_cfg++] = 0;
@@ -141,17 +143,33 @@ int cmd_sweep(int argc, char **argv) {
             if (pols[i][5]) q.bits = pols[i][5] - '0';
             q.budget = -1;
             q.budget_tokens = 0;
-            cfg[n_cfg] = cli_policy_params("sweep", &q, "quant", m);
+            cfg[n_cfg].policy = cli_policy_params("sweep", &q, "quant", m);
             label[n_cfg] = q.bits == 8 ? "quant int8" : "quant int4";
             cbud[n_cfg] = 1;
             budgeted[n_cfg++] = 0;
+            continue;
+        }
+        if (!strncmp(pols[i], "smallkv", 7)) {
+            const char *variant = pols[i][7] == '-' ? pols[i] + 8 : "";
+            if (pols[i][7] && strcmp(variant, "nomarg") && strcmp(variant, "static") && strcmp(variant, "paper"))
+                cli_die("sweep", 2, "unknown policy '%s' (smallkv, smallkv-nomarg, smallkv-static, smallkv-paper)", pols[i]);
+            if (!draft) draft = cli_load_draft("sweep", &pa, m, threads);
+            for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
+                cfg[n_cfg].policy = skv_policy_default_params("full");
+                cfg[n_cfg].policy.name = pols[i];
+                cfg[n_cfg].smallkv = 1;
+                cfg[n_cfg].sk = cli_smallkv_params("sweep", &pa, budgets[j], variant);
+                label[n_cfg] = pols[i];
+                cbud[n_cfg] = budgets[j];
+                budgeted[n_cfg++] = 1;
+            }
             continue;
         }
         for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
             cli_policy_args b = pa;
             b.budget = budgets[j];
             b.budget_tokens = 0;
-            cfg[n_cfg] = cli_policy_params("sweep", &b, pols[i], m);
+            cfg[n_cfg].policy = cli_policy_params("sweep", &b, pols[i], m);
             label[n_cfg] = pols[i];
             cbud[n_cfg] = budgets[j];
             budgeted[n_cfg++] = 1;
@@ -173,6 +191,7 @@ int cmd_sweep(int argc, char **argv) {
     eo.kv_format = cli_kv_format("sweep", &pa);
     eo.early_stop = !exact;
     eo.kl = !no_kl;
+    eo.draft = draft;
     const char *tnames[MAX_TASKS];
     int n_tasks = 0;
     static agg A[MAX_TASKS][MAX_CFG];
@@ -198,8 +217,9 @@ int cmd_sweep(int argc, char **argv) {
             a->kl_n += res[c].kl_n;
             a->rows++;
             fprintf(rows, "{\"task\": \"%s\", \"index\": %d, \"policy\": \"%s\", \"budget\": %g, \"score\": %.6f, "
-                    "\"kv_bytes\": %lld, \"kl\": %.6g, \"n_gen\": %d, \"prompt_tokens\": %d}\n", r->task, r->index,
-                    label[c], cbud[c], res[c].score, (long long)res[c].kv_bytes,
+                    "\"kv_bytes\": %lld, \"extra_bytes\": %lld, \"kl\": %.6g, \"n_gen\": %d, \"prompt_tokens\": %d}\n",
+                    r->task, r->index, label[c], cbud[c], res[c].score, (long long)res[c].kv_bytes,
+                    (long long)res[c].extra_bytes,
                     res[c].kl_n ? res[c].kl_sum / res[c].kl_n : 0.0, res[c].n_gen, np);
         }
         if (!quiet) progress(i + 1, ts.n, skv_time_now() - t0);
@@ -244,6 +264,7 @@ int cmd_sweep(int argc, char **argv) {
     free(pol_buf);
     free(bud_buf);
     skv_tasks_free(&ts);
+    skv_model_free(draft);
     skv_model_free(m);
     skv_tokenizer_free(tok);
     return 0;

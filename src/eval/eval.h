@@ -32,7 +32,14 @@ int skv_metric_prefix_match(const char *gen, const char *answer);  /* stripped s
  * Returns SKV_ERR_ARG for a task it does not know. */
 skv_status skv_task_score(const char *task, const char *gen, const char *answer, double *score);
 
-/* One configuration to evaluate: a policy (name "full" for the full cache). */
+/* One configuration to evaluate: a cache policy (name "full" for the full cache), or SmallKV
+ * (smallkv = 1: needs skv_eval_opts.draft). */
+typedef struct skv_eval_config {
+    skv_policy_params policy;
+    int32_t smallkv;
+    skv_smallkv_params sk;
+} skv_eval_config;
+
 typedef struct skv_eval_result {
     double score;
     int64_t kv_bytes;    /* held right after prefill + compression */
@@ -42,6 +49,7 @@ typedef struct skv_eval_result {
     int32_t gen[64];     /* generated ids (end-of-sequence excluded) */
     char text[1024];     /* their decoded text (truncated to fit) */
     double seconds;      /* decode time of this configuration */
+    int64_t extra_bytes; /* SmallKV: the small model's cache + weights (not in kv_bytes) */
 } skv_eval_result;
 
 typedef struct skv_eval_opts {
@@ -51,6 +59,7 @@ typedef struct skv_eval_opts {
     int32_t kl;          /* 1: measure KL to the full cache (costs full-cache steps once the
                             generations diverge) */
     skv_kv_format kv_format;
+    skv_model *draft;    /* small model for SmallKV configurations */
     int32_t early_stop;  /* 1: stop generating once the row's score cannot change any more (a
                             newline for dictqa/linecomp, enough characters for the prefix
                             tasks); scores are unchanged, gen and KL cover fewer positions */
@@ -64,7 +73,7 @@ skv_eval_opts skv_eval_default_opts(void);
 /* Evaluate one row under n configurations. res[n] receives the results; *prompt_tokens the
  * prompt length used. */
 skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_row *row,
-                        const skv_policy_params *cfgs, int32_t n, const skv_eval_opts *o,
+                        const skv_eval_config *cfgs, int32_t n, const skv_eval_opts *o,
                         skv_eval_result *res, int32_t *prompt_tokens);
 
 #endif

@@ -94,7 +94,7 @@ static skv_status shadow_logprobs(shadow *sh, const int32_t *prefix, int32_t t, 
 }
 
 skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_row *row,
-                        const skv_policy_params *cfgs, int32_t n, const skv_eval_opts *o,
+                        const skv_eval_config *cfgs, int32_t n, const skv_eval_opts *o,
                         skv_eval_result *res, int32_t *prompt_tokens) {
     const int32_t V = skv_model_get_info(m)->n_vocab;
     int32_t *ids = NULL;
@@ -117,11 +117,20 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
         return skv_set_error(SKV_ERR_ARG, "max_new %d > 64", o->max_new);
     }
 
+    int32_t sk_prefix = 0;
+    for (int32_t k = 0; k < n; k++)
+        if (cfgs[k].smallkv) sk_prefix = SKV_MAX(sk_prefix, cfgs[k].sk.match_len);
+    if (sk_prefix && !o->draft) {
+        free(ids);
+        return skv_set_error(SKV_ERR_ARG, "smallkv needs a draft model");
+    }
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = SKV_MIN(np + o->max_new, skv_model_get_info(m)->n_ctx);
     cp.kv_format = o->kv_format;
     cp.collect_stats = 1;
-    skv_context *base = NULL;
+    cp.collect_head_stats = sk_prefix > 0;
+    cp.head_prefix = sk_prefix;
+    skv_context *base = NULL, *sbase = NULL;
     float *lg0 = malloc(sizeof(float) * V), *lg = malloc(sizeof(float) * V);
     float *lp_full = o->kl ? malloc(sizeof(float) * V * (size_t)o->max_new) : NULL;
     float *lp_a = malloc(sizeof(float) * V), *lp_b = malloc(sizeof(float) * V);
@@ -129,6 +138,13 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     shadow sh = {0};
     if ((st = skv_context_init(m, cp, &base))) goto done;
     if ((st = skv_decode(base, p, np, lg0, 0))) goto done;
+    if (sk_prefix) {
+        skv_context_params sp = cp;
+        sp.collect_stats = 0;
+        sp.kv_format = SKV_KV_F32;
+        if ((st = skv_context_init(o->draft, sp, &sbase))) goto done;
+        if ((st = skv_decode(sbase, p, np, NULL, 0))) goto done;
+    }
 
     /* the full-cache generation: reference for KL, and the "full" configuration's result */
     if (o->kl) {
@@ -145,11 +161,16 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
         skv_eval_result *r = &res[k];
         memset(r, 0, sizeof *r);
         skv_context *c = NULL;
+        skv_smallkv *drv = NULL;
         double t0 = skv_time_now();
-        if ((st = skv_context_fork(base, &cfgs[k], &c))) goto done;
-        skv_kv_usage u;
-        skv_context_kv_usage(c, &u);
-        r->kv_bytes = u.bytes;
+        if (cfgs[k].smallkv) {
+            if ((st = skv_smallkv_fork(base, sbase, cfgs[k].sk, &drv))) goto done;
+        } else {
+            if ((st = skv_context_fork(base, &cfgs[k].policy, &c))) goto done;
+            skv_kv_usage u;
+            skv_context_kv_usage(c, &u);
+            r->kv_bytes = u.bytes;
+        }
         memcpy(lg, lg0, sizeof(float) * V);
         /* generate, measuring KL at each position before choosing its token */
         for (int32_t t = 0; t < o->max_new; t++) {
@@ -164,6 +185,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
                     free(tmp);
                     if (st) {
                         skv_context_free(c);
+                        skv_smallkv_free(drv);
                         goto done;
                     }
                     ref = lp_b;
@@ -180,19 +202,30 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
                 size_t tl = 0;
                 if ((st = skv_detokenize(tok, r->gen, (size_t)r->n_gen, &text, &tl))) {
                     skv_context_free(c);
+                    skv_smallkv_free(drv);
                     goto done;
                 }
                 int fixed = skv_task_score_final(row->task, text, row->answer);
                 free(text);
                 if (fixed) break;
             }
-            if ((st = skv_decode(c, &id, 1, lg, 0))) {
+            st = drv ? skv_smallkv_decode(drv, id, lg) : skv_decode(c, &id, 1, lg, 0);
+            if (st) {
                 skv_context_free(c);
+                skv_smallkv_free(drv);
                 goto done;
+            }
+            if (drv && r->kv_bytes == 0) {
+                /* SmallKV's fast tier: the rows selected at its first step */
+                skv_smallkv_usage su;
+                skv_smallkv_get_usage(drv, &su);
+                r->kv_bytes = su.fast_bytes;
+                r->extra_bytes = su.draft_kv_bytes + su.draft_weight_bytes;
             }
         }
         r->seconds = skv_time_now() - t0;
         skv_context_free(c);
+        skv_smallkv_free(drv);
         char *text = NULL;
         size_t tl = 0;
         if ((st = skv_detokenize(tok, r->gen, (size_t)r->n_gen, &text, &tl))) goto done;
@@ -203,6 +236,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     }
 done:
     skv_context_free(base);
+    skv_context_free(sbase);
     skv_context_free(sh.ctx);
     free(ids);
     free(lg0);
