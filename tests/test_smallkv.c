@@ -325,6 +325,27 @@ static void test_driver(void) {
     }
     CHECK(skv_smallkv_head_map(s) == NULL); /* 50 tokens < 64 */
     skv_smallkv_free(s);
+    /* a matching length beyond the context: forks work and never match (full attention) */
+    {
+        skv_context_params bp = skv_context_default_params();
+        bp.n_ctx = 100;
+        bp.collect_head_stats = 1;
+        bp.head_prefix = 1024;
+        skv_context *bl = NULL, *bs = NULL;
+        REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
+        CHECK(skv_decode(bl, ids, 60, NULL, 0) == SKV_OK && skv_decode(bs, ids, 60, NULL, 0) == SKV_OK);
+        p.match_len = 1024;
+        skv_smallkv *a = NULL;
+        REQUIRE(skv_smallkv_fork(bl, bs, p, &a) == SKV_OK, "fork with match_len > context: %s", skv_last_error());
+        for (int t = 0; t < 5; t++) CHECK(skv_smallkv_decode(a, ids[60 + t], lg) == SKV_OK);
+        CHECK(skv_smallkv_head_map(a) == NULL);
+        skv_smallkv_usage u;
+        skv_smallkv_get_usage(a, &u);
+        CHECKF(u.fast_bytes == u.slow_bytes && u.fast_bytes > 0, "unmatched: fast %lld, slow %lld", (long long)u.fast_bytes, (long long)u.slow_bytes);
+        skv_smallkv_free(a);
+        skv_context_free(bl);
+        skv_context_free(bs);
+    }
     skv_context_free(plain);
 
     /* 2: default, no-marginal, static, paper: what each switch changes */

@@ -153,8 +153,12 @@ skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, 
     *out = NULL;
     skv_status st = check_params(skv_model_get_info(large->m), skv_model_get_info(small->m), p);
     if (st) return st;
-    if (!large->head_pre || !small->head_pre || large->head_prefix < p.match_len ||
-        small->head_prefix < p.match_len || skv_context_n_past(large) != skv_context_n_past(small))
+    /* a context shorter than match_len can never match (SmallKV then never evicts): its prefix
+     * statistics are clamped to the context */
+    const int32_t need = SKV_MIN(p.match_len, large->n_ctx);
+    if (!large->head_pre || !small->head_pre || large->head_prefix < need ||
+        small->head_prefix < SKV_MIN(p.match_len, small->n_ctx) ||
+        skv_context_n_past(large) != skv_context_n_past(small))
         return skv_set_error(SKV_ERR_ARG, "smallkv: fork needs two prefilled contexts of the same "
                              "prompt with collect_head_stats and head_prefix >= %d", p.match_len);
     const skv_policy_params full = skv_policy_default_params("full");
@@ -236,7 +240,8 @@ void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u) {
     skv_kv_usage lu, su;
     skv_context_kv_usage(s->lc, &lu);
     skv_context_kv_usage(s->sc, &su);
-    u->fast_bytes = s->fast_bytes;
+    /* before matching every row is attended: the whole cache counts */
+    u->fast_bytes = s->matched ? s->fast_bytes : lu.bytes;
     u->slow_bytes = lu.bytes_slow;
     u->draft_kv_bytes = su.bytes;
     u->draft_weight_bytes = skv_model_get_info(s->sc->m)->weight_bytes;
