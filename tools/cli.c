@@ -279,6 +279,16 @@ void cli_command_line(char *buf, size_t cap) {
     }
 }
 
+void cli_json_provenance(FILE *f) {
+    char commit[64], machine[256], cmdline[4096];
+    cli_git_commit(commit, sizeof commit);
+    cli_machine(machine, sizeof machine);
+    cli_command_line(cmdline, sizeof cmdline);
+    fprintf(f, "  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
+    cli_json_string(f, cmdline, strlen(cmdline));
+    fprintf(f, ",\n");
+}
+
 void cli_json_string(FILE *f, const char *s, size_t len) {
     fputc('"', f);
     for (size_t i = 0; i < len; i++) {

@@ -60,6 +60,9 @@ int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const char *text, siz
 /* "git commit (dirty?)", CPU model and core count, for result files. */
 void cli_git_commit(char *buf, size_t cap);
 void cli_machine(char *buf, size_t cap);
+/* Write the JSON members "commit", "machine" and "command" (each followed by ",\n"), indented
+ * by two spaces, that every result file starts with. */
+void cli_json_provenance(FILE *f);
 /* The command line as typed, shell-quoted where needed. */
 void cli_command_line(char *buf, size_t cap);
 void cli_set_argv(int argc, char **argv);

@@ -188,10 +188,9 @@ int cmd_bench(int argc, char **argv) {
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
 
-    char commit[64], machine[256], cmdline[4096], path[1024];
+    char commit[64], machine[256], path[1024];
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
-    cli_command_line(cmdline, sizeof cmdline);
     const char *base = strrchr(dir, '/');
     base = base && base[1] ? base + 1 : dir;
     if (!out) {
@@ -205,9 +204,9 @@ int cmd_bench(int argc, char **argv) {
     printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
     FILE *f = fopen(out, "w");
     if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
-    fprintf(f, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
-    cli_json_string(f, cmdline, strlen(cmdline));
-    fprintf(f, ",\n  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
+    fprintf(f, "{\n");
+    cli_json_provenance(f);
+    fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
             "  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
             "  \"copy_bandwidth_GBps\": %.2f,\n  \"read_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"
             "  \"results\": [\n",

@@ -34,28 +34,31 @@ int cmd_logits(int argc, char **argv) {
     float *lg = malloc(n * (size_t)V * sizeof(float));
     if (!lg) cli_die("logits", 1, "out of memory for %zu x %d logits", n, V);
     cli_check("logits", skv_decode(c, ids, (int32_t)n, lg, 1));
-    int *best = malloc((size_t)top * sizeof(int));
+    /* the K largest of each row, by insertion into a sorted list (K is small): best (n, top) */
+    int *best = malloc(n * (size_t)top * sizeof(int));
+    for (size_t i = 0; i < n; i++) {
+        const float *row = lg + i * (size_t)V;
+        int *bi = best + i * (size_t)top, k = 0;
+        for (int v = 0; v < V; v++) {
+            if (k == top && row[v] <= row[bi[k - 1]]) continue;
+            int j = k < top ? k++ : top - 1;
+            while (j > 0 && row[bi[j - 1]] < row[v]) {
+                bi[j] = bi[j - 1];
+                j--;
+            }
+            bi[j] = v;
+        }
+    }
     printf("{\"ids\": [");
     for (size_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     for (int pass = 0; pass < 2; pass++) {
         printf(pass ? "],\n \"top_logits\": [" : "],\n \"top_ids\": [");
         for (size_t i = 0; i < n; i++) {
-            const float *row = lg + i * (size_t)V;
-            /* insertion into a sorted top list: K is small */
-            int k = 0;
-            for (int v = 0; v < V; v++) {
-                if (k == top && row[v] <= row[best[k - 1]]) continue;
-                int j = k < top ? k++ : top - 1;
-                while (j > 0 && row[best[j - 1]] < row[v]) {
-                    best[j] = best[j - 1];
-                    j--;
-                }
-                best[j] = v;
-            }
+            const int *bi = best + i * (size_t)top;
             printf("%s[", i ? ", " : "");
             for (int j = 0; j < top; j++)
-                if (pass) printf("%s%.7g", j ? ", " : "", row[best[j]]);
-                else printf("%s%d", j ? ", " : "", best[j]);
+                if (pass) printf("%s%.7g", j ? ", " : "", lg[i * (size_t)V + bi[j]]);
+                else printf("%s%d", j ? ", " : "", bi[j]);
             printf("]");
         }
     }

@@ -161,13 +161,9 @@ int cmd_ppl(int argc, char **argv) {
     if (out) {
         FILE *f = fopen(out, "w");
         if (!f) cli_die("ppl", 1, "%s: cannot write", out);
-        char commit[64], machine[256], cmdline[4096];
-        cli_git_commit(commit, sizeof commit);
-        cli_machine(machine, sizeof machine);
-        cli_command_line(cmdline, sizeof cmdline);
-        fprintf(f, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
-        cli_json_string(f, cmdline, strlen(cmdline));
-        fprintf(f, ",\n  \"model\": ");
+        fprintf(f, "{\n");
+        cli_json_provenance(f);
+        fprintf(f, "  \"model\": ");
         cli_json_string(f, dir, strlen(dir));
         fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
                 "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n",

@@ -245,16 +245,12 @@ int cmd_sweep(int argc, char **argv) {
     }
     fclose(csv);
 
-    char commit[64], machine[256], cmdline[4096];
-    cli_git_commit(commit, sizeof commit);
-    cli_machine(machine, sizeof machine);
-    cli_command_line(cmdline, sizeof cmdline);
     snprintf(path, sizeof path, "%s/meta.json", outd);
     FILE *meta = fopen(path, "w");
     if (meta) {
-        fprintf(meta, "{\n  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
-        cli_json_string(meta, cmdline, strlen(cmdline));
-        fprintf(meta, ",\n  \"rows\": %d,\n  \"configurations\": %d,\n  \"early_stop\": %s,\n  \"seconds\": %.1f\n}\n",
+        fprintf(meta, "{\n");
+        cli_json_provenance(meta);
+        fprintf(meta, "  \"rows\": %d,\n  \"configurations\": %d,\n  \"early_stop\": %s,\n  \"seconds\": %.1f\n}\n",
                 ts.n, n_cfg, eo.early_stop ? "true" : "false", secs);
         fclose(meta);
     }

@@ -43,6 +43,18 @@ static double kl_div(const float *lp_full, const float *lp_pol, int32_t n) {
     return kl > 0 ? kl : 0;
 }
 
+/* With early_stop: is the row's score fixed by gen[0..n)? */
+static skv_status score_fixed(const skv_tokenizer *tok, const skv_task_row *row, const int32_t *gen,
+                              int32_t n, int *fixed) {
+    char *text = NULL;
+    size_t tl = 0;
+    skv_status st = skv_detokenize(tok, gen, (size_t)n, &text, &tl);
+    if (st) return st;
+    *fixed = skv_task_score_final(row->task, text, row->answer);
+    free(text);
+    return SKV_OK;
+}
+
 /* Generate greedily from ctx starting with logits lg; with lp_out, store every step's
  * log-probabilities (max_new x V). Returns the count of generated ids (EOS excluded). */
 static skv_status generate(skv_context *ctx, float *lg, const skv_eval_opts *o, int32_t V,
@@ -56,12 +68,9 @@ static skv_status generate(skv_context *ctx, float *lg, const skv_eval_opts *o, 
         gen[(*n_gen)++] = id;
         if (t + 1 == o->max_new) break;
         if (o->early_stop) {
-            char *text = NULL;
-            size_t tl = 0;
-            skv_status st = skv_detokenize(tok, gen, (size_t)*n_gen, &text, &tl);
+            int fixed = 0;
+            skv_status st = score_fixed(tok, row, gen, *n_gen, &fixed);
             if (st) return st;
-            int fixed = skv_task_score_final(row->task, text, row->answer);
-            free(text);
             if (fixed) break;
         }
         skv_status st = skv_decode(ctx, &id, 1, lg, 0);
@@ -134,6 +143,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     float *lg0 = malloc(sizeof(float) * V), *lg = malloc(sizeof(float) * V);
     float *lp_full = o->kl ? malloc(sizeof(float) * V * (size_t)o->max_new) : NULL;
     float *lp_a = malloc(sizeof(float) * V), *lp_b = malloc(sizeof(float) * V);
+    float *lg_sh = malloc(sizeof(float) * V); /* the shadow's logits */
     int32_t full_gen[64], n_full = 0;
     shadow sh = {0};
     if ((st = skv_context_init(m, cp, &base))) goto done;
@@ -180,9 +190,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
                 for (int32_t i = 0; i < t && same; i++) same = r->gen[i] == full_gen[i];
                 const float *ref = lp_full + (size_t)t * V;
                 if (!same) {
-                    float *tmp = malloc(sizeof(float) * V);
-                    st = shadow_logprobs(&sh, r->gen, t, tmp, lp_b, V);
-                    free(tmp);
+                    st = shadow_logprobs(&sh, r->gen, t, lg_sh, lp_b, V);
                     if (st) {
                         skv_context_free(c);
                         skv_smallkv_free(drv);
@@ -198,15 +206,12 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
             r->gen[r->n_gen++] = id;
             if (t + 1 == o->max_new) break;
             if (o->early_stop) {
-                char *text = NULL;
-                size_t tl = 0;
-                if ((st = skv_detokenize(tok, r->gen, (size_t)r->n_gen, &text, &tl))) {
+                int fixed = 0;
+                if ((st = score_fixed(tok, row, r->gen, r->n_gen, &fixed))) {
                     skv_context_free(c);
                     skv_smallkv_free(drv);
                     goto done;
                 }
-                int fixed = skv_task_score_final(row->task, text, row->answer);
-                free(text);
                 if (fixed) break;
             }
             st = drv ? skv_smallkv_decode(drv, id, lg) : skv_decode(c, &id, 1, lg, 0);
@@ -244,5 +249,6 @@ done:
     free(lp_full);
     free(lp_a);
     free(lp_b);
+    free(lg_sh);
     return st;
 }

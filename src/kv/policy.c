@@ -26,7 +26,7 @@ int skv_policy_needs_win(skv_policy_kind k) { return k == SKV_POL_SNAPKV || k ==
 
 static int evicts(skv_policy_kind k) { return k != SKV_POL_FULL && k != SKV_POL_QUANT; }
 
-skv_status skv_policy_parse(const skv_policy_params *p, int32_t n_layer, int32_t head_dim,
+skv_status skv_policy_parse(const skv_policy_params *p, int32_t head_dim,
                             skv_policy_kind *kind) {
     const char *name = p->name ? p->name : "full";
     size_t i;
@@ -73,7 +73,6 @@ skv_status skv_policy_parse(const skv_policy_params *p, int32_t n_layer, int32_t
         if (*kind == SKV_POL_PYRAMIDKV && !(p->pyramid_beta >= 1))
             return skv_set_error(SKV_ERR_ARG, "policy pyramidkv: beta must be >= 1");
     }
-    (void)n_layer;
     return SKV_OK;
 }
 

@@ -25,8 +25,8 @@ typedef struct skv_policy_state {
                             before any */
 } skv_policy_state;
 
-/* Parse and check params (n_layer, head_dim for the quantizer). */
-skv_status skv_policy_parse(const skv_policy_params *p, int32_t n_layer, int32_t head_dim,
+/* Parse and check params (head_dim for the quantizer). */
+skv_status skv_policy_parse(const skv_policy_params *p, int32_t head_dim,
                             skv_policy_kind *kind);
 /* Statistics a policy needs from the forward pass. */
 int skv_policy_needs_acc(skv_policy_kind k);

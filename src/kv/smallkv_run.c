@@ -180,8 +180,6 @@ skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, 
 
 /* Classes and marginal weights for a step whose query sits at position T - 1. */
 static skv_status build_plan(skv_smallkv *s, int32_t T) {
-    float *acc = malloc(sizeof(float) * (size_t)s->n_ctx);
-    if (!acc) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     skv_status st = SKV_OK;
     const int32_t hd = s->lc->m->cfg.info.head_dim;
     int64_t fast = 0;
@@ -197,10 +195,11 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
                              : (t < T - 1 && (fx[t] == SKV_SK_CRIT || fx[t] == SKV_SK_MARG)) ? fx[t]
                                                                                              : SKV_SK_SKIP;
             } else {
+                /* the small model's accumulated attention of each matched head, read in place:
+                 * head_acc is (Ls * Hs, n_ctx), indexed by the global head number */
                 memset(s->score, 0, sizeof(float) * (size_t)T);
                 for (int32_t j = 0; j < s->G; j++) {
-                    const int32_t i = l * s->H + g * s->G + j, fs = s->f[i];
-                    if ((st = skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, acc, NULL))) break;
+                    const float *acc = s->sc->head_acc + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
                     for (int32_t t = 0; t < T; t++) s->score[t] += acc[t];
                 }
                 skv_smallkv_select(s->score, T, s->split, cls);
@@ -217,7 +216,6 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
         }
     if (s->p.static_select) s->fixed_set = 1;
     s->fast_bytes = fast;
-    free(acc);
     return st;
 }
 

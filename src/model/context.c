@@ -15,7 +15,7 @@ skv_context_params skv_context_default_params(void) {
 
 skv_status skv_policy_validate(const skv_policy_params *p, const skv_model *m) {
     skv_policy_kind k;
-    return skv_policy_parse(p, m->cfg.info.n_layer, m->cfg.info.head_dim, &k);
+    return skv_policy_parse(p, m->cfg.info.head_dim, &k);
 }
 
 static void *alloc_floats(int64_t n, int *fail) {
@@ -37,7 +37,7 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     if ((unsigned)p.kv_format >= SKV_KV_FORMAT_COUNT)
         return skv_set_error(SKV_ERR_ARG, "unknown KV format %d", (int)p.kv_format);
     skv_policy_kind kind;
-    skv_status st = skv_policy_parse(&p.policy, in->n_layer, in->head_dim, &kind);
+    skv_status st = skv_policy_parse(&p.policy, in->head_dim, &kind);
     if (st) return st;
     skv_kv_format fmt = p.kv_format;
     if (kind == SKV_POL_QUANT) fmt = p.policy.quant_bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4;
@@ -138,7 +138,7 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
     p.kv_format = src->cache.fmt;
     p.policy = *policy;
     skv_policy_kind kind;
-    skv_status st = skv_policy_parse(policy, src->m->cfg.info.n_layer, src->m->cfg.info.head_dim, &kind);
+    skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &kind);
     if (st) return st;
     if ((skv_policy_needs_acc(kind) && !src->want_acc) || (skv_policy_needs_win(kind) && !src->want_win))
         return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
