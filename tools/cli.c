@@ -311,7 +311,7 @@ void cli_json_string(FILE *f, const char *s, size_t len) {
 
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
     skv_policy_params d = skv_policy_default_params("full");
-    *a = (cli_policy_args){.policy = "full", .budget = -1, .budget_tokens = 0, .sinks = d.sinks,
+    *a = (cli_policy_args){.policy = "full", .budget = NAN /* not given */, .budget_tokens = 0, .sinks = d.sinks,
                            .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
                            .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128};
@@ -340,14 +340,14 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
                                     const skv_model *m) {
     skv_policy_params p = skv_policy_default_params(name ? name : a->policy);
     if (a->budget_tokens < 0) cli_die(cmd, 2, "bad value for --budget-tokens: %d (must be > 0)", a->budget_tokens);
-    if (a->budget != -1 && a->budget_tokens > 0)
+    if (!isnan(a->budget) && a->budget_tokens > 0)
         cli_die(cmd, 2, "give --budget or --budget-tokens, not both");
-    if (a->budget != -1 && !(a->budget > 0 && a->budget <= 1))
+    if (!isnan(a->budget) && !(a->budget > 0 && a->budget <= 1))
         cli_die(cmd, 2, "bad value for --budget: %g (a fraction in (0, 1]; use --budget-tokens for a count)", a->budget);
     if (a->budget_tokens > 0) {
         p.budget = 0;
         p.budget_tokens = a->budget_tokens;
-    } else if (a->budget != -1) {
+    } else if (!isnan(a->budget)) {
         p.budget = a->budget;
     }
     p.sinks = a->sinks;
@@ -370,7 +370,7 @@ skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
 skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant) {
     skv_smallkv_params p = skv_smallkv_default_params();
     if (b > 0) p.budget = b;
-    else if (a->budget != -1) p.budget = a->budget;
+    else if (!isnan(a->budget)) p.budget = a->budget;
     if (!(p.budget > 0 && p.budget <= 1))
         cli_die(cmd, 2, "bad value for --budget: %g (a fraction in (0, 1])", p.budget);
     if (a->budget_tokens > 0) cli_die(cmd, 2, "smallkv takes --budget as a fraction, not --budget-tokens");

@@ -9,9 +9,11 @@
 int cmd_run(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *prompt = NULL, *file = NULL;
-    int n_gen = 128, top_k = -1, last_n = -1, json = 0, threads = 0, ctx = 0, ignore_eos = 0;
+    const skv_sampler_params sd = skv_sampler_default_params();
+    int n_gen = 128, top_k = sd.top_k, last_n = sd.penalty_last_n, json = 0, threads = 0, ctx = 0;
+    int ignore_eos = 0;
     int no_echo = 0, kv_stats = 0;
-    float temp = -1, top_p = -1, penalty = -1;
+    float temp = sd.temperature, top_p = sd.top_p, penalty = sd.repetition_penalty;
     uint64_t seed = 42;
     cli_policy_args pa;
     cli_opt opts[48] = {
@@ -41,12 +43,12 @@ int cmd_run(int argc, char **argv) {
     cli_parse(&cmd, argc, argv);
     if (n_gen < 0) cli_die("run", 2, "bad value for -n: %d (must be >= 0)", n_gen);
 
-    skv_sampler_params sp = skv_sampler_default_params();
-    if (temp >= 0 || temp < -1) sp.temperature = temp;
-    if (top_k != -1) sp.top_k = top_k;
-    if (top_p != -1) sp.top_p = top_p;
-    if (penalty != -1) sp.repetition_penalty = penalty;
-    if (last_n != -1) sp.penalty_last_n = last_n;
+    skv_sampler_params sp = sd;
+    sp.temperature = temp;
+    sp.top_k = top_k;
+    sp.top_p = top_p;
+    sp.repetition_penalty = penalty;
+    sp.penalty_last_n = last_n;
     sp.seed = seed;
 
     size_t len;

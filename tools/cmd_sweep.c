@@ -141,7 +141,7 @@ int cmd_sweep(int argc, char **argv) {
         if (!strcmp(pols[i], "quant") || !strcmp(pols[i], "quant8") || !strcmp(pols[i], "quant4")) {
             cli_policy_args q = pa;
             if (pols[i][5]) q.bits = pols[i][5] - '0';
-            q.budget = -1;
+            q.budget = NAN;
             q.budget_tokens = 0;
             cfg[n_cfg].policy = cli_policy_params("sweep", &q, "quant", m);
             label[n_cfg] = q.bits == 8 ? "quant int8" : "quant int4";
