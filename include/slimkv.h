@@ -231,6 +231,13 @@ skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32
 /* The same accumulation restricted to queries at positions < head_prefix: acc[head_prefix]. */
 skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head,
                                              float *acc);
+/* Window statistics (collect_head_stats): from now on queries at positions >= `from` also
+ * accumulate into a second per-head sum, read by skv_context_head_attention_window (n_past
+ * floats). Call before the prompt with from = prompt length - W for a SnapKV-style observation
+ * window that then grows with every decoded token. */
+skv_status skv_context_set_head_window(skv_context *c, int32_t from);
+skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer, int32_t head,
+                                             float *win);
 
 /* Run n ids through the model, appending them to the cache. If logits is non-NULL it receives
  * logits for the last token only (n_vocab floats), or for all n tokens (n x n_vocab, row-major)
@@ -256,7 +263,17 @@ typedef struct skv_smallkv_params {
     int32_t no_marginal;   /* ablation: no marginal tokens (their budget goes unused) */
     int32_t static_select; /* ablation: no saliency shift: critical and marginal sets fixed at
                               the first decode step, the recent window still slides */
+    int32_t score;         /* SKV_SK_SCORE_ACC (the paper: attention summed over every query) or
+                              SKV_SK_SCORE_WINDOW (summed over the prompt's last obs_window
+                              queries and every decoded query: SnapKV's signal, global view) */
+    int32_t obs_window;    /* window score: prompt queries counted (32) */
+    int32_t pool;          /* window score: max-pool width over positions, odd; 1: none (7) */
+    int32_t match_window;  /* 0: match heads on the first match_len tokens (the paper); 1: on the
+                              whole prompt's observation-window attention (the last obs_window
+                              queries of both models), once the prompt is in */
 } skv_smallkv_params;
+
+enum { SKV_SK_SCORE_ACC = 0, SKV_SK_SCORE_WINDOW = 1 };
 
 typedef struct skv_smallkv skv_smallkv;
 

@@ -314,7 +314,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
     *a = (cli_policy_args){.policy = "full", .budget = NAN /* not given */, .budget_tokens = 0, .sinks = d.sinks,
                            .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
-                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128};
+                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2"};
     const cli_opt po[] = {
         {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant (default full)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
@@ -332,6 +332,11 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"sk-paper", 0, OPT_FLAG, &a->sk_paper, NULL, "smallkv: unnormalised O_c + O_m as in the paper"},
         {"sk-no-marginal", 0, OPT_FLAG, &a->sk_no_marginal, NULL, "smallkv ablation: no marginal tokens"},
         {"sk-static", 0, OPT_FLAG, &a->sk_static, NULL, "smallkv ablation: selection fixed after the first step"},
+        {"sk-score", 0, OPT_STR, &a->sk_score, "S", "smallkv token score: acc (all queries, the paper) or window "
+                                                     "(last --obs-window prompt queries + decoded ones, --pool) (default acc)"},
+        {"sk-split", 0, OPT_STR, &a->sk_split, "C:R:M", "smallkv token ratio critical : recent : marginal (default 2:1:2)"},
+        {"sk-match", 0, OPT_STR, &a->sk_match, "M", "smallkv head matching on: prefix (first --match-len tokens, the "
+                                                     "paper) or window (the whole prompt's last --obs-window queries) (default prefix)"},
     };
     for (size_t i = 0; i < sizeof po / sizeof po[0]; i++) opts[(*n)++] = po[i];
 }
@@ -381,6 +386,22 @@ skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a,
     p.paper = a->sk_paper || !strcmp(variant, "paper");
     p.no_marginal = a->sk_no_marginal || !strcmp(variant, "nomarg");
     p.static_select = a->sk_static || !strcmp(variant, "static");
+    if (!strcmp(a->sk_score, "window") || !strcmp(variant, "window")) p.score = SKV_SK_SCORE_WINDOW;
+    else if (strcmp(a->sk_score, "acc")) cli_die(cmd, 2, "bad value for --sk-score: '%s' (acc or window)", a->sk_score);
+    {
+        float c, r, mg;
+        char tail;
+        if (sscanf(a->sk_split, "%f:%f:%f%c", &c, &r, &mg, &tail) != 3 || !(c >= 0 && r > 0 && mg >= 0))
+            cli_die(cmd, 2, "bad value for --sk-split: '%s' (C:R:M, three ratios, R > 0)", a->sk_split);
+        p.r_crit = c, p.r_recent = r, p.r_marg = mg;
+    }
+    if (!strcmp(a->sk_match, "window") || !strcmp(variant, "window")) p.match_window = 1;
+    else if (strcmp(a->sk_match, "prefix")) cli_die(cmd, 2, "bad value for --sk-match: '%s' (prefix or window)", a->sk_match);
+    if (a->obs_window < 1) cli_die(cmd, 2, "bad value for --obs-window: %d (must be >= 1)", a->obs_window);
+    if (a->pool_kernel < 1 || a->pool_kernel % 2 == 0)
+        cli_die(cmd, 2, "bad value for --pool: %d (an odd width >= 1)", a->pool_kernel);
+    p.obs_window = a->obs_window;
+    p.pool = a->pool_kernel;
     return p;
 }
 

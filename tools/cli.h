@@ -77,6 +77,7 @@ typedef struct cli_policy_args {
     /* smallkv */
     const char *draft;
     int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
+    const char *sk_score, *sk_match, *sk_split;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the policy flags to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);

@@ -151,8 +151,10 @@ int cmd_sweep(int argc, char **argv) {
         }
         if (!strncmp(pols[i], "smallkv", 7)) {
             const char *variant = pols[i][7] == '-' ? pols[i] + 8 : "";
-            if (pols[i][7] && strcmp(variant, "nomarg") && strcmp(variant, "static") && strcmp(variant, "paper"))
-                cli_die("sweep", 2, "unknown policy '%s' (smallkv, smallkv-nomarg, smallkv-static, smallkv-paper)", pols[i]);
+            if (pols[i][7] && strcmp(variant, "nomarg") && strcmp(variant, "static") && strcmp(variant, "paper") &&
+                strcmp(variant, "window"))
+                cli_die("sweep", 2, "unknown policy '%s' (smallkv, smallkv-nomarg, smallkv-static, smallkv-paper, "
+                        "smallkv-window)", pols[i]);
             if (!draft) draft = cli_load_draft("sweep", &pa, m, threads);
             for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
                 cfg[n_cfg].policy = skv_policy_default_params("full");

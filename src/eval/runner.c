@@ -126,9 +126,12 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
         return skv_set_error(SKV_ERR_ARG, "max_new %d > 64", o->max_new);
     }
 
-    int32_t sk_prefix = 0;
+    int32_t sk_prefix = 0, sk_window = 0;
     for (int32_t k = 0; k < n; k++)
-        if (cfgs[k].smallkv) sk_prefix = SKV_MAX(sk_prefix, cfgs[k].sk.match_len);
+        if (cfgs[k].smallkv) {
+            sk_prefix = SKV_MAX(sk_prefix, cfgs[k].sk.match_len);
+            if (cfgs[k].sk.score == SKV_SK_SCORE_WINDOW || cfgs[k].sk.match_window) sk_window = SKV_MAX(sk_window, cfgs[k].sk.obs_window);
+        }
     if (sk_prefix && !o->draft) {
         free(ids);
         return skv_set_error(SKV_ERR_ARG, "smallkv needs a draft model");
@@ -147,12 +150,15 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     int32_t full_gen[64], n_full = 0;
     shadow sh = {0};
     if ((st = skv_context_init(m, cp, &base))) goto done;
+    if (sk_window && (st = skv_context_set_head_window(base, SKV_MAX(0, np - sk_window)))) goto done;
     if ((st = skv_decode(base, p, np, lg0, 0))) goto done;
     if (sk_prefix) {
         skv_context_params sp = cp;
         sp.collect_stats = 0;
         sp.kv_format = SKV_KV_F32;
         if ((st = skv_context_init(o->draft, sp, &sbase))) goto done;
+        /* window-scored configurations share one observation window: the widest asked for */
+        if (sk_window && (st = skv_context_set_head_window(sbase, SKV_MAX(0, np - sk_window)))) goto done;
         if ((st = skv_decode(sbase, p, np, NULL, 0))) goto done;
     }
 

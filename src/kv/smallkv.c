@@ -72,6 +72,15 @@ void skv_smallkv_match(const float *acc_l, int32_t n_l, const float *acc_s, int3
     free(ml);
 }
 
+void skv_smallkv_maxpool(const float *in, int32_t T, int32_t w, float *out) {
+    const int32_t r = w / 2;
+    for (int32_t t = 0; t < T; t++) {
+        float m = in[t];
+        for (int32_t u = SKV_MAX(0, t - r); u <= SKV_MIN(T - 1, t + r); u++) m = fmaxf(m, in[u]);
+        out[t] = m;
+    }
+}
+
 void skv_smallkv_select(const float *score, int32_t T, skv_smallkv_split s, uint8_t *cls) {
     memset(cls, SKV_SK_SKIP, (size_t)T);
     const int32_t recent = SKV_MIN(s.recent, T);

@@ -33,6 +33,9 @@ skv_smallkv_split skv_smallkv_budget(int32_t slots, float r_crit, float r_recent
 void skv_smallkv_match(const float *acc_l, int32_t n_l, const float *acc_s, int32_t n_s, int32_t T,
                        int32_t K, int32_t *f, float *jac);
 
+/* out[t] = max of in[t - w/2 .. t + w/2] (clipped to [0, T)); w odd. */
+void skv_smallkv_maxpool(const float *in, int32_t T, int32_t w, float *out);
+
 /* Classes cls[T] for keys 0..T-1 (positions; the newest is T-1) from score[T]. */
 void skv_smallkv_select(const float *score, int32_t T, skv_smallkv_split s, uint8_t *cls);
 

@@ -13,7 +13,9 @@
 
 skv_smallkv_params skv_smallkv_default_params(void) {
     skv_smallkv_params p = {.budget = 0.2f, .r_crit = 2, .r_recent = 1, .r_marg = 2, .match_len = 128,
-                            .match_k = 0, .paper = 0, .no_marginal = 0, .static_select = 0};
+                            .match_k = 0, .paper = 0, .no_marginal = 0, .static_select = 0,
+                            .score = SKV_SK_SCORE_ACC, .obs_window = 32, .pool = 7,
+                            .match_window = 0};
     return p;
 }
 
@@ -39,6 +41,11 @@ static skv_status check_params(const skv_model_info *li, const skv_model_info *s
         return skv_set_error(SKV_ERR_ARG, "smallkv: split ratios must be >= 0 (recent > 0)");
     if (p.match_len < 1 || p.match_k < 0)
         return skv_set_error(SKV_ERR_ARG, "smallkv: match length must be >= 1 and match K >= 0");
+    if (p.score != SKV_SK_SCORE_ACC && p.score != SKV_SK_SCORE_WINDOW)
+        return skv_set_error(SKV_ERR_ARG, "smallkv: unknown score %d", p.score);
+    if ((p.score == SKV_SK_SCORE_WINDOW || p.match_window) && (p.obs_window < 1 || p.pool < 1 || p.pool % 2 == 0))
+        return skv_set_error(SKV_ERR_ARG, "smallkv: window score needs obs_window >= 1 and an odd "
+                             "pool width >= 1 (got %d, %d)", p.obs_window, p.pool);
     return SKV_OK;
 }
 
@@ -61,7 +68,7 @@ static skv_status wrap(skv_context *lc, skv_context *sc, skv_smallkv_params p, s
     s->f = malloc(sizeof(int32_t) * (size_t)(s->L * s->H));
     s->cls = malloc((size_t)s->L * s->KVH * s->n_ctx);
     s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
-    s->score = malloc(sizeof(float) * (size_t)s->n_ctx);
+    s->score = malloc(sizeof(float) * 2 * (size_t)s->n_ctx); /* score, pooled score */
     s->fixed = malloc((size_t)s->L * s->KVH * s->n_ctx);
     if (!s->f || !s->cls || !s->marg || !s->score || !s->fixed) {
         skv_smallkv_free(s);
@@ -91,19 +98,23 @@ skv_status skv_smallkv_init(skv_model *large, skv_model *small, skv_smallkv_para
 }
 
 /* Match every large head to a small head on the accumulated attention of the first T tokens
- * (queries and keys < T = match_len, recorded as the prefix statistics). */
+ * (queries and keys < T = match_len, recorded as the prefix statistics), or with match_window
+ * on the observation-window attention over the whole prompt (T = prompt length). */
 static skv_status match_heads(skv_smallkv *s, int32_t T) {
+    const int win = s->p.match_window;
     const int32_t nl = s->L * s->H, ns = s->Ls * s->Hs;
     float *al = malloc(sizeof(float) * (size_t)nl * T), *as = malloc(sizeof(float) * (size_t)ns * T);
     float *tmp = malloc(sizeof(float) * (size_t)s->n_ctx);
     skv_status st = SKV_OK;
     if (!al || !as || !tmp) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
     for (int32_t i = 0; i < nl && !st; i++) {
-        st = skv_context_head_attention_prefix(s->lc, i / s->H, i % s->H, tmp);
+        st = win ? skv_context_head_attention_window(s->lc, i / s->H, i % s->H, tmp)
+                 : skv_context_head_attention_prefix(s->lc, i / s->H, i % s->H, tmp);
         memcpy(al + (size_t)i * T, tmp, sizeof(float) * (size_t)T);
     }
     for (int32_t j = 0; j < ns && !st; j++) {
-        st = skv_context_head_attention_prefix(s->sc, j / s->Hs, j % s->Hs, tmp);
+        st = win ? skv_context_head_attention_window(s->sc, j / s->Hs, j % s->Hs, tmp)
+                 : skv_context_head_attention_prefix(s->sc, j / s->Hs, j % s->Hs, tmp);
         memcpy(as + (size_t)j * T, tmp, sizeof(float) * (size_t)T);
     }
     if (!st) {
@@ -129,7 +140,11 @@ static skv_status finish_prompt(skv_smallkv *s) {
     const int32_t slots = SKV_MAX(1, (int32_t)lrintf(s->p.budget * (float)n));
     s->split = skv_smallkv_budget(slots, s->p.r_crit, s->p.r_recent, s->p.no_marginal ? 0 : s->p.r_marg);
     skv_status st;
-    if (n >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
+    if (s->p.match_window) {
+        if (n > 0 && (st = match_heads(s, n))) return st;
+    } else if (n >= s->p.match_len && (st = match_heads(s, s->p.match_len))) {
+        return st;
+    }
     /* the large model's full cache is the slow tier; selected rows are read from it in place */
     for (int32_t l = 0; l < s->L; l++)
         for (int32_t g = 0; g < s->KVH; g++)
@@ -144,6 +159,11 @@ skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, fl
     if (skv_context_n_past(s->lc) != 0)
         return skv_set_error(SKV_ERR_ARG, "smallkv: prefill on a used context");
     skv_status st;
+    if (s->p.score == SKV_SK_SCORE_WINDOW || s->p.match_window) {
+        const int32_t from = SKV_MAX(0, n - s->p.obs_window);
+        if ((st = skv_context_set_head_window(s->sc, from)) || (st = skv_context_set_head_window(s->lc, from)))
+            return st;
+    }
     if ((st = skv_decode(s->lc, ids, n, logits, 0)) || (st = skv_decode(s->sc, ids, n, NULL, 0))) return st;
     return finish_prompt(s);
 }
@@ -161,6 +181,11 @@ skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, 
         skv_context_n_past(large) != skv_context_n_past(small))
         return skv_set_error(SKV_ERR_ARG, "smallkv: fork needs two prefilled contexts of the same "
                              "prompt with collect_head_stats and head_prefix >= %d", p.match_len);
+    if ((p.score == SKV_SK_SCORE_WINDOW || p.match_window) &&
+        (small->head_win_from > skv_context_n_past(small) - 1 ||
+         (p.match_window && large->head_win_from > skv_context_n_past(large) - 1)))
+        return skv_set_error(SKV_ERR_ARG, "smallkv: the window score needs the small context's head "
+                             "window (skv_context_set_head_window) set before its prompt (both contexts' to match on it)");
     const skv_policy_params full = skv_policy_default_params("full");
     skv_context *lc = NULL, *sc = NULL;
     if ((st = skv_context_fork(large, &full, &lc))) return st;
@@ -197,12 +222,19 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
             } else {
                 /* the small model's accumulated attention of each matched head, read in place:
                  * head_acc is (Ls * Hs, n_ctx), indexed by the global head number */
+                const int win = s->p.score == SKV_SK_SCORE_WINDOW;
+                const float *src = win ? s->sc->head_win : s->sc->head_acc;
                 memset(s->score, 0, sizeof(float) * (size_t)T);
                 for (int32_t j = 0; j < s->G; j++) {
-                    const float *acc = s->sc->head_acc + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
+                    const float *acc = src + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
                     for (int32_t t = 0; t < T; t++) s->score[t] += acc[t];
                 }
-                skv_smallkv_select(s->score, T, s->split, cls);
+                const float *sc = s->score;
+                if (win && s->p.pool > 1) {
+                    skv_smallkv_maxpool(s->score, T, s->p.pool, s->score + s->n_ctx);
+                    sc = s->score + s->n_ctx;
+                }
+                skv_smallkv_select(sc, T, s->split, cls);
                 if (s->p.static_select) memcpy(fx, cls, (size_t)T);
             }
             for (int32_t t = 0; t < T; t++)
@@ -224,7 +256,7 @@ skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits) {
     /* small model first: its attention of this step and its accumulated scores */
     if ((st = skv_decode(s->sc, &id, 1, NULL, 0))) return st;
     const int32_t T = skv_context_n_past(s->sc); /* keys including this token */
-    if (!s->matched && T - 1 >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
+    if (!s->matched && !s->p.match_window && T - 1 >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
     if (s->matched) {
         if ((st = build_plan(s, T))) return st;
         if ((st = skv_context_set_plan(s->lc, s->cls, s->marg, s->p.paper))) return st;

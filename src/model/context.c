@@ -47,6 +47,7 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
                              p.policy.name);
     skv_context *c = calloc(1, sizeof *c);
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    c->head_win_from = INT64_MAX;
     c->m = m;
     c->n_ctx = p.n_ctx ? p.n_ctx : in->n_ctx;
     c->n_batch = p.n_batch ? SKV_MIN(p.n_batch, c->n_ctx) : SKV_MIN(512, c->n_ctx);
@@ -87,7 +88,8 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
         const size_t nh = (size_t)in->n_layer * in->n_head * (size_t)T;
         c->head_acc = calloc(nh, sizeof(float));
         c->head_last = calloc(nh, sizeof(float));
-        if (!c->head_acc || !c->head_last) fail = 1;
+        c->head_win = calloc(nh, sizeof(float));
+        if (!c->head_acc || !c->head_last || !c->head_win) fail = 1;
         if (p.head_prefix > 0) {
             c->head_prefix = SKV_MIN(p.head_prefix, c->n_ctx);
             c->head_pre = calloc((size_t)in->n_layer * in->n_head * (size_t)c->head_prefix, sizeof(float));
@@ -126,6 +128,7 @@ void skv_context_free(skv_context *c) {
     free(c->head_acc);
     free(c->head_last);
     free(c->head_pre);
+    free(c->head_win);
     free(c);
 }
 
@@ -158,12 +161,15 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
         const size_t nh = (size_t)src->m->cfg.info.n_layer * src->m->cfg.info.n_head * (size_t)c->n_ctx;
         c->head_acc = malloc(nh * sizeof(float));
         c->head_last = malloc(nh * sizeof(float));
-        if (!c->head_acc || !c->head_last) {
+        c->head_win = malloc(nh * sizeof(float));
+        if (!c->head_acc || !c->head_last || !c->head_win) {
             skv_context_free(c);
             return skv_set_error(SKV_ERR_NOMEM, "out of memory");
         }
         memcpy(c->head_acc, src->head_acc, nh * sizeof(float));
         memcpy(c->head_last, src->head_last, nh * sizeof(float));
+        memcpy(c->head_win, src->head_win, nh * sizeof(float));
+        c->head_win_from = src->head_win_from;
         if (src->head_pre) {
             const size_t np = (size_t)src->m->cfg.info.n_layer * src->m->cfg.info.n_head * (size_t)src->head_prefix;
             c->head_pre = malloc(np * sizeof(float));
@@ -258,6 +264,28 @@ skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32
     const size_t off = ((size_t)layer * in->n_head + head) * (size_t)c->n_ctx;
     if (acc) memcpy(acc, c->head_acc + off, (size_t)c->n_past * sizeof(float));
     if (last) memcpy(last, c->head_last + off, (size_t)c->n_past * sizeof(float));
+    return SKV_OK;
+}
+
+skv_status skv_context_set_head_window(skv_context *c, int32_t from) {
+    if (!c->head_acc)
+        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
+    if (from < c->n_past)
+        return skv_set_error(SKV_ERR_ARG, "head window start %d is before the next position %d", from,
+                             c->n_past);
+    c->head_win_from = from;
+    return SKV_OK;
+}
+
+skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer, int32_t head,
+                                             float *win) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (!c->head_acc)
+        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
+    if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
+        return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
+    memcpy(win, c->head_win + ((size_t)layer * in->n_head + head) * (size_t)c->n_ctx,
+           (size_t)c->n_past * sizeof(float));
     return SKV_OK;
 }
 

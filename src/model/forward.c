@@ -112,6 +112,10 @@ static void attention_prefill(skv_context *c, int32_t l, int64_t pos0, int64_t n
                 if (c->head_acc) {
                     float *ha = c->head_acc + ((int64_t)l * H + h) * T;
                     for (int64_t t = 0; t < hi; t++) ha[t] += row[t];
+                    if (qp >= c->head_win_from) {
+                        float *hw = c->head_win + ((int64_t)l * H + h) * T;
+                        for (int64_t t = 0; t < hi; t++) hw[t] += row[t];
+                    }
                     if (qp < c->head_prefix) { /* keys of an early query are early too */
                         float *hp = c->head_pre + ((int64_t)l * H + h) * c->head_prefix;
                         for (int64_t t = 0; t < hi; t++) hp[t] += row[t];
@@ -312,6 +316,8 @@ static skv_status forward_token(skv_context *c, int32_t id, float *logits) {
                     const float *pr = c->probs + (int64_t)h * c->n_ctx;
                     for (int64_t s = 0; s < n; s++) c->head_acc[off + s] += pr[s];
                     memcpy(c->head_last + off, pr, (size_t)n * sizeof(float));
+                    if (pos >= c->head_win_from)
+                        for (int64_t s = 0; s < n; s++) c->head_win[off + s] += pr[s];
                     if (pos < c->head_prefix) {
                         float *hp = c->head_pre + ((int64_t)l * H + h) * c->head_prefix;
                         for (int64_t s = 0; s < n; s++) hp[s] += pr[s];

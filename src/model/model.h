@@ -69,6 +69,8 @@ struct skv_context {
     float *head_last;          /* (n_layer, n_head, n_ctx) last decode step's attention */
     float *head_pre;           /* (n_layer, n_head, head_prefix) attention of queries < prefix */
     int32_t head_prefix;
+    float *head_win;           /* (n_layer, n_head, n_ctx) attention of queries >= head_win_from */
+    int64_t head_win_from;     /* INT64_MAX: no window statistics yet */
     /* SmallKV plan for the next decode step (NULL: ordinary attention), owned by the caller: */
     const uint8_t *plan_cls;   /* (n_layer, n_kv_head, n_ctx) SKV_SK_* class of every slot */
     const float *plan_marg;    /* (n_layer, n_head, n_ctx) weight of each marginal slot */
