@@ -211,15 +211,30 @@ static void test_cli(void) {
         {"ppl -m MODEL -f /nonexistent.txt", 1, "/nonexistent.txt"},
         {"ppl -m MODEL", 2, "no corpus"},
         {"bench -m MODEL --reps 0", 2, "--reps"},
+        {"run -m MODEL -p hi --policy smallkv", 2, "--draft"},
+        {"run -m MODEL -p hi --policy smallkv --draft MODEL --sk-score maybe", 2, "--sk-score"},
+        {"run -m MODEL -p hi --policy smallkv --draft MODEL --sk-match x", 2, "--sk-match"},
+        {"run -m MODEL -p hi --policy smallkv --draft MODEL --sk-split 2:0:2", 2, "--sk-split"},
+        {"run -m MODEL -p hi --policy smallkv --draft MODEL --sk-split 2:1", 2, "--sk-split"},
+        {"run -m MODEL -p hi --policy smallkv --draft MODEL --sk-score window --pool 4", 2, "--pool"},
+        {"run -m MODEL -p hi --policy smallkv --draft /nonexistent", 1, "/nonexistent/"},
+        {"ppl -m MODEL -f /dev/null --policy smallkv --draft MODEL --sk-prompt -3", 2, "--sk-prompt"},
         {"bench -m MODEL --depths 1,x", 2, "--depths"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1200], cmd[2048];
-        const char *a = cases[i].args, *p = strstr(a, "MODEL");
-        if (p)
-            snprintf(args, sizeof args, "%.*smodels/kvt-s%s", (int)(p - a), a, p + 5);
-        else
-            snprintf(args, sizeof args, "%s", a);
+        /* every MODEL becomes the shipped model */
+        args[0] = 0;
+        for (const char *a = cases[i].args, *p; *a;) {
+            p = strstr(a, "MODEL");
+            size_t k = strlen(args);
+            if (!p) {
+                snprintf(args + k, sizeof args - k, "%s", a);
+                break;
+            }
+            snprintf(args + k, sizeof args - k, "%.*smodels/kvt-s", (int)(p - a), a);
+            a = p + 5;
+        }
         snprintf(cmd, sizeof cmd, "%s %s </dev/null", cli, args);
         char *err = NULL, *out = NULL;
         int rc = skv_test_sh(cmd, &out, &err);

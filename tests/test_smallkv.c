@@ -430,7 +430,115 @@ static void test_driver(void) {
     skv_model_free(ms);
 }
 
+/* window statistics: queries >= from accumulate into the window sum, prefill and decode alike */
+static void test_head_window(void) {
+    skv_model *m = load_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    enum { N = 70, W = 16, STEPS = 3 };
+    int32_t ids[N + STEPS];
+    gen_ids(ids, N + STEPS, 5);
+    skv_context *a = head_ctx(m), *b = head_ctx(m);
+    REQUIRE(a && b, "%s", skv_last_error());
+    CHECK(skv_context_set_head_window(a, N - W) == SKV_OK);
+    CHECK(skv_decode(a, ids, N, NULL, 0) == SKV_OK);
+    for (int t = 0; t < STEPS; t++) CHECK(skv_decode(a, ids + N + t, 1, NULL, 0) == SKV_OK);
+    CHECK(skv_context_set_head_window(a, 3) == SKV_ERR_ARG); /* before the next position */
+    CHECK(skv_decode(b, ids, N - W, NULL, 0) == SKV_OK);     /* only the queries < from */
+    float acc_a[N + STEPS], acc_b[N + STEPS], win[N + STEPS];
+    double worst = 0;
+    for (int l = 0; l < 4; l++)
+        for (int h = 0; h < 3; h++) {
+            CHECK(skv_context_head_attention(a, l, h, acc_a, NULL) == SKV_OK);
+            CHECK(skv_context_head_attention(b, l, h, acc_b, NULL) == SKV_OK);
+            CHECK(skv_context_head_attention_window(a, l, h, win) == SKV_OK);
+            double sum = 0;
+            for (int t = 0; t < N + STEPS; t++) {
+                const double want = acc_a[t] - (t < N - W ? acc_b[t] : 0);
+                worst = fmax(worst, fabs(win[t] - want));
+                sum += win[t];
+            }
+            CHECKF(fabs(sum - (W + STEPS)) < 1e-3, "layer %d head %d: window sums to %.4f, want %d", l, h, sum, W + STEPS);
+        }
+    CHECKF(worst < 1e-4, "window statistics differ from acc(all) - acc(queries < from) by %.3g", worst);
+    skv_context *c = NULL;
+    CHECK(skv_context_init(m, skv_context_default_params(), &c) == SKV_OK);
+    CHECK(skv_context_set_head_window(c, 0) == SKV_ERR_ARG); /* no head statistics */
+    skv_context_free(c);
+    skv_context_free(a);
+    skv_context_free(b);
+    skv_model_free(m);
+}
+
+/* the window score and window matching: the map and the classes equal a brute-force
+ * recomputation from the two models' window statistics */
+static void test_window_score(void) {
+    skv_model *ml = load_l(), *ms = load_s();
+    REQUIRE(ml && ms, "models: %s", skv_last_error());
+    enum { N = 200, CTX = 256, LH = 60, SH = 12, W = 24 };
+    static int32_t ids[N + 2];
+    gen_ids(ids, N + 2, 7);
+    skv_smallkv_params p = skv_smallkv_default_params();
+    p.budget = 0.2f;
+    p.score = SKV_SK_SCORE_WINDOW;
+    p.match_window = 1;
+    p.obs_window = W;
+    p.pool = 3;
+    skv_smallkv *s = NULL;
+    REQUIRE(skv_smallkv_init(ml, ms, p, CTX, &s) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_smallkv_prefill(s, ids, N, NULL) == SKV_OK);
+    const struct skv_smallkv *v = s;
+    static float al[LH * N], as[SH * N];
+    for (int i = 0; i < LH; i++) CHECK(skv_context_head_attention_window(v->lc, i / 6, i % 6, al + i * N) == SKV_OK);
+    for (int j = 0; j < SH; j++) CHECK(skv_context_head_attention_window(v->sc, j / 3, j % 3, as + j * N) == SKV_OK);
+    int32_t f[LH];
+    skv_smallkv_match(al, LH, as, SH, N, v->split.crit, f, NULL);
+    const int32_t *got = skv_smallkv_head_map(s);
+    REQUIRE(got, "not matched after the prompt");
+    CHECK(!memcmp(f, got, sizeof f));
+    CHECK(skv_smallkv_decode(s, ids[N], NULL) == SKV_OK);
+    const int T = N + 1;
+    static float sc[CTX], pooled[CTX], row[CTX];
+    static uint8_t cls[CTX];
+    int bad = 0;
+    for (int l = 0; l < 10; l++)
+        for (int g = 0; g < 2; g++) {
+            memset(sc, 0, sizeof sc);
+            for (int j = 0; j < 3; j++) {
+                const int fs = got[l * 6 + g * 3 + j];
+                CHECK(skv_context_head_attention_window(v->sc, fs / 3, fs % 3, row) == SKV_OK);
+                for (int t = 0; t < T; t++) sc[t] += row[t];
+            }
+            for (int t = 0; t < T; t++) {
+                pooled[t] = sc[t];
+                for (int u = t - 1; u <= t + 1; u++)
+                    if (u >= 0 && u < T && sc[u] > pooled[t]) pooled[t] = sc[u];
+            }
+            skv_smallkv_select(pooled, T, v->split, cls);
+            bad += memcmp(cls, v->cls + (l * 2 + g) * CTX, (size_t)T) != 0;
+        }
+    CHECKF(bad == 0, "%d KV heads' classes differ from the pooled window score", bad);
+    skv_smallkv_free(s);
+    /* a fork needs the window statistics in the prefilled contexts */
+    skv_context_params bp = skv_context_default_params();
+    bp.n_ctx = CTX;
+    bp.collect_head_stats = 1;
+    bp.head_prefix = 128;
+    skv_context *bl = NULL, *bs = NULL;
+    REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_decode(bl, ids, N, NULL, 0) == SKV_OK && skv_decode(bs, ids, N, NULL, 0) == SKV_OK);
+    skv_smallkv *a = NULL;
+    CHECK(skv_smallkv_fork(bl, bs, p, &a) == SKV_ERR_ARG && !a);
+    p.pool = 4;
+    CHECK(skv_smallkv_init(ml, ms, p, CTX, &a) == SKV_ERR_ARG && !a);
+    skv_context_free(bl);
+    skv_context_free(bs);
+    skv_model_free(ml);
+    skv_model_free(ms);
+}
+
 void register_smallkv(void) {
+    skv_test_add("smallkv/window statistics (queries from a position on)", test_head_window);
+    skv_test_add("smallkv/window score and window matching vs brute force", test_window_score);
     skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);
     skv_test_add("smallkv/head matching recovers a known assignment", test_match_known);
     skv_test_add("smallkv/Jaccard of top-K sets vs brute force", test_match_bruteforce);

@@ -10,10 +10,82 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* log-softmax normaliser of one logits row */
+static double row_lse(const float *row, int V) {
+    float mx = row[0];
+    for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+    double s = 0;
+    for (int v = 0; v < V; v++) s += exp((double)row[v] - mx);
+    return (double)mx + log(s);
+}
+
+/* SmallKV perplexity: each window's first P tokens are the prompt (both models, full
+ * attention); every later token is decoded one at a time under SmallKV and scored, next to the
+ * full cache's prediction of the same positions (same prompt, then teacher-forced). */
+static void ppl_smallkv(const cli_policy_args *pa, skv_model *m, const int32_t *all, int n_win, int W,
+                        int P, int threads, int quiet, double *nll, double *nll_full, double *kl,
+                        int64_t *scored, double *fast_mean, skv_smallkv_usage *last) {
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab;
+    skv_model *d = cli_load_draft("ppl", pa, m, threads);
+    if (skv_model_get_info(d)->n_ctx < W)
+        cli_die("ppl", 2, "--ctx %d is longer than the draft model's context (%d)", W, skv_model_get_info(d)->n_ctx);
+    const skv_smallkv_params sp = cli_smallkv_params("ppl", pa, 0, "");
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = W;
+    skv_context *c = NULL;
+    cli_check("ppl", skv_context_init(m, cp, &c));
+    float *lg = malloc((size_t)V * sizeof(float)), *lf = malloc((size_t)(W - P) * V * sizeof(float));
+    if (!lg || !lf) cli_die("ppl", 1, "out of memory for the logits");
+    double fast = 0;
+    int64_t steps = 0;
+    const double t0 = skv_time_now();
+    for (int w = 0; w < n_win; w++) {
+        const int32_t *ids = all + (size_t)w * W;
+        /* the full cache: prompt, then all later tokens in one call; row i predicts P + i */
+        cli_check("ppl", skv_context_truncate(c, 0));
+        cli_check("ppl", skv_decode(c, ids, P, lf, 0));
+        if (W - 1 > P) cli_check("ppl", skv_decode(c, ids + P, W - 1 - P, lf + (size_t)V, 1));
+        skv_smallkv *drv = NULL;
+        cli_check("ppl", skv_smallkv_init(m, d, sp, W, &drv));
+        cli_check("ppl", skv_smallkv_prefill(drv, ids, P, lg));
+        for (int pos = P - 1; pos + 1 < W; pos++) { /* lg predicts ids[pos + 1] */
+            if (pos >= P) {
+                cli_check("ppl", skv_smallkv_decode(drv, ids[pos], lg));
+                skv_smallkv_get_usage(drv, last);
+                fast += (double)last->fast_bytes;
+                steps++;
+            }
+            const float *ref = lf + (size_t)(pos - (P - 1)) * V;
+            const double lse = row_lse(lg, V), lse_f = row_lse(ref, V);
+            *nll += lse - (double)lg[ids[pos + 1]];
+            *nll_full += lse_f - (double)ref[ids[pos + 1]];
+            double k = 0;
+            for (int v = 0; v < V; v++) {
+                const double lpf = (double)ref[v] - lse_f;
+                k += exp(lpf) * (lpf - ((double)lg[v] - lse));
+            }
+            *kl += k > 0 ? k : 0;
+            (*scored)++;
+        }
+        skv_smallkv_free(drv);
+        if (!quiet)
+            fprintf(stderr, "\rslimkv ppl: window %d/%d  ppl %.4f (full %.4f)  KL %.4f  (%.1f tok/s)", w + 1, n_win,
+                    exp(*nll / (double)*scored), exp(*nll_full / (double)*scored), *kl / (double)*scored,
+                    (double)*scored / (skv_time_now() - t0));
+    }
+    if (!quiet) fprintf(stderr, "\n");
+    *fast_mean = steps ? fast / (double)steps : 0;
+    free(lg);
+    free(lf);
+    skv_context_free(c);
+    skv_model_free(d);
+}
+
 int cmd_ppl(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *file = NULL, *out = NULL;
-    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0;
+    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0;
     cli_policy_args pa;
     cli_opt opts[40] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
@@ -25,14 +97,17 @@ int cmd_ppl(int argc, char **argv) {
         {"out", 'o', OPT_STR, &out, "FILE", "also write the result as JSON (with commit, machine, command)"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
         {"chunk", 0, OPT_INT, &chunk, "N", "tokens per forward call; the policy compresses after each (default 512, 128 with a policy)"},
+        {"sk-prompt", 0, OPT_INT, &sk_prompt, "N", "smallkv: tokens of each window prefilled before SmallKV decoding (default: half)"},
     };
-    int n_opts = 9;
+    int n_opts = 10;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
                          "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
                          "KV policy, each window is processed in chunks and the cache is compressed "
                          "after every chunk; the KL divergence from the full cache (same chunks) is "
-                         "reported next to the perplexity.",
+                         "reported next to the perplexity. With --policy smallkv --draft DIR, each "
+                         "window's first --sk-prompt tokens are prefilled and the rest decoded one "
+                         "at a time under SmallKV; only those decoded positions are scored.",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
     if (!file) cli_die("ppl", 2, "no corpus: give -f FILE");
@@ -48,7 +123,11 @@ int cmd_ppl(int argc, char **argv) {
     const int W = ctx ? ctx : in->n_ctx;
     if (W < 2) cli_die("ppl", 2, "bad value for --ctx: %d (must be 2..%d)", ctx, in->n_ctx);
     const int32_t bos = in->bos_id >= 0 ? in->bos_id : 0;
-    skv_policy_params pp = cli_policy_params("ppl", &pa, NULL, m);
+    const int sk = !strcmp(pa.policy, "smallkv");
+    if (sk_prompt < 0 || (sk && sk_prompt >= W - 1))
+        cli_die("ppl", 2, "bad value for --sk-prompt: %d (must be 1..%d)", sk_prompt, W - 2);
+    if (sk && sk_prompt == 0) sk_prompt = W / 2;
+    skv_policy_params pp = sk ? skv_policy_default_params("full") : cli_policy_params("ppl", &pa, NULL, m);
     const int with_policy = strcmp(pp.name, "full") != 0;
     if (chunk < 0) cli_die("ppl", 2, "bad value for --chunk: %d (must be >= 0)", chunk);
     if (chunk == 0) chunk = with_policy ? 128 : 512;
@@ -73,6 +152,44 @@ int cmd_ppl(int argc, char **argv) {
         cli_die("ppl", 1, "%s: only %zu tokens, fewer than one window of %d", file, n_all, W);
     if (n_win < windows && !quiet)
         fprintf(stderr, "slimkv ppl: the corpus holds only %d windows of %d tokens\n", n_win, W);
+
+    if (sk) {
+        double nll = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();
+        int64_t scored = 0;
+        skv_smallkv_usage u = {0};
+        ppl_smallkv(&pa, m, all, n_win, W, sk_prompt, threads, quiet, &nll, &nll_full, &kl, &scored, &fast, &u);
+        const skv_smallkv_params sp = cli_smallkv_params("ppl", &pa, 0, "");
+        char extra[768];
+        snprintf(extra, sizeof extra, "\"policy\": \"smallkv\", \"budget\": %g, \"sk_prompt\": %d, \"score\": \"%s\", "
+                 "\"match\": \"%s\", \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"fast_bytes_mean\": %.0f, "
+                 "\"slow_bytes\": %lld, \"draft_kv_bytes\": %lld, \"draft_weight_bytes\": %lld",
+                 sp.budget, sk_prompt, sp.score ? "window" : "acc", sp.match_window ? "window" : "prefix",
+                 exp(nll_full / (double)scored), kl / (double)scored, fast, (long long)u.slow_bytes,
+                 (long long)u.draft_kv_bytes, (long long)u.draft_weight_bytes);
+        const double secs = skv_time_now() - t0;
+        printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, \"tokens_scored\": %lld, "
+               "\"seconds\": %.2f, %s}\n", exp(nll / (double)scored), nll / (double)scored, n_win, W,
+               (long long)scored, secs, extra);
+        if (out) {
+            FILE *f = fopen(out, "w");
+            if (!f) cli_die("ppl", 1, "%s: cannot write", out);
+            fprintf(f, "{\n");
+            cli_json_provenance(f);
+            fprintf(f, "  \"model\": ");
+            cli_json_string(f, dir, strlen(dir));
+            fprintf(f, ",\n  \"draft\": ");
+            cli_json_string(f, pa.draft, strlen(pa.draft));
+            fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
+                    "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f,\n  %s\n}\n", exp(nll / (double)scored),
+                    nll / (double)scored, n_win, W, (long long)scored, secs, extra);
+            fclose(f);
+        }
+        free(all);
+        free(text);
+        skv_model_free(m);
+        skv_tokenizer_free(tok);
+        return 0;
+    }
 
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = W;

@@ -63,11 +63,23 @@ int cmd_run(int argc, char **argv) {
     cli_check("run", skv_sampler_init(sp, in->n_vocab, &smp));
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = ctx;
-    cp.policy = cli_policy_params("run", &pa, NULL, m);
     cp.kv_format = cli_kv_format("run", &pa);
     skv_context *c = NULL;
-    cli_check("run", skv_context_init(m, cp, &c));
+    skv_model *draft = NULL;
+    skv_smallkv *drv = NULL; /* --policy smallkv: the two-model driver instead of c */
+    const int sk = !strcmp(pa.policy, "smallkv");
+    if (sk) {
+        if (ctx < 0 || ctx > in->n_ctx) cli_die("run", 2, "bad value for --ctx: %d (must be 1..%d)", ctx, in->n_ctx);
+        draft = cli_load_draft("run", &pa, m, threads);
+        cp.policy = skv_policy_default_params("full");
+        cp.policy.name = "smallkv";
+        cli_check("run", skv_smallkv_init(m, draft, cli_smallkv_params("run", &pa, 0, ""), ctx, &drv));
+    } else {
+        cp.policy = cli_policy_params("run", &pa, NULL, m);
+        cli_check("run", skv_context_init(m, cp, &c));
+    }
     int n_ctx = ctx ? ctx : in->n_ctx;
+    if (sk && skv_model_get_info(draft)->n_ctx < n_ctx) n_ctx = skv_model_get_info(draft)->n_ctx;
     if ((int64_t)n_prompt >= n_ctx)
         cli_die("run", 1, "the prompt has %zu tokens; the context holds %d (the prompt must be "
                 "shorter to leave room for generation)", n_prompt, n_ctx);
@@ -75,7 +87,8 @@ int cmd_run(int argc, char **argv) {
     float *logits = malloc((size_t)in->n_vocab * sizeof(float));
     int32_t *gen = malloc((size_t)(n_gen + 1) * sizeof(int32_t));
     double t0 = skv_time_now();
-    cli_check("run", skv_decode(c, ids, (int32_t)n_prompt, logits, 0));
+    if (sk) cli_check("run", skv_smallkv_prefill(drv, ids, (int32_t)n_prompt, logits));
+    else cli_check("run", skv_decode(c, ids, (int32_t)n_prompt, logits, 0));
     double t1 = skv_time_now();
     for (size_t i = 0; i < n_prompt; i++) skv_sampler_accept(smp, ids[i]);
 
@@ -101,11 +114,12 @@ int cmd_run(int argc, char **argv) {
             }
         }
         if (n_out == n_gen) break;
-        if (skv_context_n_past(c) >= n_ctx) {
+        if ((int64_t)n_prompt + n_out - 1 >= n_ctx) { /* tokens in the cache */
             stopped_ctx = 1;
             break;
         }
-        cli_check("run", skv_decode(c, &id, 1, logits, 0));
+        if (sk) cli_check("run", skv_smallkv_decode(drv, id, logits));
+        else cli_check("run", skv_decode(c, &id, 1, logits, 0));
     }
     double t3 = skv_time_now();
     if (json) {
@@ -125,9 +139,17 @@ int cmd_run(int argc, char **argv) {
     }
     fflush(stdout);
     if (stopped_ctx) fprintf(stderr, "slimkv run: stopped: the context of %d tokens is full\n", n_ctx);
-    skv_kv_usage u;
-    skv_context_kv_usage(c, &u);
-    if (kv_stats) {
+    if (sk) {
+        skv_smallkv_usage su;
+        skv_smallkv_get_usage(drv, &su);
+        fprintf(stderr, "slimkv run: smallkv KV at the last step: fast tier %lld bytes (selected rows), slow "
+                "tier %lld bytes (the full cache); draft cache %lld bytes, draft weights %lld bytes\n",
+                (long long)su.fast_bytes, (long long)su.slow_bytes, (long long)su.draft_kv_bytes,
+                (long long)su.draft_weight_bytes);
+    }
+    skv_kv_usage u = {0};
+    if (c) skv_context_kv_usage(c, &u);
+    if (kv_stats && c) {
         static const char *fmt_names[SKV_KV_FORMAT_COUNT] = {"f32", "bf16", "int8", "int4"};
         fprintf(stderr, "slimkv run: KV cache after %d tokens (policy %s)\n%6s %6s %8s %12s\n", u.n_past,
                 cp.policy.name, "layer", "head", "tokens", "bytes");
@@ -139,8 +161,9 @@ int cmd_run(int argc, char **argv) {
             if (u.bytes_by_format[f]) fprintf(stderr, "  %s blocks: %lld bytes\n", fmt_names[f], (long long)u.bytes_by_format[f]);
         fprintf(stderr, "  fast tier %lld bytes, slow tier %lld bytes\n", (long long)u.bytes_fast, (long long)u.bytes_slow);
     }
-    fprintf(stderr, "slimkv run: KV cache (%s) holds %lld bytes for %lld kept token-heads\n", cp.policy.name,
-            (long long)u.bytes, (long long)u.slots);
+    if (c)
+        fprintf(stderr, "slimkv run: KV cache (%s) holds %lld bytes for %lld kept token-heads\n", cp.policy.name,
+                (long long)u.bytes, (long long)u.slots);
     fprintf(stderr, "slimkv run: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in "
             "%.1f ms (%.1f tok/s)\n", n_prompt, 1e3 * (t1 - t0), (double)n_prompt / (t1 - t0),
             n_out, 1e3 * (t3 - t2), n_out > 1 ? (double)(n_out - 1) / (t3 - t2) : 0.0);
@@ -150,7 +173,9 @@ int cmd_run(int argc, char **argv) {
     free(ids);
     free(text);
     skv_context_free(c);
+    skv_smallkv_free(drv);
     skv_sampler_free(smp);
+    skv_model_free(draft);
     skv_model_free(m);
     skv_tokenizer_free(tok);
     return 0;
