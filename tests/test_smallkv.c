@@ -94,12 +94,13 @@ static void test_match_bruteforce(void) {
 }
 
 static void test_select(void) {
-    for (int trial = 0; trial < 200; trial++) {
+    for (int trial = 0; trial < 400; trial++) {
         int T = 1 + (int)(rnd() % 150);
         skv_smallkv_split s = {(int32_t)(rnd() % 40), 1 + (int32_t)(rnd() % 20), (int32_t)(rnd() % 40)};
         float sc[160];
         uint8_t cls[160];
-        for (int t = 0; t < T; t++) sc[t] = frnd();
+        /* half the trials with many ties: ties go to the later key */
+        for (int t = 0; t < T; t++) sc[t] = trial % 2 ? (float)(rnd() % 4) : frnd();
         skv_smallkv_select(sc, T, s, cls);
         int recent = s.recent < T ? s.recent : T, n = T - recent;
         for (int t = 0; t < T; t++) {
@@ -108,7 +109,7 @@ static void test_select(void) {
                 want = SKV_SK_RECENT;
             } else {
                 int better = 0;
-                for (int u = 0; u < n; u++) better += sc[u] > sc[t];
+                for (int u = 0; u < n; u++) better += sc[u] > sc[t] || (sc[u] == sc[t] && u > t);
                 want = better < s.crit ? SKV_SK_CRIT : better < s.crit + s.marg ? SKV_SK_MARG : SKV_SK_SKIP;
             }
             CHECKF(cls[t] == want, "T=%d key %d: class %d, want %d", T, t, cls[t], want);

@@ -81,6 +81,32 @@ void skv_smallkv_maxpool(const float *in, int32_t T, int32_t w, float *out) {
     }
 }
 
+/* Reorder r[0..n) so that r[0..k) are the k first under cmp_scored (unordered). Quickselect
+ * with a median-of-three pivot; cmp_scored is a total order, so the set is unique. */
+static void select_top(scored *r, int32_t n, int32_t k) {
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi && k > lo && k <= hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        scored a = r[lo], b = r[mid], c = r[hi], piv;
+        if (cmp_scored(&a, &b) < 0) piv = cmp_scored(&b, &c) < 0 ? b : (cmp_scored(&a, &c) < 0 ? c : a);
+        else piv = cmp_scored(&a, &c) < 0 ? a : (cmp_scored(&b, &c) < 0 ? c : b);
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (cmp_scored(&r[i], &piv) < 0) i++;
+            while (cmp_scored(&piv, &r[j]) < 0) j--;
+            if (i <= j) {
+                scored t = r[i];
+                r[i++] = r[j];
+                r[j--] = t;
+            }
+        }
+        /* [lo, j] precede the pivot or equal it, [i, hi] follow it */
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return;
+    }
+}
+
 void skv_smallkv_select(const float *score, int32_t T, skv_smallkv_split s, uint8_t *cls) {
     memset(cls, SKV_SK_SKIP, (size_t)T);
     const int32_t recent = SKV_MIN(s.recent, T);
@@ -89,10 +115,11 @@ void skv_smallkv_select(const float *score, int32_t T, skv_smallkv_split s, uint
     if (n <= 0) return;
     scored *r = malloc((size_t)n * sizeof *r);
     for (int32_t t = 0; t < n; t++) r[t] = (scored){score[t], t};
-    qsort(r, (size_t)n, sizeof *r, cmp_scored);
-    int32_t k = 0;
-    for (; k < n && k < s.crit; k++) cls[r[k].i] = SKV_SK_CRIT;
-    for (int32_t m = 0; k < n && m < s.marg; k++, m++) cls[r[k].i] = SKV_SK_MARG;
+    const int32_t crit = SKV_MIN(s.crit, n), marg = SKV_MIN(s.marg, n - crit);
+    select_top(r, n, crit);
+    for (int32_t k = 0; k < crit; k++) cls[r[k].i] = SKV_SK_CRIT;
+    select_top(r + crit, n - crit, marg);
+    for (int32_t k = 0; k < marg; k++) cls[r[crit + k].i] = SKV_SK_MARG;
     free(r);
 }
 

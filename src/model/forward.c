@@ -216,23 +216,25 @@ static void attend_heads(skv_context *c, int32_t l, int32_t g, int32_t h0, int32
     const int64_t n = st->n;
     float *kb = c->blk + (int64_t)omp_get_thread_num() * 2 * SKV_KV_BLOCK * hd, *vb = kb + SKV_KV_BLOCK * hd;
     for (int32_t j = 0; j < nh; j++) skv_rope(c->q + (int64_t)(h0 + j) * hd, cs, sn, hd);
+    /* SmallKV plan: own keys are read only for critical and recent slots, values only for
+     * those and the marginal ones */
+    const uint8_t *cls = c->plan_cls ? c->plan_cls + ((int64_t)l * c->m->cfg.info.n_kv_head + g) * c->n_ctx : NULL;
     for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
         const float *K = skv_cache_k_rows(&c->cache, st, (int32_t)b, kb);
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        for (int64_t s = s0; s < s1; s++)
+        for (int64_t s = s0; s < s1; s++) {
+            if (cls && cls[s] != SKV_SK_CRIT && cls[s] != SKV_SK_RECENT) {
+                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + s] = -INFINITY;
+                continue;
+            }
             for (int32_t j = 0; j < nh; j++)
                 c->probs[(int64_t)(h0 + j) * c->n_ctx + s] =
                     skv_dot(c->q + (int64_t)(h0 + j) * hd, K + (s - s0) * hd, hd) * scale;
+        }
     }
     if (c->m->cfg.info.sliding_window > 0)
         for (int64_t s = 0; s < n; s++)
             if (!visible(c, qp, st->pos[s]))
-                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + s] = -INFINITY;
-    /* SmallKV plan: own scores only for critical and recent slots */
-    const uint8_t *cls = c->plan_cls ? c->plan_cls + ((int64_t)l * c->m->cfg.info.n_kv_head + g) * c->n_ctx : NULL;
-    if (cls)
-        for (int64_t s = 0; s < n; s++)
-            if (cls[s] != SKV_SK_CRIT && cls[s] != SKV_SK_RECENT)
                 for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + s] = -INFINITY;
     for (int32_t j = 0; j < nh; j++) {
         float *pr = c->probs + (int64_t)(h0 + j) * c->n_ctx;
@@ -251,10 +253,12 @@ static void attend_heads(skv_context *c, int32_t l, int32_t g, int32_t h0, int32
     for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
         const float *V = skv_cache_v_rows(&c->cache, st, (int32_t)b, vb);
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        for (int64_t s = s0; s < s1; s++)
+        for (int64_t s = s0; s < s1; s++) {
+            if (cls && cls[s] == SKV_SK_SKIP) continue;
             for (int32_t j = 0; j < nh; j++)
                 skv_axpy(c->att_out + (int64_t)(h0 + j) * hd,
                          c->probs[(int64_t)(h0 + j) * c->n_ctx + s], V + (s - s0) * hd, hd);
+        }
     }
 }
 
