@@ -89,6 +89,8 @@ skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a);
 /* SmallKV parameters from the flags, with budget b; variant "", "nomarg", "static", "paper". */
 skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant);
 /* Load the --draft model (exits with an error if absent or incompatible). */
+int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budgets, int depth, int n,
+                  int reps, int threads, int use_mmap, const char *out);
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
 
 /* Print s as a JSON string (with quotes) to f. */

@@ -124,9 +124,10 @@ static double sgemm_gflops(int m, int n, int k) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984";
+    const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984", *budgets = "0.05,0.1,0.2,0.4";
     int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128;
-    const cli_opt opts[] = {
+    cli_policy_args pa;
+    cli_opt opts[40] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
@@ -135,12 +136,25 @@ int cmd_bench(int argc, char **argv) {
         {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
         {"depths", 'd', OPT_STR, &depths_s, "LIST", "context depths of the tg tests (default 0,1024,1984)"},
         {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default bench/cpu-<model>-t<threads>.json)"},
+        {"budgets", 0, OPT_STR, &budgets, "LIST", "smallkv: budgets to time against the full cache (default 0.05,0.1,0.2,0.4)"},
     };
-    const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R]",
+    int n_opts = 9;
+    cli_policy_options(&pa, opts, &n_opts);
+    const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "
-                         "memory-bandwidth bound and sgemm throughput of this machine.",
-                         opts, (int)(sizeof opts / sizeof opts[0])};
+                         "memory-bandwidth bound and sgemm throughput of this machine. With --policy "
+                         "smallkv: decode speed and KV memory of the full cache and of SmallKV at "
+                         "each budget, at the first --depths value (default 1984, tg 64).",
+                         opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    if (!strcmp(pa.policy, "smallkv")) {
+        if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
+        const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
+        const int n = tg == 128 ? 64 : tg;
+        return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
+    } else if (strcmp(pa.policy, "full")) {
+        cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, or smallkv with --draft)", pa.policy);
+    }
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
     skv_model *m = cli_load_model("bench", dir, threads, use_mmap);
