@@ -3,7 +3,8 @@
 #   make demo       install missing packages, build, generate text with the shipped model
 #   make test       install missing packages, build, run the test suite
 #   make asan       build with AddressSanitizer into build-asan/ and run the tests
-#   make cuda-check (later) compile the CUDA backend
+#   make CUDA=1     the same with the CUDA backend (nvcc from /usr/local/cuda), into build-cuda/
+#   make cuda-check compile the CUDA backend (what CI checks on machines without a GPU)
 
 CC      ?= gcc
 BUILD   ?= build
@@ -18,6 +19,19 @@ LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+ifeq ($(CUDA),1)
+BUILD     := build-cuda
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CU_SRC    := $(shell find src -name '*.cu' | sort)
+LIB_OBJ   += $(CU_SRC:%.cu=$(BUILD)/%.o)
+CFLAGS    += -DSKV_CUDA
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+NVFLAGS   := -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -lineinfo -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+             -Iinclude -Isrc -Isrc/base -DSKV_CUDA
+endif
 CLI_SRC  := $(wildcard tools/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/*.c)
@@ -26,7 +40,7 @@ DEPS     := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
 DEMO_PROMPT ?= It is a truth universally acknowledged, that
 
-.PHONY: all deps demo test asan clean
+.PHONY: all deps demo test asan clean cuda-check
 all: $(BUILD)/slimkv $(BUILD)/skv_tests
 
 deps:
@@ -46,6 +60,13 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
+
+cuda-check:
+	$(MAKE) CUDA=1 all
+
 demo: deps
 	$(MAKE) $(BUILD)/slimkv
 	./$(BUILD)/slimkv run -m models/kvt-s -p "$(DEMO_PROMPT)" -n 64
@@ -60,6 +81,6 @@ asan:
 	SKV_CLI=build-asan/slimkv ./build-asan/skv_tests
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-cuda
 
 -include $(DEPS)

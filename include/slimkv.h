@@ -178,6 +178,14 @@ skv_policy_params skv_policy_default_params(const char *name);
  * cannot group. */
 skv_status skv_policy_validate(const skv_policy_params *p, const skv_model *m);
 
+/* Where a context runs. The CUDA backend (built with `make CUDA=1`) keeps bf16 weights and a
+ * bf16 KV cache on the GPU; it runs the full policy, without attention statistics or forks. */
+typedef enum skv_backend { SKV_BACKEND_CPU = 0, SKV_BACKEND_CUDA = 1 } skv_backend;
+
+/* 1 if contexts can use the backend here (CUDA: built with it and a device answers); else 0,
+ * with the reason in skv_last_error(). */
+int skv_backend_available(skv_backend b);
+
 typedef struct skv_context_params {
     int32_t n_ctx;       /* tokens the cache holds; 0: the model's max_position_embeddings */
     int32_t n_batch;     /* most tokens one skv_decode call processes at once; 0: 512 */
@@ -190,6 +198,7 @@ typedef struct skv_context_params {
                               attention, by position (skv_context_head_attention) */
     int32_t head_prefix;   /* with collect_head_stats: also accumulate, separately, the attention
                               of the queries at positions < head_prefix (SmallKV's matching) */
+    skv_backend backend;   /* SKV_BACKEND_CPU (default) or SKV_BACKEND_CUDA */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);

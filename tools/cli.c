@@ -314,9 +314,10 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
     *a = (cli_policy_args){.policy = "full", .budget = NAN /* not given */, .budget_tokens = 0, .sinks = d.sinks,
                            .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
-                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2"};
+                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu"};
     const cli_opt po[] = {
-        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant (default full)"},
+        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant, smallkv (default full)"},
+        {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; full policy) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
         {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
         {"sinks", 0, OPT_INT, &a->sinks, "N", "window: attention-sink tokens (default 4)"},
@@ -364,6 +365,15 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
     if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
     if (!strcmp(p.name, "full") || !strcmp(p.name, "quant")) p.budget = 0; /* keeps every token */
     return p;
+}
+
+skv_backend cli_backend(const char *cmd, const char *name) {
+    skv_backend b;
+    if (!strcmp(name, "cpu")) b = SKV_BACKEND_CPU;
+    else if (!strcmp(name, "cuda")) b = SKV_BACKEND_CUDA;
+    else cli_die(cmd, 2, "bad value for --backend: '%s' (cpu or cuda)", name);
+    if (!skv_backend_available(b)) cli_die(cmd, 1, "--backend %s: %s", name, skv_last_error());
+    return b;
 }
 
 skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {

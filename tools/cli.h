@@ -77,7 +77,7 @@ typedef struct cli_policy_args {
     /* smallkv */
     const char *draft;
     int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
-    const char *sk_score, *sk_match, *sk_split;
+    const char *sk_score, *sk_match, *sk_split, *backend;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the policy flags to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
@@ -91,6 +91,9 @@ skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a,
 /* Load the --draft model (exits with an error if absent or incompatible). */
 int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budgets, int depth, int n,
                   int reps, int threads, int use_mmap, const char *out);
+int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
+               int ubatch, int reps, const char *out);
+skv_backend cli_backend(const char *cmd, const char *name);
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
 
 /* Print s as a JSON string (with quotes) to f. */

@@ -125,7 +125,8 @@ static double sgemm_gflops(int m, int n, int k) {
 
 int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984", *budgets = "0.05,0.1,0.2,0.4";
-    int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128;
+    const char *pps = "4096,16384", *batches = "1,8,32";
+    int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
     cli_policy_args pa;
     cli_opt opts[40] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
@@ -137,8 +138,12 @@ int cmd_bench(int argc, char **argv) {
         {"depths", 'd', OPT_STR, &depths_s, "LIST", "context depths of the tg tests (default 0,1024,1984)"},
         {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default bench/cpu-<model>-t<threads>.json)"},
         {"budgets", 0, OPT_STR, &budgets, "LIST", "smallkv: budgets to time against the full cache (default 0.05,0.1,0.2,0.4)"},
+        {"pps", 0, OPT_STR, &pps, "LIST", "cuda: prefill lengths (default 4096,16384)"},
+        {"batches", 0, OPT_STR, &batches, "LIST", "cuda: decode batch sizes (default 1,8,32)"},
+        {"batch-depth", 0, OPT_INT, &batch_depth, "N", "cuda: prompt tokens of each batched sequence (default 1024)"},
+        {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
     };
-    int n_opts = 9;
+    int n_opts = 13;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "
@@ -147,6 +152,13 @@ int cmd_bench(int argc, char **argv) {
                          "each budget, at the first --depths value (default 1984, tg 64).",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    if (!strcmp(pa.backend, "cuda")) {
+        cli_backend("bench", pa.backend);
+        if (strcmp(pa.policy, "full")) cli_die("bench", 2, "--backend cuda times the full cache only so far");
+        return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
+                          batch_depth, ubatch, reps, out);
+    }
+    if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {
         if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
         const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;

@@ -51,6 +51,7 @@ int cmd_eval(int argc, char **argv) {
     const skv_policy_params pp = cfg.policy;
     skv_eval_opts eo = skv_eval_default_opts();
     eo.kv_format = cli_kv_format("eval", &pa);
+    eo.backend = cli_backend("eval", pa.backend);
     eo.kl = !no_kl && strcmp(pp.name, "full") != 0;
     eo.draft = draft;
     FILE *fo = NULL;

@@ -9,7 +9,9 @@ int cmd_logits(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *prompt = NULL, *file = NULL;
     int top = 8, threads = 0;
+    const char *backend = "cpu";
     const cli_opt opts[] = {
+        {"backend", 0, OPT_STR, &backend, "B", "cpu or cuda (default cpu)"},
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text"},
         {"file", 'f', OPT_STR, &file, "FILE", "read the prompt from FILE ('-': stdin)"},
@@ -30,7 +32,9 @@ int cmd_logits(int argc, char **argv) {
     if (top < 1 || top > V) cli_die("logits", 2, "bad value for --top: %d (must be 1..%d)", top, V);
     int32_t *ids = cli_tokenize("logits", tok, text, len, &n);
     skv_context *c = NULL;
-    cli_check("logits", skv_context_init(m, skv_context_default_params(), &c));
+    skv_context_params cp = skv_context_default_params();
+    cp.backend = cli_backend("logits", backend);
+    cli_check("logits", skv_context_init(m, cp, &c));
     float *lg = malloc(n * (size_t)V * sizeof(float));
     if (!lg) cli_die("logits", 1, "out of memory for %zu x %d logits", n, V);
     cli_check("logits", skv_decode(c, ids, (int32_t)n, lg, 1));

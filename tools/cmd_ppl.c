@@ -153,6 +153,7 @@ int cmd_ppl(int argc, char **argv) {
     if (n_win < windows && !quiet)
         fprintf(stderr, "slimkv ppl: the corpus holds only %d windows of %d tokens\n", n_win, W);
 
+    if (sk && strcmp(pa.backend, "cpu")) cli_die("ppl", 2, "--policy smallkv runs on the CPU backend only so far");
     if (sk) {
         double nll = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();
         int64_t scored = 0;
@@ -195,6 +196,7 @@ int cmd_ppl(int argc, char **argv) {
     cp.n_ctx = W;
     cp.n_batch = chunk < W ? chunk : W;
     cp.kv_format = cli_kv_format("ppl", &pa);
+    cp.backend = cli_backend("ppl", pa.backend);
     skv_context *c = NULL, *cpol = NULL;
     cli_check("ppl", skv_context_init(m, cp, &c));
     if (with_policy) {

@@ -64,10 +64,12 @@ int cmd_run(int argc, char **argv) {
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = ctx;
     cp.kv_format = cli_kv_format("run", &pa);
+    cp.backend = cli_backend("run", pa.backend);
     skv_context *c = NULL;
     skv_model *draft = NULL;
     skv_smallkv *drv = NULL; /* --policy smallkv: the two-model driver instead of c */
     const int sk = !strcmp(pa.policy, "smallkv");
+    if (sk && cp.backend != SKV_BACKEND_CPU) cli_die("run", 2, "--policy smallkv runs on the CPU backend only so far");
     if (sk) {
         if (ctx < 0 || ctx > in->n_ctx) cli_die("run", 2, "bad value for --ctx: %d (must be 1..%d)", ctx, in->n_ctx);
         draft = cli_load_draft("run", &pa, m, threads);

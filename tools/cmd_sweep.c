@@ -191,6 +191,7 @@ int cmd_sweep(int argc, char **argv) {
 
     skv_eval_opts eo = skv_eval_default_opts();
     eo.kv_format = cli_kv_format("sweep", &pa);
+    eo.backend = cli_backend("sweep", pa.backend);
     eo.early_stop = !exact;
     eo.kl = !no_kl;
     eo.draft = draft;

@@ -59,6 +59,7 @@ typedef struct skv_eval_opts {
     int32_t kl;          /* 1: measure KL to the full cache (costs full-cache steps once the
                             generations diverge) */
     skv_kv_format kv_format;
+    skv_backend backend; /* where the model runs (CUDA: full policy, no SmallKV) */
     skv_model *draft;    /* small model for SmallKV configurations */
     int32_t early_stop;  /* 1: stop generating once the row's score cannot change any more (a
                             newline for dictqa/linecomp, enough characters for the prefix

@@ -3,6 +3,7 @@
  * allocated once; forking a context into another policy.
  */
 #include "model.h"
+#include "backend/cuda/gpu.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -42,6 +43,11 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     skv_kv_format fmt = p.kv_format;
     if (kind == SKV_POL_QUANT) fmt = p.policy.quant_bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4;
 
+    if (p.backend != SKV_BACKEND_CPU && p.backend != SKV_BACKEND_CUDA)
+        return skv_set_error(SKV_ERR_ARG, "unknown backend %d", (int)p.backend);
+    if (p.backend == SKV_BACKEND_CUDA && (kind != SKV_POL_FULL || p.collect_stats || p.collect_head_stats))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs the full policy without attention "
+                             "statistics so far (policy %s)", p.policy.name ? p.policy.name : "full");
     if (p.collect_head_stats && kind != SKV_POL_FULL)
         return skv_set_error(SKV_ERR_ARG, "per-head attention statistics need the full policy (got %s)",
                              p.policy.name);
@@ -113,11 +119,27 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
 }
 
 skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
-    return context_alloc(m, p, out);
+    skv_status st = context_alloc(m, p, out);
+    if (st || p.backend != SKV_BACKEND_CUDA) return st;
+    skv_context *c = *out;
+    struct skv_gpu_model *g = NULL;
+    if ((st = skv_model_gpu(m, &g)) || (st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &c->gpu))) {
+        skv_context_free(c);
+        *out = NULL;
+    }
+    return st;
+}
+
+int skv_backend_available(skv_backend b) {
+    if (b == SKV_BACKEND_CPU) return 1;
+    if (b == SKV_BACKEND_CUDA) return skv_gpu_available();
+    skv_set_error(SKV_ERR_ARG, "unknown backend %d", (int)b);
+    return 0;
 }
 
 void skv_context_free(skv_context *c) {
     if (!c) return;
+    skv_gpu_ctx_free(c->gpu);
     skv_cache_free(&c->cache);
     float **bufs[] = {&c->rope_cos, &c->rope_sin, &c->x, &c->xb, &c->proj, &c->q, &c->att_out,
                       &c->k, &c->v, &c->hb, &c->hb2, &c->att, &c->gk, &c->gv, &c->probs,
@@ -135,6 +157,25 @@ void skv_context_free(skv_context *c) {
 skv_status skv_context_fork(const skv_context *src, const skv_policy_params *policy,
                             skv_context **out) {
     *out = NULL;
+    if (src->gpu) {
+        /* the CUDA backend runs the full policy: the fork is a copy of the device cache */
+        skv_policy_kind k;
+        skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &k);
+        if (st) return st;
+        if (k != SKV_POL_FULL)
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs the full policy so far (fork into %s)",
+                                 policy->name);
+        skv_context_params p = skv_context_default_params();
+        p.n_ctx = src->n_ctx, p.n_batch = src->n_batch, p.backend = SKV_BACKEND_CUDA;
+        if ((st = skv_context_init(src->m, p, out))) return st;
+        if ((st = skv_gpu_ctx_copy((*out)->gpu, src->gpu, src->n_past))) {
+            skv_context_free(*out);
+            *out = NULL;
+            return st;
+        }
+        (*out)->n_past = src->n_past;
+        return SKV_OK;
+    }
     skv_context_params p = skv_context_default_params();
     p.n_ctx = src->n_ctx;
     p.n_batch = src->n_batch;
@@ -304,6 +345,12 @@ void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u) {
     skv_cache_usage_get(&c->cache, &cu);
     memset(u, 0, sizeof *u);
     u->bytes = cu.total;
+    if (c->gpu) { /* bf16 K and V of every position, on the device */
+        u->n_past = c->n_past;
+        u->bytes = u->bytes_fast = skv_gpu_ctx_kv_bytes(c->gpu, c->n_past);
+        u->slots = (int64_t)c->n_past * c->m->cfg.info.n_layer * c->m->cfg.info.n_kv_head;
+        return;
+    }
     for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++) {
         u->bytes_fast += cu.bytes[SKV_TIER_FAST][f];
         u->bytes_slow += cu.bytes[SKV_TIER_SLOW][f];

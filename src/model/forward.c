@@ -12,6 +12,7 @@
 #include "model.h"
 
 #include "kv/smallkv.h"
+#include "backend/cuda/gpu.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -379,6 +380,16 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
             return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary "
                                  "(%d entries)", ids[i], i, in->n_vocab);
     skv_status st = SKV_OK;
+    if (c->gpu) {
+        for (int32_t off = 0; off < n && !st; off += c->n_batch) {
+            const int32_t nb = SKV_MIN(c->n_batch, n - off);
+            float *lg = NULL;
+            if (logits && all_logits) lg = logits + (int64_t)off * in->n_vocab;
+            else if (logits && off + nb == n) lg = logits;
+            if (!(st = skv_gpu_forward(c->gpu, 0, ids + off, nb, c->n_past, lg, all_logits))) c->n_past += nb;
+        }
+        return st;
+    }
     if (n > 1 && c->want_win) {
         /* the observation window is the last obs_window queries of this call */
         c->win_from = c->n_past + n - SKV_MAX(c->pol.p.obs_window, 1);

@@ -2,6 +2,7 @@
  * load.c — build an skv_model from a Hugging Face directory: config, weights, validation.
  */
 #include "model.h"
+#include "backend/cuda/gpu.h"
 
 #include <math.h>
 #include <omp.h>
@@ -176,6 +177,7 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
 
 void skv_model_free(skv_model *m) {
     if (!m) return;
+    skv_gpu_model_free(m->gpu);
     skv_st_close(m->st);
     free(m->f32_store);
     free(m->layers);

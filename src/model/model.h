@@ -36,10 +36,12 @@ struct skv_model {
     float *rope_inv_freq;     /* (head_dim/2), scaling applied */
     int32_t n_threads;
     int64_t max_weight_elems; /* largest matrix, for the f32 conversion scratch */
+    struct skv_gpu_model *gpu; /* bf16 copy on the GPU, made by the first CUDA context */
 };
 
 struct skv_context {
     skv_model *m;
+    struct skv_gpu_ctx *gpu;   /* CUDA backend: device cache and scratch (NULL on the CPU) */
     int32_t n_ctx, n_batch, n_past, n_threads;
     skv_cache cache;           /* K (after RoPE) and V of the kept tokens */
     skv_policy_state pol;
@@ -82,6 +84,9 @@ struct skv_context {
 /* Set (or clear with NULLs) the SmallKV attention plan used by single-token decode steps. The
  * context must keep every token (full policy, f32 or bf16). */
 skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float *marg, int paper);
+
+/* The model's GPU copy, uploaded on first use (gpu_glue.c). */
+skv_status skv_model_gpu(skv_model *m, struct skv_gpu_model **out);
 
 /* Allocate the prefill-only scratch (att, gk, gv, wconv) if not yet done. */
 skv_status skv_context_prefill_scratch(skv_context *c);

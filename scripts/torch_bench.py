@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""PyTorch reference timings for `slimkv bench --backend cuda` (run on the GPU machine).
+
+Loads a Hugging Face model directory (as written by `slimkv mkmodel`) with transformers in
+bf16 with attn_implementation="sdpa" and times, with CUDA events after a warm-up:
+  pp<P>        one forward pass over P random tokens (cache built, logits of the last token only)
+  tg<N>@d<D>   N greedy single-token steps after a D-token prefill (DynamicCache), batch 1
+  bs<B>@d<D>   N steps of B sequences decoded together after a D-token prefill
+Writes JSON (--out) with the same test names as slimkv's bench.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+
+def timed(fn, reps):
+    fn()  # warm-up
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--pps", default="4096,16384")
+    ap.add_argument("--depths", default="4096,16384,32768")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batch-depth", type=int, default=1024)
+    ap.add_argument("--tg", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.bfloat16,
+                                                 attn_implementation="sdpa").cuda().eval()
+    load_s = time.time() - t0
+    V = model.config.vocab_size
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+
+    def ids(b, n):
+        return torch.randint(0, V, (b, n), device="cuda", generator=g)
+
+    with torch.inference_mode():
+        for p in [int(x) for x in a.pps.split(",") if x]:
+            x = ids(1, p)
+            ms = timed(lambda: model(x, use_cache=True, logits_to_keep=1), a.reps)
+            rows.append({"test": f"pp{p}", "n": p, "batch": 1, "ms": ms})
+
+        def decode(b, d):
+            x = ids(b, d)
+            cache = DynamicCache()
+            out = model(x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+
+            def run():
+                nonlocal nxt
+                c = cache
+                # each repetition continues the same cache by crop-and-regrow
+                c.crop(d)
+                t = nxt
+                for _ in range(a.tg):
+                    o = model(t, past_key_values=c, use_cache=True)
+                    t = o.logits[:, -1].argmax(-1, keepdim=True)
+            return run
+
+        for d in [int(x) for x in a.depths.split(",") if x]:
+            ms = timed(decode(1, d), a.reps)
+            rows.append({"test": f"tg{a.tg}@d{d}", "n": a.tg, "depth": d, "batch": 1, "ms": ms})
+            torch.cuda.empty_cache()
+        for b in [int(x) for x in a.batches.split(",") if x]:
+            ms = timed(decode(b, a.batch_depth), a.reps)
+            rows.append({"test": f"bs{b}@d{a.batch_depth}", "n": a.tg, "depth": a.batch_depth, "batch": b, "ms": ms})
+            torch.cuda.empty_cache()
+    for r in rows:
+        r["ms_mean"] = statistics.mean(r["ms"])
+        toks = r["n"] * (r["batch"] if r["test"].startswith(("tg", "bs")) else 1)
+        r["tokens_per_s"] = toks / (r["ms_mean"] / 1e3)
+        print(f'{r["test"]:16s} {r["ms_mean"]:10.2f} ms {r["tokens_per_s"]:12.1f} tok/s', flush=True)
+    res = {"framework": f"torch {torch.__version__}, transformers (sdpa, bf16, DynamicCache)",
+           "device": torch.cuda.get_device_name(), "model": a.model, "load_seconds": load_s, "results": rows}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

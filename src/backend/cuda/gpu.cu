@@ -1,0 +1,834 @@
+/*
+ * gpu.cu — the CUDA backend (see gpu.h): weight upload, kernels, and the forward pass.
+ *
+ * Shapes (row-major): x (rows, dim) f32 residual; xb (rows, max(dim, q_dim)) bf16 matrix input;
+ * q (rows, H*hd) f32; k, v (rows, KVH*hd) f32; att (rows, H*hd) bf16; gate, up (rows, ffn) f32;
+ * h (rows, ffn) bf16; logits (rows, vocab) f32. KV cache: (layer, seq, KVH, n_ctx, hd) bf16.
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/gpu.h"
+
+extern "C" skv_status skv_set_error(skv_status st, const char *fmt, ...);
+
+typedef __nv_bfloat16 bf16;
+
+#define GEMV_MAX_B 8   /* rows up to this go through the own GEMV, more through cuBLAS */
+#define ATT_WARPS 4
+#define G_MAX 8        /* query heads per KV head the decode kernel holds in registers */
+
+static skv_status cuda_fail(cudaError_t e, const char *what, int line) {
+    return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA: %s failed (gpu.cu:%d): %s", what, line, cudaGetErrorString(e));
+}
+static skv_status cublas_fail(cublasStatus_t e, const char *what, int line) {
+    return skv_set_error(SKV_ERR_UNSUPPORTED, "cuBLAS: %s failed (gpu.cu:%d): status %d", what, line, (int)e);
+}
+#define CK(x)                                                   \
+    do {                                                        \
+        cudaError_t e_ = (x);                                   \
+        if (e_ != cudaSuccess) return cuda_fail(e_, #x, __LINE__); \
+    } while (0)
+#define CB(x)                                                        \
+    do {                                                             \
+        cublasStatus_t e_ = (x);                                     \
+        if (e_ != CUBLAS_STATUS_SUCCESS) return cublas_fail(e_, #x, __LINE__); \
+    } while (0)
+#define LAUNCHED() CK(cudaGetLastError())
+
+/* ------------------------------------------------------------------------------------------ */
+/* Model                                                                                        */
+
+struct gmat {
+    bf16 *w; /* (rows, cols) */
+    int64_t rows, cols;
+};
+
+struct glayer {
+    float *attn_norm, *ffn_norm, *bq, *bk, *bv, *bo;
+    gmat wq, wk, wv, wo, wg, wu, wd;
+};
+
+struct skv_gpu_model {
+    int32_t L, D, H, KVH, hd, F, V;
+    float eps;
+    float *inv_freq_h; /* host copy (hd/2) */
+    glayer *layers;    /* host array of device pointers */
+    gmat embed, lm_head;
+    int tied;
+    float *final_norm;
+    int64_t bytes;
+};
+
+__global__ void k_f32_to_bf16(const float *in, bf16 *out, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16(in[i]);
+}
+__global__ void k_f16_to_bf16(const __half *in, bf16 *out, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16(__half2float(in[i]));
+}
+
+/* Upload a matrix as bf16 through a staging buffer of `stage_bytes` (device). */
+static skv_status upload_mat(const skv_gpu_mat *m, gmat *out, void *stage, size_t stage_bytes, int64_t *bytes) {
+    const int64_t n = m->rows * m->cols;
+    out->rows = m->rows, out->cols = m->cols;
+    CK(cudaMalloc(&out->w, (size_t)n * sizeof(bf16)));
+    *bytes += n * (int64_t)sizeof(bf16);
+    if (m->dtype == SKV_DTYPE_BF16) {
+        CK(cudaMemcpy(out->w, m->data, (size_t)n * sizeof(bf16), cudaMemcpyHostToDevice));
+        return SKV_OK;
+    }
+    const size_t esz = m->dtype == SKV_DTYPE_F32 ? 4 : 2;
+    const int64_t per = (int64_t)(stage_bytes / esz);
+    for (int64_t off = 0; off < n; off += per) {
+        const int64_t k = n - off < per ? n - off : per;
+        CK(cudaMemcpy(stage, (const char *)m->data + off * esz, (size_t)k * esz, cudaMemcpyHostToDevice));
+        if (m->dtype == SKV_DTYPE_F32) k_f32_to_bf16<<<1024, 256>>>((const float *)stage, out->w + off, k);
+        else k_f16_to_bf16<<<1024, 256>>>((const __half *)stage, out->w + off, k);
+        LAUNCHED();
+    }
+    CK(cudaDeviceSynchronize());
+    return SKV_OK;
+}
+
+static skv_status upload_vec(const float *h, int64_t n, float **out, int64_t *bytes) {
+    *out = NULL;
+    if (!h) return SKV_OK;
+    CK(cudaMalloc(out, (size_t)n * sizeof(float)));
+    CK(cudaMemcpy(*out, h, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    *bytes += n * 4;
+    return SKV_OK;
+}
+
+extern "C" int skv_gpu_available(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        skv_set_error(SKV_ERR_UNSUPPORTED, "no CUDA device: %s", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return 0;
+    }
+    return 1;
+}
+
+extern "C" skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out) {
+    *out = NULL;
+    if (!skv_gpu_available()) return SKV_ERR_UNSUPPORTED;
+    if (d->head_dim != 64 && d->head_dim != 128)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA backend: head_dim %d (64 and 128 are built)", d->head_dim);
+    if (d->n_head / d->n_kv_head > G_MAX)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA backend: %d query heads per KV head (at most %d)",
+                             d->n_head / d->n_kv_head, G_MAX);
+    if (d->dim % 8 || d->ffn_dim % 8)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA backend: dim and ffn_dim must be multiples of 8");
+    skv_gpu_model *g = (skv_gpu_model *)calloc(1, sizeof *g);
+    g->L = d->n_layer, g->D = d->dim, g->H = d->n_head, g->KVH = d->n_kv_head, g->hd = d->head_dim;
+    g->F = d->ffn_dim, g->V = d->n_vocab, g->eps = d->rms_eps;
+    g->inv_freq_h = (float *)malloc(sizeof(float) * (size_t)(g->hd / 2));
+    memcpy(g->inv_freq_h, d->rope_inv_freq, sizeof(float) * (size_t)(g->hd / 2));
+    g->layers = (glayer *)calloc((size_t)g->L, sizeof(glayer));
+    const size_t stage_bytes = (size_t)64 << 20;
+    void *stage = NULL;
+    skv_status st = SKV_OK;
+    if (cudaMalloc(&stage, stage_bytes) != cudaSuccess) {
+        skv_gpu_model_free(g);
+        return skv_set_error(SKV_ERR_NOMEM, "CUDA: cannot allocate the upload buffer");
+    }
+    const int64_t qd = (int64_t)g->H * g->hd, kd = (int64_t)g->KVH * g->hd;
+    for (int l = 0; l < g->L && !st; l++) {
+        const skv_gpu_layer_desc *s = &d->layers[l];
+        glayer *y = &g->layers[l];
+        if ((st = upload_vec(s->attn_norm, g->D, &y->attn_norm, &g->bytes)) ||
+            (st = upload_vec(s->ffn_norm, g->D, &y->ffn_norm, &g->bytes)) ||
+            (st = upload_vec(s->bq, qd, &y->bq, &g->bytes)) || (st = upload_vec(s->bk, kd, &y->bk, &g->bytes)) ||
+            (st = upload_vec(s->bv, kd, &y->bv, &g->bytes)) || (st = upload_vec(s->bo, g->D, &y->bo, &g->bytes)) ||
+            (st = upload_mat(&s->wq, &y->wq, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->wk, &y->wk, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->wv, &y->wv, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->wo, &y->wo, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->w_gate, &y->wg, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->w_up, &y->wu, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_mat(&s->w_down, &y->wd, stage, stage_bytes, &g->bytes)))
+            break;
+    }
+    if (!st) st = upload_mat(&d->tok_embed, &g->embed, stage, stage_bytes, &g->bytes);
+    if (!st) {
+        g->tied = d->lm_head.data == d->tok_embed.data;
+        if (g->tied) g->lm_head = g->embed;
+        else st = upload_mat(&d->lm_head, &g->lm_head, stage, stage_bytes, &g->bytes);
+    }
+    if (!st) st = upload_vec(d->final_norm, g->D, &g->final_norm, &g->bytes);
+    cudaFree(stage);
+    if (st) {
+        skv_gpu_model_free(g);
+        return st;
+    }
+    *out = g;
+    return SKV_OK;
+}
+
+extern "C" void skv_gpu_model_free(skv_gpu_model *g) {
+    if (!g) return;
+    for (int l = 0; g->layers && l < g->L; l++) {
+        glayer *y = &g->layers[l];
+        cudaFree(y->attn_norm), cudaFree(y->ffn_norm), cudaFree(y->bq), cudaFree(y->bk), cudaFree(y->bv), cudaFree(y->bo);
+        cudaFree(y->wq.w), cudaFree(y->wk.w), cudaFree(y->wv.w), cudaFree(y->wo.w);
+        cudaFree(y->wg.w), cudaFree(y->wu.w), cudaFree(y->wd.w);
+    }
+    cudaFree(g->embed.w);
+    if (!g->tied) cudaFree(g->lm_head.w);
+    cudaFree(g->final_norm);
+    free(g->layers);
+    free(g->inv_freq_h);
+    free(g);
+}
+
+extern "C" int64_t skv_gpu_model_bytes(const skv_gpu_model *g) { return g->bytes; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Kernels                                                                                      */
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ void bf16x8_to_f32(uint4 u, float *f) {
+    const __nv_bfloat162 *p = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(p[i]);
+        f[2 * i] = t.x, f[2 * i + 1] = t.y;
+    }
+}
+
+/* x[r] = embed[ids[r]] */
+__global__ void k_embed(const int32_t *ids, const bf16 *E, float *x, int D) {
+    const int r = blockIdx.x;
+    const bf16 *e = E + (int64_t)ids[r] * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) x[(int64_t)r * D + i] = __bfloat162float(e[i]);
+}
+
+/* out[r] (bf16) = w * x[r] / rms(x[r]); one block per row */
+__global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, float eps) {
+    const int r = blockIdx.x;
+    const float *xr = x + (int64_t)r * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+    __shared__ float red[32];
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x + 31) / 32 ? red[threadIdx.x] : 0;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    const float s = rsqrtf(red[0] / (float)D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) out[(int64_t)r * D + i] = __float2bfloat16(w[i] * (xr[i] * s));
+}
+
+/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads. */
+template <int B>
+__global__ void k_gemv(const bf16 *__restrict__ W, const bf16 *__restrict__ x, float *y, const float *bias,
+                       int rows, int cols, int accumulate) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const uint4 *wr = (const uint4 *)(W + (int64_t)row * cols);
+    const int n8 = cols >> 3;
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; b++) acc[b] = 0;
+#pragma unroll 4
+    for (int i = lane; i < n8; i += 32) {
+        float wf[8];
+        bf16x8_to_f32(__ldg(wr + i), wf);
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            float xf[8];
+            bf16x8_to_f32(__ldg((const uint4 *)(x + (int64_t)b * cols) + i), xf);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[b] += wf[e] * xf[e];
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        float v = warp_sum(acc[b]);
+        if (lane == 0) {
+            if (bias) v += bias[row];
+            float *o = y + (int64_t)b * rows + row;
+            *o = accumulate ? *o + v : v;
+        }
+    }
+}
+
+/* y[r, c] += bias[c] */
+__global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += bias[i % cols];
+}
+
+/* RoPE on q and k of row r (position pos), bf16 copy of q into qb, k and v (+ bias already in)
+ * into the cache at (layer base, seq, g, pos). */
+__global__ void k_rope_store(float *q, const float *k, const float *v, bf16 *qb, bf16 *kc, bf16 *vc,
+                             const float *cosr, const float *sinr, const int32_t *rpos, const int32_t *rseq,
+                             int pos0, int seq0, int H, int KVH, int hd, int n_ctx) {
+    const int r = blockIdx.x, half = hd / 2;
+    const int pos = rpos ? rpos[r] : pos0 + r, seq = rseq ? rseq[r] : seq0;
+    const float *cs = cosr + (int64_t)pos * half, *sn = sinr + (int64_t)pos * half;
+    for (int i = threadIdx.x; i < (H + KVH) * half; i += blockDim.x) {
+        const int head = i / half, j = i % half;
+        if (head < H) {
+            float *qh = q + ((int64_t)r * H + head) * hd;
+            const float a = qh[j], b = qh[j + half];
+            const float na = a * cs[j] - b * sn[j], nb = b * cs[j] + a * sn[j];
+            qh[j] = na, qh[j + half] = nb;
+            qb[((int64_t)r * H + head) * hd + j] = __float2bfloat16(na);
+            qb[((int64_t)r * H + head) * hd + j + half] = __float2bfloat16(nb);
+        } else {
+            const int g = head - H;
+            const float *kh = k + ((int64_t)r * KVH + g) * hd, *vh = v + ((int64_t)r * KVH + g) * hd;
+            const int64_t o = (((int64_t)seq * KVH + g) * n_ctx + pos) * hd;
+            const float a = kh[j], b = kh[j + half];
+            kc[o + j] = __float2bfloat16(a * cs[j] - b * sn[j]);
+            kc[o + j + half] = __float2bfloat16(b * cs[j] + a * sn[j]);
+            vc[o + j] = __float2bfloat16(vh[j]);
+            vc[o + j + half] = __float2bfloat16(vh[j + half]);
+        }
+    }
+}
+
+/* h = silu(gate) * up, as bf16 */
+__global__ void k_swiglu(const float *gate, const float *up, bf16 *h, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        h[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * up[i]);
+    }
+}
+
+/* Split-K decode attention. Block (g, split, row): the G query heads of KV head g against keys
+ * [split * split_len, ...) of row r's sequence (keys 0..pos). Lanes in groups of hd/8 read one
+ * key row with 16-byte loads; online softmax per group, merged in shared memory. Writes the
+ * split's (max, sum, unnormalised output). */
+template <int HD>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpos, const int32_t *rseq,
+              float *part_o, float *part_m, float *part_l, int H, int KVH, int n_ctx, int n_split,
+              int split_len, float scale) {
+    constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
+    __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
+    __shared__ float sm_o[NG][G_MAX][HD];
+    const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z, G = H / KVH;
+    const int L = rpos[r] + 1, seq = rseq[r];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
+    const int grp = warp * KPW + sub;
+    const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
+    float qv[G_MAX][8], o[G_MAX][8], m[G_MAX], l[G_MAX];
+#pragma unroll
+    for (int j = 0; j < G_MAX; j++) {
+        m[j] = -INFINITY, l[j] = 0;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            o[j][e] = 0;
+            qv[j][e] = j < G ? q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale : 0;
+        }
+    }
+    const int64_t base = ((int64_t)seq * KVH + g) * n_ctx * HD;
+    const bf16 *K = kc + base, *V = vc + base;
+    for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
+        const int t = t0 + sub;
+        const bool ok = t < k1;
+        float kf[8], vf[8];
+        if (ok) {
+            bf16x8_to_f32(*(const uint4 *)(K + (int64_t)t * HD + li * 8), kf);
+            bf16x8_to_f32(*(const uint4 *)(V + (int64_t)t * HD + li * 8), vf);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) kf[e] = vf[e] = 0;
+        }
+#pragma unroll
+        for (int j = 0; j < G_MAX; j++) {
+            if (j >= G) break;
+            float d = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
+#pragma unroll
+            for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+            if (ok) {
+                const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
+                l[j] = l[j] * a + p;
+#pragma unroll
+                for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
+                m[j] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < G_MAX; j++) {
+        if (j >= G) break;
+        if (li == 0) sm_m[grp][j] = m[j], sm_l[grp][j] = l[j];
+#pragma unroll
+        for (int e = 0; e < 8; e++) sm_o[grp][j][li * 8 + e] = o[j][e];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        const int j = idx / HD, d = idx % HD;
+        float M = -INFINITY;
+        for (int x = 0; x < NG; x++) M = fmaxf(M, sm_m[x][j]);
+        float S = 0, O = 0;
+        if (M != -INFINITY)
+            for (int x = 0; x < NG; x++) {
+                const float w = __expf(sm_m[x][j] - M);
+                S += sm_l[x][j] * w;
+                O += sm_o[x][j][d] * w;
+            }
+        const int64_t ps = ((int64_t)r * H + g * G + j) * n_split + sp;
+        part_o[ps * HD + d] = O;
+        if (d == 0) part_m[ps] = M, part_l[ps] = S;
+    }
+}
+
+/* att[r, h] = merge of the splits; one block (h, r) of hd threads */
+__global__ void k_attn_merge(const float *part_o, const float *part_m, const float *part_l, bf16 *att, int H,
+                             int hd, int n_split) {
+    const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
+    const int64_t ps = ((int64_t)r * H + h) * n_split;
+    float M = -INFINITY;
+    for (int s = 0; s < n_split; s++) M = fmaxf(M, part_m[ps + s]);
+    float S = 0, O = 0;
+    for (int s = 0; s < n_split; s++) {
+        if (part_m[ps + s] == -INFINITY) continue;
+        const float w = __expf(part_m[ps + s] - M);
+        S += part_l[ps + s] * w;
+        O += part_o[(ps + s) * hd + d] * w;
+    }
+    att[((int64_t)r * H + h) * hd + d] = __float2bfloat16(S > 0 ? O / S : 0.0f);
+}
+
+/* Causal softmax of prefill scores: S (batch, rows, nk) f32 -> P bf16; row i sees keys < lim0 + i + 1 */
+__global__ void k_softmax_causal(const float *S, bf16 *P, int rows, int nk, int lim0) {
+    const int i = blockIdx.x, b = blockIdx.y;
+    const float *s = S + ((int64_t)b * rows + i) * nk;
+    bf16 *p = P + ((int64_t)b * rows + i) * nk;
+    const int lim = min(nk, lim0 + i + 1);
+    __shared__ float red[32];
+    float mx = -INFINITY;
+    for (int t = threadIdx.x; t < lim; t += blockDim.x) mx = fmaxf(mx, s[t]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float v = -INFINITY;
+        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) v = fmaxf(v, red[w]);
+        red[0] = v;
+    }
+    __syncthreads();
+    mx = red[0];
+    __syncthreads();
+    float sum = 0;
+    for (int t = threadIdx.x; t < lim; t += blockDim.x) sum += __expf(s[t] - mx);
+    sum = warp_sum(sum);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float v = 0;
+        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) v += red[w];
+        red[0] = v;
+    }
+    __syncthreads();
+    const float inv = 1.0f / red[0];
+    for (int t = threadIdx.x; t < nk; t += blockDim.x)
+        p[t] = __float2bfloat16(t < lim ? __expf(s[t] - mx) * inv : 0.0f);
+}
+
+/* next[r] = argmax logits[r] (lowest index on ties) */
+__global__ void k_argmax(const float *logits, int V, int32_t *next) {
+    const int r = blockIdx.x;
+    const float *x = logits + (int64_t)r * V;
+    float best = -INFINITY;
+    int bi = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (x[i] > best) best = x[i], bi = i;
+    __shared__ float sv[1024];
+    __shared__ int si[1024];
+    sv[threadIdx.x] = best, si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float o = sv[threadIdx.x + s];
+            const int oi = si[threadIdx.x + s];
+            if (o > sv[threadIdx.x] || (o == sv[threadIdx.x] && oi < si[threadIdx.x])) sv[threadIdx.x] = o, si[threadIdx.x] = oi;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) next[r] = si[0];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Context                                                                                      */
+
+struct skv_gpu_ctx {
+    skv_gpu_model *g;
+    int32_t n_ctx, n_batch, n_seq, rows_max, chunk, max_split;
+    cudaStream_t st;
+    cublasHandle_t cb;
+    bf16 *kc, *vc;          /* (L, n_seq, KVH, n_ctx, hd) */
+    float *x, *q, *k, *v, *gate, *up, *logits;
+    bf16 *xb, *qb, *att, *h;
+    float *cosr, *sinr;     /* (n_ctx, hd/2) */
+    float *part_o, *part_m, *part_l;
+    float *S;               /* prefill scores (G, chunk, n_ctx) */
+    bf16 *P;
+    int32_t *ids_d, *pos_d, *seq_d, *next_d;
+    cudaEvent_t e0, e1;
+};
+
+#define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
+
+extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq,
+                                       skv_gpu_ctx **out) {
+    *out = NULL;
+    if (n_ctx < 1 || n_batch < 1 || n_seq < 1)
+        return skv_set_error(SKV_ERR_ARG, "CUDA context: n_ctx, n_batch and n_seq must be >= 1");
+    skv_gpu_ctx *c = (skv_gpu_ctx *)calloc(1, sizeof *c);
+    c->g = g, c->n_ctx = n_ctx, c->n_batch = n_batch, c->n_seq = n_seq;
+    c->rows_max = n_batch > n_seq ? n_batch : n_seq;
+    const int64_t R = c->rows_max, QD = (int64_t)g->H * g->hd, KD = (int64_t)g->KVH * g->hd;
+    const int G = g->H / g->KVH;
+    c->chunk = n_batch < 1024 ? n_batch : 1024;
+    c->max_split = 256;
+    const int64_t kv = (int64_t)g->L * n_seq * KD * n_ctx;
+    auto alloc_all = [&]() -> skv_status {
+        CK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking));
+        CB(cublasCreate(&c->cb));
+        CB(cublasSetStream(c->cb, c->st));
+        ALLOC(c->kc, kv);
+        ALLOC(c->vc, kv);
+        ALLOC(c->x, R * g->D);
+        ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
+        ALLOC(c->q, R * QD);
+        ALLOC(c->qb, R * QD);
+        ALLOC(c->k, R * KD);
+        ALLOC(c->v, R * KD);
+        ALLOC(c->att, R * QD);
+        ALLOC(c->gate, R * g->F);
+        ALLOC(c->up, R * g->F);
+        ALLOC(c->h, R * g->F);
+        ALLOC(c->logits, R * g->V);
+        ALLOC(c->cosr, (int64_t)n_ctx * g->hd / 2);
+        ALLOC(c->sinr, (int64_t)n_ctx * g->hd / 2);
+        ALLOC(c->part_o, (int64_t)n_seq * g->H * c->max_split * g->hd);
+        ALLOC(c->part_m, (int64_t)n_seq * g->H * c->max_split);
+        ALLOC(c->part_l, (int64_t)n_seq * g->H * c->max_split);
+        ALLOC(c->S, (int64_t)G * c->chunk * n_ctx);
+        ALLOC(c->P, (int64_t)G * c->chunk * n_ctx);
+        ALLOC(c->ids_d, R);
+        ALLOC(c->pos_d, R);
+        ALLOC(c->seq_d, R);
+        ALLOC(c->next_d, R);
+        CK(cudaEventCreate(&c->e0));
+        CK(cudaEventCreate(&c->e1));
+        /* RoPE tables computed as the CPU backend does (float angle, cosf/sinf) */
+        const int half = g->hd / 2;
+        float *cs = (float *)malloc(sizeof(float) * (size_t)n_ctx * half), *sn = (float *)malloc(sizeof(float) * (size_t)n_ctx * half);
+        for (int64_t p = 0; p < n_ctx; p++)
+            for (int i = 0; i < half; i++) {
+                const float f = (float)p * g->inv_freq_h[i];
+                cs[p * half + i] = cosf(f), sn[p * half + i] = sinf(f);
+            }
+        cudaError_t e1 = cudaMemcpy(c->cosr, cs, sizeof(float) * (size_t)n_ctx * half, cudaMemcpyHostToDevice);
+        cudaError_t e2 = cudaMemcpy(c->sinr, sn, sizeof(float) * (size_t)n_ctx * half, cudaMemcpyHostToDevice);
+        free(cs), free(sn);
+        CK(e1);
+        CK(e2);
+        return SKV_OK;
+    };
+    const skv_status st = alloc_all();
+    if (st) {
+        skv_gpu_ctx_free(c);
+        if (st == SKV_ERR_UNSUPPORTED)
+            return skv_set_error(SKV_ERR_NOMEM, "CUDA: cannot allocate a context of %d tokens x %d sequences "
+                                 "(%.2f GB of KV cache)", n_ctx, n_seq, 2.0 * kv * 2 / 1e9);
+        return st;
+    }
+    *out = c;
+    return SKV_OK;
+}
+
+extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
+    if (!c) return;
+    if (c->st) cudaStreamSynchronize(c->st);
+    void *ps[] = {c->kc, c->vc, c->x, c->xb, c->q, c->qb, c->k, c->v, c->att, c->gate, c->up, c->h, c->logits,
+                  c->cosr, c->sinr, c->part_o, c->part_m, c->part_l, c->S, c->P, c->ids_d, c->pos_d, c->seq_d, c->next_d};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+    if (c->cb) cublasDestroy(c->cb);
+    if (c->e0) cudaEventDestroy(c->e0), cudaEventDestroy(c->e1);
+    if (c->st) cudaStreamDestroy(c->st);
+    free(c);
+}
+
+extern "C" int64_t skv_gpu_ctx_kv_bytes(const skv_gpu_ctx *c, int32_t n_tokens) {
+    return (int64_t)c->g->L * c->g->KVH * c->g->hd * 2 * 2 * n_tokens;
+}
+
+/* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias) */
+static skv_status linear(skv_gpu_ctx *c, const gmat *W, const bf16 *x, float *y, const float *bias, int n, int acc) {
+    const int rows = (int)W->rows, cols = (int)W->cols;
+    if (n <= GEMV_MAX_B) {
+        const int threads = 256, blocks = (rows * 32 + threads - 1) / threads;
+        switch (n) {
+#define CASE(B) \
+    case B: k_gemv<B><<<blocks, threads, 0, c->st>>>(W->w, x, y, bias, rows, cols, acc); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+        }
+        LAUNCHED();
+        return SKV_OK;
+    }
+    const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+    CB(cublasGemmEx(c->cb, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, W->w, CUDA_R_16BF, cols, x, CUDA_R_16BF,
+                    cols, &beta, y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias) {
+        k_add_bias<<<256, 256, 0, c->st>>>(y, bias, n, rows);
+        LAUNCHED();
+    }
+    return SKV_OK;
+}
+
+/* Prefill attention of n query rows (positions pos0..pos0+n-1 of sequence seq) in layer l,
+ * chunk by chunk of queries, per KV head: S = Q K^T (cuBLAS, G heads batched), causal softmax,
+ * att = P V (cuBLAS). */
+static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int pos0, int n) {
+    skv_gpu_model *g = c->g;
+    const int hd = g->hd, H = g->H, KVH = g->KVH, G = H / KVH;
+    const float scale = 1.0f / sqrtf((float)hd), one = 1.0f, zero = 0.0f;
+    for (int c0 = 0; c0 < n; c0 += c->chunk) {
+        const int m = n - c0 < c->chunk ? n - c0 : c->chunk, nk = pos0 + c0 + m;
+        for (int kv = 0; kv < KVH; kv++) {
+            const int64_t off = ((((int64_t)l * c->n_seq + seq) * KVH + kv) * c->n_ctx) * hd;
+            const bf16 *K = c->kc + off, *V = c->vc + off;
+            const bf16 *Q = c->qb + ((int64_t)c0 * H + kv * G) * hd;
+            /* S[j] (m, nk) row-major = (K (nk, hd) . Q_j^T) in column-major terms */
+            CB(cublasGemmStridedBatchedEx(c->cb, CUBLAS_OP_T, CUBLAS_OP_N, nk, m, hd, &scale, K, CUDA_R_16BF, hd, 0,
+                                          Q, CUDA_R_16BF, H * hd, hd, &zero, c->S, CUDA_R_32F, nk,
+                                          (int64_t)m * nk, G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            k_softmax_causal<<<dim3(m, G), 256, 0, c->st>>>(c->S, c->P, m, nk, pos0 + c0);
+            LAUNCHED();
+            bf16 *O = c->att + ((int64_t)c0 * H + kv * G) * hd;
+            CB(cublasGemmStridedBatchedEx(c->cb, CUBLAS_OP_N, CUBLAS_OP_N, hd, m, nk, &one, V, CUDA_R_16BF, hd, 0,
+                                          c->P, CUDA_R_16BF, nk, (int64_t)m * nk, &zero, O, CUDA_R_16BF, H * hd, hd,
+                                          G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+    }
+    return SKV_OK;
+}
+
+/* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]). */
+static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int max_len) {
+    skv_gpu_model *g = c->g;
+    const int hd = g->hd, H = g->H, KVH = g->KVH;
+    int sms = 132;
+    /* enough blocks for two waves on the chip, splits of at least 64 keys */
+    int n_split = (2 * sms + KVH * n - 1) / (KVH * n);
+    const int most = (max_len + 63) / 64;
+    if (n_split > most) n_split = most;
+    if (n_split > c->max_split) n_split = c->max_split;
+    if (n_split < 1) n_split = 1;
+    int split_len = (max_len + n_split - 1) / n_split;
+    const int step = hd == 128 ? ATT_WARPS * 2 : ATT_WARPS * 4;
+    split_len = (split_len + step - 1) / step * step;
+    const int64_t off = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
+    const dim3 grid(KVH, n_split, n);
+    const float scale = 1.0f / sqrtf((float)hd);
+    if (hd == 128)
+        k_attn_decode<128><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
+                                                               c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, split_len, scale);
+    else
+        k_attn_decode<64><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
+                                                              c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, split_len, scale);
+    LAUNCHED();
+    k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, H, hd, n_split);
+    LAUNCHED();
+    return SKV_OK;
+}
+
+/* The layers for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
+ * sequence `seq` at positions pos0.. */
+static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0, int max_len) {
+    skv_gpu_model *g = c->g;
+    const int D = g->D, H = g->H, KVH = g->KVH, hd = g->hd;
+    const int64_t F = g->F;
+    skv_status st;
+    k_embed<<<n, 256, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
+    LAUNCHED();
+    for (int l = 0; l < g->L; l++) {
+        const glayer *y = &g->layers[l];
+        const int64_t koff = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
+        k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
+        LAUNCHED();
+        if ((st = linear(c, &y->wq, c->xb, c->q, y->bq, n, 0)) || (st = linear(c, &y->wk, c->xb, c->k, y->bk, n, 0)) ||
+            (st = linear(c, &y->wv, c->xb, c->v, y->bv, n, 0)))
+            return st;
+        k_rope_store<<<n, 256, 0, c->st>>>(c->q, c->k, c->v, c->qb, c->kc + koff, c->vc + koff, c->cosr, c->sinr,
+                                           decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, H, KVH, hd,
+                                           c->n_ctx);
+        LAUNCHED();
+        if ((st = decode ? attn_decode(c, l, n, max_len) : attn_prefill(c, l, seq, pos0, n))) return st;
+        if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
+        k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
+        LAUNCHED();
+        if ((st = linear(c, &y->wg, c->xb, c->gate, NULL, n, 0)) || (st = linear(c, &y->wu, c->xb, c->up, NULL, n, 0)))
+            return st;
+        k_swiglu<<<1024, 256, 0, c->st>>>(c->gate, c->up, c->h, (int64_t)n * F);
+        LAUNCHED();
+        if ((st = linear(c, &y->wd, c->h, c->x, NULL, n, 1))) return st;
+    }
+    return SKV_OK;
+}
+
+/* logits of rows [r0, r0 + n) of x */
+static skv_status head(skv_gpu_ctx *c, int r0, int n) {
+    skv_gpu_model *g = c->g;
+    k_rmsnorm<<<n, 256, 0, c->st>>>(c->x + (int64_t)r0 * g->D, g->final_norm, c->xb, g->D, g->eps);
+    LAUNCHED();
+    return linear(c, &g->lm_head, c->xb, c->logits, NULL, n, 0);
+}
+
+extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0,
+                                      float *logits, int all) {
+    skv_gpu_model *g = c->g;
+    if (n < 1 || n > c->n_batch || seq < 0 || seq >= c->n_seq || pos0 < 0 || pos0 + n > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "CUDA forward: %d tokens at position %d of sequence %d (context %d, "
+                             "batch %d, %d sequences)", n, pos0, seq, c->n_ctx, c->n_batch, c->n_seq);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= g->V) return skv_set_error(SKV_ERR_ARG, "token id %d out of range", ids[i]);
+    CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+    skv_status st;
+    if (n == 1) { /* the decode path: one row of sequence seq */
+        int32_t pq[2] = {pos0, seq};
+        CK(cudaMemcpyAsync(c->pos_d, &pq[0], sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
+        CK(cudaMemcpyAsync(c->seq_d, &pq[1], sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
+        if ((st = layers(c, 1, 1, seq, pos0, pos0 + 1))) return st;
+        CK(cudaStreamSynchronize(c->st)); /* pq lives on this stack */
+    } else if ((st = layers(c, n, 0, seq, pos0, pos0 + n))) {
+        return st;
+    }
+    if (logits) {
+        const int r0 = all ? 0 : n - 1, nr = all ? n : 1;
+        if ((st = head(c, r0, nr))) return st;
+        CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)nr * g->V, cudaMemcpyDeviceToHost, c->st));
+    }
+    CK(cudaStreamSynchronize(c->st));
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n,
+                                           float *logits, int32_t *next) {
+    skv_gpu_model *g = c->g;
+    if (n < 1 || n > c->n_seq) return skv_set_error(SKV_ERR_RANGE, "CUDA decode: %d sequences (context has %d)", n, c->n_seq);
+    int max_len = 0;
+    int32_t *seqs = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] >= c->n_ctx || ids[i] < 0 || ids[i] >= g->V) {
+            free(seqs);
+            return skv_set_error(SKV_ERR_RANGE, "CUDA decode: sequence %d: id %d at position %d (context %d)", i, ids[i],
+                                 pos[i], c->n_ctx);
+        }
+        seqs[i] = i;
+        if (pos[i] + 1 > max_len) max_len = pos[i] + 1;
+    }
+    cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
+    cudaMemcpyAsync(c->pos_d, pos, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
+    cudaMemcpyAsync(c->seq_d, seqs, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
+    skv_status st = layers(c, n, 1, 0, 0, max_len);
+    if (!st) st = head(c, 0, n);
+    if (!st && next) {
+        k_argmax<<<n, 1024, 0, c->st>>>(c->logits, g->V, c->next_d);
+        cudaMemcpyAsync(next, c->next_d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->st);
+    }
+    if (!st && logits)
+        cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)n * g->V, cudaMemcpyDeviceToHost, c->st);
+    cudaError_t e = cudaStreamSynchronize(c->st);
+    free(seqs);
+    if (st) return st;
+    CK(e);
+    CK(cudaGetLastError());
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src, int32_t n_tokens) {
+    const skv_gpu_model *g = src->g;
+    if (dst->g != g || n_tokens > dst->n_ctx || n_tokens > src->n_ctx)
+        return skv_set_error(SKV_ERR_ARG, "CUDA context copy: different models or too short a destination");
+    CK(cudaStreamSynchronize(src->st));
+    const size_t row = (size_t)g->hd * sizeof(bf16);
+    for (int l = 0; l < g->L; l++)
+        for (int kv = 0; kv < g->KVH; kv++) {
+            const int64_t so = (((int64_t)l * src->n_seq) * g->KVH + kv) * src->n_ctx * g->hd;
+            const int64_t d0 = (((int64_t)l * dst->n_seq) * g->KVH + kv) * dst->n_ctx * g->hd;
+            CK(cudaMemcpyAsync(dst->kc + d0, src->kc + so, row * (size_t)n_tokens, cudaMemcpyDeviceToDevice, dst->st));
+            CK(cudaMemcpyAsync(dst->vc + d0, src->vc + so, row * (size_t)n_tokens, cudaMemcpyDeviceToDevice, dst->st));
+        }
+    CK(cudaStreamSynchronize(dst->st));
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_sync(skv_gpu_ctx *c) {
+    CK(cudaStreamSynchronize(c->st));
+    CK(cudaGetLastError());
+    return SKV_OK;
+}
+
+extern "C" void skv_gpu_timer_start(skv_gpu_ctx *c) { cudaEventRecord(c->e0, c->st); }
+
+extern "C" double skv_gpu_timer_stop(skv_gpu_ctx *c) {
+    cudaEventRecord(c->e1, c->st);
+    cudaEventSynchronize(c->e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, c->e0, c->e1);
+    return ms;
+}
+
+extern "C" skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_bytes) {
+    if (!skv_gpu_available()) return SKV_ERR_UNSUPPORTED;
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    snprintf(name, (size_t)name_len, "%s", p.name);
+    *sms = p.multiProcessorCount;
+    *mem_bytes = (int64_t)p.totalGlobalMem;
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bps) {
+    void *a = NULL, *b = NULL;
+    CK(cudaMalloc(&a, (size_t)bytes));
+    CK(cudaMalloc(&b, (size_t)bytes));
+    CK(cudaMemset(a, 1, (size_t)bytes));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    float best = 1e30f;
+    for (int i = 0; i < 10; i++) {
+        cudaEventRecord(e0);
+        cudaMemcpy(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice);
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms < best) best = ms;
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaFree(a), cudaFree(b);
+    *bps = 2.0 * (double)bytes / (best * 1e-3);
+    return SKV_OK;
+}

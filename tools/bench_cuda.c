@@ -1,0 +1,207 @@
+/*
+ * bench_cuda.c — `slimkv bench --backend cuda`: speed on the GPU, timed with CUDA events.
+ *
+ * pp<P>: prefill P random tokens from position 0 in chunks of --ubatch. tg<N>@d<D>: N
+ * single-token steps starting at position D of a cache filled by one prefill of the deepest D
+ * (keys < D are real data; each step reads D + i keys). bs<B>@d<D>: N steps of B sequences
+ * decoded together (greedy ids fed back), each prefilled with D tokens. One warm-up run, then
+ * R timed repetitions; means and standard deviations. Next to decode: the HBM bound, (weight
+ * bytes read per step + K/V bytes of the average cache length) / measured device copy
+ * bandwidth (bytes read + written per second).
+ */
+#include "backend/cuda/gpu.h"
+#include "cli.h"
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXR 16
+
+typedef struct crow {
+    char name[40];
+    int kind; /* 0 pp, 1 tg, 2 batch */
+    int n, depth, batch, reps;
+    double ms[64];     /* per repetition: whole test */
+    double mean, sd;   /* ms */
+    double bound_ms;   /* decode: per step */
+} crow;
+
+static uint64_t g_rng = 0x2545f4914f6cdd1dull;
+static int32_t rid(int32_t V) {
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (int32_t)(g_rng % (uint64_t)V);
+}
+
+static void stat_ms(crow *r) {
+    double s = 0, ss = 0;
+    for (int i = 0; i < r->reps; i++) s += r->ms[i];
+    r->mean = s / r->reps;
+    for (int i = 0; i < r->reps; i++) ss += (r->ms[i] - r->mean) * (r->ms[i] - r->mean);
+    r->sd = r->reps > 1 ? sqrt(ss / (r->reps - 1)) : 0;
+}
+
+static int parse_list(const char *cmd, const char *flag, const char *s, int *out, int max) {
+    int n = 0;
+    for (const char *p = s; *p && n < max;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || (*end && *end != ','))
+            cli_die(cmd, 2, "bad value for %s: '%s' (comma-separated counts)", flag, s);
+        if (v > 0) out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+/* prefill ids[0..n) into sequence seq from position 0, in chunks */
+static void prefill(skv_gpu_ctx *g, int seq, const int32_t *ids, int n, int ub) {
+    for (int off = 0; off < n; off += ub)
+        cli_check("bench", skv_gpu_forward(g, seq, ids + off, n - off < ub ? n - off : ub, off, NULL, 0));
+}
+
+int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
+               int ubatch, int reps, const char *out) {
+    int pps[MAXR], depths[MAXR], batches[MAXR];
+    const int n_pp = parse_list("bench", "--pp", pp_s, pps, MAXR);
+    const int n_d = parse_list("bench", "--depths", depths_s, depths, MAXR);
+    const int n_b = parse_list("bench", "--batches", batch_s, batches, MAXR);
+    if (tg < 1 || ubatch < 1 || reps < 1 || reps > 64 || batch_depth < 1)
+        cli_die("bench", 2, "--tg, --ubatch, --batch-depth must be >= 1 and --reps 1..64");
+    skv_model *m = cli_load_model("bench", dir, 0, 1);
+    const skv_model_info *in = skv_model_get_info(m);
+    char dev[128];
+    int sms = 0;
+    int64_t mem = 0;
+    cli_check("bench", skv_gpu_device_info(dev, sizeof dev, &sms, &mem));
+    double bw = 0;
+    cli_check("bench", skv_gpu_copy_bandwidth((int64_t)1 << 30, &bw));
+    struct skv_gpu_model *gm = NULL;
+    const double t_up = skv_time_now();
+    cli_check("bench", skv_model_gpu(m, &gm));
+    const double upload_s = skv_time_now() - t_up;
+    /* bytes one decode step reads: every matrix but the embedding table (one row of it) */
+    const int64_t wbytes = skv_gpu_model_bytes(gm) - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
+    const int64_t kv_tok = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 2 * 2;
+    int max_len = 1;
+    for (int i = 0; i < n_pp; i++) max_len = pps[i] > max_len ? pps[i] : max_len;
+    for (int i = 0; i < n_d; i++) max_len = depths[i] + tg > max_len ? depths[i] + tg : max_len;
+    if (max_len > in->n_ctx) cli_die("bench", 2, "a test needs %d positions; the model has %d", max_len, in->n_ctx);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len);
+    for (int i = 0; i < max_len; i++) ids[i] = rid(in->n_vocab);
+
+    crow rows[3 * MAXR];
+    int nr = 0;
+    skv_gpu_ctx *g = NULL;
+    cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, &g));
+    for (int i = 0; i < n_pp; i++) {
+        crow *r = &rows[nr++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->name, sizeof r->name, "pp%d", pps[i]);
+        r->n = pps[i];
+        for (int k = -1; k < reps; k++) {
+            skv_gpu_timer_start(g);
+            prefill(g, 0, ids, pps[i], ubatch);
+            const double ms = skv_gpu_timer_stop(g);
+            if (k >= 0) r->ms[r->reps++] = ms;
+        }
+        stat_ms(r);
+    }
+    if (n_d > 0) {
+        int deepest = 0;
+        for (int i = 0; i < n_d; i++) deepest = depths[i] > deepest ? depths[i] : deepest;
+        prefill(g, 0, ids, deepest, ubatch);
+        for (int i = 0; i < n_d; i++) {
+            crow *r = &rows[nr++];
+            memset(r, 0, sizeof *r);
+            r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
+            snprintf(r->name, sizeof r->name, "tg%d@d%d", tg, depths[i]);
+            for (int k = -1; k < reps; k++) {
+                skv_gpu_timer_start(g);
+                for (int s = 0; s < tg; s++) {
+                    int32_t id = ids[(depths[i] + s) % max_len];
+                    cli_check("bench", skv_gpu_forward(g, 0, &id, 1, depths[i] + s, NULL, 0));
+                }
+                const double ms = skv_gpu_timer_stop(g);
+                if (k >= 0) r->ms[r->reps++] = ms;
+            }
+            stat_ms(r);
+            r->bound_ms = ((double)wbytes + (double)kv_tok * (depths[i] + tg / 2.0)) / bw * 1e3;
+        }
+    }
+    skv_gpu_ctx_free(g);
+    int bmax = 0;
+    for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
+    if (bmax > 0) {
+        cli_check("bench", skv_gpu_ctx_init(gm, batch_depth + tg, ubatch, bmax, &g));
+        int32_t *bid = malloc(sizeof(int32_t) * (size_t)bmax), *bpos = malloc(sizeof(int32_t) * (size_t)bmax);
+        int32_t *pr = malloc(sizeof(int32_t) * (size_t)batch_depth);
+        for (int s = 0; s < bmax; s++) {
+            for (int i = 0; i < batch_depth; i++) pr[i] = rid(in->n_vocab);
+            prefill(g, s, pr, batch_depth, ubatch);
+        }
+        for (int i = 0; i < n_b; i++) {
+            const int B = batches[i];
+            crow *r = &rows[nr++];
+            memset(r, 0, sizeof *r);
+            r->kind = 2, r->n = tg, r->depth = batch_depth, r->batch = B;
+            snprintf(r->name, sizeof r->name, "bs%d@d%d", B, batch_depth);
+            for (int k = -1; k < reps; k++) {
+                for (int s = 0; s < B; s++) bid[s] = rid(in->n_vocab), bpos[s] = batch_depth;
+                skv_gpu_timer_start(g);
+                for (int t = 0; t < tg; t++) {
+                    cli_check("bench", skv_gpu_decode_batch(g, bid, bpos, B, NULL, bid));
+                    for (int s = 0; s < B; s++) bpos[s]++;
+                }
+                const double ms = skv_gpu_timer_stop(g);
+                if (k >= 0) r->ms[r->reps++] = ms;
+            }
+            stat_ms(r);
+            r->bound_ms = ((double)wbytes + (double)kv_tok * B * (batch_depth + tg / 2.0)) / bw * 1e3;
+        }
+        skv_gpu_ctx_free(g);
+        free(bid), free(bpos), free(pr);
+    }
+
+    char path[1024];
+    const char *base = strrchr(dir, '/');
+    base = base && base[1] ? base + 1 : dir;
+    if (!out) {
+        snprintf(path, sizeof path, "bench/cuda-%s.json", base);
+        out = path;
+    }
+    FILE *f = fopen(out, "w");
+    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
+    fprintf(f, "{\n");
+    cli_json_provenance(f);
+    fprintf(f, "  \"backend\": \"cuda\",\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"device_memory_bytes\": %lld,\n"
+            "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
+            "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
+            "  \"ubatch\": %d,\n  \"results\": [\n",
+            dev, sms, (long long)mem, base, (long long)skv_gpu_model_bytes(gm), (long long)wbytes, (long long)kv_tok,
+            bw / 1e9, upload_s, ubatch);
+    printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev, sms,
+           bw / 1e9, skv_gpu_model_bytes(gm) / 1e9);
+    printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");
+    for (int i = 0; i < nr; i++) {
+        const crow *r = &rows[i];
+        const double toks = r->kind == 0 ? r->n : (double)r->n * (r->batch ? r->batch : 1);
+        const double per = r->kind ? r->mean / r->n : 0;
+        printf("%-16s %7.2f±%-5.2f %14.1f", r->name, r->mean, r->sd, toks / (r->mean / 1e3));
+        if (r->kind) printf(" %12.3f %10.3f", r->bound_ms, per / r->bound_ms);
+        printf("\n");
+        fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"batch\": %d, \"reps\": %d, \"ms_mean\": %.3f, "
+                "\"ms_sd\": %.3f, \"tokens_per_s\": %.1f, \"ms_per_step\": %.4f, \"bound_ms_per_step\": %.4f, "
+                "\"ms\": [", r->name, r->n, r->depth, r->batch, r->reps, r->mean, r->sd, toks / (r->mean / 1e3),
+                per, r->bound_ms);
+        for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.3f", k ? ", " : "", r->ms[k]);
+        fprintf(f, "]}%s\n", i + 1 < nr ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+    printf("written to %s\n", out);
+    free(ids);
+    skv_model_free(m);
+    return 0;
+}
