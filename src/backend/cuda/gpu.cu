@@ -53,8 +53,12 @@ struct gmat {
 };
 
 struct glayer {
-    float *attn_norm, *ffn_norm, *bq, *bk, *bv, *bo;
-    gmat wq, wk, wv, wo, wg, wu, wd;
+    float *attn_norm, *ffn_norm;
+    float *bqkv, *bo;  /* (QD + 2 KD) with zeros for absent parts, or NULL; (dim) or NULL */
+    gmat wqkv;         /* (QD + 2 KD, dim): q, k and v projections stacked, one GEMV */
+    gmat wo;
+    gmat wgu;          /* (2 ffn, dim): gate then up, one GEMV */
+    gmat wd;
 };
 
 struct skv_gpu_model {
@@ -77,12 +81,11 @@ __global__ void k_f16_to_bf16(const __half *in, bf16 *out, int64_t n) {
         out[i] = __float2bfloat16(__half2float(in[i]));
 }
 
-/* Upload a matrix as bf16 through a staging buffer of `stage_bytes` (device). */
-static skv_status upload_mat(const skv_gpu_mat *m, gmat *out, void *stage, size_t stage_bytes, int64_t *bytes) {
+/* Upload a matrix as bf16 into dst (device, rows*cols) through a staging buffer. */
+static skv_status upload_into(const skv_gpu_mat *m, bf16 *dst, void *stage, size_t stage_bytes) {
     const int64_t n = m->rows * m->cols;
-    out->rows = m->rows, out->cols = m->cols;
-    CK(cudaMalloc(&out->w, (size_t)n * sizeof(bf16)));
-    *bytes += n * (int64_t)sizeof(bf16);
+    gmat tmp = {dst, m->rows, m->cols};
+    gmat *out = &tmp;
     if (m->dtype == SKV_DTYPE_BF16) {
         CK(cudaMemcpy(out->w, m->data, (size_t)n * sizeof(bf16), cudaMemcpyHostToDevice));
         return SKV_OK;
@@ -98,6 +101,27 @@ static skv_status upload_mat(const skv_gpu_mat *m, gmat *out, void *stage, size_
     }
     CK(cudaDeviceSynchronize());
     return SKV_OK;
+}
+
+/* Upload k matrices of equal cols stacked by rows into one bf16 matrix. */
+static skv_status upload_stack(const skv_gpu_mat *const *ms, int k, gmat *out, void *stage, size_t stage_bytes,
+                               int64_t *bytes) {
+    int64_t rows = 0;
+    for (int i = 0; i < k; i++) rows += ms[i]->rows;
+    out->rows = rows, out->cols = ms[0]->cols;
+    CK(cudaMalloc(&out->w, (size_t)(rows * out->cols) * sizeof(bf16)));
+    *bytes += rows * out->cols * (int64_t)sizeof(bf16);
+    int64_t r0 = 0;
+    for (int i = 0; i < k; i++) {
+        skv_status st = upload_into(ms[i], out->w + r0 * out->cols, stage, stage_bytes);
+        if (st) return st;
+        r0 += ms[i]->rows;
+    }
+    return SKV_OK;
+}
+
+static skv_status upload_mat(const skv_gpu_mat *m, gmat *out, void *stage, size_t stage_bytes, int64_t *bytes) {
+    return upload_stack(&m, 1, out, stage, stage_bytes, bytes);
 }
 
 static skv_status upload_vec(const float *h, int64_t n, float **out, int64_t *bytes) {
@@ -146,18 +170,24 @@ extern "C" skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_mo
     for (int l = 0; l < g->L && !st; l++) {
         const skv_gpu_layer_desc *s = &d->layers[l];
         glayer *y = &g->layers[l];
+        const skv_gpu_mat *qkv[3] = {&s->wq, &s->wk, &s->wv}, *gu[2] = {&s->w_gate, &s->w_up};
         if ((st = upload_vec(s->attn_norm, g->D, &y->attn_norm, &g->bytes)) ||
             (st = upload_vec(s->ffn_norm, g->D, &y->ffn_norm, &g->bytes)) ||
-            (st = upload_vec(s->bq, qd, &y->bq, &g->bytes)) || (st = upload_vec(s->bk, kd, &y->bk, &g->bytes)) ||
-            (st = upload_vec(s->bv, kd, &y->bv, &g->bytes)) || (st = upload_vec(s->bo, g->D, &y->bo, &g->bytes)) ||
-            (st = upload_mat(&s->wq, &y->wq, stage, stage_bytes, &g->bytes)) ||
-            (st = upload_mat(&s->wk, &y->wk, stage, stage_bytes, &g->bytes)) ||
-            (st = upload_mat(&s->wv, &y->wv, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_vec(s->bo, g->D, &y->bo, &g->bytes)) ||
+            (st = upload_stack(qkv, 3, &y->wqkv, stage, stage_bytes, &g->bytes)) ||
             (st = upload_mat(&s->wo, &y->wo, stage, stage_bytes, &g->bytes)) ||
-            (st = upload_mat(&s->w_gate, &y->wg, stage, stage_bytes, &g->bytes)) ||
-            (st = upload_mat(&s->w_up, &y->wu, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_stack(gu, 2, &y->wgu, stage, stage_bytes, &g->bytes)) ||
             (st = upload_mat(&s->w_down, &y->wd, stage, stage_bytes, &g->bytes)))
             break;
+        if (s->bq || s->bk || s->bv) { /* stacked bias, zeros where a part has none */
+            float *b = (float *)calloc((size_t)(qd + 2 * kd), sizeof(float));
+            if (s->bq) memcpy(b, s->bq, sizeof(float) * (size_t)qd);
+            if (s->bk) memcpy(b + qd, s->bk, sizeof(float) * (size_t)kd);
+            if (s->bv) memcpy(b + qd + kd, s->bv, sizeof(float) * (size_t)kd);
+            st = upload_vec(b, qd + 2 * kd, &y->bqkv, &g->bytes);
+            free(b);
+            if (st) break;
+        }
     }
     if (!st) st = upload_mat(&d->tok_embed, &g->embed, stage, stage_bytes, &g->bytes);
     if (!st) {
@@ -179,9 +209,8 @@ extern "C" void skv_gpu_model_free(skv_gpu_model *g) {
     if (!g) return;
     for (int l = 0; g->layers && l < g->L; l++) {
         glayer *y = &g->layers[l];
-        cudaFree(y->attn_norm), cudaFree(y->ffn_norm), cudaFree(y->bq), cudaFree(y->bk), cudaFree(y->bv), cudaFree(y->bo);
-        cudaFree(y->wq.w), cudaFree(y->wk.w), cudaFree(y->wv.w), cudaFree(y->wo.w);
-        cudaFree(y->wg.w), cudaFree(y->wu.w), cudaFree(y->wd.w);
+        cudaFree(y->attn_norm), cudaFree(y->ffn_norm), cudaFree(y->bqkv), cudaFree(y->bo);
+        cudaFree(y->wqkv.w), cudaFree(y->wo.w), cudaFree(y->wgu.w), cudaFree(y->wd.w);
     }
     cudaFree(g->embed.w);
     if (!g->tied) cudaFree(g->lm_head.w);
@@ -278,26 +307,29 @@ __global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) 
         y[i] += bias[i % cols];
 }
 
-/* RoPE on q and k of row r (position pos), bf16 copy of q into qb, k and v (+ bias already in)
- * into the cache at (layer base, seq, g, pos). */
-__global__ void k_rope_store(float *q, const float *k, const float *v, bf16 *qb, bf16 *kc, bf16 *vc,
+/* From row r of qkv (q | k | v, bias already in): RoPE'd q into q (f32) and qb (bf16), RoPE'd k
+ * and v into the cache at (layer base, seq, g, pos). */
+__global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kc, bf16 *vc,
                              const float *cosr, const float *sinr, const int32_t *rpos, const int32_t *rseq,
                              int pos0, int seq0, int H, int KVH, int hd, int n_ctx) {
     const int r = blockIdx.x, half = hd / 2;
+    const int64_t QKV = (int64_t)(H + 2 * KVH) * hd;
+    const float *qin = qkv + r * QKV, *kin = qin + (int64_t)H * hd, *vin = kin + (int64_t)KVH * hd;
     const int pos = rpos ? rpos[r] : pos0 + r, seq = rseq ? rseq[r] : seq0;
     const float *cs = cosr + (int64_t)pos * half, *sn = sinr + (int64_t)pos * half;
     for (int i = threadIdx.x; i < (H + KVH) * half; i += blockDim.x) {
         const int head = i / half, j = i % half;
         if (head < H) {
+            const float *qi = qin + (int64_t)head * hd;
             float *qh = q + ((int64_t)r * H + head) * hd;
-            const float a = qh[j], b = qh[j + half];
+            const float a = qi[j], b = qi[j + half];
             const float na = a * cs[j] - b * sn[j], nb = b * cs[j] + a * sn[j];
             qh[j] = na, qh[j + half] = nb;
             qb[((int64_t)r * H + head) * hd + j] = __float2bfloat16(na);
             qb[((int64_t)r * H + head) * hd + j + half] = __float2bfloat16(nb);
         } else {
             const int g = head - H;
-            const float *kh = k + ((int64_t)r * KVH + g) * hd, *vh = v + ((int64_t)r * KVH + g) * hd;
+            const float *kh = kin + (int64_t)g * hd, *vh = vin + (int64_t)g * hd;
             const int64_t o = (((int64_t)seq * KVH + g) * n_ctx + pos) * hd;
             const float a = kh[j], b = kh[j + half];
             kc[o + j] = __float2bfloat16(a * cs[j] - b * sn[j]);
@@ -308,11 +340,12 @@ __global__ void k_rope_store(float *q, const float *k, const float *v, bf16 *qb,
     }
 }
 
-/* h = silu(gate) * up, as bf16 */
-__global__ void k_swiglu(const float *gate, const float *up, bf16 *h, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        h[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * up[i]);
+/* h (rows, F) = silu(gate) * up as bf16, from gu (rows, 2F) = gate | up */
+__global__ void k_swiglu(const float *gu, bf16 *h, int64_t rows, int64_t F) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * F; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / F, j = i % F;
+        const float g = gu[r * 2 * F + j];
+        h[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * gu[r * 2 * F + F + j]);
     }
 }
 
@@ -323,8 +356,7 @@ __global__ void k_swiglu(const float *gate, const float *up, bf16 *h, int64_t n)
 template <int HD>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpos, const int32_t *rseq,
-              float *part_o, float *part_m, float *part_l, int H, int KVH, int n_ctx, int n_split,
-              int split_len, float scale) {
+              float *part_o, float *part_m, float *part_l, int H, int KVH, int n_ctx, int n_split, float scale) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
     __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
     __shared__ float sm_o[NG][G_MAX][HD];
@@ -332,6 +364,10 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
     const int L = rpos[r] + 1, seq = rseq[r];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int grp = warp * KPW + sub;
+    /* splits of at least 64 keys, whole warp-steps; the grid is fixed (graph replay), so the
+     * length comes from device memory and surplus splits are empty */
+    int split_len = max((L + n_split - 1) / n_split, 64);
+    split_len = (split_len + NG - 1) / NG * NG;
     const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
     float qv[G_MAX][8], o[G_MAX][8], m[G_MAX], l[G_MAX];
 #pragma unroll
@@ -484,13 +520,17 @@ struct skv_gpu_ctx {
     cudaStream_t st;
     cublasHandle_t cb;
     bf16 *kc, *vc;          /* (L, n_seq, KVH, n_ctx, hd) */
-    float *x, *q, *k, *v, *gate, *up, *logits;
+    float *x, *qkv, *q, *gu, *logits; /* qkv (R, QD + 2 KD), q (R, QD), gu (R, 2 ffn) */
     bf16 *xb, *qb, *att, *h;
     float *cosr, *sinr;     /* (n_ctx, hd/2) */
     float *part_o, *part_m, *part_l;
     float *S;               /* prefill scores (G, chunk, n_ctx) */
     bf16 *P;
     int32_t *ids_d, *pos_d, *seq_d, *next_d;
+    int32_t *stage;         /* pinned (3, rows_max): ids, pos, seq for the device */
+    void *cublas_ws;
+    int sms, use_graphs;
+    cudaGraphExec_t *graph; /* (n_seq + 1) decode step of n rows, captured on first use */
     cudaEvent_t e0, e1;
 };
 
@@ -519,11 +559,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
         ALLOC(c->q, R * QD);
         ALLOC(c->qb, R * QD);
-        ALLOC(c->k, R * KD);
-        ALLOC(c->v, R * KD);
+        ALLOC(c->qkv, R * (QD + 2 * KD));
         ALLOC(c->att, R * QD);
-        ALLOC(c->gate, R * g->F);
-        ALLOC(c->up, R * g->F);
+        ALLOC(c->gu, R * 2 * g->F);
         ALLOC(c->h, R * g->F);
         ALLOC(c->logits, R * g->V);
         ALLOC(c->cosr, (int64_t)n_ctx * g->hd / 2);
@@ -537,6 +575,13 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->pos_d, R);
         ALLOC(c->seq_d, R);
         ALLOC(c->next_d, R);
+        CK(cudaMallocHost((void **)&c->stage, sizeof(int32_t) * 3 * (size_t)R));
+        CK(cudaMalloc(&c->cublas_ws, (size_t)32 << 20));
+        CB(cublasSetWorkspace(c->cb, c->cublas_ws, (size_t)32 << 20));
+        CK(cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, 0));
+        c->graph = (cudaGraphExec_t *)calloc((size_t)n_seq + 1, sizeof(cudaGraphExec_t));
+        const char *ge = getenv("SKV_CUDA_GRAPHS");
+        c->use_graphs = !(ge && !strcmp(ge, "0"));
         CK(cudaEventCreate(&c->e0));
         CK(cudaEventCreate(&c->e1));
         /* RoPE tables computed as the CPU backend does (float angle, cosf/sinf) */
@@ -569,9 +614,14 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
 extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (!c) return;
     if (c->st) cudaStreamSynchronize(c->st);
-    void *ps[] = {c->kc, c->vc, c->x, c->xb, c->q, c->qb, c->k, c->v, c->att, c->gate, c->up, c->h, c->logits,
+    void *ps[] = {c->kc, c->vc, c->x, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits,
                   c->cosr, c->sinr, c->part_o, c->part_m, c->part_l, c->S, c->P, c->ids_d, c->pos_d, c->seq_d, c->next_d};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+    cudaFree(c->cublas_ws);
+    if (c->stage) cudaFreeHost(c->stage);
+    for (int i = 0; c->graph && i <= c->n_seq; i++)
+        if (c->graph[i]) cudaGraphExecDestroy(c->graph[i]);
+    free(c->graph);
     if (c->cb) cublasDestroy(c->cb);
     if (c->e0) cudaEventDestroy(c->e0), cudaEventDestroy(c->e1);
     if (c->st) cudaStreamDestroy(c->st);
@@ -635,28 +685,22 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int pos0, int n) 
 }
 
 /* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]). */
-static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int max_len) {
+static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
-    int sms = 132;
-    /* enough blocks for two waves on the chip, splits of at least 64 keys */
-    int n_split = (2 * sms + KVH * n - 1) / (KVH * n);
-    const int most = (max_len + 63) / 64;
-    if (n_split > most) n_split = most;
+    /* enough blocks for two waves on the chip; each block finds its keys from the row's length */
+    int n_split = (2 * c->sms + KVH * n - 1) / (KVH * n);
     if (n_split > c->max_split) n_split = c->max_split;
     if (n_split < 1) n_split = 1;
-    int split_len = (max_len + n_split - 1) / n_split;
-    const int step = hd == 128 ? ATT_WARPS * 2 : ATT_WARPS * 4;
-    split_len = (split_len + step - 1) / step * step;
     const int64_t off = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
     const dim3 grid(KVH, n_split, n);
     const float scale = 1.0f / sqrtf((float)hd);
     if (hd == 128)
         k_attn_decode<128><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
-                                                               c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, split_len, scale);
+                                                               c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, scale);
     else
         k_attn_decode<64><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
-                                                              c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, split_len, scale);
+                                                              c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, scale);
     LAUNCHED();
     k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, H, hd, n_split);
     LAUNCHED();
@@ -665,7 +709,7 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int max_len) {
 
 /* The layers for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
  * sequence `seq` at positions pos0.. */
-static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0, int max_len) {
+static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     const int D = g->D, H = g->H, KVH = g->KVH, hd = g->hd;
     const int64_t F = g->F;
@@ -677,20 +721,17 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0, i
         const int64_t koff = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
         k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
         LAUNCHED();
-        if ((st = linear(c, &y->wq, c->xb, c->q, y->bq, n, 0)) || (st = linear(c, &y->wk, c->xb, c->k, y->bk, n, 0)) ||
-            (st = linear(c, &y->wv, c->xb, c->v, y->bv, n, 0)))
-            return st;
-        k_rope_store<<<n, 256, 0, c->st>>>(c->q, c->k, c->v, c->qb, c->kc + koff, c->vc + koff, c->cosr, c->sinr,
+        if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
+        k_rope_store<<<n, 256, 0, c->st>>>(c->qkv, c->q, c->qb, c->kc + koff, c->vc + koff, c->cosr, c->sinr,
                                            decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, H, KVH, hd,
                                            c->n_ctx);
         LAUNCHED();
-        if ((st = decode ? attn_decode(c, l, n, max_len) : attn_prefill(c, l, seq, pos0, n))) return st;
+        if ((st = decode ? attn_decode(c, l, n) : attn_prefill(c, l, seq, pos0, n))) return st;
         if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
         k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
         LAUNCHED();
-        if ((st = linear(c, &y->wg, c->xb, c->gate, NULL, n, 0)) || (st = linear(c, &y->wu, c->xb, c->up, NULL, n, 0)))
-            return st;
-        k_swiglu<<<1024, 256, 0, c->st>>>(c->gate, c->up, c->h, (int64_t)n * F);
+        if ((st = linear(c, &y->wgu, c->xb, c->gu, NULL, n, 0))) return st;
+        k_swiglu<<<1024, 256, 0, c->st>>>(c->gu, c->h, n, F);
         LAUNCHED();
         if ((st = linear(c, &y->wd, c->h, c->x, NULL, n, 1))) return st;
     }
@@ -705,6 +746,36 @@ static skv_status head(skv_gpu_ctx *c, int r0, int n) {
     return linear(c, &g->lm_head, c->xb, c->logits, NULL, n, 0);
 }
 
+/* One decode step of n rows whose ids, positions and sequences are in c->stage: copies them
+ * up, then runs layers + head + argmax, replaying a captured graph per n. */
+static skv_status decode_step(skv_gpu_ctx *c, int n) {
+    const int64_t R = c->rows_max;
+    CK(cudaMemcpyAsync(c->ids_d, c->stage, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+    CK(cudaMemcpyAsync(c->pos_d, c->stage + R, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+    CK(cudaMemcpyAsync(c->seq_d, c->stage + 2 * R, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+    auto body = [&]() -> skv_status {
+        skv_status st;
+        if ((st = layers(c, n, 1, 0, 0)) || (st = head(c, 0, n))) return st;
+        k_argmax<<<n, 1024, 0, c->st>>>(c->logits, c->g->V, c->next_d);
+        LAUNCHED();
+        return SKV_OK;
+    };
+    if (!c->use_graphs) return body();
+    if (!c->graph[n]) {
+        cudaGraph_t gr;
+        CK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
+        skv_status st = body();
+        cudaError_t e = cudaStreamEndCapture(c->st, &gr);
+        if (st) return st;
+        CK(e);
+        e = cudaGraphInstantiate(&c->graph[n], gr, 0);
+        cudaGraphDestroy(gr);
+        CK(e);
+    }
+    CK(cudaGraphLaunch(c->graph[n], c->st));
+    return SKV_OK;
+}
+
 extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0,
                                       float *logits, int all) {
     skv_gpu_model *g = c->g;
@@ -713,17 +784,17 @@ extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t
                              "batch %d, %d sequences)", n, pos0, seq, c->n_ctx, c->n_batch, c->n_seq);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= g->V) return skv_set_error(SKV_ERR_ARG, "token id %d out of range", ids[i]);
-    CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
     skv_status st;
-    if (n == 1) { /* the decode path: one row of sequence seq */
-        int32_t pq[2] = {pos0, seq};
-        CK(cudaMemcpyAsync(c->pos_d, &pq[0], sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
-        CK(cudaMemcpyAsync(c->seq_d, &pq[1], sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
-        if ((st = layers(c, 1, 1, seq, pos0, pos0 + 1))) return st;
-        CK(cudaStreamSynchronize(c->st)); /* pq lives on this stack */
-    } else if ((st = layers(c, n, 0, seq, pos0, pos0 + n))) {
-        return st;
+    if (n == 1) { /* the decode path: one row of sequence seq (logits computed on the way) */
+        c->stage[0] = ids[0], c->stage[c->rows_max] = pos0, c->stage[2 * c->rows_max] = seq;
+        if ((st = decode_step(c, 1))) return st;
+        if (logits)
+            CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)g->V, cudaMemcpyDeviceToHost, c->st));
+        CK(cudaStreamSynchronize(c->st));
+        return SKV_OK;
     }
+    CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+    if ((st = layers(c, n, 0, seq, pos0))) return st;
     if (logits) {
         const int r0 = all ? 0 : n - 1, nr = all ? n : 1;
         if ((st = head(c, r0, nr))) return st;
@@ -737,32 +808,18 @@ extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, c
                                            float *logits, int32_t *next) {
     skv_gpu_model *g = c->g;
     if (n < 1 || n > c->n_seq) return skv_set_error(SKV_ERR_RANGE, "CUDA decode: %d sequences (context has %d)", n, c->n_seq);
-    int max_len = 0;
-    int32_t *seqs = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) {
-        if (pos[i] < 0 || pos[i] >= c->n_ctx || ids[i] < 0 || ids[i] >= g->V) {
-            free(seqs);
+    for (int i = 0; i < n; i++)
+        if (pos[i] < 0 || pos[i] >= c->n_ctx || ids[i] < 0 || ids[i] >= g->V)
             return skv_set_error(SKV_ERR_RANGE, "CUDA decode: sequence %d: id %d at position %d (context %d)", i, ids[i],
                                  pos[i], c->n_ctx);
-        }
-        seqs[i] = i;
-        if (pos[i] + 1 > max_len) max_len = pos[i] + 1;
-    }
-    cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
-    cudaMemcpyAsync(c->pos_d, pos, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
-    cudaMemcpyAsync(c->seq_d, seqs, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st);
-    skv_status st = layers(c, n, 1, 0, 0, max_len);
-    if (!st) st = head(c, 0, n);
-    if (!st && next) {
-        k_argmax<<<n, 1024, 0, c->st>>>(c->logits, g->V, c->next_d);
-        cudaMemcpyAsync(next, c->next_d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->st);
-    }
-    if (!st && logits)
-        cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)n * g->V, cudaMemcpyDeviceToHost, c->st);
-    cudaError_t e = cudaStreamSynchronize(c->st);
-    free(seqs);
+    CK(cudaStreamSynchronize(c->st)); /* the staging buffer is free */
+    for (int i = 0; i < n; i++)
+        c->stage[i] = ids[i], c->stage[c->rows_max + i] = pos[i], c->stage[2 * c->rows_max + i] = i;
+    skv_status st = decode_step(c, n);
     if (st) return st;
-    CK(e);
+    if (next) CK(cudaMemcpyAsync(next, c->next_d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->st));
+    if (logits) CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)n * g->V, cudaMemcpyDeviceToHost, c->st));
+    CK(cudaStreamSynchronize(c->st));
     CK(cudaGetLastError());
     return SKV_OK;
 }
