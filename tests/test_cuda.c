@@ -6,6 +6,7 @@
 #include "backend/cuda/gpu.h"
 #include "harness.h"
 #include "model/model.h"
+#include "tiny_model.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -174,7 +175,53 @@ static void test_batch_fork(void) {
     skv_model_free(m);
 }
 
+/* A random Qwen2-style model with head_dim 128 and 4 query heads per KV head (the shape of the
+ * large models' attention) against the double-precision reference: prefill in chunks whose
+ * later ones start mid-sequence (causal offset), then single-token decode. */
+static void test_tiny_hd128(void) {
+    if (!have_gpu()) return;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/cuda-hd128", skv_test_tmpdir());
+    const tiny_spec spec = {.arch = "Qwen2ForCausalLM", .dtype = "BF16", .vocab = 301, .dim = 512, .ffn = 768,
+                            .layers = 2, .heads = 4, .kv_heads = 1, .head_dim = 128, .n_ctx = 512,
+                            .rope_theta = 10000.0f, .rms_eps = 1e-6f, .seed = 11};
+    tiny_model *t = tiny_write(dir, &spec);
+    REQUIRE(t, "could not write the test model");
+    enum { N = 300, D = 20 };
+    const int V = spec.vocab;
+    int32_t *ids = malloc(sizeof(int32_t) * (N + D));
+    for (int i = 0; i < N + D; i++) ids[i] = (i * 37 + 11) % V;
+    double *ref = malloc(sizeof(double) * (size_t)(N + D) * V);
+    tiny_reference(t, ids, N + D, ref);
+    skv_model *m = NULL;
+    REQUIRE(skv_model_load(dir, skv_model_default_params(), &m) == SKV_OK, "%s", skv_last_error());
+    skv_context_params cp = skv_context_default_params();
+    cp.backend = SKV_BACKEND_CUDA;
+    cp.n_batch = 128; /* chunks at positions 0, 128, 256 */
+    skv_context *c = NULL;
+    REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
+    float *lg = malloc(sizeof(float) * (size_t)(N + D) * V);
+    CHECK(skv_decode(c, ids, N, lg, 1) == SKV_OK);
+    for (int i = 0; i < D; i++) CHECK(skv_decode(c, ids + N + i, 1, lg + (size_t)(N + i) * V, 0) == SKV_OK);
+    double worst = 0;
+    for (int r = 0; r < N + D; r++) {
+        double num = 0, den = 0;
+        for (int v = 0; v < V; v++) {
+            const double d = lg[(size_t)r * V + v] - ref[(size_t)r * V + v];
+            num += d * d, den += ref[(size_t)r * V + v] * ref[(size_t)r * V + v];
+        }
+        worst = fmax(worst, sqrt(num / den));
+    }
+    printf("    head_dim 128, 4 heads per KV head: worst per-position relative L2 error %.2e\n", worst);
+    CHECKF(worst < 2e-2, "relative L2 error %.3g against the double reference", worst);
+    skv_context_free(c);
+    skv_model_free(m);
+    tiny_free(t);
+    free(ids), free(ref), free(lg);
+}
+
 void register_cuda(void) {
+    skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);
     skv_test_add("cuda/batched decode = single decode; fork", test_batch_fork);

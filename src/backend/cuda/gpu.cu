@@ -353,14 +353,14 @@ __global__ void k_swiglu(const float *gu, bf16 *h, int64_t rows, int64_t F) {
  * [split * split_len, ...) of row r's sequence (keys 0..pos). Lanes in groups of hd/8 read one
  * key row with 16-byte loads; online softmax per group, merged in shared memory. Writes the
  * split's (max, sum, unnormalised output). */
-template <int HD>
+template <int HD, int G>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpos, const int32_t *rseq,
               float *part_o, float *part_m, float *part_l, int H, int KVH, int n_ctx, int n_split, float scale) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
     __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
     __shared__ float sm_o[NG][G_MAX][HD];
-    const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z, G = H / KVH;
+    const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
     const int L = rpos[r] + 1, seq = rseq[r];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int grp = warp * KPW + sub;
@@ -369,32 +369,33 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
     int split_len = max((L + n_split - 1) / n_split, 64);
     split_len = (split_len + NG - 1) / NG * NG;
     const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
-    float qv[G_MAX][8], o[G_MAX][8], m[G_MAX], l[G_MAX];
+    float qv[G][8], o[G][8], m[G], l[G];
 #pragma unroll
-    for (int j = 0; j < G_MAX; j++) {
+    for (int j = 0; j < G; j++) {
         m[j] = -INFINITY, l[j] = 0;
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             o[j][e] = 0;
-            qv[j][e] = j < G ? q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale : 0;
+            qv[j][e] = q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale;
         }
     }
     const int64_t base = ((int64_t)seq * KVH + g) * n_ctx * HD;
     const bf16 *K = kc + base, *V = vc + base;
+    /* registers hold the next step's K and V rows while this one is computed */
+    const uint4 zero4 = make_uint4(0, 0, 0, 0);
+    bool ok = k0 + warp * KPW + sub < k1;
+    uint4 kr = ok ? *(const uint4 *)(K + (int64_t)(k0 + warp * KPW + sub) * HD + li * 8) : zero4;
+    uint4 vr = ok ? *(const uint4 *)(V + (int64_t)(k0 + warp * KPW + sub) * HD + li * 8) : zero4;
     for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
-        const int t = t0 + sub;
-        const bool ok = t < k1;
+        const int tn = t0 + ATT_WARPS * KPW + sub;
+        const bool okn = tn < k1;
+        const uint4 krn = okn ? *(const uint4 *)(K + (int64_t)tn * HD + li * 8) : zero4;
+        const uint4 vrn = okn ? *(const uint4 *)(V + (int64_t)tn * HD + li * 8) : zero4;
         float kf[8], vf[8];
-        if (ok) {
-            bf16x8_to_f32(*(const uint4 *)(K + (int64_t)t * HD + li * 8), kf);
-            bf16x8_to_f32(*(const uint4 *)(V + (int64_t)t * HD + li * 8), vf);
-        } else {
+        bf16x8_to_f32(kr, kf);
+        bf16x8_to_f32(vr, vf);
 #pragma unroll
-            for (int e = 0; e < 8; e++) kf[e] = vf[e] = 0;
-        }
-#pragma unroll
-        for (int j = 0; j < G_MAX; j++) {
-            if (j >= G) break;
+        for (int j = 0; j < G; j++) {
             float d = 0;
 #pragma unroll
             for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
@@ -408,10 +409,10 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
                 m[j] = mn;
             }
         }
+        kr = krn, vr = vrn, ok = okn;
     }
 #pragma unroll
-    for (int j = 0; j < G_MAX; j++) {
-        if (j >= G) break;
+    for (int j = 0; j < G; j++) {
         if (li == 0) sm_m[grp][j] = m[j], sm_l[grp][j] = l[j];
 #pragma unroll
         for (int e = 0; e < 8; e++) sm_o[grp][j][li * 8 + e] = o[j][e];
@@ -488,6 +489,146 @@ __global__ void k_softmax_causal(const float *S, bf16 *P, int rows, int nk, int 
         p[t] = __float2bfloat16(t < lim ? __expf(s[t] - mx) * inv : 0.0f);
 }
 
+/* ---- prefill flash attention (tensor cores through mma.sync m16n8k16 bf16) ----------------
+ * Block: 4 warps, 64 query rows of one head; warp w owns rows 16w..16w+15. Key tiles of 64
+ * rows of K and V in shared memory; S = Q K^T and O += P V with mma.sync, online softmax in
+ * registers (the accumulator layout of S is the operand layout of P). Causal: query i (position
+ * pos0 + i) sees keys <= pos0 + i. Q: (n, H, HD) bf16; K, V: the KV head's cache rows (n_ctx,
+ * HD) bf16; out: (n, H, HD) bf16. */
+#define FA_BQ 64
+#define FA_BK 64
+
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16 *Kc, const bf16 *Vc, bf16 *out, int n,
+                                                       int H, int KVH, int n_ctx, int pos0, float scale_log2) {
+    constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
+    __shared__ __align__(16) bf16 sk[FA_BK * LD];
+    __shared__ __align__(16) bf16 sv[FA_BK * LD];
+    const int h = blockIdx.y, q0 = blockIdx.x * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int G = H / KVH, kvh = h / G;
+    const bf16 *K = Kc + (int64_t)kvh * n_ctx * HD, *V = Vc + (int64_t)kvh * n_ctx * HD;
+    const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8; /* this thread's two query rows */
+    const int c2 = (lane & 3) * 2;
+    /* Q fragments: HD/16 k-chunks */
+    uint32_t qa[HD / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; kc++) {
+        const int d = kc * 16 + c2;
+        const uint32_t *lo = (const uint32_t *)(Q + ((int64_t)min(r_lo, n - 1) * H + h) * HD);
+        const uint32_t *hi = (const uint32_t *)(Q + ((int64_t)min(r_hi, n - 1) * H + h) * HD);
+        qa[kc][0] = lo[d / 2], qa[kc][1] = hi[d / 2], qa[kc][2] = lo[(d + 8) / 2], qa[kc][3] = hi[(d + 8) / 2];
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
+    const int last_q = min(q0 + FA_BQ, n) - 1;  /* the block's last query row */
+    const int kend = pos0 + last_q + 1;         /* keys the block needs */
+    for (int k0 = 0; k0 < kend; k0 += FA_BK) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
+            const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (k0 + row < kend) {
+                kv = *(const uint4 *)(K + (int64_t)(k0 + row) * HD + col);
+                vv = *(const uint4 *)(V + (int64_t)(k0 + row) * HD + col);
+            }
+            *(uint4 *)(sk + row * LD + col) = kv;
+            *(uint4 *)(sv + row * LD + col) = vv;
+        }
+        __syncthreads();
+        if (q0 + warp * 16 >= n) continue; /* a warp past the last row only helps loading */
+        /* S (16 x 64) = Q K^T: 8 n-tiles of 8 keys */
+        float s[FA_BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_BK / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
+            const bf16 *krow = sk + (nt * 8 + (lane >> 2)) * LD;
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {
+                uint32_t b[2];
+                b[0] = *(const uint32_t *)(krow + kc * 16 + c2);
+                b[1] = *(const uint32_t *)(krow + kc * 16 + c2 + 8);
+                mma16816(s[nt], qa[kc], b);
+            }
+        }
+        /* causal mask and scale (log2 domain), row maxima over the 4 lanes of a row */
+        float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+        for (int nt = 0; nt < FA_BK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = k0 + nt * 8 + c2 + (e & 1), row = e < 2 ? r_lo : r_hi;
+                float v = s[nt][e] * scale_log2;
+                if (key > pos0 + row || key >= kend) v = -INFINITY;
+                s[nt][e] = v;
+                if (e < 2) mx_lo = fmaxf(mx_lo, v);
+                else mx_hi = fmaxf(mx_hi, v);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        const float a_lo = mx_lo == -INFINITY ? 1.0f : exp2f(m_lo - mx_lo);
+        const float a_hi = mx_hi == -INFINITY ? 1.0f : exp2f(m_hi - mx_hi);
+        m_lo = mx_lo, m_hi = mx_hi;
+        float sum_lo = 0, sum_hi = 0;
+        uint32_t pa[FA_BK / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_BK / 8; nt++) {
+            const float p0 = mx_lo == -INFINITY ? 0 : exp2f(s[nt][0] - mx_lo);
+            const float p1 = mx_lo == -INFINITY ? 0 : exp2f(s[nt][1] - mx_lo);
+            const float p2 = mx_hi == -INFINITY ? 0 : exp2f(s[nt][2] - mx_hi);
+            const float p3 = mx_hi == -INFINITY ? 0 : exp2f(s[nt][3] - mx_hi);
+            sum_lo += p0 + p1, sum_hi += p2 + p3;
+            /* accumulator of n-tile nt = half of the A operand of k-chunk nt/2 */
+            pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16(p0, p1);
+            pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+        l_lo = l_lo * a_lo + sum_lo, l_hi = l_hi * a_hi + sum_hi;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) o[i][0] *= a_lo, o[i][1] *= a_lo, o[i][2] *= a_hi, o[i][3] *= a_hi;
+        /* O (16 x HD) += P (16 x 64) V (64 x HD): HD/8 n-tiles, 4 k-chunks of 16 keys */
+#pragma unroll
+        for (int kc = 0; kc < FA_BK / 16; kc++) {
+            const bf16 *v0 = sv + (kc * 16 + c2) * LD, *v1 = v0 + LD, *v8 = v0 + 8 * LD, *v9 = v8 + LD;
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt++) {
+                const int d = nt * 8 + (lane >> 2);
+                uint32_t b[2];
+                __nv_bfloat162 t0, t1;
+                t0.x = v0[d], t0.y = v1[d];
+                t1.x = v8[d], t1.y = v9[d];
+                b[0] = *(uint32_t *)&t0, b[1] = *(uint32_t *)&t1;
+                mma16816(o[nt], pa[kc], b);
+            }
+        }
+    }
+    if (q0 + warp * 16 >= n) return;
+    /* the row sums over the 4 lanes of each row, then write */
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1), l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1), l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    const float i_lo = l_lo > 0 ? 1.0f / l_lo : 0, i_hi = l_hi > 0 ? 1.0f / l_hi : 0;
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) {
+        const int d = nt * 8 + c2;
+        if (r_lo < n) *(uint32_t *)(out + ((int64_t)r_lo * H + h) * HD + d) = pack_bf16(o[nt][0] * i_lo, o[nt][1] * i_lo);
+        if (r_hi < n) *(uint32_t *)(out + ((int64_t)r_hi * H + h) * HD + d) = pack_bf16(o[nt][2] * i_hi, o[nt][3] * i_hi);
+    }
+}
+
 /* next[r] = argmax logits[r] (lowest index on ties) */
 __global__ void k_argmax(const float *logits, int V, int32_t *next) {
     const int r = blockIdx.x;
@@ -529,7 +670,7 @@ struct skv_gpu_ctx {
     int32_t *ids_d, *pos_d, *seq_d, *next_d;
     int32_t *stage;         /* pinned (3, rows_max): ids, pos, seq for the device */
     void *cublas_ws;
-    int sms, use_graphs;
+    int sms, use_graphs, use_flash;
     cudaGraphExec_t *graph; /* (n_seq + 1) decode step of n rows, captured on first use */
     cudaEvent_t e0, e1;
 };
@@ -582,6 +723,8 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->graph = (cudaGraphExec_t *)calloc((size_t)n_seq + 1, sizeof(cudaGraphExec_t));
         const char *ge = getenv("SKV_CUDA_GRAPHS");
         c->use_graphs = !(ge && !strcmp(ge, "0"));
+        const char *fe = getenv("SKV_CUDA_FLASH"); /* 0: the cuBLAS S/P path (a cross-check) */
+        c->use_flash = !(fe && !strcmp(fe, "0"));
         CK(cudaEventCreate(&c->e0));
         CK(cudaEventCreate(&c->e1));
         /* RoPE tables computed as the CPU backend does (float angle, cosf/sinf) */
@@ -662,6 +805,17 @@ static skv_status linear(skv_gpu_ctx *c, const gmat *W, const bf16 *x, float *y,
 static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int pos0, int n) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH, G = H / KVH;
+    if (c->use_flash) {
+        const int64_t off = (((int64_t)l * c->n_seq + seq) * KVH) * c->n_ctx * hd;
+        const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
+        const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
+        if (hd == 128)
+            k_flash_prefill<128><<<grid, 128, 0, c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H, KVH, c->n_ctx, pos0, sl2);
+        else
+            k_flash_prefill<64><<<grid, 128, 0, c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H, KVH, c->n_ctx, pos0, sl2);
+        LAUNCHED();
+        return SKV_OK;
+    }
     const float scale = 1.0f / sqrtf((float)hd), one = 1.0f, zero = 0.0f;
     for (int c0 = 0; c0 < n; c0 += c->chunk) {
         const int m = n - c0 < c->chunk ? n - c0 : c->chunk, nk = pos0 + c0 + m;
@@ -688,19 +842,24 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int pos0, int n) 
 static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
-    /* enough blocks for two waves on the chip; each block finds its keys from the row's length */
-    int n_split = (2 * c->sms + KVH * n - 1) / (KVH * n);
+    /* about four waves of blocks on the chip (loads in flight); each block finds its keys from
+     * the row's length */
+    int n_split = (4 * c->sms + KVH * n - 1) / (KVH * n);
     if (n_split > c->max_split) n_split = c->max_split;
     if (n_split < 1) n_split = 1;
     const int64_t off = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
     const dim3 grid(KVH, n_split, n);
     const float scale = 1.0f / sqrtf((float)hd);
-    if (hd == 128)
-        k_attn_decode<128><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
-                                                               c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, scale);
-    else
-        k_attn_decode<64><<<grid, ATT_WARPS * 32, 0, c->st>>>(c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o,
-                                                              c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, scale);
+#define ATT_ARGS c->q, c->kc + off, c->vc + off, c->pos_d, c->seq_d, c->part_o, c->part_m, c->part_l, H, KVH, c->n_ctx, n_split, scale
+#define ATT_G(HD_, G_) \
+    case G_: k_attn_decode<HD_, G_><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS); break;
+    if (hd == 128) {
+        switch (H / KVH) { ATT_G(128, 1) ATT_G(128, 2) ATT_G(128, 3) ATT_G(128, 4) ATT_G(128, 5) ATT_G(128, 6) ATT_G(128, 7) ATT_G(128, 8) }
+    } else {
+        switch (H / KVH) { ATT_G(64, 1) ATT_G(64, 2) ATT_G(64, 3) ATT_G(64, 4) ATT_G(64, 5) ATT_G(64, 6) ATT_G(64, 7) ATT_G(64, 8) }
+    }
+#undef ATT_G
+#undef ATT_ARGS
     LAUNCHED();
     k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, H, hd, n_split);
     LAUNCHED();
