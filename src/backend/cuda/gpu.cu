@@ -244,15 +244,25 @@ __device__ __forceinline__ void bf16x8_to_f32(uint4 u, float *f) {
 __global__ void k_embed(const int32_t *ids, const bf16 *E, float *x, int D) {
     const int r = blockIdx.x;
     const bf16 *e = E + (int64_t)ids[r] * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) x[(int64_t)r * D + i] = __bfloat162float(e[i]);
+    for (int i = threadIdx.x * 8; i < D; i += blockDim.x * 8) { /* D % 8 == 0 */
+        float f[8];
+        bf16x8_to_f32(*(const uint4 *)(e + i), f);
+        float4 *o = (float4 *)(x + (int64_t)r * D + i);
+        o[0] = make_float4(f[0], f[1], f[2], f[3]);
+        o[1] = make_float4(f[4], f[5], f[6], f[7]);
+    }
 }
 
-/* out[r] (bf16) = w * x[r] / rms(x[r]); one block per row */
+/* out[r] (bf16) = w * x[r] / rms(x[r]); one block per row, D % 4 == 0, every load issued
+ * before the first use (one memory round trip for D <= 4 * blockDim) */
 __global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, float eps) {
     const int r = blockIdx.x;
     const float *xr = x + (int64_t)r * D;
     float ss = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x * 4; i < D; i += blockDim.x * 4) {
+        const float4 v = *(const float4 *)(xr + i);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
     __shared__ float red[32];
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
@@ -264,7 +274,12 @@ __global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, floa
     }
     __syncthreads();
     const float s = rsqrtf(red[0] / (float)D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) out[(int64_t)r * D + i] = __float2bfloat16(w[i] * (xr[i] * s));
+    for (int i = threadIdx.x * 4; i < D; i += blockDim.x * 4) {
+        const float4 v = *(const float4 *)(xr + i), g = *(const float4 *)(w + i);
+        __nv_bfloat162 *o = (__nv_bfloat162 *)(out + (int64_t)r * D + i);
+        o[0] = __floats2bfloat162_rn(g.x * (v.x * s), g.y * (v.y * s));
+        o[1] = __floats2bfloat162_rn(g.z * (v.z * s), g.w * (v.w * s));
+    }
 }
 
 /* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads. */
@@ -312,13 +327,14 @@ __global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) 
 __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kc, bf16 *vc,
                              const float *cosr, const float *sinr, const int32_t *rpos, const int32_t *rseq,
                              int pos0, int seq0, int H, int KVH, int hd, int n_ctx) {
+    /* block (row r, head blockIdx.y of H + KVH), threads over the hd/2 rotation pairs */
     const int r = blockIdx.x, half = hd / 2;
     const int64_t QKV = (int64_t)(H + 2 * KVH) * hd;
     const float *qin = qkv + r * QKV, *kin = qin + (int64_t)H * hd, *vin = kin + (int64_t)KVH * hd;
     const int pos = rpos ? rpos[r] : pos0 + r, seq = rseq ? rseq[r] : seq0;
     const float *cs = cosr + (int64_t)pos * half, *sn = sinr + (int64_t)pos * half;
-    for (int i = threadIdx.x; i < (H + KVH) * half; i += blockDim.x) {
-        const int head = i / half, j = i % half;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        const int head = blockIdx.y;
         if (head < H) {
             const float *qi = qin + (int64_t)head * hd;
             float *qh = q + ((int64_t)r * H + head) * hd;
@@ -438,17 +454,34 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
 /* att[r, h] = merge of the splits; one block (h, r) of hd threads */
 __global__ void k_attn_merge(const float *part_o, const float *part_m, const float *part_l, bf16 *att, int H,
                              int hd, int n_split) {
+    /* the split weights exp(m_s - M) once, in shared memory; then each thread's dimension */
+    __shared__ float wsh[256 + 1];
     const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
     const int64_t ps = ((int64_t)r * H + h) * n_split;
+    float m = -INFINITY;
+    for (int s = d; s < n_split; s += blockDim.x) m = fmaxf(m, part_m[ps + s]);
+    __shared__ float red[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((d & 31) == 0) red[d >> 5] = m;
+    __syncthreads();
     float M = -INFINITY;
-    for (int s = 0; s < n_split; s++) M = fmaxf(M, part_m[ps + s]);
-    float S = 0, O = 0;
-    for (int s = 0; s < n_split; s++) {
-        if (part_m[ps + s] == -INFINITY) continue;
-        const float w = __expf(part_m[ps + s] - M);
-        S += part_l[ps + s] * w;
-        O += part_o[(ps + s) * hd + d] * w;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, red[w]);
+    for (int s = d; s < n_split; s += blockDim.x) {
+        const float ms = part_m[ps + s];
+        wsh[s] = ms == -INFINITY ? 0.0f : __expf(ms - M);
     }
+    __syncthreads();
+    if (d == 0) {
+        float S = 0;
+        for (int s = 0; s < n_split; s++) S += part_l[ps + s] * wsh[s];
+        wsh[256] = S;
+    }
+    __syncthreads();
+    float O = 0;
+#pragma unroll 8
+    for (int s = 0; s < n_split; s++) O += part_o[(ps + s) * hd + d] * wsh[s];
+    const float S = wsh[256];
     att[((int64_t)r * H + h) * hd + d] = __float2bfloat16(S > 0 ? O / S : 0.0f);
 }
 
@@ -629,27 +662,32 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     }
 }
 
-/* next[r] = argmax logits[r] (lowest index on ties) */
-__global__ void k_argmax(const float *logits, int V, int32_t *next) {
-    const int r = blockIdx.x;
+/* Greedy ids: key[r] = max over the row of (ordered float bits << 32 | ~index), so the largest
+ * logit wins and ties go to the lowest index; blocks (slice, row) combine with atomicMax. key
+ * must be zeroed first; k_argmax_ids then unpacks. */
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
+    uint32_t u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
+    return ((unsigned long long)u << 32) | (uint32_t)(0xffffffffu - (uint32_t)i);
+}
+__global__ void k_argmax(const float *logits, int V, unsigned long long *key) {
+    const int r = blockIdx.y;
     const float *x = logits + (int64_t)r * V;
-    float best = -INFINITY;
-    int bi = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-        if (x[i] > best) best = x[i], bi = i;
-    __shared__ float sv[1024];
-    __shared__ int si[1024];
-    sv[threadIdx.x] = best, si[threadIdx.x] = bi;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            const float o = sv[threadIdx.x + s];
-            const int oi = si[threadIdx.x + s];
-            if (o > sv[threadIdx.x] || (o == sv[threadIdx.x] && oi < si[threadIdx.x])) sv[threadIdx.x] = o, si[threadIdx.x] = oi;
-        }
-        __syncthreads();
+    unsigned long long best = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < V; i += gridDim.x * blockDim.x) {
+        const unsigned long long k = argmax_key(x[i], i);
+        best = k > best ? k : best;
     }
-    if (threadIdx.x == 0) next[r] = si[0];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o);
+        best = t > best ? t : best;
+    }
+    if ((threadIdx.x & 31) == 0) atomicMax(key + r, best);
+}
+__global__ void k_argmax_ids(const unsigned long long *key, int32_t *next, int n) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < n) next[r] = (int32_t)(0xffffffffu - (uint32_t)(key[r] & 0xffffffffu));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -669,6 +707,7 @@ struct skv_gpu_ctx {
     bf16 *P;
     int32_t *ids_d, *pos_d, *seq_d, *next_d;
     int32_t *stage;         /* pinned (3, rows_max): ids, pos, seq for the device */
+    unsigned long long *argkey; /* (rows_max) greedy argmax keys */
     void *cublas_ws;
     int sms, use_graphs, use_flash;
     cudaGraphExec_t *graph; /* (n_seq + 1) decode step of n rows, captured on first use */
@@ -716,6 +755,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->pos_d, R);
         ALLOC(c->seq_d, R);
         ALLOC(c->next_d, R);
+        ALLOC(c->argkey, R);
         CK(cudaMallocHost((void **)&c->stage, sizeof(int32_t) * 3 * (size_t)R));
         CK(cudaMalloc(&c->cublas_ws, (size_t)32 << 20));
         CB(cublasSetWorkspace(c->cb, c->cublas_ws, (size_t)32 << 20));
@@ -758,7 +798,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (!c) return;
     if (c->st) cudaStreamSynchronize(c->st);
     void *ps[] = {c->kc, c->vc, c->x, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits,
-                  c->cosr, c->sinr, c->part_o, c->part_m, c->part_l, c->S, c->P, c->ids_d, c->pos_d, c->seq_d, c->next_d};
+                  c->cosr, c->sinr, c->part_o, c->part_m, c->part_l, c->S, c->P, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     cudaFree(c->cublas_ws);
     if (c->stage) cudaFreeHost(c->stage);
@@ -873,21 +913,21 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     const int D = g->D, H = g->H, KVH = g->KVH, hd = g->hd;
     const int64_t F = g->F;
     skv_status st;
-    k_embed<<<n, 256, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
+    k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
     LAUNCHED();
     for (int l = 0; l < g->L; l++) {
         const glayer *y = &g->layers[l];
         const int64_t koff = (int64_t)l * c->n_seq * KVH * c->n_ctx * hd;
-        k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
+        k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
         LAUNCHED();
         if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
-        k_rope_store<<<n, 256, 0, c->st>>>(c->qkv, c->q, c->qb, c->kc + koff, c->vc + koff, c->cosr, c->sinr,
+        k_rope_store<<<dim3(n, H + KVH), hd / 2, 0, c->st>>>(c->qkv, c->q, c->qb, c->kc + koff, c->vc + koff, c->cosr, c->sinr,
                                            decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, H, KVH, hd,
                                            c->n_ctx);
         LAUNCHED();
         if ((st = decode ? attn_decode(c, l, n) : attn_prefill(c, l, seq, pos0, n))) return st;
         if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
-        k_rmsnorm<<<n, 256, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
+        k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
         LAUNCHED();
         if ((st = linear(c, &y->wgu, c->xb, c->gu, NULL, n, 0))) return st;
         k_swiglu<<<1024, 256, 0, c->st>>>(c->gu, c->h, n, F);
@@ -900,7 +940,7 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
 /* logits of rows [r0, r0 + n) of x */
 static skv_status head(skv_gpu_ctx *c, int r0, int n) {
     skv_gpu_model *g = c->g;
-    k_rmsnorm<<<n, 256, 0, c->st>>>(c->x + (int64_t)r0 * g->D, g->final_norm, c->xb, g->D, g->eps);
+    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x + (int64_t)r0 * g->D, g->final_norm, c->xb, g->D, g->eps);
     LAUNCHED();
     return linear(c, &g->lm_head, c->xb, c->logits, NULL, n, 0);
 }
@@ -915,7 +955,10 @@ static skv_status decode_step(skv_gpu_ctx *c, int n) {
     auto body = [&]() -> skv_status {
         skv_status st;
         if ((st = layers(c, n, 1, 0, 0)) || (st = head(c, 0, n))) return st;
-        k_argmax<<<n, 1024, 0, c->st>>>(c->logits, c->g->V, c->next_d);
+        CK(cudaMemsetAsync(c->argkey, 0, sizeof(unsigned long long) * (size_t)n, c->st));
+        k_argmax<<<dim3(32, n), 256, 0, c->st>>>(c->logits, c->g->V, c->argkey);
+        LAUNCHED();
+        k_argmax_ids<<<(n + 127) / 128, 128, 0, c->st>>>(c->argkey, c->next_d, n);
         LAUNCHED();
         return SKV_OK;
     };
