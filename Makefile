@@ -40,7 +40,7 @@ DEPS     := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
 DEMO_PROMPT ?= It is a truth universally acknowledged, that
 
-.PHONY: all deps demo test asan clean cuda-check
+.PHONY: all deps demo test asan clean cuda-check FORCE
 all: $(BUILD)/slimkv $(BUILD)/skv_tests
 
 deps:
@@ -59,6 +59,12 @@ $(BUILD)/skv_tests: $(TEST_OBJ) $(BUILD)/libslimkv.a
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# result files name the commit the binary was built from: cli.o is rebuilt every time
+BUILD_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | head -1 | sed 's/.*/-dirty/')
+$(BUILD)/tools/cli.o: CFLAGS += -DSKV_BUILD_COMMIT=\"$(BUILD_COMMIT)\"
+$(BUILD)/tools/cli.o: FORCE
+FORCE:
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)

@@ -284,7 +284,13 @@ void cli_json_provenance(FILE *f) {
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
     cli_command_line(cmdline, sizeof cmdline);
-    fprintf(f, "  \"commit\": \"%s\",\n  \"machine\": \"%s\",\n  \"command\": ", commit, machine);
+    fprintf(f, "  \"commit\": \"%s\",\n", commit);
+#ifdef SKV_BUILD_COMMIT
+    /* the commit the binary was built from (a binary carried to another machine runs in a
+     * tree whose git state may differ) */
+    fprintf(f, "  \"build_commit\": \"%s\",\n", SKV_BUILD_COMMIT);
+#endif
+    fprintf(f, "  \"machine\": \"%s\",\n  \"command\": ", machine);
     cli_json_string(f, cmdline, strlen(cmdline));
     fprintf(f, ",\n");
 }

@@ -538,6 +538,18 @@ __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* four 8x8 b16 matrices from shared memory; lane t gives the address of row t % 8 of matrix t / 8 */
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const bf16 *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
@@ -549,7 +561,9 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
     __shared__ __align__(16) bf16 sk[FA_BK * LD];
     __shared__ __align__(16) bf16 sv[FA_BK * LD];
-    const int h = blockIdx.y, q0 = blockIdx.x * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    /* the longest (latest) query tiles first: less tail at the end of the grid */
+    const int h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: matrix and row this lane addresses */
     const int G = H / KVH, kvh = h / G;
     const bf16 *K = Kc + (int64_t)kvh * n_ctx * HD, *V = Vc + (int64_t)kvh * n_ctx * HD;
     const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8; /* this thread's two query rows */
@@ -571,6 +585,7 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     const int kend = pos0 + last_q + 1;         /* keys the block needs */
     for (int k0 = 0; k0 < kend; k0 += FA_BK) {
         __syncthreads();
+#pragma unroll 4
         for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
             const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
             uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
@@ -588,13 +603,12 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
 #pragma unroll
         for (int nt = 0; nt < FA_BK / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
-            const bf16 *krow = sk + (nt * 8 + (lane >> 2)) * LD;
 #pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {
-                uint32_t b[2];
-                b[0] = *(const uint32_t *)(krow + kc * 16 + c2);
-                b[1] = *(const uint32_t *)(krow + kc * 16 + c2 + 8);
+            for (int kc = 0; kc < HD / 16; kc += 2) {
+                uint32_t b[4]; /* B of k-chunks kc and kc + 1 */
+                ldsm_x4(b, sk + (nt * 8 + lr) * LD + (kc + (lm >> 1)) * 16 + (lm & 1) * 8);
                 mma16816(s[nt], qa[kc], b);
+                mma16816(s[nt], qa[kc + 1], b + 2);
             }
         }
         /* causal mask and scale (log2 domain), row maxima over the 4 lanes of a row */
@@ -636,16 +650,12 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
         /* O (16 x HD) += P (16 x 64) V (64 x HD): HD/8 n-tiles, 4 k-chunks of 16 keys */
 #pragma unroll
         for (int kc = 0; kc < FA_BK / 16; kc++) {
-            const bf16 *v0 = sv + (kc * 16 + c2) * LD, *v1 = v0 + LD, *v8 = v0 + 8 * LD, *v9 = v8 + LD;
 #pragma unroll
-            for (int nt = 0; nt < HD / 8; nt++) {
-                const int d = nt * 8 + (lane >> 2);
-                uint32_t b[2];
-                __nv_bfloat162 t0, t1;
-                t0.x = v0[d], t0.y = v1[d];
-                t1.x = v8[d], t1.y = v9[d];
-                b[0] = *(uint32_t *)&t0, b[1] = *(uint32_t *)&t1;
+            for (int nt = 0; nt < HD / 8; nt += 2) {
+                uint32_t b[4]; /* B of n-tiles nt and nt + 1 (V transposed by ldmatrix) */
+                ldsm_x4_t(b, sv + (kc * 16 + (lm & 1) * 8 + lr) * LD + (nt + (lm >> 1)) * 8);
                 mma16816(o[nt], pa[kc], b);
+                mma16816(o[nt + 1], pa[kc], b + 2);
             }
         }
     }
