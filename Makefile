@@ -77,8 +77,10 @@ demo: deps
 	$(MAKE) $(BUILD)/slimkv
 	./$(BUILD)/slimkv run -m models/kvt-s -p "$(DEMO_PROMPT)" -n 64
 
+# the CUDA build is compiled (not run: CI has no GPU) wherever nvcc is installed
 test: deps
 	$(MAKE) all
+	@if [ -x "$(NVCC)" ]; then $(MAKE) CUDA=1 all; else echo "$(NVCC) not found: the CUDA build is not checked"; fi
 	./$(BUILD)/skv_tests
 
 asan:

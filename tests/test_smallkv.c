@@ -537,7 +537,38 @@ static void test_window_score(void) {
     skv_model_free(ms);
 }
 
+/* run, ppl and bench with --policy smallkv end to end (kvt-s guiding itself: fast) */
+static void test_cli_smallkv(void) {
+    const char *cli = skv_test_cli();
+    char cmd[2048], *out = NULL, *err = NULL;
+    char corpus[600];
+    snprintf(corpus, sizeof corpus, "%s/data/corpus.val.txt.xz", skv_test_shared_dir());
+    snprintf(cmd, sizeof cmd, "%s run -m models/kvt-s --policy smallkv --draft models/kvt-s --match-len 16 --budget 0.3 "
+             "-p 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+             "want of a wife.' -n 12 --temp 0 --json -t 2", cli);
+    int rc = skv_test_sh(cmd, &out, &err);
+    CHECKF(rc == 0 && strstr(out, "\"ids\"") && strstr(err, "fast tier"), "run --policy smallkv: exit %d, %s %s", rc, out, err);
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd, "%s ppl -m models/kvt-s -f %s --ctx 160 --windows 2 --policy smallkv --draft models/kvt-s "
+             "--match-len 32 --budget 0.2 -q -t 2", cli, corpus);
+    rc = skv_test_sh(cmd, &out, &err);
+    double ppl = 0, ppl_full = 0, kl = -1;
+    const char *p = strstr(out, "\"ppl\": "), *pf = strstr(out, "\"ppl_full\": "), *k = strstr(out, "\"kl_mean\": ");
+    if (p) ppl = atof(p + 7);
+    if (pf) ppl_full = atof(pf + 12);
+    if (k) kl = atof(k + 11);
+    CHECKF(rc == 0 && ppl > 1 && ppl_full > 1 && kl > 0 && strstr(out, "\"tokens_scored\": 160"),
+           "ppl --policy smallkv: exit %d, %s %s", rc, out, err);
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd, "%s bench -m models/kvt-s --policy smallkv --draft models/kvt-s --depths 96 --tg 4 -r 1 "
+             "--budgets 0.25 --match-len 16 -t 2 -o %s/sk-bench.json", cli, skv_test_tmpdir());
+    rc = skv_test_sh(cmd, &out, &err);
+    CHECKF(rc == 0 && strstr(out, "0.25"), "bench --policy smallkv: exit %d, %s %s", rc, out, err);
+    free(out), free(err);
+}
+
 void register_smallkv(void) {
+    skv_test_add("smallkv/run, ppl and bench with --policy smallkv", test_cli_smallkv);
     skv_test_add("smallkv/window statistics (queries from a position on)", test_head_window);
     skv_test_add("smallkv/window score and window matching vs brute force", test_window_score);
     skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);
