@@ -83,6 +83,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->graph = (cudaGraphExec_t *)calloc((size_t)n_seq + 1, sizeof(cudaGraphExec_t));
         const char *ge = getenv("SKV_CUDA_GRAPHS");
         c->use_graphs = !(ge && !strcmp(ge, "0"));
+        /* the flash kernel's two shared-memory stages exceed the default 48 KB */
+        CK(cudaFuncSetAttribute(k_flash_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
+        CK(cudaFuncSetAttribute(k_flash_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
         const char *fe = getenv("SKV_CUDA_FLASH"); /* 0: the cuBLAS S/P path (a cross-check) */
         c->use_flash = !(fe && !strcmp(fe, "0"));
         CK(cudaEventCreate(&c->e0));
@@ -170,9 +173,11 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int pos0, int n) 
         const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
         const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
         if (hd == 128)
-            k_flash_prefill<128><<<grid, 128, 0, c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H, KVH, c->n_ctx, pos0, sl2);
+            k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H,
+                                                                              KVH, c->n_ctx, pos0, sl2);
         else
-            k_flash_prefill<64><<<grid, 128, 0, c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H, KVH, c->n_ctx, pos0, sl2);
+            k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(c->qb, c->kc + off, c->vc + off, c->att, n, H,
+                                                                            KVH, c->n_ctx, pos0, sl2);
         LAUNCHED();
         return SKV_OK;
     }

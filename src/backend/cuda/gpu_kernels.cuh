@@ -321,6 +321,15 @@ __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* 16 bytes global -> shared without registers; ok = 0 writes zeros (src-size 0) */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool ok) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 16 : 0));
+}
+
+template <int HD>
+constexpr int flash_smem_bytes() { return 4 * FA_BK * (HD + 8) * (int)sizeof(bf16); }
+
 /* four 8x8 b16 matrices from shared memory; lane t gives the address of row t % 8 of matrix t / 8 */
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
@@ -342,8 +351,11 @@ template <int HD>
 __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16 *Kc, const bf16 *Vc, bf16 *out, int n,
                                                        int H, int KVH, int n_ctx, int pos0, float scale_log2) {
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
-    __shared__ __align__(16) bf16 sk[FA_BK * LD];
-    __shared__ __align__(16) bf16 sv[FA_BK * LD];
+    /* two stages of K and V tiles (dynamic shared memory, flash_smem_bytes<HD>()): tile t + 1
+     * is copied by cp.async while tile t is computed */
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    bf16 *const sk0 = (bf16 *)fa_smem, *const sv0 = sk0 + FA_BK * LD;
+    bf16 *const sk1 = sv0 + FA_BK * LD, *const sv1 = sk1 + FA_BK * LD;
     /* the longest (latest) query tiles first: less tail at the end of the grid */
     const int h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: matrix and row this lane addresses */
@@ -366,21 +378,30 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
     const int last_q = min(q0 + FA_BQ, n) - 1;  /* the block's last query row */
     const int kend = pos0 + last_q + 1;         /* keys the block needs */
-    for (int k0 = 0; k0 < kend; k0 += FA_BK) {
-        __syncthreads();
+    /* issue the copies of the tile at k0 into stage (sk, sv); rows past kend are zero-filled */
+    auto load_tile = [&](int k0, bf16 *sk, bf16 *sv) {
 #pragma unroll 4
         for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
             const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (k0 + row < kend) {
-                kv = *(const uint4 *)(K + (int64_t)(k0 + row) * HD + col);
-                vv = *(const uint4 *)(V + (int64_t)(k0 + row) * HD + col);
-            }
-            *(uint4 *)(sk + row * LD + col) = kv;
-            *(uint4 *)(sv + row * LD + col) = vv;
+            const bool ok = k0 + row < kend;
+            const int64_t off = ok ? (int64_t)(k0 + row) * HD + col : 0;
+            cp_async16(sk + row * LD + col, K + off, ok);
+            cp_async16(sv + row * LD + col, V + off, ok);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    const bool active = q0 + warp * 16 < n; /* a warp past the last row only helps loading */
+    load_tile(0, sk0, sv0);
+    for (int k0 = 0, t = 0; k0 < kend; k0 += FA_BK, t++) {
+        bf16 *const sk = (t & 1) ? sk1 : sk0, *const sv = (t & 1) ? sv1 : sv0;
+        if (k0 + FA_BK < kend) {
+            load_tile(k0 + FA_BK, (t & 1) ? sk0 : sk1, (t & 1) ? sv0 : sv1);
+            asm volatile("cp.async.wait_group 1;\n" ::); /* tile t has landed */
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
-        if (q0 + warp * 16 >= n) continue; /* a warp past the last row only helps loading */
+        if (active) {
         /* S (16 x 64) = Q K^T: 8 n-tiles of 8 keys */
         float s[FA_BK / 8][4];
 #pragma unroll
@@ -441,8 +462,10 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
                 mma16816(o[nt + 1], pa[kc], b + 2);
             }
         }
+        } /* active */
+        __syncthreads(); /* this stage is overwritten by the copy issued next iteration */
     }
-    if (q0 + warp * 16 >= n) return;
+    if (!active) return;
     /* the row sums over the 4 lanes of each row, then write */
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1), l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1), l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
