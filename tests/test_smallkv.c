@@ -489,7 +489,17 @@ static void test_window_score(void) {
     CHECK(skv_smallkv_prefill(s, ids, N, NULL) == SKV_OK);
     const struct skv_smallkv *v = s;
     static float al[LH * N], as[SH * N];
-    for (int i = 0; i < LH; i++) CHECK(skv_context_head_attention_window(v->lc, i / 6, i % 6, al + i * N) == SKV_OK);
+    /* the large model's window statistics from a context of its own (the driver drops its
+     * large-model statistics once heads are matched) */
+    skv_context_params hp = skv_context_default_params();
+    hp.n_ctx = CTX;
+    hp.collect_head_stats = 1;
+    skv_context *lh = NULL;
+    REQUIRE(skv_context_init(ml, hp, &lh) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_context_set_head_window(lh, N - W) == SKV_OK && skv_decode(lh, ids, N, NULL, 0) == SKV_OK);
+    for (int i = 0; i < LH; i++) CHECK(skv_context_head_attention_window(lh, i / 6, i % 6, al + i * N) == SKV_OK);
+    skv_context_free(lh);
+    CHECK(skv_context_head_attention(v->lc, 0, 0, al, NULL) == SKV_ERR_ARG); /* dropped after matching */
     for (int j = 0; j < SH; j++) CHECK(skv_context_head_attention_window(v->sc, j / 3, j % 3, as + j * N) == SKV_OK);
     int32_t f[LH];
     skv_smallkv_match(al, LH, as, SH, N, v->split.crit, f, NULL);

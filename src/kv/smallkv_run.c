@@ -126,6 +126,8 @@ static skv_status match_heads(skv_smallkv *s, int32_t T) {
         }
         skv_smallkv_match(al, nl, as, ns, T, SKV_MIN(K, T), s->f, NULL);
         s->matched = 1;
+        /* the large model's statistics were only for matching: stop paying for them */
+        skv_context_drop_head_stats(s->lc);
     }
     free(al);
     free(as);

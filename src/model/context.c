@@ -308,6 +308,13 @@ skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32
     return SKV_OK;
 }
 
+void skv_context_drop_head_stats(skv_context *c) {
+    free(c->head_acc), free(c->head_last), free(c->head_pre), free(c->head_win);
+    c->head_acc = c->head_last = c->head_pre = c->head_win = NULL;
+    c->head_prefix = 0;
+    c->head_win_from = INT64_MAX;
+}
+
 skv_status skv_context_set_head_window(skv_context *c, int32_t from) {
     if (!c->head_acc)
         return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");

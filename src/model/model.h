@@ -85,6 +85,9 @@ struct skv_context {
  * context must keep every token (full policy, f32 or bf16). */
 skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float *marg, int paper);
 
+/* Stop collecting per-head statistics and free them (SmallKV's large model after matching). */
+void skv_context_drop_head_stats(skv_context *c);
+
 /* The model's GPU copy, uploaded on first use (gpu_glue.c). */
 skv_status skv_model_gpu(skv_model *m, struct skv_gpu_model **out);
 
