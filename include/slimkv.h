@@ -311,6 +311,10 @@ void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u);
 /* The matched small-model head (layer * n_head + head) of each large-model head, or NULL before
  * matching. */
 const int32_t *skv_smallkv_head_map(const skv_smallkv *s);
+/* Matching quality over the large model's heads: the mean Jaccard similarity of each head's
+ * top-K set with its matched small head's, and the mean cosine similarity of their attention
+ * maps (on the matching signal: prefix or window). SKV_ERR_ARG before matching. */
+skv_status skv_smallkv_match_quality(const skv_smallkv *s, double *jaccard, double *cosine);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                     */

@@ -547,6 +547,37 @@ static void test_window_score(void) {
     skv_model_free(ms);
 }
 
+/* matching quality: a model guiding itself matches with Jaccard 1 (each head's own set is
+ * there); kvt-s guiding kvt-l matches worse; none before matching */
+static void test_match_quality(void) {
+    skv_model *ml = load_l(), *ms = load_s();
+    REQUIRE(ml && ms, "models: %s", skv_last_error());
+    int32_t ids[200];
+    gen_ids(ids, 200, 3);
+    skv_smallkv_params p = skv_smallkv_default_params();
+    p.match_len = 64;
+    double j = -1, c = -1, j2 = -1, c2 = -1;
+    skv_smallkv *s = NULL;
+    REQUIRE(skv_smallkv_init(ms, ms, p, 256, &s) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_smallkv_prefill(s, ids, 40, NULL) == SKV_OK);
+    CHECK(skv_smallkv_match_quality(s, &j, &c) == SKV_ERR_ARG); /* 40 < 64 tokens: not matched */
+    skv_smallkv_free(s);
+    REQUIRE(skv_smallkv_init(ms, ms, p, 256, &s) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_smallkv_prefill(s, ids, 200, NULL) == SKV_OK);
+    CHECK(skv_smallkv_match_quality(s, &j, &c) == SKV_OK);
+    CHECKF(j == 1.0 && c > 0.9 && c <= 1.0 + 1e-9, "self-matching: Jaccard %.4f, cosine %.4f", j, c);
+    skv_smallkv_free(s);
+    REQUIRE(skv_smallkv_init(ml, ms, p, 256, &s) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_smallkv_prefill(s, ids, 200, NULL) == SKV_OK);
+    CHECK(skv_smallkv_match_quality(s, &j2, &c2) == SKV_OK);
+    CHECKF(j2 > 0 && j2 < 1 && c2 > 0 && c2 < c, "kvt-s -> kvt-l: Jaccard %.4f, cosine %.4f", j2, c2);
+    printf("    matching on 64 tokens: kvt-s with itself Jaccard %.3f cosine %.3f; kvt-s -> kvt-l Jaccard %.3f cosine %.3f\n",
+           j, c, j2, c2);
+    skv_smallkv_free(s);
+    skv_model_free(ml);
+    skv_model_free(ms);
+}
+
 /* run, ppl and bench with --policy smallkv end to end (kvt-s guiding itself: fast) */
 static void test_cli_smallkv(void) {
     const char *cli = skv_test_cli();
@@ -579,6 +610,7 @@ static void test_cli_smallkv(void) {
 
 void register_smallkv(void) {
     skv_test_add("smallkv/run, ppl and bench with --policy smallkv", test_cli_smallkv);
+    skv_test_add("smallkv/matching quality (self = Jaccard 1; none before matching)", test_match_quality);
     skv_test_add("smallkv/window statistics (queries from a position on)", test_head_window);
     skv_test_add("smallkv/window score and window matching vs brute force", test_window_score);
     skv_test_add("smallkv/budget split 2:1:2 within the slot budget", test_budget);

@@ -60,8 +60,8 @@ int cmd_eval(int argc, char **argv) {
     const char *names[16];
     double sum[16] = {0};
     int cnt[16] = {0}, n_names = 0, done = 0;
-    double kv_sum = 0, kl_sum = 0;
-    int64_t kl_n = 0;
+    double kv_sum = 0, kl_sum = 0, mj_sum = 0, mc_sum = 0;
+    int64_t kl_n = 0, m_n = 0;
     double t0 = skv_time_now();
     for (int32_t i = 0; i < ts.n; i++) {
         const skv_task_row *r = &ts.rows[i];
@@ -77,6 +77,7 @@ int cmd_eval(int argc, char **argv) {
         kv_sum += (double)res.kv_bytes;
         kl_sum += res.kl_sum;
         kl_n += res.kl_n;
+        if (!isnan(res.match_jac)) mj_sum += res.match_jac, mc_sum += res.match_cos, m_n++;
         done++;
         if (fo) {
             fprintf(fo, "{\"task\": \"%s\", \"index\": %d, \"line\": %d, \"policy\": \"%s\", \"budget\": %g, "
@@ -85,7 +86,10 @@ int cmd_eval(int argc, char **argv) {
                     pp.budget_tokens, np, res.score, (long long)res.kv_bytes,
                     res.kl_n ? res.kl_sum / res.kl_n : 0.0, (long long)res.extra_bytes);
             for (int j = 0; j < res.n_gen; j++) fprintf(fo, "%s%d", j ? ", " : "", res.gen[j]);
-            fprintf(fo, "], \"text\": ");
+            fprintf(fo, "], ");
+            if (!isnan(res.match_jac))
+                fprintf(fo, "\"match_jaccard\": %.4f, \"match_cosine\": %.4f, ", res.match_jac, res.match_cos);
+            fprintf(fo, "\"text\": ");
             cli_json_string(fo, res.text, strlen(res.text));
             fprintf(fo, "}\n");
             fflush(fo);
@@ -100,8 +104,9 @@ int cmd_eval(int argc, char **argv) {
     printf("{\"policy\": \"%s\", \"budget\": %g, \"budget_tokens\": %d, \"rows\": %d, \"scores\": {",
            pp.name, pp.budget, pp.budget_tokens, done);
     for (int k = 0; k < n_names; k++) printf("%s\"%s\": %.4f", k ? ", " : "", names[k], sum[k] / cnt[k]);
-    printf("}, \"kv_bytes_mean\": %.0f, \"kl_mean\": %.6g, \"seconds\": %.1f}\n", kv_sum / done,
-           kl_n ? kl_sum / (double)kl_n : 0.0, skv_time_now() - t0);
+    printf("}, \"kv_bytes_mean\": %.0f, \"kl_mean\": %.6g, ", kv_sum / done, kl_n ? kl_sum / (double)kl_n : 0.0);
+    if (m_n) printf("\"match_jaccard_mean\": %.4f, \"match_cosine_mean\": %.4f, ", mj_sum / m_n, mc_sum / m_n);
+    printf("\"seconds\": %.1f}\n", skv_time_now() - t0);
     skv_tasks_free(&ts);
     skv_model_free(draft);
     skv_model_free(m);

@@ -50,6 +50,7 @@ typedef struct skv_eval_result {
     char text[1024];     /* their decoded text (truncated to fit) */
     double seconds;      /* decode time of this configuration */
     int64_t extra_bytes; /* SmallKV: the small model's cache + weights (not in kv_bytes) */
+    double match_jac, match_cos; /* SmallKV: matching quality (NAN when unmatched or not SmallKV) */
 } skv_eval_result;
 
 typedef struct skv_eval_opts {

@@ -177,6 +177,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     for (int32_t k = 0; k < n; k++) {
         skv_eval_result *r = &res[k];
         memset(r, 0, sizeof *r);
+        r->match_jac = r->match_cos = NAN;
         skv_context *c = NULL;
         skv_smallkv *drv = NULL;
         double t0 = skv_time_now();
@@ -233,6 +234,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
                 skv_smallkv_get_usage(drv, &su);
                 r->kv_bytes = su.fast_bytes;
                 r->extra_bytes = su.draft_kv_bytes + su.draft_weight_bytes;
+                if (skv_smallkv_match_quality(drv, &r->match_jac, &r->match_cos)) r->match_jac = r->match_cos = NAN;
             }
         }
         r->seconds = skv_time_now() - t0;

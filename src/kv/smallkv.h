@@ -59,6 +59,7 @@ struct skv_smallkv {
     int32_t n_prompt;
     skv_smallkv_split split;
     int32_t matched;
+    double match_jac, match_cos; /* matched pairs: mean Jaccard of top-K sets, mean cosine of maps */
     int32_t *f;             /* (L*H) matched small head of each large head */
     uint8_t *cls;           /* (L, KVH, n_ctx) plan classes */
     float *marg;            /* (L, H, n_ctx) marginal weights */
