@@ -9,6 +9,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <omp.h>
 
 
 skv_smallkv_params skv_smallkv_default_params(void) {
@@ -68,7 +69,8 @@ static skv_status wrap(skv_context *lc, skv_context *sc, skv_smallkv_params p, s
     s->f = malloc(sizeof(int32_t) * (size_t)(s->L * s->H));
     s->cls = malloc((size_t)s->L * s->KVH * s->n_ctx);
     s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
-    s->score = malloc(sizeof(float) * 2 * (size_t)s->n_ctx); /* score, pooled score */
+    /* per thread: score, pooled score */
+    s->score = malloc(sizeof(float) * 2 * (size_t)s->n_ctx * (size_t)SKV_MAX(lc->n_threads, 1));
     s->fixed = malloc((size_t)s->L * s->KVH * s->n_ctx);
     if (!s->f || !s->cls || !s->marg || !s->score || !s->fixed) {
         skv_smallkv_free(s);
@@ -220,50 +222,56 @@ skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, 
 
 /* Classes and marginal weights for a step whose query sits at position T - 1. */
 static skv_status build_plan(skv_smallkv *s, int32_t T) {
-    skv_status st = SKV_OK;
     const int32_t hd = s->lc->m->cfg.info.head_dim;
     int64_t fast = 0;
-    for (int32_t l = 0; l < s->L && !st; l++)
-        for (int32_t g = 0; g < s->KVH && !st; g++) {
-            uint8_t *cls = s->cls + ((int64_t)l * s->KVH + g) * s->n_ctx;
-            uint8_t *fx = s->fixed + ((int64_t)l * s->KVH + g) * s->n_ctx;
-            if (s->p.static_select && s->fixed_set) {
-                /* sets fixed at the first step; the window slides; tokens that leave it are gone */
-                const int32_t recent = SKV_MIN(s->split.recent, T);
-                for (int32_t t = 0; t < T; t++)
-                    cls[t] = t >= T - recent ? SKV_SK_RECENT
-                             : (t < T - 1 && (fx[t] == SKV_SK_CRIT || fx[t] == SKV_SK_MARG)) ? fx[t]
-                                                                                             : SKV_SK_SKIP;
-            } else {
-                /* the small model's accumulated attention of each matched head, read in place:
-                 * head_acc is (Ls * Hs, n_ctx), indexed by the global head number */
-                const int win = s->p.score == SKV_SK_SCORE_WINDOW;
-                const float *src = win ? s->sc->head_win : s->sc->head_acc;
-                memset(s->score, 0, sizeof(float) * (size_t)T);
-                for (int32_t j = 0; j < s->G; j++) {
-                    const float *acc = src + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
-                    for (int32_t t = 0; t < T; t++) s->score[t] += acc[t];
-                }
-                const float *sc = s->score;
-                if (win && s->p.pool > 1) {
-                    skv_smallkv_maxpool(s->score, T, s->p.pool, s->score + s->n_ctx);
-                    sc = s->score + s->n_ctx;
-                }
-                skv_smallkv_select(sc, T, s->split, cls);
-                if (s->p.static_select) memcpy(fx, cls, (size_t)T);
-            }
+    int bad = 0;
+    /* the (layer, KV head) streams are independent: one thread each at a time */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->lc->n_threads) reduction(+ : fast)
+    for (int32_t k = 0; k < s->L * s->KVH; k++) {
+        const int32_t l = k / s->KVH, g = k % s->KVH;
+        float *score = s->score + (size_t)omp_get_thread_num() * 2 * (size_t)s->n_ctx;
+        uint8_t *cls = s->cls + ((int64_t)l * s->KVH + g) * s->n_ctx;
+        uint8_t *fx = s->fixed + ((int64_t)l * s->KVH + g) * s->n_ctx;
+        if (s->p.static_select && s->fixed_set) {
+            /* sets fixed at the first step; the window slides; tokens that leave it are gone */
+            const int32_t recent = SKV_MIN(s->split.recent, T);
             for (int32_t t = 0; t < T; t++)
-                fast += cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? 2 * hd * 4 : cls[t] == SKV_SK_MARG ? hd * 4 : 0;
-            /* marginal weights: the matched small head's attention at this step */
-            for (int32_t j = 0; j < s->G && !st; j++) {
-                const int32_t h = g * s->G + j, fs = s->f[l * s->H + h];
-                st = skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, NULL,
-                                                s->marg + ((int64_t)l * s->H + h) * s->n_ctx);
+                cls[t] = t >= T - recent ? SKV_SK_RECENT
+                         : (t < T - 1 && (fx[t] == SKV_SK_CRIT || fx[t] == SKV_SK_MARG)) ? fx[t]
+                                                                                         : SKV_SK_SKIP;
+        } else {
+            /* the small model's accumulated attention of each matched head, read in place:
+             * head_acc is (Ls * Hs, n_ctx), indexed by the global head number */
+            const int win = s->p.score == SKV_SK_SCORE_WINDOW;
+            const float *src = win ? s->sc->head_win : s->sc->head_acc;
+            memset(score, 0, sizeof(float) * (size_t)T);
+            for (int32_t j = 0; j < s->G; j++) {
+                const float *acc = src + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
+                for (int32_t t = 0; t < T; t++) score[t] += acc[t];
+            }
+            const float *sc = score;
+            if (win && s->p.pool > 1) {
+                skv_smallkv_maxpool(score, T, s->p.pool, score + s->n_ctx);
+                sc = score + s->n_ctx;
+            }
+            skv_smallkv_select(sc, T, s->split, cls);
+            if (s->p.static_select) memcpy(fx, cls, (size_t)T);
+        }
+        for (int32_t t = 0; t < T; t++)
+            fast += cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? 2 * hd * 4 : cls[t] == SKV_SK_MARG ? hd * 4 : 0;
+        /* marginal weights: the matched small head's attention at this step */
+        for (int32_t j = 0; j < s->G; j++) {
+            const int32_t h = g * s->G + j, fs = s->f[l * s->H + h];
+            if (skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, NULL,
+                                           s->marg + ((int64_t)l * s->H + h) * s->n_ctx)) {
+#pragma omp atomic write
+                bad = 1;
             }
         }
+    }
     if (s->p.static_select) s->fixed_set = 1;
     s->fast_bytes = fast;
-    return st;
+    return bad ? skv_set_error(SKV_ERR_ARG, "smallkv: a matched small-model head is out of range") : SKV_OK;
 }
 
 skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits) {
