@@ -89,7 +89,8 @@ def main():
         toks = r["n"] * (r["batch"] if r["test"].startswith(("tg", "bs")) else 1)
         r["tokens_per_s"] = toks / (r["ms_mean"] / 1e3)
         print(f'{r["test"]:16s} {r["ms_mean"]:10.2f} ms {r["tokens_per_s"]:12.1f} tok/s', flush=True)
-    res = {"framework": f"torch {torch.__version__}, transformers (sdpa, bf16, DynamicCache)",
+    import transformers
+    res = {"framework": f"torch {torch.__version__}, transformers {transformers.__version__} (sdpa, bf16, DynamicCache)",
            "device": torch.cuda.get_device_name(), "model": a.model, "load_seconds": load_s, "results": rows}
     if a.out:
         with open(a.out, "w") as f:
