@@ -125,3 +125,57 @@ int skv_test_main(int argc, char **argv) {
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
+
+cJSON *skv_test_load_json(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    cJSON *j = NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
+        buf[n] = 0;
+        j = cJSON_Parse(buf);
+    }
+    free(buf);
+    fclose(f);
+    return j;
+}
+
+cJSON *skv_test_golden(const char *model) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/models/%s/golden.json", skv_test_shared_dir(), model);
+    return skv_test_load_json(path);
+}
+
+int32_t *skv_test_json_ids(const cJSON *arr, int *n) {
+    *n = cJSON_GetArraySize(arr);
+    int32_t *ids = malloc((size_t)(*n + 1) * sizeof *ids);
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    return ids;
+}
+
+int skv_test_argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+skv_model *skv_test_load_model(const char *name, int n_threads) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/%s", skv_test_shared_dir(), name);
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = n_threads;
+    skv_model *m = NULL;
+    return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
+}
+
+uint32_t skv_test_xorshift(uint32_t *state) {
+    uint32_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *state = x;
+}

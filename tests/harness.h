@@ -7,9 +7,13 @@
 #ifndef SKV_HARNESS_H
 #define SKV_HARNESS_H
 
+#include <cjson/cJSON.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "slimkv.h"
 
 typedef void (*skv_test_fn)(void);
 void skv_test_add(const char *name, skv_test_fn fn);
@@ -46,5 +50,18 @@ int skv_test_sh(const char *cmd, char **out, char **err);
 
 /* A fresh empty temporary directory (removed at exit). */
 const char *skv_test_tmpdir(void);
+
+/* Shared fixtures. */
+/* A JSON file parsed (NULL if missing or malformed); golden.json of ../shared/models/<model>. */
+cJSON *skv_test_load_json(const char *path);
+cJSON *skv_test_golden(const char *model);
+/* A JSON array of integers as a malloc'd id array (n entries). */
+int32_t *skv_test_json_ids(const cJSON *arr, int *n);
+/* Index of the largest of x[0..n) (the first on ties). */
+int skv_test_argmax(const float *x, int n);
+/* ../shared/models/<name> loaded with n_threads (0: all cores); NULL on failure. */
+skv_model *skv_test_load_model(const char *name, int n_threads);
+/* xorshift32 step of a generator whose state the caller keeps (nonzero seed). */
+uint32_t skv_test_xorshift(uint32_t *state);
 
 #endif

@@ -10,37 +10,6 @@
 
 #define LOGIT_TOL 2e-3
 
-static cJSON *load_golden(const char *model) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/models/%s/golden.json", skv_test_shared_dir(), model);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = 0;
-    fclose(f);
-    cJSON *j = cJSON_Parse(buf);
-    free(buf);
-    return j;
-}
-
-static int32_t *json_ids(const cJSON *arr, int *n) {
-    *n = cJSON_GetArraySize(arr);
-    int32_t *ids = malloc((size_t)(*n + 1) * sizeof *ids);
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
-    return ids;
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 /* The reference's top-8 at one position: our logits at those ids agree within LOGIT_TOL, and
  * our ranking agrees except between ids whose logits are within LOGIT_TOL of each other. */
 static void check_top(const char *model, int p, int pos, const float *lg, int V, const cJSON *tids,
@@ -66,7 +35,7 @@ static void check_top(const char *model, int p, int pos, const float *lg, int V,
 }
 
 static void conformance(const char *model, int n_threads) {
-    cJSON *g = load_golden(model);
+    cJSON *g = skv_test_golden(model);
     REQUIRE(g, "cannot read golden.json of %s", model);
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/models/%s", skv_test_shared_dir(), model);
@@ -86,8 +55,8 @@ static void conformance(const char *model, int n_threads) {
     for (int p = 0; p < np; p++) {
         const cJSON *pr = cJSON_GetArrayItem(prompts, p);
         int n, ng;
-        int32_t *ids = json_ids(cJSON_GetObjectItem(pr, "ids"), &n);
-        int32_t *greedy = json_ids(cJSON_GetObjectItem(pr, "greedy32"), &ng);
+        int32_t *ids = skv_test_json_ids(cJSON_GetObjectItem(pr, "ids"), &n);
+        int32_t *greedy = skv_test_json_ids(cJSON_GetObjectItem(pr, "greedy32"), &ng);
         skv_context *c = NULL;
         skv_context_params cp = skv_context_default_params();
         cp.n_batch = 64; /* exercise chunked prefill on the longer prompts */
@@ -107,13 +76,13 @@ static void conformance(const char *model, int n_threads) {
         CHECKF(maxd < LOGIT_TOL, "%s prompt %d: last logits max |diff| %.2e", model, p, maxd);
         if (maxd > worst) worst = maxd;
         /* greedy continuation, one token at a time through the decode path */
-        int32_t tok = argmax(lg + (int64_t)(n - 1) * V, V);
+        int32_t tok = skv_test_argmax(lg + (int64_t)(n - 1) * V, V);
         int mism = -1;
         for (int i = 0; i < ng; i++) {
             if (tok != greedy[i] && mism < 0) mism = i;
             if (i + 1 == ng) break;
             REQUIRE(skv_decode(c, &tok, 1, lg, 0) == SKV_OK, "decode: %s", skv_last_error());
-            tok = argmax(lg, V);
+            tok = skv_test_argmax(lg, V);
         }
         CHECKF(mism < 0, "%s prompt %d: greedy token %d differs from the reference", model, p, mism);
         free(lg);

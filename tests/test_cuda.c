@@ -8,7 +8,6 @@
 #include "model/model.h"
 #include "tiny_model.h"
 
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,50 +19,13 @@ static int have_gpu(void) {
     return 0;
 }
 
-static cJSON *golden(const char *model) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/models/%s/golden.json", skv_test_shared_dir(), model);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    s[fread(s, 1, (size_t)n, f)] = 0;
-    fclose(f);
-    cJSON *j = cJSON_Parse(s);
-    free(s);
-    return j;
-}
-
-static int32_t *ids_of(const cJSON *a, int *n) {
-    *n = cJSON_GetArraySize(a);
-    int32_t *v = malloc(sizeof(int32_t) * (size_t)(*n > 0 ? *n : 1));
-    for (int i = 0; i < *n; i++) v[i] = cJSON_GetArrayItem(a, i)->valueint;
-    return v;
-}
-
-static int amax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
-static skv_model *load(const char *name) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", skv_test_shared_dir(), name);
-    skv_model *m = NULL;
-    return skv_model_load(dir, skv_model_default_params(), &m) == SKV_OK ? m : NULL;
-}
-
 /* Logits of every golden prompt position on the GPU (chunked prefill) against the reference:
  * relative L2 error of the last position's logits (bf16 weights and cache: under 1e-2), top-1
  * agreement over all positions, and greedy decoding through the single-token path. */
 static void golden_gpu(const char *name) {
     if (!have_gpu()) return;
-    cJSON *g = golden(name);
-    skv_model *m = load(name);
+    cJSON *g = skv_test_golden(name);
+    skv_model *m = skv_test_load_model(name, 0);
     REQUIRE(g && m, "%s: golden or model: %s", name, skv_last_error());
     const int V = skv_model_get_info(m)->n_vocab;
     const cJSON *prompts = cJSON_GetObjectItem(g, "prompts");
@@ -72,7 +34,7 @@ static void golden_gpu(const char *name) {
     for (int p = 0; p < cJSON_GetArraySize(prompts); p++) {
         const cJSON *pr = cJSON_GetArrayItem(prompts, p);
         int n, ng;
-        int32_t *ids = ids_of(cJSON_GetObjectItem(pr, "ids"), &n), *gr = ids_of(cJSON_GetObjectItem(pr, "greedy32"), &ng);
+        int32_t *ids = skv_test_json_ids(cJSON_GetObjectItem(pr, "ids"), &n), *gr = skv_test_json_ids(cJSON_GetObjectItem(pr, "greedy32"), &ng);
         skv_context_params cp = skv_context_default_params();
         cp.n_batch = 64;
         cp.backend = SKV_BACKEND_CUDA;
@@ -83,7 +45,7 @@ static void golden_gpu(const char *name) {
         REQUIRE(skv_decode(c, ids, n, lg, 1) == SKV_OK, "decode: %s", skv_last_error());
         const cJSON *tids = cJSON_GetObjectItem(pr, "top_ids"), *last = cJSON_GetObjectItem(pr, "last_logits");
         for (int i = 0; i < n; i++, total++)
-            agree += amax(lg + (int64_t)i * V, V) == cJSON_GetArrayItem(cJSON_GetArrayItem(tids, i), 0)->valueint;
+            agree += skv_test_argmax(lg + (int64_t)i * V, V) == cJSON_GetArrayItem(cJSON_GetArrayItem(tids, i), 0)->valueint;
         double num = 0, den = 0;
         int nan = 0;
         for (int v = 0; v < V; v++) {
@@ -95,7 +57,7 @@ static void golden_gpu(const char *name) {
         const double rel = sqrt(num / den);
         if (rel > worst_rel) worst_rel = rel;
         /* greedy through the decode path: count the agreeing prefix */
-        int32_t tok = amax(lg + (int64_t)(n - 1) * V, V);
+        int32_t tok = skv_test_argmax(lg + (int64_t)(n - 1) * V, V);
         int i = 0;
         for (; i < ng && tok == gr[i]; i++) {
             if (i + 1 == ng) {
@@ -103,7 +65,7 @@ static void golden_gpu(const char *name) {
                 break;
             }
             REQUIRE(skv_decode(c, &tok, 1, lg, 0) == SKV_OK, "decode: %s", skv_last_error());
-            tok = amax(lg, V);
+            tok = skv_test_argmax(lg, V);
         }
         greedy_ok += i, greedy_n += ng;
         free(lg), free(ids), free(gr);
@@ -124,7 +86,7 @@ static void test_golden_l(void) { golden_gpu("kvt-l"); }
 /* Three sequences decoded together equal each decoded alone; a fork continues like its source. */
 static void test_batch_fork(void) {
     if (!have_gpu()) return;
-    skv_model *m = load("kvt-l");
+    skv_model *m = skv_test_load_model("kvt-l", 0);
     REQUIRE(m, "kvt-l: %s", skv_last_error());
     const int V = skv_model_get_info(m)->n_vocab, N = 3, P = 100, STEPS = 4;
     struct skv_gpu_model *gm = NULL;
@@ -149,7 +111,7 @@ static void test_batch_fork(void) {
         for (int s = 0; s < N; s++) {
             CHECK(skv_gpu_forward(one[s], 0, &cur[s], 1, pos[s], l1, 0) == SKV_OK);
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(l1[v] - lb[(int64_t)s * V + v]));
-            CHECK(next[s] == amax(lb + (int64_t)s * V, V));
+            CHECK(next[s] == skv_test_argmax(lb + (int64_t)s * V, V));
             cur[s] = next[s], pos[s]++;
         }
     }

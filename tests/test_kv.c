@@ -14,12 +14,7 @@
 #include <math.h>
 
 static uint32_t g_rng = 2463534242u;
-static uint32_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 17;
-    g_rng ^= g_rng << 5;
-    return g_rng;
-}
+static uint32_t rnd(void) { return skv_test_xorshift(&g_rng); }
 static float frnd(void) { return (float)(rnd() >> 8) / 16777216.0f; }
 
 /* n distinct positions in random slot order */
@@ -198,13 +193,7 @@ static void test_quant_roundtrip(void) {
 
 static skv_model *g_model;
 static skv_model *model(void) {
-    if (!g_model) {
-        char dir[1024];
-        snprintf(dir, sizeof dir, "%s/models/kvt-s", skv_test_shared_dir());
-        skv_model_params mp = skv_model_default_params();
-        mp.n_threads = 2;
-        if (skv_model_load(dir, mp, &g_model) != SKV_OK) return NULL;
-    }
+    if (!g_model) g_model = skv_test_load_model("kvt-s", 2);
     return g_model;
 }
 

@@ -11,12 +11,7 @@
 #include <math.h>
 
 static uint32_t g_rng = 88172645u;
-static uint32_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 17;
-    g_rng ^= g_rng << 5;
-    return g_rng;
-}
+static uint32_t rnd(void) { return skv_test_xorshift(&g_rng); }
 static float frnd(void) { return (float)(rnd() >> 8) / 16777216.0f; }
 
 static void test_budget(void) {
@@ -180,14 +175,7 @@ static void test_attend(void) {
     CHECK(!memcmp(o, o2, sizeof o));
 }
 
-static skv_model *load_s(void) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/kvt-s", skv_test_shared_dir());
-    skv_model_params mp = skv_model_default_params();
-    mp.n_threads = 2;
-    skv_model *m = NULL;
-    return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
-}
+static skv_model *load_s(void) { return skv_test_load_model("kvt-s", 2); }
 
 static skv_context *head_ctx(skv_model *m) {
     skv_context_params cp = skv_context_default_params();
@@ -285,15 +273,21 @@ static void test_plan_exactness(void) {
 }
 
 /* the driver on kvt-l guided by kvt-s */
-static skv_model *load_l(void) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/kvt-l", skv_test_shared_dir());
-    skv_model_params mp = skv_model_default_params();
-    mp.n_threads = 2;
-    skv_model *m = NULL;
-    return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
-}
+static skv_model *load_l(void) { return skv_test_load_model("kvt-l", 2); }
 
+
+/* Two contexts with per-head statistics (prefix statistics up to `prefix`) that prefilled the
+ * same n ids, as skv_smallkv_fork wants them; 0 if either failed. */
+static int prefill_pair(skv_model *ml, skv_model *ms, int n_ctx, int prefix, const int32_t *ids, int n,
+                        skv_context **bl, skv_context **bs) {
+    skv_context_params bp = skv_context_default_params();
+    bp.n_ctx = n_ctx;
+    bp.collect_head_stats = 1;
+    bp.head_prefix = prefix;
+    *bl = *bs = NULL;
+    if (skv_context_init(ml, bp, bl) || skv_context_init(ms, bp, bs)) return 0;
+    return skv_decode(*bl, ids, n, NULL, 0) == SKV_OK && skv_decode(*bs, ids, n, NULL, 0) == SKV_OK;
+}
 
 static void gen_ids(int32_t *ids, int n, uint32_t seed) {
     for (int i = 0; i < n; i++) ids[i] = (int32_t)(((uint32_t)i * 2654435761u + seed) % 8000 + 1);
@@ -328,13 +322,8 @@ static void test_driver(void) {
     skv_smallkv_free(s);
     /* a matching length beyond the context: forks work and never match (full attention) */
     {
-        skv_context_params bp = skv_context_default_params();
-        bp.n_ctx = 100;
-        bp.collect_head_stats = 1;
-        bp.head_prefix = 1024;
-        skv_context *bl = NULL, *bs = NULL;
-        REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
-        CHECK(skv_decode(bl, ids, 60, NULL, 0) == SKV_OK && skv_decode(bs, ids, 60, NULL, 0) == SKV_OK);
+        skv_context *bl, *bs;
+        REQUIRE(prefill_pair(ml, ms, 100, 1024, ids, 60, &bl, &bs), "%s", skv_last_error());
         p.match_len = 1024;
         skv_smallkv *a = NULL;
         REQUIRE(skv_smallkv_fork(bl, bs, p, &a) == SKV_OK, "fork with match_len > context: %s", skv_last_error());
@@ -399,13 +388,8 @@ static void test_driver(void) {
     }
     /* 3: a driver forked from prefilled base contexts equals one that prefilled itself */
     {
-        skv_context_params bp = skv_context_default_params();
-        bp.n_ctx = CTX;
-        bp.collect_head_stats = 1;
-        bp.head_prefix = 128;
-        skv_context *bl = NULL, *bs = NULL;
-        REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
-        CHECK(skv_decode(bl, ids, N, NULL, 0) == SKV_OK && skv_decode(bs, ids, N, NULL, 0) == SKV_OK);
+        skv_context *bl, *bs;
+        REQUIRE(prefill_pair(ml, ms, CTX, 128, ids, N, &bl, &bs), "%s", skv_last_error());
         p = skv_smallkv_default_params();
         skv_smallkv *a = NULL, *b = NULL;
         REQUIRE(skv_smallkv_fork(bl, bs, p, &a) == SKV_OK, "fork: %s", skv_last_error());
@@ -530,13 +514,8 @@ static void test_window_score(void) {
     CHECKF(bad == 0, "%d KV heads' classes differ from the pooled window score", bad);
     skv_smallkv_free(s);
     /* a fork needs the window statistics in the prefilled contexts */
-    skv_context_params bp = skv_context_default_params();
-    bp.n_ctx = CTX;
-    bp.collect_head_stats = 1;
-    bp.head_prefix = 128;
-    skv_context *bl = NULL, *bs = NULL;
-    REQUIRE(skv_context_init(ml, bp, &bl) == SKV_OK && skv_context_init(ms, bp, &bs) == SKV_OK, "%s", skv_last_error());
-    CHECK(skv_decode(bl, ids, N, NULL, 0) == SKV_OK && skv_decode(bs, ids, N, NULL, 0) == SKV_OK);
+    skv_context *bl, *bs;
+    REQUIRE(prefill_pair(ml, ms, CTX, 128, ids, N, &bl, &bs), "%s", skv_last_error());
     skv_smallkv *a = NULL;
     CHECK(skv_smallkv_fork(bl, bs, p, &a) == SKV_ERR_ARG && !a);
     p.pool = 4;

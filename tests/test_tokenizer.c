@@ -20,30 +20,6 @@ static const char *FIXTURES[] = {"spm_llama2", "spm_metaspace", "spm_unk",
 
 /* ----------------------------------------------------------------------------- helpers */
 
-static char *slurp_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf) buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
-static cJSON *load_json(const char *path) {
-    char *s = slurp_file(path);
-    if (!s) return NULL;
-    cJSON *j = cJSON_Parse(s);
-    free(s);
-    return j;
-}
-
 static int ids_from_json(const cJSON *arr, int32_t **ids, size_t *n) {
     *n = (size_t)cJSON_GetArraySize(arr);
     *ids = malloc((*n + 1) * sizeof **ids);
@@ -135,7 +111,7 @@ static void golden(const char *model) {
     char path[512], tpath[512];
     snprintf(path, sizeof path, "%s/models/%s/golden.json", skv_test_shared_dir(), model);
     snprintf(tpath, sizeof tpath, "%s/models/%s/tokenizer.json", skv_test_shared_dir(), model);
-    cJSON *g = load_json(path);
+    cJSON *g = skv_test_load_json(path);
     REQUIRE(g, "cannot read %s", path);
     skv_tokenizer *tok = NULL;
     skv_status st = skv_tokenizer_load(tpath, &tok);
@@ -190,7 +166,7 @@ static void test_fixtures(void) {
         skv_tokenizer *tok = NULL;
         skv_status st = skv_tokenizer_load(tpath, &tok);
         CHECKF(st == SKV_OK, "load %s: %s", tpath, skv_last_error());
-        cJSON *cases = load_json(cpath);
+        cJSON *cases = skv_test_load_json(cpath);
         CHECKF(cases != NULL, "cannot read %s", cpath);
         if (st != SKV_OK || !cases) {
             skv_tokenizer_free(tok);
@@ -529,7 +505,7 @@ static int slow_mode(void) {
 static char *golden_text(size_t min_len) {
     char path[512];
     snprintf(path, sizeof path, "%s/models/kvt-s/golden.json", skv_test_shared_dir());
-    cJSON *g = load_json(path);
+    cJSON *g = skv_test_load_json(path);
     if (!g) return NULL;
     size_t cap = min_len + 8192, len = 0;
     char *s = malloc(cap);

@@ -29,18 +29,7 @@ typedef struct crow {
 } crow;
 
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
-static int32_t rid(int32_t V) {
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (int32_t)(g_rng % (uint64_t)V);
-}
-
-static void stat_ms(crow *r) {
-    double s = 0, ss = 0;
-    for (int i = 0; i < r->reps; i++) s += r->ms[i];
-    r->mean = s / r->reps;
-    for (int i = 0; i < r->reps; i++) ss += (r->ms[i] - r->mean) * (r->ms[i] - r->mean);
-    r->sd = r->reps > 1 ? sqrt(ss / (r->reps - 1)) : 0;
-}
+static int32_t rid(int32_t V) { return cli_rand_id(&g_rng, V); }
 
 static int parse_list(const char *cmd, const char *flag, const char *s, int *out, int max) {
     int n = 0;
@@ -106,7 +95,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             const double ms = skv_gpu_timer_stop(g);
             if (k >= 0) r->ms[r->reps++] = ms;
         }
-        stat_ms(r);
+        cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
     }
     if (n_d > 0) {
         int deepest = 0;
@@ -126,7 +115,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 const double ms = skv_gpu_timer_stop(g);
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
-            stat_ms(r);
+            cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
             r->bound_ms = ((double)wbytes + (double)kv_tok * (depths[i] + tg / 2.0)) / bw * 1e3;
         }
     }
@@ -157,7 +146,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 const double ms = skv_gpu_timer_stop(g);
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
-            stat_ms(r);
+            cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
             r->bound_ms = ((double)wbytes + (double)kv_tok * B * (batch_depth + tg / 2.0)) / bw * 1e3;
         }
         skv_gpu_ctx_free(g);
@@ -165,8 +154,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     }
 
     char path[1024];
-    const char *base = strrchr(dir, '/');
-    base = base && base[1] ? base + 1 : dir;
+    const char *base = cli_basename(dir);
     if (!out) {
         snprintf(path, sizeof path, "bench/cuda-%s.json", base);
         out = path;

@@ -23,10 +23,7 @@ typedef struct sk_row {
 } sk_row;
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static int32_t rand_id(int32_t V) {
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (int32_t)((g_rng >> 33) % (uint64_t)V);
-}
+static int32_t rand_id(int32_t V) { return cli_rand_id(&g_rng, V); }
 
 /* tokens/s of one repetition */
 static double once(skv_model *m, skv_model *d, const skv_smallkv_params *sp, int depth, int n, int n_ctx,
@@ -93,15 +90,10 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
         once(m, d, spp, depth, n, n_ctx, lg, buf, &row->u);
         for (row->reps = 0; row->reps < reps; row->reps++)
             row->tps[row->reps] = once(m, d, spp, depth, n, n_ctx, lg, buf, &row->u);
-        double s = 0, ss = 0;
-        for (int i = 0; i < row->reps; i++) s += row->tps[i];
-        row->mean = s / row->reps;
-        for (int i = 0; i < row->reps; i++) ss += (row->tps[i] - row->mean) * (row->tps[i] - row->mean);
-        row->sd = row->reps > 1 ? sqrt(ss / (row->reps - 1)) : 0;
+        cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
     char path[1024];
-    const char *base = strrchr(dir, '/');
-    base = base && base[1] ? base + 1 : dir;
+    const char *base = cli_basename(dir);
     if (!out) {
         snprintf(path, sizeof path, "bench/cpu-smallkv-%s-t%d.json", base, threads);
         out = path;

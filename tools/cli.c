@@ -2,6 +2,7 @@
  * cli.c — the helpers behind cli.h.
  */
 #include "cli.h"
+#include "eval/eval.h"
 
 #include <errno.h>
 #include <lzma.h>
@@ -421,6 +422,16 @@ skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a,
     return p;
 }
 
+void cli_smallkv_config(const char *cmd, const cli_policy_args *a, float b, const char *variant, const char *name,
+                        skv_eval_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->smallkv = 1;
+    cfg->sk = cli_smallkv_params(cmd, a, b, variant);
+    cfg->policy = skv_policy_default_params("full"); /* the contexts SmallKV forks keep everything */
+    cfg->policy.name = name;
+    cfg->policy.budget = cfg->sk.budget;
+}
+
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads) {
     if (!a->draft) cli_die(cmd, 2, "smallkv needs --draft DIR (the small model of the same family)");
     skv_model *d = cli_load_model(cmd, a->draft, threads, 0);
@@ -428,4 +439,22 @@ skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_m
         cli_die(cmd, 2, "--draft %s: vocabulary of %d tokens, the model has %d", a->draft,
                 skv_model_get_info(d)->n_vocab, skv_model_get_info(m)->n_vocab);
     return d;
+}
+
+const char *cli_basename(const char *dir) {
+    const char *b = strrchr(dir, '/');
+    return b && b[1] ? b + 1 : dir;
+}
+
+int32_t cli_rand_id(uint64_t *state, int32_t V) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (int32_t)((*state >> 33) % (uint64_t)V);
+}
+
+void cli_mean_sd(const double *x, int n, double *mean, double *sd) {
+    double s = 0, ss = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    *mean = n > 0 ? s / n : 0;
+    for (int i = 0; i < n; i++) ss += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0;
 }

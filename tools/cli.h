@@ -93,7 +93,17 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
                   int reps, int threads, int use_mmap, const char *out);
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
                int ubatch, int reps, const char *out);
+/* Benchmark helpers: the last path component of a directory; a pseudo-random id in [0, V)
+ * from a generator whose state the caller keeps; mean and sample standard deviation. */
+const char *cli_basename(const char *dir);
+int32_t cli_rand_id(uint64_t *state, int32_t V);
+void cli_mean_sd(const double *x, int n, double *mean, double *sd);
 skv_backend cli_backend(const char *cmd, const char *name);
+/* A SmallKV evaluation configuration named `name` at budget b (0: --budget) of sweep variant
+ * `variant` ("" for the flags alone). */
+typedef struct skv_eval_config skv_eval_config;
+void cli_smallkv_config(const char *cmd, const cli_policy_args *a, float b, const char *variant, const char *name,
+                        skv_eval_config *cfg);
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
 
 /* Print s as a JSON string (with quotes) to f. */

@@ -24,18 +24,7 @@ typedef struct result {
 } result;
 
 static uint64_t g_rng = 0x1234567ull;
-static int32_t rand_id(int32_t V) {
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (int32_t)((g_rng >> 33) % (uint64_t)V);
-}
-
-static void stats(result *r) {
-    double s = 0, ss = 0;
-    for (int i = 0; i < r->reps; i++) s += r->samples[i];
-    r->mean = s / r->reps;
-    for (int i = 0; i < r->reps; i++) ss += (r->samples[i] - r->mean) * (r->samples[i] - r->mean);
-    r->sd = r->reps > 1 ? sqrt(ss / (r->reps - 1)) : 0;
-}
+static int32_t rand_id(int32_t V) { return cli_rand_id(&g_rng, V); }
 
 /* tokens/s of one repetition */
 static double run_once(skv_context *c, int32_t V, int n, int depth, int is_pp, int32_t *buf,
@@ -197,7 +186,7 @@ int cmd_bench(int argc, char **argv) {
         run_once(c, in->n_vocab, pp, 0, 1, buf, logits);
         for (r->reps = 0; r->reps < reps; r->reps++)
             r->samples[r->reps] = run_once(c, in->n_vocab, pp, 0, 1, buf, logits);
-        stats(r);
+        cli_mean_sd(r->samples, r->reps, &r->mean, &r->sd);
     }
     for (int d = 0; tg > 0 && d < n_depths; d++) {
         result *r = &res[n_res++];
@@ -208,7 +197,7 @@ int cmd_bench(int argc, char **argv) {
         run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
         for (r->reps = 0; r->reps < reps; r->reps++)
             r->samples[r->reps] = run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
-        stats(r);
+        cli_mean_sd(r->samples, r->reps, &r->mean, &r->sd);
     }
     double bw = copy_bandwidth(threads), rbw = read_bandwidth(threads);
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
@@ -217,8 +206,7 @@ int cmd_bench(int argc, char **argv) {
     char commit[64], machine[256], path[1024];
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
-    const char *base = strrchr(dir, '/');
-    base = base && base[1] ? base + 1 : dir;
+    const char *base = cli_basename(dir);
     if (!out) {
         snprintf(path, sizeof path, "bench/cpu-%s-t%d.json", base, threads);
         out = path;

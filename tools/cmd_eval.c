@@ -39,11 +39,7 @@ int cmd_eval(int argc, char **argv) {
     skv_eval_config cfg = {0};
     skv_model *draft = NULL;
     if (!strcmp(pa.policy, "smallkv")) {
-        cfg.policy = skv_policy_default_params("full");
-        cfg.policy.name = "smallkv";
-        cfg.smallkv = 1;
-        cfg.sk = cli_smallkv_params("eval", &pa, 0, "");
-        cfg.policy.budget = cfg.sk.budget;
+        cli_smallkv_config("eval", &pa, 0, "", "smallkv", &cfg);
         draft = cli_load_draft("eval", &pa, m, threads);
     } else {
         cfg.policy = cli_policy_params("eval", &pa, NULL, m);

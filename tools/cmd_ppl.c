@@ -22,15 +22,14 @@ static double row_lse(const float *row, int V) {
 /* SmallKV perplexity: each window's first P tokens are the prompt (both models, full
  * attention); every later token is decoded one at a time under SmallKV and scored, next to the
  * full cache's prediction of the same positions (same prompt, then teacher-forced). */
-static void ppl_smallkv(const cli_policy_args *pa, skv_model *m, const int32_t *all, int n_win, int W,
-                        int P, int threads, int quiet, double *nll, double *nll_full, double *kl,
+static void ppl_smallkv(const cli_policy_args *pa, const skv_smallkv_params *sp, skv_model *m, const int32_t *all,
+                        int n_win, int W, int P, int threads, int quiet, double *nll, double *nll_full, double *kl,
                         int64_t *scored, double *fast_mean, skv_smallkv_usage *last) {
     const skv_model_info *in = skv_model_get_info(m);
     const int V = in->n_vocab;
     skv_model *d = cli_load_draft("ppl", pa, m, threads);
     if (skv_model_get_info(d)->n_ctx < W)
         cli_die("ppl", 2, "--ctx %d is longer than the draft model's context (%d)", W, skv_model_get_info(d)->n_ctx);
-    const skv_smallkv_params sp = cli_smallkv_params("ppl", pa, 0, "");
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = W;
     skv_context *c = NULL;
@@ -47,7 +46,7 @@ static void ppl_smallkv(const cli_policy_args *pa, skv_model *m, const int32_t *
         cli_check("ppl", skv_decode(c, ids, P, lf, 0));
         if (W - 1 > P) cli_check("ppl", skv_decode(c, ids + P, W - 1 - P, lf + (size_t)V, 1));
         skv_smallkv *drv = NULL;
-        cli_check("ppl", skv_smallkv_init(m, d, sp, W, &drv));
+        cli_check("ppl", skv_smallkv_init(m, d, *sp, W, &drv));
         cli_check("ppl", skv_smallkv_prefill(drv, ids, P, lg));
         for (int pos = P - 1; pos + 1 < W; pos++) { /* lg predicts ids[pos + 1] */
             if (pos >= P) {
@@ -80,6 +79,26 @@ static void ppl_smallkv(const cli_policy_args *pa, skv_model *m, const int32_t *
     free(lf);
     skv_context_free(c);
     skv_model_free(d);
+}
+
+/* The result line on stdout and, with --out, the same as a JSON file with provenance. extra:
+ * further fields, each as ", \"key\": value". */
+static void report(const char *out, const char *dir, double nll, int64_t scored, int n_win, int W, double secs,
+                   const char *extra) {
+    const double mean = nll / (double)scored;
+    printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, \"tokens_scored\": %lld, "
+           "\"seconds\": %.2f%s}\n", exp(mean), mean, n_win, W, (long long)scored, secs, extra);
+    if (!out) return;
+    FILE *f = fopen(out, "w");
+    if (!f) cli_die("ppl", 1, "%s: cannot write", out);
+    fprintf(f, "{\n");
+    cli_json_provenance(f);
+    fprintf(f, "  \"model\": ");
+    cli_json_string(f, dir, strlen(dir));
+    fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
+            "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n", exp(mean), mean, n_win, W, (long long)scored,
+            secs, extra);
+    fclose(f);
 }
 
 int cmd_ppl(int argc, char **argv) {
@@ -158,33 +177,21 @@ int cmd_ppl(int argc, char **argv) {
         double nll = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();
         int64_t scored = 0;
         skv_smallkv_usage u = {0};
-        ppl_smallkv(&pa, m, all, n_win, W, sk_prompt, threads, quiet, &nll, &nll_full, &kl, &scored, &fast, &u);
         const skv_smallkv_params sp = cli_smallkv_params("ppl", &pa, 0, "");
-        char extra[768];
-        snprintf(extra, sizeof extra, "\"policy\": \"smallkv\", \"budget\": %g, \"sk_prompt\": %d, \"score\": \"%s\", "
-                 "\"match\": \"%s\", \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"fast_bytes_mean\": %.0f, "
-                 "\"slow_bytes\": %lld, \"draft_kv_bytes\": %lld, \"draft_weight_bytes\": %lld",
+        ppl_smallkv(&pa, &sp, m, all, n_win, W, sk_prompt, threads, quiet, &nll, &nll_full, &kl, &scored, &fast, &u);
+        char extra[1024], *draft = NULL;
+        size_t draft_len = 0;
+        FILE *ms = open_memstream(&draft, &draft_len); /* the draft path as a JSON string */
+        cli_json_string(ms, pa.draft, strlen(pa.draft));
+        fclose(ms);
+        snprintf(extra, sizeof extra, ", \"draft\": %s, \"policy\": \"smallkv\", \"budget\": %g, \"sk_prompt\": %d, "
+                 "\"score\": \"%s\", \"match\": \"%s\", \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"fast_bytes_mean\": %.0f, "
+                 "\"slow_bytes\": %lld, \"draft_kv_bytes\": %lld, \"draft_weight_bytes\": %lld", draft,
                  sp.budget, sk_prompt, sp.score ? "window" : "acc", sp.match_window ? "window" : "prefix",
                  exp(nll_full / (double)scored), kl / (double)scored, fast, (long long)u.slow_bytes,
                  (long long)u.draft_kv_bytes, (long long)u.draft_weight_bytes);
-        const double secs = skv_time_now() - t0;
-        printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, \"tokens_scored\": %lld, "
-               "\"seconds\": %.2f, %s}\n", exp(nll / (double)scored), nll / (double)scored, n_win, W,
-               (long long)scored, secs, extra);
-        if (out) {
-            FILE *f = fopen(out, "w");
-            if (!f) cli_die("ppl", 1, "%s: cannot write", out);
-            fprintf(f, "{\n");
-            cli_json_provenance(f);
-            fprintf(f, "  \"model\": ");
-            cli_json_string(f, dir, strlen(dir));
-            fprintf(f, ",\n  \"draft\": ");
-            cli_json_string(f, pa.draft, strlen(pa.draft));
-            fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
-                    "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f,\n  %s\n}\n", exp(nll / (double)scored),
-                    nll / (double)scored, n_win, W, (long long)scored, secs, extra);
-            fclose(f);
-        }
+        report(out, dir, nll, scored, n_win, W, skv_time_now() - t0, extra);
+        free(draft);
         free(all);
         free(text);
         skv_model_free(m);
@@ -222,11 +229,7 @@ int cmd_ppl(int argc, char **argv) {
                     int pos = off + i;
                     if (pos + 1 >= W) break;
                     const float *row = lg + (size_t)i * V;
-                    float mx = row[0];
-                    for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-                    double s = 0;
-                    for (int v = 0; v < V; v++) s += exp((double)row[v] - mx);
-                    const double lse = (double)mx + log(s);
+                    const double lse = row_lse(row, V);
                     if (!pass) {
                         nll += lse - (double)row[ids[pos + 1]];
                         scored++;
@@ -267,28 +270,13 @@ int cmd_ppl(int argc, char **argv) {
         nll = nll_pol;
         nll_pol = tmp;
     }
-    double secs = skv_time_now() - t0, ppl = exp(nll / (double)scored);
     char extra[512] = "";
     if (with_policy)
         snprintf(extra, sizeof extra, ", \"policy\": \"%s\", \"budget\": %g, \"budget_tokens\": %d, "
                  "\"chunk\": %d, \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"kv_bytes_mean\": %.0f",
                  pp.name, pp.budget, pp.budget_tokens, chunk, exp(nll_pol / (double)scored),
                  kl / (double)scored, kv_sum / n_win);
-    printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, "
-           "\"tokens_scored\": %lld, \"seconds\": %.2f%s}\n",
-           ppl, nll / (double)scored, n_win, W, (long long)scored, secs, extra);
-    if (out) {
-        FILE *f = fopen(out, "w");
-        if (!f) cli_die("ppl", 1, "%s: cannot write", out);
-        fprintf(f, "{\n");
-        cli_json_provenance(f);
-        fprintf(f, "  \"model\": ");
-        cli_json_string(f, dir, strlen(dir));
-        fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
-                "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n",
-                ppl, nll / (double)scored, n_win, W, (long long)scored, secs, extra);
-        fclose(f);
-    }
+    report(out, dir, nll, scored, n_win, W, skv_time_now() - t0, extra);
     free(lg);
     free(all);
     free(text);

@@ -157,10 +157,7 @@ int cmd_sweep(int argc, char **argv) {
                         "smallkv-window)", pols[i]);
             if (!draft) draft = cli_load_draft("sweep", &pa, m, threads);
             for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
-                cfg[n_cfg].policy = skv_policy_default_params("full");
-                cfg[n_cfg].policy.name = pols[i];
-                cfg[n_cfg].smallkv = 1;
-                cfg[n_cfg].sk = cli_smallkv_params("sweep", &pa, budgets[j], variant);
+                cli_smallkv_config("sweep", &pa, budgets[j], variant, pols[i], &cfg[n_cfg]);
                 label[n_cfg] = pols[i];
                 cbud[n_cfg] = budgets[j];
                 budgeted[n_cfg++] = 1;
@@ -178,8 +175,7 @@ int cmd_sweep(int argc, char **argv) {
         }
     }
 
-    const char *base = strrchr(dir, '/');
-    base = base && base[1] ? base + 1 : dir;
+    const char *base = cli_basename(dir);
     char outd[1024];
     if (out_dir) snprintf(outd, sizeof outd, "%s", out_dir);
     else snprintf(outd, sizeof outd, "bench/sweep-%s", base);

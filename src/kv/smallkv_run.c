@@ -259,8 +259,9 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
         }
         for (int32_t t = 0; t < T; t++)
             fast += cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? 2 * hd * 4 : cls[t] == SKV_SK_MARG ? hd * 4 : 0;
-        /* marginal weights: the matched small head's attention at this step */
-        for (int32_t j = 0; j < s->G; j++) {
+        /* marginal weights: the matched small head's attention at this step (none to weigh
+         * without marginal tokens) */
+        for (int32_t j = 0; j < s->G && s->split.marg > 0; j++) {
             const int32_t h = g * s->G + j, fs = s->f[l * s->H + h];
             if (skv_context_head_attention(s->sc, fs / s->Hs, fs % s->Hs, NULL,
                                            s->marg + ((int64_t)l * s->H + h) * s->n_ctx)) {
