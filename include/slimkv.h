@@ -186,6 +186,8 @@ typedef enum skv_backend { SKV_BACKEND_CPU = 0, SKV_BACKEND_CUDA = 1 } skv_backe
  * with the reason in skv_last_error(). */
 int skv_backend_available(skv_backend b);
 
+typedef struct skv_sampler skv_sampler; /* see Sampling */
+
 typedef struct skv_context_params {
     int32_t n_ctx;       /* tokens the cache holds; 0: the model's max_position_embeddings */
     int32_t n_batch;     /* most tokens one skv_decode call processes at once; 0: 512 */
@@ -199,6 +201,8 @@ typedef struct skv_context_params {
     int32_t head_prefix;   /* with collect_head_stats: also accumulate, separately, the attention
                               of the queries at positions < head_prefix (SmallKV's matching) */
     skv_backend backend;   /* SKV_BACKEND_CPU (default) or SKV_BACKEND_CUDA */
+    int32_t v_slow;        /* CUDA: V blocks in pinned host memory (the slow tier, read over
+                              PCIe), K on the device */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -253,6 +257,12 @@ skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer
  * when all_logits is 1. Prompts longer than n_batch are processed in chunks. */
 skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logits,
                       int all_logits);
+
+/* One decode step of token id, then the next token drawn by the sampler into *next (the
+ * sampler is not told about it: call skv_sampler_accept). On the CUDA backend the penalty,
+ * temperature, top-k, top-p and the draw run on the GPU with the sampler's own random stream,
+ * and only the id comes back; on the CPU this is skv_decode + skv_sampler_sample. */
+skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_t *next);
 
 /* ------------------------------------------------------------------------------------------ */
 /* SmallKV: a small model of the same family guides the large model's attention                */
@@ -328,8 +338,6 @@ typedef struct skv_sampler_params {
     int32_t penalty_last_n;   /* how many recent ids the penalty looks at; 0: all */
     uint64_t seed;
 } skv_sampler_params;
-
-typedef struct skv_sampler skv_sampler;
 
 skv_sampler_params skv_sampler_default_params(void);
 skv_status skv_sampler_init(skv_sampler_params params, int32_t n_vocab, skv_sampler **out);

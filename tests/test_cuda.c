@@ -5,6 +5,7 @@
  */
 #include "backend/cuda/gpu.h"
 #include "harness.h"
+#include "kv/policy.h"
 #include "model/model.h"
 #include "tiny_model.h"
 
@@ -92,11 +93,11 @@ static void test_batch_fork(void) {
     struct skv_gpu_model *gm = NULL;
     REQUIRE(skv_model_gpu(m, &gm) == SKV_OK, "%s", skv_last_error());
     skv_gpu_ctx *b = NULL, *one[3] = {0};
-    REQUIRE(skv_gpu_ctx_init(gm, 256, 64, N, &b) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_gpu_ctx_init(gm, 256, 64, N, NULL, &b) == SKV_OK, "%s", skv_last_error());
     int32_t ids[3][100];
     for (int s = 0; s < N; s++) {
         for (int i = 0; i < P; i++) ids[s][i] = (int32_t)((i * 2654435761u + 977u * s) % 8000 + 1);
-        REQUIRE(skv_gpu_ctx_init(gm, 256, 64, 1, &one[s]) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_gpu_ctx_init(gm, 256, 64, 1, NULL, &one[s]) == SKV_OK, "%s", skv_last_error());
         for (int off = 0; off < P; off += 64) {
             const int k = P - off < 64 ? P - off : 64;
             CHECK(skv_gpu_forward(b, s, ids[s] + off, k, off, NULL, 0) == SKV_OK);
@@ -107,7 +108,7 @@ static void test_batch_fork(void) {
     int32_t cur[3] = {5, 6, 7}, pos[3] = {P, P, P}, next[3];
     double worst = 0;
     for (int t = 0; t < STEPS; t++) {
-        REQUIRE(skv_gpu_decode_batch(b, cur, pos, N, lb, next) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_gpu_decode_batch(b, cur, pos, N, lb, next, NULL) == SKV_OK, "%s", skv_last_error());
         for (int s = 0; s < N; s++) {
             CHECK(skv_gpu_forward(one[s], 0, &cur[s], 1, pos[s], l1, 0) == SKV_OK);
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(l1[v] - lb[(int64_t)s * V + v]));
@@ -123,8 +124,8 @@ static void test_batch_fork(void) {
     skv_context *a = NULL, *f = NULL;
     REQUIRE(skv_context_init(m, cp, &a) == SKV_OK, "%s", skv_last_error());
     CHECK(skv_decode(a, ids[0], P, NULL, 0) == SKV_OK);
-    const skv_policy_params full = skv_policy_default_params("full"), h2o = skv_policy_default_params("h2o");
-    CHECK(skv_context_fork(a, &h2o, &f) == SKV_ERR_UNSUPPORTED && !f);
+    const skv_policy_params full = skv_policy_default_params("full"), quant = skv_policy_default_params("quant");
+    CHECK(skv_context_fork(a, &quant, &f) == SKV_ERR_UNSUPPORTED && !f);
     REQUIRE(skv_context_fork(a, &full, &f) == SKV_OK, "%s", skv_last_error());
     float *la = malloc(sizeof(float) * (size_t)V), *lf = malloc(sizeof(float) * (size_t)V);
     int32_t x = 42;
@@ -182,9 +183,344 @@ static void test_tiny_hd128(void) {
     free(ids), free(ref), free(lg);
 }
 
+/* ---- the paged cache and its policies on the GPU ---------------------------------------- */
+
+enum { PP = 300 }; /* prompt length of the policy tests */
+
+static int32_t *prompt_ids(int n, int V, uint32_t seed) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(skv_test_xorshift(&seed) % (uint32_t)(V - 1)) + 1;
+    return ids;
+}
+
+static skv_context *ctx_with(skv_model *m, const char *policy, float budget, int stats, skv_backend b) {
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 512, cp.n_batch = 128, cp.backend = b, cp.collect_stats = stats;
+    cp.policy = skv_policy_default_params(policy);
+    cp.policy.budget = budget;
+    skv_context *c = NULL;
+    if (skv_context_init(m, cp, &c)) return NULL;
+    return c;
+}
+
+/* The GPU's attention statistics (accumulated, observation window) equal the CPU's within bf16
+ * error, stream by stream, after a chunked prompt. */
+static void test_stats_vs_cpu(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    int32_t *ids = prompt_ids(PP, in->n_vocab, 7);
+    skv_context *cg = ctx_with(m, "full", 1, 1, SKV_BACKEND_CUDA), *cc = ctx_with(m, "full", 1, 1, SKV_BACKEND_CPU);
+    REQUIRE(cg && cc, "%s", skv_last_error());
+    REQUIRE(skv_decode(cg, ids, PP, NULL, 0) == SKV_OK && skv_decode(cc, ids, PP, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    int32_t x = 11; /* one decode step: its attention adds to acc */
+    REQUIRE(skv_decode(cg, &x, 1, NULL, 0) == SKV_OK && skv_decode(cc, &x, 1, NULL, 0) == SKV_OK, "%s", skv_last_error());
+    float *ga = malloc(sizeof(float) * 512), *gw = malloc(sizeof(float) * 512);
+    int32_t *gp = malloc(sizeof(int32_t) * 512);
+    double worst_a = 0, worst_w = 0, sum_a = 0, l1_a = 0, l1_w = 0, n1_a = 0, n1_w = 0;
+    for (int l = 0; l < in->n_layer; l++)
+        for (int g = 0; g < in->n_kv_head; g++) {
+            int32_t n = 0;
+            REQUIRE(skv_gpu_stream_read(cg->gpu, l, 0, g, &n, gp, ga, gw, NULL, NULL) == SKV_OK, "%s", skv_last_error());
+            const skv_stream *st = skv_cache_stream(&cc->cache, l, g);
+            CHECKF(n == st->n && n == PP + 1, "layer %d head %d: %d slots on the GPU, %d on the CPU", l, g, n, st->n);
+            for (int s = 0; s < n && s < st->n; s++) {
+                CHECKF(gp[s] == st->pos[s], "slot %d: position %d vs %d", s, gp[s], st->pos[s]);
+                worst_a = fmax(worst_a, fabs(ga[s] - st->acc[s]) / fmax(1.0, fabs(st->acc[s])));
+                worst_w = fmax(worst_w, fabs(gw[s] - st->win[s]) / fmax(1.0, fabs(st->win[s])));
+                l1_a += fabs(ga[s] - st->acc[s]), n1_a += fabs(st->acc[s]);
+                l1_w += fabs(gw[s] - st->win[s]), n1_w += fabs(st->win[s]);
+                sum_a += ga[s];
+            }
+        }
+    /* every query's attention sums to 1 per head and layer */
+    const double expect = (double)(PP + 1) * in->n_head * in->n_layer;
+    printf("    statistics GPU vs CPU: relative L1 error acc %.2e, win %.2e; worst slot (relative, floor 1) acc "
+           "%.2e, win %.2e; acc total %.1f of %.0f\n", l1_a / n1_a, l1_w / n1_w, worst_a, worst_w, sum_a, expect);
+    CHECKF(l1_a / n1_a < 2e-2 && l1_w / n1_w < 2e-2, "statistics differ: acc %.3g, win %.3g (L1)", l1_a / n1_a,
+           l1_w / n1_w);
+    CHECKF(worst_a < 0.15 && worst_w < 0.15, "statistics differ: worst slot acc %.3g, win %.3g", worst_a, worst_w);
+    CHECKF(fabs(sum_a - expect) < 1e-3 * expect, "acc sums to %.2f, not %.0f", sum_a, expect);
+    skv_context_free(cg), skv_context_free(cc);
+    free(ga), free(gw), free(gp), free(ids);
+    skv_model_free(m);
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Fork a GPU source (statistics on) into window, h2o, snapkv and pyramidkv: every stream keeps
+ * exactly the slots the CPU's selection functions choose from the GPU's own scores, with their
+ * K and V rows unchanged; the kept sets overlap the CPU backend's own choice; then decode steps
+ * hold the budget (window: the exact sink + recent set; h2o: the victim had the least
+ * attention). */
+static void test_policies_brute(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int L = in->n_layer, KVH = in->n_kv_head, hd = in->head_dim;
+    int32_t *ids = prompt_ids(PP, in->n_vocab, 9);
+    skv_context *src = ctx_with(m, "full", 1, 1, SKV_BACKEND_CUDA), *csrc = ctx_with(m, "full", 1, 1, SKV_BACKEND_CPU);
+    REQUIRE(src && csrc, "%s", skv_last_error());
+    REQUIRE(skv_decode(src, ids, PP, NULL, 0) == SKV_OK && skv_decode(csrc, ids, PP, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    int32_t *pos = malloc(sizeof(int32_t) * 512), *fp = malloc(sizeof(int32_t) * 512), *cp_ = malloc(sizeof(int32_t) * 512);
+    float *acc = malloc(sizeof(float) * 512), *win = malloc(sizeof(float) * 512);
+    float *k0 = malloc(sizeof(float) * 512 * hd), *v0 = malloc(sizeof(float) * 512 * hd);
+    float *k1 = malloc(sizeof(float) * 512 * hd), *v1 = malloc(sizeof(float) * 512 * hd);
+    uint8_t *keep = malloc(512);
+    const char *pols[] = {"window", "h2o", "snapkv", "pyramidkv"};
+    for (int pi = 0; pi < 4; pi++) {
+        skv_policy_params pp = skv_policy_default_params(pols[pi]);
+        pp.budget = 0.3f;
+        skv_policy_kind kind;
+        REQUIRE(skv_policy_parse(&pp, hd, &kind) == SKV_OK, "%s", skv_last_error());
+        skv_context *f = NULL, *cf = NULL;
+        REQUIRE(skv_context_fork(src, &pp, &f) == SKV_OK, "fork %s: %s", pols[pi], skv_last_error());
+        REQUIRE(skv_context_fork(csrc, &pp, &cf) == SKV_OK, "cpu fork %s: %s", pols[pi], skv_last_error());
+        int exact = 1, rows_ok = 1;
+        double inter = 0, uni = 0;
+        for (int l = 0; l < L; l++)
+            for (int g = 0; g < KVH; g++) {
+                int32_t n = 0, nf = 0;
+                REQUIRE(skv_gpu_stream_read(src->gpu, l, 0, g, &n, pos, acc, win, k0, v0) == SKV_OK, "%s", skv_last_error());
+                REQUIRE(skv_gpu_stream_read(f->gpu, l, 0, g, &nf, fp, NULL, NULL, k1, v1) == SKV_OK, "%s", skv_last_error());
+                const int32_t b = skv_policy_budget(&pp, kind, l, L, PP);
+                if (kind == SKV_POL_WINDOW) skv_select_window(pos, n, b, pp.sinks, keep);
+                else if (kind == SKV_POL_H2O) skv_select_h2o(pos, acc, n, b, pp.recent_frac, keep);
+                else skv_select_snapkv(pos, win, n, b, pp.obs_window, pp.pool_kernel, keep);
+                int32_t m_ = 0;
+                for (int s = 0; s < n; s++)
+                    if (keep[s]) cp_[m_++] = pos[s];
+                if (m_ != nf) exact = 0;
+                for (int s = 0; s < nf && s < m_; s++) exact &= fp[s] == cp_[s]; /* stable: same order */
+                /* rows moved intact: slot s of the fork holds the source's row of its position */
+                for (int s = 0; s < nf; s++)
+                    rows_ok &= !memcmp(k1 + (size_t)s * hd, k0 + (size_t)fp[s] * hd, sizeof(float) * hd) &&
+                               !memcmp(v1 + (size_t)s * hd, v0 + (size_t)fp[s] * hd, sizeof(float) * hd);
+                /* against the CPU backend's own choice */
+                int32_t nc = skv_context_kept(cf, l, g, cp_);
+                qsort(cp_, (size_t)nc, sizeof *cp_, cmp_i32);
+                qsort(fp, (size_t)nf, sizeof *fp, cmp_i32);
+                int i = 0, j = 0, both = 0;
+                while (i < nf && j < nc) {
+                    if (fp[i] == cp_[j]) both++, i++, j++;
+                    else if (fp[i] < cp_[j]) i++;
+                    else j++;
+                }
+                inter += both, uni += nf + nc - both;
+            }
+        printf("    %-9s budget 0.3: GPU selection = brute force on its scores: %s; rows intact: %s; "
+               "Jaccard with the CPU backend's sets %.3f\n", pols[pi], exact ? "yes" : "NO", rows_ok ? "yes" : "NO",
+               inter / uni);
+        CHECKF(exact, "%s: the GPU kept a different set than skv_select_* on the same scores", pols[pi]);
+        CHECKF(rows_ok, "%s: K or V rows changed in compaction", pols[pi]);
+        CHECKF(inter / uni > 0.85, "%s: kept sets overlap the CPU's at Jaccard %.3f", pols[pi], inter / uni);
+        /* decode steps */
+        int32_t tok = 17;
+        int step_ok = 1;
+        for (int t = 0; t < 6; t++) {
+            int32_t nb[64];
+            float *accb = malloc(sizeof(float) * (size_t)L * KVH * 512);
+            int32_t *posb = malloc(sizeof(int32_t) * (size_t)L * KVH * 512);
+            for (int l = 0; l < L; l++)
+                for (int g = 0; g < KVH; g++)
+                    skv_gpu_stream_read(f->gpu, l, 0, g, &nb[l * KVH + g], posb + (size_t)(l * KVH + g) * 512,
+                                        accb + (size_t)(l * KVH + g) * 512, NULL, NULL, NULL);
+            REQUIRE(skv_decode(f, &tok, 1, NULL, 0) == SKV_OK, "%s", skv_last_error());
+            const int newest = PP + t;
+            for (int l = 0; l < L; l++)
+                for (int g = 0; g < KVH; g++) {
+                    int32_t n = 0;
+                    skv_gpu_stream_read(f->gpu, l, 0, g, &n, pos, acc, NULL, NULL, NULL);
+                    const int32_t b = f->pol.budget_now[l];
+                    const int evicting = kind == SKV_POL_WINDOW || kind == SKV_POL_H2O;
+                    const int want_n = evicting ? b : nb[l * KVH + g] + 1;
+                    if (n != want_n) step_ok = 0;
+                    if (kind == SKV_POL_WINDOW) { /* exactly sinks + the newest b - sinks */
+                        qsort(pos, (size_t)n, sizeof *pos, cmp_i32);
+                        for (int s = 0; s < n; s++) {
+                            const int want = s < pp.sinks ? s : newest - (n - 1 - s);
+                            if (pos[s] != want) step_ok = 0;
+                        }
+                    } else if (kind == SKV_POL_H2O) { /* the victim's acc before <= every candidate's after */
+                        const int32_t *pb = posb + (size_t)(l * KVH + g) * 512;
+                        const float *ab = accb + (size_t)(l * KVH + g) * 512;
+                        const int recent = (int)lrintf(pp.recent_frac * (float)b);
+                        for (int s = 0; s < nb[l * KVH + g]; s++) {
+                            int found = 0;
+                            for (int u = 0; u < n; u++) found |= pos[u] == pb[s];
+                            if (found) continue; /* pb[s] was the victim */
+                            if (pb[s] > newest - recent) step_ok = 0;
+                            for (int u = 0; u < n; u++)
+                                if (pos[u] <= newest - recent && acc[u] < ab[s] - 1e-6f) step_ok = 0;
+                        }
+                    }
+                }
+            free(accb), free(posb);
+            tok = (tok * 31 + 7) % in->n_vocab;
+        }
+        CHECKF(step_ok, "%s: decode steps broke the budget or the eviction rule", pols[pi]);
+        skv_context_free(f), skv_context_free(cf);
+    }
+    skv_context_free(src), skv_context_free(csrc);
+    free(pos), free(fp), free(cp_), free(acc), free(win), free(k0), free(v0), free(k1), free(v1), free(keep), free(ids);
+    skv_model_free(m);
+}
+
+/* A GPU context created with a policy (compressing its own prompt) equals a fork into it, and
+ * its logits track the CPU backend's under the same policy (window: the same kept set). */
+static void test_policy_logits(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    int32_t *ids = prompt_ids(PP, V, 13);
+    float *lg = malloc(sizeof(float) * V), *lc = malloc(sizeof(float) * V);
+    const char *pols[] = {"window", "h2o", "snapkv"};
+    for (int pi = 0; pi < 3; pi++) {
+        skv_context *g = ctx_with(m, pols[pi], 0.3f, 0, SKV_BACKEND_CUDA), *c = ctx_with(m, pols[pi], 0.3f, 0, SKV_BACKEND_CPU);
+        REQUIRE(g && c, "%s: %s", pols[pi], skv_last_error());
+        REQUIRE(skv_decode(g, ids, PP, lg, 0) == SKV_OK && skv_decode(c, ids, PP, lc, 0) == SKV_OK, "%s", skv_last_error());
+        double worst = 0;
+        int agree = 0;
+        int32_t tok = skv_test_argmax(lc, V);
+        for (int t = 0; t < 16; t++) {
+            REQUIRE(skv_decode(g, &tok, 1, lg, 0) == SKV_OK && skv_decode(c, &tok, 1, lc, 0) == SKV_OK, "%s",
+                    skv_last_error());
+            double num = 0, den = 0;
+            for (int v = 0; v < V; v++) num += (lg[v] - lc[v]) * (lg[v] - lc[v]), den += (double)lc[v] * lc[v];
+            worst = fmax(worst, sqrt(num / den));
+            agree += skv_test_argmax(lg, V) == skv_test_argmax(lc, V);
+            tok = skv_test_argmax(lc, V);
+        }
+        skv_kv_usage ug, uc;
+        skv_context_kv_usage(g, &ug), skv_context_kv_usage(c, &uc);
+        printf("    %-7s 0.3: GPU vs CPU over 16 steps: worst logits relative L2 %.2e, top-1 agrees %d/16; "
+               "slots %lld vs %lld\n", pols[pi], worst, agree, (long long)ug.slots, (long long)uc.slots);
+        CHECKF(ug.slots == uc.slots, "%s: %lld slots on the GPU, %lld on the CPU", pols[pi], (long long)ug.slots,
+               (long long)uc.slots);
+        if (!strcmp(pols[pi], "window")) CHECKF(worst < 2e-2, "window: logits differ by %.3g", worst);
+        CHECKF(agree >= 14, "%s: top-1 agrees at only %d of 16 steps", pols[pi], agree);
+        skv_context_free(g), skv_context_free(c);
+    }
+    free(lg), free(lc), free(ids);
+    skv_model_free(m);
+}
+
+/* Truncation forgets exactly the later tokens; V in the slow tier (pinned host memory) gives the
+ * same logits, and the asynchronous fetch returns the rows the cache holds. */
+static void test_truncate_slow_fetch(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab, hd = in->head_dim;
+    int32_t *ids = prompt_ids(140, V, 21);
+    skv_context *a = ctx_with(m, "full", 1, 0, SKV_BACKEND_CUDA);
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 512, cp.n_batch = 128, cp.backend = SKV_BACKEND_CUDA, cp.v_slow = 1;
+    skv_context *s = NULL;
+    REQUIRE(a && skv_context_init(m, cp, &s) == SKV_OK, "%s", skv_last_error());
+    float *l1 = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * V), *l3 = malloc(sizeof(float) * V);
+    CHECK(skv_decode(a, ids, 100, NULL, 0) == SKV_OK && skv_decode(a, ids + 100, 40, l1, 0) == SKV_OK);
+    CHECK(skv_context_truncate(a, 100) == SKV_OK && skv_context_n_past(a) == 100);
+    CHECK(skv_decode(a, ids + 100, 40, l2, 0) == SKV_OK);
+    CHECKF(!memcmp(l1, l2, sizeof(float) * V), "logits after truncate + re-decode differ");
+    CHECK(skv_decode(s, ids, 100, NULL, 0) == SKV_OK && skv_decode(s, ids + 100, 40, l3, 0) == SKV_OK);
+    CHECKF(!memcmp(l1, l3, sizeof(float) * V), "V in the slow tier changes the logits");
+    skv_kv_usage u;
+    skv_context_kv_usage(s, &u);
+    CHECKF(u.bytes_slow * 2 == u.bytes && u.bytes_fast == u.bytes_slow, "slow tier holds %lld of %lld bytes",
+           (long long)u.bytes_slow, (long long)u.bytes);
+    const int32_t rows[5] = {0, 5, 64, 99, 139};
+    void *dev = NULL;
+    REQUIRE(skv_gpu_scratch((int64_t)5 * hd * 2, &dev) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_gpu_fetch_v(s->gpu, 1, 0, 0, rows, 5, dev) == SKV_OK && skv_gpu_fetch_wait(s->gpu) == SKV_OK);
+    uint16_t *got = malloc(sizeof(uint16_t) * 5 * hd);
+    float *vv = malloc(sizeof(float) * 512 * hd);
+    int32_t n = 0;
+    CHECK(skv_gpu_download(got, dev, (int64_t)5 * hd * 2) == SKV_OK);
+    CHECK(skv_gpu_stream_read(s->gpu, 1, 0, 0, &n, NULL, NULL, NULL, NULL, vv) == SKV_OK && n == 140);
+    int same = 1;
+    for (int r = 0; r < 5; r++)
+        for (int d = 0; d < hd; d++) {
+            const union { uint32_t u; float f; } x = {.u = (uint32_t)got[r * hd + d] << 16};
+            same &= x.f == vv[(size_t)rows[r] * hd + d];
+        }
+    CHECKF(same, "fetched V rows differ from the cache's");
+    const int32_t bad = 140;
+    CHECK(skv_gpu_fetch_v(s->gpu, 1, 0, 0, &bad, 1, dev) == SKV_ERR_ARG);
+    skv_gpu_scratch_free(dev);
+    skv_context_free(a), skv_context_free(s);
+    free(l1), free(l2), free(l3), free(got), free(vv), free(ids);
+    skv_model_free(m);
+}
+
+/* Sampling on the GPU draws what the CPU sampler draws from the same logits and the same seed:
+ * temperature, top-k, top-p and the repetition penalty, over many steps. */
+static void test_sampling(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    int32_t *ids = prompt_ids(64, V, 5);
+    const struct { float t; int k; float p, pen; } cfg[] = {
+        {0.0f, 0, 1.0f, 1.0f}, {1.0f, 0, 1.0f, 1.0f}, {0.8f, 40, 1.0f, 1.0f}, {0.8f, 0, 0.9f, 1.0f},
+        {0.7f, 50, 0.95f, 1.3f}, {1.5f, 0, 0.5f, 1.1f}};
+    float *lg = malloc(sizeof(float) * V);
+    int32_t *seen = malloc(sizeof(int32_t) * 512);
+    int agree = 0, total = 0;
+    for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++) {
+        skv_sampler_params sp = skv_sampler_default_params();
+        sp.temperature = cfg[ci].t, sp.top_k = cfg[ci].k, sp.top_p = cfg[ci].p, sp.repetition_penalty = cfg[ci].pen;
+        sp.seed = 100 + ci;
+        skv_sampler *sg = NULL, *sc = NULL;
+        REQUIRE(skv_sampler_init(sp, V, &sg) == SKV_OK && skv_sampler_init(sp, V, &sc) == SKV_OK, "%s", skv_last_error());
+        skv_context *g = ctx_with(m, "full", 1, 0, SKV_BACKEND_CUDA);
+        REQUIRE(g, "%s", skv_last_error());
+        CHECK(skv_decode(g, ids, 64, NULL, 0) == SKV_OK);
+        for (int i = 0; i < 64; i++) skv_sampler_accept(sg, ids[i]), skv_sampler_accept(sc, ids[i]);
+        int32_t tok = ids[63] % 100 + 1, ci_agree = 0;
+        for (int t = 0; t < 40; t++) {
+            skv_gpu_sample gs;
+            skv_sampler_gpu_args(sg, &gs, seen);
+            const int32_t pos = skv_context_n_past(g);
+            int32_t next = -1;
+            REQUIRE(skv_gpu_decode_batch(g->gpu, &tok, &pos, 1, lg, &next, &gs) == SKV_OK, "%s", skv_last_error());
+            g->n_past++;
+            const int32_t want = skv_sampler_sample(sc, lg); /* same logits, same stream */
+            ci_agree += next == want;
+            skv_sampler_accept(sg, next), skv_sampler_accept(sc, next);
+            tok = next;
+        }
+        printf("    t=%.1f k=%d p=%.2f penalty=%.1f: GPU draw = CPU draw at %d/40 steps\n", cfg[ci].t, cfg[ci].k,
+               cfg[ci].p, cfg[ci].pen, ci_agree);
+        agree += ci_agree, total += 40;
+        /* and through the public call: ids in range, the context advances */
+        int32_t nx = -1;
+        CHECK(skv_decode_sampled(g, tok, sg, &nx) == SKV_OK && nx >= 0 && nx < V);
+        skv_context_free(g);
+        skv_sampler_free(sg), skv_sampler_free(sc);
+    }
+    CHECKF(agree >= total - 2, "GPU and CPU draws agree at only %d of %d steps", agree, total);
+    free(lg), free(seen), free(ids);
+    skv_model_free(m);
+}
+
 void register_cuda(void) {
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);
     skv_test_add("cuda/batched decode = single decode; fork", test_batch_fork);
+    skv_test_add("cuda/attention statistics vs the CPU backend", test_stats_vs_cpu);
+    skv_test_add("cuda/window, h2o, snapkv, pyramidkv: selection = brute force, rows intact, steps", test_policies_brute);
+    skv_test_add("cuda/policies: own prompt compression, logits vs the CPU backend", test_policy_logits);
+    skv_test_add("cuda/truncate; V in the slow tier; asynchronous fetch", test_truncate_slow_fetch);
+    skv_test_add("cuda/sampling on the GPU = the CPU sampler's draws", test_sampling);
 }

@@ -46,6 +46,7 @@ static int parse_list(const char *cmd, const char *flag, const char *s, int *out
 
 /* prefill ids[0..n) into sequence seq from position 0, in chunks */
 static void prefill(skv_gpu_ctx *g, int seq, const int32_t *ids, int n, int ub) {
+    cli_check("bench", skv_gpu_truncate(g, seq, 0));
     for (int off = 0; off < n; off += ub)
         cli_check("bench", skv_gpu_forward(g, seq, ids + off, n - off < ub ? n - off : ub, off, NULL, 0));
 }
@@ -83,7 +84,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     crow rows[3 * MAXR];
     int nr = 0;
     skv_gpu_ctx *g = NULL;
-    cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, &g));
+    cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, NULL, &g));
     for (int i = 0; i < n_pp; i++) {
         crow *r = &rows[nr++];
         memset(r, 0, sizeof *r);
@@ -98,15 +99,14 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
     }
     if (n_d > 0) {
-        int deepest = 0;
-        for (int i = 0; i < n_d; i++) deepest = depths[i] > deepest ? depths[i] : deepest;
-        prefill(g, 0, ids, deepest, ubatch);
         for (int i = 0; i < n_d; i++) {
+            prefill(g, 0, ids, depths[i], ubatch);
             crow *r = &rows[nr++];
             memset(r, 0, sizeof *r);
             r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
             snprintf(r->name, sizeof r->name, "tg%d@d%d", tg, depths[i]);
             for (int k = -1; k < reps; k++) {
+                cli_check("bench", skv_gpu_truncate(g, 0, depths[i]));
                 skv_gpu_timer_start(g);
                 for (int s = 0; s < tg; s++) {
                     int32_t id = ids[(depths[i] + s) % max_len];
@@ -123,7 +123,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     int bmax = 0;
     for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
     if (bmax > 0) {
-        cli_check("bench", skv_gpu_ctx_init(gm, batch_depth + tg, ubatch, bmax, &g));
+        cli_check("bench", skv_gpu_ctx_init(gm, batch_depth + tg, ubatch, bmax, NULL, &g));
         int32_t *bid = malloc(sizeof(int32_t) * (size_t)bmax), *bpos = malloc(sizeof(int32_t) * (size_t)bmax);
         int32_t *pr = malloc(sizeof(int32_t) * (size_t)batch_depth);
         for (int s = 0; s < bmax; s++) {
@@ -137,10 +137,13 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             r->kind = 2, r->n = tg, r->depth = batch_depth, r->batch = B;
             snprintf(r->name, sizeof r->name, "bs%d@d%d", B, batch_depth);
             for (int k = -1; k < reps; k++) {
-                for (int s = 0; s < B; s++) bid[s] = rid(in->n_vocab), bpos[s] = batch_depth;
+                for (int s = 0; s < B; s++) {
+                    bid[s] = rid(in->n_vocab), bpos[s] = batch_depth;
+                    cli_check("bench", skv_gpu_truncate(g, s, batch_depth));
+                }
                 skv_gpu_timer_start(g);
                 for (int t = 0; t < tg; t++) {
-                    cli_check("bench", skv_gpu_decode_batch(g, bid, bpos, B, NULL, bid));
+                    cli_check("bench", skv_gpu_decode_batch(g, bid, bpos, B, NULL, bid, NULL));
                     for (int s = 0; s < B; s++) bpos[s]++;
                 }
                 const double ms = skv_gpu_timer_stop(g);

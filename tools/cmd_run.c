@@ -103,8 +103,8 @@ int cmd_run(int argc, char **argv) {
     int n_out = 0, stopped_ctx = 0;
     char piece[256];
     double t2 = skv_time_now();
+    int32_t id = skv_sampler_sample(smp, logits); /* from the prompt's logits */
     while (n_out < n_gen) {
-        int32_t id = skv_sampler_sample(smp, logits);
         gen[n_out++] = id;
         skv_sampler_accept(smp, id);
         if (!ignore_eos && id == in->eos_id) break;
@@ -120,8 +120,12 @@ int cmd_run(int argc, char **argv) {
             stopped_ctx = 1;
             break;
         }
-        if (sk) cli_check("run", skv_smallkv_decode(drv, id, logits));
-        else cli_check("run", skv_decode(c, &id, 1, logits, 0));
+        if (sk) {
+            cli_check("run", skv_smallkv_decode(drv, id, logits));
+            id = skv_sampler_sample(smp, logits);
+        } else { /* on the CUDA backend the draw happens on the GPU */
+            cli_check("run", skv_decode_sampled(c, id, smp, &id));
+        }
     }
     double t3 = skv_time_now();
     if (json) {

@@ -139,7 +139,7 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = SKV_MIN(np + o->max_new, skv_model_get_info(m)->n_ctx);
     cp.kv_format = o->kv_format;
-    cp.collect_stats = o->backend == SKV_BACKEND_CPU; /* the CUDA backend forks into full only */
+    cp.collect_stats = 1; /* forks into every policy */
     cp.backend = o->backend;
     cp.collect_head_stats = sk_prefix > 0;
     cp.head_prefix = sk_prefix;

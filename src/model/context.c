@@ -45,9 +45,20 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
 
     if (p.backend != SKV_BACKEND_CPU && p.backend != SKV_BACKEND_CUDA)
         return skv_set_error(SKV_ERR_ARG, "unknown backend %d", (int)p.backend);
-    if (p.backend == SKV_BACKEND_CUDA && (kind != SKV_POL_FULL || p.collect_stats || p.collect_head_stats))
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs the full policy without attention "
-                             "statistics so far (policy %s)", p.policy.name ? p.policy.name : "full");
+    if (p.backend == SKV_BACKEND_CUDA) {
+        const int32_t n = p.n_ctx ? p.n_ctx : in->n_ctx;
+        if (kind == SKV_POL_QUANT)
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "policy quant runs on the CPU backend only (the CUDA "
+                                 "cache is bf16)");
+        if (p.collect_head_stats)
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "per-head attention statistics (collect_head_stats, "
+                                 "SmallKV) need the CPU backend");
+        if (in->sliding_window > 0 && n > in->sliding_window)
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend has no sliding-window attention: a "
+                                 "context of %d tokens exceeds the model's window of %d", n, in->sliding_window);
+    } else if (p.v_slow) {
+        return skv_set_error(SKV_ERR_ARG, "v_slow (V in pinned host memory) needs the CUDA backend");
+    }
     if (p.collect_head_stats && kind != SKV_POL_FULL)
         return skv_set_error(SKV_ERR_ARG, "per-head attention statistics need the full policy (got %s)",
                              p.policy.name);
@@ -118,12 +129,28 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     return SKV_OK;
 }
 
+static skv_gpu_policy gpu_policy(const skv_context *c, int v_slow) {
+    const skv_policy_params *p = &c->pol.p;
+    skv_gpu_policy g = {.evict = SKV_GPU_KEEP, .sinks = p->sinks, .recent_frac = p->recent_frac,
+                        .obs_window = p->obs_window, .pool_kernel = p->pool_kernel, .want_acc = c->want_acc,
+                        .want_win = c->want_win, .v_slow = v_slow};
+    switch (c->pol.kind) {
+    case SKV_POL_WINDOW: g.evict = SKV_GPU_WINDOW; break;
+    case SKV_POL_H2O: g.evict = SKV_GPU_H2O; break;
+    case SKV_POL_SNAPKV:
+    case SKV_POL_PYRAMIDKV: g.evict = SKV_GPU_SNAPKV; break;
+    default: break;
+    }
+    return g;
+}
+
 skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
     skv_status st = context_alloc(m, p, out);
     if (st || p.backend != SKV_BACKEND_CUDA) return st;
     skv_context *c = *out;
     struct skv_gpu_model *g = NULL;
-    if ((st = skv_model_gpu(m, &g)) || (st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &c->gpu))) {
+    const skv_gpu_policy gp = gpu_policy(c, p.v_slow);
+    if ((st = skv_model_gpu(m, &g)) || (st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &gp, &c->gpu))) {
         skv_context_free(c);
         *out = NULL;
     }
@@ -140,6 +167,8 @@ int skv_backend_available(skv_backend b) {
 void skv_context_free(skv_context *c) {
     if (!c) return;
     skv_gpu_ctx_free(c->gpu);
+    free(c->sample_logits);
+    free(c->sample_seen);
     skv_cache_free(&c->cache);
     float **bufs[] = {&c->rope_cos, &c->rope_sin, &c->x, &c->xb, &c->proj, &c->q, &c->att_out,
                       &c->k, &c->v, &c->hb, &c->hb2, &c->att, &c->gk, &c->gv, &c->probs,
@@ -158,22 +187,23 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
                             skv_context **out) {
     *out = NULL;
     if (src->gpu) {
-        /* the CUDA backend runs the full policy: the fork is a copy of the device cache */
+        /* a fresh CUDA context with the new policy, the device cache copied, then compressed */
         skv_policy_kind k;
         skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &k);
         if (st) return st;
-        if (k != SKV_POL_FULL)
-            return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs the full policy so far (fork into %s)",
-                                 policy->name);
+        if ((skv_policy_needs_acc(k) && !src->want_acc) || (skv_policy_needs_win(k) && !src->want_win))
+            return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
+                                 "the attention statistics it needs (set collect_stats)", policy->name);
         skv_context_params p = skv_context_default_params();
-        p.n_ctx = src->n_ctx, p.n_batch = src->n_batch, p.backend = SKV_BACKEND_CUDA;
+        p.n_ctx = src->n_ctx, p.n_batch = src->n_batch, p.backend = SKV_BACKEND_CUDA, p.policy = *policy;
         if ((st = skv_context_init(src->m, p, out))) return st;
-        if ((st = skv_gpu_ctx_copy((*out)->gpu, src->gpu, src->n_past))) {
-            skv_context_free(*out);
+        skv_context *c = *out;
+        c->n_past = src->n_past;
+        if ((st = skv_gpu_ctx_copy(c->gpu, src->gpu)) || (st = skv_context_gpu_compress(c))) {
+            skv_context_free(c);
             *out = NULL;
             return st;
         }
-        (*out)->n_past = src->n_past;
         return SKV_OK;
     }
     skv_context_params p = skv_context_default_params();
@@ -337,10 +367,22 @@ skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer
     return SKV_OK;
 }
 
+skv_status skv_context_gpu_compress(skv_context *c) {
+    const int32_t L = c->m->cfg.info.n_layer;
+    if (c->pol.kind == SKV_POL_FULL) return SKV_OK;
+    for (int32_t l = 0; l < L; l++)
+        c->pol.budget_now[l] = skv_policy_budget(&c->pol.p, c->pol.kind, l, L, c->n_past);
+    return skv_gpu_compress(c->gpu, 0, c->pol.budget_now);
+}
+
 skv_status skv_context_truncate(skv_context *c, int32_t n_past) {
     if (n_past < 0 || n_past > c->n_past)
         return skv_set_error(SKV_ERR_ARG, "truncate to %d: context holds %d tokens", n_past,
                              c->n_past);
+    if (c->gpu) {
+        skv_status st = skv_gpu_truncate(c->gpu, 0, n_past);
+        if (st) return st;
+    }
     skv_cache_truncate(&c->cache, n_past);
     c->n_past = n_past;
     if (n_past == 0) memset(c->pol.budget_now, 0, (size_t)c->m->cfg.info.n_layer * sizeof(int32_t));
@@ -352,10 +394,14 @@ void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u) {
     skv_cache_usage_get(&c->cache, &cu);
     memset(u, 0, sizeof *u);
     u->bytes = cu.total;
-    if (c->gpu) { /* bf16 K and V of every position, on the device */
+    if (c->gpu) { /* bf16 blocks held in the device pool (V in pinned host memory when slow) */
+        int64_t bytes, slow;
+        skv_gpu_kv_usage(c->gpu, &bytes, &slow, &u->slots);
         u->n_past = c->n_past;
-        u->bytes = u->bytes_fast = skv_gpu_ctx_kv_bytes(c->gpu, c->n_past);
-        u->slots = (int64_t)c->n_past * c->m->cfg.info.n_layer * c->m->cfg.info.n_kv_head;
+        u->bytes = bytes;
+        u->bytes_slow = slow;
+        u->bytes_fast = bytes - slow;
+        u->bytes_by_format[SKV_KV_BF16] = bytes;
         return;
     }
     for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++) {
@@ -369,11 +415,21 @@ void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u) {
 
 int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t kv_head) {
     if (layer < 0 || layer >= c->cache.n_layer || kv_head < 0 || kv_head >= c->cache.n_kv_head) return -1;
+    if (c->gpu) { /* the blocks its slots fill, K and V in bf16 */
+        int32_t n = 0;
+        if (skv_gpu_stream_read(c->gpu, layer, 0, kv_head, &n, NULL, NULL, NULL, NULL, NULL)) return -1;
+        return (int64_t)(n + SKV_GPU_BLOCK - 1) / SKV_GPU_BLOCK * SKV_GPU_BLOCK * c->cache.head_dim * 2 * 2;
+    }
     return skv_cache_stream_bytes(&c->cache, layer, kv_head);
 }
 
 int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos) {
     if (layer < 0 || layer >= c->cache.n_layer || kv_head < 0 || kv_head >= c->cache.n_kv_head) return -1;
+    if (c->gpu) {
+        int32_t n = 0;
+        if (skv_gpu_stream_read(c->gpu, layer, 0, kv_head, &n, pos, NULL, NULL, NULL, NULL)) return -1;
+        return n;
+    }
     const skv_stream *st = skv_cache_stream(&c->cache, layer, kv_head);
     if (pos) memcpy(pos, st->pos, (size_t)st->n * sizeof *pos);
     return st->n;

@@ -380,7 +380,8 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
             return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary "
                                  "(%d entries)", ids[i], i, in->n_vocab);
     skv_status st = SKV_OK;
-    if (c->gpu) {
+    if (c->gpu) { /* per-step eviction happens on the device; compression after a prompt here */
+        if (n > 1 && c->want_win) skv_gpu_begin_call(c->gpu, 0, c->n_past + n - SKV_MAX(c->pol.p.obs_window, 1));
         for (int32_t off = 0; off < n && !st; off += c->n_batch) {
             const int32_t nb = SKV_MIN(c->n_batch, n - off);
             float *lg = NULL;
@@ -388,6 +389,7 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
             else if (logits && off + nb == n) lg = logits;
             if (!(st = skv_gpu_forward(c->gpu, 0, ids + off, nb, c->n_past, lg, all_logits))) c->n_past += nb;
         }
+        if (!st && n > 1) st = skv_context_gpu_compress(c);
         return st;
     }
     if (n > 1 && c->want_win) {
@@ -414,4 +416,31 @@ skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logi
     else
         skv_policy_step(&c->pol, &c->cache, c->pol_scratch);
     return SKV_OK;
+}
+
+skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_t *next) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (!c->gpu) {
+        if (!c->sample_logits && !(c->sample_logits = malloc(sizeof(float) * (size_t)in->n_vocab)))
+            return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        skv_status st = skv_decode(c, &id, 1, c->sample_logits, 0);
+        if (st) return st;
+        *next = skv_sampler_sample(s, c->sample_logits);
+        return SKV_OK;
+    }
+    if (c->n_past + 1 > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "1 token after %d cached exceeds the context of %d tokens", c->n_past,
+                             c->n_ctx);
+    const int64_t hist = skv_sampler_history(s);
+    if (hist > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "the sampler has seen %lld ids, more than the context's %d",
+                             (long long)hist, c->n_ctx);
+    if (!c->sample_seen && !(c->sample_seen = malloc(sizeof(int32_t) * (size_t)c->n_ctx)))
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    skv_gpu_sample g;
+    skv_sampler_gpu_args(s, &g, c->sample_seen);
+    const int32_t pos = c->n_past;
+    skv_status st = skv_gpu_decode_batch(c->gpu, &id, &pos, 1, NULL, next, &g);
+    if (!st) c->n_past++;
+    return st;
 }

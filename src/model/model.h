@@ -42,6 +42,8 @@ struct skv_model {
 struct skv_context {
     skv_model *m;
     struct skv_gpu_ctx *gpu;   /* CUDA backend: device cache and scratch (NULL on the CPU) */
+    float *sample_logits;      /* (n_vocab) skv_decode_sampled on the CPU, allocated on use */
+    int32_t *sample_seen;      /* (n_ctx) the sampler's distinct ids for the GPU, allocated on use */
     int32_t n_ctx, n_batch, n_past, n_threads;
     skv_cache cache;           /* K (after RoPE) and V of the kept tokens */
     skv_policy_state pol;
@@ -88,6 +90,8 @@ skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float 
 /* Stop collecting per-head statistics and free them (SmallKV's large model after matching). */
 void skv_context_drop_head_stats(skv_context *c);
 
+/* CUDA contexts: compress to the policy's budgets at the current length (context.c). */
+skv_status skv_context_gpu_compress(skv_context *c);
 /* The model's GPU copy, uploaded on first use (gpu_glue.c). */
 skv_status skv_model_gpu(skv_model *m, struct skv_gpu_model **out);
 

@@ -3,6 +3,7 @@
  * penalty, seeded. Order as in transformers' generate: penalty, temperature, top-k, top-p.
  */
 #include "internal.h"
+#include "backend/cuda/gpu.h"
 
 #include <math.h>
 
@@ -165,4 +166,27 @@ int32_t skv_sampler_sample(skv_sampler *s, float *logits) {
         if (r < acc) return s->cands[i].id;
     }
     return s->cands[n - 1].id;
+}
+
+int64_t skv_sampler_history(const skv_sampler *s) {
+    return s->p.penalty_last_n > 0 ? SKV_MIN(s->n_seen, s->cap_seen) : s->n_seen;
+}
+
+void skv_sampler_gpu_args(skv_sampler *s, skv_gpu_sample *g, int32_t *seen) {
+    g->temperature = s->p.temperature;
+    g->top_k = s->p.top_k;
+    g->top_p = s->p.top_p;
+    g->penalty = s->p.repetition_penalty;
+    g->u = s->p.temperature == 0.0f ? 0.0 : rand_unit(s);
+    g->seen = seen;
+    g->n_seen = 0;
+    if (s->p.repetition_penalty == 1.0f) return;
+    const int64_t n = skv_sampler_history(s);
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t id = s->seen[i];
+        if (s->mark[id]) continue;
+        s->mark[id] = 1;
+        seen[g->n_seen++] = id;
+    }
+    for (int32_t i = 0; i < g->n_seen; i++) s->mark[seen[i]] = 0;
 }

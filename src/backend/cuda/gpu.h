@@ -1,9 +1,15 @@
 /*
  * gpu.h — the CUDA backend's C interface (internal). Weights live on the GPU in bf16 (norms and
- * biases in f32); activations in f32 with bf16 copies as matrix inputs; the KV cache in bf16,
- * one region per (layer, sequence, KV head) of n_ctx rows. Matrix products of more than 8
- * tokens go through cuBLAS; single tokens and small batches through the backend's own
+ * biases in f32); activations in f32 with bf16 copies as matrix inputs. Matrix products of more
+ * than 8 tokens go through cuBLAS; single tokens and small batches through the backend's own
  * bandwidth-bound GEMV; decode attention is split-K (flash decoding) over the cache.
+ *
+ * The KV cache is paged: blocks of SKV_GPU_BLOCK rows (K and V, bf16) from one pool per
+ * context, a block table per stream (layer, sequence, KV head) and per-slot positions and
+ * statistics, as the CPU cache (kv/cache.h): slots in arbitrary order, keys stored after RoPE,
+ * new tokens appended. Policies evict on the device: compress after a multi-token call (top-k
+ * selection per stream, stable compaction), one eviction per stream per decode step
+ * (window, h2o). The V pool can live in pinned host memory (the slow tier).
  *
  * Built with `make CUDA=1` (SKV_CUDA defined, gpu.cu compiled by nvcc); otherwise gpu_stub.c
  * answers every call with SKV_ERR_UNSUPPORTED.
@@ -44,31 +50,89 @@ typedef struct skv_gpu_model_desc {
 typedef struct skv_gpu_model skv_gpu_model;
 typedef struct skv_gpu_ctx skv_gpu_ctx;
 
+#define SKV_GPU_BLOCK 64 /* cache rows per block (the flash kernel's key tile) */
+
+/* What the cache does besides keeping everything (kv/policy.h names the kinds). */
+enum { SKV_GPU_KEEP = 0, SKV_GPU_WINDOW = 1, SKV_GPU_H2O = 2, SKV_GPU_SNAPKV = 3 };
+typedef struct skv_gpu_policy {
+    int32_t evict;           /* SKV_GPU_*: how compress selects; window and h2o also evict per step */
+    int32_t sinks;           /* window */
+    float recent_frac;       /* h2o */
+    int32_t obs_window, pool_kernel; /* snapkv */
+    int32_t want_acc;        /* accumulate every query's attention per slot (group-summed) */
+    int32_t want_win;        /* accumulate the observation window's attention per slot */
+    int32_t v_slow;          /* V blocks in pinned host memory (read over PCIe) */
+} skv_gpu_policy;
+
+/* A next-token choice on the device, as skv_sampler_sample makes it on the host: penalty on
+ * the `n_seen` distinct ids in `seen`, temperature, top-k, top-p, then the draw u in [0, 1). */
+typedef struct skv_gpu_sample {
+    float temperature, top_p, penalty;
+    int32_t top_k;
+    double u;
+    const int32_t *seen;
+    int32_t n_seen;
+} skv_gpu_sample;
+
 /* 1 when built with CUDA and a device answers; else 0 with the reason in skv_last_error(). */
 int skv_gpu_available(void);
 skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out);
 void skv_gpu_model_free(skv_gpu_model *g);
 int64_t skv_gpu_model_bytes(const skv_gpu_model *g);
 
-/* A context for n_seq sequences of up to n_ctx tokens; prefill chunks of up to n_batch. */
+/* A context for n_seq sequences of up to n_ctx tokens each; prefill chunks of up to n_batch.
+ * pol NULL: keep everything, no statistics. The block pool holds every stream's n_ctx rows. */
 skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq,
-                            skv_gpu_ctx **out);
+                            const skv_gpu_policy *pol, skv_gpu_ctx **out);
 void skv_gpu_ctx_free(skv_gpu_ctx *c);
-int64_t skv_gpu_ctx_kv_bytes(const skv_gpu_ctx *c, int32_t n_tokens);
 
-/* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; the cache rows before
- * pos0 must be filled). logits (host, may be NULL): the last token's n_vocab, or all n rows. */
+/* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
+ * the slots (kept tokens) summed over streams. */
+void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots);
+/* Bytes of K and V per token over all layers (bf16). */
+int64_t skv_gpu_kv_bytes_per_token(const skv_gpu_ctx *c);
+
+/* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; pos0 must be the
+ * sequence's next position). logits (host, may be NULL): the last token's n_vocab, or all n. */
 skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0,
                            float *logits, int all);
 
-/* One decode step of sequences 0..n-1, token ids[s] at position pos[s]. logits (host, may be
- * NULL): (n, n_vocab). next (host, may be NULL): the greedy next id of each, argmax on the GPU. */
-skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n,
-                                float *logits, int32_t *next);
+/* Start a multi-token call of sequence seq whose observation window begins at win_from:
+ * the window statistics are reset (no-op without want_win). */
+void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from);
 
-/* Copy the first n_tokens cache rows of every layer and KV head of sequence 0 from src to dst
- * (same model; dst at least as long). */
-skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src, int32_t n_tokens);
+/* One decode step of sequences 0..n-1, token ids[s] at position pos[s] (each its sequence's
+ * next). logits (host, may be NULL): (n, n_vocab). next (host, may be NULL): the next id of
+ * each: argmax on the GPU, or drawn by sample[s] when sample is not NULL. */
+skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n,
+                                float *logits, int32_t *next, const skv_gpu_sample *sample);
+
+/* Evict: every stream of layer l of sequence seq keeps min(n, budget[l]) slots chosen by the
+ * policy; window and h2o then hold each stream at budget[l] per decode step. */
+skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget);
+/* Forget the tokens at positions >= from of sequence seq (0: empty it). */
+skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from);
+
+/* Copy sequence 0 (slots, positions, statistics the destination collects, the next position)
+ * from src into sequence 0 of dst (same model; dst at least as long). */
+skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src);
+
+/* One stream's state for tests and tools: its slot count, and (host arrays of n_ctx, each may
+ * be NULL) positions, accumulated and window attention (zeros when not collected), K and V
+ * rows as f32 (n_ctx * head_dim). */
+skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,
+                               int32_t *pos, float *acc, float *win, float *k, float *v);
+
+/* The slow tier's asynchronous fetch (what KCache reads per step): V rows of the given slots of
+ * one stream gathered into dst (device, n * head_dim bf16) on the context's copy stream; the
+ * call returns at once, skv_gpu_fetch_wait waits. rows (host) is copied before return. */
+skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, const int32_t *rows,
+                           int32_t n, void *dst);
+skv_status skv_gpu_fetch_wait(skv_gpu_ctx *c);
+/* Device scratch for tests of the fetch: alloc, download, free. */
+skv_status skv_gpu_scratch(int64_t bytes, void **dev);
+skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes);
+void skv_gpu_scratch_free(void *dev);
 
 /* Wait for the device; return the first asynchronous error. */
 skv_status skv_gpu_sync(skv_gpu_ctx *c);

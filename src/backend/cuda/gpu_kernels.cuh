@@ -6,22 +6,7 @@
 #ifndef SKV_GPU_KERNELS_CUH
 #define SKV_GPU_KERNELS_CUH
 
-#include "backend/cuda/gpu_common.cuh"
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ void bf16x8_to_f32(uint4 u, float *f) {
-    const __nv_bfloat162 *p = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(p[i]);
-        f[2 * i] = t.x, f[2 * i + 1] = t.y;
-    }
-}
+#include "backend/cuda/gpu_device.cuh"
 
 /* x[r] = embed[ids[r]] */
 __global__ void k_embed(const int32_t *ids, const bf16 *E, float *x, int D) {
@@ -106,19 +91,22 @@ __global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) 
 }
 
 /* From row r of qkv (q | k | v, bias already in): RoPE'd q into q (f32) and qb (bf16), RoPE'd k
- * and v into the cache at (layer base, seq, g, pos). */
-__global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kc, bf16 *vc,
-                             const float *cosr, const float *sinr, const int32_t *rpos, const int32_t *rseq,
-                             int pos0, int seq0, int H, int KVH, int hd, int n_ctx) {
+ * and v appended to the stream (layer l, the row's sequence, g): slot slen + r (prefill, rows of
+ * one sequence) or slot slen (decode, one row per sequence), its position and zeroed
+ * statistics with it. */
+__global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf16 *vp, const int32_t *bt,
+                             const int32_t *slen, int32_t *spos, float *sacc, float *swin, const float *cosr,
+                             const float *sinr, const int32_t *rpos, const int32_t *rseq, int pos0, int seq0, int l,
+                             int n_seq, int mb, int H, int KVH, int hd, int n_ctx) {
     /* block (row r, head blockIdx.y of H + KVH), threads over the hd/2 rotation pairs */
     const int r = blockIdx.x, half = hd / 2;
     const int64_t QKV = (int64_t)(H + 2 * KVH) * hd;
     const float *qin = qkv + r * QKV, *kin = qin + (int64_t)H * hd, *vin = kin + (int64_t)KVH * hd;
     const int pos = rpos ? rpos[r] : pos0 + r, seq = rseq ? rseq[r] : seq0;
     const float *cs = cosr + (int64_t)pos * half, *sn = sinr + (int64_t)pos * half;
-    for (int j = threadIdx.x; j < half; j += blockDim.x) {
-        const int head = blockIdx.y;
-        if (head < H) {
+    const int head = blockIdx.y;
+    if (head < H) {
+        for (int j = threadIdx.x; j < half; j += blockDim.x) {
             const float *qi = qin + (int64_t)head * hd;
             float *qh = q + ((int64_t)r * H + head) * hd;
             const float a = qi[j], b = qi[j + half];
@@ -126,16 +114,25 @@ __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kc, bf1
             qh[j] = na, qh[j + half] = nb;
             qb[((int64_t)r * H + head) * hd + j] = __float2bfloat16(na);
             qb[((int64_t)r * H + head) * hd + j + half] = __float2bfloat16(nb);
-        } else {
-            const int g = head - H;
-            const float *kh = kin + (int64_t)g * hd, *vh = vin + (int64_t)g * hd;
-            const int64_t o = (((int64_t)seq * KVH + g) * n_ctx + pos) * hd;
-            const float a = kh[j], b = kh[j + half];
-            kc[o + j] = __float2bfloat16(a * cs[j] - b * sn[j]);
-            kc[o + j + half] = __float2bfloat16(b * cs[j] + a * sn[j]);
-            vc[o + j] = __float2bfloat16(vh[j]);
-            vc[o + j + half] = __float2bfloat16(vh[j + half]);
         }
+        return;
+    }
+    const int g = head - H, sid = (l * n_seq + seq) * KVH + g;
+    const int slot = slen[sid] + (rpos ? 0 : r);
+    const int64_t o = slot_row(bt + (int64_t)sid * mb, slot) * hd;
+    const float *kh = kin + (int64_t)g * hd, *vh = vin + (int64_t)g * hd;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        const float a = kh[j], b = kh[j + half];
+        kp[o + j] = __float2bfloat16(a * cs[j] - b * sn[j]);
+        kp[o + j + half] = __float2bfloat16(b * cs[j] + a * sn[j]);
+        vp[o + j] = __float2bfloat16(vh[j]);
+        vp[o + j + half] = __float2bfloat16(vh[j + half]);
+    }
+    if (threadIdx.x == 0) {
+        const int64_t so = (int64_t)sid * n_ctx + slot;
+        spos[so] = pos;
+        if (sacc) sacc[so] = 0;
+        if (swin) swin[so] = 0;
     }
 }
 
@@ -148,19 +145,22 @@ __global__ void k_swiglu(const float *gu, bf16 *h, int64_t rows, int64_t F) {
     }
 }
 
-/* Split-K decode attention. Block (g, split, row): the G query heads of KV head g against keys
- * [split * split_len, ...) of row r's sequence (keys 0..pos). Lanes in groups of hd/8 read one
- * key row with 16-byte loads; online softmax per group, merged in shared memory. Writes the
- * split's (max, sum, unnormalised output). */
+/* Split-K decode attention. Block (g, split, row): the G query heads of KV head g against slots
+ * [split * split_len, ...) of stream (l, row r's sequence, g), slots 0..slen (the new token
+ * included). Lanes in groups of hd/8 read one key row with 16-byte loads; online softmax per
+ * group, merged in shared memory. Writes the split's (max, sum, unnormalised output); with dsc,
+ * every scaled score (n rows, H, n_ctx) for the statistics. */
 template <int HD, int G>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpos, const int32_t *rseq,
-              float *part_o, float *part_m, float *part_l, int H, int KVH, int n_ctx, int n_split, float scale) {
+k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt, const int32_t *slen,
+              const int32_t *rseq, float *part_o, float *part_m, float *part_l, float *dsc, int layer, int n_seq, int mb,
+              int H, int KVH, int n_ctx, int n_split, float scale) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
     __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
     __shared__ float sm_o[NG][G_MAX][HD];
     const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
-    const int L = rpos[r] + 1, seq = rseq[r];
+    const int seq = rseq[r], sid = (layer * n_seq + seq) * KVH + g, L = slen[sid] + 1;
+    const int32_t *bts = bt + (int64_t)sid * mb;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int grp = warp * KPW + sub;
     /* splits of at least 64 keys, whole warp-steps; the grid is fixed (graph replay), so the
@@ -178,18 +178,19 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
             qv[j][e] = q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale;
         }
     }
-    const int64_t base = ((int64_t)seq * KVH + g) * n_ctx * HD;
-    const bf16 *K = kc + base, *V = vc + base;
+    float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
     /* registers hold the next step's K and V rows while this one is computed */
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     bool ok = k0 + warp * KPW + sub < k1;
-    uint4 kr = ok ? *(const uint4 *)(K + (int64_t)(k0 + warp * KPW + sub) * HD + li * 8) : zero4;
-    uint4 vr = ok ? *(const uint4 *)(V + (int64_t)(k0 + warp * KPW + sub) * HD + li * 8) : zero4;
+    int64_t ro = ok ? slot_row(bts, k0 + warp * KPW + sub) * HD + li * 8 : 0;
+    uint4 kr = ok ? *(const uint4 *)(kp + ro) : zero4;
+    uint4 vr = ok ? *(const uint4 *)(vp + ro) : zero4;
     for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
         const int tn = t0 + ATT_WARPS * KPW + sub;
         const bool okn = tn < k1;
-        const uint4 krn = okn ? *(const uint4 *)(K + (int64_t)tn * HD + li * 8) : zero4;
-        const uint4 vrn = okn ? *(const uint4 *)(V + (int64_t)tn * HD + li * 8) : zero4;
+        const int64_t rn = okn ? slot_row(bts, tn) * HD + li * 8 : 0;
+        const uint4 krn = okn ? *(const uint4 *)(kp + rn) : zero4;
+        const uint4 vrn = okn ? *(const uint4 *)(vp + rn) : zero4;
         float kf[8], vf[8];
         bf16x8_to_f32(kr, kf);
         bf16x8_to_f32(vr, vf);
@@ -201,6 +202,7 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
 #pragma unroll
             for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
             if (ok) {
+                if (sc && li == 0) sc[(int64_t)j * n_ctx + t0 + sub] = d;
                 const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
                 l[j] = l[j] * a + p;
 #pragma unroll
@@ -234,9 +236,10 @@ k_attn_decode(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *rpo
     }
 }
 
-/* att[r, h] = merge of the splits; one block (h, r) of hd threads */
-__global__ void k_attn_merge(const float *part_o, const float *part_m, const float *part_l, bf16 *att, int H,
-                             int hd, int n_split) {
+/* att[r, h] = merge of the splits; one block (h, r) of hd threads; lse (may be NULL) [r, h] =
+ * the natural log-sum-exp of the row's scaled scores */
+__global__ void k_attn_merge(const float *part_o, const float *part_m, const float *part_l, bf16 *att, float *lse,
+                             int H, int hd, int n_split) {
     /* the split weights exp(m_s - M) once, in shared memory; then each thread's dimension */
     __shared__ float wsh[256 + 1];
     const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
@@ -266,90 +269,26 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
     for (int s = 0; s < n_split; s++) O += part_o[(ps + s) * hd + d] * wsh[s];
     const float S = wsh[256];
     att[((int64_t)r * H + h) * hd + d] = __float2bfloat16(S > 0 ? O / S : 0.0f);
-}
-
-/* Causal softmax of prefill scores: S (batch, rows, nk) f32 -> P bf16; row i sees keys < lim0 + i + 1 */
-__global__ void k_softmax_causal(const float *S, bf16 *P, int rows, int nk, int lim0) {
-    const int i = blockIdx.x, b = blockIdx.y;
-    const float *s = S + ((int64_t)b * rows + i) * nk;
-    bf16 *p = P + ((int64_t)b * rows + i) * nk;
-    const int lim = min(nk, lim0 + i + 1);
-    __shared__ float red[32];
-    float mx = -INFINITY;
-    for (int t = threadIdx.x; t < lim; t += blockDim.x) mx = fmaxf(mx, s[t]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float v = -INFINITY;
-        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) v = fmaxf(v, red[w]);
-        red[0] = v;
-    }
-    __syncthreads();
-    mx = red[0];
-    __syncthreads();
-    float sum = 0;
-    for (int t = threadIdx.x; t < lim; t += blockDim.x) sum += __expf(s[t] - mx);
-    sum = warp_sum(sum);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float v = 0;
-        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) v += red[w];
-        red[0] = v;
-    }
-    __syncthreads();
-    const float inv = 1.0f / red[0];
-    for (int t = threadIdx.x; t < nk; t += blockDim.x)
-        p[t] = __float2bfloat16(t < lim ? __expf(s[t] - mx) * inv : 0.0f);
+    if (lse && d == 0) lse[(int64_t)r * H + h] = M + logf(S);
 }
 
 /* ---- prefill flash attention (tensor cores through mma.sync m16n8k16 bf16) ----------------
  * Block: 4 warps, 64 query rows of one head; warp w owns rows 16w..16w+15. Key tiles of 64
- * rows of K and V in shared memory; S = Q K^T and O += P V with mma.sync, online softmax in
- * registers (the accumulator layout of S is the operand layout of P). Causal: query i (position
- * pos0 + i) sees keys <= pos0 + i. Q: (n, H, HD) bf16; K, V: the KV head's cache rows (n_ctx,
- * HD) bf16; out: (n, H, HD) bf16. */
+ * rows of K and V (one cache block) in shared memory; S = Q K^T and O += P V with mma.sync, online
+ * softmax in registers (the accumulator layout of S is the operand layout of P). Causal: query
+ * i sees the stream's n_old slots from before the call and the call's slots n_old..n_old + i.
+ * Q: (n, H, HD) bf16; bt, slen: the block tables and slot counts of (layer, seq, KV head 0..);
+ * out: (n, H, HD) bf16; lse (may be NULL): (n, H) log2-sum-exp2 of each row's scaled scores. */
 #define FA_BQ 64
 #define FA_BK 64
-
-__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-/* 16 bytes global -> shared without registers; ok = 0 writes zeros (src-size 0) */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool ok) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 16 : 0));
-}
 
 template <int HD>
 constexpr int flash_smem_bytes() { return 4 * FA_BK * (HD + 8) * (int)sizeof(bf16); }
 
-/* four 8x8 b16 matrices from shared memory; lane t gives the address of row t % 8 of matrix t / 8 */
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const bf16 *p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
 template <int HD>
-__global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16 *Kc, const bf16 *Vc, bf16 *out, int n,
-                                                       int H, int KVH, int n_ctx, int pos0, float scale_log2) {
+__global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
+                                                       const int32_t *bt, const int32_t *slen, bf16 *out, float *lse,
+                                                       int n, int H, int KVH, int mb, float scale_log2) {
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
     /* two stages of K and V tiles (dynamic shared memory, flash_smem_bytes<HD>()): tile t + 1
      * is copied by cp.async while tile t is computed */
@@ -360,7 +299,8 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     const int h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: matrix and row this lane addresses */
     const int G = H / KVH, kvh = h / G;
-    const bf16 *K = Kc + (int64_t)kvh * n_ctx * HD, *V = Vc + (int64_t)kvh * n_ctx * HD;
+    const int32_t *bts = bt + (int64_t)kvh * mb;
+    const int n_old = slen[kvh]; /* slots before this call's rows */
     const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8; /* this thread's two query rows */
     const int c2 = (lane & 3) * 2;
     /* Q fragments: HD/16 k-chunks */
@@ -377,16 +317,17 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
     const int last_q = min(q0 + FA_BQ, n) - 1;  /* the block's last query row */
-    const int kend = pos0 + last_q + 1;         /* keys the block needs */
+    const int kend = n_old + last_q + 1;        /* slots the block needs */
     /* issue the copies of the tile at k0 into stage (sk, sv); rows past kend are zero-filled */
     auto load_tile = [&](int k0, bf16 *sk, bf16 *sv) {
+        const int64_t b0 = (int64_t)bts[k0 / FA_BK] * FA_BK * HD; /* a tile is one cache block */
 #pragma unroll 4
         for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
             const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
             const bool ok = k0 + row < kend;
-            const int64_t off = ok ? (int64_t)(k0 + row) * HD + col : 0;
-            cp_async16(sk + row * LD + col, K + off, ok);
-            cp_async16(sv + row * LD + col, V + off, ok);
+            const int64_t off = ok ? b0 + (int64_t)row * HD + col : 0;
+            cp_async16(sk + row * LD + col, kp + off, ok);
+            cp_async16(sv + row * LD + col, vp + off, ok);
         }
         asm volatile("cp.async.commit_group;\n" ::);
     };
@@ -423,7 +364,7 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
             for (int e = 0; e < 4; e++) {
                 const int key = k0 + nt * 8 + c2 + (e & 1), row = e < 2 ? r_lo : r_hi;
                 float v = s[nt][e] * scale_log2;
-                if (key > pos0 + row || key >= kend) v = -INFINITY;
+                if (key > n_old + row || key >= kend) v = -INFINITY;
                 s[nt][e] = v;
                 if (e < 2) mx_lo = fmaxf(mx_lo, v);
                 else mx_hi = fmaxf(mx_hi, v);
@@ -470,6 +411,10 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1), l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1), l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
     const float i_lo = l_lo > 0 ? 1.0f / l_lo : 0, i_hi = l_hi > 0 ? 1.0f / l_hi : 0;
+    if (lse && (lane & 3) == 0) { /* log2 domain: m + log2(l), for the statistics pass */
+        if (r_lo < n) lse[(int64_t)r_lo * H + h] = m_lo + log2f(l_lo);
+        if (r_hi < n) lse[(int64_t)r_hi * H + h] = m_hi + log2f(l_hi);
+    }
 #pragma unroll
     for (int nt = 0; nt < HD / 8; nt++) {
         const int d = nt * 8 + c2;

@@ -11,26 +11,61 @@ static skv_status no_cuda(void) {
 }
 
 int skv_gpu_available(void) { return no_cuda(), 0; }
-skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out) { return *out = NULL, no_cuda(); }
+skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out) { return (void)d, *out = NULL, no_cuda(); }
 void skv_gpu_model_free(skv_gpu_model *g) { (void)g; }
 int64_t skv_gpu_model_bytes(const skv_gpu_model *g) { return (void)g, 0; }
-skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq, skv_gpu_ctx **out) {
+skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq, const skv_gpu_policy *pol,
+                            skv_gpu_ctx **out) {
+    (void)g, (void)n_ctx, (void)n_batch, (void)n_seq, (void)pol;
     return *out = NULL, no_cuda();
 }
 void skv_gpu_ctx_free(skv_gpu_ctx *c) { (void)c; }
-int64_t skv_gpu_ctx_kv_bytes(const skv_gpu_ctx *c, int32_t n_tokens) { return (void)c, (void)n_tokens, 0; }
+void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots) {
+    (void)c;
+    if (bytes) *bytes = 0;
+    if (slow_bytes) *slow_bytes = 0;
+    if (slots) *slots = 0;
+}
+int64_t skv_gpu_kv_bytes_per_token(const skv_gpu_ctx *c) { return (void)c, 0; }
 skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits,
                            int all) {
+    (void)c, (void)seq, (void)ids, (void)n, (void)pos0, (void)logits, (void)all;
     return no_cuda();
 }
+void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from) { (void)c, (void)seq, (void)win_from; }
 skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
-                                int32_t *next) {
+                                int32_t *next, const skv_gpu_sample *sample) {
+    (void)c, (void)ids, (void)pos, (void)n, (void)logits, (void)next, (void)sample;
     return no_cuda();
 }
-skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src, int32_t n_tokens) { return no_cuda(); }
-skv_status skv_gpu_sync(skv_gpu_ctx *c) { return no_cuda(); }
+skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget) {
+    return (void)c, (void)seq, (void)budget, no_cuda();
+}
+skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from) { return (void)c, (void)seq, (void)from, no_cuda(); }
+skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src) { return (void)dst, (void)src, no_cuda(); }
+skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n, int32_t *pos,
+                               float *acc, float *win, float *k, float *v) {
+    (void)c, (void)layer, (void)seq, (void)kv_head, (void)pos, (void)acc, (void)win, (void)k, (void)v;
+    *n = 0;
+    return no_cuda();
+}
+skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, const int32_t *rows, int32_t n,
+                           void *dst) {
+    (void)c, (void)layer, (void)seq, (void)kv_head, (void)rows, (void)n, (void)dst;
+    return no_cuda();
+}
+skv_status skv_gpu_fetch_wait(skv_gpu_ctx *c) { return (void)c, no_cuda(); }
+skv_status skv_gpu_scratch(int64_t bytes, void **dev) { return (void)bytes, *dev = NULL, no_cuda(); }
+skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes) {
+    return (void)host, (void)dev, (void)bytes, no_cuda();
+}
+void skv_gpu_scratch_free(void *dev) { (void)dev; }
+skv_status skv_gpu_sync(skv_gpu_ctx *c) { return (void)c, no_cuda(); }
 void skv_gpu_timer_start(skv_gpu_ctx *c) { (void)c; }
 double skv_gpu_timer_stop(skv_gpu_ctx *c) { return (void)c, 0; }
-skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_bytes) { return no_cuda(); }
-skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bps) { return no_cuda(); }
+skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_bytes) {
+    (void)name, (void)name_len, (void)sms, (void)mem_bytes;
+    return no_cuda();
+}
+skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bps) { return (void)bytes, (void)bps, no_cuda(); }
 #endif

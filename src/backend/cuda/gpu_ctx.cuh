@@ -1,0 +1,82 @@
+/*
+ * gpu_ctx.cuh — the CUDA context's structure, shared by gpu.cu (forward), gpu_cache.cu (block
+ * pool, policies, copies) and gpu_sample.cu (sampling). Internal to src/backend/cuda.
+ *
+ * Streams: sid = (layer * n_seq + seq) * KVH + g. Slot s of stream sid lives in row
+ * bt[sid * MB + s / BLK] * BLK + s % BLK of the K and V pools (rows of hd bf16).
+ */
+#ifndef SKV_GPU_CTX_CUH
+#define SKV_GPU_CTX_CUH
+
+#include "backend/cuda/gpu_common.cuh"
+
+#define BLK SKV_GPU_BLOCK
+
+struct skv_gpu_ctx {
+    skv_gpu_model *g;
+    skv_gpu_policy pol;
+    int32_t n_ctx, n_batch, n_seq, rows_max, max_split;
+    int32_t n_streams, mb;  /* streams (L * n_seq * KVH), blocks per stream at most */
+    cudaStream_t st, cst;   /* compute; copies of the slow tier */
+    cublasHandle_t cb;
+    /* paged cache */
+    bf16 *kpool, *vpool;    /* (n_blocks, BLK, hd); vpool is mapped pinned host memory when v_slow */
+    bf16 *vpool_host;       /* the host address of a slow vpool */
+    int32_t n_blocks;
+    int32_t *bt;            /* device (n_streams, mb) block ids */
+    int32_t *slen;          /* device (n_streams) slots */
+    int32_t *spos;          /* device (n_streams, n_ctx) position of each slot */
+    float *sacc, *swin;     /* device (n_streams, n_ctx) statistics, or NULL */
+    int32_t *bud;           /* device (n_seq, L) per-step budget (0: no eviction) */
+    int32_t *cbud;          /* device (L) budgets of the compress in progress */
+    int32_t *win_from_h;    /* host (n_seq) first position of the observation window */
+    int32_t *h_bt, *h_nb, *h_n; /* host mirrors: block table, blocks held, slots per stream */
+    int32_t *h_free, n_free;    /* free block ids */
+    int32_t *h_bud, *h_next;    /* (n_seq, L) budgets; (n_seq) next position per sequence */
+    int bt_dirty;
+    /* activations */
+    float *x, *qkv, *q, *gu, *logits; /* qkv (R, QD + 2 KD), q (R, QD), gu (R, 2 ffn) */
+    bf16 *xb, *qb, *att, *h;
+    float *cosr, *sinr;     /* (n_ctx, hd/2) */
+    float *part_o, *part_m, *part_l;
+    float *lse;             /* (R, H) log-sum-exp of each query row's attention (stats) */
+    float *dsc;             /* (n_seq, H, n_ctx) decode scores (h2o statistics) or NULL */
+    int32_t *ids_d, *pos_d, *seq_d, *next_d;
+    int32_t *stage;         /* pinned (3, rows_max): ids, pos, seq for the device */
+    unsigned long long *argkey; /* (rows_max) greedy argmax keys */
+    /* sampling */
+    float *prob;            /* (R, V) */
+    void *samp_d, *samp_h;  /* device / pinned per-row sampling arguments */
+    int32_t *seen_d;        /* (R, n_ctx) */
+    int32_t *seen_h;        /* pinned (R, n_ctx) */
+    void *cublas_ws;
+    int sms, use_graphs;
+    cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
+    cudaEvent_t e0, e1;
+    int32_t *fetch_rows;    /* device (n_ctx) */
+};
+
+static inline int sid_of(const skv_gpu_ctx *c, int l, int seq, int g) { return (l * c->n_seq + seq) * c->g->KVH + g; }
+
+/* gpu_cache.cu */
+skv_status gpu_cache_alloc(skv_gpu_ctx *c);
+void gpu_cache_free(skv_gpu_ctx *c);
+/* blocks for n more rows in every stream of sequence seq (host), then the table up */
+skv_status gpu_cache_reserve(skv_gpu_ctx *c, int seq, int n);
+skv_status gpu_cache_upload(skv_gpu_ctx *c);
+/* after a forward of n rows of seq (decode: with the per-step eviction): the host mirror */
+void gpu_cache_advance(skv_gpu_ctx *c, int seq, int n, int decode);
+/* kernels that end a forward: slot counts, per-step eviction (decode) */
+skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq);
+/* decode statistics of layer l for n rows */
+skv_status gpu_cache_decode_stats(skv_gpu_ctx *c, int l, int n);
+/* prefill statistics of layer l for n rows of seq */
+skv_status gpu_cache_prefill_stats(skv_gpu_ctx *c, int l, int seq, int pos0, int n);
+
+/* gpu_sample.cu */
+skv_status gpu_sample_alloc(skv_gpu_ctx *c);
+/* stage the arguments of n rows (host), then the kernel (device, in the step) */
+skv_status gpu_sample_stage(skv_gpu_ctx *c, const skv_gpu_sample *s, int n);
+skv_status gpu_sample_launch(skv_gpu_ctx *c, int n);
+
+#endif
