@@ -7,10 +7,13 @@
  * decoded together (greedy ids fed back), each prefilled with D tokens. One warm-up run, then
  * R timed repetitions; means and standard deviations. Next to decode: the HBM bound, (weight
  * bytes read per step + K/V bytes of the average cache length) / measured device copy
- * bandwidth (bytes read + written per second).
+ * bandwidth (bytes read + written per second). With --policy other than full, the tg rows run
+ * under it: the prompt is compressed to the budget after its prefill (statistics collected
+ * as the policy needs), steps evict as the policy does, and the bound counts the kept K/V.
  */
 #include "backend/cuda/gpu.h"
 #include "cli.h"
+#include "kv/policy.h"
 #include "model/model.h"
 
 #include <math.h>
@@ -26,6 +29,7 @@ typedef struct crow {
     double ms[64];     /* per repetition: whole test */
     double mean, sd;   /* ms */
     double bound_ms;   /* decode: per step */
+    double kept;       /* tg: K/V rows per stream after the policy's compression */
 } crow;
 
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
@@ -52,7 +56,7 @@ static void prefill(skv_gpu_ctx *g, int seq, const int32_t *ids, int n, int ub) 
 }
 
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
-               int ubatch, int reps, const char *out) {
+               int ubatch, int reps, const cli_policy_args *pa, const char *out) {
     int pps[MAXR], depths[MAXR], batches[MAXR];
     const int n_pp = parse_list("bench", "--pp", pp_s, pps, MAXR);
     const int n_d = parse_list("bench", "--depths", depths_s, depths, MAXR);
@@ -84,6 +88,18 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     crow rows[3 * MAXR];
     int nr = 0;
     skv_gpu_ctx *g = NULL;
+    skv_policy_params pp = cli_policy_params("bench", pa, NULL, m);
+    skv_policy_kind kind;
+    cli_check("bench", skv_policy_parse(&pp, in->head_dim, &kind));
+    if (kind == SKV_POL_QUANT || !strcmp(pa->policy, "smallkv"))
+        cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (full, window, h2o, snapkv, pyramidkv)",
+                pa->policy);
+    skv_gpu_policy gp = {.evict = kind == SKV_POL_WINDOW ? SKV_GPU_WINDOW : kind == SKV_POL_H2O ? SKV_GPU_H2O
+                                      : kind == SKV_POL_FULL ? SKV_GPU_KEEP : SKV_GPU_SNAPKV,
+                         .sinks = pp.sinks, .recent_frac = pp.recent_frac, .obs_window = pp.obs_window,
+                         .pool_kernel = pp.pool_kernel, .want_acc = skv_policy_needs_acc(kind),
+                         .want_win = skv_policy_needs_win(kind)};
+    int32_t *budget = malloc(sizeof(int32_t) * (size_t)in->n_layer);
     cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, NULL, &g));
     for (int i = 0; i < n_pp; i++) {
         crow *r = &rows[nr++];
@@ -98,9 +114,23 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         }
         cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
     }
+    if (n_d > 0 && kind != SKV_POL_FULL) { /* the tg rows under the policy */
+        skv_gpu_ctx_free(g);
+        cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, &gp, &g));
+    }
     if (n_d > 0) {
         for (int i = 0; i < n_d; i++) {
+            if (gp.want_win) skv_gpu_begin_call(g, 0, depths[i] - (pp.obs_window > 1 ? pp.obs_window : 1));
             prefill(g, 0, ids, depths[i], ubatch);
+            double kept = depths[i]; /* K/V rows per stream after compression */
+            if (kind != SKV_POL_FULL) {
+                for (int l = 0; l < in->n_layer; l++) budget[l] = skv_policy_budget(&pp, kind, l, in->n_layer, depths[i]);
+                cli_check("bench", skv_gpu_compress(g, 0, budget));
+                int64_t slots = 0;
+                skv_gpu_kv_usage(g, NULL, NULL, &slots);
+                kept = (double)slots / ((double)in->n_layer * in->n_kv_head);
+            }
+            const int evicting = kind == SKV_POL_WINDOW || kind == SKV_POL_H2O;
             crow *r = &rows[nr++];
             memset(r, 0, sizeof *r);
             r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
@@ -116,7 +146,8 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
             cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
-            r->bound_ms = ((double)wbytes + (double)kv_tok * (depths[i] + tg / 2.0)) / bw * 1e3;
+            r->kept = kept;
+            r->bound_ms = ((double)wbytes + (double)kv_tok * (kept + (evicting ? 0.5 : tg / 2.0))) / bw * 1e3;
         }
     }
     skv_gpu_ctx_free(g);
@@ -169,9 +200,9 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     fprintf(f, "  \"backend\": \"cuda\",\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"device_memory_bytes\": %lld,\n"
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
-            "  \"ubatch\": %d,\n  \"results\": [\n",
+            "  \"ubatch\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
             dev, sms, (long long)mem, base, (long long)skv_gpu_model_bytes(gm), (long long)wbytes, (long long)kv_tok,
-            bw / 1e9, upload_s, ubatch);
+            bw / 1e9, upload_s, ubatch, pa->policy, kind == SKV_POL_FULL ? 1.0 : (double)pp.budget);
     printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev, sms,
            bw / 1e9, skv_gpu_model_bytes(gm) / 1e9);
     printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");
@@ -184,15 +215,15 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         printf("\n");
         fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"batch\": %d, \"reps\": %d, \"ms_mean\": %.3f, "
                 "\"ms_sd\": %.3f, \"tokens_per_s\": %.1f, \"ms_per_step\": %.4f, \"bound_ms_per_step\": %.4f, "
-                "\"ms\": [", r->name, r->n, r->depth, r->batch, r->reps, r->mean, r->sd, toks / (r->mean / 1e3),
-                per, r->bound_ms);
+                "\"kept_rows\": %.1f, \"ms\": [", r->name, r->n, r->depth, r->batch, r->reps, r->mean, r->sd,
+                toks / (r->mean / 1e3), per, r->bound_ms, r->kind == 1 ? r->kept : 0.0);
         for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.3f", k ? ", " : "", r->ms[k]);
         fprintf(f, "]}%s\n", i + 1 < nr ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     fclose(f);
     printf("written to %s\n", out);
-    free(ids);
+    free(ids), free(budget);
     skv_model_free(m);
     return 0;
 }

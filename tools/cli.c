@@ -324,7 +324,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
                            .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu"};
     const cli_opt po[] = {
         {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant, smallkv (default full)"},
-        {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; full policy) (default cpu)"},
+        {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not quant or smallkv) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
         {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
         {"sinks", 0, OPT_INT, &a->sinks, "N", "window: attention-sink tokens (default 4)"},

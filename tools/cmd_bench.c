@@ -143,9 +143,8 @@ int cmd_bench(int argc, char **argv) {
     cli_parse(&cmd, argc, argv);
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
-        if (strcmp(pa.policy, "full")) cli_die("bench", 2, "--backend cuda times the full cache only so far");
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
-                          batch_depth, ubatch, reps, out);
+                          batch_depth, ubatch, reps, &pa, out);
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {

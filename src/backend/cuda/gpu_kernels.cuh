@@ -281,12 +281,15 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
  * out: (n, H, HD) bf16; lse (may be NULL): (n, H) log2-sum-exp2 of each row's scaled scores. */
 #define FA_BQ 64
 #define FA_BK 64
+#ifndef FA_MIN_BLOCKS
+#define FA_MIN_BLOCKS 3 /* blocks per SM the registers must allow (ptxas: 168 registers) */
+#endif
 
 template <int HD>
 constexpr int flash_smem_bytes() { return 4 * FA_BK * (HD + 8) * (int)sizeof(bf16); }
 
 template <int HD>
-__global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
+__global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
                                                        const int32_t *bt, const int32_t *slen, bf16 *out, float *lse,
                                                        int n, int H, int KVH, int mb, float scale_log2) {
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
@@ -358,13 +361,15 @@ __global__ void __launch_bounds__(128) k_flash_prefill(const bf16 *Q, const bf16
         }
         /* causal mask and scale (log2 domain), row maxima over the 4 lanes of a row */
         float mx_lo = m_lo, mx_hi = m_hi;
+        /* only tiles reaching past the warp's first row's diagonal need the mask */
+        const bool need_mask = k0 + FA_BK - 1 > n_old + q0 + warp * 16;
 #pragma unroll
         for (int nt = 0; nt < FA_BK / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = k0 + nt * 8 + c2 + (e & 1), row = e < 2 ? r_lo : r_hi;
                 float v = s[nt][e] * scale_log2;
-                if (key > n_old + row || key >= kend) v = -INFINITY;
+                if (need_mask && (key > n_old + row || key >= kend)) v = -INFINITY;
                 s[nt][e] = v;
                 if (e < 2) mx_lo = fmaxf(mx_lo, v);
                 else mx_hi = fmaxf(mx_hi, v);
