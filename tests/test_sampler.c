@@ -5,6 +5,8 @@
 #include "slimkv.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static skv_sampler *mk(float temp, int top_k, float top_p, float pen, uint64_t seed, int V) {
     skv_sampler_params p = skv_sampler_default_params();
@@ -124,9 +126,47 @@ static void test_bad_params(void) {
     CHECK(skv_sampler_init(p, 10, &s) == SKV_ERR_ARG);
 }
 
+/* skv_decode_sampled on the CPU backend = skv_decode + skv_sampler_sample with the same seed;
+ * the slow V tier is refused on the CPU backend with an error naming it. */
+static void test_decode_sampled(void) {
+    skv_model *m = skv_test_load_model("kvt-s", 2);
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 128;
+    skv_context *a = NULL, *b = NULL;
+    REQUIRE(skv_context_init(m, cp, &a) == SKV_OK && skv_context_init(m, cp, &b) == SKV_OK, "%s", skv_last_error());
+    skv_sampler *sa = mk(0.9f, 20, 0.9f, 1.2f, 77, V), *sb = mk(0.9f, 20, 0.9f, 1.2f, 77, V);
+    REQUIRE(sa && sb, "sampler");
+    const int32_t prompt[4] = {5, 17, 33, 9};
+    float *lg = malloc(sizeof(float) * (size_t)V);
+    CHECK(skv_decode(a, prompt, 4, lg, 0) == SKV_OK && skv_decode(b, prompt, 4, NULL, 0) == SKV_OK);
+    float *lg2 = malloc(sizeof(float) * (size_t)V);
+    memcpy(lg2, lg, sizeof(float) * (size_t)V); /* the sampler changes what it is given */
+    int32_t ta = skv_sampler_sample(sa, lg), tb = skv_sampler_sample(sb, lg2), same = ta == tb;
+    skv_sampler_accept(sa, ta), skv_sampler_accept(sb, tb);
+    for (int i = 0; i < 20; i++) {
+        CHECK(skv_decode(a, &ta, 1, lg, 0) == SKV_OK);
+        ta = skv_sampler_sample(sa, lg);
+        CHECK(skv_decode_sampled(b, tb, sb, &tb) == SKV_OK);
+        same &= ta == tb;
+        skv_sampler_accept(sa, ta), skv_sampler_accept(sb, tb);
+    }
+    CHECKF(same, "skv_decode_sampled drew other ids than skv_decode + skv_sampler_sample");
+    CHECK(skv_context_n_past(b) == 24);
+    skv_context *c = NULL;
+    cp.v_slow = 1;
+    CHECK(skv_context_init(m, cp, &c) == SKV_ERR_ARG && !c && strstr(skv_last_error(), "v_slow"));
+    free(lg), free(lg2);
+    skv_sampler_free(sa), skv_sampler_free(sb);
+    skv_context_free(a), skv_context_free(b);
+    skv_model_free(m);
+}
+
 void register_sampler(void) {
     skv_test_add("sampler/greedy and seeded reproducibility", test_greedy_and_seed);
     skv_test_add("sampler/temperature, top-k, top-p frequencies vs exact", test_distributions);
     skv_test_add("sampler/repetition penalty", test_penalty);
     skv_test_add("sampler/bad parameters", test_bad_params);
+    skv_test_add("sampler/skv_decode_sampled = decode + sample; v_slow refused on the CPU", test_decode_sampled);
 }
