@@ -373,8 +373,8 @@ static void test_policies_brute(void) {
     skv_model_free(m);
 }
 
-/* A GPU context created with a policy (compressing its own prompt) equals a fork into it, and
- * its logits track the CPU backend's under the same policy (window: the same kept set). */
+/* A GPU context created with a policy (compressing its own prompt) tracks the CPU backend's
+ * logits under the same policy (window: the same kept set) and keeps as many slots. */
 static void test_policy_logits(void) {
     if (!have_gpu()) return;
     skv_model *m = skv_test_load_model("kvt-l", 2);

@@ -94,11 +94,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     if (kind == SKV_POL_QUANT || !strcmp(pa->policy, "smallkv"))
         cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (full, window, h2o, snapkv, pyramidkv)",
                 pa->policy);
-    skv_gpu_policy gp = {.evict = kind == SKV_POL_WINDOW ? SKV_GPU_WINDOW : kind == SKV_POL_H2O ? SKV_GPU_H2O
-                                      : kind == SKV_POL_FULL ? SKV_GPU_KEEP : SKV_GPU_SNAPKV,
-                         .sinks = pp.sinks, .recent_frac = pp.recent_frac, .obs_window = pp.obs_window,
-                         .pool_kernel = pp.pool_kernel, .want_acc = skv_policy_needs_acc(kind),
-                         .want_win = skv_policy_needs_win(kind)};
+    const skv_gpu_policy gp = skv_policy_gpu(&pp, kind, skv_policy_needs_acc(kind), skv_policy_needs_win(kind), 0);
     int32_t *budget = malloc(sizeof(int32_t) * (size_t)in->n_layer);
     cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, NULL, &g));
     for (int i = 0; i < n_pp; i++) {
@@ -193,10 +189,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         snprintf(path, sizeof path, "bench/cuda-%s.json", base);
         out = path;
     }
-    FILE *f = fopen(out, "w");
-    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
-    fprintf(f, "{\n");
-    cli_json_provenance(f);
+    FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cuda\",\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"device_memory_bytes\": %lld,\n"
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"

@@ -98,10 +98,7 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
         snprintf(path, sizeof path, "bench/cpu-smallkv-%s-t%d.json", base, threads);
         out = path;
     }
-    FILE *f = fopen(out, "w");
-    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
-    fprintf(f, "{\n");
-    cli_json_provenance(f);
+    FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"draft\": ", base);
     cli_json_string(f, pa->draft, strlen(pa->draft));
     fprintf(f, ",\n  \"threads\": %d,\n  \"depth\": %d,\n  \"tg\": %d,\n  \"score\": \"%s\",\n  \"match\": \"%s\",\n"

@@ -296,6 +296,14 @@ void cli_json_provenance(FILE *f) {
     fprintf(f, ",\n");
 }
 
+FILE *cli_bench_json(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", path);
+    fprintf(f, "{\n");
+    cli_json_provenance(f);
+    return f;
+}
+
 void cli_json_string(FILE *f, const char *s, size_t len) {
     fputc('"', f);
     for (size_t i = 0; i < len; i++) {

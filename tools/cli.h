@@ -63,6 +63,8 @@ void cli_machine(char *buf, size_t cap);
 /* Write the JSON members "commit", "machine" and "command" (each followed by ",\n"), indented
  * by two spaces, that every result file starts with. */
 void cli_json_provenance(FILE *f);
+/* A bench result file: opened for writing (or exit naming it), "{" and the provenance written. */
+FILE *cli_bench_json(const char *path);
 /* The command line as typed, shell-quoted where needed. */
 void cli_command_line(char *buf, size_t cap);
 void cli_set_argv(int argc, char **argv);

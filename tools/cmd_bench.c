@@ -215,10 +215,7 @@ int cmd_bench(int argc, char **argv) {
            in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
            in->weight_bytes / 1e6, threads, commit, machine);
     printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
-    FILE *f = fopen(out, "w");
-    if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", out);
-    fprintf(f, "{\n");
-    cli_json_provenance(f);
+    FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
             "  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
             "  \"copy_bandwidth_GBps\": %.2f,\n  \"read_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"

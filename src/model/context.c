@@ -129,27 +129,12 @@ static skv_status context_alloc(skv_model *m, skv_context_params p, skv_context 
     return SKV_OK;
 }
 
-static skv_gpu_policy gpu_policy(const skv_context *c, int v_slow) {
-    const skv_policy_params *p = &c->pol.p;
-    skv_gpu_policy g = {.evict = SKV_GPU_KEEP, .sinks = p->sinks, .recent_frac = p->recent_frac,
-                        .obs_window = p->obs_window, .pool_kernel = p->pool_kernel, .want_acc = c->want_acc,
-                        .want_win = c->want_win, .v_slow = v_slow};
-    switch (c->pol.kind) {
-    case SKV_POL_WINDOW: g.evict = SKV_GPU_WINDOW; break;
-    case SKV_POL_H2O: g.evict = SKV_GPU_H2O; break;
-    case SKV_POL_SNAPKV:
-    case SKV_POL_PYRAMIDKV: g.evict = SKV_GPU_SNAPKV; break;
-    default: break;
-    }
-    return g;
-}
-
 skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
     skv_status st = context_alloc(m, p, out);
     if (st || p.backend != SKV_BACKEND_CUDA) return st;
     skv_context *c = *out;
     struct skv_gpu_model *g = NULL;
-    const skv_gpu_policy gp = gpu_policy(c, p.v_slow);
+    const skv_gpu_policy gp = skv_policy_gpu(&c->pol.p, c->pol.kind, c->want_acc, c->want_win, p.v_slow);
     if ((st = skv_model_gpu(m, &g)) || (st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &gp, &c->gpu))) {
         skv_context_free(c);
         *out = NULL;
@@ -186,16 +171,19 @@ void skv_context_free(skv_context *c) {
 skv_status skv_context_fork(const skv_context *src, const skv_policy_params *policy,
                             skv_context **out) {
     *out = NULL;
+    skv_policy_kind kind;
+    skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &kind);
+    if (st) return st;
+    if ((skv_policy_needs_acc(kind) && !src->want_acc) || (skv_policy_needs_win(kind) && !src->want_win))
+        return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
+                             "the attention statistics it needs (set collect_stats)", policy->name);
+    skv_context_params p = skv_context_default_params();
+    p.n_ctx = src->n_ctx;
+    p.n_batch = src->n_batch;
+    p.policy = *policy;
     if (src->gpu) {
         /* a fresh CUDA context with the new policy, the device cache copied, then compressed */
-        skv_policy_kind k;
-        skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &k);
-        if (st) return st;
-        if ((skv_policy_needs_acc(k) && !src->want_acc) || (skv_policy_needs_win(k) && !src->want_win))
-            return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
-                                 "the attention statistics it needs (set collect_stats)", policy->name);
-        skv_context_params p = skv_context_default_params();
-        p.n_ctx = src->n_ctx, p.n_batch = src->n_batch, p.backend = SKV_BACKEND_CUDA, p.policy = *policy;
+        p.backend = SKV_BACKEND_CUDA;
         if ((st = skv_context_init(src->m, p, out))) return st;
         skv_context *c = *out;
         c->n_past = src->n_past;
@@ -206,17 +194,6 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
         }
         return SKV_OK;
     }
-    skv_context_params p = skv_context_default_params();
-    p.n_ctx = src->n_ctx;
-    p.n_batch = src->n_batch;
-    p.kv_format = src->cache.fmt;
-    p.policy = *policy;
-    skv_policy_kind kind;
-    skv_status st = skv_policy_parse(policy, src->m->cfg.info.head_dim, &kind);
-    if (st) return st;
-    if ((skv_policy_needs_acc(kind) && !src->want_acc) || (skv_policy_needs_win(kind) && !src->want_win))
-        return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect "
-                             "the attention statistics it needs (set collect_stats)", policy->name);
     if (kind == SKV_POL_QUANT && src->cache.fmt != SKV_KV_F32)
         return skv_set_error(SKV_ERR_ARG, "fork into policy quant needs an f32 source cache");
     skv_context *c = NULL;
@@ -313,26 +290,34 @@ skv_status skv_context_set_plan(skv_context *c, const uint8_t *cls, const float 
 
 int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
 
-skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head,
-                                             float *acc) {
+/* The checks of the per-head statistics' readers: the buffer exists (else `without` names the
+ * parameter), the head exists; *row: the (layer, head) index into them. */
+static skv_status head_row(const skv_context *c, const float *buf, const char *without, int32_t layer,
+                           int32_t head, size_t *row) {
     const skv_model_info *in = &c->m->cfg.info;
-    if (!c->head_pre)
-        return skv_set_error(SKV_ERR_ARG, "the context was created without head_prefix");
+    *row = 0;
+    if (!buf) return skv_set_error(SKV_ERR_ARG, "the context was created without %s", without);
     if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
         return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
-    memcpy(acc, c->head_pre + ((size_t)layer * in->n_head + head) * (size_t)c->head_prefix,
-           (size_t)c->head_prefix * sizeof(float));
+    *row = (size_t)layer * in->n_head + head;
+    return SKV_OK;
+}
+
+skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head,
+                                             float *acc) {
+    size_t row;
+    skv_status st = head_row(c, c->head_pre, "head_prefix", layer, head, &row);
+    if (st) return st;
+    memcpy(acc, c->head_pre + row * (size_t)c->head_prefix, (size_t)c->head_prefix * sizeof(float));
     return SKV_OK;
 }
 
 skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc,
                                       float *last) {
-    const skv_model_info *in = &c->m->cfg.info;
-    if (!c->head_acc)
-        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
-    if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
-        return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
-    const size_t off = ((size_t)layer * in->n_head + head) * (size_t)c->n_ctx;
+    size_t row;
+    skv_status st = head_row(c, c->head_acc, "collect_head_stats", layer, head, &row);
+    if (st) return st;
+    const size_t off = row * (size_t)c->n_ctx;
     if (acc) memcpy(acc, c->head_acc + off, (size_t)c->n_past * sizeof(float));
     if (last) memcpy(last, c->head_last + off, (size_t)c->n_past * sizeof(float));
     return SKV_OK;
@@ -357,13 +342,10 @@ skv_status skv_context_set_head_window(skv_context *c, int32_t from) {
 
 skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer, int32_t head,
                                              float *win) {
-    const skv_model_info *in = &c->m->cfg.info;
-    if (!c->head_acc)
-        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
-    if (layer < 0 || layer >= in->n_layer || head < 0 || head >= in->n_head)
-        return skv_set_error(SKV_ERR_ARG, "layer %d head %d out of range", layer, head);
-    memcpy(win, c->head_win + ((size_t)layer * in->n_head + head) * (size_t)c->n_ctx,
-           (size_t)c->n_past * sizeof(float));
+    size_t row;
+    skv_status st = head_row(c, c->head_acc, "collect_head_stats", layer, head, &row);
+    if (st) return st;
+    memcpy(win, c->head_win + row * (size_t)c->n_ctx, (size_t)c->n_past * sizeof(float));
     return SKV_OK;
 }
 

@@ -1,6 +1,7 @@
 /*
- * gpu_glue.c — describe a loaded model to the CUDA backend and upload it once (see
- * backend/cuda/gpu.h). The GPU copy belongs to the model and is freed with it.
+ * gpu_glue.c — describe a loaded model and a policy to the CUDA backend (see
+ * backend/cuda/gpu.h); the model is uploaded once, its GPU copy belongs to it and is freed
+ * with it.
  */
 #include "model.h"
 #include "backend/cuda/gpu.h"
@@ -33,4 +34,19 @@ skv_status skv_model_gpu(skv_model *m, struct skv_gpu_model **out) {
     free(ld);
     *out = m->gpu;
     return st;
+}
+
+skv_gpu_policy skv_policy_gpu(const skv_policy_params *p, skv_policy_kind kind, int want_acc, int want_win,
+                              int v_slow) {
+    skv_gpu_policy g = {.evict = SKV_GPU_KEEP, .sinks = p->sinks, .recent_frac = p->recent_frac,
+                        .obs_window = p->obs_window, .pool_kernel = p->pool_kernel, .want_acc = want_acc,
+                        .want_win = want_win, .v_slow = v_slow};
+    switch (kind) {
+    case SKV_POL_WINDOW: g.evict = SKV_GPU_WINDOW; break;
+    case SKV_POL_H2O: g.evict = SKV_GPU_H2O; break;
+    case SKV_POL_SNAPKV:
+    case SKV_POL_PYRAMIDKV: g.evict = SKV_GPU_SNAPKV; break;
+    default: break;
+    }
+    return g;
 }

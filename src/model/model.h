@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "kv/cache.h"
 #include "kv/policy.h"
+#include "backend/cuda/gpu.h"
 
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64
@@ -94,6 +95,9 @@ void skv_context_drop_head_stats(skv_context *c);
 skv_status skv_context_gpu_compress(skv_context *c);
 /* The model's GPU copy, uploaded on first use (gpu_glue.c). */
 skv_status skv_model_gpu(skv_model *m, struct skv_gpu_model **out);
+/* What the CUDA backend needs of a policy (gpu_glue.c). */
+skv_gpu_policy skv_policy_gpu(const skv_policy_params *p, skv_policy_kind kind, int want_acc, int want_win,
+                              int v_slow);
 
 /* Allocate the prefill-only scratch (att, gk, gv, wconv) if not yet done. */
 skv_status skv_context_prefill_scratch(skv_context *c);

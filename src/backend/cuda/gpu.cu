@@ -345,12 +345,6 @@ extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, c
     return SKV_OK;
 }
 
-extern "C" skv_status skv_gpu_sync(skv_gpu_ctx *c) {
-    CK(cudaStreamSynchronize(c->st));
-    CK(cudaGetLastError());
-    return SKV_OK;
-}
-
 extern "C" void skv_gpu_timer_start(skv_gpu_ctx *c) { cudaEventRecord(c->e0, c->st); }
 
 extern "C" double skv_gpu_timer_stop(skv_gpu_ctx *c) {

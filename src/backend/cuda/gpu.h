@@ -89,8 +89,6 @@ void skv_gpu_ctx_free(skv_gpu_ctx *c);
 /* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
  * the slots (kept tokens) summed over streams. */
 void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots);
-/* Bytes of K and V per token over all layers (bf16). */
-int64_t skv_gpu_kv_bytes_per_token(const skv_gpu_ctx *c);
 
 /* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; pos0 must be the
  * sequence's next position). logits (host, may be NULL): the last token's n_vocab, or all n. */
@@ -134,8 +132,6 @@ skv_status skv_gpu_scratch(int64_t bytes, void **dev);
 skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes);
 void skv_gpu_scratch_free(void *dev);
 
-/* Wait for the device; return the first asynchronous error. */
-skv_status skv_gpu_sync(skv_gpu_ctx *c);
 
 /* Timing with device events around the next calls: start, then stop returns milliseconds. */
 void skv_gpu_timer_start(skv_gpu_ctx *c);

@@ -109,10 +109,11 @@ __device__ void move_slot(const stream_ref &R, int sid, int from, int to) {
 /* End of a decode step, block (layer * KVH + g, row r): the stream holds slen + 1 slots; with a
  * step budget b > 0 (window, h2o) the victims go until it holds b (the last slot moves into the
  * hole, as skv_cache_remove_swap). */
-__global__ void k_step_end(stream_ref R, const int32_t *bud, const int32_t *rseq, int mode, int sinks,
-                           float recent_frac, int n_seq, int L, int KVH) {
+__global__ void k_step_end(stream_ref R, const int32_t *bud, const int32_t *rseq, const int32_t *rpos, int mode,
+                           int sinks, float recent_frac, int n_seq, int L, int KVH) {
     __shared__ u64 sh[40];
     const int l = blockIdx.x / KVH, g = blockIdx.x % KVH, seq = rseq[blockIdx.y];
+    const int newest = rpos[blockIdx.y]; /* the step's token: positions only grow */
     const int sid = (l * n_seq + seq) * KVH + g;
     int n = R.slen[sid] + 1;
     const int b = mode == CMP_WINDOW || mode == CMP_H2O ? bud[seq * L + l] : 0;
@@ -127,9 +128,6 @@ __global__ void k_step_end(stream_ref R, const int32_t *bud, const int32_t *rseq
                     best = k < best ? k : best;
                 }
         } else { /* the lowest accumulated attention outside the recent window; ties: older */
-            u64 nw = 0;
-            for (int s = threadIdx.x; s < n; s += blockDim.x) nw = max(nw, (u64)(uint32_t)P[s]);
-            const int newest = (int)(~block_min_u64(~nw, sh));
             const int recent = __float2int_rn(recent_frac * (float)b);
             for (int s = threadIdx.x; s < n; s += blockDim.x)
                 if (P[s] <= newest - recent) {
@@ -407,6 +405,8 @@ static stream_ref ref_of(skv_gpu_ctx *c) {
     return stream_ref{c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->mb, c->g->hd, c->n_ctx};
 }
 
+static int compress_smem(const skv_gpu_ctx *c) { return (int)sizeof(uint32_t) * (c->n_ctx / 32 + 1); }
+
 skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     const skv_gpu_model *g = c->g;
     const int64_t S = c->n_streams, rows = (int64_t)S * c->mb * BLK;
@@ -441,6 +441,8 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     for (int i = 0; i < c->n_seq; i++) c->win_from_h[i] = INT32_MAX;
     memset(c->h_bt, 0xff, sizeof(int32_t) * (size_t)(S * c->mb));
     for (int32_t i = 0; i < c->n_blocks; i++) c->h_free[i] = c->n_blocks - 1 - i; /* low ids first */
+    if (compress_smem(c) > 48 * 1024) /* the keep bitmask of a long context */
+        CK(cudaFuncSetAttribute(k_compress, cudaFuncAttributeMaxDynamicSharedMemorySize, compress_smem(c)));
     c->n_free = c->n_blocks;
     return SKV_OK;
 }
@@ -453,6 +455,16 @@ void gpu_cache_free(skv_gpu_ctx *c) {
     free(c->h_bt), free(c->h_nb), free(c->h_n), free(c->h_free), free(c->h_bud), free(c->h_next), free(c->win_from_h);
 }
 
+/* blocks from the free list until stream sid holds `need` (host table; uploaded later) */
+static skv_status grow(skv_gpu_ctx *c, int sid, int need) {
+    while (c->h_nb[sid] < need) {
+        if (c->n_free == 0) return skv_set_error(SKV_ERR_NOMEM, "CUDA cache: the pool of %d blocks is full", c->n_blocks);
+        c->h_bt[(int64_t)sid * c->mb + c->h_nb[sid]++] = c->h_free[--c->n_free];
+        c->bt_dirty = 1;
+    }
+    return SKV_OK;
+}
+
 skv_status gpu_cache_reserve(skv_gpu_ctx *c, int seq, int n) {
     for (int l = 0; l < c->g->L; l++)
         for (int g = 0; g < c->g->KVH; g++) {
@@ -461,12 +473,8 @@ skv_status gpu_cache_reserve(skv_gpu_ctx *c, int seq, int n) {
             if (need > c->mb)
                 return skv_set_error(SKV_ERR_RANGE, "CUDA cache: %d more tokens exceed the context of %d",
                                      n, c->n_ctx);
-            while (c->h_nb[sid] < need) {
-                if (c->n_free == 0)
-                    return skv_set_error(SKV_ERR_NOMEM, "CUDA cache: the pool of %d blocks is full", c->n_blocks);
-                c->h_bt[(int64_t)sid * c->mb + c->h_nb[sid]++] = c->h_free[--c->n_free];
-                c->bt_dirty = 1;
-            }
+            skv_status st = grow(c, sid, need);
+            if (st) return st;
         }
     return SKV_OK;
 }
@@ -506,8 +514,9 @@ skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq) {
     const skv_gpu_model *g = c->g;
     if (decode) {
         const int mode = c->pol.evict == SKV_GPU_WINDOW || c->pol.evict == SKV_GPU_H2O ? c->pol.evict : 0;
-        k_step_end<<<dim3(g->L * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, mode, c->pol.sinks,
-                                                               c->pol.recent_frac, c->n_seq, g->L, g->KVH);
+        k_step_end<<<dim3(g->L * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, c->pos_d, mode,
+                                                               c->pol.sinks, c->pol.recent_frac, c->n_seq, g->L,
+                                                               g->KVH);
     } else {
         k_slen_add<<<(g->L * g->KVH + 255) / 256, 256, 0, c->st>>>(c->slen, seq, n, c->n_seq, g->L, g->KVH);
     }
@@ -550,13 +559,9 @@ extern "C" void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from
                         sizeof(float) * (size_t)c->g->KVH * c->n_ctx, c->st);
 }
 
-static int compress_smem(const skv_gpu_ctx *c) { return (int)sizeof(uint32_t) * (c->n_ctx / 32 + 1); }
-
 static skv_status launch_compress(skv_gpu_ctx *c, int seq, int mode, int from) {
     const skv_gpu_model *g = c->g;
     const int smem = compress_smem(c);
-    if (smem > 48 * 1024)
-        CK(cudaFuncSetAttribute(k_compress, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     k_compress<<<g->L * g->KVH, 1024, smem, c->st>>>(ref_of(c), c->cbud, mode, c->pol.sinks, c->pol.recent_frac,
                                                      c->pol.obs_window, c->pol.pool_kernel, from, seq, c->n_seq,
                                                      g->KVH);
@@ -621,12 +626,8 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     for (int l = 0; l < g->L; l++)
         for (int k = 0; k < g->KVH; k++) {
             const int d = sid_of(dst, l, 0, k), s = sid_of(src, l, 0, k);
-            const int need = (src->h_n[s] + BLK - 1) / BLK;
-            while (dst->h_nb[d] < need) {
-                if (dst->n_free == 0) return skv_set_error(SKV_ERR_NOMEM, "CUDA context copy: the pool is full");
-                dst->h_bt[(int64_t)d * dst->mb + dst->h_nb[d]++] = dst->h_free[--dst->n_free];
-                dst->bt_dirty = 1;
-            }
+            skv_status st = grow(dst, d, (src->h_n[s] + BLK - 1) / BLK);
+            if (st) return st;
             dst->h_n[d] = src->h_n[s];
         }
     skv_status st = gpu_cache_upload(dst);
@@ -646,10 +647,6 @@ extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *
     if (bytes) *bytes = 2 * half;
     if (slow_bytes) *slow_bytes = c->pol.v_slow ? half : 0;
     if (slots) *slots = ns;
-}
-
-extern "C" int64_t skv_gpu_kv_bytes_per_token(const skv_gpu_ctx *c) {
-    return (int64_t)c->g->L * c->g->KVH * c->g->hd * 2 * (int64_t)sizeof(bf16);
 }
 
 extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,

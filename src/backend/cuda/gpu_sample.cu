@@ -175,7 +175,6 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, float *prob,
     const int r = blockIdx.x;
     const gsamp a = args[r];
     const float *lg = logits + (int64_t)r * V;
-    (void)csum;
     float *p = prob + (int64_t)r * V;
     for (int i = threadIdx.x; i < V; i += SB) p[i] = lg[i];
     __syncthreads();

@@ -26,7 +26,6 @@ void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes,
     if (slow_bytes) *slow_bytes = 0;
     if (slots) *slots = 0;
 }
-int64_t skv_gpu_kv_bytes_per_token(const skv_gpu_ctx *c) { return (void)c, 0; }
 skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits,
                            int all) {
     (void)c, (void)seq, (void)ids, (void)n, (void)pos0, (void)logits, (void)all;
@@ -60,7 +59,6 @@ skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes) {
     return (void)host, (void)dev, (void)bytes, no_cuda();
 }
 void skv_gpu_scratch_free(void *dev) { (void)dev; }
-skv_status skv_gpu_sync(skv_gpu_ctx *c) { return (void)c, no_cuda(); }
 void skv_gpu_timer_start(skv_gpu_ctx *c) { (void)c; }
 double skv_gpu_timer_stop(skv_gpu_ctx *c) { return (void)c, 0; }
 skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_bytes) {
