@@ -124,6 +124,13 @@ typedef struct skv_model_params {
 
 skv_model_params skv_model_default_params(void);
 
+/* Layer-to-cache map: the layer whose KV `layer` attends to (*src_layer) and whether `layer`
+ * appends its own KV to the cache (*appends; the cache holds only such "cache layers"). Every
+ * layer of a standard model is its own source. Either pointer may be NULL. */
+skv_status skv_model_layer_cache(const skv_model *m, int32_t layer, int32_t *src_layer, int32_t *appends);
+/* Layers that append KV (the cache's layers; budgets are per cache layer). */
+int32_t skv_model_n_cache_layers(const skv_model *m);
+
 /* Load config.json and the safetensors weights (one file or sharded with
  * model.safetensors.index.json) from a Hugging Face model directory. Weights are memory-mapped
  * and validated (header, offsets, shapes, dtypes) before use. */
@@ -158,6 +165,7 @@ typedef enum skv_kv_format {
  *             max-pooled over `pool_kernel` neighbouring keys) + the window itself, once per
  *             compression; decode steps append
  *   pyramidkv as snapkv, with budgets shrinking linearly from the bottom layer to the top
+ *   tova      TOVA: evict the token the current query attends to least, every step
  *   quant     keep everything, stored as KIVI int8 or int4 (`quant_bits`)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
 typedef struct skv_policy_params {
@@ -173,6 +181,12 @@ typedef struct skv_policy_params {
 } skv_policy_params;
 
 skv_policy_params skv_policy_default_params(const char *name);
+/* The registry of policies: how many, and each one's name and one-line summary (NULL out of
+ * range); whether a policy of that name evicts tokens (its budget matters). */
+int skv_policy_count(void);
+const char *skv_policy_name(int i);
+const char *skv_policy_summary(int i);
+int skv_policy_evicts(const char *name);
 /* Check a policy and budget against a model: unknown name, budget <= 0 or > 1, a budget that
  * cannot hold the sinks + 1 recent token or the observation window, a head_dim the quantizer
  * cannot group. */
@@ -257,6 +271,34 @@ skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer
  * when all_logits is 1. Prompts longer than n_batch are processed in chunks. */
 skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logits,
                       int all_logits);
+
+/* Decoding with everything spelled out: the input as ids or as input embeddings (n rows of
+ * dim floats, e.g. a coprocessor's latents), and as outputs (each may be NULL) logits and the
+ * final hidden state before and after the final norm, for the last token or (all = 1) every
+ * token. skv_decode(c, ids, n, logits, all) is skv_decode_ex with ids and logits only. */
+typedef struct skv_batch {
+    const int32_t *ids;    /* (n) or NULL */
+    const float *embd;     /* (n, dim) or NULL */
+    int32_t n;
+    float *logits;         /* (n or 1, n_vocab) */
+    float *hidden;         /* (n or 1, dim) before the final norm */
+    float *hidden_normed;  /* (n or 1, dim) after it */
+    int32_t all;
+} skv_batch;
+skv_status skv_decode_ex(skv_context *c, const skv_batch *b);
+
+/* The cache as a buffer (malloc'd; free()): every (cache layer, KV head) stream's positions,
+ * K and V rows in their stored formats and, if collected, statistics, with a checksum. Import
+ * fills an empty context of a model with the same cache shape (cache layers, KV heads,
+ * head_dim), on any backend (the CUDA backend takes f32 and bf16 rows); a corrupt, truncated
+ * or mismatched buffer is refused naming what is wrong. */
+skv_status skv_context_export(const skv_context *c, void **buf, size_t *len);
+skv_status skv_context_import(skv_context *c, const void *buf, size_t len);
+
+/* Read-only past (CPU backend): an empty context c attends to past's cache before its own;
+ * its tokens take positions from past's length on and its own cache holds only them. past must
+ * outlive the use and stay unchanged; NULL removes it (c must be empty again). */
+skv_status skv_context_set_past(skv_context *c, const skv_context *past);
 
 /* One decode step of token id, then the next token drawn by the sampler into *next (the
  * sampler is not told about it: call skv_sampler_accept). On the CUDA backend the penalty,

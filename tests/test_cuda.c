@@ -6,7 +6,9 @@
 #include "backend/cuda/gpu.h"
 #include "harness.h"
 #include "kv/policy.h"
-#include "model/model.h"
+#include "backend/cpu/cpu.h"
+#include "context/context.h"
+#include "sample/sampler.h"
 #include "tiny_model.h"
 
 #include <math.h>
@@ -91,7 +93,7 @@ static void test_batch_fork(void) {
     REQUIRE(m, "kvt-l: %s", skv_last_error());
     const int V = skv_model_get_info(m)->n_vocab, N = 3, P = 100, STEPS = 4;
     struct skv_gpu_model *gm = NULL;
-    REQUIRE(skv_model_gpu(m, &gm) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_model_gpu(m, (skv_gpu_model **)&gm) == SKV_OK, "%s", skv_last_error());
     skv_gpu_ctx *b = NULL, *one[3] = {0};
     REQUIRE(skv_gpu_ctx_init(gm, 256, 64, N, NULL, &b) == SKV_OK, "%s", skv_last_error());
     int32_t ids[3][100];
@@ -100,8 +102,8 @@ static void test_batch_fork(void) {
         REQUIRE(skv_gpu_ctx_init(gm, 256, 64, 1, NULL, &one[s]) == SKV_OK, "%s", skv_last_error());
         for (int off = 0; off < P; off += 64) {
             const int k = P - off < 64 ? P - off : 64;
-            CHECK(skv_gpu_forward(b, s, ids[s] + off, k, off, NULL, 0) == SKV_OK);
-            CHECK(skv_gpu_forward(one[s], 0, ids[s] + off, k, off, NULL, 0) == SKV_OK);
+            CHECK(skv_gpu_forward(b, s, ids[s] + off, NULL, k, off, NULL, NULL, NULL, 0) == SKV_OK);
+            CHECK(skv_gpu_forward(one[s], 0, ids[s] + off, NULL, k, off, NULL, NULL, NULL, 0) == SKV_OK);
         }
     }
     float *lb = malloc(sizeof(float) * (size_t)N * V), *l1 = malloc(sizeof(float) * (size_t)V);
@@ -110,7 +112,7 @@ static void test_batch_fork(void) {
     for (int t = 0; t < STEPS; t++) {
         REQUIRE(skv_gpu_decode_batch(b, cur, pos, N, lb, next, NULL) == SKV_OK, "%s", skv_last_error());
         for (int s = 0; s < N; s++) {
-            CHECK(skv_gpu_forward(one[s], 0, &cur[s], 1, pos[s], l1, 0) == SKV_OK);
+            CHECK(skv_gpu_forward(one[s], 0, &cur[s], NULL, 1, pos[s], l1, NULL, NULL, 0) == SKV_OK);
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(l1[v] - lb[(int64_t)s * V + v]));
             CHECK(next[s] == skv_test_argmax(lb + (int64_t)s * V, V));
             cur[s] = next[s], pos[s]++;
@@ -223,8 +225,8 @@ static void test_stats_vs_cpu(void) {
     for (int l = 0; l < in->n_layer; l++)
         for (int g = 0; g < in->n_kv_head; g++) {
             int32_t n = 0;
-            REQUIRE(skv_gpu_stream_read(cg->gpu, l, 0, g, &n, gp, ga, gw, NULL, NULL) == SKV_OK, "%s", skv_last_error());
-            const skv_stream *st = skv_cache_stream(&cc->cache, l, g);
+            REQUIRE(skv_gpu_stream_read(cg->bs, l, 0, g, &n, gp, ga, gw, NULL, NULL, NULL) == SKV_OK, "%s", skv_last_error());
+            const skv_stream *st = skv_cache_stream(&((skv_cpu *)cc->bs)->cache, l, g);
             CHECKF(n == st->n && n == PP + 1, "layer %d head %d: %d slots on the GPU, %d on the CPU", l, g, n, st->n);
             for (int s = 0; s < n && s < st->n; s++) {
                 CHECKF(gp[s] == st->pos[s], "slot %d: position %d vs %d", s, gp[s], st->pos[s]);
@@ -278,8 +280,9 @@ static void test_policies_brute(void) {
     for (int pi = 0; pi < 4; pi++) {
         skv_policy_params pp = skv_policy_default_params(pols[pi]);
         pp.budget = 0.3f;
-        skv_policy_kind kind;
-        REQUIRE(skv_policy_parse(&pp, hd, &kind) == SKV_OK, "%s", skv_last_error());
+        const skv_policy_ops *kind = NULL;
+        const skv_policy_env env = {.head_dim = hd, .n_layer = L};
+        REQUIRE(skv_policy_parse(&pp, &env, &kind) == SKV_OK, "%s", skv_last_error());
         skv_context *f = NULL, *cf = NULL;
         REQUIRE(skv_context_fork(src, &pp, &f) == SKV_OK, "fork %s: %s", pols[pi], skv_last_error());
         REQUIRE(skv_context_fork(csrc, &pp, &cf) == SKV_OK, "cpu fork %s: %s", pols[pi], skv_last_error());
@@ -288,11 +291,11 @@ static void test_policies_brute(void) {
         for (int l = 0; l < L; l++)
             for (int g = 0; g < KVH; g++) {
                 int32_t n = 0, nf = 0;
-                REQUIRE(skv_gpu_stream_read(src->gpu, l, 0, g, &n, pos, acc, win, k0, v0) == SKV_OK, "%s", skv_last_error());
-                REQUIRE(skv_gpu_stream_read(f->gpu, l, 0, g, &nf, fp, NULL, NULL, k1, v1) == SKV_OK, "%s", skv_last_error());
-                const int32_t b = skv_policy_budget(&pp, kind, l, L, PP);
-                if (kind == SKV_POL_WINDOW) skv_select_window(pos, n, b, pp.sinks, keep);
-                else if (kind == SKV_POL_H2O) skv_select_h2o(pos, acc, n, b, pp.recent_frac, keep);
+                REQUIRE(skv_gpu_stream_read(src->bs, l, 0, g, &n, pos, acc, win, NULL, k0, v0) == SKV_OK, "%s", skv_last_error());
+                REQUIRE(skv_gpu_stream_read(f->bs, l, 0, g, &nf, fp, NULL, NULL, NULL, k1, v1) == SKV_OK, "%s", skv_last_error());
+                const int32_t b = skv_policy_budget(kind, &pp, l, L, PP);
+                if (!strcmp(kind->name, "window")) skv_select_window(pos, n, b, pp.sinks, keep);
+                else if (!strcmp(kind->name, "h2o")) skv_select_h2o(pos, acc, n, b, pp.recent_frac, keep);
                 else skv_select_snapkv(pos, win, n, b, pp.obs_window, pp.pool_kernel, keep);
                 int32_t m_ = 0;
                 for (int s = 0; s < n; s++)
@@ -330,25 +333,24 @@ static void test_policies_brute(void) {
             int32_t *posb = malloc(sizeof(int32_t) * (size_t)L * KVH * 512);
             for (int l = 0; l < L; l++)
                 for (int g = 0; g < KVH; g++)
-                    skv_gpu_stream_read(f->gpu, l, 0, g, &nb[l * KVH + g], posb + (size_t)(l * KVH + g) * 512,
-                                        accb + (size_t)(l * KVH + g) * 512, NULL, NULL, NULL);
+                    skv_gpu_stream_read(f->bs, l, 0, g, &nb[l * KVH + g], posb + (size_t)(l * KVH + g) * 512, accb + (size_t)(l * KVH + g) * 512, NULL, NULL, NULL, NULL);
             REQUIRE(skv_decode(f, &tok, 1, NULL, 0) == SKV_OK, "%s", skv_last_error());
             const int newest = PP + t;
             for (int l = 0; l < L; l++)
                 for (int g = 0; g < KVH; g++) {
                     int32_t n = 0;
-                    skv_gpu_stream_read(f->gpu, l, 0, g, &n, pos, acc, NULL, NULL, NULL);
+                    skv_gpu_stream_read(f->bs, l, 0, g, &n, pos, acc, NULL, NULL, NULL, NULL);
                     const int32_t b = f->pol.budget_now[l];
-                    const int evicting = kind == SKV_POL_WINDOW || kind == SKV_POL_H2O;
+                    const int evicting = !strcmp(kind->name, "window") || !strcmp(kind->name, "h2o");
                     const int want_n = evicting ? b : nb[l * KVH + g] + 1;
                     if (n != want_n) step_ok = 0;
-                    if (kind == SKV_POL_WINDOW) { /* exactly sinks + the newest b - sinks */
+                    if (!strcmp(kind->name, "window")) { /* exactly sinks + the newest b - sinks */
                         qsort(pos, (size_t)n, sizeof *pos, cmp_i32);
                         for (int s = 0; s < n; s++) {
                             const int want = s < pp.sinks ? s : newest - (n - 1 - s);
                             if (pos[s] != want) step_ok = 0;
                         }
-                    } else if (kind == SKV_POL_H2O) { /* the victim's acc before <= every candidate's after */
+                    } else if (!strcmp(kind->name, "h2o")) { /* the victim's acc before <= every candidate's after */
                         const int32_t *pb = posb + (size_t)(l * KVH + g) * 512;
                         const float *ab = accb + (size_t)(l * KVH + g) * 512;
                         const int recent = (int)lrintf(pp.recent_frac * (float)b);
@@ -441,12 +443,12 @@ static void test_truncate_slow_fetch(void) {
     const int32_t rows[5] = {0, 5, 64, 99, 139};
     void *dev = NULL;
     REQUIRE(skv_gpu_scratch((int64_t)5 * hd * 2, &dev) == SKV_OK, "%s", skv_last_error());
-    CHECK(skv_gpu_fetch_v(s->gpu, 1, 0, 0, rows, 5, dev) == SKV_OK && skv_gpu_fetch_wait(s->gpu) == SKV_OK);
+    CHECK(skv_gpu_fetch_v(s->bs, 1, 0, 0, rows, 5, dev) == SKV_OK && skv_gpu_fetch_wait(s->bs) == SKV_OK);
     uint16_t *got = malloc(sizeof(uint16_t) * 5 * hd);
     float *vv = malloc(sizeof(float) * 512 * hd);
     int32_t n = 0;
     CHECK(skv_gpu_download(got, dev, (int64_t)5 * hd * 2) == SKV_OK);
-    CHECK(skv_gpu_stream_read(s->gpu, 1, 0, 0, &n, NULL, NULL, NULL, NULL, vv) == SKV_OK && n == 140);
+    CHECK(skv_gpu_stream_read(s->bs, 1, 0, 0, &n, NULL, NULL, NULL, NULL, NULL, vv) == SKV_OK && n == 140);
     int same = 1;
     for (int r = 0; r < 5; r++)
         for (int d = 0; d < hd; d++) {
@@ -455,7 +457,7 @@ static void test_truncate_slow_fetch(void) {
         }
     CHECKF(same, "fetched V rows differ from the cache's");
     const int32_t bad = 140;
-    CHECK(skv_gpu_fetch_v(s->gpu, 1, 0, 0, &bad, 1, dev) == SKV_ERR_ARG);
+    CHECK(skv_gpu_fetch_v(s->bs, 1, 0, 0, &bad, 1, dev) == SKV_ERR_ARG);
     skv_gpu_scratch_free(dev);
     skv_context_free(a), skv_context_free(s);
     free(l1), free(l2), free(l3), free(got), free(vv), free(ids);
@@ -489,10 +491,10 @@ static void test_sampling(void) {
         int32_t tok = ids[63] % 100 + 1, ci_agree = 0;
         for (int t = 0; t < 40; t++) {
             skv_gpu_sample gs;
-            skv_sampler_gpu_args(sg, &gs, seen);
+            skv_sampler_args(sg, &gs, seen);
             const int32_t pos = skv_context_n_past(g);
             int32_t next = -1;
-            REQUIRE(skv_gpu_decode_batch(g->gpu, &tok, &pos, 1, lg, &next, &gs) == SKV_OK, "%s", skv_last_error());
+            REQUIRE(skv_gpu_decode_batch(g->bs, &tok, &pos, 1, lg, &next, &gs) == SKV_OK, "%s", skv_last_error());
             g->n_past++;
             const int32_t want = skv_sampler_sample(sc, lg); /* same logits, same stream */
             ci_agree += next == want;

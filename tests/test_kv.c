@@ -131,7 +131,7 @@ static void test_budgets(void) {
     int64_t total = 0;
     int32_t prev = 1 << 30;
     for (int l = 0; l < 10; l++) {
-        int32_t b = skv_policy_budget(&p, SKV_POL_PYRAMIDKV, l, 10, 2000);
+        int32_t b = skv_policy_budget(skv_policy_find("pyramidkv"), &p, l, 10, 2000);
         CHECKF(b <= prev, "pyramid budgets must not grow with depth (%d after %d)", b, prev);
         CHECK(b >= p.obs_window);
         prev = b;
@@ -140,10 +140,10 @@ static void test_budgets(void) {
     CHECKF(labs((long)(total - 10 * 500)) <= 10, "pyramid budgets average %lld/10, want 500", (long long)total);
     p = skv_policy_default_params("h2o");
     p.budget = 0.1f;
-    CHECK(skv_policy_budget(&p, SKV_POL_H2O, 0, 10, 1984) == 198);
+    CHECK(skv_policy_budget(skv_policy_find("h2o"), &p, 0, 10, 1984) == 198);
     p.budget = 0;
     p.budget_tokens = 77;
-    CHECK(skv_policy_budget(&p, SKV_POL_H2O, 3, 10, 1984) == 77);
+    CHECK(skv_policy_budget(skv_policy_find("h2o"), &p, 3, 10, 1984) == 77);
 }
 
 /* ---------------------------------------------------------------------------------------- */

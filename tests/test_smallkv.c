@@ -5,7 +5,7 @@
  */
 #include "harness.h"
 #include "kv/smallkv.h"
-#include "model/model.h"
+#include "context/context.h"
 #include "slimkv.h"
 
 #include <math.h>
@@ -244,19 +244,21 @@ static void test_plan_exactness(void) {
     CHECK(skv_decode(ref, &x, 1, lr, 0) == SKV_OK);
     static uint8_t cls[L * 1 * CTX];
     static float marg[L * H * CTX];
+    skv_read_plan plan = {.cls = cls, .vweight = marg, .stride = CTX, .combine = SKV_PLAN_MASS};
     /* 1: everything critical, the current token recent */
-    for (int i = 0; i < L * CTX; i++) cls[i] = (i % CTX) == N ? SKV_SK_RECENT : SKV_SK_CRIT;
-    CHECK(skv_context_set_plan(p1, cls, marg, 0) == SKV_OK);
+    for (int i = 0; i < L * CTX; i++) cls[i] = SKV_READ_OWN;
+    CHECK(skv_context_set_plan(p1, &plan) == SKV_OK);
     CHECK(skv_decode(p1, &x, 1, l1, 0) == SKV_OK);
     CHECK(!memcmp(l1, lr, sizeof lr));
     /* 2: random critical / marginal split, marginal weights = true probabilities of this step */
     for (int l = 0; l < L; l++) {
-        for (int t = 0; t <= N; t++) cls[l * CTX + t] = t == N ? SKV_SK_RECENT : (rnd() % 2 ? SKV_SK_CRIT : SKV_SK_MARG);
+        for (int t = 0; t <= N; t++) cls[l * CTX + t] = t == N ? SKV_READ_OWN : (rnd() % 2 ? SKV_READ_OWN : SKV_READ_VONLY);
         for (int h = 0; h < H; h++) CHECK(skv_context_head_attention(ref, l, h, NULL, marg + (l * H + h) * CTX) == SKV_OK);
     }
-    CHECK(skv_context_set_plan(p2, cls, marg, 0) == SKV_OK);
+    CHECK(skv_context_set_plan(p2, &plan) == SKV_OK);
     CHECK(skv_decode(p2, &x, 1, l2, 0) == SKV_OK);
-    CHECK(skv_context_set_plan(p3, cls, marg, 1) == SKV_OK);
+    plan.combine = SKV_PLAN_SUM;
+    CHECK(skv_context_set_plan(p3, &plan) == SKV_OK);
     CHECK(skv_decode(p3, &x, 1, l3, 0) == SKV_OK);
     double d2 = 0, d3 = 0;
     for (int v = 0; v < V; v++) d2 = fmax(d2, fabs(l2[v] - lr[v])), d3 = fmax(d3, fabs(l3[v] - lr[v]));
@@ -266,7 +268,7 @@ static void test_plan_exactness(void) {
     skv_context_params cp = skv_context_default_params();
     cp.policy = skv_policy_default_params("window");
     CHECK(skv_context_init(m, cp, &q) == SKV_OK);
-    CHECK(skv_context_set_plan(q, cls, marg, 0) == SKV_ERR_ARG);
+    CHECK(skv_context_set_plan(q, &plan) == SKV_ERR_ARG);
     skv_context_free(q);
     skv_context_free(base), skv_context_free(ref), skv_context_free(p1), skv_context_free(p2), skv_context_free(p3);
     skv_model_free(m);

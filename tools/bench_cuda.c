@@ -13,8 +13,7 @@
  */
 #include "backend/cuda/gpu.h"
 #include "cli.h"
-#include "kv/policy.h"
-#include "model/model.h"
+#include "context/context.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -52,7 +51,7 @@ static int parse_list(const char *cmd, const char *flag, const char *s, int *out
 static void prefill(skv_gpu_ctx *g, int seq, const int32_t *ids, int n, int ub) {
     cli_check("bench", skv_gpu_truncate(g, seq, 0));
     for (int off = 0; off < n; off += ub)
-        cli_check("bench", skv_gpu_forward(g, seq, ids + off, n - off < ub ? n - off : ub, off, NULL, 0));
+        cli_check("bench", skv_gpu_forward(g, seq, ids + off, NULL, n - off < ub ? n - off : ub, off, NULL, NULL, NULL, 0));
 }
 
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
@@ -73,7 +72,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     cli_check("bench", skv_gpu_copy_bandwidth((int64_t)1 << 30, &bw));
     struct skv_gpu_model *gm = NULL;
     const double t_up = skv_time_now();
-    cli_check("bench", skv_model_gpu(m, &gm));
+    cli_check("bench", skv_model_gpu(m, (skv_gpu_model **)&gm));
     const double upload_s = skv_time_now() - t_up;
     /* bytes one decode step reads: every matrix but the embedding table (one row of it) */
     const int64_t wbytes = skv_gpu_model_bytes(gm) - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
@@ -89,12 +88,12 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     int nr = 0;
     skv_gpu_ctx *g = NULL;
     skv_policy_params pp = cli_policy_params("bench", pa, NULL, m);
-    skv_policy_kind kind;
-    cli_check("bench", skv_policy_parse(&pp, in->head_dim, &kind));
-    if (kind == SKV_POL_QUANT || !strcmp(pa->policy, "smallkv"))
-        cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (full, window, h2o, snapkv, pyramidkv)",
-                pa->policy);
-    const skv_gpu_policy gp = skv_policy_gpu(&pp, kind, skv_policy_needs_acc(kind), skv_policy_needs_win(kind), 0);
+    const skv_policy_ops *kind = skv_policy_find(pp.name);
+    if (!kind || kind->format || kind->driver)
+        cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (a policy that evicts, or full)", pa->policy);
+    skv_gpu_policy gp = {.want_acc = !!(kind->stats & SKV_STAT_ACC), .want_win = !!(kind->stats & SKV_STAT_WIN),
+                         .want_last = !!(kind->stats & SKV_STAT_LAST)};
+    if (kind->evict) gp.ev = kind->evict(&pp);
     int32_t *budget = malloc(sizeof(int32_t) * (size_t)in->n_layer);
     cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, NULL, &g));
     for (int i = 0; i < n_pp; i++) {
@@ -110,7 +109,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         }
         cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
     }
-    if (n_d > 0 && kind != SKV_POL_FULL) { /* the tg rows under the policy */
+    if (n_d > 0 && kind->evict) { /* the tg rows under the policy */
         skv_gpu_ctx_free(g);
         cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, &gp, &g));
     }
@@ -119,14 +118,14 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             if (gp.want_win) skv_gpu_begin_call(g, 0, depths[i] - (pp.obs_window > 1 ? pp.obs_window : 1));
             prefill(g, 0, ids, depths[i], ubatch);
             double kept = depths[i]; /* K/V rows per stream after compression */
-            if (kind != SKV_POL_FULL) {
-                for (int l = 0; l < in->n_layer; l++) budget[l] = skv_policy_budget(&pp, kind, l, in->n_layer, depths[i]);
+            if (kind->evict) {
+                for (int l = 0; l < in->n_layer; l++) budget[l] = skv_policy_budget(kind, &pp, l, in->n_layer, depths[i]);
                 cli_check("bench", skv_gpu_compress(g, 0, budget));
                 int64_t slots = 0;
                 skv_gpu_kv_usage(g, NULL, NULL, &slots);
                 kept = (double)slots / ((double)in->n_layer * in->n_kv_head);
             }
-            const int evicting = kind == SKV_POL_WINDOW || kind == SKV_POL_H2O;
+            const int evicting = gp.ev.evicts && gp.ev.step;
             crow *r = &rows[nr++];
             memset(r, 0, sizeof *r);
             r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
@@ -136,7 +135,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 skv_gpu_timer_start(g);
                 for (int s = 0; s < tg; s++) {
                     int32_t id = ids[(depths[i] + s) % max_len];
-                    cli_check("bench", skv_gpu_forward(g, 0, &id, 1, depths[i] + s, NULL, 0));
+                    cli_check("bench", skv_gpu_forward(g, 0, &id, NULL, 1, depths[i] + s, NULL, NULL, NULL, 0));
                 }
                 const double ms = skv_gpu_timer_stop(g);
                 if (k >= 0) r->ms[r->reps++] = ms;
@@ -195,7 +194,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
             "  \"ubatch\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
             dev, sms, (long long)mem, base, (long long)skv_gpu_model_bytes(gm), (long long)wbytes, (long long)kv_tok,
-            bw / 1e9, upload_s, ubatch, pa->policy, kind == SKV_POL_FULL ? 1.0 : (double)pp.budget);
+            bw / 1e9, upload_s, ubatch, pa->policy, !kind->evict ? 1.0 : (double)pp.budget);
     printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev, sms,
            bw / 1e9, skv_gpu_model_bytes(gm) / 1e9);
     printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");

@@ -51,12 +51,5 @@ skv_status skv_read_file(const char *path, char **data, size_t *len);
 /* Join a directory and a file name into buf; returns buf. */
 const char *skv_path_join(char *buf, size_t cap, const char *dir, const char *name);
 
-/* The sampler's next draw for the CUDA backend (sampler.c): its parameters, the uniform draw
- * from its stream (taken only when temperature > 0, as skv_sampler_sample does) and the
- * distinct ids its penalty covers, written to seen (at most the history length). */
-struct skv_gpu_sample;
-void skv_sampler_gpu_args(skv_sampler *s, struct skv_gpu_sample *g, int32_t *seen);
-/* ids the sampler's penalty may cover at most (the seen buffer's size) */
-int64_t skv_sampler_history(const skv_sampler *s);
 
 #endif /* SKV_INTERNAL_H */

@@ -137,7 +137,8 @@ skv_status skv_cache_enable_stats(skv_cache *c) {
         if (st->acc) continue;
         st->acc = calloc((size_t)c->cap, sizeof *st->acc);
         st->win = calloc((size_t)c->cap, sizeof *st->win);
-        if (!st->acc || !st->win) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
+        st->last = calloc((size_t)c->cap, sizeof *st->last);
+        if (!st->acc || !st->win || !st->last) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
     }
     return SKV_OK;
 }
@@ -151,6 +152,7 @@ void skv_cache_free(skv_cache *c) {
         free(c->streams[i].pos);
         free(c->streams[i].acc);
         free(c->streams[i].win);
+        free(c->streams[i].last);
     }
     free(c->streams);
     for (int p = 0; p < SKV_TIER_COUNT * SKV_KV_FORMAT_COUNT; p++) {
@@ -176,6 +178,7 @@ skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
         if (a->acc) {
             memcpy(b->acc, a->acc, (size_t)a->n * sizeof *a->acc);
             memcpy(b->win, a->win, (size_t)a->n * sizeof *a->win);
+            memcpy(b->last, a->last, (size_t)a->n * sizeof *a->last);
         }
         for (int32_t k = 0; k < src->max_blocks; k++) {
             for (int v = 0; v < 2; v++) {
@@ -237,7 +240,7 @@ skv_status skv_cache_append(skv_cache *c, int32_t l, int32_t g, int32_t pos, con
     write_row(c, st->kb[b], r, k);
     write_row(c, st->vb[b], r, v);
     st->pos[st->n] = pos;
-    if (st->acc) st->acc[st->n] = st->win[st->n] = 0;
+    if (st->acc) st->acc[st->n] = st->win[st->n] = st->last[st->n] = 0;
     st->n++;
     if (r == SKV_KV_BLOCK - 1 && (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4)) {
         if ((s = quantize_full_block(c, &st->kb[b], 0)) || (s = quantize_full_block(c, &st->vb[b], 1)))
@@ -267,6 +270,7 @@ static void copy_row(skv_cache *c, skv_stream *st, int32_t to, int32_t from) {
     if (st->acc) {
         st->acc[to] = st->acc[from];
         st->win[to] = st->win[from];
+        st->last[to] = st->last[from];
     }
 }
 
@@ -406,4 +410,110 @@ int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {
         if (st->vb[b] >= 0) total += block_true_bytes(c, st->vb[b], 1);
     }
     return total;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Exchange                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+void skv_stream_io_free(skv_stream_io *s) {
+    free(s->pos), free(s->acc), free(s->win), free(s->last);
+    free(s->kfmt), free(s->vfmt), free(s->kdata), free(s->vdata);
+    memset(s, 0, sizeof *s);
+}
+
+skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv_stream_io *s) {
+    memset(s, 0, sizeof *s);
+    const skv_stream *st = skv_cache_stream(c, l, g);
+    const int32_t n = st->n, nb = (n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    s->n = n;
+    s->pos = malloc(sizeof(int32_t) * (size_t)SKV_MAX(n, 1));
+    s->kfmt = malloc((size_t)SKV_MAX(nb, 1));
+    s->vfmt = malloc((size_t)SKV_MAX(nb, 1));
+    if (st->acc) {
+        s->acc = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
+        s->win = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
+        s->last = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
+    }
+    for (int32_t b = 0; b < nb; b++) {
+        s->kbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->kb[b]), c->head_dim, 0);
+        s->vbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->vb[b]), c->head_dim, 1);
+    }
+    s->kdata = malloc((size_t)SKV_MAX(s->kbytes, 1));
+    s->vdata = malloc((size_t)SKV_MAX(s->vbytes, 1));
+    if (!s->pos || !s->kfmt || !s->vfmt || !s->kdata || !s->vdata || (st->acc && (!s->acc || !s->win || !s->last))) {
+        skv_stream_io_free(s);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    memcpy(s->pos, st->pos, sizeof(int32_t) * (size_t)n);
+    if (st->acc) {
+        memcpy(s->acc, st->acc, sizeof(float) * (size_t)n);
+        memcpy(s->win, st->win, sizeof(float) * (size_t)n);
+        memcpy(s->last, st->last, sizeof(float) * (size_t)n);
+    }
+    int64_t ko = 0, vo = 0;
+    for (int32_t b = 0; b < nb; b++) {
+        const skv_kv_format kf = block_fmt(st->kb[b]), vf = block_fmt(st->vb[b]);
+        const size_t kn = skv_kv_block_bytes(kf, c->head_dim, 0), vn = skv_kv_block_bytes(vf, c->head_dim, 1);
+        s->kfmt[b] = (uint8_t)kf, s->vfmt[b] = (uint8_t)vf;
+        memcpy(s->kdata + ko, block_mem(c, st->kb[b]), kn);
+        memcpy(s->vdata + vo, block_mem(c, st->vb[b]), vn);
+        ko += (int64_t)kn, vo += (int64_t)vn;
+    }
+    return SKV_OK;
+}
+
+skv_status skv_cache_stream_import(skv_cache *c, int32_t l, int32_t g, const skv_stream_io *s) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    if (st->n != 0) return skv_set_error(SKV_ERR_ARG, "cache import: stream (%d, %d) is not empty", l, g);
+    if (s->n < 0 || s->n > c->cap)
+        return skv_set_error(SKV_ERR_RANGE, "cache import: stream (%d, %d) holds %d tokens, the context %d", l, g, s->n,
+                             c->cap);
+    const int32_t nb = (s->n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    int64_t kb = 0, vb = 0;
+    for (int32_t b = 0; b < nb; b++) {
+        for (int v = 0; v < 2; v++) {
+            const uint8_t f = v ? s->vfmt[b] : s->kfmt[b];
+            if (f >= SKV_KV_FORMAT_COUNT)
+                return skv_set_error(SKV_ERR_FORMAT, "cache import: stream (%d, %d) block %d has unknown format %d", l, g,
+                                     b, f);
+            if ((f == SKV_KV_Q8 || f == SKV_KV_Q4) && ((int64_t)b + 1) * SKV_KV_BLOCK > s->n)
+                return skv_set_error(SKV_ERR_FORMAT, "cache import: stream (%d, %d): a partial block is quantized", l, g);
+            if ((f == SKV_KV_Q8 || f == SKV_KV_Q4) && c->head_dim % SKV_KV_VGROUP)
+                return skv_set_error(SKV_ERR_FORMAT, "cache import: quantized blocks need head_dim %% %d == 0",
+                                     SKV_KV_VGROUP);
+            *(v ? &vb : &kb) += (int64_t)skv_kv_block_bytes((skv_kv_format)f, c->head_dim, v);
+        }
+    }
+    if (kb != s->kbytes || vb != s->vbytes)
+        return skv_set_error(SKV_ERR_FORMAT, "cache import: stream (%d, %d): %lld/%lld bytes of K/V for blocks that "
+                             "hold %lld/%lld", l, g, (long long)s->kbytes, (long long)s->vbytes, (long long)kb,
+                             (long long)vb);
+    for (int32_t i = 0; i < s->n; i++)
+        if (s->pos[i] < 0)
+            return skv_set_error(SKV_ERR_FORMAT, "cache import: stream (%d, %d) slot %d has position %d", l, g, i,
+                                 s->pos[i]);
+    int64_t ko = 0, vo = 0;
+    for (int32_t b = 0; b < nb; b++) {
+        const skv_kv_format kf = (skv_kv_format)s->kfmt[b], vf = (skv_kv_format)s->vfmt[b];
+        skv_status e;
+        if ((e = block_alloc(c, c->k_tier, kf, &st->kb[b])) || (e = block_alloc(c, c->v_tier, vf, &st->vb[b]))) {
+            st->n = b * SKV_KV_BLOCK;
+            trim_blocks(c, st);
+            st->n = 0;
+            return e;
+        }
+        const size_t kn = skv_kv_block_bytes(kf, c->head_dim, 0), vn = skv_kv_block_bytes(vf, c->head_dim, 1);
+        memcpy(block_mem(c, st->kb[b]), s->kdata + ko, kn);
+        memcpy(block_mem(c, st->vb[b]), s->vdata + vo, vn);
+        ko += (int64_t)kn, vo += (int64_t)vn;
+    }
+    st->n = s->n;
+    memcpy(st->pos, s->pos, sizeof(int32_t) * (size_t)s->n);
+    if (st->acc) {
+        const size_t nb4 = sizeof(float) * (size_t)s->n;
+        if (s->acc) memcpy(st->acc, s->acc, nb4), memcpy(st->win, s->win, nb4), memcpy(st->last, s->last, nb4);
+        else memset(st->acc, 0, nb4), memset(st->win, 0, nb4), memset(st->last, 0, nb4);
+    }
+    return SKV_OK;
 }

@@ -39,6 +39,7 @@ typedef struct skv_stream {
     int32_t *pos;          /* (cap) position of each slot */
     float *acc;            /* (cap) attention accumulated over all queries, group-summed */
     float *win;            /* (cap) attention of the last observation-window queries */
+    float *last;           /* (cap) attention of the newest query, group-summed */
 } skv_stream;
 
 typedef struct skv_cache {
@@ -55,7 +56,7 @@ typedef struct skv_cache {
 skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int32_t head_dim,
                           int32_t cap, skv_kv_format fmt);
 void skv_cache_free(skv_cache *c);
-/* Allocate the per-slot attention statistics (acc, win) of every stream. */
+/* Allocate the per-slot attention statistics (acc, win, last) of every stream. */
 skv_status skv_cache_enable_stats(skv_cache *c);
 /* Deep copy (blocks, slots, statistics) into dst, which must be uninitialised. */
 skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src);
@@ -95,5 +96,21 @@ void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u);
 int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g);
 
 size_t skv_kv_block_bytes(skv_kv_format fmt, int32_t head_dim, int is_v);
+
+/* A stream exchanged with another context (export/import, read-back): positions and statistics
+ * (f32) plus K and V in 32-row blocks, each block in its stored format (kv/cache.h layout). */
+typedef struct skv_stream_io {
+    int32_t n;
+    int32_t *pos;           /* (n) */
+    float *acc, *win, *last;/* (n) each, NULL when not collected */
+    uint8_t *kfmt, *vfmt;   /* (nblocks) skv_kv_format of each block */
+    uint8_t *kdata, *vdata; /* the blocks' bytes, in order */
+    int64_t kbytes, vbytes;
+} skv_stream_io;
+void skv_stream_io_free(skv_stream_io *s);
+/* A stream's slots, statistics and blocks as they are stored (arrays malloc'd). */
+skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv_stream_io *s);
+/* Fill an empty stream from s (blocks in the cache's current tiers); checks sizes and formats. */
+skv_status skv_cache_stream_import(skv_cache *c, int32_t l, int32_t g, const skv_stream_io *s);
 
 #endif

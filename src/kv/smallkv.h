@@ -61,7 +61,8 @@ struct skv_smallkv {
     int32_t matched;
     double match_jac, match_cos; /* matched pairs: mean Jaccard of top-K sets, mean cosine of maps */
     int32_t *f;             /* (L*H) matched small head of each large head */
-    uint8_t *cls;           /* (L, KVH, n_ctx) plan classes */
+    uint8_t *cls;           /* (L, KVH, n_ctx) token classes (SKV_SK_*) */
+    uint8_t *pcls;          /* (L, KVH, n_ctx) the same as a read plan's classes (SKV_READ_*) */
     float *marg;            /* (L, H, n_ctx) marginal weights */
     float *score;           /* (n_ctx) scratch */
     uint8_t *fixed;         /* (L, KVH, n_ctx) static-selection ablation: first step's classes */

@@ -2,7 +2,6 @@
  * load.c — build an skv_model from a Hugging Face directory: config, weights, validation.
  */
 #include "model.h"
-#include "backend/cuda/gpu.h"
 
 #include <math.h>
 #include <omp.h>
@@ -75,6 +74,7 @@ static void init_rope(skv_model *m) {
     const skv_config *c = &m->cfg;
     const int32_t hd = c->info.head_dim, half = hd / 2;
     m->rope_inv_freq = malloc((size_t)half * sizeof(float));
+    if (!m->rope_inv_freq) return;
     for (int32_t i = 0; i < half; i++) {
         /* As transformers: base ** (arange(0, dim, 2).float() / dim), in float32. */
         float inv = 1.0f / powf(c->info.rope_theta, (float)(2 * i) / (float)hd);
@@ -170,6 +170,15 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
         m->cfg.info.decode_weight_bytes -= m->tok_embed.rows * m->tok_embed.cols *
                                            (int64_t)skv_dtype_size(m->tok_embed.dtype);
     init_rope(m);
+    /* standard models: every layer appends and attends to its own KV */
+    m->kv_src = malloc(sizeof(int32_t) * (size_t)m->cfg.info.n_layer);
+    m->cache_of = malloc(sizeof(int32_t) * (size_t)m->cfg.info.n_layer);
+    if (!m->rope_inv_freq || !m->kv_src || !m->cache_of) {
+        skv_model_free(m);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    for (int32_t l = 0; l < m->cfg.info.n_layer; l++) m->kv_src[l] = m->cache_of[l] = l;
+    m->n_cache_layers = m->cfg.info.n_layer;
     m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
     *out = m;
     return SKV_OK;
@@ -177,12 +186,51 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
 
 void skv_model_free(skv_model *m) {
     if (!m) return;
-    skv_gpu_model_free(m->gpu);
+    if (m->be_data && m->be_data_free) m->be_data_free(m->be_data);
     skv_st_close(m->st);
     free(m->f32_store);
     free(m->layers);
     free(m->rope_inv_freq);
+    free(m->kv_src);
+    free(m->cache_of);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    for (int32_t i = 0; i < m->n_rope_old; i++) free(m->rope_old[i]);
+    free(m->rope_old);
     free(m);
+}
+
+skv_status skv_model_layer_cache(const skv_model *m, int32_t layer, int32_t *src_layer, int32_t *appends) {
+    if (layer < 0 || layer >= m->cfg.info.n_layer)
+        return skv_set_error(SKV_ERR_ARG, "layer %d out of range (%d layers)", layer, m->cfg.info.n_layer);
+    if (src_layer) *src_layer = m->kv_src[layer];
+    if (appends) *appends = m->kv_src[layer] == layer;
+    return SKV_OK;
+}
+
+int32_t skv_model_n_cache_layers(const skv_model *m) { return m->n_cache_layers; }
+
+skv_status skv_model_rope(skv_model *m, int32_t n) {
+    if (n <= m->rope_len) return SKV_OK;
+    const int64_t half = m->cfg.info.head_dim / 2;
+    float *cs = malloc(sizeof(float) * (size_t)(n * half)), *sn = malloc(sizeof(float) * (size_t)(n * half));
+    void **old = realloc(m->rope_old, sizeof(void *) * (size_t)(m->n_rope_old + 2));
+    if (!cs || !sn || !old) {
+        free(cs), free(sn);
+        if (old) m->rope_old = old;
+        return skv_set_error(SKV_ERR_NOMEM, "cannot allocate RoPE tables for %d positions", n);
+    }
+    /* as transformers computes them: freqs = pos * inv_freq in float32 */
+    for (int64_t pos = 0; pos < n; pos++)
+        for (int64_t i = 0; i < half; i++) {
+            const float f = (float)pos * m->rope_inv_freq[i];
+            cs[pos * half + i] = cosf(f);
+            sn[pos * half + i] = sinf(f);
+        }
+    m->rope_old = old;
+    if (m->rope_cos) m->rope_old[m->n_rope_old++] = m->rope_cos, m->rope_old[m->n_rope_old++] = m->rope_sin;
+    m->rope_cos = cs, m->rope_sin = sn, m->rope_len = n;
+    return SKV_OK;
 }
 
 const skv_model_info *skv_model_get_info(const skv_model *m) { return &m->cfg.info; }

@@ -3,7 +3,7 @@
  * penalty, seeded. Order as in transformers' generate: penalty, temperature, top-k, top-p.
  */
 #include "internal.h"
-#include "backend/cuda/gpu.h"
+#include "sample/sampler.h"
 
 #include <math.h>
 
@@ -172,7 +172,7 @@ int64_t skv_sampler_history(const skv_sampler *s) {
     return s->p.penalty_last_n > 0 ? SKV_MIN(s->n_seen, s->cap_seen) : s->n_seen;
 }
 
-void skv_sampler_gpu_args(skv_sampler *s, skv_gpu_sample *g, int32_t *seen) {
+void skv_sampler_args(skv_sampler *s, skv_sample_args *g, int32_t *seen) {
     g->temperature = s->p.temperature;
     g->top_k = s->p.top_k;
     g->top_p = s->p.top_p;

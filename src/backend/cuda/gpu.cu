@@ -48,7 +48,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->part_m, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->part_l, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->lse, R * g->H);
-        if (c->pol.want_acc) ALLOC(c->dsc, (int64_t)n_seq * g->H * n_ctx);
+        if (c->pol.want_acc || c->pol.want_last) ALLOC(c->dsc, (int64_t)n_seq * g->H * n_ctx);
         ALLOC(c->ids_d, R);
         ALLOC(c->pos_d, R);
         ALLOC(c->seq_d, R);
@@ -155,7 +155,7 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n) {
     const int s0 = sid_of(c, l, seq, 0);
     const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
     const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
-    float *lse = c->pol.want_acc || c->pol.want_win ? c->lse : NULL;
+    float *lse = c->pol.want_acc || c->pol.want_win || c->pol.want_last ? c->lse : NULL;
     if (hd == 128)
         k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
             c->qb, c->kpool, c->vpool, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2);
@@ -202,8 +202,10 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     const int D = g->D, H = g->H, KVH = g->KVH, hd = g->hd;
     const int64_t F = g->F;
     skv_status st;
-    k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
-    LAUNCHED();
+    if (!c->embd_in) { /* else the input rows are already in x */
+        k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
+        LAUNCHED();
+    }
     for (int l = 0; l < g->L; l++) {
         const glayer *y = &g->layers[l];
         k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
@@ -214,7 +216,8 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
             decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, l, c->n_seq, c->mb, H, KVH, hd, c->n_ctx);
         LAUNCHED();
         if ((st = decode ? attn_decode(c, l, n) : attn_prefill(c, l, seq, n))) return st;
-        if (!decode && (c->pol.want_acc || c->pol.want_win) && (st = gpu_cache_prefill_stats(c, l, seq, pos0, n)))
+        if (!decode && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) &&
+            (st = gpu_cache_prefill_stats(c, l, seq, pos0, n)))
             return st;
         if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
         k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
@@ -259,7 +262,7 @@ static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sampl
         LAUNCHED();
         return SKV_OK;
     };
-    if (!c->use_graphs) {
+    if (!c->use_graphs || c->embd_in) { /* (graphs are captured for id input) */
         st = body();
     } else {
         cudaGraphExec_t *ge = &c->graph[n + (sample ? c->n_seq + 1 : 0)];
@@ -286,8 +289,8 @@ static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sampl
     return SKV_OK;
 }
 
-extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0,
-                                      float *logits, int all) {
+extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, const float *embd, int32_t n,
+                                      int32_t pos0, float *logits, float *hidden, float *hidden_normed, int all) {
     skv_gpu_model *g = c->g;
     if (n < 1 || n > c->n_batch || seq < 0 || seq >= c->n_seq || pos0 < 0 || pos0 + n > c->n_ctx)
         return skv_set_error(SKV_ERR_RANGE, "CUDA forward: %d tokens at position %d of sequence %d (context %d, "
@@ -295,28 +298,39 @@ extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t
     if (pos0 != c->h_next[seq])
         return skv_set_error(SKV_ERR_ARG, "CUDA forward: position %d of sequence %d, whose next position is %d "
                              "(truncate first)", pos0, seq, c->h_next[seq]);
-    for (int i = 0; i < n; i++)
+    if (!ids == !embd) return skv_set_error(SKV_ERR_ARG, "CUDA forward: give either ids or embeddings");
+    for (int i = 0; ids && i < n; i++)
         if (ids[i] < 0 || ids[i] >= g->V) return skv_set_error(SKV_ERR_ARG, "token id %d out of range", ids[i]);
     skv_status st;
     CK(cudaStreamSynchronize(c->st)); /* the staging buffer and host mirrors are free */
+    c->embd_in = embd != NULL;
+    if (embd) CK(cudaMemcpyAsync(c->x, embd, sizeof(float) * (size_t)n * g->D, cudaMemcpyHostToDevice, c->st));
+    const int r0 = all ? 0 : n - 1, nr = all ? n : 1;
     if (n == 1) { /* the decode path: one row of sequence seq (logits computed on the way) */
-        c->stage[0] = ids[0], c->stage[c->rows_max] = pos0, c->stage[2 * c->rows_max] = seq;
-        if ((st = decode_step(c, 1, NULL))) return st;
+        c->stage[0] = ids ? ids[0] : 0, c->stage[c->rows_max] = pos0, c->stage[2 * c->rows_max] = seq;
+        st = decode_step(c, 1, NULL);
+        c->embd_in = 0;
+        if (st) return st;
         if (logits)
             CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)g->V, cudaMemcpyDeviceToHost, c->st));
-        CK(cudaStreamSynchronize(c->st));
-        return SKV_OK;
+    } else {
+        if ((st = gpu_cache_reserve(c, seq, n)) || (st = gpu_cache_upload(c))) return st;
+        if (ids) CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
+        st = layers(c, n, 0, seq, pos0);
+        c->embd_in = 0;
+        if (st) return st;
+        gpu_cache_advance(c, seq, n, 0);
+        c->h_next[seq] += n;
+        if (logits) {
+            if ((st = head(c, r0, nr))) return st;
+            CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)nr * g->V, cudaMemcpyDeviceToHost, c->st));
+        }
     }
-    if ((st = gpu_cache_reserve(c, seq, n)) || (st = gpu_cache_upload(c))) return st;
-    CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
-    if ((st = layers(c, n, 0, seq, pos0))) return st;
-    gpu_cache_advance(c, seq, n, 0);
-    c->h_next[seq] += n;
-    if (logits) {
-        const int r0 = all ? 0 : n - 1, nr = all ? n : 1;
-        if ((st = head(c, r0, nr))) return st;
-        CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)nr * g->V, cudaMemcpyDeviceToHost, c->st));
-    }
+    /* the residual stream after the last layer; the normed state is computed by the caller */
+    if (hidden)
+        CK(cudaMemcpyAsync(hidden, c->x + (int64_t)(n == 1 ? 0 : r0) * g->D, sizeof(float) * (size_t)nr * g->D,
+                           cudaMemcpyDeviceToHost, c->st));
+    (void)hidden_normed;
     CK(cudaStreamSynchronize(c->st));
     return SKV_OK;
 }

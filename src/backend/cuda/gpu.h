@@ -20,6 +20,8 @@
 #include <stdint.h>
 
 #include "slimkv.h"
+#include "sample/sampler.h"
+#include "kv/evict.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -52,30 +54,23 @@ typedef struct skv_gpu_ctx skv_gpu_ctx;
 
 #define SKV_GPU_BLOCK 64 /* cache rows per block (the flash kernel's key tile) */
 
-/* What the cache does besides keeping everything (kv/policy.h names the kinds). */
-enum { SKV_GPU_KEEP = 0, SKV_GPU_WINDOW = 1, SKV_GPU_H2O = 2, SKV_GPU_SNAPKV = 3 };
+/* What the cache does besides keeping everything: an eviction rule (kv/evict.h, the one the CPU
+ * executes too) and the per-slot statistics to collect. */
 typedef struct skv_gpu_policy {
-    int32_t evict;           /* SKV_GPU_*: how compress selects; window and h2o also evict per step */
-    int32_t sinks;           /* window */
-    float recent_frac;       /* h2o */
-    int32_t obs_window, pool_kernel; /* snapkv */
+    skv_evict_desc ev;       /* ev.evicts 0: keep everything */
     int32_t want_acc;        /* accumulate every query's attention per slot (group-summed) */
     int32_t want_win;        /* accumulate the observation window's attention per slot */
+    int32_t want_last;       /* the newest query's attention per slot */
     int32_t v_slow;          /* V blocks in pinned host memory (read over PCIe) */
 } skv_gpu_policy;
 
-/* A next-token choice on the device, as skv_sampler_sample makes it on the host: penalty on
- * the `n_seen` distinct ids in `seen`, temperature, top-k, top-p, then the draw u in [0, 1). */
-typedef struct skv_gpu_sample {
-    float temperature, top_p, penalty;
-    int32_t top_k;
-    double u;
-    const int32_t *seen;
-    int32_t n_seen;
-} skv_gpu_sample;
+/* A next-token choice on the device, as skv_sampler_sample makes it on the host. */
+typedef struct skv_sample_args skv_gpu_sample;
 
 /* 1 when built with CUDA and a device answers; else 0 with the reason in skv_last_error(). */
 int skv_gpu_available(void);
+/* The model's device copy, uploaded on first use (cuda_backend.c). */
+skv_status skv_model_gpu(skv_model *m, skv_gpu_model **out);
 skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out);
 void skv_gpu_model_free(skv_gpu_model *g);
 int64_t skv_gpu_model_bytes(const skv_gpu_model *g);
@@ -91,9 +86,11 @@ void skv_gpu_ctx_free(skv_gpu_ctx *c);
 void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots);
 
 /* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; pos0 must be the
- * sequence's next position). logits (host, may be NULL): the last token's n_vocab, or all n. */
-skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0,
-                           float *logits, int all);
+ * sequence's next position), given as ids or as input embeddings (host, (n, dim) f32). Outputs
+ * (host, each may be NULL): logits (the last token's n_vocab, or all n), the final hidden state
+ * before and after the final norm ((1 or n, dim)). */
+skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, const float *embd, int32_t n,
+                           int32_t pos0, float *logits, float *hidden, float *hidden_normed, int all);
 
 /* Start a multi-token call of sequence seq whose observation window begins at win_from:
  * the window statistics are reset (no-op without want_win). */
@@ -119,7 +116,14 @@ skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src);
  * be NULL) positions, accumulated and window attention (zeros when not collected), K and V
  * rows as f32 (n_ctx * head_dim). */
 skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,
-                               int32_t *pos, float *acc, float *win, float *k, float *v);
+                               int32_t *pos, float *acc, float *win, float *last, float *k, float *v);
+/* Set sequence seq's next position (after its streams were written). */
+skv_status skv_gpu_set_next(skv_gpu_ctx *c, int32_t seq, int32_t pos);
+/* Fill an empty stream: n slots with positions, statistics (each may be NULL: zeros) and K, V
+ * rows (f32, n * head_dim; stored as bf16). */
+skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t n,
+                                const int32_t *pos, const float *acc, const float *win, const float *last,
+                                const float *k, const float *v);
 
 /* The slow tier's asynchronous fetch (what KCache reads per step): V rows of the given slots of
  * one stream gathered into dst (device, n * head_dim bf16) on the context's copy stream; the

@@ -6,12 +6,12 @@
  * attention, group-summed per slot, as the CPU cache keeps them), forks, read-back for tests,
  * and the slow tier's asynchronous fetch.
  *
- * Selections follow kv/policy.c exactly: window keeps the `sinks` lowest positions and the
- * newest; h2o the round(recent_frac * budget) newest, then the highest accumulated attention
- * (ties: newer); snapkv the obs_window newest, then the highest max-pooled window attention
- * (pooling over the position-ordered slots before the window). Composite keys (score bits,
- * position) are unique, so a radix select of the budget-th largest key gives the same set as
- * the CPU's sort.
+ * Selections execute the policy's eviction rule (kv/evict.h) exactly as kv/select.c does on
+ * the CPU: the `sinks` oldest and the recent(b) newest slots first, then the best-ranked of the
+ * rest (position, accumulated, max-pooled window or newest-query attention; ties: newer).
+ * Composite keys (score bits, position) are unique, so a radix select of the budget-th largest
+ * key gives the same set as the CPU's sort. Window-ranked pooling assumes slots in position
+ * order (true: appends and stable compactions only; such policies do not evict per step).
  */
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_device.cuh"
@@ -19,7 +19,7 @@
 typedef unsigned long long u64;
 #define KEY_TOP 0xffffffff00000000ull /* kept before any score */
 
-enum { CMP_WINDOW = SKV_GPU_WINDOW, CMP_H2O = SKV_GPU_H2O, CMP_SNAPKV = SKV_GPU_SNAPKV, CMP_TRUNC = 4 };
+enum { CMP_EVICT = 0, CMP_TRUNC = 1 };
 
 /* order-preserving float -> u32 */
 __device__ __forceinline__ uint32_t ord_f(float v) {
@@ -86,9 +86,15 @@ struct stream_ref {
     bf16 *kp, *vp;
     const int32_t *bt;
     int32_t *slen, *spos;
-    float *sacc, *swin;
+    float *sacc, *swin, *slast;
     int mb, hd, n_ctx;
 };
+
+/* The per-slot statistic a rank reads (NULL for position). */
+__device__ __forceinline__ const float *rank_stat(const stream_ref &R, int rank, int64_t so) {
+    const float *p = rank == SKV_RANK_ACC ? R.sacc : rank == SKV_RANK_WIN ? R.swin : rank == SKV_RANK_LAST ? R.slast : NULL;
+    return p ? p + so : NULL;
+}
 
 /* Move slot `from` into slot `to` of stream sid (K, V rows and the slot's data); all threads. */
 __device__ void move_slot(const stream_ref &R, int sid, int from, int to) {
@@ -103,49 +109,39 @@ __device__ void move_slot(const stream_ref &R, int sid, int from, int to) {
         R.spos[o + to] = R.spos[o + from];
         if (R.sacc) R.sacc[o + to] = R.sacc[o + from];
         if (R.swin) R.swin[o + to] = R.swin[o + from];
+        if (R.slast) R.slast[o + to] = R.slast[o + from];
     }
 }
 
 /* End of a decode step, block (layer * KVH + g, row r): the stream holds slen + 1 slots; with a
- * step budget b > 0 (window, h2o) the victims go until it holds b (the last slot moves into the
- * hole, as skv_cache_remove_swap). */
-__global__ void k_step_end(stream_ref R, const int32_t *bud, const int32_t *rseq, const int32_t *rpos, int mode,
-                           int sinks, float recent_frac, int n_seq, int L, int KVH) {
+ * step budget b > 0 the victims go until it holds b: the worst-ranked slot at a position >=
+ * sinks and outside the newest recent(b) (ties: older), the last slot moved into the hole as
+ * skv_cache_remove_swap does. */
+__global__ void k_step_end(stream_ref R, const int32_t *bud, const int32_t *rseq, const int32_t *rpos, skv_evict_desc ev,
+                           int n_seq, int L, int KVH) {
     __shared__ u64 sh[40];
     const int l = blockIdx.x / KVH, g = blockIdx.x % KVH, seq = rseq[blockIdx.y];
     const int newest = rpos[blockIdx.y]; /* the step's token: positions only grow */
     const int sid = (l * n_seq + seq) * KVH + g;
     int n = R.slen[sid] + 1;
-    const int b = mode == CMP_WINDOW || mode == CMP_H2O ? bud[seq * L + l] : 0;
+    const int b = ev.evicts && ev.step ? bud[seq * L + l] : 0;
     const int32_t *P = R.spos + (int64_t)sid * R.n_ctx;
-    const float *A = R.sacc ? R.sacc + (int64_t)sid * R.n_ctx : NULL;
+    const float *A = rank_stat(R, ev.rank, (int64_t)sid * R.n_ctx);
+    const int recent = b > 0 ? (ev.recent_frac > 0 ? __float2int_rn(ev.recent_frac * (float)b) : ev.recent) : 0;
     while (b > 0 && n > b) {
         u64 best = ~0ull;
-        if (mode == CMP_WINDOW) { /* the oldest token that is not a sink */
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (P[s] >= sinks) {
-                    const u64 k = ((u64)(uint32_t)P[s] << 32) | (uint32_t)s;
-                    best = k < best ? k : best;
-                }
-        } else { /* the lowest accumulated attention outside the recent window; ties: older */
-            const int recent = __float2int_rn(recent_frac * (float)b);
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (P[s] <= newest - recent) {
-                    const u64 k = ((u64)ord_f(A[s]) << 32) | (uint32_t)P[s];
-                    best = k < best ? k : best;
-                }
-        }
+        for (int s = threadIdx.x; s < n; s += blockDim.x)
+            if (P[s] >= ev.sinks && P[s] <= newest - recent) {
+                const uint32_t sc = A ? ord_f(A[s]) : (uint32_t)P[s];
+                const u64 k = ((u64)sc << 32) | (uint32_t)P[s];
+                best = k < best ? k : best;
+            }
         best = block_min_u64(best, sh);
         if (best == ~0ull) break;
-        int victim;
-        if (mode == CMP_WINDOW) {
-            victim = (int)(best & 0xffffffffu);
-        } else { /* the slot of that position */
-            u64 v = ~0ull;
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (P[s] == (int)(best & 0xffffffffu)) v = (u64)s;
-            victim = (int)block_min_u64(v, sh);
-        }
+        u64 v = ~0ull; /* the slot of that position */
+        for (int s = threadIdx.x; s < n; s += blockDim.x)
+            if (P[s] == (int)(best & 0xffffffffu)) v = (u64)s;
+        const int victim = (int)block_min_u64(v, sh);
         if (victim != n - 1) move_slot(R, sid, n - 1, victim);
         __syncthreads();
         n--;
@@ -162,9 +158,8 @@ __global__ void k_slen_add(int32_t *slen, int seq, int n, int n_seq, int L, int 
 
 /* Compress (or truncate) the streams of sequence seq: block (layer * KVH + g), 1024 threads.
  * The keep set first (a bitmask in shared memory), then a stable compaction tile by tile. */
-__global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *budget, int mode, int sinks,
-                                                  float recent_frac, int obs_window, int pool_kernel, int from,
-                                                  int seq, int n_seq, int KVH) {
+__global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *budget, int mode, skv_evict_desc ev,
+                                                  int from, int seq, int n_seq, int KVH) {
     extern __shared__ uint32_t keepbits[]; /* (n_ctx / 32 + 1) */
     __shared__ unsigned hist[256];
     __shared__ u64 sh[40];
@@ -181,40 +176,28 @@ __global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *
         for (int s = threadIdx.x; s < n; s += blockDim.x)
             if (P[s] < from) atomicOr(&keepbits[s / 32], 1u << (s % 32));
     } else {
-        u64 thr;
-        if (mode == CMP_WINDOW) {
-            const int s_ = min(sinks, b);
-            const u64 lo = s_ > 0 ? kth_largest([&](int s) { return (u64)(~(uint32_t)P[s]); }, n, s_, hist, sh) : ~0ull;
-            auto key = [&](int s) -> u64 {
-                const bool sink = s_ > 0 && (u64)(~(uint32_t)P[s]) >= lo;
-                return sink ? (KEY_TOP | (uint32_t)P[s]) : (u64)(uint32_t)P[s];
-            };
-            thr = kth_largest(key, n, b, hist, sh);
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (key(s) >= thr) atomicOr(&keepbits[s / 32], 1u << (s % 32));
-        } else if (mode == CMP_H2O) {
-            const int R_ = min(__float2int_rn(recent_frac * (float)b), b);
-            const u64 rt = R_ > 0 ? kth_largest([&](int s) { return (u64)(uint32_t)P[s]; }, n, R_, hist, sh) : ~0ull;
-            const float *A = R.sacc + so;
-            auto key = [&](int s) -> u64 {
-                return (u64)(uint32_t)P[s] >= rt ? (KEY_TOP | (uint32_t)P[s]) : (((u64)ord_f(A[s]) << 32) | (uint32_t)P[s]);
-            };
-            thr = kth_largest(key, n, b, hist, sh);
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (key(s) >= thr) atomicOr(&keepbits[s / 32], 1u << (s % 32));
-        } else { /* snapkv: slots are in position order (appends and stable compactions only) */
-            const int m = n - min(obs_window, n), half = pool_kernel / 2;
-            const float *W = R.swin + so;
-            auto key = [&](int s) -> u64 {
-                if (s >= m) return KEY_TOP | (uint32_t)P[s];
-                float mx = -INFINITY;
-                for (int j = max(0, s - half); j <= min(m - 1, s + half); j++) mx = fmaxf(mx, W[j]);
-                return ((u64)ord_f(mx) << 32) | (uint32_t)P[s];
-            };
-            thr = kth_largest(key, n, b, hist, sh);
-            for (int s = threadIdx.x; s < n; s += blockDim.x)
-                if (key(s) >= thr) atomicOr(&keepbits[s / 32], 1u << (s % 32));
-        }
+        const int recent_all = ev.recent_frac > 0 ? __float2int_rn(ev.recent_frac * (float)b) : ev.recent;
+        const int s_ = min(ev.sinks, b), R_ = min(recent_all, b - s_);
+        /* the s_ oldest and the R_ newest come first */
+        const u64 lo = s_ > 0 ? kth_largest([&](int s) { return (u64)(~(uint32_t)P[s]); }, n, s_, hist, sh) : ~0ull;
+        const u64 rt = R_ > 0 ? kth_largest([&](int s) { return (u64)(uint32_t)P[s]; }, n, R_, hist, sh) : ~0ull;
+        const float *A = rank_stat(R, ev.rank, so);
+        const int m = n - min(recent_all, n), half = ev.pool / 2; /* window pooling: the slots before the window */
+        const bool pool = ev.rank == SKV_RANK_WIN && ev.pool > 1;
+        auto key = [&](int s) -> u64 {
+            const uint32_t p = (uint32_t)P[s];
+            if ((s_ > 0 && (u64)(~p) >= lo) || (R_ > 0 && (u64)p >= rt)) return KEY_TOP | p;
+            if (!A) return ((u64)p << 32) | p;
+            float v = A[s];
+            if (pool && s < m) {
+                v = -INFINITY;
+                for (int j = max(0, s - half); j <= min(m - 1, s + half); j++) v = fmaxf(v, A[j]);
+            }
+            return ((u64)ord_f(v) << 32) | p;
+        };
+        const u64 thr = kth_largest(key, n, b, hist, sh);
+        for (int s = threadIdx.x; s < n; s += blockDim.x)
+            if (key(s) >= thr) atomicOr(&keepbits[s / 32], 1u << (s % 32));
     }
     __syncthreads();
     /* stable compaction: a tile of 64 slots is read whole (16 threads per slot, 16 bytes each)
@@ -237,7 +220,7 @@ __global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *
         const int s = t0 + ts, d = s < n ? dst[ts] : -1;
         uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
         int32_t ps = 0;
-        float ac = 0, wn = 0;
+        float ac = 0, wn = 0, ls = 0;
         if (d >= 0 && d != s) {
             const int64_t ro = slot_row(bts, s) * R.hd;
             if (ch < nch) kv = ((const uint4 *)(R.kp + ro))[ch], vv = ((const uint4 *)(R.vp + ro))[ch];
@@ -245,6 +228,7 @@ __global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *
                 ps = P[s];
                 if (R.sacc) ac = R.sacc[so + s];
                 if (R.swin) wn = R.swin[so + s];
+                if (R.slast) ls = R.slast[so + s];
             }
         }
         __syncthreads();
@@ -255,6 +239,7 @@ __global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *
                 R.spos[so + d] = ps;
                 if (R.sacc) R.sacc[so + d] = ac;
                 if (R.swin) R.swin[so + d] = wn;
+                if (R.slast) R.slast[so + d] = ls;
             }
         }
         base += cnt;
@@ -263,9 +248,10 @@ __global__ void __launch_bounds__(1024) k_compress(stream_ref R, const int32_t *
     if (threadIdx.x == 0) R.slen[sid] = base;
 }
 
-/* Decode statistics of layer l: acc[slot] += sum over the group's heads of exp(score - lse). */
+/* Decode statistics of layer l: p = sum over the group's heads of exp(score - lse);
+ * acc[slot] += p, last[slot] = p. */
 __global__ void k_decode_stats(const float *dsc, const float *lse, const int32_t *slen, const int32_t *rseq, float *sacc,
-                               int l, int n_seq, int H, int KVH, int n_ctx) {
+                               float *slast, int l, int n_seq, int H, int KVH, int n_ctx) {
     const int g = blockIdx.x, r = blockIdx.y, G = H / KVH;
     const int sid = (l * n_seq + rseq[r]) * KVH + g, L = slen[sid] + 1;
     for (int s = blockIdx.z * blockDim.x + threadIdx.x; s < L; s += gridDim.z * blockDim.x) {
@@ -274,7 +260,8 @@ __global__ void k_decode_stats(const float *dsc, const float *lse, const int32_t
             const int h = g * G + j;
             p += __expf(dsc[((int64_t)r * H + h) * n_ctx + s] - lse[(int64_t)r * H + h]);
         }
-        sacc[(int64_t)sid * n_ctx + s] += p;
+        if (sacc) sacc[(int64_t)sid * n_ctx + s] += p;
+        if (slast) slast[(int64_t)sid * n_ctx + s] = p;
     }
 }
 
@@ -286,8 +273,8 @@ __global__ void k_decode_stats(const float *dsc, const float *lse, const int32_t
 template <int HD>
 __global__ void __launch_bounds__(128) k_prefill_stats(const bf16 *Q, const float *lse, const bf16 *kp,
                                                        const int32_t *bt, const int32_t *slen, float *sacc,
-                                                       float *swin, int n, int H, int KVH, int mb, int n_ctx,
-                                                       float scale_log2, int pos0, int win_from, int do_acc) {
+                                                       float *swin, float *slast, int n, int H, int KVH, int mb,
+                                                       int n_ctx, float scale_log2, int pos0, int win_from, int do_acc) {
     constexpr int LD = HD + 8;
     __shared__ __align__(16) bf16 sq[64 * LD];
     __shared__ float slse[64];
@@ -312,9 +299,9 @@ __global__ void __launch_bounds__(128) k_prefill_stats(const bf16 *Q, const floa
     }
     const int wrow = max(0, win_from - pos0); /* first row of the observation window */
     int q_start = max(0, k0 - n_old);         /* the first row that sees this tile */
-    if (!do_acc) q_start = max(q_start, wrow);
+    if (!do_acc) q_start = max(q_start, slast ? min(wrow, n - 1) : wrow);
     q_start = q_start / 64 * 64;
-    float a_lo = 0, a_hi = 0, w_lo = 0, w_hi = 0;
+    float a_lo = 0, a_hi = 0, w_lo = 0, w_hi = 0, l_lo = 0, l_hi = 0;
     for (int j = 0; j < G; j++) {
         const int h = kvh * G + j;
         for (int q0 = q_start; q0 < n; q0 += 64) {
@@ -342,9 +329,9 @@ __global__ void __launch_bounds__(128) k_prefill_stats(const bf16 *Q, const floa
                     const int qi = q0 + nt * 8 + c2 + (e & 1), key = e < 2 ? key_lo : key_hi;
                     if (qi >= n || key >= n_tot || key > n_old + qi) continue;
                     const float p = exp2f(s[e] * scale_log2 - slse[qi - q0]);
-                    const bool inw = qi >= wrow;
-                    if (e < 2) a_lo += p, w_lo += inw ? p : 0;
-                    else a_hi += p, w_hi += inw ? p : 0;
+                    const bool inw = qi >= wrow, isl = qi == n - 1;
+                    if (e < 2) a_lo += p, w_lo += inw ? p : 0, l_lo += isl ? p : 0;
+                    else a_hi += p, w_hi += inw ? p : 0, l_hi += isl ? p : 0;
                 }
             }
         }
@@ -353,16 +340,19 @@ __global__ void __launch_bounds__(128) k_prefill_stats(const bf16 *Q, const floa
     for (int o = 1; o <= 2; o <<= 1) {
         a_lo += __shfl_xor_sync(0xffffffffu, a_lo, o), a_hi += __shfl_xor_sync(0xffffffffu, a_hi, o);
         w_lo += __shfl_xor_sync(0xffffffffu, w_lo, o), w_hi += __shfl_xor_sync(0xffffffffu, w_hi, o);
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o), l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o);
     }
     if ((lane & 3) == 0) {
         const int64_t o = (int64_t)kvh * n_ctx;
         if (key_lo < n_tot) {
             if (sacc && do_acc) sacc[o + key_lo] += a_lo;
             if (swin && win_from < pos0 + n) swin[o + key_lo] += w_lo;
+            if (slast) slast[o + key_lo] = l_lo;
         }
         if (key_hi < n_tot) {
             if (sacc && do_acc) sacc[o + key_hi] += a_hi;
             if (swin && win_from < pos0 + n) swin[o + key_hi] += w_hi;
+            if (slast) slast[o + key_hi] = l_hi;
         }
     }
 }
@@ -384,6 +374,7 @@ __global__ void k_copy_stream(stream_ref S, stream_ref D, int n_seq_s, int n_seq
         D.spos[(int64_t)ds * D.n_ctx + s] = S.spos[(int64_t)ss * S.n_ctx + s];
         if (D.sacc) D.sacc[(int64_t)ds * D.n_ctx + s] = S.sacc ? S.sacc[(int64_t)ss * S.n_ctx + s] : 0;
         if (D.swin) D.swin[(int64_t)ds * D.n_ctx + s] = S.swin ? S.swin[(int64_t)ss * S.n_ctx + s] : 0;
+        if (D.slast) D.slast[(int64_t)ds * D.n_ctx + s] = S.slast ? S.slast[(int64_t)ss * S.n_ctx + s] : 0;
     }
     if (threadIdx.x == 0) D.slen[ds] = n;
 }
@@ -402,7 +393,7 @@ __global__ void k_gather_rows(const bf16 *pool, const int32_t *bts, const int32_
 #define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
 
 static stream_ref ref_of(skv_gpu_ctx *c) {
-    return stream_ref{c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->mb, c->g->hd, c->n_ctx};
+    return stream_ref{c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->slast, c->mb, c->g->hd, c->n_ctx};
 }
 
 static int compress_smem(const skv_gpu_ctx *c) { return (int)sizeof(uint32_t) * (c->n_ctx / 32 + 1); }
@@ -423,6 +414,7 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     ALLOC(c->spos, S * c->n_ctx);
     if (c->pol.want_acc) ALLOC(c->sacc, S * c->n_ctx);
     if (c->pol.want_win) ALLOC(c->swin, S * c->n_ctx);
+    if (c->pol.want_last) ALLOC(c->slast, S * c->n_ctx);
     ALLOC(c->bud, (int64_t)c->n_seq * g->L);
     ALLOC(c->cbud, g->L);
     ALLOC(c->fetch_rows, c->n_ctx);
@@ -448,7 +440,7 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
 }
 
 void gpu_cache_free(skv_gpu_ctx *c) {
-    void *ps[] = {c->kpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->bud, c->cbud};
+    void *ps[] = {c->kpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->slast, c->bud, c->cbud};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     if (c->vpool_host) cudaFreeHost(c->vpool_host);
     else cudaFree(c->vpool);
@@ -513,10 +505,8 @@ void gpu_cache_advance(skv_gpu_ctx *c, int seq, int n, int decode) {
 skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq) {
     const skv_gpu_model *g = c->g;
     if (decode) {
-        const int mode = c->pol.evict == SKV_GPU_WINDOW || c->pol.evict == SKV_GPU_H2O ? c->pol.evict : 0;
-        k_step_end<<<dim3(g->L * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, c->pos_d, mode,
-                                                               c->pol.sinks, c->pol.recent_frac, c->n_seq, g->L,
-                                                               g->KVH);
+        k_step_end<<<dim3(g->L * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, c->pos_d, c->pol.ev, c->n_seq,
+                                                               g->L, g->KVH);
     } else {
         k_slen_add<<<(g->L * g->KVH + 255) / 256, 256, 0, c->st>>>(c->slen, seq, n, c->n_seq, g->L, g->KVH);
     }
@@ -525,7 +515,7 @@ skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq) {
 }
 
 skv_status gpu_cache_decode_stats(skv_gpu_ctx *c, int l, int n) {
-    k_decode_stats<<<dim3(c->g->KVH, n, 8), 256, 0, c->st>>>(c->dsc, c->lse, c->slen, c->seq_d, c->sacc, l, c->n_seq,
+    k_decode_stats<<<dim3(c->g->KVH, n, 8), 256, 0, c->st>>>(c->dsc, c->lse, c->slen, c->seq_d, c->sacc, c->slast, l, c->n_seq,
                                                               c->g->H, c->g->KVH, c->n_ctx);
     LAUNCHED();
     return SKV_OK;
@@ -538,11 +528,12 @@ skv_status gpu_cache_prefill_stats(skv_gpu_ctx *c, int l, int seq, int pos0, int
     for (int k = 0; k < g->KVH; k++) max_n = c->h_n[s0 + k] > max_n ? c->h_n[s0 + k] : max_n;
     const int tiles = (max_n + n + 63) / 64;
     const int wf = c->pol.want_win ? c->win_from_h[seq] : INT32_MAX;
-    if (!c->pol.want_acc && wf >= pos0 + n) return SKV_OK; /* no window query in this chunk */
+    if (!c->pol.want_acc && !c->pol.want_last && wf >= pos0 + n) return SKV_OK; /* no window query in this chunk */
     const float sl2 = 1.4426950408889634f / sqrtf((float)g->hd);
     float *acc = c->sacc ? c->sacc + (int64_t)s0 * c->n_ctx : NULL, *win = c->swin ? c->swin + (int64_t)s0 * c->n_ctx : NULL;
+    float *last = c->slast ? c->slast + (int64_t)s0 * c->n_ctx : NULL;
     const dim3 grid(tiles, g->KVH);
-#define STATS_ARGS c->qb, c->lse, c->kpool, c->bt + (int64_t)s0 * c->mb, c->slen + s0, acc, win, n, g->H, g->KVH, c->mb, \
+#define STATS_ARGS c->qb, c->lse, c->kpool, c->bt + (int64_t)s0 * c->mb, c->slen + s0, acc, win, last, n, g->H, g->KVH, c->mb, \
                    c->n_ctx, sl2, pos0, wf, c->pol.want_acc
     if (g->hd == 128) k_prefill_stats<128><<<grid, 128, 0, c->st>>>(STATS_ARGS);
     else k_prefill_stats<64><<<grid, 128, 0, c->st>>>(STATS_ARGS);
@@ -562,9 +553,7 @@ extern "C" void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from
 static skv_status launch_compress(skv_gpu_ctx *c, int seq, int mode, int from) {
     const skv_gpu_model *g = c->g;
     const int smem = compress_smem(c);
-    k_compress<<<g->L * g->KVH, 1024, smem, c->st>>>(ref_of(c), c->cbud, mode, c->pol.sinks, c->pol.recent_frac,
-                                                     c->pol.obs_window, c->pol.pool_kernel, from, seq, c->n_seq,
-                                                     g->KVH);
+    k_compress<<<g->L * g->KVH, 1024, smem, c->st>>>(ref_of(c), c->cbud, mode, c->pol.ev, from, seq, c->n_seq, g->KVH);
     LAUNCHED();
     return SKV_OK;
 }
@@ -572,16 +561,17 @@ static skv_status launch_compress(skv_gpu_ctx *c, int seq, int mode, int from) {
 extern "C" skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget) {
     const skv_gpu_model *g = c->g;
     if (seq < 0 || seq >= c->n_seq) return skv_set_error(SKV_ERR_ARG, "CUDA compress: sequence %d", seq);
-    if (c->pol.evict == SKV_GPU_KEEP) return SKV_OK;
-    if ((c->pol.evict == SKV_GPU_H2O && !c->sacc) || (c->pol.evict == SKV_GPU_SNAPKV && !c->swin))
+    if (!c->pol.ev.evicts) return SKV_OK;
+    if ((c->pol.ev.rank == SKV_RANK_ACC && !c->sacc) || (c->pol.ev.rank == SKV_RANK_WIN && !c->swin) ||
+        (c->pol.ev.rank == SKV_RANK_LAST && !c->slast))
         return skv_set_error(SKV_ERR_ARG, "CUDA compress: the context does not collect the statistics its policy needs");
     for (int l = 0; l < g->L; l++)
         if (budget[l] < 1) return skv_set_error(SKV_ERR_ARG, "CUDA compress: budget %d of layer %d", budget[l], l);
     CK(cudaStreamSynchronize(c->st));
     CK(cudaMemcpy(c->cbud, budget, sizeof(int32_t) * (size_t)g->L, cudaMemcpyHostToDevice));
-    skv_status st = launch_compress(c, seq, c->pol.evict, 0);
+    skv_status st = launch_compress(c, seq, CMP_EVICT, 0);
     if (st) return st;
-    const int step = c->pol.evict == SKV_GPU_WINDOW || c->pol.evict == SKV_GPU_H2O;
+    const int step = c->pol.ev.step;
     for (int l = 0; l < g->L; l++) {
         c->h_bud[seq * g->L + l] = step ? budget[l] : 0;
         for (int k = 0; k < g->KVH; k++) {
@@ -650,7 +640,7 @@ extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *
 }
 
 extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,
-                                          int32_t *pos, float *acc, float *win, float *k, float *v) {
+                                          int32_t *pos, float *acc, float *win, float *last, float *k, float *v) {
     const skv_gpu_model *g = c->g;
     if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH)
         return skv_set_error(SKV_ERR_ARG, "CUDA stream read: layer %d sequence %d KV head %d", layer, seq, kv_head);
@@ -668,6 +658,10 @@ extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t
     if (win) {
         if (c->swin) CK(cudaMemcpy(win, c->swin + o, sizeof(float) * (size_t)m, cudaMemcpyDeviceToHost));
         else memset(win, 0, sizeof(float) * (size_t)m);
+    }
+    if (last) {
+        if (c->slast) CK(cudaMemcpy(last, c->slast + o, sizeof(float) * (size_t)m, cudaMemcpyDeviceToHost));
+        else memset(last, 0, sizeof(float) * (size_t)m);
     }
     if ((k || v) && m > 0) {
         int32_t *rows = NULL;
@@ -735,3 +729,58 @@ extern "C" skv_status skv_gpu_download(void *host, const void *dev, int64_t byte
     return SKV_OK;
 }
 extern "C" void skv_gpu_scratch_free(void *dev) { cudaFree(dev); }
+
+/* rows (n, hd) f32 on the host -> the pool rows of slots 0..n-1 of stream sid */
+__global__ void k_scatter_rows(bf16 *pool, const int32_t *bts, const float *src, int n, int hd) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n * hd; i += gridDim.x * blockDim.x) {
+        const int r = i / hd, d = i % hd;
+        pool[slot_row(bts, r) * hd + d] = __float2bfloat16(src[i]);
+    }
+}
+
+extern "C" skv_status skv_gpu_set_next(skv_gpu_ctx *c, int32_t seq, int32_t pos) {
+    if (seq < 0 || seq >= c->n_seq || pos < 0 || pos > c->n_ctx)
+        return skv_set_error(SKV_ERR_ARG, "CUDA: next position %d of sequence %d", pos, seq);
+    c->h_next[seq] = pos;
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t n,
+                                           const int32_t *pos, const float *acc, const float *win, const float *last,
+                                           const float *k, const float *v) {
+    const skv_gpu_model *g = c->g;
+    if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
+        n > c->n_ctx)
+        return skv_set_error(SKV_ERR_ARG, "CUDA stream write: layer %d sequence %d KV head %d, %d slots", layer, seq,
+                             kv_head, n);
+    const int sid = sid_of(c, layer, seq, kv_head);
+    if (c->h_n[sid] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA stream write: the stream is not empty");
+    CK(cudaStreamSynchronize(c->st));
+    skv_status st = grow(c, sid, (n + BLK - 1) / BLK);
+    if (st || (st = gpu_cache_upload(c))) return st;
+    const int64_t o = (int64_t)sid * c->n_ctx;
+    float *tmp = NULL;
+    CK(cudaMalloc((void **)&tmp, sizeof(float) * (size_t)((int64_t)n * g->hd > 0 ? (int64_t)n * g->hd : 1)));
+    cudaError_t e = cudaSuccess;
+    for (int w = 0; w < 2 && e == cudaSuccess && n > 0; w++) {
+        e = cudaMemcpy(tmp, w ? v : k, sizeof(float) * (size_t)n * g->hd, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) {
+            k_scatter_rows<<<64, 256, 0, c->st>>>(w ? c->vpool : c->kpool, c->bt + (int64_t)sid * c->mb, tmp, n, g->hd);
+            e = cudaGetLastError();
+        }
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->st);
+    }
+    cudaFree(tmp);
+    CK(e);
+    if (n > 0) CK(cudaMemcpy(c->spos + o, pos, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice));
+    float *dst[3] = {c->sacc, c->swin, c->slast};
+    const float *src[3] = {acc, win, last};
+    for (int i = 0; i < 3; i++) {
+        if (!dst[i]) continue;
+        if (src[i] && n > 0) CK(cudaMemcpy(dst[i] + o, src[i], sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
+        else CK(cudaMemset(dst[i] + o, 0, sizeof(float) * (size_t)(n > 0 ? n : 1)));
+    }
+    CK(cudaMemcpy(c->slen + sid, &n, sizeof n, cudaMemcpyHostToDevice));
+    c->h_n[sid] = n;
+    return SKV_OK;
+}

@@ -26,7 +26,7 @@ struct skv_gpu_ctx {
     int32_t *bt;            /* device (n_streams, mb) block ids */
     int32_t *slen;          /* device (n_streams) slots */
     int32_t *spos;          /* device (n_streams, n_ctx) position of each slot */
-    float *sacc, *swin;     /* device (n_streams, n_ctx) statistics, or NULL */
+    float *sacc, *swin, *slast; /* device (n_streams, n_ctx) statistics, or NULL */
     int32_t *bud;           /* device (n_seq, L) per-step budget (0: no eviction) */
     int32_t *cbud;          /* device (L) budgets of the compress in progress */
     int32_t *win_from_h;    /* host (n_seq) first position of the observation window */
@@ -54,6 +54,7 @@ struct skv_gpu_ctx {
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
     int32_t *fetch_rows;    /* device (n_ctx) */
+    int embd_in;            /* this step's input rows are embeddings already in x */
 };
 
 static inline int sid_of(const skv_gpu_ctx *c, int l, int seq, int g) { return (l * c->n_seq + seq) * c->g->KVH + g; }

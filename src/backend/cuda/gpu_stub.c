@@ -26,9 +26,10 @@ void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes,
     if (slow_bytes) *slow_bytes = 0;
     if (slots) *slots = 0;
 }
-skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits,
-                           int all) {
-    (void)c, (void)seq, (void)ids, (void)n, (void)pos0, (void)logits, (void)all;
+skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, const float *embd, int32_t n, int32_t pos0,
+                           float *logits, float *hidden, float *hidden_normed, int all) {
+    (void)c, (void)seq, (void)ids, (void)embd, (void)n, (void)pos0, (void)logits, (void)hidden, (void)hidden_normed;
+    (void)all;
     return no_cuda();
 }
 void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from) { (void)c, (void)seq, (void)win_from; }
@@ -43,9 +44,17 @@ skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget) 
 skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from) { return (void)c, (void)seq, (void)from, no_cuda(); }
 skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src) { return (void)dst, (void)src, no_cuda(); }
 skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n, int32_t *pos,
-                               float *acc, float *win, float *k, float *v) {
-    (void)c, (void)layer, (void)seq, (void)kv_head, (void)pos, (void)acc, (void)win, (void)k, (void)v;
+                               float *acc, float *win, float *last, float *k, float *v) {
+    (void)c, (void)layer, (void)seq, (void)kv_head, (void)pos, (void)acc, (void)win, (void)last, (void)k, (void)v;
     *n = 0;
+    return no_cuda();
+}
+skv_status skv_gpu_set_next(skv_gpu_ctx *c, int32_t seq, int32_t pos) { return (void)c, (void)seq, (void)pos, no_cuda(); }
+skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t n,
+                                const int32_t *pos, const float *acc, const float *win, const float *last,
+                                const float *k, const float *v) {
+    (void)c, (void)layer, (void)seq, (void)kv_head, (void)n, (void)pos, (void)acc, (void)win, (void)last, (void)k;
+    (void)v;
     return no_cuda();
 }
 skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, const int32_t *rows, int32_t n,

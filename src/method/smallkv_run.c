@@ -3,10 +3,11 @@
  * ../shared/docs/techniques.md §1). Defaults: GQA selection per KV head by the summed scores of
  * its query heads' matched small-model heads; marginal weights per query head; matching K = the
  * critical share of the budget at the matching length; the large model attends in place by
- * index (on CPU its full cache stays where it is; the "fast tier" is the selected rows).
+ * index (on CPU its full cache stays where it is; the "fast tier" is the selected rows). Each
+ * step's selection reaches the large model as a read plan (kv/plan.h).
  */
 #include "kv/smallkv.h"
-#include "model/model.h"
+#include "context/context.h"
 
 #include <math.h>
 #include <omp.h>
@@ -26,6 +27,7 @@ void skv_smallkv_free(skv_smallkv *s) {
     skv_context_free(s->sc);
     free(s->f);
     free(s->cls);
+    free(s->pcls);
     free(s->marg);
     free(s->score);
     free(s->fixed);
@@ -68,11 +70,12 @@ static skv_status wrap(skv_context *lc, skv_context *sc, skv_smallkv_params p, s
     s->n_ctx = lc->n_ctx;
     s->f = malloc(sizeof(int32_t) * (size_t)(s->L * s->H));
     s->cls = malloc((size_t)s->L * s->KVH * s->n_ctx);
+    s->pcls = malloc((size_t)s->L * s->KVH * s->n_ctx);
     s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
     /* per thread: score, pooled score */
     s->score = malloc(sizeof(float) * 2 * (size_t)s->n_ctx * (size_t)SKV_MAX(lc->n_threads, 1));
     s->fixed = malloc((size_t)s->L * s->KVH * s->n_ctx);
-    if (!s->f || !s->cls || !s->marg || !s->score || !s->fixed) {
+    if (!s->f || !s->cls || !s->pcls || !s->marg || !s->score || !s->fixed) {
         skv_smallkv_free(s);
         return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     }
@@ -163,13 +166,7 @@ static skv_status finish_prompt(skv_smallkv *s) {
         return st;
     }
     /* the large model's full cache is the slow tier; selected rows are read from it in place */
-    for (int32_t l = 0; l < s->L; l++)
-        for (int32_t g = 0; g < s->KVH; g++)
-            if ((st = skv_cache_move(&s->lc->cache, l, g, 0, SKV_TIER_SLOW)) ||
-                (st = skv_cache_move(&s->lc->cache, l, g, 1, SKV_TIER_SLOW)))
-                return st;
-    s->lc->cache.k_tier = s->lc->cache.v_tier = SKV_TIER_SLOW;
-    return SKV_OK;
+    return skv_context_move_tier(s->lc, SKV_TIER_SLOW);
 }
 
 skv_status skv_smallkv_prefill(skv_smallkv *s, const int32_t *ids, int32_t n, float *logits) {
@@ -193,14 +190,13 @@ skv_status skv_smallkv_fork(const skv_context *large, const skv_context *small, 
     /* a context shorter than match_len can never match (SmallKV then never evicts): its prefix
      * statistics are clamped to the context */
     const int32_t need = SKV_MIN(p.match_len, large->n_ctx);
-    if (!large->head_pre || !small->head_pre || large->head_prefix < need ||
-        small->head_prefix < SKV_MIN(p.match_len, small->n_ctx) ||
+    if (skv_context_head_prefix(large) < need || skv_context_head_prefix(small) < SKV_MIN(p.match_len, small->n_ctx) ||
         skv_context_n_past(large) != skv_context_n_past(small))
         return skv_set_error(SKV_ERR_ARG, "smallkv: fork needs two prefilled contexts of the same "
                              "prompt with collect_head_stats and head_prefix >= %d", p.match_len);
     if ((p.score == SKV_SK_SCORE_WINDOW || p.match_window) &&
-        (small->head_win_from > skv_context_n_past(small) - 1 ||
-         (p.match_window && large->head_win_from > skv_context_n_past(large) - 1)))
+        (skv_context_head_window_from(small) > skv_context_n_past(small) - 1 ||
+         (p.match_window && skv_context_head_window_from(large) > skv_context_n_past(large) - 1)))
         return skv_set_error(SKV_ERR_ARG, "smallkv: the window score needs the small context's head "
                              "window (skv_context_set_head_window) set before its prompt (both contexts' to match on it)");
     const skv_policy_params full = skv_policy_default_params("full");
@@ -243,10 +239,15 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
             /* the small model's accumulated attention of each matched head, read in place:
              * head_acc is (Ls * Hs, n_ctx), indexed by the global head number */
             const int win = s->p.score == SKV_SK_SCORE_WINDOW;
-            const float *src = win ? s->sc->head_win : s->sc->head_acc;
             memset(score, 0, sizeof(float) * (size_t)T);
             for (int32_t j = 0; j < s->G; j++) {
-                const float *acc = src + (int64_t)s->f[l * s->H + g * s->G + j] * s->sc->n_ctx;
+                const int32_t fs = s->f[l * s->H + g * s->G + j];
+                const float *acc = skv_context_head_row(s->sc, win ? SKV_HEAD_WIN : SKV_HEAD_ACC, fs / s->Hs, fs % s->Hs);
+                if (!acc) {
+#pragma omp atomic write
+                    bad = 1;
+                    break;
+                }
                 for (int32_t t = 0; t < T; t++) score[t] += acc[t];
             }
             const float *sc = score;
@@ -257,6 +258,11 @@ static skv_status build_plan(skv_smallkv *s, int32_t T) {
             skv_smallkv_select(sc, T, s->split, cls);
             if (s->p.static_select) memcpy(fx, cls, (size_t)T);
         }
+        uint8_t *pc = s->pcls + ((int64_t)l * s->KVH + g) * s->n_ctx;
+        for (int32_t t = 0; t < T; t++)
+            pc[t] = cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? SKV_READ_OWN
+                    : cls[t] == SKV_SK_MARG                         ? SKV_READ_VONLY
+                                                                    : SKV_READ_SKIP;
         for (int32_t t = 0; t < T; t++)
             fast += cls[t] == SKV_SK_CRIT || cls[t] == SKV_SK_RECENT ? 2 * hd * 4 : cls[t] == SKV_SK_MARG ? hd * 4 : 0;
         /* marginal weights: the matched small head's attention at this step (none to weigh
@@ -283,10 +289,12 @@ skv_status skv_smallkv_decode(skv_smallkv *s, int32_t id, float *logits) {
     if (!s->matched && !s->p.match_window && T - 1 >= s->p.match_len && (st = match_heads(s, s->p.match_len))) return st;
     if (s->matched) {
         if ((st = build_plan(s, T))) return st;
-        if ((st = skv_context_set_plan(s->lc, s->cls, s->marg, s->p.paper))) return st;
+        const skv_read_plan plan = {.cls = s->pcls, .vweight = s->marg, .stride = s->n_ctx,
+                                    .combine = s->p.paper ? SKV_PLAN_SUM : SKV_PLAN_MASS};
+        if ((st = skv_context_set_plan(s->lc, &plan))) return st;
     }
     st = skv_decode(s->lc, &id, 1, logits, 0);
-    skv_context_set_plan(s->lc, NULL, NULL, 0);
+    skv_context_set_plan(s->lc, NULL);
     return st;
 }
 
@@ -298,7 +306,7 @@ void skv_smallkv_get_usage(const skv_smallkv *s, skv_smallkv_usage *u) {
     u->fast_bytes = s->matched ? s->fast_bytes : lu.bytes;
     u->slow_bytes = lu.bytes_slow;
     u->draft_kv_bytes = su.bytes;
-    u->draft_weight_bytes = skv_model_get_info(s->sc->m)->weight_bytes;
+    u->draft_weight_bytes = skv_model_get_info(skv_context_model(s->sc))->weight_bytes;
 }
 
 const int32_t *skv_smallkv_head_map(const skv_smallkv *s) { return s->matched ? s->f : NULL; }

@@ -1,0 +1,78 @@
+/*
+ * backend.h — the backend seam: one table of operations per place a context runs (CPU, CUDA).
+ * The context (src/context/) owns what every backend shares — model, policy, positions — and
+ * calls these; a backend owns its cache, its scratch and its kernels. Nothing here names a
+ * policy or a technique: eviction arrives as an skv_evict_desc, reads as an skv_read_plan.
+ *
+ * Streams are (cache layer, KV head); a cache layer is a layer that appends KV (see
+ * skv_model_layer_cache). A stream's slots hold kept tokens in any order with their positions.
+ */
+#ifndef SKV_BACKEND_H
+#define SKV_BACKEND_H
+
+#include "kv/plan.h"
+#include "kv/policy.h"
+
+typedef struct skv_context skv_context;
+
+/* One chunk's input: ids or input embeddings (n <= n_batch), at positions pos0.. */
+typedef struct skv_fwd_in {
+    const int32_t *ids;     /* (n) or NULL */
+    const float *embd;      /* (n, dim) or NULL */
+    int32_t n, pos0;
+    int32_t last_chunk;     /* the call's last chunk (statistics of "the newest query") */
+} skv_fwd_in;
+
+/* What a chunk returns (host memory; each may be NULL). */
+typedef struct skv_fwd_out {
+    float *logits;          /* (n or 1, n_vocab) */
+    float *hidden;          /* (n or 1, dim) final hidden state before the final norm */
+    float *hidden_normed;   /* (n or 1, dim) after it */
+    int32_t all;            /* every row (else the last row only) */
+} skv_fwd_out;
+
+
+/* Sampling arguments a backend may run on the device (sample/sampler.h fills them). */
+struct skv_sample_args;
+
+typedef struct skv_backend_ops {
+    const char *name;
+    /* Allocate c->bs for c (its params, policy and statistics set by the context). */
+    skv_status (*init)(skv_context *c, const skv_context_params *p);
+    void (*free)(skv_context *c);
+    /* A multi-token call of n tokens starts (observation-window statistics reset). */
+    void (*begin_call)(skv_context *c, int32_t n);
+    skv_status (*forward)(skv_context *c, const skv_fwd_in *in, const skv_fwd_out *out);
+    /* One decode step with the next id drawn on the backend. */
+    skv_status (*decode_sampled)(skv_context *c, int32_t id, const struct skv_sample_args *a, int32_t *next);
+    /* Evict every stream to the policy's budgets (c->pol.budget_now, set by the context). */
+    skv_status (*compress)(skv_context *c);
+    /* Per-step eviction after a single-token forward (NULL: the forward did it). */
+    void (*step)(skv_context *c);
+    skv_status (*truncate)(skv_context *c, int32_t n_past);
+    /* dst (freshly initialised, same model) takes src's cache and the statistics dst collects. */
+    skv_status (*copy)(skv_context *dst, const skv_context *src);
+    void (*usage)(const skv_context *c, skv_kv_usage *u);
+    int64_t (*stream_bytes)(const skv_context *c, int32_t layer, int32_t kv_head);
+    /* Read a stream (its arrays malloc'd; skv_stream_io_free), or write one into an empty
+     * context's stream. */
+    skv_status (*stream_get)(const skv_context *c, int32_t layer, int32_t kv_head, skv_stream_io *s);
+    skv_status (*stream_put)(skv_context *c, int32_t layer, int32_t kv_head, const skv_stream_io *s);
+    /* Per-step reads (NULL plan: ordinary attention), read-only past (NULL: none). */
+    skv_status (*set_plan)(skv_context *c, const skv_read_plan *plan);
+    skv_status (*set_past)(skv_context *c, const skv_context *past);
+    /* Per-query-head statistics (NULL: not on this backend): a row by kind (context.h's
+     * SKV_HEAD_*), the window start, dropping them. */
+    const float *(*head_row)(const skv_context *c, int kind, int32_t layer, int32_t head);
+    skv_status (*set_head_window)(skv_context *c, int32_t from);
+    void (*drop_head_stats)(skv_context *c);
+    /* Move every stream's K and V to a tier (NULL: not on this backend). */
+    skv_status (*move_tier)(skv_context *c, skv_tier tier);
+} skv_backend_ops;
+
+extern const skv_backend_ops skv_backend_cpu, skv_backend_cuda;
+/* 1 when the CUDA backend can run here (built with it, a device answers). */
+int skv_gpu_backend_available(void);
+
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * cpu.h — the CPU backend's state for one context: the block KV cache (kv/cache.h), the
+ * statistics it collects, a read plan, a read-only past, and float32 scratch. Internal to
+ * src/backend/cpu (cpu_backend.c: the table; cpu_forward.c: the forward pass; cpu_stats.c:
+ * statistics).
+ */
+#ifndef SKV_BACKEND_CPU_H
+#define SKV_BACKEND_CPU_H
+
+#include "context/context.h"
+
+/* query rows per causal block of prefill attention */
+#define SKV_ATT_BLOCK 64
+
+typedef struct skv_cpu {
+    skv_context *ctx;          /* the context this state belongs to */
+    const skv_model *m;
+    int32_t n_ctx, n_batch, n_threads;
+    skv_cache cache;           /* K (after RoPE) and V of the kept tokens, per cache layer */
+    int32_t want_acc, want_win, want_last; /* per-slot statistics collected */
+    int32_t win_from;          /* queries at positions >= win_from count for `win` */
+    skv_read_plan plan;        /* plan.cls NULL: ordinary attention */
+    const struct skv_cpu *past;/* read-only past (its streams come before ours), or NULL */
+    /* scratch for up to n_batch tokens */
+    float *x;                  /* (n_batch, dim) residual stream */
+    float *xb;                 /* (n_batch, dim) normed input */
+    float *q;                  /* (n_batch, n_head*hd) */
+    float *k, *v;              /* (n_batch, n_kv_head*hd) */
+    float *att_out;            /* (n_batch, n_head*hd) */
+    float *hb, *hb2;           /* (n_batch, ffn) */
+    float *proj;               /* (n_batch, dim) */
+    /* prefill-only scratch, allocated on the first multi-token call: */
+    float *att;                /* (n_threads, att_rows, n_ctx) attention score rows */
+    int64_t att_stride;        /* floats per thread in att */
+    float *gk, *gv;            /* (n_kv_head, n_ctx, hd) one layer's cache gathered to f32 */
+    float *probs;              /* (n_head, n_ctx) last decode step's attention over each head's
+                                  slots; in prefill, per-head `acc` sums */
+    float *probs_win;          /* (n_head, n_ctx) per-head `win` sums in prefill */
+    float *probs_last;         /* (n_head, n_ctx) the call's last query in prefill */
+    float *blk;                /* (n_threads, 2, SKV_KV_BLOCK, hd) decoded blocks */
+    /* per-query-head statistics by position (full policy only); NULL unless asked */
+    float *head_acc;           /* (n_layer, n_head, n_ctx) every query */
+    float *head_last;          /* (n_layer, n_head, n_ctx) the last decode step's query */
+    float *head_pre;           /* (n_layer, n_head, head_prefix) queries < head_prefix */
+    int32_t head_prefix;
+    float *head_win;           /* (n_layer, n_head, n_ctx) queries >= head_win_from */
+    int64_t head_win_from;     /* INT64_MAX: no window statistics yet */
+    float *wconv;              /* (max_weight_elems) weight conversion scratch */
+    void *pol_scratch;         /* policy selection scratch */
+} skv_cpu;
+
+/* cpu_forward.c: one chunk (the context's positions advance in the caller) */
+skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out);
+skv_status skv_cpu_prefill_scratch(skv_cpu *c);
+
+/* cpu_stats.c: fold one layer's per-query-head prefill sums into the streams; a decode step's
+ * probabilities into the per-slot and per-head statistics */
+void skv_cpu_fold_prefill_stats(skv_cpu *c, int32_t cl, int use_win, int use_last);
+void skv_cpu_decode_head_stats(skv_cpu *c, int32_t l, int32_t cl, int64_t pos, int32_t h);
+void skv_cpu_decode_stream_stats(skv_cpu *c, int32_t cl, int32_t g);
+skv_status skv_cpu_head_stats_alloc(skv_cpu *c, int32_t head_prefix);
+void skv_cpu_head_stats_free(skv_cpu *c);
+skv_status skv_cpu_head_stats_copy(skv_cpu *d, const skv_cpu *s);
+
+#endif

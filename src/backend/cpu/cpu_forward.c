@@ -1,0 +1,384 @@
+/*
+ * cpu_forward.c — the CPU backend's decoder forward pass (Llama / Qwen2 / Mistral), float32
+ * compute, over the block KV cache.
+ *
+ * Per layer: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x); x += down(silu(gate)*up) on
+ * rmsnorm(x). Several tokens (prefill) run as matrix-matrix products through OpenBLAS, with each
+ * KV head's kept tokens gathered into contiguous f32 first; a single token (decode) runs as
+ * matrix-vector products straight from the stored bf16/f16/f32 weights and reads the cache
+ * block by block, as the read plan says when there is one (kv/plan.h). A read-only past's
+ * streams are attended before the context's own. Statistics: cpu_stats.c.
+ */
+#include "backend/cpu/cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+
+/* y(n, rows) = x(n, cols) W^T + bias */
+static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const float *x, float *y, int64_t n) {
+    if (n == 1) {
+        const int64_t rows = w->rows, blk = 16;
+#pragma omp parallel for schedule(static) num_threads(c->n_threads)
+        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows(w, x, y, r, SKV_MIN(r + blk, rows));
+    } else {
+        skv_matmul(w, x, y, n, c->wconv);
+    }
+    if (bias)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t r = 0; r < w->rows; r++) y[i * w->rows + r] += bias[r];
+}
+
+/* Is a key at position kp visible to a query at position qp? (causal, sliding window) */
+static inline int visible(const skv_cpu *c, int64_t qp, int64_t kp) {
+    const int32_t w = c->m->cfg.info.sliding_window;
+    return kp <= qp && (w <= 0 || qp - kp < w);
+}
+
+/* The past's slots of stream (cl, g) (0 without a past). */
+static inline int64_t past_slots(const skv_cpu *c, int32_t cl, int32_t g) {
+    return c->past ? skv_cache_stream(&c->past->cache, cl, g)->n : 0;
+}
+
+/* Prefill attention of n new queries (positions pos0..pos0+n-1, already appended to the cache
+ * as the last n slots of every stream) over the kept tokens of layer l (cache layer cl).
+ * q: (n, n_head*hd) -> att_out: (n, n_head*hd). */
+static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, int64_t n, int last_chunk) {
+    const skv_model_info *in = &c->m->cfg.info;
+    const int32_t hd = in->head_dim, H = in->n_head, G = H / in->n_kv_head;
+    const int64_t QD = (int64_t)H * hd, T = c->n_ctx;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int stats = c->want_acc || c->want_win || c->want_last;
+    int use_win = 0, use_last = 0;
+
+    /* Past and old slots as stored (possibly bf16 or quantized); this chunk's own keys and
+     * values as computed, in f32: storage precision only affects later tokens (as KIVI does). */
+    const int64_t KD = (int64_t)in->n_kv_head * hd;
+    for (int32_t g = 0; g < in->n_kv_head; g++) {
+        float *gk = c->gk + (int64_t)g * T * hd, *gv = c->gv + (int64_t)g * T * hd;
+        const int64_t np = past_slots(c, cl, g);
+        if (np) skv_cache_gather(&c->past->cache, cl, g, gk, gv);
+        const int64_t n_old = np + skv_cache_stream(&c->cache, cl, g)->n - n;
+        skv_cache_gather(&c->cache, cl, g, gk + np * hd, gv + np * hd);
+        for (int64_t i = 0; i < n; i++) {
+            memcpy(gk + (n_old + i) * hd, c->k + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
+            memcpy(gv + (n_old + i) * hd, c->v + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
+        }
+    }
+    if (stats) {
+        memset(c->probs, 0, sizeof(float) * (size_t)H * T);
+        memset(c->probs_win, 0, sizeof(float) * (size_t)H * T);
+        use_win = c->want_win && pos0 + n > c->win_from;
+        use_last = c->want_last && last_chunk;
+        if (use_last) memset(c->probs_last, 0, sizeof(float) * (size_t)H * T);
+    }
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(c->n_threads)
+    for (int32_t h = 0; h < H; h++) {
+        const int32_t g = h / G;
+        const skv_stream *st = skv_cache_stream(&c->cache, cl, g);
+        const int64_t n_old = past_slots(c, cl, g) + st->n - n; /* kept tokens before this chunk */
+        const int32_t *kpos = st->pos;
+        float *S = c->att + (int64_t)omp_get_thread_num() * c->att_stride; /* (rows, keys) */
+        const float *K = c->gk + (int64_t)g * T * hd, *V = c->gv + (int64_t)g * T * hd;
+        const float *Q = c->q + (int64_t)h * hd;
+        float *O = c->att_out + (int64_t)h * hd;
+        float *pa = c->probs + (int64_t)h * T, *pw = c->probs_win + (int64_t)h * T;
+        float *pl = c->probs_last + (int64_t)h * T;
+        /* Causal blocks of query rows: rows [i0, i1) see the old slots and new slots < i1. */
+        for (int64_t i0 = 0; i0 < n; i0 += SKV_ATT_BLOCK) {
+            const int64_t i1 = SKV_MIN(i0 + SKV_ATT_BLOCK, n), nb = i1 - i0, nk = n_old + i1;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nk, hd, scale,
+                        Q + i0 * QD, (int)QD, K, hd, 0.0f, S, (int)nk);
+            for (int64_t i = i0; i < i1; i++) {
+                float *row = S + (i - i0) * nk;
+                const int64_t qp = pos0 + i, hi = n_old + i + 1; /* slots >= hi are later tokens */
+                if (in->sliding_window > 0) { /* (no past with sliding windows: refused) */
+                    for (int64_t t = 0; t < hi; t++)
+                        if (!visible(c, qp, kpos[t])) row[t] = -INFINITY;
+                }
+                skv_softmax(row, hi);
+                for (int64_t t = hi; t < nk; t++) row[t] = 0;
+                if (c->head_acc) {
+                    float *ha = c->head_acc + ((int64_t)l * H + h) * T;
+                    for (int64_t t = 0; t < hi; t++) ha[t] += row[t];
+                    if (qp >= c->head_win_from) {
+                        float *hw = c->head_win + ((int64_t)l * H + h) * T;
+                        for (int64_t t = 0; t < hi; t++) hw[t] += row[t];
+                    }
+                    if (qp < c->head_prefix) { /* keys of an early query are early too */
+                        float *hp = c->head_pre + ((int64_t)l * H + h) * c->head_prefix;
+                        for (int64_t t = 0; t < hi; t++) hp[t] += row[t];
+                    }
+                }
+                if (stats) {
+                    for (int64_t t = 0; t < hi; t++) pa[t] += row[t];
+                    if (use_win && qp >= c->win_from)
+                        for (int64_t t = 0; t < hi; t++) pw[t] += row[t];
+                    if (use_last && i == n - 1)
+                        for (int64_t t = 0; t < hi; t++) pl[t] += row[t];
+                }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb, hd, (int)nk, 1.0f, S,
+                        (int)nk, V, hd, 0.0f, O + i0 * QD, (int)QD);
+        }
+    }
+    if (stats) skv_cpu_fold_prefill_stats(c, cl, use_win, use_last);
+}
+
+static void rmsnorm_rows(const skv_cpu *c, float *out, const float *x, const float *w, int64_t n) {
+    const skv_model_info *in = &c->m->cfg.info;
+    for (int64_t i = 0; i < n; i++) skv_rmsnorm(out + i * in->dim, x + i * in->dim, w, in->dim, in->rms_eps);
+}
+
+static skv_status append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k, const float *v) {
+    const skv_model_info *in = &c->m->cfg.info;
+    for (int32_t g = 0; g < in->n_kv_head; g++) {
+        skv_status st = skv_cache_append(&c->cache, cl, g, (int32_t)pos, k + (int64_t)g * in->head_dim,
+                                         v + (int64_t)g * in->head_dim);
+        if (st) return st;
+    }
+    return SKV_OK;
+}
+
+/* Input rows of the residual stream: embedding rows of ids, or the given embeddings. */
+static void embed_rows(skv_cpu *c, const skv_fwd_in *in) {
+    const int64_t D = c->m->cfg.info.dim;
+    if (in->embd) memcpy(c->x, in->embd, sizeof(float) * (size_t)(in->n * D));
+    else
+        for (int64_t i = 0; i < in->n; i++) skv_weight_row_f32(&c->m->tok_embed, in->ids[i], c->x + i * D);
+}
+
+/* Final norm and head of rows [r0, r0 + n) of x into the outputs asked for. */
+static void outputs(skv_cpu *c, const skv_fwd_out *out, int64_t r0, int64_t n) {
+    const int64_t D = c->m->cfg.info.dim;
+    if (out->hidden) memcpy(out->hidden, c->x + r0 * D, sizeof(float) * (size_t)(n * D));
+    if (!out->logits && !out->hidden_normed) return;
+    rmsnorm_rows(c, c->xb, c->x + r0 * D, c->m->final_norm, n);
+    if (out->hidden_normed) memcpy(out->hidden_normed, c->xb, sizeof(float) * (size_t)(n * D));
+    if (out->logits) linear(c, &c->m->lm_head, NULL, c->xb, out->logits, n);
+}
+
+/* One chunk of n <= n_batch tokens at positions pos0..pos0+n-1. */
+static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd_out *out) {
+    const skv_model *m = c->m;
+    const skv_model_info *in = &m->cfg.info;
+    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, n = fin->n;
+    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
+    const int64_t pos0 = fin->pos0;
+    skv_status st = skv_cpu_prefill_scratch(c);
+    if (st) return st;
+    embed_rows(c, fin);
+
+    for (int32_t l = 0; l < in->n_layer; l++) {
+        const skv_layer *ly = &m->layers[l];
+        const int32_t cl = m->cache_of[l];
+        rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
+        linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
+        linear(c, &ly->wk, ly->bk, c->xb, c->k, n);
+        linear(c, &ly->wv, ly->bv, c->xb, c->v, n);
+        for (int64_t i = 0; i < n; i++) {
+            const float *cs = m->rope_cos + (pos0 + i) * hd / 2, *sn = m->rope_sin + (pos0 + i) * hd / 2;
+            for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
+            for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + i * KD + g * hd, cs, sn, (int32_t)hd);
+            if ((st = append_kv(c, cl, pos0 + i, c->k + i * KD, c->v + i * KD))) return st;
+        }
+        attention_prefill(c, l, cl, pos0, n, fin->last_chunk);
+        linear(c, &ly->wo, ly->bo, c->att_out, c->proj, n);
+        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+
+        rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
+        linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
+        linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
+        for (int64_t i = 0; i < n; i++) skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
+        linear(c, &ly->w_down, NULL, c->hb, c->proj, n);
+        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+    }
+    if (out->all) outputs(c, out, 0, n);
+    else outputs(c, out, n - 1, 1);
+    return SKV_OK;
+}
+
+/* Rows [r0, r1) of a matrix, split evenly over the team of the enclosing parallel region. */
+static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *r0 = rows * t / nt;
+    *r1 = rows * (t + 1) / nt;
+}
+
+/* Scores of query heads [h0, h0 + nh) against the rows of one stream placed at slot offset
+ * `off` of the probability rows; own K is read only for slots the plan scores (cls may be
+ * NULL: all). */
+static void score_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *st, const uint8_t *cls, int64_t off,
+                         int32_t h0, int32_t nh, float scale, float *kb) {
+    const int32_t hd = c->m->cfg.info.head_dim;
+    const int64_t n = st->n;
+    for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
+        const float *K = skv_cache_k_rows(cache, st, (int32_t)b, kb);
+        const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
+        for (int64_t s = s0; s < s1; s++) {
+            if (cls && cls[s] != SKV_READ_OWN) {
+                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s] = -INFINITY;
+                continue;
+            }
+            for (int32_t j = 0; j < nh; j++)
+                c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s] =
+                    skv_dot(c->q + (int64_t)(h0 + j) * hd, K + (s - s0) * hd, hd) * scale;
+        }
+    }
+}
+
+static void weigh_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *st, const uint8_t *cls, int64_t off,
+                         int32_t h0, int32_t nh, float *vb) {
+    const int32_t hd = c->m->cfg.info.head_dim;
+    const int64_t n = st->n;
+    for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
+        const float *V = skv_cache_v_rows(cache, st, (int32_t)b, vb);
+        const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
+        for (int64_t s = s0; s < s1; s++) {
+            if (cls && cls[s] == SKV_READ_SKIP) continue;
+            for (int32_t j = 0; j < nh; j++)
+                skv_axpy(c->att_out + (int64_t)(h0 + j) * hd, c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s],
+                         V + (s - s0) * hd, hd);
+        }
+    }
+}
+
+/* Decode attention of query heads [h0, h0 + nh), all in KV group g, over the past's and the
+ * group's own kept tokens, block by block; each K and V block is read once for the nh heads.
+ * Probabilities are left in c->probs (one row of n_ctx per head, by slot: the past's first).
+ * RoPE is applied to the queries here. */
+static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h0, int32_t nh, const float *cs,
+                         const float *sn, int64_t qp, float scale) {
+    const skv_model_info *in = &c->m->cfg.info;
+    const int32_t hd = in->head_dim;
+    const skv_stream *st = skv_cache_stream(&c->cache, cl, g);
+    const skv_stream *ps = c->past ? skv_cache_stream(&c->past->cache, cl, g) : NULL;
+    const int64_t np = ps ? ps->n : 0, n = np + st->n;
+    float *kb = c->blk + (int64_t)omp_get_thread_num() * 2 * SKV_KV_BLOCK * hd, *vb = kb + SKV_KV_BLOCK * hd;
+    for (int32_t j = 0; j < nh; j++) skv_rope(c->q + (int64_t)(h0 + j) * hd, cs, sn, hd);
+    /* a plan (no past with plans: refused) reads own K only for OWN slots, V for OWN and VONLY */
+    const uint8_t *cls = c->plan.cls ? c->plan.cls + ((int64_t)cl * in->n_kv_head + g) * c->plan.stride : NULL;
+    if (ps) score_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, scale, kb);
+    score_stream(c, &c->cache, st, cls, np, h0, nh, scale, kb);
+    if (in->sliding_window > 0)
+        for (int64_t s = 0; s < st->n; s++)
+            if (!visible(c, qp, st->pos[s]))
+                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + np + s] = -INFINITY;
+    for (int32_t j = 0; j < nh; j++) {
+        float *pr = c->probs + (int64_t)(h0 + j) * c->n_ctx;
+        skv_softmax(pr, n);
+        memset(c->att_out + (int64_t)(h0 + j) * hd, 0, (size_t)hd * sizeof(float));
+        if (!cls) continue;
+        /* VONLY slots: V weighted by the plan's weight; the own part scaled by what their mass
+         * leaves (SKV_PLAN_MASS) */
+        const float *mw = c->plan.vweight ? c->plan.vweight + ((int64_t)l * in->n_head + h0 + j) * c->plan.stride : NULL;
+        double mass = 0;
+        for (int64_t s = 0; s < n; s++)
+            if (cls[s] == SKV_READ_VONLY) mass += mw[s];
+        const float own = c->plan.combine == SKV_PLAN_SUM ? 1.0f : (float)(1.0 - fmin(fmax(mass, 0.0), 1.0));
+        for (int64_t s = 0; s < n; s++) pr[s] = cls[s] == SKV_READ_VONLY ? mw[s] : pr[s] * own;
+    }
+    if (ps) weigh_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, vb);
+    weigh_stream(c, &c->cache, st, cls, np, h0, nh, vb);
+}
+
+/* Single-token decode: one parallel region for the whole pass, matrix-vector products straight
+ * from the stored weights, q/k/v and gate/up fused, residual adds folded into o_proj and
+ * down_proj. Barriers separate the steps. */
+static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd_out *out) {
+    const skv_model *m = c->m;
+    const skv_model_info *in = &m->cfg.info;
+    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, pos = fin->pos0;
+    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
+    const int32_t H = in->n_head, G = in->n_head / in->n_kv_head;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *cs = m->rope_cos + pos * hd / 2, *sn = m->rope_sin + pos * hd / 2;
+    /* per KV head when there are enough of them, or when statistics are gathered per group */
+    const int by_group = in->n_kv_head >= c->n_threads || c->want_acc;
+    skv_status err = SKV_OK;
+    embed_rows(c, fin);
+
+#pragma omp parallel num_threads(c->n_threads)
+    {
+        int64_t r0, r1;
+        for (int32_t l = 0; l < in->n_layer; l++) {
+            const skv_layer *ly = &m->layers[l];
+            const int32_t cl = m->cache_of[l];
+#pragma omp single
+            skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+            /* q, k, v: one row range over the three stacked matrices */
+            team_rows(QD + 2 * KD, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) {
+                if (r < QD) {
+                    c->q[r] = skv_weight_row_dot(&ly->wq, r, c->xb) + (ly->bq ? ly->bq[r] : 0);
+                } else if (r < QD + KD) {
+                    int64_t k = r - QD;
+                    c->k[k] = skv_weight_row_dot(&ly->wk, k, c->xb) + (ly->bk ? ly->bk[k] : 0);
+                } else {
+                    int64_t k = r - QD - KD;
+                    c->v[k] = skv_weight_row_dot(&ly->wv, k, c->xb) + (ly->bv ? ly->bv[k] : 0);
+                }
+            }
+#pragma omp barrier
+#pragma omp single
+            {
+                for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
+                skv_status st = append_kv(c, cl, pos, c->k, c->v);
+                if (st) err = st;
+            }
+            if (by_group) {
+#pragma omp for schedule(static)
+                for (int32_t g = 0; g < in->n_kv_head; g++) attend_heads(c, l, cl, g, g * G, G, cs, sn, pos, scale);
+            } else {
+#pragma omp for schedule(static)
+                for (int32_t h = 0; h < H; h++) attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
+            }
+            if (c->head_acc) {
+#pragma omp for schedule(static)
+                for (int32_t h = 0; h < H; h++) skv_cpu_decode_head_stats(c, l, cl, pos, h);
+            }
+            if (c->want_acc || c->want_last) {
+#pragma omp for schedule(static)
+                for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_decode_stream_stats(c, cl, g);
+            }
+            /* x += o_proj(att_out) */
+            team_rows(D, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                c->x[r] += skv_weight_row_dot(&ly->wo, r, c->att_out) + (ly->bo ? ly->bo[r] : 0);
+#pragma omp barrier
+#pragma omp single
+            skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+            /* hb = silu(gate xb) * (up xb) */
+            team_rows(F, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) {
+                float gt = skv_weight_row_dot(&ly->w_gate, r, c->xb);
+                float up = skv_weight_row_dot(&ly->w_up, r, c->xb);
+                c->hb[r] = skv_silu(gt) * up;
+            }
+#pragma omp barrier
+            team_rows(D, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot(&ly->w_down, r, c->hb);
+#pragma omp barrier
+        }
+        if (out->logits || out->hidden_normed) {
+#pragma omp single
+            {
+                if (out->hidden) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
+                skv_rmsnorm(c->xb, c->x, m->final_norm, D, in->rms_eps);
+                if (out->hidden_normed) memcpy(out->hidden_normed, c->xb, sizeof(float) * (size_t)D);
+            }
+            if (out->logits) {
+                team_rows(in->n_vocab, &r0, &r1);
+                for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot(&m->lm_head, r, c->xb);
+            }
+        }
+    }
+    if (out->hidden && !out->logits && !out->hidden_normed) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
+    return err;
+}
+
+skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out) {
+    skv_cpu *c = ctx->bs;
+    return in->n == 1 ? forward_token(c, in, out) : forward_chunk(c, in, out);
+}

@@ -1,0 +1,228 @@
+/*
+ * cuda_backend.c — the CUDA backend's table (backend.h) over the device API of gpu.h: the
+ * model's device copy (made once, freed with the model), a context per skv_context with the
+ * policy's eviction rule and statistics, and streams exchanged as bf16 blocks. Compiled in
+ * every build; without CUDA, gpu_stub.c answers each device call with SKV_ERR_UNSUPPORTED.
+ */
+#include "backend/cuda/gpu.h"
+#include "context/context.h"
+
+static skv_gpu_ctx *G(const skv_context *c) { return (skv_gpu_ctx *)c->bs; }
+
+static skv_gpu_mat mat(const skv_weight *w) {
+    return (skv_gpu_mat){.data = w->data, .dtype = w->dtype, .rows = w->rows, .cols = w->cols};
+}
+
+static void model_free(void *g) { skv_gpu_model_free(g); }
+
+/* The model's GPU copy, uploaded on first use. */
+static skv_status model_gpu(skv_model *m, skv_gpu_model **out) {
+    if (m->be_data) {
+        *out = m->be_data;
+        return SKV_OK;
+    }
+    const skv_model_info *in = &m->cfg.info;
+    for (int32_t l = 0; l < in->n_layer; l++)
+        if (m->kv_src[l] != l)
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs models whose every layer keeps its own KV");
+    skv_gpu_layer_desc *ld = calloc((size_t)SKV_MAX(in->n_layer, 1), sizeof *ld);
+    if (!ld) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    for (int32_t l = 0; l < in->n_layer; l++) {
+        const skv_layer *y = &m->layers[l];
+        ld[l] = (skv_gpu_layer_desc){.attn_norm = y->attn_norm, .ffn_norm = y->ffn_norm, .bq = y->bq, .bk = y->bk,
+                                     .bv = y->bv, .bo = y->bo, .wq = mat(&y->wq), .wk = mat(&y->wk),
+                                     .wv = mat(&y->wv), .wo = mat(&y->wo), .w_gate = mat(&y->w_gate),
+                                     .w_up = mat(&y->w_up), .w_down = mat(&y->w_down)};
+    }
+    const skv_gpu_model_desc d = {.n_layer = in->n_layer, .dim = in->dim, .n_head = in->n_head,
+                                  .n_kv_head = in->n_kv_head, .head_dim = in->head_dim, .ffn_dim = in->ffn_dim,
+                                  .n_vocab = in->n_vocab, .rms_eps = in->rms_eps,
+                                  .rope_inv_freq = m->rope_inv_freq, .tok_embed = mat(&m->tok_embed),
+                                  .lm_head = mat(&m->lm_head), .final_norm = m->final_norm, .layers = ld};
+    skv_gpu_model *g = NULL;
+    skv_status st = skv_gpu_model_load(&d, &g);
+    free(ld);
+    if (st) return st;
+    m->be_data = g;
+    m->be_data_free = model_free;
+    *out = g;
+    return SKV_OK;
+}
+
+skv_status skv_model_gpu(skv_model *m, skv_gpu_model **out) { return model_gpu(m, out); }
+
+int skv_gpu_backend_available(void) { return skv_gpu_available(); }
+
+static skv_status cu_init(skv_context *c, const skv_context_params *p) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (c->pol.ops->format && c->pol.ops->format(&c->pol.p, p->kv_format) != p->kv_format)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only (the CUDA cache is bf16)",
+                             c->pol.ops->name);
+    if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "KV format %d: the CUDA cache is bf16", (int)p->kv_format);
+    if (p->collect_head_stats)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "per-head attention statistics (collect_head_stats, SmallKV) need "
+                             "the CPU backend");
+    if (in->sliding_window > 0 && c->n_ctx > in->sliding_window)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend has no sliding-window attention: a context of %d "
+                             "tokens exceeds the model's window of %d", c->n_ctx, in->sliding_window);
+    skv_gpu_model *g = NULL;
+    skv_status st = model_gpu(c->m, &g);
+    if (st) return st;
+    const skv_gpu_policy gp = {.ev = c->pol.ev, .want_acc = !!(c->stats & SKV_STAT_ACC),
+                               .want_win = !!(c->stats & SKV_STAT_WIN), .want_last = !!(c->stats & SKV_STAT_LAST),
+                               .v_slow = p->v_slow};
+    skv_gpu_ctx *gc = NULL;
+    if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &gp, &gc))) return st;
+    c->bs = gc;
+    return SKV_OK;
+}
+
+static void cu_free(skv_context *c) {
+    skv_gpu_ctx_free(G(c));
+    c->bs = NULL;
+}
+
+static void cu_begin_call(skv_context *c, int32_t n) {
+    if (c->stats & SKV_STAT_WIN) skv_gpu_begin_call(G(c), 0, c->n_past + n - SKV_MAX(c->pol.p.obs_window, 1));
+}
+
+/* The device returns the residual stream; the final norm of the hidden state asked for is
+ * applied here in f32 (the device's own normed copy is bf16). */
+static skv_status cu_forward(skv_context *c, const skv_fwd_in *in, const skv_fwd_out *out) {
+    const skv_model_info *mi = &c->m->cfg.info;
+    const int64_t rows = out->all ? in->n : 1, D = mi->dim;
+    float *h = out->hidden, *tmp = NULL;
+    if (out->hidden_normed && !h && !(h = tmp = malloc(sizeof(float) * (size_t)(rows * D))))
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    skv_status st = skv_gpu_forward(G(c), 0, in->ids, in->embd, in->n, in->pos0, out->logits, h, NULL, out->all);
+    if (!st && out->hidden_normed)
+        for (int64_t r = 0; r < rows; r++) skv_rmsnorm(out->hidden_normed + r * D, h + r * D, c->m->final_norm, D, mi->rms_eps);
+    free(tmp);
+    return st;
+}
+
+static skv_status cu_decode_sampled(skv_context *c, int32_t id, const skv_sample_args *a, int32_t *next) {
+    const int32_t pos = c->n_past;
+    return skv_gpu_decode_batch(G(c), &id, &pos, 1, NULL, next, a);
+}
+
+static skv_status cu_compress(skv_context *c) { return skv_gpu_compress(G(c), 0, c->pol.budget_now); }
+
+static skv_status cu_truncate(skv_context *c, int32_t n_past) { return skv_gpu_truncate(G(c), 0, n_past); }
+
+static skv_status cu_copy(skv_context *dst, const skv_context *src) {
+    if (src->be != dst->be) return skv_set_error(SKV_ERR_ARG, "fork across backends: export and import instead");
+    return skv_gpu_ctx_copy(G(dst), G(src));
+}
+
+static void cu_usage(const skv_context *c, skv_kv_usage *u) {
+    int64_t bytes, slow;
+    skv_gpu_kv_usage(G(c), &bytes, &slow, &u->slots);
+    u->bytes = bytes;
+    u->bytes_slow = slow;
+    u->bytes_fast = bytes - slow;
+    u->bytes_by_format[SKV_KV_BF16] = bytes;
+}
+
+static int64_t cu_stream_bytes(const skv_context *c, int32_t layer, int32_t kv_head) {
+    int32_t n = 0;
+    if (skv_gpu_stream_read(G(c), layer, 0, kv_head, &n, NULL, NULL, NULL, NULL, NULL, NULL)) return -1;
+    return (int64_t)(n + SKV_GPU_BLOCK - 1) / SKV_GPU_BLOCK * SKV_GPU_BLOCK * c->m->cfg.info.head_dim * 2 * 2;
+}
+
+/* A stream read back as bf16 blocks of SKV_KV_BLOCK rows (the exchange layout). */
+static skv_status cu_stream_get(const skv_context *c, int32_t layer, int32_t g, skv_stream_io *s) {
+    memset(s, 0, sizeof *s);
+    const int64_t hd = c->m->cfg.info.head_dim, T = c->n_ctx;
+    float *k = malloc(sizeof(float) * (size_t)(T * hd)), *v = malloc(sizeof(float) * (size_t)(T * hd));
+    s->pos = malloc(sizeof(int32_t) * (size_t)T);
+    const int stats = c->stats != 0;
+    if (stats) {
+        s->acc = malloc(sizeof(float) * (size_t)T);
+        s->win = malloc(sizeof(float) * (size_t)T);
+        s->last = malloc(sizeof(float) * (size_t)T);
+    }
+    skv_status st = SKV_OK;
+    if (!k || !v || !s->pos || (stats && (!s->acc || !s->win || !s->last)))
+        st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    if (!st) st = skv_gpu_stream_read(G(c), layer, 0, g, &s->n, s->pos, s->acc, s->win, s->last, k, v);
+    const int32_t nb = (s->n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    if (!st) {
+        s->kbytes = s->vbytes = (int64_t)nb * SKV_KV_BLOCK * hd * 2;
+        s->kfmt = malloc((size_t)SKV_MAX(nb, 1)), s->vfmt = malloc((size_t)SKV_MAX(nb, 1));
+        s->kdata = calloc((size_t)SKV_MAX(s->kbytes, 1), 1), s->vdata = calloc((size_t)SKV_MAX(s->vbytes, 1), 1);
+        if (!s->kfmt || !s->vfmt || !s->kdata || !s->vdata) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    if (!st) {
+        memset(s->kfmt, SKV_KV_BF16, (size_t)nb), memset(s->vfmt, SKV_KV_BF16, (size_t)nb);
+        uint16_t *kd = (uint16_t *)s->kdata, *vd = (uint16_t *)s->vdata;
+        for (int64_t i = 0; i < (int64_t)s->n * hd; i++) kd[i] = skv_f32_to_bf16(k[i]), vd[i] = skv_f32_to_bf16(v[i]);
+    }
+    free(k), free(v);
+    if (st) skv_stream_io_free(s);
+    return st;
+}
+
+static void rows_f32(const uint8_t *fmt, const uint8_t *data, int32_t n, int64_t hd, float *out) {
+    int64_t off = 0;
+    for (int32_t b = 0; b * SKV_KV_BLOCK < n; b++) {
+        const int32_t rows = SKV_MIN(SKV_KV_BLOCK, n - b * SKV_KV_BLOCK);
+        float *o = out + (int64_t)b * SKV_KV_BLOCK * hd;
+        if (fmt[b] == SKV_KV_F32) {
+            memcpy(o, data + off, sizeof(float) * (size_t)(rows * hd));
+            off += (int64_t)SKV_KV_BLOCK * hd * 4;
+        } else {
+            for (int64_t i = 0; i < rows * hd; i++) {
+                uint16_t h;
+                memcpy(&h, data + off + 2 * i, 2);
+                o[i] = skv_bf16_to_f32(h);
+            }
+            off += (int64_t)SKV_KV_BLOCK * hd * 2;
+        }
+    }
+}
+
+static skv_status cu_stream_put(skv_context *c, int32_t layer, int32_t g, const skv_stream_io *s) {
+    const int64_t hd = c->m->cfg.info.head_dim;
+    const int32_t nb = (s->n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    int64_t kb = 0, vb = 0;
+    for (int32_t b = 0; b < nb; b++) {
+        if ((s->kfmt[b] != SKV_KV_F32 && s->kfmt[b] != SKV_KV_BF16) || (s->vfmt[b] != SKV_KV_F32 && s->vfmt[b] != SKV_KV_BF16))
+            return skv_set_error(SKV_ERR_UNSUPPORTED, "cache import on CUDA: stream (%d, %d) holds quantized blocks "
+                                 "(the CUDA cache is bf16)", layer, g);
+        kb += (int64_t)SKV_KV_BLOCK * hd * (s->kfmt[b] == SKV_KV_F32 ? 4 : 2);
+        vb += (int64_t)SKV_KV_BLOCK * hd * (s->vfmt[b] == SKV_KV_F32 ? 4 : 2);
+    }
+    if (kb != s->kbytes || vb != s->vbytes)
+        return skv_set_error(SKV_ERR_FORMAT, "cache import: stream (%d, %d): block bytes do not match its formats", layer, g);
+    float *k = malloc(sizeof(float) * (size_t)SKV_MAX((int64_t)nb * SKV_KV_BLOCK * hd, 1));
+    float *v = malloc(sizeof(float) * (size_t)SKV_MAX((int64_t)nb * SKV_KV_BLOCK * hd, 1));
+    skv_status st = SKV_OK;
+    if (!k || !v) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    if (!st) {
+        rows_f32(s->kfmt, s->kdata, s->n, hd, k);
+        rows_f32(s->vfmt, s->vdata, s->n, hd, v);
+        st = skv_gpu_stream_write(G(c), layer, 0, g, s->n, s->pos, s->acc, s->win, s->last, k, v);
+        if (!st) st = skv_gpu_set_next(G(c), 0, c->n_past);
+    }
+    free(k), free(v);
+    return st;
+}
+
+const skv_backend_ops skv_backend_cuda = {
+    .name = "cuda",
+    .init = cu_init,
+    .free = cu_free,
+    .begin_call = cu_begin_call,
+    .forward = cu_forward,
+    .decode_sampled = cu_decode_sampled,
+    .compress = cu_compress,
+    .step = NULL, /* window, h2o and tova evict inside the decode step's graph */
+    .truncate = cu_truncate,
+    .copy = cu_copy,
+    .usage = cu_usage,
+    .stream_bytes = cu_stream_bytes,
+    .stream_get = cu_stream_get,
+    .stream_put = cu_stream_put,
+};

@@ -1,0 +1,347 @@
+/*
+ * context.c — the public context API over the backend table: creation with a policy and the
+ * statistics it needs, decoding (ids or embeddings in; logits and hidden states out) with the
+ * policy's compression after a prompt and its eviction after each step, forks into another
+ * policy, truncation, memory accounting, read-only past and read plans.
+ */
+#include "context/context.h"
+
+#include "sample/sampler.h"
+
+skv_context_params skv_context_default_params(void) {
+    skv_context_params p = {.n_ctx = 0, .n_batch = 512, .kv_format = SKV_KV_F32,
+                            .policy = skv_policy_default_params("full"), .collect_stats = 0};
+    return p;
+}
+
+static skv_policy_env env_of(const skv_model *m) {
+    return (skv_policy_env){.head_dim = m->cfg.info.head_dim, .n_layer = m->n_cache_layers};
+}
+
+skv_status skv_policy_validate(const skv_policy_params *p, const skv_model *m) {
+    const skv_policy_env e = env_of(m);
+    return skv_policy_parse(p, &e, NULL);
+}
+
+int skv_policy_count(void) {
+    int n = 0;
+    while (skv_policy_registry[n]) n++;
+    return n;
+}
+
+const char *skv_policy_name(int i) { return i >= 0 && i < skv_policy_count() ? skv_policy_registry[i]->name : NULL; }
+
+const char *skv_policy_summary(int i) {
+    return i >= 0 && i < skv_policy_count() ? skv_policy_registry[i]->summary : NULL;
+}
+
+int skv_policy_evicts(const char *name) {
+    const skv_policy_ops *o = skv_policy_find(name);
+    return o && o->evict;
+}
+
+static const skv_backend_ops *backend_of(skv_backend b) {
+    return b == SKV_BACKEND_CUDA ? &skv_backend_cuda : &skv_backend_cpu;
+}
+
+int skv_backend_available(skv_backend b) {
+    if (b == SKV_BACKEND_CPU) return 1;
+    if (b == SKV_BACKEND_CUDA) return skv_gpu_backend_available();
+    skv_set_error(SKV_ERR_ARG, "unknown backend %d", (int)b);
+    return 0;
+}
+
+skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **out) {
+    *out = NULL;
+    const skv_model_info *in = &m->cfg.info;
+    if (p.n_ctx < 0) return skv_set_error(SKV_ERR_ARG, "n_ctx must be >= 0 (got %d)", p.n_ctx);
+    if (p.n_ctx > in->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "context of %d tokens exceeds the model's max_position_embeddings %d",
+                             p.n_ctx, in->n_ctx);
+    if (p.n_batch < 0) return skv_set_error(SKV_ERR_ARG, "n_batch must be >= 0 (got %d)", p.n_batch);
+    if ((unsigned)p.kv_format >= SKV_KV_FORMAT_COUNT)
+        return skv_set_error(SKV_ERR_ARG, "unknown KV format %d", (int)p.kv_format);
+    if (p.backend != SKV_BACKEND_CPU && p.backend != SKV_BACKEND_CUDA)
+        return skv_set_error(SKV_ERR_ARG, "unknown backend %d", (int)p.backend);
+    const skv_policy_env e = env_of(m);
+    const skv_policy_ops *ops;
+    skv_status st = skv_policy_parse(&p.policy, &e, &ops);
+    if (st) return st;
+    if (ops->driver)
+        return skv_set_error(SKV_ERR_ARG, "policy %s runs two models: create it with its own API (skv_%s_*)", ops->name,
+                             ops->name);
+    if (p.collect_head_stats && ops->evict)
+        return skv_set_error(SKV_ERR_ARG, "per-head attention statistics need a policy that keeps every token (got %s)",
+                             p.policy.name);
+    skv_context *c = calloc(1, sizeof *c);
+    if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    c->m = m;
+    c->be = backend_of(p.backend);
+    c->n_ctx = p.n_ctx ? p.n_ctx : in->n_ctx;
+    c->n_batch = p.n_batch ? SKV_MIN(p.n_batch, c->n_ctx) : SKV_MIN(512, c->n_ctx);
+    c->n_threads = m->n_threads;
+    c->n_layer = m->n_cache_layers;
+    c->pol.ops = ops;
+    c->pol.p = p.policy;
+    if (ops->evict) c->pol.ev = ops->evict(&p.policy);
+    c->stats = ops->stats | (p.collect_stats ? SKV_STAT_ACC | SKV_STAT_WIN | SKV_STAT_LAST : 0);
+    c->head_stats = p.collect_head_stats;
+    c->head_prefix_len = p.collect_head_stats ? SKV_MIN(SKV_MAX(p.head_prefix, 0), c->n_ctx) : 0;
+    c->head_win_from = INT32_MAX;
+    c->v_slow = p.v_slow;
+    c->pol.budget_now = calloc((size_t)c->n_layer, sizeof(int32_t));
+    if (!c->pol.budget_now) {
+        free(c);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    if ((st = skv_model_rope(m, c->n_ctx)) || (st = c->be->init(c, &p))) {
+        free(c->pol.budget_now);
+        free(c);
+        return st;
+    }
+    *out = c;
+    return SKV_OK;
+}
+
+void skv_context_free(skv_context *c) {
+    if (!c) return;
+    c->be->free(c);
+    free(c->sample_logits);
+    free(c->pol.budget_now);
+    free(c);
+}
+
+/* The policy's budgets at the current length, then the backend's compression. */
+skv_status skv_context_compress(skv_context *c) {
+    if (!c->pol.ev.evicts) return SKV_OK;
+    for (int32_t l = 0; l < c->n_layer; l++)
+        c->pol.budget_now[l] = skv_policy_budget(c->pol.ops, &c->pol.p, l, c->n_layer, c->n_past);
+    return c->be->compress(c);
+}
+
+skv_status skv_context_fork(const skv_context *src, const skv_policy_params *policy, skv_context **out) {
+    *out = NULL;
+    const skv_policy_env e = env_of(src->m);
+    const skv_policy_ops *ops;
+    skv_status st = skv_policy_parse(policy, &e, &ops);
+    if (st) return st;
+    if (ops->driver)
+        return skv_set_error(SKV_ERR_ARG, "fork into policy %s: it runs two models (skv_%s_fork)", ops->name, ops->name);
+    if (ops->stats & ~src->stats)
+        return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect the attention "
+                             "statistics it needs (set collect_stats)", policy->name);
+    if (src->past) return skv_set_error(SKV_ERR_ARG, "fork: the source context attends to a read-only past");
+    skv_context_params p = skv_context_default_params();
+    p.n_ctx = src->n_ctx;
+    p.n_batch = src->n_batch;
+    p.policy = *policy;
+    p.backend = src->be == &skv_backend_cuda ? SKV_BACKEND_CUDA : SKV_BACKEND_CPU;
+    p.collect_head_stats = src->head_stats && !ops->evict;
+    skv_context *c = NULL;
+    if ((st = skv_context_init(src->m, p, &c))) return st;
+    c->n_past = src->n_past;
+    if (c->head_stats) c->head_prefix_len = src->head_prefix_len, c->head_win_from = src->head_win_from;
+    if ((st = c->be->copy(c, src)) || (st = skv_context_compress(c))) {
+        skv_context_free(c);
+        return st;
+    }
+    *out = c;
+    return SKV_OK;
+}
+
+int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
+
+skv_status skv_context_truncate(skv_context *c, int32_t n_past) {
+    const int32_t lo = c->past ? c->past->n_past : 0;
+    if (n_past < lo || n_past > c->n_past)
+        return skv_set_error(SKV_ERR_ARG, "truncate to %d: context holds %d tokens%s", n_past, c->n_past,
+                             lo ? " (after a read-only past)" : "");
+    skv_status st = c->be->truncate(c, n_past);
+    if (st) return st;
+    c->n_past = n_past;
+    if (n_past == lo) memset(c->pol.budget_now, 0, (size_t)c->n_layer * sizeof(int32_t));
+    return SKV_OK;
+}
+
+void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u) {
+    memset(u, 0, sizeof *u);
+    c->be->usage(c, u);
+    u->n_past = c->n_past;
+}
+
+int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t kv_head) {
+    if (layer < 0 || layer >= c->n_layer || kv_head < 0 || kv_head >= c->m->cfg.info.n_kv_head) return -1;
+    return c->be->stream_bytes(c, layer, kv_head);
+}
+
+int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos) {
+    if (layer < 0 || layer >= c->n_layer || kv_head < 0 || kv_head >= c->m->cfg.info.n_kv_head) return -1;
+    skv_stream_io s;
+    if (c->be->stream_get(c, layer, kv_head, &s)) return -1;
+    const int32_t n = s.n;
+    if (pos) memcpy(pos, s.pos, sizeof(int32_t) * (size_t)n);
+    skv_stream_io_free(&s);
+    return n;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Per-head statistics                                                                       */
+/* ---------------------------------------------------------------------------------------- */
+
+const float *skv_context_head_row(const skv_context *c, int kind, int32_t layer, int32_t head) {
+    if (!c->be->head_row) {
+        skv_set_error(SKV_ERR_UNSUPPORTED, "per-head attention statistics need the CPU backend");
+        return NULL;
+    }
+    return c->be->head_row(c, kind, layer, head);
+}
+
+skv_status skv_context_head_attention_prefix(const skv_context *c, int32_t layer, int32_t head, float *acc) {
+    const float *r = skv_context_head_row(c, SKV_HEAD_PREFIX, layer, head);
+    if (!r) return SKV_ERR_ARG;
+    memcpy(acc, r, (size_t)skv_context_head_prefix(c) * sizeof(float));
+    return SKV_OK;
+}
+
+skv_status skv_context_head_attention(const skv_context *c, int32_t layer, int32_t head, float *acc, float *last) {
+    const float *a = skv_context_head_row(c, SKV_HEAD_ACC, layer, head);
+    const float *l = skv_context_head_row(c, SKV_HEAD_LAST, layer, head);
+    if (!a || !l) return SKV_ERR_ARG;
+    if (acc) memcpy(acc, a, (size_t)c->n_past * sizeof(float));
+    if (last) memcpy(last, l, (size_t)c->n_past * sizeof(float));
+    return SKV_OK;
+}
+
+skv_status skv_context_head_attention_window(const skv_context *c, int32_t layer, int32_t head, float *win) {
+    const float *w = skv_context_head_row(c, SKV_HEAD_WIN, layer, head);
+    if (!w) return SKV_ERR_ARG;
+    memcpy(win, w, (size_t)c->n_past * sizeof(float));
+    return SKV_OK;
+}
+
+skv_status skv_context_set_head_window(skv_context *c, int32_t from) {
+    if (!c->be->set_head_window || !c->head_stats)
+        return skv_set_error(SKV_ERR_ARG, "the context was created without collect_head_stats");
+    if (from < c->n_past)
+        return skv_set_error(SKV_ERR_ARG, "head window start %d is before the next position %d", from, c->n_past);
+    skv_status st = c->be->set_head_window(c, from);
+    if (!st) c->head_win_from = from;
+    return st;
+}
+
+int32_t skv_context_head_prefix(const skv_context *c) { return c->head_stats ? c->head_prefix_len : 0; }
+
+int32_t skv_context_head_window_from(const skv_context *c) { return c->head_win_from; }
+
+void skv_context_drop_head_stats(skv_context *c) {
+    if (c->be->drop_head_stats) c->be->drop_head_stats(c);
+    c->head_stats = 0;
+    c->head_prefix_len = 0;
+    c->head_win_from = INT32_MAX;
+}
+
+skv_status skv_context_move_tier(skv_context *c, skv_tier tier) {
+    if (!c->be->move_tier) return skv_set_error(SKV_ERR_UNSUPPORTED, "moving the cache between tiers: not on %s", c->be->name);
+    return c->be->move_tier(c, tier);
+}
+
+skv_status skv_context_set_plan(skv_context *c, const skv_read_plan *plan) {
+    if (!c->be->set_plan)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "read plans are not supported on the %s backend", c->be->name);
+    return c->be->set_plan(c, plan);
+}
+
+int32_t skv_context_n_threads(const skv_context *c) { return c->n_threads; }
+skv_model *skv_context_model(const skv_context *c) { return c->m; }
+
+skv_status skv_context_set_past(skv_context *c, const skv_context *past) {
+    if (past && past->m->cfg.info.n_kv_head != c->m->cfg.info.n_kv_head)
+        return skv_set_error(SKV_ERR_ARG, "read-only past: %d KV heads, the context has %d",
+                             past->m->cfg.info.n_kv_head, c->m->cfg.info.n_kv_head);
+    if (past && (past->n_layer != c->n_layer || past->m->cfg.info.head_dim != c->m->cfg.info.head_dim))
+        return skv_set_error(SKV_ERR_ARG, "read-only past: %d cache layers of head_dim %d, the context has %d of %d",
+                             past->n_layer, past->m->cfg.info.head_dim, c->n_layer, c->m->cfg.info.head_dim);
+    const int32_t lo = c->past ? c->past->n_past : 0;
+    if (c->n_past != lo) return skv_set_error(SKV_ERR_ARG, "read-only past: set it on an empty context");
+    if (past && past->past) return skv_set_error(SKV_ERR_ARG, "read-only past: the past has a past of its own");
+    if (past && past->n_past >= c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "read-only past of %d tokens leaves no room in a context of %d",
+                             past->n_past, c->n_ctx);
+    if (!c->be->set_past) return skv_set_error(SKV_ERR_UNSUPPORTED, "read-only past: not on the %s backend", c->be->name);
+    skv_status st = c->be->set_past(c, past);
+    if (st) return st;
+    c->past = past;
+    c->n_past = past ? past->n_past : 0;
+    return SKV_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Decoding                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+skv_status skv_decode_ex(skv_context *c, const skv_batch *b) {
+    const skv_model_info *in = &c->m->cfg.info;
+    const int32_t n = b->n;
+    if (n <= 0) return skv_set_error(SKV_ERR_ARG, "no tokens to decode (empty prompt?)");
+    if (!b->ids == !b->embd) return skv_set_error(SKV_ERR_ARG, "decode: give either ids or embeddings");
+    if ((int64_t)c->n_past + n > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "%d tokens after %d cached exceed the context of %d tokens", n, c->n_past,
+                             c->n_ctx);
+    if (b->ids)
+        for (int32_t i = 0; i < n; i++)
+            if (b->ids[i] < 0 || b->ids[i] >= in->n_vocab)
+                return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary (%d entries)",
+                                     b->ids[i], i, in->n_vocab);
+    skv_status st = SKV_OK;
+    if (n > 1 && c->be->begin_call) c->be->begin_call(c, n);
+    const int64_t D = in->dim, V = in->n_vocab;
+    for (int32_t off = 0; off < n && !st; off += c->n_batch) {
+        const int32_t nb = SKV_MIN(c->n_batch, n - off);
+        const int last = off + nb == n;
+        const skv_fwd_in fi = {.ids = b->ids ? b->ids + off : NULL, .embd = b->embd ? b->embd + (int64_t)off * D : NULL,
+                               .n = nb, .pos0 = c->n_past, .last_chunk = last};
+        skv_fwd_out fo = {.all = b->all};
+        if (b->all || last) {
+            const int64_t r = b->all ? off : 0;
+            fo.logits = b->logits ? b->logits + r * V : NULL;
+            fo.hidden = b->hidden ? b->hidden + r * D : NULL;
+            fo.hidden_normed = b->hidden_normed ? b->hidden_normed + r * D : NULL;
+        }
+        if (!(st = c->be->forward(c, &fi, &fo))) c->n_past += nb;
+    }
+    if (st) return st;
+    if (n > 1) return skv_context_compress(c);
+    if (c->be->step && c->pol.ev.evicts && c->pol.ev.step) c->be->step(c);
+    return SKV_OK;
+}
+
+skv_status skv_decode(skv_context *c, const int32_t *ids, int32_t n, float *logits, int all_logits) {
+    const skv_batch b = {.ids = ids, .n = n, .logits = logits, .all = all_logits};
+    return skv_decode_ex(c, &b);
+}
+
+skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_t *next) {
+    const skv_model_info *in = &c->m->cfg.info;
+    if (c->be->decode_sampled) {
+        if (c->n_past + 1 > c->n_ctx)
+            return skv_set_error(SKV_ERR_RANGE, "1 token after %d cached exceeds the context of %d tokens", c->n_past,
+                                 c->n_ctx);
+        if (id < 0 || id >= in->n_vocab)
+            return skv_set_error(SKV_ERR_ARG, "token id %d is outside the vocabulary (%d entries)", id, in->n_vocab);
+        const int64_t hist = skv_sampler_history(s);
+        int32_t *seen = malloc(sizeof(int32_t) * (size_t)SKV_MAX(hist, 1));
+        if (!seen) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        skv_sample_args a;
+        skv_sampler_args(s, &a, seen);
+        skv_status st = c->be->decode_sampled(c, id, &a, next);
+        free(seen);
+        if (!st) c->n_past++;
+        return st;
+    }
+    if (!c->sample_logits && !(c->sample_logits = malloc(sizeof(float) * (size_t)in->n_vocab)))
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    skv_status st = skv_decode(c, &id, 1, c->sample_logits, 0);
+    if (st) return st;
+    *next = skv_sampler_sample(s, c->sample_logits);
+    return SKV_OK;
+}

@@ -1,0 +1,115 @@
+/*
+ * select.c — the CPU's execution of an eviction description (kv/policy.h): which slots a
+ * stream keeps at compression, and which one a decode step evicts.
+ */
+#include "kv/policy.h"
+
+typedef struct ranked {
+    float score;
+    int32_t pos, idx;
+} ranked;
+
+/* score descending, then newer first */
+static int cmp_ranked(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->pos > y->pos ? -1 : x->pos < y->pos;
+}
+
+static int cmp_pos(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+void skv_select(const skv_evict_desc *d, const int32_t *pos, const float *score, int32_t n, int32_t budget,
+                uint8_t *keep) {
+    if (n <= budget) {
+        memset(keep, 1, (size_t)n);
+        return;
+    }
+    memset(keep, 0, (size_t)n);
+    ranked *r = malloc((size_t)n * sizeof *r);
+    float *pooled = NULL;
+    for (int32_t i = 0; i < n; i++) r[i] = (ranked){0, pos[i], i};
+    qsort(r, (size_t)n, sizeof *r, cmp_pos); /* by position, oldest first */
+    const int32_t recent_all = skv_evict_recent(d, budget);
+    const int32_t s = SKV_MIN(d->sinks, budget), rc = SKV_MIN(recent_all, budget - s);
+    for (int32_t i = 0; i < s; i++) keep[r[i].idx] = 1;
+    for (int32_t i = n - rc; i < n; i++) keep[r[i].idx] = 1;
+    /* the candidates: position-ordered slots between the sinks and the recent window */
+    const int32_t lo = s, hi = n - rc;
+    if (d->rank == SKV_RANK_POSITION) {
+        for (int32_t i = lo; i < hi; i++) r[i].score = 0; /* ties: newer first */
+    } else if (d->rank == SKV_RANK_WIN && d->pool > 1) {
+        /* max-pool over position-neighbouring slots before the (unclamped) recent window, as
+         * SnapKV pools the prefix's scores */
+        pooled = malloc((size_t)n * sizeof *pooled);
+        const int32_t m = n - SKV_MIN(recent_all, n), half = d->pool / 2;
+        for (int32_t i = 0; i < n; i++) pooled[r[i].idx] = score[r[i].idx];
+        for (int32_t i = 0; i < m; i++) {
+            float mx = -INFINITY;
+            for (int32_t j = SKV_MAX(0, i - half); j <= SKV_MIN(m - 1, i + half); j++)
+                mx = SKV_MAX(mx, score[r[j].idx]);
+            pooled[r[i].idx] = mx;
+        }
+        for (int32_t i = lo; i < hi; i++) r[i].score = pooled[r[i].idx];
+    } else {
+        for (int32_t i = lo; i < hi; i++) r[i].score = score[r[i].idx];
+    }
+    qsort(r + lo, (size_t)(hi - lo), sizeof *r, cmp_ranked);
+    for (int32_t i = lo; i < lo + (budget - s - rc); i++) keep[r[i].idx] = 1;
+    free(pooled);
+    free(r);
+}
+
+int32_t skv_select_victim(const skv_evict_desc *d, const int32_t *pos, const float *score, int32_t n,
+                          int32_t budget, int32_t newest) {
+    const int32_t recent = skv_evict_recent(d, budget);
+    int32_t victim = -1;
+    for (int32_t s = 0; s < n; s++) {
+        if (pos[s] < d->sinks || pos[s] > newest - recent) continue;
+        if (victim < 0) {
+            victim = s;
+            continue;
+        }
+        if (d->rank == SKV_RANK_POSITION) {
+            if (pos[s] < pos[victim]) victim = s;
+        } else if (score[s] < score[victim] || (score[s] == score[victim] && pos[s] < pos[victim])) {
+            victim = s;
+        }
+    }
+    return victim;
+}
+
+void skv_select_window(const int32_t *pos, int32_t n, int32_t budget, int32_t sinks, uint8_t *keep) {
+    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_POSITION, .sinks = sinks, .pool = 1, .step = 1};
+    skv_select(&d, pos, NULL, n, budget, keep);
+}
+
+void skv_select_h2o(const int32_t *pos, const float *acc, int32_t n, int32_t budget, float recent_frac,
+                    uint8_t *keep) {
+    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_ACC, .recent = 0, .pool = 1, .step = 1,
+                              .recent_frac = recent_frac};
+    /* recent_frac 0 means no recent window (not "use .recent") */
+    skv_select(&d, pos, acc, n, budget, keep);
+}
+
+void skv_select_snapkv(const int32_t *pos, const float *win, int32_t n, int32_t budget, int32_t obs_window,
+                       int32_t pool_kernel, uint8_t *keep) {
+    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_WIN, .recent = obs_window, .pool = pool_kernel};
+    skv_select(&d, pos, win, n, budget, keep);
+}
+
+void skv_select_tova(const int32_t *pos, const float *last, int32_t n, int32_t budget, uint8_t *keep) {
+    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_LAST, .pool = 1, .step = 1};
+    skv_select(&d, pos, last, n, budget, keep);
+}
+
+const float *skv_stream_rank_score(const skv_stream *st, skv_rank r) {
+    switch (r) {
+    case SKV_RANK_ACC: return st->acc;
+    case SKV_RANK_WIN: return st->win;
+    case SKV_RANK_LAST: return st->last;
+    default: return NULL;
+    }
+}
