@@ -272,12 +272,12 @@ static void test_policies_brute(void) {
     REQUIRE(skv_decode(src, ids, PP, NULL, 0) == SKV_OK && skv_decode(csrc, ids, PP, NULL, 0) == SKV_OK, "%s",
             skv_last_error());
     int32_t *pos = malloc(sizeof(int32_t) * 512), *fp = malloc(sizeof(int32_t) * 512), *cp_ = malloc(sizeof(int32_t) * 512);
-    float *acc = malloc(sizeof(float) * 512), *win = malloc(sizeof(float) * 512);
+    float *acc = malloc(sizeof(float) * 512), *win = malloc(sizeof(float) * 512), *lst = malloc(sizeof(float) * 512);
     float *k0 = malloc(sizeof(float) * 512 * hd), *v0 = malloc(sizeof(float) * 512 * hd);
     float *k1 = malloc(sizeof(float) * 512 * hd), *v1 = malloc(sizeof(float) * 512 * hd);
     uint8_t *keep = malloc(512);
-    const char *pols[] = {"window", "h2o", "snapkv", "pyramidkv"};
-    for (int pi = 0; pi < 4; pi++) {
+    const char *pols[] = {"window", "h2o", "snapkv", "pyramidkv", "tova"};
+    for (int pi = 0; pi < 5; pi++) {
         skv_policy_params pp = skv_policy_default_params(pols[pi]);
         pp.budget = 0.3f;
         const skv_policy_ops *kind = NULL;
@@ -291,11 +291,12 @@ static void test_policies_brute(void) {
         for (int l = 0; l < L; l++)
             for (int g = 0; g < KVH; g++) {
                 int32_t n = 0, nf = 0;
-                REQUIRE(skv_gpu_stream_read(src->bs, l, 0, g, &n, pos, acc, win, NULL, k0, v0) == SKV_OK, "%s", skv_last_error());
+                REQUIRE(skv_gpu_stream_read(src->bs, l, 0, g, &n, pos, acc, win, lst, k0, v0) == SKV_OK, "%s", skv_last_error());
                 REQUIRE(skv_gpu_stream_read(f->bs, l, 0, g, &nf, fp, NULL, NULL, NULL, k1, v1) == SKV_OK, "%s", skv_last_error());
                 const int32_t b = skv_policy_budget(kind, &pp, l, L, PP);
                 if (!strcmp(kind->name, "window")) skv_select_window(pos, n, b, pp.sinks, keep);
                 else if (!strcmp(kind->name, "h2o")) skv_select_h2o(pos, acc, n, b, pp.recent_frac, keep);
+                else if (!strcmp(kind->name, "tova")) skv_select_tova(pos, lst, n, b, keep);
                 else skv_select_snapkv(pos, win, n, b, pp.obs_window, pp.pool_kernel, keep);
                 int32_t m_ = 0;
                 for (int s = 0; s < n; s++)
@@ -341,7 +342,7 @@ static void test_policies_brute(void) {
                     int32_t n = 0;
                     skv_gpu_stream_read(f->bs, l, 0, g, &n, pos, acc, NULL, NULL, NULL, NULL);
                     const int32_t b = f->pol.budget_now[l];
-                    const int evicting = !strcmp(kind->name, "window") || !strcmp(kind->name, "h2o");
+                    const int evicting = kind->evict(&pp).step;
                     const int want_n = evicting ? b : nb[l * KVH + g] + 1;
                     if (n != want_n) step_ok = 0;
                     if (!strcmp(kind->name, "window")) { /* exactly sinks + the newest b - sinks */
@@ -371,7 +372,8 @@ static void test_policies_brute(void) {
         skv_context_free(f), skv_context_free(cf);
     }
     skv_context_free(src), skv_context_free(csrc);
-    free(pos), free(fp), free(cp_), free(acc), free(win), free(k0), free(v0), free(k1), free(v1), free(keep), free(ids);
+    free(pos), free(fp), free(cp_), free(acc), free(win), free(lst), free(k0), free(v0), free(k1), free(v1), free(keep);
+    free(ids);
     skv_model_free(m);
 }
 
@@ -515,13 +517,125 @@ static void test_sampling(void) {
     skv_model_free(m);
 }
 
+/* Export/import: a GPU cache imported into a fresh GPU context decodes bit-identically; a CPU
+ * (bf16) cache imported on the GPU and exported back decodes on the CPU bit-identically to the
+ * original; the GPU decoding the CPU's cache tracks the CPU within bf16 tolerance; a corrupt
+ * buffer is refused. */
+static void test_exchange(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab;
+    int32_t *ids = prompt_ids(PP, V, 21);
+    static float la[8192], lb[8192];
+    const char *pols[] = {"full", "snapkv"};
+    for (int pi = 0; pi < 2; pi++) {
+        const float bud = pi ? 0.3f : 0;
+        skv_context *a = ctx_with(m, pols[pi], bud, 0, SKV_BACKEND_CUDA), *b = ctx_with(m, pols[pi], bud, 0, SKV_BACKEND_CUDA);
+        REQUIRE(a && b, "%s", skv_last_error());
+        REQUIRE(skv_decode(a, ids, PP, NULL, 0) == SKV_OK, "%s", skv_last_error());
+        void *buf;
+        size_t len;
+        REQUIRE(skv_context_export(a, &buf, &len) == SKV_OK, "%s", skv_last_error());
+        CHECKF(skv_context_import(b, buf, len) == SKV_OK, "%s", skv_last_error());
+        int same = 1;
+        int32_t tok = 99;
+        for (int t = 0; t < 6; t++) {
+            CHECK(skv_decode(a, &tok, 1, la, 0) == SKV_OK && skv_decode(b, &tok, 1, lb, 0) == SKV_OK);
+            same &= !memcmp(la, lb, sizeof la);
+            tok = skv_test_argmax(la, V);
+        }
+        printf("    %-6s GPU export (%zu bytes) -> GPU import: %s\n", pols[pi], len, same ? "bit-identical" : "DIFFERENT");
+        CHECKF(same, "%s: the imported GPU cache decodes differently", pols[pi]);
+        ((uint8_t *)buf)[len / 2] ^= 1;
+        skv_context *c = ctx_with(m, pols[pi], bud, 0, SKV_BACKEND_CUDA);
+        CHECK(skv_context_import(c, buf, len) == SKV_ERR_FORMAT);
+        skv_context_free(a), skv_context_free(b), skv_context_free(c);
+        free(buf);
+    }
+    /* CPU (bf16) -> GPU -> CPU */
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 512;
+    cp.kv_format = SKV_KV_BF16;
+    skv_context *cpu = NULL, *cpu2 = NULL, *gpu = NULL, *gref = ctx_with(m, "full", 0, 0, SKV_BACKEND_CUDA);
+    REQUIRE(skv_context_init(m, cp, &cpu) == SKV_OK && skv_context_init(m, cp, &cpu2) == SKV_OK && gref, "%s",
+            skv_last_error());
+    cp.backend = SKV_BACKEND_CUDA;
+    REQUIRE(skv_context_init(m, cp, &gpu) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_decode(cpu, ids, PP, NULL, 0) == SKV_OK && skv_decode(gref, ids, PP, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    void *b1, *b2;
+    size_t n1, n2;
+    REQUIRE(skv_context_export(cpu, &b1, &n1) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_context_import(gpu, b1, n1) == SKV_OK, "CPU -> GPU import: %s", skv_last_error());
+    REQUIRE(skv_context_export(gpu, &b2, &n2) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_context_import(cpu2, b2, n2) == SKV_OK, "GPU -> CPU import: %s", skv_last_error());
+    int same = 1;
+    double worst = 0, worst_self = 0;
+    static float lg[8192], lr[8192];
+    int32_t tok = 5;
+    for (int t = 0; t < 4; t++) {
+        CHECK(skv_decode(cpu, &tok, 1, la, 0) == SKV_OK && skv_decode(cpu2, &tok, 1, lb, 0) == SKV_OK);
+        CHECK(skv_decode(gpu, &tok, 1, lg, 0) == SKV_OK && skv_decode(gref, &tok, 1, lr, 0) == SKV_OK);
+        same &= !memcmp(la, lb, sizeof la);
+        double d = 0, ds = 0, nn = 0;
+        for (int v = 0; v < V; v++) d += (lg[v] - la[v]) * (lg[v] - la[v]), ds += (lg[v] - lr[v]) * (lg[v] - lr[v]), nn += la[v] * la[v];
+        worst = fmax(worst, sqrt(d / nn)), worst_self = fmax(worst_self, sqrt(ds / nn));
+        tok = skv_test_argmax(la, V);
+    }
+    printf("    CPU bf16 cache -> GPU -> CPU: %s; GPU decoding the CPU's cache vs CPU: rel L2 %.2e (GPU's own cache: "
+           "%.2e)\n", same ? "bit-identical" : "DIFFERENT", worst, worst_self);
+    CHECKF(same, "CPU -> GPU -> CPU round trip changed the cache");
+    CHECKF(worst < 2e-2, "the GPU decoding an imported CPU cache is off by %.3g", worst);
+    free(b1), free(b2);
+    skv_context_free(cpu), skv_context_free(cpu2), skv_context_free(gpu), skv_context_free(gref);
+    free(ids);
+    skv_model_free(m);
+}
+
+/* Embedding input on the GPU: prefill and a decode step from the model's own embedding rows
+ * give the id input's logits bit for bit; the hidden state comes back. */
+static void test_embd_gpu(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int D = in->dim, V = in->n_vocab;
+    int32_t *ids = prompt_ids(PP + 1, V, 33);
+    float *e = malloc(sizeof(float) * (size_t)(PP + 1) * D);
+    for (int i = 0; i <= PP; i++) skv_weight_row_f32(&m->tok_embed, ids[i], e + (size_t)i * D);
+    skv_context *a = ctx_with(m, "full", 0, 0, SKV_BACKEND_CUDA), *b = ctx_with(m, "full", 0, 0, SKV_BACKEND_CUDA);
+    REQUIRE(a && b, "%s", skv_last_error());
+    static float la[8192], lb[8192];
+    float *h = malloc(sizeof(float) * (size_t)D), *hn = malloc(sizeof(float) * (size_t)D);
+    CHECK(skv_decode(a, ids, PP, la, 0) == SKV_OK);
+    const skv_batch pb = {.embd = e, .n = PP, .logits = lb, .hidden = h, .hidden_normed = hn};
+    CHECK(skv_decode_ex(b, &pb) == SKV_OK);
+    const int pre = !memcmp(la, lb, sizeof la);
+    CHECK(skv_decode(a, ids + PP, 1, la, 0) == SKV_OK);
+    const skv_batch sb = {.embd = e + (size_t)PP * D, .n = 1, .logits = lb, .hidden = h};
+    CHECK(skv_decode_ex(b, &sb) == SKV_OK);
+    const int step = !memcmp(la, lb, sizeof la);
+    double hs = 0;
+    for (int d = 0; d < D; d++) hs += fabs(h[d]);
+    printf("    embedding input on the GPU: prefill %s, decode step %s; |hidden|_1 %.3g\n", pre ? "bit-identical" : "DIFFERENT",
+           step ? "bit-identical" : "DIFFERENT", hs);
+    CHECK(pre && step && hs > 0);
+    free(e), free(h), free(hn), free(ids);
+    skv_context_free(a), skv_context_free(b);
+    skv_model_free(m);
+}
+
 void register_cuda(void) {
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);
     skv_test_add("cuda/batched decode = single decode; fork", test_batch_fork);
     skv_test_add("cuda/attention statistics vs the CPU backend", test_stats_vs_cpu);
-    skv_test_add("cuda/window, h2o, snapkv, pyramidkv: selection = brute force, rows intact, steps", test_policies_brute);
+    skv_test_add("cuda/window, h2o, snapkv, pyramidkv, tova: selection = brute force, rows intact, steps", test_policies_brute);
+    skv_test_add("cuda/export+import: GPU round trip bit-identical; CPU -> GPU -> CPU; corrupt refused", test_exchange);
+    skv_test_add("cuda/embedding input = id input; hidden states", test_embd_gpu);
     skv_test_add("cuda/policies: own prompt compression, logits vs the CPU backend", test_policy_logits);
     skv_test_add("cuda/truncate; V in the slow tier; asynchronous fetch", test_truncate_slow_fetch);
     skv_test_add("cuda/sampling on the GPU = the CPU sampler's draws", test_sampling);

@@ -12,8 +12,30 @@
 
 #include "kv/plan.h"
 #include "kv/policy.h"
+#include "model/model.h"
 
-typedef struct skv_context skv_context;
+typedef struct skv_backend_ops skv_backend_ops;
+
+/* A context as every backend sees it: what the context layer owns (model, positions, policy,
+ * statistics asked for) and the backend's own state `bs`. */
+struct skv_context {
+    skv_model *m;
+    const skv_backend_ops *be;
+    void *bs;                  /* the backend's state */
+    int32_t n_ctx, n_batch, n_past, n_threads;
+    int32_t n_layer;           /* cache layers */
+    skv_policy_state pol;
+    unsigned stats;            /* SKV_STAT_* collected (the policy's, or all with collect_stats) */
+    int32_t head_stats;        /* per-query-head statistics kept (collect_head_stats) */
+    int32_t head_prefix_len;   /* their prefix length (head_prefix, clamped to n_ctx) */
+    int32_t head_win_from;     /* their window start (INT32_MAX: none) */
+    int32_t v_slow;            /* CUDA: V in the slow tier */
+    const skv_context *past;   /* read-only past (NULL: none); own positions start at past->n_past */
+    float *sample_logits;      /* (n_vocab) skv_decode_sampled without device sampling */
+};
+
+/* Per-query-head statistics (collect_head_stats), by position, read in place: */
+enum { SKV_HEAD_ACC = 0, SKV_HEAD_LAST = 1, SKV_HEAD_WIN = 2, SKV_HEAD_PREFIX = 3 };
 
 /* One chunk's input: ids or input embeddings (n <= n_batch), at positions pos0.. */
 typedef struct skv_fwd_in {
@@ -35,7 +57,7 @@ typedef struct skv_fwd_out {
 /* Sampling arguments a backend may run on the device (sample/sampler.h fills them). */
 struct skv_sample_args;
 
-typedef struct skv_backend_ops {
+struct skv_backend_ops {
     const char *name;
     /* Allocate c->bs for c (its params, policy and statistics set by the context). */
     skv_status (*init)(skv_context *c, const skv_context_params *p);
@@ -68,7 +90,7 @@ typedef struct skv_backend_ops {
     void (*drop_head_stats)(skv_context *c);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);
-} skv_backend_ops;
+};
 
 extern const skv_backend_ops skv_backend_cpu, skv_backend_cuda;
 /* 1 when the CUDA backend can run here (built with it, a device answers). */

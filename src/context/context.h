@@ -1,32 +1,13 @@
 /*
- * context.h — the context: what every backend shares (model, positions, policy, statistics
- * asked for) and the table of the backend it runs on. Internal to libslimkv; methods built
- * from several contexts (method/) use the accessors at the end.
+ * context.h — internal accessors of the context (its structure is in backend/backend.h: what
+ * every backend shares) for methods built from several contexts (method/).
  */
 #ifndef SKV_CONTEXT_H
 #define SKV_CONTEXT_H
 
 #include "backend/backend.h"
-#include "model/model.h"
 
-struct skv_context {
-    skv_model *m;
-    const skv_backend_ops *be;
-    void *bs;                  /* the backend's state */
-    int32_t n_ctx, n_batch, n_past, n_threads;
-    int32_t n_layer;           /* cache layers */
-    skv_policy_state pol;
-    unsigned stats;            /* SKV_STAT_* collected (the policy's, or all with collect_stats) */
-    int32_t head_stats;        /* per-query-head statistics kept (collect_head_stats) */
-    int32_t head_prefix_len;   /* their prefix length (head_prefix, clamped to n_ctx) */
-    int32_t head_win_from;     /* their window start (INT32_MAX: none) */
-    int32_t v_slow;            /* CUDA: V in the slow tier */
-    const skv_context *past;   /* read-only past (NULL: none); own positions start at past->n_past */
-    float *sample_logits;      /* (n_vocab) skv_decode_sampled without device sampling */
-};
 
-/* Per-query-head statistics (collect_head_stats), by position, read in place: */
-enum { SKV_HEAD_ACC = 0, SKV_HEAD_LAST = 1, SKV_HEAD_WIN = 2, SKV_HEAD_PREFIX = 3 };
 /* The (layer, query head) row of one kind (n_ctx floats; head_prefix for PREFIX), or NULL
  * with an error when the context keeps none. */
 const float *skv_context_head_row(const skv_context *c, int kind, int32_t layer, int32_t head);

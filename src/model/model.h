@@ -6,7 +6,7 @@
 #ifndef SKV_MODEL_H
 #define SKV_MODEL_H
 
-#include "backend/cpu/ops.h"
+#include "ops/ops.h"
 #include "io/config.h"
 #include "io/safetensors.h"
 

@@ -7,7 +7,7 @@
 #ifndef SKV_BACKEND_CPU_H
 #define SKV_BACKEND_CPU_H
 
-#include "context/context.h"
+#include "backend/backend.h"
 
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64

@@ -5,7 +5,7 @@
  * every build; without CUDA, gpu_stub.c answers each device call with SKV_ERR_UNSUPPORTED.
  */
 #include "backend/cuda/gpu.h"
-#include "context/context.h"
+#include "backend/backend.h"
 
 static skv_gpu_ctx *G(const skv_context *c) { return (skv_gpu_ctx *)c->bs; }
 
