@@ -182,7 +182,8 @@ typedef struct skv_policy_params {
 
 skv_policy_params skv_policy_default_params(const char *name);
 /* The registry of policies: how many, and each one's name and one-line summary (NULL out of
- * range); whether a policy of that name evicts tokens (its budget matters). */
+ * range); whether a policy of that name evicts tokens: 0 never (its budget does not matter),
+ * 1 when a prompt is compressed, 2 also after every decode step. */
 int skv_policy_count(void);
 const char *skv_policy_name(int i);
 const char *skv_policy_summary(int i);
@@ -217,6 +218,8 @@ typedef struct skv_context_params {
     skv_backend backend;   /* SKV_BACKEND_CPU (default) or SKV_BACKEND_CUDA */
     int32_t v_slow;        /* CUDA: V blocks in pinned host memory (the slow tier, read over
                               PCIe), K on the device */
+    int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
+                              policy full; see "Several sequences") */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -305,6 +308,28 @@ skv_status skv_context_set_past(skv_context *c, const skv_context *past);
  * temperature, top-k, top-p and the draw run on the GPU with the sampler's own random stream,
  * and only the id comes back; on the CPU this is skv_decode + skv_sampler_sample. */
 skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_t *next);
+
+/* Several sequences in one context (n_seq > 1, CUDA): each has its own positions and cache
+ * streams; sequence 0 is also the one skv_decode and friends use. skv_seq_decode appends n
+ * tokens to one sequence (no outputs); skv_decode_batch runs one step of sequences 0..n-1
+ * together (ids[i] for sequence i, at its next position), returning logits (n, n_vocab) and/or
+ * each sequence's greedy next id; skv_seq_truncate forgets a sequence's tokens from n_past on. */
+skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n);
+skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
+skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
+int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
+
+/* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured
+ * device-to-device copy bandwidth over `bytes` (bytes read + written per second), and the bytes
+ * of weights a context's backend holds for its model (CUDA: the device copy). */
+typedef struct skv_device_info {
+    char name[128];
+    int32_t sms;
+    int64_t memory_bytes;
+} skv_device_info;
+skv_status skv_backend_device_info(skv_backend b, skv_device_info *out);
+skv_status skv_backend_copy_bandwidth(skv_backend b, int64_t bytes, double *bytes_per_s);
+int64_t skv_context_weight_bytes(const skv_context *c);
 
 /* ------------------------------------------------------------------------------------------ */
 /* SmallKV: a small model of the same family guides the large model's attention                */

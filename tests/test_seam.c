@@ -303,7 +303,8 @@ static void test_layer_map_and_registry(void) {
         CHECK(!strcmp(skv_policy_name(i), want[i]) && skv_policy_summary(i) && *skv_policy_summary(i));
     }
     CHECK(skv_policy_name(-1) == NULL && skv_policy_name(99) == NULL);
-    CHECK(skv_policy_evicts("tova") && !skv_policy_evicts("quant") && !skv_policy_evicts("full"));
+    CHECK(skv_policy_evicts("tova") == 2 && skv_policy_evicts("snapkv") == 1 && !skv_policy_evicts("quant") &&
+          !skv_policy_evicts("full"));
     skv_policy_params p = skv_policy_default_params("nope");
     CHECK(skv_policy_validate(&p, m) == SKV_ERR_ARG);
     CHECKF(strstr(skv_last_error(), "tova") != NULL, "the unknown-policy message lists the registry: %s",

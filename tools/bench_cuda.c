@@ -10,10 +10,10 @@
  * bandwidth (bytes read + written per second). With --policy other than full, the tg rows run
  * under it: the prompt is compressed to the budget after its prefill (statistics collected
  * as the policy needs), steps evict as the policy does, and the bound counts the kept K/V.
+ * Everything goes through the public API (slimkv.h); every call returns after the device has
+ * finished, so wall-clock time around the calls is the device time plus the host's overhead.
  */
-#include "backend/cuda/gpu.h"
 #include "cli.h"
-#include "context/context.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -47,11 +47,20 @@ static int parse_list(const char *cmd, const char *flag, const char *s, int *out
     return n;
 }
 
-/* prefill ids[0..n) into sequence seq from position 0, in chunks */
-static void prefill(skv_gpu_ctx *g, int seq, const int32_t *ids, int n, int ub) {
-    cli_check("bench", skv_gpu_truncate(g, seq, 0));
-    for (int off = 0; off < n; off += ub)
-        cli_check("bench", skv_gpu_forward(g, seq, ids + off, NULL, n - off < ub ? n - off : ub, off, NULL, NULL, NULL, 0));
+/* prefill ids[0..n) into sequence seq from position 0, in chunks of ub */
+static void prefill(skv_context *c, int seq, const int32_t *ids, int n, int ub) {
+    cli_check("bench", skv_seq_truncate(c, seq, 0));
+    for (int off = 0; off < n; off += ub) cli_check("bench", skv_seq_decode(c, seq, ids + off, n - off < ub ? n - off : ub));
+}
+
+static skv_context *context(skv_model *m, int n_ctx, int ubatch, int n_seq, const skv_policy_params *pol) {
+    skv_context_params cp = skv_context_default_params();
+    cp.backend = SKV_BACKEND_CUDA;
+    cp.n_ctx = n_ctx, cp.n_batch = ubatch, cp.n_seq = n_seq;
+    if (pol) cp.policy = *pol;
+    skv_context *c = NULL;
+    cli_check("bench", skv_context_init(m, cp, &c));
+    return c;
 }
 
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
@@ -64,97 +73,82 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         cli_die("bench", 2, "--tg, --ubatch, --batch-depth must be >= 1 and --reps 1..64");
     skv_model *m = cli_load_model("bench", dir, 0, 1);
     const skv_model_info *in = skv_model_get_info(m);
-    char dev[128];
-    int sms = 0;
-    int64_t mem = 0;
-    cli_check("bench", skv_gpu_device_info(dev, sizeof dev, &sms, &mem));
+    skv_device_info dev;
+    cli_check("bench", skv_backend_device_info(SKV_BACKEND_CUDA, &dev));
     double bw = 0;
-    cli_check("bench", skv_gpu_copy_bandwidth((int64_t)1 << 30, &bw));
-    struct skv_gpu_model *gm = NULL;
-    const double t_up = skv_time_now();
-    cli_check("bench", skv_model_gpu(m, (skv_gpu_model **)&gm));
-    const double upload_s = skv_time_now() - t_up;
-    /* bytes one decode step reads: every matrix but the embedding table (one row of it) */
-    const int64_t wbytes = skv_gpu_model_bytes(gm) - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
-    const int64_t kv_tok = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 2 * 2;
+    cli_check("bench", skv_backend_copy_bandwidth(SKV_BACKEND_CUDA, (int64_t)1 << 30, &bw));
     int max_len = 1;
     for (int i = 0; i < n_pp; i++) max_len = pps[i] > max_len ? pps[i] : max_len;
     for (int i = 0; i < n_d; i++) max_len = depths[i] + tg > max_len ? depths[i] + tg : max_len;
     if (max_len > in->n_ctx) cli_die("bench", 2, "a test needs %d positions; the model has %d", max_len, in->n_ctx);
+    skv_policy_params pp = cli_policy_params("bench", pa, NULL, m);
+    if (!strcmp(pp.name, "quant") || !strcmp(pp.name, "smallkv"))
+        cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (a policy that evicts, or full)", pa->policy);
+    const int evicts = skv_policy_evicts(pp.name);
+    const double t_up = skv_time_now();
+    skv_context *c = context(m, max_len, ubatch, 1, NULL); /* the first CUDA context uploads the model */
+    const double upload_s = skv_time_now() - t_up;
+    /* bytes one decode step reads: every matrix but the embedding table (one row of it) */
+    const int64_t gw = skv_context_weight_bytes(c);
+    const int64_t wbytes = gw - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
+    const int64_t kv_tok = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 2 * 2;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len);
     for (int i = 0; i < max_len; i++) ids[i] = rid(in->n_vocab);
 
     crow rows[3 * MAXR];
     int nr = 0;
-    skv_gpu_ctx *g = NULL;
-    skv_policy_params pp = cli_policy_params("bench", pa, NULL, m);
-    const skv_policy_ops *kind = skv_policy_find(pp.name);
-    if (!kind || kind->format || kind->driver)
-        cli_die("bench", 2, "bad value for --policy with --backend cuda: '%s' (a policy that evicts, or full)", pa->policy);
-    skv_gpu_policy gp = {.want_acc = !!(kind->stats & SKV_STAT_ACC), .want_win = !!(kind->stats & SKV_STAT_WIN),
-                         .want_last = !!(kind->stats & SKV_STAT_LAST)};
-    if (kind->evict) gp.ev = kind->evict(&pp);
-    int32_t *budget = malloc(sizeof(int32_t) * (size_t)in->n_layer);
-    cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, NULL, &g));
     for (int i = 0; i < n_pp; i++) {
         crow *r = &rows[nr++];
         memset(r, 0, sizeof *r);
         snprintf(r->name, sizeof r->name, "pp%d", pps[i]);
         r->n = pps[i];
         for (int k = -1; k < reps; k++) {
-            skv_gpu_timer_start(g);
-            prefill(g, 0, ids, pps[i], ubatch);
-            const double ms = skv_gpu_timer_stop(g);
+            const double t0 = skv_time_now();
+            prefill(c, 0, ids, pps[i], ubatch);
+            const double ms = (skv_time_now() - t0) * 1e3;
             if (k >= 0) r->ms[r->reps++] = ms;
         }
         cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
     }
-    if (n_d > 0 && kind->evict) { /* the tg rows under the policy */
-        skv_gpu_ctx_free(g);
-        cli_check("bench", skv_gpu_ctx_init(gm, max_len, ubatch, 1, &gp, &g));
+    if (n_d > 0 && evicts) { /* the tg rows under the policy */
+        skv_context_free(c);
+        c = context(m, max_len, ubatch, 1, &pp);
     }
-    if (n_d > 0) {
-        for (int i = 0; i < n_d; i++) {
-            if (gp.want_win) skv_gpu_begin_call(g, 0, depths[i] - (pp.obs_window > 1 ? pp.obs_window : 1));
-            prefill(g, 0, ids, depths[i], ubatch);
-            double kept = depths[i]; /* K/V rows per stream after compression */
-            if (kind->evict) {
-                for (int l = 0; l < in->n_layer; l++) budget[l] = skv_policy_budget(kind, &pp, l, in->n_layer, depths[i]);
-                cli_check("bench", skv_gpu_compress(g, 0, budget));
-                int64_t slots = 0;
-                skv_gpu_kv_usage(g, NULL, NULL, &slots);
-                kept = (double)slots / ((double)in->n_layer * in->n_kv_head);
+    for (int i = 0; i < n_d; i++) {
+        /* one call per prompt: its observation window and compression as a user's prompt */
+        cli_check("bench", skv_context_truncate(c, 0));
+        cli_check("bench", skv_decode(c, ids, depths[i], NULL, 0));
+        skv_kv_usage u;
+        skv_context_kv_usage(c, &u);
+        const double kept = (double)u.slots / ((double)skv_model_n_cache_layers(m) * in->n_kv_head);
+        crow *r = &rows[nr++];
+        memset(r, 0, sizeof *r);
+        r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
+        snprintf(r->name, sizeof r->name, "tg%d@d%d", tg, depths[i]);
+        for (int k = -1; k < reps; k++) {
+            cli_check("bench", skv_context_truncate(c, depths[i]));
+            const double t0 = skv_time_now();
+            for (int s = 0; s < tg; s++) {
+                const int32_t id = ids[(depths[i] + s) % max_len];
+                cli_check("bench", skv_decode(c, &id, 1, NULL, 0));
             }
-            const int evicting = gp.ev.evicts && gp.ev.step;
-            crow *r = &rows[nr++];
-            memset(r, 0, sizeof *r);
-            r->kind = 1, r->n = tg, r->depth = depths[i], r->batch = 1;
-            snprintf(r->name, sizeof r->name, "tg%d@d%d", tg, depths[i]);
-            for (int k = -1; k < reps; k++) {
-                cli_check("bench", skv_gpu_truncate(g, 0, depths[i]));
-                skv_gpu_timer_start(g);
-                for (int s = 0; s < tg; s++) {
-                    int32_t id = ids[(depths[i] + s) % max_len];
-                    cli_check("bench", skv_gpu_forward(g, 0, &id, NULL, 1, depths[i] + s, NULL, NULL, NULL, 0));
-                }
-                const double ms = skv_gpu_timer_stop(g);
-                if (k >= 0) r->ms[r->reps++] = ms;
-            }
-            cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
-            r->kept = kept;
-            r->bound_ms = ((double)wbytes + (double)kv_tok * (kept + (evicting ? 0.5 : tg / 2.0))) / bw * 1e3;
+            const double ms = (skv_time_now() - t0) * 1e3;
+            if (k >= 0) r->ms[r->reps++] = ms;
         }
+        cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
+        r->kept = kept;
+        const int per_step = evicts == 2; /* policies that evict every step hold the budget */
+        r->bound_ms = ((double)wbytes + (double)kv_tok * (kept + (per_step ? 0.5 : tg / 2.0))) / bw * 1e3;
     }
-    skv_gpu_ctx_free(g);
+    skv_context_free(c);
     int bmax = 0;
     for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
     if (bmax > 0) {
-        cli_check("bench", skv_gpu_ctx_init(gm, batch_depth + tg, ubatch, bmax, NULL, &g));
-        int32_t *bid = malloc(sizeof(int32_t) * (size_t)bmax), *bpos = malloc(sizeof(int32_t) * (size_t)bmax);
-        int32_t *pr = malloc(sizeof(int32_t) * (size_t)batch_depth);
+        c = context(m, batch_depth + tg, ubatch, bmax, NULL);
+        int32_t *bid = malloc(sizeof(int32_t) * (size_t)bmax), *pr = malloc(sizeof(int32_t) * (size_t)batch_depth);
         for (int s = 0; s < bmax; s++) {
             for (int i = 0; i < batch_depth; i++) pr[i] = rid(in->n_vocab);
-            prefill(g, s, pr, batch_depth, ubatch);
+            prefill(c, s, pr, batch_depth, ubatch);
         }
         for (int i = 0; i < n_b; i++) {
             const int B = batches[i];
@@ -164,22 +158,19 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             snprintf(r->name, sizeof r->name, "bs%d@d%d", B, batch_depth);
             for (int k = -1; k < reps; k++) {
                 for (int s = 0; s < B; s++) {
-                    bid[s] = rid(in->n_vocab), bpos[s] = batch_depth;
-                    cli_check("bench", skv_gpu_truncate(g, s, batch_depth));
+                    bid[s] = rid(in->n_vocab);
+                    cli_check("bench", skv_seq_truncate(c, s, batch_depth));
                 }
-                skv_gpu_timer_start(g);
-                for (int t = 0; t < tg; t++) {
-                    cli_check("bench", skv_gpu_decode_batch(g, bid, bpos, B, NULL, bid, NULL));
-                    for (int s = 0; s < B; s++) bpos[s]++;
-                }
-                const double ms = skv_gpu_timer_stop(g);
+                const double t0 = skv_time_now();
+                for (int t = 0; t < tg; t++) cli_check("bench", skv_decode_batch(c, bid, B, NULL, bid));
+                const double ms = (skv_time_now() - t0) * 1e3;
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
             cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
             r->bound_ms = ((double)wbytes + (double)kv_tok * B * (batch_depth + tg / 2.0)) / bw * 1e3;
         }
-        skv_gpu_ctx_free(g);
-        free(bid), free(bpos), free(pr);
+        skv_context_free(c);
+        free(bid), free(pr);
     }
 
     char path[1024];
@@ -192,11 +183,12 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     fprintf(f, "  \"backend\": \"cuda\",\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"device_memory_bytes\": %lld,\n"
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
+            "  \"timing\": \"wall clock around public-API calls (each returns after the device finishes)\",\n"
             "  \"ubatch\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
-            dev, sms, (long long)mem, base, (long long)skv_gpu_model_bytes(gm), (long long)wbytes, (long long)kv_tok,
-            bw / 1e9, upload_s, ubatch, pa->policy, !kind->evict ? 1.0 : (double)pp.budget);
-    printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev, sms,
-           bw / 1e9, skv_gpu_model_bytes(gm) / 1e9);
+            dev.name, dev.sms, (long long)dev.memory_bytes, base, (long long)gw, (long long)wbytes, (long long)kv_tok,
+            bw / 1e9, upload_s, ubatch, pa->policy, !evicts ? 1.0 : (double)pp.budget);
+    printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev.name,
+           dev.sms, bw / 1e9, gw / 1e9);
     printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");
     for (int i = 0; i < nr; i++) {
         const crow *r = &rows[i];
@@ -215,7 +207,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     fprintf(f, "  ]\n}\n");
     fclose(f);
     printf("written to %s\n", out);
-    free(ids), free(budget);
+    free(ids);
     skv_model_free(m);
     return 0;
 }

@@ -32,6 +32,8 @@ struct skv_context {
     int32_t v_slow;            /* CUDA: V in the slow tier */
     const skv_context *past;   /* read-only past (NULL: none); own positions start at past->n_past */
     float *sample_logits;      /* (n_vocab) skv_decode_sampled without device sampling */
+    int32_t n_seq;             /* sequences; seq_past[0] mirrors n_past */
+    int32_t *seq_past;         /* (n_seq) positions of sequences 1.. (0 is n_past) */
 };
 
 /* Per-query-head statistics (collect_head_stats), by position, read in place: */
@@ -88,6 +90,13 @@ struct skv_backend_ops {
     const float *(*head_row)(const skv_context *c, int kind, int32_t layer, int32_t head);
     skv_status (*set_head_window)(skv_context *c, int32_t from);
     void (*drop_head_stats)(skv_context *c);
+    /* Several sequences (NULL: one only): a chunk of one sequence; one step of sequences
+     * 0..n-1 at positions pos[i]; truncating one; the weight bytes the backend holds. */
+    skv_status (*seq_forward)(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0);
+    skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
+                               int32_t *next);
+    skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);
+    int64_t (*weight_bytes)(const skv_context *c);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);
 };
@@ -95,6 +104,8 @@ struct skv_backend_ops {
 extern const skv_backend_ops skv_backend_cpu, skv_backend_cuda;
 /* 1 when the CUDA backend can run here (built with it, a device answers). */
 int skv_gpu_backend_available(void);
+skv_status skv_gpu_backend_device_info(char *name, int name_len, int32_t *sms, int64_t *mem);
+skv_status skv_gpu_backend_copy_bandwidth(int64_t bytes, double *bps);
 
 
 #endif

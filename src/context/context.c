@@ -37,7 +37,9 @@ const char *skv_policy_summary(int i) {
 
 int skv_policy_evicts(const char *name) {
     const skv_policy_ops *o = skv_policy_find(name);
-    return o && o->evict;
+    if (!o || !o->evict) return 0;
+    const skv_policy_params p = skv_policy_default_params(name);
+    return o->evict(&p).step ? 2 : 1;
 }
 
 static const skv_backend_ops *backend_of(skv_backend b) {
@@ -89,13 +91,21 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->head_prefix_len = p.collect_head_stats ? SKV_MIN(SKV_MAX(p.head_prefix, 0), c->n_ctx) : 0;
     c->head_win_from = INT32_MAX;
     c->v_slow = p.v_slow;
+    c->n_seq = p.n_seq > 1 ? p.n_seq : 1;
+    if (p.n_seq < 0 || (c->n_seq > 1 && (p.backend != SKV_BACKEND_CUDA || ops->evict || p.collect_stats))) {
+        free(c);
+        return skv_set_error(SKV_ERR_ARG, "n_seq %d: several sequences need the CUDA backend and the full policy",
+                             p.n_seq);
+    }
+    c->seq_past = calloc((size_t)c->n_seq, sizeof(int32_t));
     c->pol.budget_now = calloc((size_t)c->n_layer, sizeof(int32_t));
-    if (!c->pol.budget_now) {
+    if (!c->pol.budget_now || !c->seq_past) {
+        free(c->pol.budget_now), free(c->seq_past);
         free(c);
         return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     }
     if ((st = skv_model_rope(m, c->n_ctx)) || (st = c->be->init(c, &p))) {
-        free(c->pol.budget_now);
+        free(c->pol.budget_now), free(c->seq_past);
         free(c);
         return st;
     }
@@ -108,6 +118,7 @@ void skv_context_free(skv_context *c) {
     c->be->free(c);
     free(c->sample_logits);
     free(c->pol.budget_now);
+    free(c->seq_past);
     free(c);
 }
 
@@ -344,4 +355,82 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
     if (st) return st;
     *next = skv_sampler_sample(s, c->sample_logits);
     return SKV_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Several sequences                                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+static int32_t *seq_pos(skv_context *c, int32_t seq) { return seq == 0 ? &c->n_past : &c->seq_past[seq]; }
+
+static skv_status seq_check(const skv_context *c, int32_t seq, const void *op) {
+    if (seq < 0 || seq >= c->n_seq)
+        return skv_set_error(SKV_ERR_ARG, "sequence %d: the context holds %d", seq, c->n_seq);
+    if (!op) return skv_set_error(SKV_ERR_UNSUPPORTED, "several sequences: not on the %s backend", c->be->name);
+    return SKV_OK;
+}
+
+int32_t skv_seq_n_past(const skv_context *c, int32_t seq) {
+    return seq < 0 || seq >= c->n_seq ? -1 : seq == 0 ? c->n_past : c->seq_past[seq];
+}
+
+skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n) {
+    if (seq == 0 && c->n_seq == 1) return skv_decode(c, ids, n, NULL, 0);
+    skv_status st = seq_check(c, seq, (const void *)c->be->seq_forward);
+    if (st) return st;
+    int32_t *p = seq_pos(c, seq);
+    if (n <= 0 || (int64_t)*p + n > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "%d tokens after %d cached in sequence %d (context %d)", n, *p, seq, c->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->m->cfg.info.n_vocab)
+            return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary", ids[i], i);
+    for (int32_t off = 0; off < n; off += c->n_batch) {
+        const int32_t nb = SKV_MIN(c->n_batch, n - off);
+        if ((st = c->be->seq_forward(c, seq, ids + off, nb, *p))) return st;
+        *p += nb;
+    }
+    return SKV_OK;
+}
+
+skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next) {
+    skv_status st = seq_check(c, n - 1, (const void *)c->be->decode_batch);
+    if (st) return st;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
+    if (!pos) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    for (int32_t i = 0; i < n; i++) pos[i] = *seq_pos(c, i);
+    for (int32_t i = 0; i < n && !st; i++)
+        if (pos[i] + 1 > c->n_ctx) st = skv_set_error(SKV_ERR_RANGE, "sequence %d is full (%d tokens)", i, c->n_ctx);
+    if (!st) st = c->be->decode_batch(c, ids, pos, n, logits, next);
+    if (!st)
+        for (int32_t i = 0; i < n; i++) (*seq_pos(c, i))++;
+    free(pos);
+    return st;
+}
+
+skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) {
+    if (seq == 0 && c->n_seq == 1) return skv_context_truncate(c, n_past);
+    skv_status st = seq_check(c, seq, (const void *)c->be->seq_truncate);
+    if (st) return st;
+    int32_t *p = seq_pos(c, seq);
+    if (n_past < 0 || n_past > *p)
+        return skv_set_error(SKV_ERR_ARG, "truncate sequence %d to %d: it holds %d tokens", seq, n_past, *p);
+    if ((st = c->be->seq_truncate(c, seq, n_past))) return st;
+    *p = n_past;
+    return SKV_OK;
+}
+
+int64_t skv_context_weight_bytes(const skv_context *c) {
+    return c->be->weight_bytes ? c->be->weight_bytes(c) : c->m->cfg.info.weight_bytes;
+}
+
+skv_status skv_backend_device_info(skv_backend b, skv_device_info *out) {
+    memset(out, 0, sizeof *out);
+    if (b == SKV_BACKEND_CUDA) return skv_gpu_backend_device_info(out->name, (int)sizeof out->name, &out->sms, &out->memory_bytes);
+    snprintf(out->name, sizeof out->name, "cpu");
+    return SKV_OK;
+}
+
+skv_status skv_backend_copy_bandwidth(skv_backend b, int64_t bytes, double *bps) {
+    if (b != SKV_BACKEND_CUDA) return skv_set_error(SKV_ERR_UNSUPPORTED, "copy bandwidth: the CUDA backend only");
+    return skv_gpu_backend_copy_bandwidth(bytes, bps);
 }

@@ -53,6 +53,15 @@ skv_status skv_model_gpu(skv_model *m, skv_gpu_model **out) { return model_gpu(m
 
 int skv_gpu_backend_available(void) { return skv_gpu_available(); }
 
+skv_status skv_gpu_backend_device_info(char *name, int name_len, int32_t *sms, int64_t *mem) {
+    int s = 0;
+    skv_status st = skv_gpu_device_info(name, name_len, &s, mem);
+    *sms = s;
+    return st;
+}
+
+skv_status skv_gpu_backend_copy_bandwidth(int64_t bytes, double *bps) { return skv_gpu_copy_bandwidth(bytes, bps); }
+
 static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     const skv_model_info *in = &c->m->cfg.info;
     if (c->pol.ops->format && c->pol.ops->format(&c->pol.p, p->kv_format) != p->kv_format)
@@ -73,7 +82,7 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
                                .want_win = !!(c->stats & SKV_STAT_WIN), .want_last = !!(c->stats & SKV_STAT_LAST),
                                .v_slow = p->v_slow};
     skv_gpu_ctx *gc = NULL;
-    if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, 1, &gp, &gc))) return st;
+    if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, c->n_seq, &gp, &gc))) return st;
     c->bs = gc;
     return SKV_OK;
 }
@@ -210,6 +219,19 @@ static skv_status cu_stream_put(skv_context *c, int32_t layer, int32_t g, const 
     return st;
 }
 
+static skv_status cu_seq_forward(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0) {
+    return skv_gpu_forward(G(c), seq, ids, NULL, n, pos0, NULL, NULL, NULL, 0);
+}
+
+static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
+                                  int32_t *next) {
+    return skv_gpu_decode_batch(G(c), ids, pos, n, logits, next, NULL);
+}
+
+static skv_status cu_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) { return skv_gpu_truncate(G(c), seq, n_past); }
+
+static int64_t cu_weight_bytes(const skv_context *c) { return skv_gpu_model_bytes(c->m->be_data); }
+
 const skv_backend_ops skv_backend_cuda = {
     .name = "cuda",
     .init = cu_init,
@@ -225,4 +247,8 @@ const skv_backend_ops skv_backend_cuda = {
     .stream_bytes = cu_stream_bytes,
     .stream_get = cu_stream_get,
     .stream_put = cu_stream_put,
+    .seq_forward = cu_seq_forward,
+    .decode_batch = cu_decode_batch,
+    .seq_truncate = cu_seq_truncate,
+    .weight_bytes = cu_weight_bytes,
 };
