@@ -5,6 +5,9 @@
 #   make asan       build with AddressSanitizer into build-asan/ and run the tests
 #   make CUDA=1     the same with the CUDA backend (nvcc from /usr/local/cuda), into build-cuda/
 #   make cuda-check compile the CUDA backend (what CI checks on machines without a GPU)
+#   make fuzz       build the libFuzzer harnesses of fuzz/ with clang into build-fuzz/
+#   make fuzz-smoke run each harness for a fixed number of executions (part of `make test`
+#                   where clang with libFuzzer is installed)
 
 CC      ?= gcc
 BUILD   ?= build
@@ -34,13 +37,13 @@ NVFLAGS   := -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -lineinfo -Xcomp
 endif
 CLI_SRC  := $(wildcard tools/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
-TEST_SRC := $(wildcard tests/*.c)
+TEST_SRC := $(wildcard tests/*.c) $(wildcard fuzz/fuzz_*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS     := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
 DEMO_PROMPT ?= It is a truth universally acknowledged, that
 
-.PHONY: all deps demo test asan clean cuda-check FORCE
+.PHONY: all deps demo test asan clean cuda-check fuzz fuzz-smoke FORCE
 all: $(BUILD)/slimkv $(BUILD)/skv_tests
 
 deps:
@@ -81,14 +84,64 @@ demo: deps
 test: deps
 	$(MAKE) all
 	@if [ -x "$(NVCC)" ]; then $(MAKE) CUDA=1 all; else echo "$(NVCC) not found: the CUDA build is not checked"; fi
+	@if $(FUZZ_PROBE); then $(MAKE) fuzz-smoke; else echo "$(FUZZ_CC) with libFuzzer not found: fuzz-smoke skipped"; fi
 	./$(BUILD)/skv_tests
 
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
-	    EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer" \
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined,float-cast-overflow" all
 	SKV_CLI=build-asan/slimkv ./build-asan/skv_tests
 
-clean:
-	rm -rf build build-asan build-cuda
+# libFuzzer harnesses: the parsers of outside input (and what they need: base, io, tokenizer,
+# the task reader) compiled by clang with the fuzzer, address and undefined-behaviour sanitizers
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build-fuzz
+FUZZ_TARGETS := safetensors st_index config tokenizer_json tokenize tasks
+FUZZ_LIB_SRC := $(sort $(wildcard src/base/*.c src/io/*.c src/tokenizer/*.c)) src/eval/tasks.c
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter \
+                -Iinclude -Isrc -Isrc/base $(FUZZ_SAN)
+FUZZ_LIBS    := -lcjson -lpcre2-8 -lutf8proc -lm
+FUZZ_PROBE   := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' | \
+                $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1
+# executions per harness in fuzz-smoke (about a minute in all on this 2-core machine)
+FUZZ_RUNS_safetensors    ?= 60000
+FUZZ_RUNS_st_index       ?= 20000
+FUZZ_RUNS_config         ?= 60000
+FUZZ_RUNS_tokenizer_json ?= 1500
+FUZZ_RUNS_tokenize       ?= 20000
+FUZZ_RUNS_tasks          ?= 60000
 
--include $(DEPS)
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DSKV_LIBFUZZER -o $@ $< $(FUZZ_LIB_OBJ) $(FUZZ_LIBS)
+
+# Each harness from its seeds and regression inputs (read-only; new inputs go to a scratch
+# corpus under build-fuzz/), a fixed number of executions with a fixed seed; a crash leaves its
+# input in build-fuzz/artifacts/ and fails the target.
+fuzz-smoke: fuzz
+	@mkdir -p $(FUZZ_BUILD)/artifacts
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    rm -rf $(FUZZ_BUILD)/work/$$t; mkdir -p $(FUZZ_BUILD)/work/$$t fuzz/regress/$$t; \
+	    runs=$$(case $$t in safetensors) echo $(FUZZ_RUNS_safetensors);; st_index) echo $(FUZZ_RUNS_st_index);; \
+	        config) echo $(FUZZ_RUNS_config);; tokenizer_json) echo $(FUZZ_RUNS_tokenizer_json);; \
+	        tokenize) echo $(FUZZ_RUNS_tokenize);; tasks) echo $(FUZZ_RUNS_tasks);; esac); \
+	    start=$$(date +%s); \
+	    if ! ./$(FUZZ_BUILD)/fuzz_$$t -runs=$$runs -seed=1 -timeout=10 -rss_limit_mb=2048 \
+	            -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t- \
+	            $(FUZZ_BUILD)/work/$$t fuzz/corpus/$$t fuzz/regress/$$t > $(FUZZ_BUILD)/smoke-$$t.log 2>&1; then \
+	        tail -40 $(FUZZ_BUILD)/smoke-$$t.log; echo "fuzz-smoke: fuzz_$$t FAILED (log: $(FUZZ_BUILD)/smoke-$$t.log)"; exit 1; \
+	    fi; \
+	    echo "fuzz-smoke: fuzz_$$t $$runs executions, no finding ($$(( $$(date +%s) - start )) s)"; \
+	done
+
+clean:
+	rm -rf build build-asan build-cuda build-fuzz
+
+-include $(DEPS) $(FUZZ_LIB_OBJ:.o=.d)

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -93,10 +94,15 @@ static skv_status parse_entry(const cJSON *e, const char *path, const uint8_t *d
             return skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\": shape too large", path, name);
         t->n_elem *= t->shape[i];
     }
+    /* Offsets are byte positions: whole numbers, and below 2^53 so that the double cJSON holds
+     * them in is exact (checked before any conversion to an integer). */
     const cJSON *b = cJSON_GetArrayItem(off, 0), *en = cJSON_GetArrayItem(off, 1);
-    if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || b->valuedouble < 0 ||
-        en->valuedouble < b->valuedouble)
-        return skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\": bad data_offsets", path, name);
+    if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || !(b->valuedouble >= 0) ||
+        !(en->valuedouble <= 9007199254740992.0) || en->valuedouble < b->valuedouble ||
+        b->valuedouble != floor(b->valuedouble) || en->valuedouble != floor(en->valuedouble))
+        return skv_set_error(SKV_ERR_FORMAT,
+                             "%s: tensor \"%s\": bad data_offsets (two whole byte offsets, "
+                             "0 <= begin <= end <= 2^53)", path, name);
     uint64_t begin = (uint64_t)b->valuedouble, end = (uint64_t)en->valuedouble;
     if (end > data_len)
         return skv_set_error(SKV_ERR_FORMAT,
@@ -113,30 +119,13 @@ static skv_status parse_entry(const cJSON *e, const char *path, const uint8_t *d
     return SKV_OK;
 }
 
-/* Map one file and append its tensors to s. */
-static skv_status open_file(skv_st_set *s, const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    if (size < 8) {
-        close(fd);
+/* Parse and validate a whole safetensors file image p[0, size) whose entry in s->files is f (its
+ * path names the file in messages), appending its tensors to s; the views point into p. */
+static skv_status parse_image(skv_st_set *s, const st_file *f, const uint8_t *p, size_t size) {
+    const char *path = f->path;
+    if (size < 8)
         return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors file",
                              path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-    st_file *f = &s->files[s->n_files++];
-    f->map = map;
-    f->size = f->map_size = size;
-    f->path = strdup(path);
-
-    const uint8_t *p = map;
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)p[i] << (8 * i);
     if (hlen > size - 8 || hlen > (100u << 20))
@@ -162,12 +151,14 @@ static skv_status open_file(skv_st_set *s, const char *path) {
             break;
         }
         if (s->n_tensors == s->cap_tensors) {
-            s->cap_tensors = s->cap_tensors ? 2 * s->cap_tensors : 256;
-            s->tensors = realloc(s->tensors, (size_t)s->cap_tensors * sizeof *s->tensors);
-            if (!s->tensors) {
+            int64_t cap = s->cap_tensors ? 2 * s->cap_tensors : 256;
+            skv_st_tensor *nt = realloc(s->tensors, (size_t)cap * sizeof *s->tensors);
+            if (!nt) {
                 st = skv_set_error(SKV_ERR_NOMEM, "%s: out of memory", path);
                 break;
             }
+            s->tensors = nt;
+            s->cap_tensors = cap;
         }
         skv_st_tensor *t = &s->tensors[s->n_tensors];
         memset(t, 0, sizeof *t);
@@ -199,6 +190,32 @@ static skv_status open_file(skv_st_set *s, const char *path) {
     return st;
 }
 
+/* Map one file and append its tensors to s. */
+static skv_status open_file(skv_st_set *s, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t size = (size_t)sb.st_size;
+    if (size < 8) {
+        close(fd);
+        return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors file",
+                             path, size);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    st_file *f = &s->files[s->n_files++];
+    f->map = map;
+    f->size = f->map_size = size;
+    f->path = strdup(path);
+    if (!f->path) return skv_set_error(SKV_ERR_NOMEM, "%s: out of memory", path);
+    return parse_image(s, f, map, size);
+}
+
 /* Move a validated file's bytes from its file mapping into private anonymous memory backed by
  * transparent huge pages (fewer TLB misses when decode streams every weight), and rebase the
  * tensor views onto it. */
@@ -228,12 +245,10 @@ static int file_exists(const char *path) {
 
 /* Sharded checkpoint: every shard the index names is opened once; every tensor of the
  * weight_map must be found in the shard it names. */
-static skv_status open_sharded(skv_st_set *s, const char *dir, const char *index_path) {
-    char *text = NULL;
-    skv_status st = skv_read_file(index_path, &text, NULL);
-    if (st) return st;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
+static skv_status open_index(skv_st_set *s, const char *dir, const char *index_path, const char *text,
+                             size_t len) {
+    skv_status st = SKV_OK;
+    cJSON *root = cJSON_ParseWithLength(text, len);
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!cJSON_IsObject(wm)) {
         cJSON_Delete(root);
@@ -287,6 +302,16 @@ done:
     return st;
 }
 
+static skv_status open_sharded(skv_st_set *s, const char *dir, const char *index_path) {
+    char *text = NULL;
+    size_t len = 0;
+    skv_status st = skv_read_file(index_path, &text, &len);
+    if (st) return st;
+    st = open_index(s, dir, index_path, text, len);
+    free(text);
+    return st;
+}
+
 skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out) {
     *out = NULL;
     skv_st_set *s = calloc(1, sizeof *s);
@@ -322,6 +347,43 @@ skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out) {
             skv_st_close(s);
             return st;
         }
+    }
+    *out = s;
+    return SKV_OK;
+}
+
+skv_status skv_st_parse_buffer(const void *buf, size_t len, const char *name, skv_st_set **out) {
+    *out = NULL;
+    skv_st_set *s = calloc(1, sizeof *s);
+    if (s && (s->files = calloc(1, sizeof *s->files))) {
+        s->n_files = 1; /* map stays NULL: the caller owns buf */
+        s->files[0].path = strdup(name);
+        s->files[0].size = len;
+    }
+    if (!s || !s->files || !s->files[0].path) {
+        skv_st_close(s);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    skv_status st = parse_image(s, &s->files[0], buf, len);
+    if (st) {
+        skv_st_close(s);
+        return st;
+    }
+    *out = s;
+    return SKV_OK;
+}
+
+skv_status skv_st_open_index(const char *dir, const char *index_name, const char *text, size_t len,
+                             skv_st_set **out) {
+    *out = NULL;
+    skv_st_set *s = calloc(1, sizeof *s);
+    if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    char index[4096];
+    skv_path_join(index, sizeof index, dir, index_name);
+    skv_status st = open_index(s, dir, index, text, len);
+    if (st) {
+        skv_st_close(s);
+        return st;
     }
     *out = s;
     return SKV_OK;
