@@ -63,6 +63,12 @@ void cli_machine(char *buf, size_t cap);
 /* Write the JSON members "commit", "machine" and "command" (each followed by ",\n"), indented
  * by two spaces, that every result file starts with. */
 void cli_json_provenance(FILE *f);
+/* Where results go when no output path is given: a new folder results/<cmd>-<model>-<time>/
+ * (never the tracked files under bench/), created, its path in buf; exits naming it on failure. */
+void cli_results_dir(const char *cmd, const char *model_dir, char *buf, size_t cap);
+/* Exit 1 naming flag and path unless path can be written (checked before a long run; an
+ * existing file is left as it is). */
+void cli_check_writable(const char *cmd, const char *flag, const char *path);
 /* A bench result file: opened for writing (or exit naming it), "{" and the provenance written. */
 FILE *cli_bench_json(const char *path);
 /* The command line as typed, shell-quoted where needed. */

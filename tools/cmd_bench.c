@@ -125,7 +125,7 @@ int cmd_bench(int argc, char **argv) {
         {"pp", 0, OPT_INT, &pp, "N", "prompt tokens of the pp test (default 512; 0 = skip)"},
         {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
         {"depths", 'd', OPT_STR, &depths_s, "LIST", "context depths of the tg tests (default 0,1024,1984)"},
-        {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default bench/cpu-<model>-t<threads>.json)"},
+        {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default: a new results/bench-<model>-<time>/ folder; published ones: bench/...)"},
         {"budgets", 0, OPT_STR, &budgets, "LIST", "smallkv: budgets to time against the full cache (default 0.05,0.1,0.2,0.4)"},
         {"pps", 0, OPT_STR, &pps, "LIST", "cuda: prefill lengths (default 4096,16384)"},
         {"batches", 0, OPT_STR, &batches, "LIST", "cuda: decode batch sizes (default 1,8,32)"},
@@ -141,6 +141,23 @@ int cmd_bench(int argc, char **argv) {
                          "each budget, at the first --depths value (default 1984, tg 64).",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    if (!dir) cli_die("bench", 2, "no model: give -m DIR (a Hugging Face model directory)");
+    if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
+    /* the result file: an explicit --out is checked now, not after the run; by default a new
+     * folder under results/ (published results under bench/ are written only when asked) */
+    char out_path[1200];
+    if (out) {
+        cli_check_writable("bench", "--out", out);
+    } else {
+        char rd[1024];
+        const int t = threads > 0 ? threads : omp_get_num_procs();
+        cli_results_dir("bench", dir, rd, sizeof rd);
+        if (!strcmp(pa.backend, "cuda")) snprintf(out_path, sizeof out_path, "%s/cuda-%s.json", rd, cli_basename(dir));
+        else if (!strcmp(pa.policy, "smallkv"))
+            snprintf(out_path, sizeof out_path, "%s/cpu-smallkv-%s-t%d.json", rd, cli_basename(dir), t);
+        else snprintf(out_path, sizeof out_path, "%s/cpu-%s-t%d.json", rd, cli_basename(dir), t);
+        out = out_path;
+    }
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
@@ -148,14 +165,12 @@ int cmd_bench(int argc, char **argv) {
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {
-        if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
         const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
         const int n = tg == 128 ? 64 : tg;
         return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
     } else if (strcmp(pa.policy, "full")) {
         cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, or smallkv with --draft)", pa.policy);
     }
-    if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
     skv_model *m = cli_load_model("bench", dir, threads, use_mmap);
     const skv_model_info *in = skv_model_get_info(m);
