@@ -16,6 +16,7 @@
 
 static int g_argc;
 static char **g_argv;
+int cli_no_check;
 
 void cli_set_argv(int argc, char **argv) {
     g_argc = argc;
@@ -214,6 +215,7 @@ skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int u
                 "share a core slow decode down)\n", cmd, n_threads, cores);
     mp.n_threads = n_threads;
     mp.use_mmap = use_mmap;
+    mp.no_check = cli_no_check;
     skv_model *m = NULL;
     cli_check(cmd, skv_model_load(dir, mp, &m));
     return m;

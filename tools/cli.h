@@ -50,6 +50,11 @@ char *cli_read_prompt(const char *cmd, const char *text, const char *file, size_
 /* Whole file (plain or .xz) into memory; exits with an error naming the file on failure. */
 char *cli_read_text_file(const char *cmd, const char *path, size_t *len);
 
+/* --no-check (set by CLI_OPT_NO_CHECK in a command's flag table): models load without the scan
+ * that refuses NaN or Inf weights. */
+extern int cli_no_check;
+#define CLI_OPT_NO_CHECK \
+    {"no-check", 0, OPT_FLAG, &cli_no_check, NULL, "skip the load-time scan that refuses NaN or Inf weights"}
 /* Load model + tokenizer from dir (both exit on failure). */
 skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int use_mmap);
 skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir);

@@ -131,8 +131,9 @@ int cmd_bench(int argc, char **argv) {
         {"batches", 0, OPT_STR, &batches, "LIST", "cuda: decode batch sizes (default 1,8,32)"},
         {"batch-depth", 0, OPT_INT, &batch_depth, "N", "cuda: prompt tokens of each batched sequence (default 1024)"},
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 13;
+    int n_opts = 14;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "

@@ -34,8 +34,9 @@ int cmd_run(int argc, char **argv) {
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
         {"kv-stats", 0, OPT_FLAG, &kv_stats, NULL, "print the KV memory per layer and KV head, and per format, at the end"},
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 17;
+    int n_opts = 18;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
                          "Generate text after a prompt, streaming it to standard output. With a KV "

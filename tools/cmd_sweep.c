@@ -108,8 +108,9 @@ int cmd_sweep(int argc, char **argv) {
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 11;
+    int n_opts = 12;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
                          "Score every task under every (policy, budget), prefilling each row once.",

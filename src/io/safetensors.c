@@ -389,6 +389,47 @@ skv_status skv_st_open_index(const char *dir, const char *index_name, const char
     return SKV_OK;
 }
 
+/* Whether any of n 16-bit floats has its exponent all ones (NaN or Inf): exp_mask is 0x7f80 for
+ * bf16, 0x7c00 for f16. Branch-free OR over the block so that it vectorises. */
+static int any_nonfinite16(const uint16_t *x, int64_t n, uint16_t exp_mask) {
+    unsigned bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= (x[i] & exp_mask) == exp_mask;
+    return bad != 0;
+}
+
+static int any_nonfinite32(const uint32_t *x, int64_t n) {
+    unsigned bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
+    return bad != 0;
+}
+
+skv_status skv_st_check_finite(const skv_st_set *s) {
+    for (int64_t i = 0; i < s->n_tensors; i++) {
+        const skv_st_tensor *t = &s->tensors[i];
+        const int64_t block = 1 << 16;
+        for (int64_t b = 0; b < t->n_elem; b += block) {
+            const int64_t n = SKV_MIN(block, t->n_elem - b);
+            int bad;
+            if (t->dtype == SKV_DTYPE_F32) {
+                bad = any_nonfinite32((const uint32_t *)t->data + b, n);
+            } else {
+                bad = any_nonfinite16((const uint16_t *)t->data + b, n,
+                                      t->dtype == SKV_DTYPE_BF16 ? 0x7f80 : 0x7c00);
+            }
+            if (!bad) continue;
+            int64_t at = b; /* the first one, for the message */
+            while (at < b + n && !(t->dtype == SKV_DTYPE_F32 ? any_nonfinite32((const uint32_t *)t->data + at, 1)
+                                   : any_nonfinite16((const uint16_t *)t->data + at, 1,
+                                                     t->dtype == SKV_DTYPE_BF16 ? 0x7f80 : 0x7c00)))
+                at++;
+            return skv_set_error(SKV_ERR_FORMAT,
+                                 "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at element %lld",
+                                 t->file, t->name, (long long)at);
+        }
+    }
+    return SKV_OK;
+}
+
 const skv_st_tensor *skv_st_find(const skv_st_set *s, const char *name) {
     /* Linear scan: a few hundred tensors, looked up once each at load time. */
     for (int64_t i = 0; i < s->n_tensors; i++)

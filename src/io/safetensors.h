@@ -34,6 +34,8 @@ skv_status skv_st_parse_buffer(const void *buf, size_t len, const char *name, sk
  * opened from dir, with every check of skv_st_open (the shards stay mapped). */
 skv_status skv_st_open_index(const char *dir, const char *index_name, const char *text, size_t len,
                              skv_st_set **out);
+/* Refuses (naming file, tensor and element) a set in which any value is NaN or Inf. */
+skv_status skv_st_check_finite(const skv_st_set *s);
 /* NULL if absent. */
 const skv_st_tensor *skv_st_find(const skv_st_set *s, const char *name);
 int64_t skv_st_n_tensors(const skv_st_set *s);
