@@ -5,6 +5,8 @@
 #   make asan       build with AddressSanitizer into build-asan/ and run the tests
 #   make CUDA=1     the same with the CUDA backend (nvcc from /usr/local/cuda), into build-cuda/
 #   make cuda-check compile the CUDA backend (what CI checks on machines without a GPU)
+#   make install    PREFIX=/usr/local: libslimkv.a, slimkv.h, the slimkv CLI and slimkv.pc
+#                   (then: cc prog.c $(pkg-config --cflags --libs slimkv))
 #   make fuzz       build the libFuzzer harnesses of fuzz/ with clang into build-fuzz/
 #   make fuzz-smoke run each harness for a fixed number of executions (part of `make test`
 #                   where clang with libFuzzer is installed)
@@ -43,8 +45,8 @@ DEPS     := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
 DEMO_PROMPT ?= It is a truth universally acknowledged, that
 
-.PHONY: all deps demo test asan clean cuda-check fuzz fuzz-smoke FORCE
-all: $(BUILD)/slimkv $(BUILD)/skv_tests
+.PHONY: all deps demo test asan clean cuda-check fuzz fuzz-smoke install FORCE
+all: $(BUILD)/slimkv $(BUILD)/skv_tests $(BUILD)/embed
 
 deps:
 	@./scripts/deps.sh
@@ -59,9 +61,23 @@ $(BUILD)/slimkv: $(CLI_OBJ) $(BUILD)/libslimkv.a
 $(BUILD)/skv_tests: $(TEST_OBJ) $(BUILD)/libslimkv.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# the embedding example, built as a user would (it includes slimkv.h only)
+$(BUILD)/embed: examples/embed.c $(BUILD)/libslimkv.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+PREFIX  ?= /usr/local
+VERSION := $(shell sed -n 's/.*skv_version(void) { return "\(.*\)"; }/\1/p' src/base/status.c)
+install: $(BUILD)/libslimkv.a $(BUILD)/slimkv
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(BUILD)/libslimkv.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 include/slimkv.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/slimkv $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(strip $(LDLIBS))|' \
+	    slimkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/slimkv.pc
 
 # result files name the commit the binary was built from: cli.o is rebuilt every time
 BUILD_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | head -1 | sed 's/.*/-dirty/')
@@ -87,10 +103,12 @@ test: deps
 	@if $(FUZZ_PROBE); then $(MAKE) fuzz-smoke; else echo "$(FUZZ_CC) with libFuzzer not found: fuzz-smoke skipped"; fi
 	./$(BUILD)/skv_tests
 
+ASAN_FLAGS := -fsanitize=address,undefined,float-cast-overflow
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer" \
-	    EXTRA_LDFLAGS="-fsanitize=address,undefined,float-cast-overflow" all
-	SKV_CLI=build-asan/slimkv ./build-asan/skv_tests
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="$(ASAN_FLAGS) -fno-omit-frame-pointer" \
+	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" all
+	SKV_CLI=build-asan/slimkv SKV_MAKE_ARGS='BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="$(ASAN_FLAGS) -fno-omit-frame-pointer" EXTRA_LDFLAGS="$(ASAN_FLAGS)"' \
+	    ./build-asan/skv_tests
 
 # libFuzzer harnesses: the parsers of outside input (and what they need: base, io, tokenizer,
 # the task reader) compiled by clang with the fuzzer, address and undefined-behaviour sanitizers

@@ -277,7 +277,34 @@ static void test_bench_default_out(void) {
     free(out);
 }
 
+/* make install PREFIX=tmp gives a prefix against which examples/embed.c compiles, links and
+ * runs with nothing but pkg-config's flags (no -I into the repository). The asan run passes its
+ * build settings in SKV_MAKE_ARGS. */
+static void test_install_pkgconfig(void) {
+    char prefix[512], cmd[4096];
+    snprintf(prefix, sizeof prefix, "%s/prefix", skv_test_tmpdir());
+    const char *margs = getenv("SKV_MAKE_ARGS");
+    snprintf(cmd, sizeof cmd, "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s --no-print-directory install PREFIX=%s %s && "
+             "test -f %s/lib/pkgconfig/slimkv.pc && test -f %s/include/slimkv.h && test -x %s/bin/slimkv && "
+             "cc -std=c11 -o %s/embed examples/embed.c $(PKG_CONFIG_PATH=%s/lib/pkgconfig pkg-config --cflags --libs slimkv) && "
+             "%s/embed models/kvt-s Hello 4", prefix, margs ? margs : "", prefix, prefix, prefix, prefix, prefix, prefix);
+    char *out = NULL, *err = NULL;
+    int rc = skv_test_sh(cmd, &out, &err);
+    CHECKF(rc == 0, "exit %d: %s\n%s", rc, out, err);
+    CHECKF(out && !strncmp(out, "Hello", 5) && strlen(out) > 7, "embed printed: %s", out);
+    CHECKF(err && strstr(err, "embed: slimkv "), "embed's stderr: %s", err);
+    free(out);
+    free(err);
+    /* bad input: a clear error and exit 1 */
+    snprintf(cmd, sizeof cmd, "%s/embed /nonexistent", prefix);
+    err = NULL;
+    rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc == 1 && strstr(err, "/nonexistent"), "exit %d: %s", rc, err);
+    free(err);
+}
+
 void register_robust(void) {
+    skv_test_add("robust/make install PREFIX=tmp; examples/embed.c built with pkg-config", test_install_pkgconfig);
     skv_test_add("robust/sweep with 17 budgets x 7 policies; default output in results/, not bench/", test_sweep_many_configs);
     skv_test_add("robust/run -n 2147483647", test_run_huge_n);
     skv_test_add("robust/max_position_embeddings 2147483647", test_huge_context);
