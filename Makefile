@@ -124,12 +124,12 @@ FUZZ_LIBS    := -lcjson -lpcre2-8 -lutf8proc -lm
 FUZZ_PROBE   := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' | \
                 $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1
 # executions per harness in fuzz-smoke (about a minute in all on this 2-core machine)
-FUZZ_RUNS_safetensors    ?= 60000
-FUZZ_RUNS_st_index       ?= 20000
-FUZZ_RUNS_config         ?= 60000
-FUZZ_RUNS_tokenizer_json ?= 1500
-FUZZ_RUNS_tokenize       ?= 20000
-FUZZ_RUNS_tasks          ?= 60000
+FUZZ_RUNS_safetensors    ?= 300000
+FUZZ_RUNS_st_index       ?= 200000
+FUZZ_RUNS_config         ?= 500000
+FUZZ_RUNS_tokenizer_json ?= 30000
+FUZZ_RUNS_tokenize       ?= 60000
+FUZZ_RUNS_tasks          ?= 300000
 
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
