@@ -146,19 +146,7 @@ int cmd_bench(int argc, char **argv) {
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
-    char out_path[1200];
-    if (out) {
-        cli_check_writable("bench", "--out", out);
-    } else {
-        char rd[1024];
-        const int t = threads > 0 ? threads : omp_get_num_procs();
-        cli_results_dir("bench", dir, rd, sizeof rd);
-        if (!strcmp(pa.backend, "cuda")) snprintf(out_path, sizeof out_path, "%s/cuda-%s.json", rd, cli_basename(dir));
-        else if (!strcmp(pa.policy, "smallkv"))
-            snprintf(out_path, sizeof out_path, "%s/cpu-smallkv-%s-t%d.json", rd, cli_basename(dir), t);
-        else snprintf(out_path, sizeof out_path, "%s/cpu-%s-t%d.json", rd, cli_basename(dir), t);
-        out = out_path;
-    }
+    if (out) cli_check_writable("bench", "--out", out);
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
@@ -218,12 +206,14 @@ int cmd_bench(int argc, char **argv) {
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
 
-    char commit[64], machine[256], path[1024];
+    char commit[64], machine[256], path[1200];
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
     const char *base = cli_basename(dir);
     if (!out) {
-        snprintf(path, sizeof path, "bench/cpu-%s-t%d.json", base, threads);
+        char rd[1024];
+        cli_results_dir("bench", dir, rd, sizeof rd);
+        snprintf(path, sizeof path, "%s/cpu-%s-t%d.json", rd, base, threads);
         out = path;
     }
     const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;

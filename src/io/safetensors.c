@@ -296,6 +296,15 @@ static skv_status open_index(skv_st_set *s, const char *dir, const char *index_p
             goto done;
         }
     }
+    /* Duplicate names across shards are ambiguous. */
+    for (int64_t i = 0; i < s->n_tensors && s->n_files > 1; i++) {
+        const skv_st_tensor *t = skv_st_find(s, s->tensors[i].name);
+        if (t != &s->tensors[i]) {
+            st = skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\" appears in %s and %s", dir,
+                               t->name, t->file, s->tensors[i].file);
+            goto done;
+        }
+    }
 done:
     free(shards);
     cJSON_Delete(root);
@@ -337,16 +346,6 @@ skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out) {
     if (st) {
         skv_st_close(s);
         return st;
-    }
-    /* Duplicate names across shards are ambiguous. */
-    for (int64_t i = 0; i < s->n_tensors && s->n_files > 1; i++) {
-        const skv_st_tensor *t = skv_st_find(s, s->tensors[i].name);
-        if (t != &s->tensors[i]) {
-            st = skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\" appears in %s and %s", dir,
-                               t->name, t->file, s->tensors[i].file);
-            skv_st_close(s);
-            return st;
-        }
     }
     *out = s;
     return SKV_OK;
