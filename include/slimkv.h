@@ -120,6 +120,7 @@ typedef struct skv_model_params {
     int32_t use_mmap;  /* 1: weights stay in the file mapping (page cache); 0 (default): after
                           validation they are copied into huge-page-backed memory, which makes
                           decode faster (fewer TLB misses) at the cost of a private copy */
+    int32_t no_check;  /* 1: skip the load-time scan that refuses NaN or Inf in any weight */
 } skv_model_params;
 
 skv_model_params skv_model_default_params(void);

@@ -11,7 +11,7 @@
 
 static struct { const char *name; skv_test_fn fn; } g_tests[MAX_TESTS];
 static int g_n_tests;
-static int g_cur_failed;
+static int g_cur_failed, g_cur_skipped;
 static const char *g_cur_name;
 
 void skv_test_add(const char *name, skv_test_fn fn) {
@@ -36,6 +36,16 @@ void skv_test_fail(const char *file, int line, const char *fmt, ...) {
         fprintf(stdout, "    (further failures of %s not shown)\n", g_cur_name);
     }
     g_cur_failed++;
+}
+
+void skv_test_skip(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "    skipped: ");
+    vfprintf(stdout, fmt, ap);
+    fprintf(stdout, "\n");
+    va_end(ap);
+    g_cur_skipped = 1;
 }
 
 const char *skv_test_shared_dir(void) {
@@ -107,22 +117,25 @@ const char *skv_test_tmpdir(void) {
 
 int skv_test_main(int argc, char **argv) {
     const char *filter = argc > 1 ? argv[1] : NULL;
-    int passed = 0, failed = 0;
+    int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < g_n_tests; i++) {
         if (filter && !strstr(g_tests[i].name, filter)) continue;
-        g_cur_failed = 0;
+        g_cur_failed = g_cur_skipped = 0;
         g_cur_name = g_tests[i].name;
         g_tests[i].fn();
         if (g_cur_failed) {
             printf("FAIL %s\n", g_tests[i].name);
             failed++;
+        } else if (g_cur_skipped) {
+            printf("skip %s\n", g_tests[i].name);
+            skipped++;
         } else {
             printf("ok   %s\n", g_tests[i].name);
             passed++;
         }
         fflush(stdout);
     }
-    printf("%d passed, %d failed\n", passed, failed);
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
 }
 

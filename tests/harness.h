@@ -2,7 +2,7 @@
  * harness.h — a minimal test runner. Each tests/test_*.c file defines a
  * `void register_<area>(void)` that calls skv_test_add() for each of its tests; tests/main.c calls
  * every register function, runs the tests (optionally filtered by a substring given as argv[1])
- * and ends with the line "N passed, N failed".
+ * and ends with the line "N passed, N failed, N skipped".
  */
 #ifndef SKV_HARNESS_H
 #define SKV_HARNESS_H
@@ -38,6 +38,11 @@ void skv_test_fail(const char *file, int line, const char *fmt, ...)
             return;                                                  \
         }                                                            \
     } while (0)
+
+/* Marks the running test as skipped (it cannot run here: no GPU, no clang, ...) and prints
+ * why; a test that skips must return without checking anything. A failure recorded before or
+ * after still makes it fail. */
+void skv_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Where ../shared is (env SKV_SHARED, default "../shared"), and the CLI binary (env SKV_CLI,
  * default "build/slimkv"). */

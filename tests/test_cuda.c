@@ -18,7 +18,7 @@
 
 static int have_gpu(void) {
     if (skv_backend_available(SKV_BACKEND_CUDA)) return 1;
-    printf("    skipped: %s\n", skv_last_error());
+    skv_test_skip("%s", skv_last_error());
     return 0;
 }
 

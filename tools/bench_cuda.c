@@ -173,10 +173,11 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         free(bid), free(pr);
     }
 
-    char path[1024];
+    char path[1200], rd[1024];
     const char *base = cli_basename(dir);
-    if (!out) {
-        snprintf(path, sizeof path, "bench/cuda-%s.json", base);
+    if (!out) { /* a new results folder; bench/ only when asked with --out */
+        cli_results_dir("bench", dir, rd, sizeof rd);
+        snprintf(path, sizeof path, "%s/cuda-%s.json", rd, base);
         out = path;
     }
     FILE *f = cli_bench_json(out);

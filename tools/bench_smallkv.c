@@ -92,10 +92,11 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
             row->tps[row->reps] = once(m, d, spp, depth, n, n_ctx, lg, buf, &row->u);
         cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
-    char path[1024];
+    char path[1200], rd[1024];
     const char *base = cli_basename(dir);
-    if (!out) {
-        snprintf(path, sizeof path, "bench/cpu-smallkv-%s-t%d.json", base, threads);
+    if (!out) { /* a new results folder; bench/ only when asked with --out */
+        cli_results_dir("bench", dir, rd, sizeof rd);
+        snprintf(path, sizeof path, "%s/cpu-smallkv-%s-t%d.json", rd, base, threads);
         out = path;
     }
     FILE *f = cli_bench_json(out);

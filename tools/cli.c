@@ -10,10 +10,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int g_argc;
 static char **g_argv;
+int cli_no_check;
 
 void cli_set_argv(int argc, char **argv) {
     g_argc = argc;
@@ -203,8 +206,16 @@ skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int u
     if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory)");
     skv_model_params mp = skv_model_default_params();
     if (n_threads < 0) cli_die(cmd, 2, "bad value for --threads: %d (must be >= 0)", n_threads);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && n_threads > 4 * cores)
+        cli_die(cmd, 2, "bad value for --threads: %d (this machine has %ld cores; at most %ld threads, 4 per core, "
+                "are accepted)", n_threads, cores, 4 * cores);
+    if (cores > 0 && n_threads > cores)
+        fprintf(stderr, "slimkv %s: warning: --threads %d is more than the %ld cores of this machine (threads that "
+                "share a core slow decode down)\n", cmd, n_threads, cores);
     mp.n_threads = n_threads;
     mp.use_mmap = use_mmap;
+    mp.no_check = cli_no_check;
     skv_model *m = NULL;
     cli_check(cmd, skv_model_load(dir, mp, &m));
     return m;
@@ -296,6 +307,30 @@ void cli_json_provenance(FILE *f) {
     fprintf(f, ",\n");
 }
 
+void cli_results_dir(const char *cmd, const char *model_dir, char *buf, size_t cap) {
+    if (mkdir("results", 0755) != 0 && errno != EEXIST)
+        cli_die(cmd, 1, "results: cannot create: %s (give an output path)", strerror(errno));
+    char stamp[32];
+    time_t now = time(NULL);
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
+    for (int k = 1; k < 1000; k++) {
+        if (k == 1) snprintf(buf, cap, "results/%s-%s-%s", cmd, model_dir ? cli_basename(model_dir) : "none", stamp);
+        else snprintf(buf, cap, "results/%s-%s-%s-%d", cmd, model_dir ? cli_basename(model_dir) : "none", stamp, k);
+        if (mkdir(buf, 0755) == 0) return;
+        if (errno != EEXIST) cli_die(cmd, 1, "%s: cannot create: %s (give an output path)", buf, strerror(errno));
+    }
+    cli_die(cmd, 1, "%s: cannot create a new results folder", buf);
+}
+
+void cli_check_writable(const char *cmd, const char *flag, const char *path) {
+    struct stat sb;
+    const int existed = stat(path, &sb) == 0;
+    FILE *f = fopen(path, "a"); /* neither truncates an earlier result nor leaves a file behind */
+    if (!f) cli_die(cmd, 1, "bad value for %s: %s: cannot write: %s", flag, path, strerror(errno));
+    fclose(f);
+    if (!existed) remove(path);
+}
+
 FILE *cli_bench_json(const char *path) {
     FILE *f = fopen(path, "w");
     if (!f) cli_die("bench", 1, "%s: cannot write (run from the repository root, or give --out)", path);
@@ -360,6 +395,10 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
 skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
                                     const skv_model *m) {
     skv_policy_params p = skv_policy_default_params(name ? name : a->policy);
+    if (!name && (!strcmp(a->policy, "full") || !strcmp(a->policy, "quant")) && (!isnan(a->budget) || a->budget_tokens))
+        cli_die(cmd, 2, "%s has no effect with --policy %s%s, which keeps every token (give --policy window, h2o, "
+                "snapkv or pyramidkv)", isnan(a->budget) ? "--budget-tokens" : "--budget", a->policy,
+                strcmp(a->policy, "full") ? "" : " (the default)");
     if (a->budget_tokens < 0) cli_die(cmd, 2, "bad value for --budget-tokens: %d (must be > 0)", a->budget_tokens);
     if (!isnan(a->budget) && a->budget_tokens > 0)
         cli_die(cmd, 2, "give --budget or --budget-tokens, not both");

@@ -50,6 +50,11 @@ char *cli_read_prompt(const char *cmd, const char *text, const char *file, size_
 /* Whole file (plain or .xz) into memory; exits with an error naming the file on failure. */
 char *cli_read_text_file(const char *cmd, const char *path, size_t *len);
 
+/* --no-check (set by CLI_OPT_NO_CHECK in a command's flag table): models load without the scan
+ * that refuses NaN or Inf weights. */
+extern int cli_no_check;
+#define CLI_OPT_NO_CHECK \
+    {"no-check", 0, OPT_FLAG, &cli_no_check, NULL, "skip the load-time scan that refuses NaN or Inf weights"}
 /* Load model + tokenizer from dir (both exit on failure). */
 skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int use_mmap);
 skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir);
@@ -63,6 +68,12 @@ void cli_machine(char *buf, size_t cap);
 /* Write the JSON members "commit", "machine" and "command" (each followed by ",\n"), indented
  * by two spaces, that every result file starts with. */
 void cli_json_provenance(FILE *f);
+/* Where results go when no output path is given: a new folder results/<cmd>-<model>-<time>/
+ * (never the tracked files under bench/), created, its path in buf; exits naming it on failure. */
+void cli_results_dir(const char *cmd, const char *model_dir, char *buf, size_t cap);
+/* Exit 1 naming flag and path unless path can be written (checked before a long run; an
+ * existing file is left as it is). */
+void cli_check_writable(const char *cmd, const char *flag, const char *path);
 /* A bench result file: opened for writing (or exit naming it), "{" and the provenance written. */
 FILE *cli_bench_json(const char *path);
 /* The command line as typed, shell-quoted where needed. */

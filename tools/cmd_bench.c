@@ -125,14 +125,15 @@ int cmd_bench(int argc, char **argv) {
         {"pp", 0, OPT_INT, &pp, "N", "prompt tokens of the pp test (default 512; 0 = skip)"},
         {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
         {"depths", 'd', OPT_STR, &depths_s, "LIST", "context depths of the tg tests (default 0,1024,1984)"},
-        {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default bench/cpu-<model>-t<threads>.json)"},
+        {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default: a new results/bench-<model>-<time>/ folder; published ones: bench/...)"},
         {"budgets", 0, OPT_STR, &budgets, "LIST", "smallkv: budgets to time against the full cache (default 0.05,0.1,0.2,0.4)"},
         {"pps", 0, OPT_STR, &pps, "LIST", "cuda: prefill lengths (default 4096,16384)"},
         {"batches", 0, OPT_STR, &batches, "LIST", "cuda: decode batch sizes (default 1,8,32)"},
         {"batch-depth", 0, OPT_INT, &batch_depth, "N", "cuda: prompt tokens of each batched sequence (default 1024)"},
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 13;
+    int n_opts = 14;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "
@@ -141,6 +142,11 @@ int cmd_bench(int argc, char **argv) {
                          "each budget, at the first --depths value (default 1984, tg 64).",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    if (!dir) cli_die("bench", 2, "no model: give -m DIR (a Hugging Face model directory)");
+    if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
+    /* the result file: an explicit --out is checked now, not after the run; by default a new
+     * folder under results/ (published results under bench/ are written only when asked) */
+    if (out) cli_check_writable("bench", "--out", out);
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
@@ -148,14 +154,12 @@ int cmd_bench(int argc, char **argv) {
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {
-        if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
         const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
         const int n = tg == 128 ? 64 : tg;
         return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
     } else if (strcmp(pa.policy, "full")) {
         cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, or smallkv with --draft)", pa.policy);
     }
-    if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
     skv_model *m = cli_load_model("bench", dir, threads, use_mmap);
     const skv_model_info *in = skv_model_get_info(m);
@@ -202,12 +206,14 @@ int cmd_bench(int argc, char **argv) {
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
 
-    char commit[64], machine[256], path[1024];
+    char commit[64], machine[256], path[1200];
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
     const char *base = cli_basename(dir);
     if (!out) {
-        snprintf(path, sizeof path, "bench/cpu-%s-t%d.json", base, threads);
+        char rd[1024];
+        cli_results_dir("bench", dir, rd, sizeof rd);
+        snprintf(path, sizeof path, "%s/cpu-%s-t%d.json", rd, base, threads);
         out = path;
     }
     const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;

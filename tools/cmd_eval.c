@@ -23,8 +23,9 @@ int cmd_eval(int argc, char **argv) {
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 9;
+    int n_opts = 10;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"eval", "-m DIR --tasks FILE --policy P [--budget B] [--limit N] [--out FILE]",
                          "Run the evaluation tasks under a KV policy (docs/evaluation.md section 2).",

@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 int cmd_logits(int argc, char **argv) {
@@ -18,6 +19,7 @@ int cmd_logits(int argc, char **argv) {
         {"top", 'k', OPT_INT, &top, "K", "logits kept per position (default 8)"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
+        CLI_OPT_NO_CHECK,
     };
     const cli_cmd cmd = {"logits", "-m DIR -p TEXT [--top K]",
                          "Print {\"ids\", \"top_ids\", \"top_logits\"}: the K largest logits at "
@@ -61,7 +63,8 @@ int cmd_logits(int argc, char **argv) {
             const int *bi = best + i * (size_t)top;
             printf("%s[", i ? ", " : "");
             for (int j = 0; j < top; j++)
-                if (pass) printf("%s%.7g", j ? ", " : "", lg[i * (size_t)V + bi[j]]);
+                if (pass && !isfinite(lg[i * (size_t)V + bi[j]])) printf("%snull", j ? ", " : ""); /* NaN, Inf: not JSON */
+                else if (pass) printf("%s%.7g", j ? ", " : "", lg[i * (size_t)V + bi[j]]);
                 else printf("%s%d", j ? ", " : "", bi[j]);
             printf("]");
         }

@@ -23,7 +23,7 @@ static double row_lse(const float *row, int V) {
  * attention); every later token is decoded one at a time under SmallKV and scored, next to the
  * full cache's prediction of the same positions (same prompt, then teacher-forced). */
 static void ppl_smallkv(const cli_policy_args *pa, const skv_smallkv_params *sp, skv_model *m, const int32_t *all,
-                        int n_win, int W, int P, int threads, int quiet, double *nll, double *nll_full, double *kl,
+                        int n_win, int W, int P, int threads, int quiet, double *nll, double *nll2, double *nll_full, double *kl,
                         int64_t *scored, double *fast_mean, skv_smallkv_usage *last) {
     const skv_model_info *in = skv_model_get_info(m);
     const int V = in->n_vocab;
@@ -57,7 +57,9 @@ static void ppl_smallkv(const cli_policy_args *pa, const skv_smallkv_params *sp,
             }
             const float *ref = lf + (size_t)(pos - (P - 1)) * V;
             const double lse = row_lse(lg, V), lse_f = row_lse(ref, V);
-            *nll += lse - (double)lg[ids[pos + 1]];
+            const double e = lse - (double)lg[ids[pos + 1]];
+            *nll += e;
+            *nll2 += e * e;
             *nll_full += lse_f - (double)ref[ids[pos + 1]];
             double k = 0;
             for (int v = 0; v < V; v++) {
@@ -81,13 +83,27 @@ static void ppl_smallkv(const cli_policy_args *pa, const skv_smallkv_params *sp,
     skv_model_free(d);
 }
 
-/* The result line on stdout and, with --out, the same as a JSON file with provenance. extra:
- * further fields, each as ", \"key\": value". */
-static void report(const char *out, const char *dir, double nll, int64_t scored, int n_win, int W, double secs,
-                   const char *extra) {
-    const double mean = nll / (double)scored;
-    printf("{\"ppl\": %.6f, \"nll\": %.6f, \"windows\": %d, \"window_tokens\": %d, \"tokens_scored\": %lld, "
-           "\"seconds\": %.2f%s}\n", exp(mean), mean, n_win, W, (long long)scored, secs, extra);
+/* A number for JSON: non-finite values (a model whose weights were not checked) as null. */
+static const char *jnum(char *buf, size_t cap, double x) {
+    if (isfinite(x)) snprintf(buf, cap, "%.6f", x);
+    else snprintf(buf, cap, "null");
+    return buf;
+}
+
+/* The result line on stdout and, with --out, the same as a JSON file with provenance. nll2: the
+ * sum of squared per-token NLLs, for the standard error of the mean NLL (as llama-perplexity:
+ * sqrt((E[x^2] - E[x]^2) / (n - 1))), propagated to the perplexity as ppl * se. With progress
+ * enabled, also "PPL = x +/- y" on standard error. extra: further fields, ", \"key\": value". */
+static void report(const char *out, const char *dir, double nll, double nll2, int64_t scored, int n_win, int W,
+                   double secs, int quiet, const char *extra) {
+    const double mean = nll / (double)scored, var = nll2 / (double)scored - mean * mean;
+    const double se = scored > 1 && var > 0 ? sqrt(var / (double)(scored - 1)) : 0, ppl = exp(mean);
+    char a[32], b[32], c[32], d[32];
+    if (!quiet) fprintf(stderr, "slimkv ppl: PPL = %.4f +/- %.5f (mean NLL %.5f +/- %.5f, %lld tokens)\n", ppl,
+                        ppl * se, mean, se, (long long)scored);
+    printf("{\"ppl\": %s, \"ppl_se\": %s, \"nll\": %s, \"nll_se\": %s, \"windows\": %d, \"window_tokens\": %d, "
+           "\"tokens_scored\": %lld, \"seconds\": %.2f%s}\n", jnum(a, sizeof a, ppl), jnum(b, sizeof b, ppl * se),
+           jnum(c, sizeof c, mean), jnum(d, sizeof d, se), n_win, W, (long long)scored, secs, extra);
     if (!out) return;
     FILE *f = fopen(out, "w");
     if (!f) cli_die("ppl", 1, "%s: cannot write", out);
@@ -95,9 +111,9 @@ static void report(const char *out, const char *dir, double nll, int64_t scored,
     cli_json_provenance(f);
     fprintf(f, "  \"model\": ");
     cli_json_string(f, dir, strlen(dir));
-    fprintf(f, ",\n  \"ppl\": %.6f,\n  \"nll\": %.6f,\n  \"windows\": %d,\n  \"window_tokens\": %d,\n"
-            "  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n", exp(mean), mean, n_win, W, (long long)scored,
-            secs, extra);
+    fprintf(f, ",\n  \"ppl\": %s,\n  \"ppl_se\": %s,\n  \"nll\": %s,\n  \"nll_se\": %s,\n  \"windows\": %d,\n"
+            "  \"window_tokens\": %d,\n  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n", a, b, c, d, n_win, W,
+            (long long)scored, secs, extra);
     fclose(f);
 }
 
@@ -117,8 +133,9 @@ int cmd_ppl(int argc, char **argv) {
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
         {"chunk", 0, OPT_INT, &chunk, "N", "tokens per forward call; the policy compresses after each (default 512, 128 with a policy)"},
         {"sk-prompt", 0, OPT_INT, &sk_prompt, "N", "smallkv: tokens of each window prefilled before SmallKV decoding (default: half)"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 10;
+    int n_opts = 11;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
                          "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
@@ -174,11 +191,12 @@ int cmd_ppl(int argc, char **argv) {
 
     if (sk && strcmp(pa.backend, "cpu")) cli_die("ppl", 2, "--policy smallkv runs on the CPU backend only so far");
     if (sk) {
-        double nll = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();
+        double nll = 0, nll2 = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();
         int64_t scored = 0;
         skv_smallkv_usage u = {0};
         const skv_smallkv_params sp = cli_smallkv_params("ppl", &pa, 0, "");
-        ppl_smallkv(&pa, &sp, m, all, n_win, W, sk_prompt, threads, quiet, &nll, &nll_full, &kl, &scored, &fast, &u);
+        ppl_smallkv(&pa, &sp, m, all, n_win, W, sk_prompt, threads, quiet, &nll, &nll2, &nll_full, &kl, &scored, &fast,
+                    &u);
         char extra[1024], *draft = NULL;
         size_t draft_len = 0;
         FILE *ms = open_memstream(&draft, &draft_len); /* the draft path as a JSON string */
@@ -190,7 +208,7 @@ int cmd_ppl(int argc, char **argv) {
                  sp.budget, sk_prompt, sp.score ? "window" : "acc", sp.match_window ? "window" : "prefix",
                  exp(nll_full / (double)scored), kl / (double)scored, fast, (long long)u.slow_bytes,
                  (long long)u.draft_kv_bytes, (long long)u.draft_weight_bytes);
-        report(out, dir, nll, scored, n_win, W, skv_time_now() - t0, extra);
+        report(out, dir, nll, nll2, scored, n_win, W, skv_time_now() - t0, quiet, extra);
         free(draft);
         free(all);
         free(text);
@@ -215,7 +233,7 @@ int cmd_ppl(int argc, char **argv) {
     /* with a policy: the full cache's log-probabilities of the window, for KL */
     float *lp_full = with_policy ? malloc((size_t)W * V * sizeof(float)) : NULL;
     if (!lg || (with_policy && !lp_full)) cli_die("ppl", 1, "out of memory for the logits");
-    double nll = 0, nll_pol = 0, kl = 0, kv_sum = 0, t0 = skv_time_now();
+    double nll = 0, nll_pol = 0, nll2 = 0, nll2_pol = 0, kl = 0, kv_sum = 0, t0 = skv_time_now();
     int64_t scored = 0;
     for (int w = 0; w < n_win; w++) {
         const int32_t *ids = all + (size_t)w * W;
@@ -230,13 +248,16 @@ int cmd_ppl(int argc, char **argv) {
                     if (pos + 1 >= W) break;
                     const float *row = lg + (size_t)i * V;
                     const double lse = row_lse(row, V);
+                    const double e = lse - (double)row[ids[pos + 1]];
                     if (!pass) {
-                        nll += lse - (double)row[ids[pos + 1]];
+                        nll += e;
+                        nll2 += e * e;
                         scored++;
                         if (with_policy)
                             for (int v = 0; v < V; v++) lp_full[(size_t)pos * V + v] = (float)(row[v] - lse);
                     } else {
-                        nll_pol += lse - (double)row[ids[pos + 1]];
+                        nll_pol += e;
+                        nll2_pol += e * e;
                         const float *ref = lp_full + (size_t)pos * V;
                         double k = 0;
                         for (int v = 0; v < V; v++) {
@@ -269,6 +290,7 @@ int cmd_ppl(int argc, char **argv) {
         double tmp = nll;
         nll = nll_pol;
         nll_pol = tmp;
+        nll2 = nll2_pol;
     }
     char extra[512] = "";
     if (with_policy)
@@ -276,7 +298,7 @@ int cmd_ppl(int argc, char **argv) {
                  "\"chunk\": %d, \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"kv_bytes_mean\": %.0f",
                  pp.name, pp.budget, pp.budget_tokens, chunk, exp(nll_pol / (double)scored),
                  kl / (double)scored, kv_sum / n_win);
-    report(out, dir, nll, scored, n_win, W, skv_time_now() - t0, extra);
+    report(out, dir, nll, nll2, scored, n_win, W, skv_time_now() - t0, quiet, extra);
     free(lg);
     free(all);
     free(text);

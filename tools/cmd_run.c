@@ -34,14 +34,21 @@ int cmd_run(int argc, char **argv) {
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
         {"kv-stats", 0, OPT_FLAG, &kv_stats, NULL, "print the KV memory per layer and KV head, and per format, at the end"},
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 17;
+    int n_opts = 18;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
                          "Generate text after a prompt, streaming it to standard output. With a KV "
                          "policy the prompt's cache is compressed after prefill.", opts, n_opts};
     cli_parse(&cmd, argc, argv);
     if (n_gen < 0) cli_die("run", 2, "bad value for -n: %d (must be >= 0)", n_gen);
+    /* the sampler's limits, as usage errors naming the flag (exit 2) */
+    if (!(temp >= 0)) cli_die("run", 2, "bad value for --temp: %g (must be >= 0)", temp);
+    if (top_k < 0) cli_die("run", 2, "bad value for --top-k: %d (must be >= 0)", top_k);
+    if (!(top_p > 0 && top_p <= 1)) cli_die("run", 2, "bad value for --top-p: %g (must be in (0, 1])", top_p);
+    if (!(penalty > 0)) cli_die("run", 2, "bad value for --repeat-penalty: %g (must be > 0)", penalty);
+    if (last_n < 0) cli_die("run", 2, "bad value for --repeat-last-n: %d (must be >= 0)", last_n);
 
     skv_sampler_params sp = sd;
     sp.temperature = temp;
@@ -86,8 +93,12 @@ int cmd_run(int argc, char **argv) {
         cli_die("run", 1, "the prompt has %zu tokens; the context holds %d (the prompt must be "
                 "shorter to leave room for generation)", n_prompt, n_ctx);
 
+    /* at most one token beyond what the context holds after the prompt is generated: -n may
+     * ask for more (up to INT_MAX) without that much memory being needed */
+    const int64_t gen_cap = SKV_CLI_MIN((int64_t)n_gen, (int64_t)n_ctx - (int64_t)n_prompt + 1);
     float *logits = malloc((size_t)in->n_vocab * sizeof(float));
-    int32_t *gen = malloc((size_t)(n_gen + 1) * sizeof(int32_t));
+    int32_t *gen = malloc((size_t)(gen_cap + 1) * sizeof(int32_t));
+    if (!logits || !gen) cli_die("run", 1, "out of memory for %lld generated tokens", (long long)gen_cap);
     double t0 = skv_time_now();
     if (sk) cli_check("run", skv_smallkv_prefill(drv, ids, (int32_t)n_prompt, logits));
     else cli_check("run", skv_decode(c, ids, (int32_t)n_prompt, logits, 0));

@@ -14,8 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define MAX_CFG 64
-#define MAX_TASKS 16
+#define MAX_TASKS 64 /* the task reader refuses more task names */
 
 typedef struct agg {
     double score, kv, kl_sum;
@@ -23,10 +22,15 @@ typedef struct agg {
     int rows;
 } agg;
 
-static int split_list(char *s, char **items, int max) {
-    int n = 0;
-    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ",")) items[n++] = tok;
-    return n;
+/* Splits s at commas in place into a malloc'd array of its non-empty items (*n of them). */
+static char **split_list(char *s, int *n) {
+    int cap = 1;
+    for (const char *c = s; *c; c++) cap += *c == ',';
+    char **items = malloc((size_t)cap * sizeof *items);
+    if (!items) cli_die("sweep", 1, "out of memory");
+    *n = 0;
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) items[(*n)++] = tok;
+    return items;
 }
 
 static void progress(int done, int total, double secs) {
@@ -53,7 +57,11 @@ static void plot_task(const char *dir, const char *model, const char *task, cons
                "set ylabel 'score'\nset yrange [0:1.05]\nset key outside right\nset grid\nset logscale x 2\nset xrange [0.04:0.5]\n"
                "set xtics (0.05, 0.1, 0.2, 0.4)\n", model, task);
     /* distinct policy names among budgeted configs, in order */
-    const char *pols[MAX_CFG];
+    const char **pols = malloc((size_t)n_cfg * sizeof *pols);
+    if (!pols) {
+        pclose(g);
+        return;
+    }
     int n_pols = 0;
     for (int k = 0; k < n_cfg; k++) {
         if (!is_budgeted[k]) continue;
@@ -80,6 +88,7 @@ static void plot_task(const char *dir, const char *model, const char *task, cons
         fprintf(g, "e\n");
     }
     pclose(g);
+    free(pols);
 }
 
 int cmd_sweep(int argc, char **argv) {
@@ -93,14 +102,15 @@ int cmd_sweep(int argc, char **argv) {
         {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},
         {"budgets", 0, OPT_STR, &bud_s, "LIST", "comma-separated budget fractions (default 0.05,0.1,0.2,0.4)"},
         {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
-        {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default bench/sweep-<model>)"},
+        {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default: a new results/sweep-<model>-<time>/; published ones: bench/sweep-<model>)"},
         {"exact", 0, OPT_FLAG, &exact, NULL, "generate all 48 tokens (default: stop once a row's score is fixed)"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
+        CLI_OPT_NO_CHECK,
     };
-    int n_opts = 11;
+    int n_opts = 12;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
                          "Score every task under every (policy, budget), prefilling each row once.",
@@ -108,10 +118,15 @@ int cmd_sweep(int argc, char **argv) {
     cli_parse(&cmd, argc, argv);
     if (!tasks) cli_die("sweep", 2, "no tasks: give --tasks FILE");
     if (limit < 0) cli_die("sweep", 2, "bad value for --limit: %d (must be >= 0)", limit);
+    if (!isnan(pa.budget) || pa.budget_tokens)
+        cli_die("sweep", 2, "%s has no effect in sweep: give the budgets with --budgets LIST",
+                isnan(pa.budget) ? "--budget-tokens" : "--budget");
 
-    char *pol_buf = strdup(pol_s), *bud_buf = strdup(bud_s), *pols[16], *buds[16];
-    int n_pol = split_list(pol_buf, pols, 16), n_bud = split_list(bud_buf, buds, 16);
-    float budgets[16];
+    char *pol_buf = strdup(pol_s), *bud_buf = strdup(bud_s);
+    int n_pol, n_bud;
+    char **pols = split_list(pol_buf, &n_pol), **buds = split_list(bud_buf, &n_bud);
+    float *budgets = malloc(((size_t)n_bud + 1) * sizeof *budgets);
+    if (!budgets) cli_die("sweep", 1, "out of memory");
     for (int i = 0; i < n_bud; i++) {
         char *end;
         budgets[i] = strtof(buds[i], &end);
@@ -119,6 +134,7 @@ int cmd_sweep(int argc, char **argv) {
             cli_die("sweep", 2, "bad value for --budgets: '%s' (fractions in (0, 1])", buds[i]);
     }
     if (n_pol == 0) cli_die("sweep", 2, "bad value for --policies: empty");
+    if (n_bud == 0) cli_die("sweep", 2, "bad value for --budgets: empty");
 
     skv_task_set ts;
     cli_check("sweep", skv_tasks_load(tasks, limit, &ts));
@@ -126,12 +142,13 @@ int cmd_sweep(int argc, char **argv) {
     skv_model *m = cli_load_model("sweep", dir, threads, use_mmap);
 
     /* configurations: full first, then each policy at each budget (quant once per width) */
-    skv_eval_config cfg[MAX_CFG];
+    const size_t max_cfg = 1 + (size_t)n_pol * (size_t)n_bud;
+    skv_eval_config *cfg = calloc(max_cfg, sizeof *cfg);
     skv_model *draft = NULL;
-    memset(cfg, 0, sizeof cfg);
-    const char *label[MAX_CFG];
-    float cbud[MAX_CFG];
-    int budgeted[MAX_CFG], n_cfg = 0;
+    const char **label = calloc(max_cfg, sizeof *label);
+    float *cbud = calloc(max_cfg, sizeof *cbud);
+    int *budgeted = calloc(max_cfg, sizeof *budgeted), n_cfg = 0;
+    if (!cfg || !label || !cbud || !budgeted) cli_die("sweep", 1, "out of memory for %zu configurations", max_cfg);
     cfg[n_cfg].policy = skv_policy_default_params("full");
     label[n_cfg] = "full";
     cbud[n_cfg] = 1;
@@ -156,7 +173,7 @@ int cmd_sweep(int argc, char **argv) {
                 cli_die("sweep", 2, "unknown policy '%s' (smallkv, smallkv-nomarg, smallkv-static, smallkv-paper, "
                         "smallkv-window)", pols[i]);
             if (!draft) draft = cli_load_draft("sweep", &pa, m, threads);
-            for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
+            for (int j = 0; j < n_bud; j++) {
                 cli_smallkv_config("sweep", &pa, budgets[j], variant, pols[i], &cfg[n_cfg]);
                 label[n_cfg] = pols[i];
                 cbud[n_cfg] = budgets[j];
@@ -164,7 +181,7 @@ int cmd_sweep(int argc, char **argv) {
             }
             continue;
         }
-        for (int j = 0; j < n_bud && n_cfg < MAX_CFG; j++) {
+        for (int j = 0; j < n_bud; j++) {
             cli_policy_args b = pa;
             b.budget = budgets[j];
             b.budget_tokens = 0;
@@ -177,9 +194,12 @@ int cmd_sweep(int argc, char **argv) {
 
     const char *base = cli_basename(dir);
     char outd[1024];
-    if (out_dir) snprintf(outd, sizeof outd, "%s", out_dir);
-    else snprintf(outd, sizeof outd, "bench/sweep-%s", base);
-    if (mkdir(outd, 0755) != 0 && errno != EEXIST) cli_die("sweep", 1, "%s: cannot create: %s", outd, strerror(errno));
+    if (out_dir) {
+        snprintf(outd, sizeof outd, "%s", out_dir);
+        if (mkdir(outd, 0755) != 0 && errno != EEXIST) cli_die("sweep", 1, "%s: cannot create: %s", outd, strerror(errno));
+    } else {
+        cli_results_dir("sweep", dir, outd, sizeof outd);
+    }
     char path[1200];
     snprintf(path, sizeof path, "%s/rows.jsonl", outd);
     FILE *rows = fopen(path, "w");
@@ -193,8 +213,8 @@ int cmd_sweep(int argc, char **argv) {
     eo.draft = draft;
     const char *tnames[MAX_TASKS];
     int n_tasks = 0;
-    static agg A[MAX_TASKS][MAX_CFG];
-    memset(A, 0, sizeof A);
+    agg *A = calloc((size_t)MAX_TASKS * (size_t)n_cfg, sizeof *A); /* A[task * n_cfg + cfg] */
+    if (!A) cli_die("sweep", 1, "out of memory");
     skv_eval_result *res = malloc(sizeof *res * (size_t)n_cfg);
     double t0 = skv_time_now();
     for (int32_t i = 0; i < ts.n; i++) {
@@ -209,7 +229,7 @@ int cmd_sweep(int argc, char **argv) {
             tnames[n_tasks++] = r->task;
         }
         for (int c = 0; c < n_cfg; c++) {
-            agg *a = &A[k][c];
+            agg *a = &A[(size_t)k * n_cfg + c];
             a->score += res[c].score;
             a->kv += (double)res[c].kv_bytes;
             a->kl_sum += res[c].kl_sum;
@@ -232,15 +252,18 @@ int cmd_sweep(int argc, char **argv) {
     if (!csv) cli_die("sweep", 1, "%s: cannot write", path);
     fprintf(csv, "model,policy,budget,task,score,kv_bytes,kl,rows,kv_frac\n");
     for (int k = 0; k < n_tasks; k++) {
-        double sc[MAX_CFG];
+        double *sc = malloc((size_t)n_cfg * sizeof *sc);
+        if (!sc) cli_die("sweep", 1, "out of memory");
+        const agg *a0 = &A[(size_t)k * n_cfg];
         for (int c = 0; c < n_cfg; c++) {
-            const agg *a = &A[k][c];
+            const agg *a = &A[(size_t)k * n_cfg + c];
             sc[c] = a->score / a->rows;
             fprintf(csv, "%s,%s,%g,%s,%.6f,%.0f,%.6g,%d,%.4f\n", base, label[c], cbud[c], tnames[k], sc[c],
                     a->kv / a->rows, a->kl_n ? a->kl_sum / (double)a->kl_n : 0.0, a->rows,
-                    (a->kv / a->rows) / (A[k][0].kv / A[k][0].rows));
+                    (a->kv / a->rows) / (a0->kv / a0->rows));
         }
         plot_task(outd, base, tnames[k], label, cbud, budgeted, n_cfg, sc);
+        free(sc);
     }
     fclose(csv);
 
@@ -256,6 +279,14 @@ int cmd_sweep(int argc, char **argv) {
     printf("slimkv sweep: %d rows x %d configurations in %.0f s; results in %s/ (sweep.csv, rows.jsonl, "
            "<task>.png, meta.json)\n", ts.n, n_cfg, secs, outd);
     free(res);
+    free(A);
+    free(cfg);
+    free(label);
+    free(cbud);
+    free(budgeted);
+    free(budgets);
+    free(pols);
+    free(buds);
     free(pol_buf);
     free(bud_buf);
     skv_tasks_free(&ts);

@@ -8,6 +8,8 @@
 
 #include "sample/sampler.h"
 
+#include <unistd.h>
+
 skv_context_params skv_context_default_params(void) {
     skv_context_params p = {.n_ctx = 0, .n_batch = 512, .kv_format = SKV_KV_F32,
                             .policy = skv_policy_default_params("full"), .collect_stats = 0};
@@ -61,6 +63,17 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
         return skv_set_error(SKV_ERR_RANGE, "context of %d tokens exceeds the model's max_position_embeddings %d",
                              p.n_ctx, in->n_ctx);
     if (p.n_batch < 0) return skv_set_error(SKV_ERR_ARG, "n_batch must be >= 0 (got %d)", p.n_batch);
+    { /* what is allocated per token of context before any token is stored: positions per stream,
+       * RoPE tables, attention rows, policy scratch; refused, naming where the length came from,
+       * when it exceeds the machine's memory */
+        const double T = p.n_ctx ? p.n_ctx : in->n_ctx, phys = (double)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+        const double need = T * ((double)in->n_layer * in->n_kv_head * 4 + (double)in->head_dim * 4 + in->n_head * 8.0 + 16);
+        if (phys > 0 && need > phys)
+            return skv_set_error(SKV_ERR_NOMEM, "a context of %.0f tokens (%s) needs %.1f GiB before any token is "
+                                 "stored, more than this machine's %.1f GiB: ask for a shorter context (n_ctx, --ctx)",
+                                 T, p.n_ctx ? "n_ctx" : "max_position_embeddings of config.json", need / (1 << 30),
+                                 phys / (1 << 30));
+    }
     if ((unsigned)p.kv_format >= SKV_KV_FORMAT_COUNT)
         return skv_set_error(SKV_ERR_ARG, "unknown KV format %d", (int)p.kv_format);
     if (p.backend != SKV_BACKEND_CPU && p.backend != SKV_BACKEND_CUDA)

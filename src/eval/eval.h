@@ -22,6 +22,9 @@ typedef struct skv_task_set {
 /* Read a JSONL task file: one {"task", "context", "answer"} object per line. limit > 0 keeps
  * the first `limit` rows of each task. Malformed lines are refused naming file and line. */
 skv_status skv_tasks_load(const char *path, int32_t limit, skv_task_set *out);
+/* The same for a file's text: len bytes and a writable byte text[len] (lines are cut in place,
+ * so text is modified), named path in messages. */
+skv_status skv_tasks_parse(char *text, size_t len, const char *path, int32_t limit, skv_task_set *out);
 void skv_tasks_free(skv_task_set *s);
 
 /* Metrics. */

@@ -18,6 +18,14 @@ skv_status skv_tasks_load(const char *path, int32_t limit, skv_task_set *out) {
     size_t len = 0;
     skv_status st = skv_read_file(path, &text, &len);
     if (st) return st;
+    st = skv_tasks_parse(text, len, path, limit, out);
+    free(text);
+    return st;
+}
+
+skv_status skv_tasks_parse(char *text, size_t len, const char *path, int32_t limit, skv_task_set *out) {
+    memset(out, 0, sizeof *out);
+    skv_status st = SKV_OK;
     int32_t cap = 0, line = 0;
     /* per-task row counts for the limit: task names are few */
     char *names[64];
@@ -71,7 +79,6 @@ skv_status skv_tasks_load(const char *path, int32_t limit, skv_task_set *out) {
         out->rows[out->n++] = (skv_task_row){task, ctx, ans, line, counts[k]++};
     }
     for (int32_t k = 0; k < n_names; k++) free(names[k]);
-    free(text);
     if (!st && out->n == 0) st = skv_set_error(SKV_ERR_FORMAT, "%s: no task rows", path);
     if (st) skv_tasks_free(out);
     return st;

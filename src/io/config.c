@@ -197,6 +197,19 @@ static skv_status parse(const cJSON *root, const char *path, skv_config *cfg) {
     return SKV_OK;
 }
 
+skv_status skv_config_parse(const char *text, const char *path, skv_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    const char *err_at = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &err_at, 1);
+    if (!root) {
+        long off = err_at ? (long)(err_at - text) : -1;
+        return skv_set_error(SKV_ERR_FORMAT, "%s: invalid JSON near byte %ld", path, off);
+    }
+    skv_status st = parse(root, path, cfg);
+    cJSON_Delete(root);
+    return st;
+}
+
 skv_status skv_config_load(const char *dir, skv_config *cfg) {
     char path[4096];
     skv_path_join(path, sizeof path, dir, "config.json");
@@ -204,15 +217,7 @@ skv_status skv_config_load(const char *dir, skv_config *cfg) {
     char *text = NULL;
     skv_status st = skv_read_file(path, &text, NULL);
     if (st) return st;
-    const char *err_at = NULL;
-    cJSON *root = cJSON_ParseWithOpts(text, &err_at, 1);
-    if (!root) {
-        long off = err_at ? (long)(err_at - text) : -1;
-        free(text);
-        return skv_set_error(SKV_ERR_FORMAT, "%s: invalid JSON near byte %ld", path, off);
-    }
-    st = parse(root, path, cfg);
-    cJSON_Delete(root);
+    st = skv_config_parse(text, path, cfg);
     free(text);
     return st;
 }

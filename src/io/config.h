@@ -24,5 +24,7 @@ typedef struct skv_config {
 /* Parse dir/config.json. Unknown architectures, activations other than SiLU, and RoPE scaling
  * types that are not implemented are refused with a message naming the field. */
 skv_status skv_config_load(const char *dir, skv_config *cfg);
+/* The same for the text of a config.json (NUL-terminated), named path in messages. */
+skv_status skv_config_parse(const char *text, const char *path, skv_config *cfg);
 
 #endif

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -93,10 +94,15 @@ static skv_status parse_entry(const cJSON *e, const char *path, const uint8_t *d
             return skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\": shape too large", path, name);
         t->n_elem *= t->shape[i];
     }
+    /* Offsets are byte positions: whole numbers, and below 2^53 so that the double cJSON holds
+     * them in is exact (checked before any conversion to an integer). */
     const cJSON *b = cJSON_GetArrayItem(off, 0), *en = cJSON_GetArrayItem(off, 1);
-    if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || b->valuedouble < 0 ||
-        en->valuedouble < b->valuedouble)
-        return skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\": bad data_offsets", path, name);
+    if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || !(b->valuedouble >= 0) ||
+        !(en->valuedouble <= 9007199254740992.0) || en->valuedouble < b->valuedouble ||
+        b->valuedouble != floor(b->valuedouble) || en->valuedouble != floor(en->valuedouble))
+        return skv_set_error(SKV_ERR_FORMAT,
+                             "%s: tensor \"%s\": bad data_offsets (two whole byte offsets, "
+                             "0 <= begin <= end <= 2^53)", path, name);
     uint64_t begin = (uint64_t)b->valuedouble, end = (uint64_t)en->valuedouble;
     if (end > data_len)
         return skv_set_error(SKV_ERR_FORMAT,
@@ -113,30 +119,13 @@ static skv_status parse_entry(const cJSON *e, const char *path, const uint8_t *d
     return SKV_OK;
 }
 
-/* Map one file and append its tensors to s. */
-static skv_status open_file(skv_st_set *s, const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    if (size < 8) {
-        close(fd);
+/* Parse and validate a whole safetensors file image p[0, size) whose entry in s->files is f (its
+ * path names the file in messages), appending its tensors to s; the views point into p. */
+static skv_status parse_image(skv_st_set *s, const st_file *f, const uint8_t *p, size_t size) {
+    const char *path = f->path;
+    if (size < 8)
         return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors file",
                              path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-    st_file *f = &s->files[s->n_files++];
-    f->map = map;
-    f->size = f->map_size = size;
-    f->path = strdup(path);
-
-    const uint8_t *p = map;
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)p[i] << (8 * i);
     if (hlen > size - 8 || hlen > (100u << 20))
@@ -162,12 +151,14 @@ static skv_status open_file(skv_st_set *s, const char *path) {
             break;
         }
         if (s->n_tensors == s->cap_tensors) {
-            s->cap_tensors = s->cap_tensors ? 2 * s->cap_tensors : 256;
-            s->tensors = realloc(s->tensors, (size_t)s->cap_tensors * sizeof *s->tensors);
-            if (!s->tensors) {
+            int64_t cap = s->cap_tensors ? 2 * s->cap_tensors : 256;
+            skv_st_tensor *nt = realloc(s->tensors, (size_t)cap * sizeof *s->tensors);
+            if (!nt) {
                 st = skv_set_error(SKV_ERR_NOMEM, "%s: out of memory", path);
                 break;
             }
+            s->tensors = nt;
+            s->cap_tensors = cap;
         }
         skv_st_tensor *t = &s->tensors[s->n_tensors];
         memset(t, 0, sizeof *t);
@@ -199,6 +190,32 @@ static skv_status open_file(skv_st_set *s, const char *path) {
     return st;
 }
 
+/* Map one file and append its tensors to s. */
+static skv_status open_file(skv_st_set *s, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t size = (size_t)sb.st_size;
+    if (size < 8) {
+        close(fd);
+        return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors file",
+                             path, size);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    st_file *f = &s->files[s->n_files++];
+    f->map = map;
+    f->size = f->map_size = size;
+    f->path = strdup(path);
+    if (!f->path) return skv_set_error(SKV_ERR_NOMEM, "%s: out of memory", path);
+    return parse_image(s, f, map, size);
+}
+
 /* Move a validated file's bytes from its file mapping into private anonymous memory backed by
  * transparent huge pages (fewer TLB misses when decode streams every weight), and rebase the
  * tensor views onto it. */
@@ -228,12 +245,10 @@ static int file_exists(const char *path) {
 
 /* Sharded checkpoint: every shard the index names is opened once; every tensor of the
  * weight_map must be found in the shard it names. */
-static skv_status open_sharded(skv_st_set *s, const char *dir, const char *index_path) {
-    char *text = NULL;
-    skv_status st = skv_read_file(index_path, &text, NULL);
-    if (st) return st;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
+static skv_status open_index(skv_st_set *s, const char *dir, const char *index_path, const char *text,
+                             size_t len) {
+    skv_status st = SKV_OK;
+    cJSON *root = cJSON_ParseWithLength(text, len);
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!cJSON_IsObject(wm)) {
         cJSON_Delete(root);
@@ -281,9 +296,28 @@ static skv_status open_sharded(skv_st_set *s, const char *dir, const char *index
             goto done;
         }
     }
+    /* Duplicate names across shards are ambiguous. */
+    for (int64_t i = 0; i < s->n_tensors && s->n_files > 1; i++) {
+        const skv_st_tensor *t = skv_st_find(s, s->tensors[i].name);
+        if (t != &s->tensors[i]) {
+            st = skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\" appears in %s and %s", dir,
+                               t->name, t->file, s->tensors[i].file);
+            goto done;
+        }
+    }
 done:
     free(shards);
     cJSON_Delete(root);
+    return st;
+}
+
+static skv_status open_sharded(skv_st_set *s, const char *dir, const char *index_path) {
+    char *text = NULL;
+    size_t len = 0;
+    skv_status st = skv_read_file(index_path, &text, &len);
+    if (st) return st;
+    st = open_index(s, dir, index_path, text, len);
+    free(text);
     return st;
 }
 
@@ -313,17 +347,90 @@ skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out) {
         skv_st_close(s);
         return st;
     }
-    /* Duplicate names across shards are ambiguous. */
-    for (int64_t i = 0; i < s->n_tensors && s->n_files > 1; i++) {
-        const skv_st_tensor *t = skv_st_find(s, s->tensors[i].name);
-        if (t != &s->tensors[i]) {
-            st = skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\" appears in %s and %s", dir,
-                               t->name, t->file, s->tensors[i].file);
-            skv_st_close(s);
-            return st;
-        }
+    *out = s;
+    return SKV_OK;
+}
+
+skv_status skv_st_parse_buffer(const void *buf, size_t len, const char *name, skv_st_set **out) {
+    *out = NULL;
+    skv_st_set *s = calloc(1, sizeof *s);
+    if (s && (s->files = calloc(1, sizeof *s->files))) {
+        s->n_files = 1; /* map stays NULL: the caller owns buf */
+        s->files[0].path = strdup(name);
+        s->files[0].size = len;
+    }
+    if (!s || !s->files || !s->files[0].path) {
+        skv_st_close(s);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    }
+    skv_status st = parse_image(s, &s->files[0], buf, len);
+    if (st) {
+        skv_st_close(s);
+        return st;
     }
     *out = s;
+    return SKV_OK;
+}
+
+skv_status skv_st_open_index(const char *dir, const char *index_name, const char *text, size_t len,
+                             skv_st_set **out) {
+    *out = NULL;
+    skv_st_set *s = calloc(1, sizeof *s);
+    if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    char index[4096];
+    skv_path_join(index, sizeof index, dir, index_name);
+    skv_status st = open_index(s, dir, index, text, len);
+    if (st) {
+        skv_st_close(s);
+        return st;
+    }
+    *out = s;
+    return SKV_OK;
+}
+
+/* Whether any of n 16-bit floats at p has its exponent all ones (NaN or Inf): exp_mask is 0x7f80
+ * for bf16, 0x7c00 for f16. Loads through memcpy (the format does not promise aligned tensors;
+ * a fuzzer found a typed load of a misaligned one) and a branch-free OR, both of which vectorise. */
+static int any_nonfinite16(const uint8_t *p, int64_t n, uint16_t exp_mask) {
+    unsigned bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t v;
+        memcpy(&v, p + 2 * i, 2);
+        bad |= (v & exp_mask) == exp_mask;
+    }
+    return bad != 0;
+}
+
+static int any_nonfinite32(const uint8_t *p, int64_t n) {
+    unsigned bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, p + 4 * i, 4);
+        bad |= (v & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+
+static int any_nonfinite(const skv_st_tensor *t, int64_t from, int64_t n) {
+    const uint8_t *p = (const uint8_t *)t->data + from * (int64_t)skv_dtype_size(t->dtype);
+    if (t->dtype == SKV_DTYPE_F32) return any_nonfinite32(p, n);
+    return any_nonfinite16(p, n, t->dtype == SKV_DTYPE_BF16 ? 0x7f80 : 0x7c00);
+}
+
+skv_status skv_st_check_finite(const skv_st_set *s) {
+    for (int64_t i = 0; i < s->n_tensors; i++) {
+        const skv_st_tensor *t = &s->tensors[i];
+        const int64_t block = 1 << 16;
+        for (int64_t b = 0; b < t->n_elem; b += block) {
+            const int64_t n = SKV_MIN(block, t->n_elem - b);
+            if (!any_nonfinite(t, b, n)) continue;
+            int64_t at = b; /* the first one, for the message */
+            while (at + 1 < b + n && !any_nonfinite(t, at, 1)) at++;
+            return skv_set_error(SKV_ERR_FORMAT,
+                                 "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at element %lld",
+                                 t->file, t->name, (long long)at);
+        }
+    }
     return SKV_OK;
 }
 

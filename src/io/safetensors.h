@@ -27,6 +27,15 @@ typedef struct skv_st_set skv_st_set;
  * memory and the file mappings dropped. */
 skv_status skv_st_open(const char *dir, int to_ram, skv_st_set **out);
 void skv_st_close(skv_st_set *s);
+/* The same checks on a whole safetensors file image held in memory (named `name` in messages);
+ * the tensor views point into buf, which must outlive the set. For tests and fuzzing. */
+skv_status skv_st_parse_buffer(const void *buf, size_t len, const char *name, skv_st_set **out);
+/* A sharded index given as text (len bytes, named dir/index_name in messages) whose shards are
+ * opened from dir, with every check of skv_st_open (the shards stay mapped). */
+skv_status skv_st_open_index(const char *dir, const char *index_name, const char *text, size_t len,
+                             skv_st_set **out);
+/* Refuses (naming file, tensor and element) a set in which any value is NaN or Inf. */
+skv_status skv_st_check_finite(const skv_st_set *s);
 /* NULL if absent. */
 const skv_st_tensor *skv_st_find(const skv_st_set *s, const char *name);
 int64_t skv_st_n_tensors(const skv_st_set *s);

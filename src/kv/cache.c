@@ -5,6 +5,8 @@
 
 #include "kv/quant.h"
 
+#include <unistd.h>
+
 #define SKV_POOL_CHUNK 64 /* blocks allocated at once when a pool runs dry */
 
 /* ---------------------------------------------------------------------------------------- */
@@ -100,11 +102,23 @@ skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int3
         return skv_set_error(SKV_ERR_UNSUPPORTED,
                              "KV quantization groups values in %d channels; head_dim %d is not a "
                              "multiple", SKV_KV_VGROUP, head_dim);
+    /* per stream: a position per token and a K and a V block id per block, allocated now */
+    const int64_t ns = (int64_t)n_layer * n_kv_head;
+    const int64_t max_blocks = ((int64_t)cap + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    if (cap <= 0 || ns <= 0 || max_blocks > 0xffffff)
+        return skv_set_error(SKV_ERR_ARG, "KV cache: a context of %d tokens cannot be held (1..%lld tokens)", (int)cap,
+                             (long long)0xffffff * SKV_KV_BLOCK);
+    const double table_bytes = (double)ns * ((double)cap * sizeof(int32_t) + 2.0 * (double)max_blocks * sizeof(skv_block_id));
+    const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (phys > 0 && table_bytes > phys)
+        return skv_set_error(SKV_ERR_NOMEM, "KV cache: a context of %d tokens needs %.1f GiB of position tables for "
+                             "%lld (layer, KV head) streams, more than this machine's %.1f GiB of memory", (int)cap,
+                             table_bytes / (1 << 30), (long long)ns, phys / (1 << 30));
     c->n_layer = n_layer;
     c->n_kv_head = n_kv_head;
     c->head_dim = head_dim;
     c->cap = cap;
-    c->max_blocks = (cap + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    c->max_blocks = (int32_t)max_blocks;
     c->fmt = fmt;
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++) {
@@ -113,7 +127,6 @@ skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int3
             p->tier = (skv_tier)t;
             p->block_bytes = pool_block_bytes((skv_kv_format)f, head_dim);
         }
-    const int64_t ns = (int64_t)n_layer * n_kv_head;
     c->streams = calloc((size_t)ns, sizeof *c->streams);
     if (!c->streams) return skv_set_error(SKV_ERR_NOMEM, "KV cache: out of memory");
     for (int64_t i = 0; i < ns; i++) {

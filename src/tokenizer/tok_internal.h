@@ -27,6 +27,10 @@
 #include <pcre2.h>
 #include <stdint.h>
 
+/* skv_tokenizer_load on the text of a tokenizer.json held in memory (len bytes), named path in
+ * messages. For tests and fuzzing. */
+skv_status skv_tokenizer_load_buffer(const char *data, size_t len, const char *path, skv_tokenizer **out);
+
 /* --------------------------------------------------------------- JSON helpers (tokjson.c) */
 
 /* The string member key of o, or NULL if absent or not a string. */

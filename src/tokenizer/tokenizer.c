@@ -90,14 +90,20 @@ skv_status skv_tokenizer_load(const char *path, skv_tokenizer **out) {
     size_t len = 0;
     skv_status st = skv_read_file(path, &data, &len);
     if (st) return st;
+    st = skv_tokenizer_load_buffer(data, len, path, out);
+    free(data);
+    return st;
+}
+
+skv_status skv_tokenizer_load_buffer(const char *data, size_t len, const char *path, skv_tokenizer **out) {
+    *out = NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, 0);
     if (!root) {
         size_t at = end && end >= data ? (size_t)(end - data) : 0;
-        free(data);
         return skv_set_error(SKV_ERR_FORMAT, "%s: malformed JSON near byte %zu", path, at);
     }
-    free(data);
+    skv_status st;
     skv_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
         cJSON_Delete(root);
