@@ -366,6 +366,9 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
                            .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu"};
     const cli_opt po[] = {
+        {"model", 'm', OPT_STR, &a->dir, "DIR", "Hugging Face model directory"},
+        {"threads", 't', OPT_INT, &a->threads, "N", "threads (default: all cores)"},
+        {"mmap", 0, OPT_FLAG, &a->use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant, smallkv (default full)"},
         {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not quant or smallkv) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},

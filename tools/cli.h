@@ -80,8 +80,11 @@ FILE *cli_bench_json(const char *path);
 void cli_command_line(char *buf, size_t cap);
 void cli_set_argv(int argc, char **argv);
 
-/* KV policy flags shared by run, ppl, eval and sweep. */
+/* The options run, ppl, eval, sweep and bench share — model, threads, mmap, backend, policy and
+ * its options, SmallKV — in one table (cli_policy_options). */
 typedef struct cli_policy_args {
+    const char *dir;
+    int threads, use_mmap;
     const char *policy;
     float budget;
     int budget_tokens, sinks, obs_window, pool_kernel, bits;
@@ -92,7 +95,7 @@ typedef struct cli_policy_args {
     int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
     const char *sk_score, *sk_match, *sk_split, *backend;
 } cli_policy_args;
-/* Initialise a with the library defaults and append the policy flags to opts at *n. */
+/* Initialise a with the library defaults and append the shared options to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
 /* Policy parameters for one policy name (NULL: a->policy), checked against the model; exits
  * with an error naming the flag on bad values. */

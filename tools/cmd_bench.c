@@ -118,9 +118,6 @@ int cmd_bench(int argc, char **argv) {
     int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
     cli_policy_args pa;
     cli_opt opts[40] = {
-        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
-        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
-        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"reps", 'r', OPT_INT, &reps, "R", "timed repetitions per test (default 5)"},
         {"pp", 0, OPT_INT, &pp, "N", "prompt tokens of the pp test (default 512; 0 = skip)"},
         {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
@@ -133,7 +130,7 @@ int cmd_bench(int argc, char **argv) {
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 14;
+    int n_opts = 11;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "
@@ -142,6 +139,7 @@ int cmd_bench(int argc, char **argv) {
                          "each budget, at the first --depths value (default 1984, tg 64).",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!dir) cli_die("bench", 2, "no model: give -m DIR (a Hugging Face model directory)");
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     /* the result file: an explicit --out is checked now, not after the run; by default a new

@@ -14,23 +14,21 @@ int cmd_eval(int argc, char **argv) {
     int use_mmap = 0, threads = 0, limit = 0, no_kl = 0, quiet = 0;
     cli_policy_args pa;
     cli_opt opts[40] = {
-        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
         {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
         {"task", 0, OPT_STR, &only, "NAME", "only this task"},
         {"out", 'o', OPT_STR, &out, "FILE", "write one JSON line per row"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
-        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
-        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 10;
+    int n_opts = 7;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"eval", "-m DIR --tasks FILE --policy P [--budget B] [--limit N] [--out FILE]",
                          "Run the evaluation tasks under a KV policy (docs/evaluation.md section 2).",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!tasks) cli_die("eval", 2, "no tasks: give --tasks FILE");
     if (limit < 0) cli_die("eval", 2, "bad value for --limit: %d (must be >= 0)", limit);
     skv_task_set ts;

@@ -123,19 +123,16 @@ int cmd_ppl(int argc, char **argv) {
     int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0;
     cli_policy_args pa;
     cli_opt opts[40] = {
-        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
         {"windows", 'w', OPT_INT, &windows, "W", "score the first W windows (default 200)"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "window length in tokens (default: the model's context)"},
-        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
-        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"out", 'o', OPT_STR, &out, "FILE", "also write the result as JSON (with commit, machine, command)"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
         {"chunk", 0, OPT_INT, &chunk, "N", "tokens per forward call; the policy compresses after each (default 512, 128 with a policy)"},
         {"sk-prompt", 0, OPT_INT, &sk_prompt, "N", "smallkv: tokens of each window prefilled before SmallKV decoding (default: half)"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 11;
+    int n_opts = 8;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
                          "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
@@ -146,6 +143,7 @@ int cmd_ppl(int argc, char **argv) {
                          "at a time under SmallKV; only those decoded positions are scored.",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!file) cli_die("ppl", 2, "no corpus: give -f FILE");
     if (windows < 1) cli_die("ppl", 2, "bad value for --windows: %d (must be >= 1)", windows);
     size_t len;

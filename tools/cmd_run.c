@@ -17,7 +17,6 @@ int cmd_run(int argc, char **argv) {
     uint64_t seed = 42;
     cli_policy_args pa;
     cli_opt opts[48] = {
-        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text"},
         {"file", 'f', OPT_STR, &file, "FILE", "read the prompt from FILE ('-': stdin)"},
         {"n-predict", 'n', OPT_INT, &n_gen, "N", "tokens to generate (default 128)"},
@@ -27,8 +26,6 @@ int cmd_run(int argc, char **argv) {
         {"repeat-penalty", 0, OPT_FLOAT, &penalty, "R", "repetition penalty; 1 = off (default 1)"},
         {"repeat-last-n", 0, OPT_INT, &last_n, "N", "ids the penalty looks back at; 0 = all (default 64)"},
         {"seed", 0, OPT_U64, &seed, "S", "random seed (default 42)"},
-        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
-        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "context size in tokens (default: the model's)"},
         {"ignore-eos", 0, OPT_FLAG, &ignore_eos, NULL, "keep generating after end-of-sequence"},
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
@@ -36,12 +33,13 @@ int cmd_run(int argc, char **argv) {
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 18;
+    int n_opts = 15;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
                          "Generate text after a prompt, streaming it to standard output. With a KV "
                          "policy the prompt's cache is compressed after prefill.", opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (n_gen < 0) cli_die("run", 2, "bad value for -n: %d (must be >= 0)", n_gen);
     /* the sampler's limits, as usage errors naming the flag (exit 2) */
     if (!(temp >= 0)) cli_die("run", 2, "bad value for --temp: %g (must be >= 0)", temp);

@@ -97,7 +97,6 @@ int cmd_sweep(int argc, char **argv) {
     int use_mmap = 0, threads = 0, limit = 0, exact = 0, quiet = 0, no_kl = 0;
     cli_policy_args pa;
     cli_opt opts[40] = {
-        {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
         {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},
         {"budgets", 0, OPT_STR, &bud_s, "LIST", "comma-separated budget fractions (default 0.05,0.1,0.2,0.4)"},
@@ -105,17 +104,16 @@ int cmd_sweep(int argc, char **argv) {
         {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default: a new results/sweep-<model>-<time>/; published ones: bench/sweep-<model>)"},
         {"exact", 0, OPT_FLAG, &exact, NULL, "generate all 48 tokens (default: stop once a row's score is fixed)"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
-        {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
-        {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 12;
+    int n_opts = 9;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
                          "Score every task under every (policy, budget), prefilling each row once.",
                          opts, n_opts};
     cli_parse(&cmd, argc, argv);
+    dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!tasks) cli_die("sweep", 2, "no tasks: give --tasks FILE");
     if (limit < 0) cli_die("sweep", 2, "bad value for --limit: %d (must be >= 0)", limit);
     if (!isnan(pa.budget) || pa.budget_tokens)
