@@ -80,6 +80,9 @@ typedef struct cli_policy_args {
     const char *draft;
     int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
     const char *sk_score, *sk_match, *sk_split, *backend;
+    /* kcache */
+    const char *kc_n, *kc_weight, *kc_gran, *kc_store, *kc_dir, *kc_over;
+    int kc_recent, kc_fast_layers, kc_block, kc_cold;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the policy flags to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);

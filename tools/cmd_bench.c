@@ -117,7 +117,7 @@ int cmd_bench(int argc, char **argv) {
     const char *pps = "4096,16384", *batches = "1,8,32";
     int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},

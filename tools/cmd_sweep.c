@@ -87,7 +87,7 @@ int cmd_sweep(int argc, char **argv) {
                *bud_s = "0.05,0.1,0.2,0.4";
     int use_mmap = 0, threads = 0, limit = 0, exact = 0, quiet = 0, no_kl = 0;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "Hugging Face model directory"},
         {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
         {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},

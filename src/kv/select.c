@@ -113,3 +113,51 @@ const float *skv_stream_rank_score(const skv_stream *st, skv_rank r) {
     default: return NULL;
     }
 }
+
+/* V top-N (kv/plan.h): quickselect on a total order (score desc, slot asc), so the set is the
+ * same whatever the pivots; then the chosen slots in ascending order. NaN scores rank last. */
+static inline int vt_better(const float *sc, int32_t a, int32_t b) {
+    const float x = sc[a], y = sc[b];
+    if (x != y) {
+        if (isnan(x)) return 0;
+        if (isnan(y)) return 1;
+        return x > y;
+    }
+    return a < b;
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int32_t skv_vtop_select(const float *score, int32_t n, int32_t N, int32_t *out, int32_t *idx) {
+    if (N <= 0 || n <= 0) return 0;
+    if (N >= n) {
+        for (int32_t i = 0; i < n; i++) out[i] = i;
+        return n;
+    }
+    for (int32_t i = 0; i < n; i++) idx[i] = i;
+    int32_t lo = 0, hi = n - 1;
+    uint32_t seed = 2463534242u;
+    while (lo < hi) { /* put the N best in idx[0..N) */
+        seed ^= seed << 13, seed ^= seed >> 17, seed ^= seed << 5;
+        const int32_t pv = idx[lo + (int32_t)(seed % (uint32_t)(hi - lo + 1))];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (vt_better(score, idx[i], pv)) i++;
+            while (vt_better(score, pv, idx[j])) j--;
+            if (i <= j) {
+                int32_t t = idx[i];
+                idx[i] = idx[j], idx[j] = t;
+                i++, j--;
+            }
+        }
+        if (N - 1 <= j) hi = j;
+        else if (N - 1 >= i) lo = i;
+        else break;
+    }
+    memcpy(out, idx, sizeof(int32_t) * (size_t)N);
+    qsort(out, (size_t)N, sizeof(int32_t), cmp_i32);
+    return N;
+}
