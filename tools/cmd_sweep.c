@@ -84,7 +84,7 @@ static void plot_task(const char *dir, const char *model, const char *task, cons
 
 int cmd_sweep(int argc, char **argv) {
     const char *dir = NULL, *tasks = NULL, *out_dir = NULL, *pol_s = "window,h2o,snapkv,pyramidkv",
-               *bud_s = "0.05,0.1,0.2,0.4";
+               *bud_s = "0.05,0.1,0.2,0.4", *kc_ns = "16,32,64,128,256";
     int use_mmap = 0, threads = 0, limit = 0, exact = 0, quiet = 0, no_kl = 0;
     cli_policy_args pa;
     cli_opt opts[64] = {
@@ -93,6 +93,7 @@ int cmd_sweep(int argc, char **argv) {
         {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},
         {"budgets", 0, OPT_STR, &bud_s, "LIST", "comma-separated budget fractions (default 0.05,0.1,0.2,0.4)"},
         {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
+        {"kc-ns", 0, OPT_STR, &kc_ns, "LIST", "kcache / kcache-exact in --policies: the --kc-n values (default 16,32,64,128,256)"},
         {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default bench/sweep-<model>)"},
         {"exact", 0, OPT_FLAG, &exact, NULL, "generate all 48 tokens (default: stop once a row's score is fixed)"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
@@ -100,7 +101,7 @@ int cmd_sweep(int argc, char **argv) {
         {"mmap", 0, OPT_FLAG, &use_mmap, NULL, "keep weights in the file mapping"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
     };
-    int n_opts = 11;
+    int n_opts = 12;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
                          "Score every task under every (policy, budget), prefilling each row once.",
@@ -161,6 +162,23 @@ int cmd_sweep(int argc, char **argv) {
                 label[n_cfg] = pols[i];
                 cbud[n_cfg] = budgets[j];
                 budgeted[n_cfg++] = 1;
+            }
+            continue;
+        }
+        if (!strcmp(pols[i], "kcache") || !strcmp(pols[i], "kcache-exact")) {
+            /* one configuration per --kc-ns value (its budget column holds N) */
+            char *ns_buf = strdup(kc_ns), *ns[16];
+            const int n_ns = split_list(ns_buf, ns, 16);
+            for (int j = 0; j < n_ns && n_cfg < MAX_CFG; j++) {
+                cli_policy_args b = pa;
+                b.kc_n = ns[j];
+                if (pols[i][6]) b.kc_weight = "exact";
+                cfg[n_cfg].policy = cli_policy_params("sweep", &b, "kcache", m);
+                char *lab = malloc(48);
+                snprintf(lab, 48, "%s-n%s", pols[i], ns[j]);
+                label[n_cfg] = lab;
+                cbud[n_cfg] = strtof(ns[j], NULL);
+                budgeted[n_cfg++] = 0; /* not a budget fraction: a reference line in the plots */
             }
             continue;
         }
