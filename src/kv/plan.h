@@ -74,5 +74,11 @@ typedef struct skv_read_plan {
  * ascending slot order, into out (returns min(N, n)). scratch: n int32_t. Also the
  * brute-force reference the tests hold it against is the definition: a total order. */
 int32_t skv_vtop_select(const float *score, int32_t n, int32_t N, int32_t *out, int32_t *scratch);
+/* One KV group's reads under rule r: probs holds its nh query heads' softmax over n slots (rows
+ * `stride` apart), slots [0, ns) slow. Returns the slow slots read (ascending, in sel) and each
+ * head's weight factor inv[j]: 1 (SKV_VTOP_EXACT, or every row read) or 1 / (the head's mass on
+ * the rows read: sel and the fast slots [ns, n)). Scratch: rank (ns floats), idx (ns), mark (ns). */
+int32_t skv_vtop_group(const skv_vtop_rule *r, const float *probs, int64_t stride, int32_t nh, int32_t n, int32_t ns,
+                       int32_t *sel, float *inv, float *rank, int32_t *idx, uint8_t *mark);
 
 #endif

@@ -161,3 +161,42 @@ int32_t skv_vtop_select(const float *score, int32_t n, int32_t N, int32_t *out, 
     qsort(out, (size_t)N, sizeof(int32_t), cmp_i32);
     return N;
 }
+
+int32_t skv_vtop_group(const skv_vtop_rule *r, const float *probs, int64_t stride, int32_t nh, int32_t n, int32_t ns,
+                       int32_t *sel, float *inv, float *rank, int32_t *idx, uint8_t *mark) {
+    const int32_t N = skv_vtop_count(r, n, ns);
+    int32_t nsel = 0;
+    if (N >= ns) {
+        for (int32_t s = 0; s < ns; s++) sel[s] = s;
+        nsel = ns;
+    } else if (r->gran == SKV_VTOP_UNION) {
+        memset(mark, 0, (size_t)ns);
+        for (int32_t j = 0; j < nh; j++) {
+            const int32_t k = skv_vtop_select(probs + (int64_t)j * stride, ns, N, sel, idx);
+            for (int32_t i = 0; i < k; i++) mark[sel[i]] = 1;
+        }
+        for (int32_t s = 0; s < ns; s++)
+            if (mark[s]) sel[nsel++] = s;
+    } else {
+        for (int32_t s = 0; s < ns; s++) {
+            float v = probs[s];
+            for (int32_t j = 1; j < nh; j++) {
+                const float p = probs[(int64_t)j * stride + s];
+                v = r->gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+            }
+            rank[s] = v;
+        }
+        nsel = skv_vtop_select(rank, ns, N, sel, idx);
+    }
+    for (int32_t j = 0; j < nh; j++) {
+        const float *pr = probs + (int64_t)j * stride;
+        inv[j] = 1.0f;
+        if (r->weight == SKV_VTOP_RENORM && nsel < ns) {
+            double z = 0;
+            for (int32_t i = 0; i < nsel; i++) z += pr[sel[i]];
+            for (int32_t s = ns; s < n; s++) z += pr[s];
+            inv[j] = z > 0 ? (float)(1.0 / z) : 0.0f;
+        }
+    }
+    return nsel;
+}

@@ -257,30 +257,8 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
     const int64_t T = c->n_ctx;
     const int32_t n = st->n, ns = st->n_slow;
     skv_cpu_vtop *w = &c->vt[omp_get_thread_num()];
-    const int32_t N = skv_vtop_count(r, n, ns);
-    int32_t nsel = 0;
-    if (N >= ns) {
-        for (int32_t s = 0; s < ns; s++) w->sel[s] = s;
-        nsel = ns;
-    } else if (r->gran == SKV_VTOP_UNION) {
-        memset(w->mark, 0, (size_t)ns);
-        for (int32_t j = 0; j < nh; j++) {
-            const int32_t k = skv_vtop_select(c->probs + (int64_t)(h0 + j) * T, ns, N, w->sel, w->idx);
-            for (int32_t i = 0; i < k; i++) w->mark[w->sel[i]] = 1;
-        }
-        for (int32_t s = 0; s < ns; s++)
-            if (w->mark[s]) w->sel[nsel++] = s;
-    } else {
-        for (int32_t s = 0; s < ns; s++) {
-            float v = c->probs[(int64_t)h0 * T + s];
-            for (int32_t j = 1; j < nh; j++) {
-                const float p = c->probs[(int64_t)(h0 + j) * T + s];
-                v = r->gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
-            }
-            w->rank[s] = v;
-        }
-        nsel = skv_vtop_select(w->rank, ns, N, w->sel, w->idx);
-    }
+    float inv[SKV_VTOP_MAX_GROUP];
+    const int32_t nsel = skv_vtop_group(r, c->probs + (int64_t)h0 * T, T, nh, n, ns, w->sel, inv, w->rank, w->idx, w->mark);
     if (skv_vstore_rows(c->cache.vs, skv_cache_stream_index(&c->cache, st), w->sel, nsel, w->rows, w->zs, &w->ct)) {
         skv_cache_vs_fail(&c->cache);
         memset(w->rows, 0, (size_t)nsel * hd * sizeof(float));
@@ -290,16 +268,8 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
         const uint16_t *h = (const uint16_t *)w->rows;
         for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_bf16_to_f32(h[i]);
     }
-    float inv[SKV_VTOP_MAX_GROUP];
     for (int32_t j = 0; j < nh; j++) {
         const float *pr = c->probs + (int64_t)(h0 + j) * T;
-        inv[j] = 1.0f;
-        if (r->weight == SKV_VTOP_RENORM && nsel < ns) { /* over the rows read: sel and the fast slots */
-            double z = 0;
-            for (int32_t i = 0; i < nsel; i++) z += pr[w->sel[i]];
-            for (int32_t s = ns; s < n; s++) z += pr[s];
-            inv[j] = z > 0 ? (float)(1.0 / z) : 0.0f;
-        }
         float *o = c->att_out + (int64_t)(h0 + j) * hd;
         for (int32_t i = 0; i < nsel; i++) skv_axpy(o, pr[w->sel[i]] * inv[j], rows + (int64_t)i * hd, hd);
     }
