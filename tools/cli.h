@@ -96,6 +96,9 @@ skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a,
 /* Load the --draft model (exits with an error if absent or incompatible). */
 int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budgets, int depth, int n,
                   int reps, int threads, int use_mmap, const char *out);
+/* `bench --policy kcache`: full vs kcache (mmap warm/cold, zstd) at one depth */
+int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, int reps, int threads, int use_mmap,
+                 const char *out);
 /* pa: the policy of the tg rows (full, window, h2o, snapkv, pyramidkv) */
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
                int ubatch, int reps, const cli_policy_args *pa, const char *out);

@@ -152,8 +152,12 @@ int cmd_bench(int argc, char **argv) {
         const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
         const int n = tg == 128 ? 64 : tg;
         return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
+    } else if (!strcmp(pa.policy, "kcache")) {
+        /* full against kcache (mmap warm, cold, zstd) at one depth (default 1984, tg 64) */
+        const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
+        return bench_kcache(dir, &pa, depth, tg == 128 ? 64 : tg, reps, threads, use_mmap, out);
     } else if (strcmp(pa.policy, "full")) {
-        cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, or smallkv with --draft)", pa.policy);
+        cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, kcache, or smallkv with --draft)", pa.policy);
     }
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
