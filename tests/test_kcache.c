@@ -160,8 +160,10 @@ static skv_policy_params kc_params(int n, int recent, int store) {
     return p;
 }
 
+static skv_kv_format g_fmt = SKV_KV_F32;
 static skv_context *ctx_with(skv_model *m, skv_policy_params pol, int n_ctx) {
     skv_context_params p = skv_context_default_params();
+    p.kv_format = g_fmt;
     p.n_ctx = n_ctx;
     p.policy = pol;
     skv_context *c = NULL;
@@ -183,14 +185,15 @@ static int same_logits(skv_context *a, skv_context *b, const int32_t *ids, int P
 
 /* N >= context: every V row is read and weighted as ordinary attention does, in the same
  * order: the logits equal the full cache's bit for bit (mmap and zstd; renorm, exact, a
- * fraction of 1; over snapkv against snapkv alone). */
+ * fraction of 1; f32 and bf16 caches; over snapkv against snapkv alone). */
 static void test_full_n_bit_identical(void) {
     skv_model *m = model_s();
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 300, STEPS = 40 };
     int32_t ids[P];
     make_ids(ids, P, 5);
-    for (int v = 0; v < 5; v++) {
+    for (int v = 0; v < 6; v++) {
+        g_fmt = v == 5 ? SKV_KV_BF16 : SKV_KV_F32; /* a bf16 cache stores bf16 rows */
         skv_policy_params kp = kc_params(100000, v == 2 ? 0 : 32, v == 1 || v == 4 ? SKV_KC_ZSTD : SKV_KC_MMAP);
         if (v == 2) kp.kc_weight = SKV_KC_EXACT;
         if (v == 3) kp.kc_n = 0, kp.kc_frac = 1.0f, kp.kc_gran = SKV_KC_UNION;
@@ -206,6 +209,7 @@ static void test_full_n_bit_identical(void) {
         skv_context_free(full);
         skv_context_free(kc);
     }
+    g_fmt = SKV_KV_F32;
     /* over snapkv: the same tokens kept as snapkv alone */
     skv_policy_params sp = skv_policy_default_params("snapkv");
     sp.budget = 0.4f;
@@ -287,6 +291,20 @@ static void test_rows_equal_store(void) {
     CHECKF(ua.fetch_bytes == want * in->head_dim * 4, "mmap bytes %lld for %lld f32 rows", (long long)ua.fetch_bytes,
            (long long)want);
     CHECKF(ub.fetch_blocks > 0 && ua.fetch_blocks == 0, "zstd blocks touched %lld", (long long)ub.fetch_blocks);
+    /* the first k cache layers keep V fast: their rows are never read from the store */
+    skv_policy_params fk = kc_params(N, R, SKV_KC_MMAP);
+    fk.kc_fast_layers = 2;
+    skv_context *k2 = ctx_with(m, fk, 512);
+    REQUIRE(k2 && skv_decode(k2, ids, P, la, 0) == SKV_OK, "%s", skv_last_error());
+    for (int t = 0; t < STEPS; t++) {
+        int32_t tk = skv_test_argmax(la, 8192);
+        REQUIRE(skv_decode(k2, &tk, 1, la, 0) == SKV_OK, "%s", skv_last_error());
+    }
+    skv_kv_usage uk;
+    skv_context_kv_usage(k2, &uk);
+    CHECKF(uk.fetch_rows * in->n_layer == want * (in->n_layer - 2), "fast layers 2: %lld rows read, expected %lld",
+           (long long)uk.fetch_rows, (long long)(want * (in->n_layer - 2) / in->n_layer));
+    skv_context_free(k2);
     /* the stored V read back (export) equals a full context's V for the same prompt */
     skv_context *f = ctx_with(m, skv_policy_default_params("full"), 512);
     REQUIRE(f, "%s", skv_last_error());
