@@ -34,7 +34,21 @@ struct skv_vstore {
     size_t zbound;         /* ZSTD_compressBound of one unit */
     uint8_t *zin;          /* (unit * block_bytes) staging of a put */
     uint8_t *zout;         /* (zbound) */
+    int32_t esz;           /* zstd: element bytes; units are byte-plane shuffled before
+                              compression (the bytes of each element's position together) */
 };
+
+/* Byte planes: out[k * ne + i] = in[i * esz + k] (and back). */
+static void shuffle(const uint8_t *in, uint8_t *out, size_t bytes, int esz) {
+    const size_t ne = bytes / (size_t)esz;
+    for (size_t i = 0; i < ne; i++)
+        for (int k = 0; k < esz; k++) out[(size_t)k * ne + i] = in[i * (size_t)esz + (size_t)k];
+}
+static void unshuffle(const uint8_t *in, uint8_t *out, size_t bytes, int esz) {
+    const size_t ne = bytes / (size_t)esz;
+    for (size_t i = 0; i < ne; i++)
+        for (int k = 0; k < esz; k++) out[i * (size_t)esz + (size_t)k] = in[(size_t)k * ne + i];
+}
 
 static int64_t now_ns(void) {
     struct timespec t;
@@ -43,7 +57,7 @@ static int64_t now_ns(void) {
 }
 
 skv_status skv_vstore_open(skv_vstore **out, int kind, const char *dir, int64_t n_stream, int32_t max_blocks,
-                           size_t block_bytes, size_t row_bytes, int32_t unit) {
+                           size_t block_bytes, size_t row_bytes, int32_t elem_bytes, int32_t unit) {
     *out = NULL;
     if (kind != SKV_VSTORE_MMAP && kind != SKV_VSTORE_ZSTD)
         return skv_set_error(SKV_ERR_ARG, "slow store: unknown kind %d", kind);
@@ -54,6 +68,7 @@ skv_status skv_vstore_open(skv_vstore **out, int kind, const char *dir, int64_t 
     if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     s->kind = kind, s->n_stream = n_stream, s->max_blocks = max_blocks;
     s->block_bytes = block_bytes, s->row_bytes = row_bytes, s->unit = kind == SKV_VSTORE_ZSTD ? unit : 1;
+    s->esz = elem_bytes > 1 && block_bytes % (size_t)elem_bytes == 0 ? elem_bytes : 1;
     snprintf(s->path, sizeof s->path, "%s/slimkv-vstore-%d-XXXXXX", dir, (int)getpid());
     s->fd = mkstemp(s->path);
     if (s->fd < 0) {
@@ -83,7 +98,7 @@ skv_status skv_vstore_open(skv_vstore **out, int kind, const char *dir, int64_t 
         s->zoff = calloc((size_t)(n_stream * nu), sizeof *s->zoff);
         s->zsize = calloc((size_t)(n_stream * nu), sizeof *s->zsize);
         s->zbound = ZSTD_compressBound((size_t)s->unit * block_bytes);
-        s->zin = malloc((size_t)s->unit * block_bytes);
+        s->zin = malloc(2 * (size_t)s->unit * block_bytes);
         s->zout = malloc(s->zbound);
         if (!s->zoff || !s->zsize || !s->zin || !s->zout) {
             skv_vstore_close(s);
@@ -112,7 +127,7 @@ int64_t skv_vstore_bytes(const skv_vstore *s) {
     return s->kind == SKV_VSTORE_MMAP ? s->written * (int64_t)s->block_bytes : s->zbytes;
 }
 size_t skv_vstore_scratch_bytes(const skv_vstore *s) {
-    return s->kind == SKV_VSTORE_ZSTD ? s->zbound + (size_t)s->unit * s->block_bytes : 0;
+    return s->kind == SKV_VSTORE_ZSTD ? s->zbound + 2 * (size_t)s->unit * s->block_bytes : 0;
 }
 
 static inline size_t block_off(const skv_vstore *s, int64_t stream, int32_t b) {
@@ -127,8 +142,11 @@ skv_status skv_vstore_put(skv_vstore *s, int64_t stream, int32_t b0, const uint8
         s->written++;
         return SKV_OK;
     }
-    for (int32_t i = 0; i < s->unit; i++) memcpy(s->zin + (size_t)i * s->block_bytes, blocks[i], s->block_bytes);
-    const size_t zn = ZSTD_compress(s->zout, s->zbound, s->zin, (size_t)s->unit * s->block_bytes, 1);
+    const size_t ub = (size_t)s->unit * s->block_bytes;
+    uint8_t *flat = s->zin + ub;
+    for (int32_t i = 0; i < s->unit; i++) memcpy(flat + (size_t)i * s->block_bytes, blocks[i], s->block_bytes);
+    shuffle(flat, s->zin, ub, s->esz);
+    const size_t zn = ZSTD_compress(s->zout, s->zbound, s->zin, ub, 1);
     if (ZSTD_isError(zn)) return skv_set_error(SKV_ERR_IO, "slow store: zstd: %s", ZSTD_getErrorName(zn));
     const int64_t u = stream * ((s->max_blocks + s->unit - 1) / s->unit) + b0 / s->unit;
     if (pwrite(s->fd, s->zout, zn, (off_t)s->file_end) != (ssize_t)zn)
@@ -152,7 +170,8 @@ void skv_vstore_forget(skv_vstore *s, int64_t stream, int32_t b0, int32_t n) {
     }
 }
 
-/* zstd: decompress the unit holding cache block b into dst (unit * block_bytes). */
+/* zstd: decompress the unit holding cache block b into dst (unit * block_bytes; the unit's
+ * bytes again after dst are scratch). */
 static skv_status read_unit(const skv_vstore *s, int64_t stream, int32_t b, uint8_t *zbuf, uint8_t *dst,
                             skv_vstore_stats *ct) {
     const int64_t u = stream * ((s->max_blocks + s->unit - 1) / s->unit) + b / s->unit;
@@ -162,9 +181,11 @@ static skv_status read_unit(const skv_vstore *s, int64_t stream, int32_t b, uint
     if (got != zn)
         return skv_set_error(SKV_ERR_IO, "slow store: %s: short read (%zd of %d bytes at %lld): the file was "
                              "truncated or removed", s->path, got, zn, (long long)s->zoff[u]);
-    const size_t dn = ZSTD_decompress(dst, (size_t)s->unit * s->block_bytes, zbuf, (size_t)zn);
-    if (ZSTD_isError(dn) || dn != (size_t)s->unit * s->block_bytes)
+    const size_t ub = (size_t)s->unit * s->block_bytes;
+    const size_t dn = ZSTD_decompress(dst + ub, ub, zbuf, (size_t)zn);
+    if (ZSTD_isError(dn) || dn != ub)
         return skv_set_error(SKV_ERR_FORMAT, "slow store: %s: a compressed block does not decode", s->path);
+    unshuffle(dst + ub, dst, ub, s->esz);
     if (ct) ct->bytes += zn, ct->blocks++;
     return SKV_OK;
 }

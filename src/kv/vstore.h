@@ -22,9 +22,10 @@ typedef struct skv_vstore_stats {
 
 /* kind: SKV_VSTORE_MMAP or SKV_VSTORE_ZSTD; n_stream streams of max_blocks cache blocks of
  * block_bytes each (rows of row_bytes; row_bytes 0: rows are not addressable, whole blocks
- * are read); unit: tokens per compressed unit (zstd). */
+ * are read); elem_bytes: bytes per value (zstd compresses byte planes: the k-th byte of every
+ * value together); unit: cache blocks per compressed unit (zstd). */
 skv_status skv_vstore_open(skv_vstore **out, int kind, const char *dir, int64_t n_stream, int32_t max_blocks,
-                           size_t block_bytes, size_t row_bytes, int32_t unit);
+                           size_t block_bytes, size_t row_bytes, int32_t elem_bytes, int32_t unit);
 void skv_vstore_close(skv_vstore *s);
 int skv_vstore_kind(const skv_vstore *s);
 int32_t skv_vstore_unit(const skv_vstore *s); /* cache blocks per write */

@@ -239,7 +239,7 @@ static skv_status vtop_setup(skv_context *ctx, const skv_vtop_rule *r) {
     skv_vstore *vs;
     skv_status st = skv_vstore_open(&vs, r->store, r->dir, (int64_t)c->cache.n_layer * c->cache.n_kv_head,
                                     c->cache.max_blocks, skv_kv_block_bytes(c->cache.fmt, in->head_dim, 1),
-                                    esz * (size_t)in->head_dim, r->block / SKV_KV_BLOCK);
+                                    esz * (size_t)in->head_dim, (int32_t)esz, r->block / SKV_KV_BLOCK);
     if (st) return st;
     if ((st = skv_cache_attach_vstore(&c->cache, vs))) return st;
     skv_cpu_vtop_free(c);
