@@ -185,16 +185,17 @@ static int same_logits(skv_context *a, skv_context *b, const int32_t *ids, int P
 
 /* N >= context: every V row is read and weighted as ordinary attention does, in the same
  * order: the logits equal the full cache's bit for bit (mmap and zstd; renorm, exact, a
- * fraction of 1; f32 and bf16 caches; over snapkv against snapkv alone). */
+ * fraction of 1; f32, bf16, int8 and int4 caches; over snapkv against snapkv alone). */
 static void test_full_n_bit_identical(void) {
     skv_model *m = model_s();
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 300, STEPS = 40 };
     int32_t ids[P];
     make_ids(ids, P, 5);
-    for (int v = 0; v < 6; v++) {
-        g_fmt = v == 5 ? SKV_KV_BF16 : SKV_KV_F32; /* a bf16 cache stores bf16 rows */
-        skv_policy_params kp = kc_params(100000, v == 2 ? 0 : 32, v == 1 || v == 4 ? SKV_KC_ZSTD : SKV_KC_MMAP);
+    for (int v = 0; v < 8; v++) {
+        /* a bf16 cache stores bf16 rows, an int8 / int4 (KIVI) cache its quantized blocks */
+        g_fmt = v == 5 ? SKV_KV_BF16 : v == 6 ? SKV_KV_Q8 : v == 7 ? SKV_KV_Q4 : SKV_KV_F32;
+        skv_policy_params kp = kc_params(100000, v == 2 ? 0 : 32, v == 1 || v == 4 || v == 7 ? SKV_KC_ZSTD : SKV_KC_MMAP);
         if (v == 2) kp.kc_weight = SKV_KC_EXACT;
         if (v == 3) kp.kc_n = 0, kp.kc_frac = 1.0f, kp.kc_gran = SKV_KC_UNION;
         if (v == 4) kp.kc_block = 64;
@@ -262,6 +263,12 @@ static void test_rows_equal_store(void) {
     skv_context *c = ctx_with(m, kc_params(N + 7, R, SKV_KC_MMAP), 512);
     REQUIRE(a && b && c, "%s", skv_last_error());
     CHECKF(same_logits(a, b, ids, P, STEPS), "mmap and zstd stores read different rows");
+    g_fmt = SKV_KV_Q8; /* quantized rows (scales, minima, codes) from both stores */
+    skv_context *a8 = ctx_with(m, kc_params(N, R, SKV_KC_MMAP), 512), *b8 = ctx_with(m, kc_params(N, R, SKV_KC_ZSTD), 512);
+    g_fmt = SKV_KV_F32;
+    REQUIRE(a8 && b8, "%s", skv_last_error());
+    CHECKF(same_logits(a8, b8, ids, P, 10), "int8: mmap and zstd stores read different rows");
+    skv_context_free(a8), skv_context_free(b8);
     static float la[8192], lc[8192];
     REQUIRE(skv_decode(c, ids, P, lc, 0) == SKV_OK, "%s", skv_last_error());
     int differs = 0;

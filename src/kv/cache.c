@@ -165,6 +165,9 @@ void skv_cache_free(skv_cache *c) {
 }
 
 static inline skv_kv_format write_fmt(const skv_cache *c);
+/* The format of V blocks in the store: whole blocks, as full blocks are stored (quantized in a
+ * quantized cache). */
+static inline skv_kv_format stored_fmt(const skv_cache *c) { return c->fmt; }
 
 /* Bytes of V block b of a stream whose V is in the store. */
 static skv_status stored_v_block(const skv_cache *c, const skv_stream *st, int32_t b, uint8_t *out) {
@@ -193,7 +196,7 @@ skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
                 skv_block_id from = v ? a->vb[k] : a->kb[k], to;
                 if (v && from < 0 && k * SKV_KV_BLOCK < a->n_slow) {
                     /* stored V comes back to the fast tier in the copy */
-                    if ((st = block_alloc(dst, SKV_TIER_FAST, write_fmt(src), &to)) ||
+                    if ((st = block_alloc(dst, SKV_TIER_FAST, stored_fmt(src), &to)) ||
                         (st = stored_v_block(src, a, k, block_mem(dst, to))))
                         return st;
                     b->vb[k] = to;
@@ -371,8 +374,19 @@ const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t 
 
 const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch) {
     if (b * SKV_KV_BLOCK < st->n_slow) {
-        /* from the store: the block's bytes into scratch, bf16 widened in place from the end */
-        if (stored_v_block(c, st, b, (uint8_t *)scratch)) {
+        /* from the store: the block's bytes into scratch, bf16 widened in place from the end,
+         * quantized blocks decoded */
+        if (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4) {
+            uint8_t *tmp = malloc(skv_kv_block_bytes(c->fmt, c->head_dim, 1));
+            if (!tmp || stored_v_block(c, st, b, tmp)) {
+                if (!tmp) skv_set_error(SKV_ERR_NOMEM, "out of memory");
+                skv_cache_vs_fail(c);
+                memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
+            } else {
+                skv_dequant_block(c->fmt, c->head_dim, 1, tmp, scratch, SKV_KV_BLOCK);
+            }
+            free(tmp);
+        } else if (stored_v_block(c, st, b, (uint8_t *)scratch)) {
             skv_cache_vs_fail(c);
             memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
         } else if (write_fmt(c) == SKV_KV_BF16) {
@@ -432,7 +446,7 @@ void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u) {
     }
     if (c->vs) {
         const int64_t by = skv_vstore_bytes(c->vs);
-        u->bytes[SKV_TIER_SLOW][write_fmt(c)] += by;
+        u->bytes[SKV_TIER_SLOW][stored_fmt(c)] += by;
         u->total += by;
     }
 }
@@ -444,7 +458,7 @@ int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {
         if (st->kb[b] >= 0) total += block_true_bytes(c, st->kb[b], 0);
         if (st->vb[b] >= 0) total += block_true_bytes(c, st->vb[b], 1);
     }
-    return total + (int64_t)st->n_slow / SKV_KV_BLOCK * (int64_t)skv_kv_block_bytes(write_fmt(c), c->head_dim, 1);
+    return total + (int64_t)st->n_slow / SKV_KV_BLOCK * (int64_t)skv_kv_block_bytes(stored_fmt(c), c->head_dim, 1);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -471,7 +485,7 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
         s->last = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
     }
     for (int32_t b = 0; b < nb; b++) {
-        const skv_kv_format vf = st->vb[b] < 0 ? write_fmt(c) : block_fmt(st->vb[b]);
+        const skv_kv_format vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         s->kbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->kb[b]), c->head_dim, 0);
         s->vbytes += (int64_t)skv_kv_block_bytes(vf, c->head_dim, 1);
     }
@@ -489,7 +503,7 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
     }
     int64_t ko = 0, vo = 0;
     for (int32_t b = 0; b < nb; b++) {
-        const skv_kv_format kf = block_fmt(st->kb[b]), vf = st->vb[b] < 0 ? write_fmt(c) : block_fmt(st->vb[b]);
+        const skv_kv_format kf = block_fmt(st->kb[b]), vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         const size_t kn = skv_kv_block_bytes(kf, c->head_dim, 0), vn = skv_kv_block_bytes(vf, c->head_dim, 1);
         s->kfmt[b] = (uint8_t)kf, s->vfmt[b] = (uint8_t)vf;
         memcpy(s->kdata + ko, block_mem(c, st->kb[b]), kn);
@@ -567,11 +581,6 @@ skv_status skv_cache_stream_import(skv_cache *c, int32_t l, int32_t g, const skv
 /* ---------------------------------------------------------------------------------------- */
 
 skv_status skv_cache_attach_vstore(skv_cache *c, skv_vstore *vs) {
-    if (c->fmt != SKV_KV_F32 && c->fmt != SKV_KV_BF16) {
-        skv_vstore_close(vs);
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "slow V store: the cache must be f32 or bf16 (quantized V is not "
-                             "stored yet)");
-    }
     const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
     for (int64_t i = 0; i < ns; i++)
         if (c->streams[i].n_slow) skv_cache_recall_v(c, (int32_t)(i / c->n_kv_head), (int32_t)(i % c->n_kv_head));
@@ -605,7 +614,7 @@ skv_status skv_cache_recall_v(skv_cache *c, int32_t l, int32_t g) {
     skv_stream *st = skv_cache_stream(c, l, g);
     for (int32_t b = 0; b * SKV_KV_BLOCK < st->n_slow; b++) {
         skv_block_id id;
-        skv_status e = block_alloc(c, SKV_TIER_FAST, write_fmt(c), &id);
+        skv_status e = block_alloc(c, SKV_TIER_FAST, stored_fmt(c), &id);
         if (!e && (e = stored_v_block(c, st, b, block_mem(c, id)))) block_release(c, id);
         if (e) return e;
         st->vb[b] = id;

@@ -89,7 +89,7 @@ const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t 
 /* All n slots of a stream, decoded to f32: K and V (n, head_dim). */
 void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v);
 
-/* The slow V store: attach one (the cache owns it; only f32 and bf16 caches), move a stream's
+/* The slow V store: attach one (the cache owns it; blocks stored in the cache's format), move a stream's
  * V blocks to it while at least keep_fast slots stay fast (whole store units from the oldest
  * slot), and bring them all back (before anything reorders slots). A stored block's rows are
  * read through skv_cache_v_rows like any other (from the store). */

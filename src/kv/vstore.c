@@ -34,6 +34,8 @@ struct skv_vstore {
     size_t zbound;         /* ZSTD_compressBound of one unit */
     uint8_t *zin;          /* (unit * block_bytes) staging of a put */
     uint8_t *zout;         /* (zbound) */
+    int nseg;              /* row layout (vstore.h) */
+    size_t seg_off[3], seg_stride[3], seg_len[3];
     int32_t esz;           /* zstd: element bytes; units are byte-plane shuffled before
                               compression (the bytes of each element's position together) */
 };
@@ -68,6 +70,7 @@ skv_status skv_vstore_open(skv_vstore **out, int kind, const char *dir, int64_t 
     if (!s) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     s->kind = kind, s->n_stream = n_stream, s->max_blocks = max_blocks;
     s->block_bytes = block_bytes, s->row_bytes = row_bytes, s->unit = kind == SKV_VSTORE_ZSTD ? unit : 1;
+    s->nseg = 1, s->seg_off[0] = 0, s->seg_stride[0] = s->seg_len[0] = row_bytes;
     s->esz = elem_bytes > 1 && block_bytes % (size_t)elem_bytes == 0 ? elem_bytes : 1;
     snprintf(s->path, sizeof s->path, "%s/slimkv-vstore-%d-XXXXXX", dir, (int)getpid());
     s->fd = mkstemp(s->path);
@@ -118,6 +121,23 @@ void skv_vstore_close(skv_vstore *s) {
     }
     free(s->zoff), free(s->zsize), free(s->zin), free(s->zout);
     free(s);
+}
+
+void skv_vstore_set_row_layout(skv_vstore *s, int nseg, const size_t *off0, const size_t *stride, const size_t *len) {
+    s->nseg = nseg < 1 ? 1 : nseg > 3 ? 3 : nseg;
+    s->row_bytes = 0;
+    for (int i = 0; i < s->nseg; i++) {
+        s->seg_off[i] = off0[i], s->seg_stride[i] = stride[i], s->seg_len[i] = len[i];
+        s->row_bytes += len[i];
+    }
+}
+
+/* Row r of a block (base) into out, segment by segment. */
+static inline void copy_row(const skv_vstore *s, const uint8_t *base, int32_t r, uint8_t *out) {
+    for (int i = 0; i < s->nseg; i++) {
+        memcpy(out, base + s->seg_off[i] + (size_t)r * s->seg_stride[i], s->seg_len[i]);
+        out += s->seg_len[i];
+    }
 }
 
 int skv_vstore_kind(const skv_vstore *s) { return s->kind; }
@@ -211,7 +231,7 @@ skv_status skv_vstore_rows(const skv_vstore *s, int64_t stream, const int32_t *s
     if (s->kind == SKV_VSTORE_MMAP) {
         for (int32_t i = 0; i < n; i++) {
             const int32_t b = slot[i] / SKV_KV_BLOCK, r = slot[i] % SKV_KV_BLOCK;
-            memcpy(out + (size_t)i * rb, s->map + block_off(s, stream, b) + (size_t)r * rb, rb);
+            copy_row(s, s->map + block_off(s, stream, b), r, out + (size_t)i * rb);
         }
         ct->bytes += (int64_t)n * (int64_t)rb;
     } else {
@@ -226,7 +246,7 @@ skv_status skv_vstore_rows(const skv_vstore *s, int64_t stream, const int32_t *s
                 cur = u;
             }
             const int32_t t = slot[i] % ut, b = t / SKV_KV_BLOCK, r = t % SKV_KV_BLOCK;
-            memcpy(out + (size_t)i * rb, dst + (size_t)b * s->block_bytes + (size_t)r * rb, rb);
+            copy_row(s, dst + (size_t)b * s->block_bytes, r, out + (size_t)i * rb);
         }
     }
     ct->rows += n;

@@ -30,6 +30,10 @@ void skv_vstore_close(skv_vstore *s);
 int skv_vstore_kind(const skv_vstore *s);
 int32_t skv_vstore_unit(const skv_vstore *s); /* cache blocks per write */
 const char *skv_vstore_path(const skv_vstore *s);
+/* Rows made of up to 3 segments: row r of a block is the concatenation of len[i] bytes at
+ * off0[i] + r * stride[i] (default: one segment of row_bytes at r * row_bytes). */
+void skv_vstore_set_row_layout(skv_vstore *s, int nseg, const size_t *off0, const size_t *stride, const size_t *len);
+
 /* Bytes the store holds (mmap: blocks written; zstd: compressed bytes). */
 int64_t skv_vstore_bytes(const skv_vstore *s);
 

@@ -32,6 +32,7 @@ typedef struct skv_cpu {
     skv_read_plan plan;        /* plan.cls NULL: ordinary attention */
     skv_cpu_vtop *vt;          /* (n_threads) with plan.vtop.on */
     int64_t vt_steps;          /* decode steps that read the slow store */
+    size_t vt_row_bytes;       /* bytes of one V row as the store returns it */
     const struct skv_cpu *past;/* read-only past (its streams come before ours), or NULL */
     /* scratch for up to n_batch tokens */
     float *x;                  /* (n_batch, dim) residual stream */

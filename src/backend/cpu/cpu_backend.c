@@ -3,6 +3,7 @@
  * operations, copies, read-back and exchange of streams, plans and a read-only past.
  */
 #include "backend/cpu/cpu.h"
+#include "kv/quant.h"
 
 #include <cblas.h>
 
@@ -225,9 +226,6 @@ static skv_status vtop_setup(skv_context *ctx, const skv_vtop_rule *r) {
     skv_cpu *c = ctx->bs;
     const skv_model_info *in = &c->m->cfg.info;
     if (c->past) return skv_set_error(SKV_ERR_UNSUPPORTED, "a V top-N plan (kcache) cannot attend to a read-only past");
-    if (c->cache.fmt != SKV_KV_F32 && c->cache.fmt != SKV_KV_BF16)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "kcache: the slow V store holds f32 or bf16 rows; a quantized "
-                             "(int8/int4) cache is not supported yet");
     if (r->n < 0 || (r->n == 0 && !(r->frac > 0 && r->frac <= 1)))
         return skv_set_error(SKV_ERR_ARG, "V top-N plan: N must be > 0 or a fraction in (0, 1]");
     if (r->recent > c->n_ctx)
@@ -235,12 +233,20 @@ static skv_status vtop_setup(skv_context *ctx, const skv_vtop_rule *r) {
                              c->n_ctx);
     if (r->block < SKV_KV_BLOCK || r->block % SKV_KV_BLOCK)
         return skv_set_error(SKV_ERR_ARG, "kcache: --kc-block %d is not a multiple of %d", r->block, SKV_KV_BLOCK);
-    const size_t esz = c->cache.fmt == SKV_KV_F32 ? 4 : 2;
+    const int quant = c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4;
+    const size_t esz = quant ? 1 : c->cache.fmt == SKV_KV_F32 ? 4 : 2;
     skv_vstore *vs;
     skv_status st = skv_vstore_open(&vs, r->store, r->dir, (int64_t)c->cache.n_layer * c->cache.n_kv_head,
                                     c->cache.max_blocks, skv_kv_block_bytes(c->cache.fmt, in->head_dim, 1),
                                     esz * (size_t)in->head_dim, (int32_t)esz, r->block / SKV_KV_BLOCK);
     if (st) return st;
+    c->vt_row_bytes = esz * (size_t)in->head_dim;
+    if (quant) { /* a quantized row: its scales, minima and codes */
+        size_t off0[3], stride[3], len[3];
+        skv_quant_vrow_layout(c->cache.fmt, in->head_dim, off0, stride, len);
+        skv_vstore_set_row_layout(vs, 3, off0, stride, len);
+        c->vt_row_bytes = len[0] + len[1] + len[2];
+    }
     if ((st = skv_cache_attach_vstore(&c->cache, vs))) return st;
     skv_cpu_vtop_free(c);
     c->vt = calloc((size_t)c->n_threads, sizeof *c->vt);

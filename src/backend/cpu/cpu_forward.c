@@ -10,6 +10,7 @@
  * streams are attended before the context's own. Statistics: cpu_stats.c.
  */
 #include "backend/cpu/cpu.h"
+#include "kv/quant.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -267,6 +268,16 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
     if (c->cache.fmt == SKV_KV_BF16) { /* widen in place from the end */
         const uint16_t *h = (const uint16_t *)w->rows;
         for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_bf16_to_f32(h[i]);
+    } else if (c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4) {
+        /* decode in place from the last row (a row's f32 span starts at or after its packed one);
+         * each packed row is copied out first */
+        const size_t rb = c->vt_row_bytes;
+        uint8_t packed[4096];
+        SKV_ASSERT(rb <= sizeof packed);
+        for (int32_t i = nsel - 1; i >= 0; i--) {
+            memcpy(packed, w->rows + (size_t)i * rb, rb);
+            skv_dequant_vrow(c->cache.fmt, hd, packed, rows + (int64_t)i * hd);
+        }
     }
     for (int32_t j = 0; j < nh; j++) {
         const float *pr = c->probs + (int64_t)(h0 + j) * T;
