@@ -168,6 +168,10 @@ typedef enum skv_kv_format {
  *   pyramidkv as snapkv, with budgets shrinking linearly from the bottom layer to the top
  *   tova      TOVA: evict the token the current query attends to least, every step
  *   quant     keep everything, stored as KIVI int8 or int4 (`quant_bits`)
+ *   kcache    KCache (arXiv 2404.18057): K stays fast, V of all but the newest `kc_recent`
+ *             tokens moves to a slow store (a memory-mapped file or zstd blocks in a file);
+ *             each decode step scores every key and reads only the top-`kc_n` V rows per
+ *             (layer, KV head); over the eviction of `kc_over` when given (e.g. snapkv)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
 typedef struct skv_policy_params {
     const char *name;      /* one of the above; NULL means "full" */
@@ -179,7 +183,27 @@ typedef struct skv_policy_params {
     int32_t pool_kernel;   /* snapkv, pyramidkv: max-pool width over keys, odd (default 7) */
     float pyramid_beta;    /* pyramidkv: top layer gets budget / beta (default 20) */
     int32_t quant_bits;    /* quant: 8 or 4 (default 4) */
+    /* kcache */
+    int32_t kc_n;          /* V rows read per (layer, KV head) and step (default 64) */
+    float kc_frac;         /* or a fraction of the stream's kept tokens, in (0, 1] (used when
+                              kc_n is 0) */
+    int32_t kc_recent;     /* R: the newest R tokens' V stay fast and are always read
+                              (default 32) */
+    int32_t kc_fast_layers;/* the first k cache layers keep V fast and read all of it (default 0) */
+    int32_t kc_weight;     /* SKV_KC_RENORM (default) or SKV_KC_EXACT */
+    int32_t kc_gran;       /* SKV_KC_SUM (default), SKV_KC_MAX or SKV_KC_UNION */
+    int32_t kc_store;      /* SKV_KC_MMAP (default) or SKV_KC_ZSTD */
+    int32_t kc_block;      /* zstd: tokens per compressed block, a multiple of 32 (default 32) */
+    const char *kc_dir;    /* directory of the slow-tier file (NULL: $TMPDIR or /tmp) */
+    const char *kc_over;   /* eviction policy applied first (NULL: none; e.g. "snapkv") */
+    int32_t kc_cold;       /* mmap: drop the file's pages from the page cache before every
+                              decode step (cold-cache measurements) */
 } skv_policy_params;
+
+/* kcache options */
+enum { SKV_KC_RENORM = 0, SKV_KC_EXACT = 1 };          /* weights of the rows read */
+enum { SKV_KC_SUM = 0, SKV_KC_MAX = 1, SKV_KC_UNION = 2 }; /* ranking over a KV group */
+enum { SKV_KC_MMAP = 0, SKV_KC_ZSTD = 1 };             /* slow store */
 
 skv_policy_params skv_policy_default_params(const char *name);
 /* The registry of policies: how many, and each one's name and one-line summary (NULL out of
@@ -246,6 +270,13 @@ typedef struct skv_kv_usage {
     int64_t bytes_by_format[SKV_KV_FORMAT_COUNT];
     int64_t slots;          /* kept tokens summed over (layer, KV head) */
     int32_t n_past;         /* tokens seen */
+    /* a slow store (kcache), cumulative since the context was created: */
+    int64_t fetch_steps;    /* decode steps that read from it */
+    int64_t fetch_rows;     /* V rows read from it */
+    int64_t fetch_bytes;    /* bytes of those rows (zstd: compressed bytes read) */
+    int64_t fetch_blocks;   /* zstd: compressed blocks read */
+    int64_t fetch_ns;       /* time spent reading (summed over threads) */
+    int64_t store_bytes;    /* bytes in the store now (in bytes_slow too) */
 } skv_kv_usage;
 void skv_context_kv_usage(const skv_context *c, skv_kv_usage *u);
 /* Bytes held by one (layer, KV head) stream, K and V together. */

@@ -364,12 +364,14 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
     *a = (cli_policy_args){.policy = "full", .budget = NAN /* not given */, .budget_tokens = 0, .sinks = d.sinks,
                            .obs_window = d.obs_window, .pool_kernel = d.pool_kernel,
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
-                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu"};
+                           .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu",
+                           .kc_n = "64", .kc_weight = "renorm", .kc_gran = "sum", .kc_store = "mmap",
+                           .kc_recent = d.kc_recent, .kc_fast_layers = d.kc_fast_layers, .kc_block = d.kc_block};
     const cli_opt po[] = {
         {"model", 'm', OPT_STR, &a->dir, "DIR", "Hugging Face model directory"},
         {"threads", 't', OPT_INT, &a->threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &a->use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
-        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, quant, smallkv (default full)"},
+        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, tova, quant, smallkv, kcache (default full)"},
         {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not quant or smallkv) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
         {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
@@ -379,7 +381,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"pool", 0, OPT_INT, &a->pool_kernel, "K", "snapkv/pyramidkv: max-pool width, odd (default 7)"},
         {"beta", 0, OPT_FLOAT, &a->beta, "X", "pyramidkv: top layer budget = budget / X (default 20)"},
         {"bits", 0, OPT_INT, &a->bits, "N", "quant: 8 or 4 (default 4)"},
-        {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32 or bf16 (default f32)"},
+        {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32 or bf16; int8/int4 (KIVI) with full or kcache (default f32)"},
         {"draft", 0, OPT_STR, &a->draft, "DIR", "smallkv: the small model of the same family"},
         {"match-len", 0, OPT_INT, &a->match_len, "N", "smallkv: prompt tokens for head matching (default 128)"},
         {"match-k", 0, OPT_INT, &a->match_k, "K", "smallkv: top-K size for matching (default: the critical share)"},
@@ -391,8 +393,52 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"sk-split", 0, OPT_STR, &a->sk_split, "C:R:M", "smallkv token ratio critical : recent : marginal (default 2:1:2)"},
         {"sk-match", 0, OPT_STR, &a->sk_match, "M", "smallkv head matching on: prefix (first --match-len tokens, the "
                                                      "paper) or window (the whole prompt's last --obs-window queries) (default prefix)"},
+        {"kc-n", 0, OPT_STR, &a->kc_n, "N", "kcache: V rows read per (layer, KV head) and step: a count, or a fraction "
+                                             "with a '.' (0.2) (default 64)"},
+        {"kc-recent", 0, OPT_INT, &a->kc_recent, "R", "kcache: the newest R tokens' V stay fast (default 32)"},
+        {"kc-fast-layers", 0, OPT_INT, &a->kc_fast_layers, "K", "kcache: the first K layers keep all V fast (default 0)"},
+        {"kc-weight", 0, OPT_STR, &a->kc_weight, "W", "kcache: renorm (over the rows read) or exact (full softmax) (default renorm)"},
+        {"kc-gran", 0, OPT_STR, &a->kc_gran, "G", "kcache: rank by the group's sum, max, or union of each head's top-N (default sum)"},
+        {"kc-store", 0, OPT_STR, &a->kc_store, "S", "kcache: slow V store: mmap (a mapped file) or zstd (compressed blocks) (default mmap)"},
+        {"kc-block", 0, OPT_INT, &a->kc_block, "B", "kcache: tokens per zstd block, a multiple of 32 (default 32)"},
+        {"kc-dir", 0, OPT_STR, &a->kc_dir, "DIR", "kcache: directory of the store's file (default $TMPDIR or /tmp)"},
+        {"kc-over", 0, OPT_STR, &a->kc_over, "P", "kcache: evict with policy P first (snapkv, pyramidkv; its --budget)"},
+        {"kc-cold", 0, OPT_FLAG, &a->kc_cold, NULL, "kcache: drop the store's page cache before every step (cold reads)"},
     };
     for (size_t i = 0; i < sizeof po / sizeof po[0]; i++) opts[(*n)++] = po[i];
+}
+
+/* kcache's flags into p (exit 2 naming the flag on a malformed value). */
+static void cli_kcache_params(const char *cmd, const cli_policy_args *a, skv_policy_params *p) {
+    char *end;
+    if (strchr(a->kc_n, '.')) {
+        const float f = strtof(a->kc_n, &end);
+        if (*end || !(f > 0)) cli_die(cmd, 2, "bad value for --kc-n: '%s' (a count > 0 or a fraction in (0, 1])", a->kc_n);
+        if (f > 1) cli_die(cmd, 2, "bad value for --kc-n: %s (a fraction above 1 reads more rows than the context)", a->kc_n);
+        p->kc_n = 0, p->kc_frac = f;
+    } else {
+        const long n = strtol(a->kc_n, &end, 10);
+        if (*end || !*a->kc_n || n <= 0 || n > INT32_MAX)
+            cli_die(cmd, 2, "bad value for --kc-n: '%s' (a count > 0 or a fraction in (0, 1])", a->kc_n);
+        p->kc_n = (int32_t)n;
+    }
+    if (!strcmp(a->kc_weight, "renorm")) p->kc_weight = SKV_KC_RENORM;
+    else if (!strcmp(a->kc_weight, "exact")) p->kc_weight = SKV_KC_EXACT;
+    else cli_die(cmd, 2, "bad value for --kc-weight: '%s' (renorm or exact)", a->kc_weight);
+    if (!strcmp(a->kc_gran, "sum")) p->kc_gran = SKV_KC_SUM;
+    else if (!strcmp(a->kc_gran, "max")) p->kc_gran = SKV_KC_MAX;
+    else if (!strcmp(a->kc_gran, "union")) p->kc_gran = SKV_KC_UNION;
+    else cli_die(cmd, 2, "bad value for --kc-gran: '%s' (sum, max or union)", a->kc_gran);
+    if (!strcmp(a->kc_store, "mmap")) p->kc_store = SKV_KC_MMAP;
+    else if (!strcmp(a->kc_store, "zstd")) p->kc_store = SKV_KC_ZSTD;
+    else cli_die(cmd, 2, "bad value for --kc-store: '%s' (mmap or zstd)", a->kc_store);
+    if (a->kc_recent < 0) cli_die(cmd, 2, "bad value for --kc-recent: %d (must be >= 0)", a->kc_recent);
+    p->kc_recent = a->kc_recent;
+    p->kc_fast_layers = a->kc_fast_layers;
+    p->kc_block = a->kc_block;
+    p->kc_dir = a->kc_dir;
+    p->kc_over = a->kc_over;
+    p->kc_cold = a->kc_cold;
 }
 
 skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
@@ -419,8 +465,10 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
     p.pool_kernel = a->pool_kernel;
     p.pyramid_beta = a->beta;
     p.quant_bits = a->bits;
+    if (!strcmp(p.name, "kcache")) cli_kcache_params(cmd, a, &p);
     if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
-    if (!strcmp(p.name, "full") || !strcmp(p.name, "quant")) p.budget = 0; /* keeps every token */
+    if (!strcmp(p.name, "full") || !strcmp(p.name, "quant") || (!strcmp(p.name, "kcache") && !p.kc_over))
+        p.budget = 0; /* keeps every token */
     return p;
 }
 
@@ -436,7 +484,14 @@ skv_backend cli_backend(const char *cmd, const char *name) {
 skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
     if (!strcmp(a->kv_format, "f32")) return SKV_KV_F32;
     if (!strcmp(a->kv_format, "bf16")) return SKV_KV_BF16;
-    cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32 or bf16)", a->kv_format);
+    if (!strcmp(a->kv_format, "int8") || !strcmp(a->kv_format, "int4")) {
+        /* KIVI blocks under a policy that keeps every token (blocks are never compacted) */
+        if (strcmp(a->policy, "full") && (strcmp(a->policy, "kcache") || (a->kc_over && *a->kc_over)))
+            cli_die(cmd, 2, "bad value for --kv-format: '%s' needs --policy full or kcache without --kc-over (or "
+                    "--policy quant)", a->kv_format);
+        return a->kv_format[3] == '8' ? SKV_KV_Q8 : SKV_KV_Q4;
+    }
+    cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32 or bf16; int8/int4 with full or kcache)", a->kv_format);
 }
 
 skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant) {

@@ -94,6 +94,9 @@ typedef struct cli_policy_args {
     const char *draft;
     int sk_paper, sk_no_marginal, sk_static, match_len, match_k;
     const char *sk_score, *sk_match, *sk_split, *backend;
+    /* kcache */
+    const char *kc_n, *kc_weight, *kc_gran, *kc_store, *kc_dir, *kc_over;
+    int kc_recent, kc_fast_layers, kc_block, kc_cold;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the shared options to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
@@ -107,6 +110,9 @@ skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a,
 /* Load the --draft model (exits with an error if absent or incompatible). */
 int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budgets, int depth, int n,
                   int reps, int threads, int use_mmap, const char *out);
+/* `bench --policy kcache`: full vs kcache (mmap warm/cold, zstd) at one depth */
+int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, int reps, int threads, int use_mmap,
+                 const char *out);
 /* pa: the policy of the tg rows (full, window, h2o, snapkv, pyramidkv) */
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
                int ubatch, int reps, const cli_policy_args *pa, const char *out);

@@ -117,7 +117,7 @@ int cmd_bench(int argc, char **argv) {
     const char *pps = "4096,16384", *batches = "1,8,32";
     int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"reps", 'r', OPT_INT, &reps, "R", "timed repetitions per test (default 5)"},
         {"pp", 0, OPT_INT, &pp, "N", "prompt tokens of the pp test (default 512; 0 = skip)"},
         {"tg", 0, OPT_INT, &tg, "N", "generated tokens of the tg tests (default 128; 0 = skip)"},
@@ -155,8 +155,12 @@ int cmd_bench(int argc, char **argv) {
         const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
         const int n = tg == 128 ? 64 : tg;
         return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
+    } else if (!strcmp(pa.policy, "kcache")) {
+        /* full against kcache (mmap warm, cold, zstd) at one depth (default 1984, tg 64) */
+        const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
+        return bench_kcache(dir, &pa, depth, tg == 128 ? 64 : tg, reps, threads, use_mmap, out);
     } else if (strcmp(pa.policy, "full")) {
-        cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, or smallkv with --draft)", pa.policy);
+        cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, kcache, or smallkv with --draft)", pa.policy);
     }
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
     skv_model *m = cli_load_model("bench", dir, threads, use_mmap);

@@ -13,7 +13,7 @@ int cmd_eval(int argc, char **argv) {
     const char *dir = NULL, *tasks = NULL, *out = NULL, *only = NULL;
     int use_mmap = 0, threads = 0, limit = 0, no_kl = 0, quiet = 0;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
         {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
         {"task", 0, OPT_STR, &only, "NAME", "only this task"},

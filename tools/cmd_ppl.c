@@ -122,7 +122,7 @@ int cmd_ppl(int argc, char **argv) {
     const char *dir = NULL, *file = NULL, *out = NULL;
     int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
         {"windows", 'w', OPT_INT, &windows, "W", "score the first W windows (default 200)"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "window length in tokens (default: the model's context)"},

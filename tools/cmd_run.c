@@ -16,7 +16,7 @@ int cmd_run(int argc, char **argv) {
     float temp = sd.temperature, top_p = sd.top_p, penalty = sd.repetition_penalty;
     uint64_t seed = 42;
     cli_policy_args pa;
-    cli_opt opts[48] = {
+    cli_opt opts[64] = {
         {"prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text"},
         {"file", 'f', OPT_STR, &file, "FILE", "read the prompt from FILE ('-': stdin)"},
         {"n-predict", 'n', OPT_INT, &n_gen, "N", "tokens to generate (default 128)"},
@@ -179,6 +179,11 @@ int cmd_run(int argc, char **argv) {
     if (c)
         fprintf(stderr, "slimkv run: KV cache (%s) holds %lld bytes for %lld kept token-heads\n", cp.policy.name,
                 (long long)u.bytes, (long long)u.slots);
+    if (c && u.fetch_steps)
+        fprintf(stderr, "slimkv run: slow store %lld bytes (fast tier %lld); per step: %.1f V rows, %.0f bytes, "
+                "%.2f blocks, %.3f ms fetched\n", (long long)u.store_bytes, (long long)u.bytes_fast,
+                (double)u.fetch_rows / u.fetch_steps, (double)u.fetch_bytes / u.fetch_steps,
+                (double)u.fetch_blocks / u.fetch_steps, 1e-6 * u.fetch_ns / u.fetch_steps);
     fprintf(stderr, "slimkv run: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in "
             "%.1f ms (%.1f tok/s)\n", n_prompt, 1e3 * (t1 - t0), (double)n_prompt / (t1 - t0),
             n_out, 1e3 * (t3 - t2), n_out > 1 ? (double)(n_out - 1) / (t3 - t2) : 0.0);

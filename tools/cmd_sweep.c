@@ -93,21 +93,22 @@ static void plot_task(const char *dir, const char *model, const char *task, cons
 
 int cmd_sweep(int argc, char **argv) {
     const char *dir = NULL, *tasks = NULL, *out_dir = NULL, *pol_s = "window,h2o,snapkv,pyramidkv",
-               *bud_s = "0.05,0.1,0.2,0.4";
+               *bud_s = "0.05,0.1,0.2,0.4", *kc_ns = "16,32,64,128,256";
     int use_mmap = 0, threads = 0, limit = 0, exact = 0, quiet = 0, no_kl = 0;
     cli_policy_args pa;
-    cli_opt opts[40] = {
+    cli_opt opts[64] = {
         {"tasks", 0, OPT_STR, &tasks, "FILE", "task file (JSONL: task, context, answer)"},
         {"policies", 0, OPT_STR, &pol_s, "LIST", "comma-separated policies; quant8/quant4 for KIVI (default window,h2o,snapkv,pyramidkv)"},
         {"budgets", 0, OPT_STR, &bud_s, "LIST", "comma-separated budget fractions (default 0.05,0.1,0.2,0.4)"},
         {"limit", 'l', OPT_INT, &limit, "N", "first N rows of each task (default all)"},
+        {"kc-ns", 0, OPT_STR, &kc_ns, "LIST", "kcache / kcache-exact in --policies: the --kc-n values (default 16,32,64,128,256)"},
         {"out-dir", 'o', OPT_STR, &out_dir, "DIR", "where results go (default: a new results/sweep-<model>-<time>/; published ones: bench/sweep-<model>)"},
         {"exact", 0, OPT_FLAG, &exact, NULL, "generate all 48 tokens (default: stop once a row's score is fixed)"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress bar"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 9;
+    int n_opts = 10;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"sweep", "-m DIR --tasks FILE [--policies LIST] [--budgets LIST] [--limit N]",
                          "Score every task under every (policy, budget), prefilling each row once.",
@@ -140,7 +141,10 @@ int cmd_sweep(int argc, char **argv) {
     skv_model *m = cli_load_model("sweep", dir, threads, use_mmap);
 
     /* configurations: full first, then each policy at each budget (quant once per width) */
-    const size_t max_cfg = 1 + (size_t)n_pol * (size_t)n_bud;
+    char *ns_buf = strdup(kc_ns);
+    int n_ns;
+    char **ns = split_list(ns_buf, &n_ns);
+    const size_t max_cfg = 1 + (size_t)n_pol * (size_t)(n_bud > n_ns ? n_bud : n_ns);
     skv_eval_config *cfg = calloc(max_cfg, sizeof *cfg);
     skv_model *draft = NULL;
     const char **label = calloc(max_cfg, sizeof *label);
@@ -176,6 +180,21 @@ int cmd_sweep(int argc, char **argv) {
                 label[n_cfg] = pols[i];
                 cbud[n_cfg] = budgets[j];
                 budgeted[n_cfg++] = 1;
+            }
+            continue;
+        }
+        if (!strcmp(pols[i], "kcache") || !strcmp(pols[i], "kcache-exact")) {
+            /* one configuration per --kc-ns value (its budget column holds N) */
+            for (int j = 0; j < n_ns; j++) {
+                cli_policy_args b = pa;
+                b.kc_n = ns[j];
+                if (pols[i][6]) b.kc_weight = "exact";
+                cfg[n_cfg].policy = cli_policy_params("sweep", &b, "kcache", m);
+                char *lab = malloc(48);
+                snprintf(lab, 48, "%s-n%s", pols[i], ns[j]);
+                label[n_cfg] = lab;
+                cbud[n_cfg] = strtof(ns[j], NULL);
+                budgeted[n_cfg++] = 0; /* not a budget fraction: a reference line in the plots */
             }
             continue;
         }

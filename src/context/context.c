@@ -99,7 +99,7 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->pol.ops = ops;
     c->pol.p = p.policy;
     if (ops->evict) c->pol.ev = ops->evict(&p.policy);
-    c->stats = ops->stats | (p.collect_stats ? SKV_STAT_ACC | SKV_STAT_WIN | SKV_STAT_LAST : 0);
+    c->stats = skv_policy_stats(ops, &p.policy) | (p.collect_stats ? SKV_STAT_ACC | SKV_STAT_WIN | SKV_STAT_LAST : 0);
     c->head_stats = p.collect_head_stats;
     c->head_prefix_len = p.collect_head_stats ? SKV_MIN(SKV_MAX(p.head_prefix, 0), c->n_ctx) : 0;
     c->head_win_from = INT32_MAX;
@@ -121,6 +121,17 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
         free(c->pol.budget_now), free(c->seq_past);
         free(c);
         return st;
+    }
+    if (ops->vtop) { /* the policy's per-step reads: a plan the backend keeps */
+        const skv_read_plan plan = {.vtop = ops->vtop(&p.policy)};
+        if (!c->be->set_plan || c->be != &skv_backend_cpu)
+            st = skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s: its per-step V top-N reads (a slow V store) are not "
+                               "implemented on the %s backend yet; use --backend cpu", ops->name, c->be->name);
+        else st = skv_context_set_plan(c, &plan);
+        if (st) {
+            skv_context_free(c);
+            return st;
+        }
     }
     *out = c;
     return SKV_OK;
@@ -151,7 +162,7 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
     if (st) return st;
     if (ops->driver)
         return skv_set_error(SKV_ERR_ARG, "fork into policy %s: it runs two models (skv_%s_fork)", ops->name, ops->name);
-    if (ops->stats & ~src->stats)
+    if (skv_policy_stats(ops, policy) & ~src->stats)
         return skv_set_error(SKV_ERR_ARG, "fork into policy %s: the source context did not collect the attention "
                              "statistics it needs (set collect_stats)", policy->name);
     if (src->past) return skv_set_error(SKV_ERR_ARG, "fork: the source context attends to a read-only past");

@@ -168,12 +168,23 @@ void skv_cache_free(skv_cache *c) {
         free(c->streams[i].last);
     }
     free(c->streams);
+    skv_vstore_close(c->vs);
     for (int p = 0; p < SKV_TIER_COUNT * SKV_KV_FORMAT_COUNT; p++) {
         for (int32_t k = 0; k < c->pools[p].n_chunks; k++) free(c->pools[p].chunks[k]);
         free(c->pools[p].chunks);
         free(c->pools[p].free_ids);
     }
     memset(c, 0, sizeof *c);
+}
+
+static inline skv_kv_format write_fmt(const skv_cache *c);
+/* The format of V blocks in the store: whole blocks, as full blocks are stored (quantized in a
+ * quantized cache). */
+static inline skv_kv_format stored_fmt(const skv_cache *c) { return c->fmt; }
+
+/* Bytes of V block b of a stream whose V is in the store. */
+static skv_status stored_v_block(const skv_cache *c, const skv_stream *st, int32_t b, uint8_t *out) {
+    return skv_vstore_block(c->vs, skv_cache_stream_index(c, st), b, out, NULL);
 }
 
 skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
@@ -196,6 +207,14 @@ skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
         for (int32_t k = 0; k < src->max_blocks; k++) {
             for (int v = 0; v < 2; v++) {
                 skv_block_id from = v ? a->vb[k] : a->kb[k], to;
+                if (v && from < 0 && k * SKV_KV_BLOCK < a->n_slow) {
+                    /* stored V comes back to the fast tier in the copy */
+                    if ((st = block_alloc(dst, SKV_TIER_FAST, stored_fmt(src), &to)) ||
+                        (st = stored_v_block(src, a, k, block_mem(dst, to))))
+                        return st;
+                    b->vb[k] = to;
+                    continue;
+                }
                 if (from < 0) continue;
                 if ((st = block_alloc(dst, block_tier(from), block_fmt(from), &to))) return st;
                 memcpy(block_mem(dst, to), block_mem(src, from), src->pools[id_pool(from)].block_bytes);
@@ -289,6 +308,7 @@ static void copy_row(skv_cache *c, skv_stream *st, int32_t to, int32_t from) {
 
 void skv_cache_compact(skv_cache *c, int32_t l, int32_t g, const uint8_t *keep) {
     skv_stream *st = skv_cache_stream(c, l, g);
+    if (st->n_slow && skv_cache_recall_v(c, l, g)) skv_cache_vs_fail(c);
     int32_t w = 0;
     for (int32_t s = 0; s < st->n; s++) {
         if (!keep[s]) continue;
@@ -302,6 +322,7 @@ void skv_cache_compact(skv_cache *c, int32_t l, int32_t g, const uint8_t *keep) 
 void skv_cache_remove_swap(skv_cache *c, int32_t l, int32_t g, int32_t s) {
     skv_stream *st = skv_cache_stream(c, l, g);
     SKV_ASSERT(s >= 0 && s < st->n);
+    if (st->n_slow && skv_cache_recall_v(c, l, g)) skv_cache_vs_fail(c);
     if (s != st->n - 1) copy_row(c, st, s, st->n - 1);
     st->n--;
     trim_blocks(c, st);
@@ -311,6 +332,7 @@ void skv_cache_truncate(skv_cache *c, int32_t from_pos) {
     const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
     for (int64_t i = 0; i < ns; i++) {
         skv_stream *st = &c->streams[i];
+        if (st->n_slow && skv_cache_recall_v(c, (int32_t)(i / c->n_kv_head), (int32_t)(i % c->n_kv_head))) skv_cache_vs_fail(c);
         if (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4) {
             /* quantized streams never reorder: the newest tokens are at the end */
             while (st->n > 0 && st->pos[st->n - 1] >= from_pos) st->n--;
@@ -364,6 +386,28 @@ const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t 
 }
 
 const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch) {
+    if (b * SKV_KV_BLOCK < st->n_slow) {
+        /* from the store: the block's bytes into scratch, bf16 widened in place from the end,
+         * quantized blocks decoded */
+        if (c->fmt == SKV_KV_Q8 || c->fmt == SKV_KV_Q4) {
+            uint8_t *tmp = malloc(skv_kv_block_bytes(c->fmt, c->head_dim, 1));
+            if (!tmp || stored_v_block(c, st, b, tmp)) {
+                if (!tmp) skv_set_error(SKV_ERR_NOMEM, "out of memory");
+                skv_cache_vs_fail(c);
+                memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
+            } else {
+                skv_dequant_block(c->fmt, c->head_dim, 1, tmp, scratch, SKV_KV_BLOCK);
+            }
+            free(tmp);
+        } else if (stored_v_block(c, st, b, (uint8_t *)scratch)) {
+            skv_cache_vs_fail(c);
+            memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
+        } else if (write_fmt(c) == SKV_KV_BF16) {
+            const uint16_t *h = (const uint16_t *)scratch;
+            for (int64_t i = (int64_t)SKV_KV_BLOCK * c->head_dim - 1; i >= 0; i--) scratch[i] = skv_bf16_to_f32(h[i]);
+        }
+        return scratch;
+    }
     return rows_of(c, st->vb[b], 1, rows_in_block(st, b), scratch);
 }
 
@@ -373,7 +417,7 @@ void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float 
     for (int32_t b = 0; b * SKV_KV_BLOCK < st->n; b++) {
         const int n = rows_in_block(st, b);
         float *kd = k + (int64_t)b * SKV_KV_BLOCK * hd, *vd = v + (int64_t)b * SKV_KV_BLOCK * hd;
-        const float *ks = rows_of(c, st->kb[b], 0, n, kd), *vs = rows_of(c, st->vb[b], 1, n, vd);
+        const float *ks = rows_of(c, st->kb[b], 0, n, kd), *vs = skv_cache_v_rows(c, st, b, vd);
         if (ks != kd) memcpy(kd, ks, (size_t)n * hd * sizeof(float));
         if (vs != vd) memcpy(vd, vs, (size_t)n * hd * sizeof(float));
     }
@@ -413,6 +457,11 @@ void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u) {
                 u->total += by;
             }
     }
+    if (c->vs) {
+        const int64_t by = skv_vstore_bytes(c->vs);
+        u->bytes[SKV_TIER_SLOW][stored_fmt(c)] += by;
+        u->total += by;
+    }
 }
 
 int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {
@@ -422,7 +471,7 @@ int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {
         if (st->kb[b] >= 0) total += block_true_bytes(c, st->kb[b], 0);
         if (st->vb[b] >= 0) total += block_true_bytes(c, st->vb[b], 1);
     }
-    return total;
+    return total + (int64_t)st->n_slow / SKV_KV_BLOCK * (int64_t)skv_kv_block_bytes(stored_fmt(c), c->head_dim, 1);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -449,8 +498,9 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
         s->last = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
     }
     for (int32_t b = 0; b < nb; b++) {
+        const skv_kv_format vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         s->kbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->kb[b]), c->head_dim, 0);
-        s->vbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->vb[b]), c->head_dim, 1);
+        s->vbytes += (int64_t)skv_kv_block_bytes(vf, c->head_dim, 1);
     }
     s->kdata = malloc((size_t)SKV_MAX(s->kbytes, 1));
     s->vdata = malloc((size_t)SKV_MAX(s->vbytes, 1));
@@ -466,11 +516,19 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
     }
     int64_t ko = 0, vo = 0;
     for (int32_t b = 0; b < nb; b++) {
-        const skv_kv_format kf = block_fmt(st->kb[b]), vf = block_fmt(st->vb[b]);
+        const skv_kv_format kf = block_fmt(st->kb[b]), vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         const size_t kn = skv_kv_block_bytes(kf, c->head_dim, 0), vn = skv_kv_block_bytes(vf, c->head_dim, 1);
         s->kfmt[b] = (uint8_t)kf, s->vfmt[b] = (uint8_t)vf;
         memcpy(s->kdata + ko, block_mem(c, st->kb[b]), kn);
-        memcpy(s->vdata + vo, block_mem(c, st->vb[b]), vn);
+        if (st->vb[b] < 0) {
+            skv_status e = stored_v_block(c, st, b, s->vdata + vo);
+            if (e) {
+                skv_stream_io_free(s);
+                return e;
+            }
+        } else {
+            memcpy(s->vdata + vo, block_mem(c, st->vb[b]), vn);
+        }
         ko += (int64_t)kn, vo += (int64_t)vn;
     }
     return SKV_OK;
@@ -529,4 +587,61 @@ skv_status skv_cache_stream_import(skv_cache *c, int32_t l, int32_t g, const skv
         else memset(st->acc, 0, nb4), memset(st->win, 0, nb4), memset(st->last, 0, nb4);
     }
     return SKV_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The slow V store                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+skv_status skv_cache_attach_vstore(skv_cache *c, skv_vstore *vs) {
+    const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    for (int64_t i = 0; i < ns; i++)
+        if (c->streams[i].n_slow) skv_cache_recall_v(c, (int32_t)(i / c->n_kv_head), (int32_t)(i % c->n_kv_head));
+    skv_vstore_close(c->vs);
+    c->vs = vs;
+    return SKV_OK;
+}
+
+skv_status skv_cache_offload_v(skv_cache *c, int32_t l, int32_t g, int32_t keep_fast) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    if (!c->vs) return SKV_OK;
+    const int32_t unit = skv_vstore_unit(c->vs), ut = unit * SKV_KV_BLOCK;
+    const int64_t si = skv_cache_stream_index(c, st);
+    while (st->n - (st->n_slow + ut) >= keep_fast) {
+        const int32_t b0 = st->n_slow / SKV_KV_BLOCK;
+        const uint8_t *blocks[64];
+        SKV_ASSERT(unit <= 64);
+        for (int32_t i = 0; i < unit; i++) blocks[i] = block_mem(c, st->vb[b0 + i]);
+        skv_status e = skv_vstore_put(c->vs, si, b0, blocks);
+        if (e) return e;
+        for (int32_t i = 0; i < unit; i++) {
+            block_release(c, st->vb[b0 + i]);
+            st->vb[b0 + i] = -1;
+        }
+        st->n_slow += ut;
+    }
+    return SKV_OK;
+}
+
+skv_status skv_cache_recall_v(skv_cache *c, int32_t l, int32_t g) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    for (int32_t b = 0; b * SKV_KV_BLOCK < st->n_slow; b++) {
+        skv_block_id id;
+        skv_status e = block_alloc(c, SKV_TIER_FAST, stored_fmt(c), &id);
+        if (!e && (e = stored_v_block(c, st, b, block_mem(c, id)))) block_release(c, id);
+        if (e) return e;
+        st->vb[b] = id;
+    }
+    if (st->n_slow) skv_vstore_forget(c->vs, skv_cache_stream_index(c, st), 0, st->n_slow / SKV_KV_BLOCK);
+    st->n_slow = 0;
+    return SKV_OK;
+}
+
+void skv_cache_vs_fail(const skv_cache *c) {
+    skv_cache *m = (skv_cache *)c;
+#pragma omp critical(skv_vs_fail)
+    {
+        if (!m->vs_err) snprintf(m->vs_msg, sizeof m->vs_msg, "%s", skv_last_error());
+        m->vs_err = 1;
+    }
 }

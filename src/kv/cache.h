@@ -12,6 +12,7 @@
 #define SKV_KV_CACHE_H
 
 #include "internal.h"
+#include "kv/vstore.h"
 
 #define SKV_KV_BLOCK 32 /* tokens per block (also the KIVI quantization group) */
 #define SKV_KV_VGROUP 32 /* channels per value quantization group (KIVI, per token) */
@@ -40,6 +41,8 @@ typedef struct skv_stream {
     float *acc;            /* (cap) attention accumulated over all queries, group-summed */
     float *win;            /* (cap) attention of the last observation-window queries */
     float *last;           /* (cap) attention of the newest query, group-summed */
+    int32_t n_slow;        /* slots [0, n_slow) have their V in the cache's slow store (whole
+                              blocks; their vb entries are -1) */
 } skv_stream;
 
 typedef struct skv_cache {
@@ -51,6 +54,9 @@ typedef struct skv_cache {
     skv_pool pools[SKV_TIER_COUNT * SKV_KV_FORMAT_COUNT];
     skv_stream *streams;   /* (n_layer, n_kv_head) */
     skv_tier k_tier, v_tier; /* tier new blocks of K and V come from */
+    skv_vstore *vs;        /* slow store of V (NULL: none; owned by the cache) */
+    int32_t vs_err;        /* a read from the store failed (vs_msg says why) */
+    char vs_msg[320];
 } skv_cache;
 
 skv_status skv_cache_init(skv_cache *c, int32_t n_layer, int32_t n_kv_head, int32_t head_dim,
@@ -82,6 +88,19 @@ const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t 
 const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch);
 /* All n slots of a stream, decoded to f32: K and V (n, head_dim). */
 void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v);
+
+/* The slow V store: attach one (the cache owns it; blocks stored in the cache's format), move a stream's
+ * V blocks to it while at least keep_fast slots stay fast (whole store units from the oldest
+ * slot), and bring them all back (before anything reorders slots). A stored block's rows are
+ * read through skv_cache_v_rows like any other (from the store). */
+skv_status skv_cache_attach_vstore(skv_cache *c, skv_vstore *vs);
+skv_status skv_cache_offload_v(skv_cache *c, int32_t l, int32_t g, int32_t keep_fast);
+skv_status skv_cache_recall_v(skv_cache *c, int32_t l, int32_t g);
+/* Record the calling thread's last error as the store's failure (safe from any thread). */
+void skv_cache_vs_fail(const skv_cache *c);
+static inline int64_t skv_cache_stream_index(const skv_cache *c, const skv_stream *st) {
+    return st - c->streams;
+}
 
 /* Move every block of a stream's K or V to a tier (copy, then release the old blocks). */
 skv_status skv_cache_move(skv_cache *c, int32_t l, int32_t g, int is_v, skv_tier tier);

@@ -5,11 +5,11 @@
 #include "kv/policy.h"
 
 extern const skv_policy_ops skv_pol_full, skv_pol_window, skv_pol_h2o, skv_pol_snapkv, skv_pol_pyramidkv,
-    skv_pol_tova, skv_pol_quant, skv_pol_smallkv;
+    skv_pol_tova, skv_pol_quant, skv_pol_smallkv, skv_pol_kcache;
 
 const skv_policy_ops *const skv_policy_registry[] = {
     &skv_pol_full, &skv_pol_window, &skv_pol_h2o, &skv_pol_snapkv, &skv_pol_pyramidkv,
-    &skv_pol_tova, &skv_pol_quant, &skv_pol_smallkv, NULL,
+    &skv_pol_tova, &skv_pol_quant, &skv_pol_smallkv, &skv_pol_kcache, NULL,
 };
 
 const char *skv_policy_names(void) {
@@ -23,7 +23,10 @@ const char *skv_policy_names(void) {
 skv_policy_params skv_policy_default_params(const char *name) {
     skv_policy_params p = {.name = name ? name : "full", .budget = 0.2f, .budget_tokens = 0,
                            .sinks = 4, .recent_frac = 0.5f, .obs_window = 32, .pool_kernel = 7,
-                           .pyramid_beta = 20.0f, .quant_bits = 4};
+                           .pyramid_beta = 20.0f, .quant_bits = 4,
+                           .kc_n = 64, .kc_frac = 0, .kc_recent = 32, .kc_fast_layers = 0,
+                           .kc_weight = SKV_KC_RENORM, .kc_gran = SKV_KC_SUM, .kc_store = SKV_KC_MMAP,
+                           .kc_block = 32};
     return p;
 }
 

@@ -17,6 +17,7 @@
 
 #include "kv/cache.h"
 #include "kv/evict.h"
+#include "kv/plan.h"
 
 /* Per-slot attention statistics (group-summed over a KV head's query heads), as both
  * backends collect them: */
@@ -47,7 +48,16 @@ typedef struct skv_policy_ops {
     skv_evict_desc (*evict)(const skv_policy_params *p);
     /* Storage format of the cache given the one asked for; NULL: as asked. */
     skv_kv_format (*format)(const skv_policy_params *p, skv_kv_format asked);
+    /* Statistics given the options (NULL: `stats`): a policy over another reads the other's. */
+    unsigned (*stats_of)(const skv_policy_params *p);
+    /* The per-step V top-N rule the context hands the backend in its read plan (NULL: none). */
+    skv_vtop_rule (*vtop)(const skv_policy_params *p);
 } skv_policy_ops;
+
+/* The statistics a policy reads with these options. */
+static inline unsigned skv_policy_stats(const skv_policy_ops *o, const skv_policy_params *p) {
+    return o->stats_of ? o->stats_of(p) : o->stats;
+}
 
 /* The registry: every policy, in help order; NULL-terminated. */
 extern const skv_policy_ops *const skv_policy_registry[];

@@ -113,3 +113,90 @@ const float *skv_stream_rank_score(const skv_stream *st, skv_rank r) {
     default: return NULL;
     }
 }
+
+/* V top-N (kv/plan.h): quickselect on a total order (score desc, slot asc), so the set is the
+ * same whatever the pivots; then the chosen slots in ascending order. NaN scores rank last. */
+static inline int vt_better(const float *sc, int32_t a, int32_t b) {
+    const float x = sc[a], y = sc[b];
+    if (x != y) {
+        if (isnan(x)) return 0;
+        if (isnan(y)) return 1;
+        return x > y;
+    }
+    return a < b;
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int32_t skv_vtop_select(const float *score, int32_t n, int32_t N, int32_t *out, int32_t *idx) {
+    if (N <= 0 || n <= 0) return 0;
+    if (N >= n) {
+        for (int32_t i = 0; i < n; i++) out[i] = i;
+        return n;
+    }
+    for (int32_t i = 0; i < n; i++) idx[i] = i;
+    int32_t lo = 0, hi = n - 1;
+    uint32_t seed = 2463534242u;
+    while (lo < hi) { /* put the N best in idx[0..N) */
+        seed ^= seed << 13, seed ^= seed >> 17, seed ^= seed << 5;
+        const int32_t pv = idx[lo + (int32_t)(seed % (uint32_t)(hi - lo + 1))];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (vt_better(score, idx[i], pv)) i++;
+            while (vt_better(score, pv, idx[j])) j--;
+            if (i <= j) {
+                int32_t t = idx[i];
+                idx[i] = idx[j], idx[j] = t;
+                i++, j--;
+            }
+        }
+        if (N - 1 <= j) hi = j;
+        else if (N - 1 >= i) lo = i;
+        else break;
+    }
+    memcpy(out, idx, sizeof(int32_t) * (size_t)N);
+    qsort(out, (size_t)N, sizeof(int32_t), cmp_i32);
+    return N;
+}
+
+int32_t skv_vtop_group(const skv_vtop_rule *r, const float *probs, int64_t stride, int32_t nh, int32_t n, int32_t ns,
+                       int32_t *sel, float *inv, float *rank, int32_t *idx, uint8_t *mark) {
+    const int32_t N = skv_vtop_count(r, n, ns);
+    int32_t nsel = 0;
+    if (N >= ns) {
+        for (int32_t s = 0; s < ns; s++) sel[s] = s;
+        nsel = ns;
+    } else if (r->gran == SKV_VTOP_UNION) {
+        memset(mark, 0, (size_t)ns);
+        for (int32_t j = 0; j < nh; j++) {
+            const int32_t k = skv_vtop_select(probs + (int64_t)j * stride, ns, N, sel, idx);
+            for (int32_t i = 0; i < k; i++) mark[sel[i]] = 1;
+        }
+        for (int32_t s = 0; s < ns; s++)
+            if (mark[s]) sel[nsel++] = s;
+    } else {
+        for (int32_t s = 0; s < ns; s++) {
+            float v = probs[s];
+            for (int32_t j = 1; j < nh; j++) {
+                const float p = probs[(int64_t)j * stride + s];
+                v = r->gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+            }
+            rank[s] = v;
+        }
+        nsel = skv_vtop_select(rank, ns, N, sel, idx);
+    }
+    for (int32_t j = 0; j < nh; j++) {
+        const float *pr = probs + (int64_t)j * stride;
+        inv[j] = 1.0f;
+        if (r->weight == SKV_VTOP_RENORM && nsel < ns) {
+            double z = 0;
+            for (int32_t i = 0; i < nsel; i++) z += pr[sel[i]];
+            for (int32_t s = ns; s < n; s++) z += pr[s];
+            inv[j] = z > 0 ? (float)(1.0 / z) : 0.0f;
+        }
+    }
+    return nsel;
+}

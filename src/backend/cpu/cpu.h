@@ -12,6 +12,16 @@
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64
 
+/* Per-thread scratch and counters of the V top-N reads (plan.vtop). */
+typedef struct skv_cpu_vtop {
+    float *rank;               /* (n_ctx) the group's score of each slow slot */
+    int32_t *idx, *sel;        /* (n_ctx) selection scratch; the slots read, ascending */
+    uint8_t *mark;             /* (n_ctx) union of the heads' sets */
+    uint8_t *rows;             /* (n_ctx, hd) f32 rows read from the store */
+    uint8_t *zs;               /* the store's read scratch */
+    skv_vstore_stats ct;
+} skv_cpu_vtop;
+
 typedef struct skv_cpu {
     skv_context *ctx;          /* the context this state belongs to */
     const skv_model *m;
@@ -20,6 +30,9 @@ typedef struct skv_cpu {
     int32_t want_acc, want_win, want_last; /* per-slot statistics collected */
     int32_t win_from;          /* queries at positions >= win_from count for `win` */
     skv_read_plan plan;        /* plan.cls NULL: ordinary attention */
+    skv_cpu_vtop *vt;          /* (n_threads) with plan.vtop.on */
+    int64_t vt_steps;          /* decode steps that read the slow store */
+    size_t vt_row_bytes;       /* bytes of one V row as the store returns it */
     const struct skv_cpu *past;/* read-only past (its streams come before ours), or NULL */
     /* scratch for up to n_batch tokens */
     float *x;                  /* (n_batch, dim) residual stream */
@@ -52,6 +65,7 @@ typedef struct skv_cpu {
 /* cpu_forward.c: one chunk (the context's positions advance in the caller) */
 skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out);
 skv_status skv_cpu_prefill_scratch(skv_cpu *c);
+void skv_cpu_vtop_free(skv_cpu *c);
 
 /* cpu_stats.c: fold one layer's per-query-head prefill sums into the streams; a decode step's
  * probabilities into the per-slot and per-head statistics */

@@ -3,6 +3,7 @@
  * operations, copies, read-back and exchange of streams, plans and a read-only past.
  */
 #include "backend/cpu/cpu.h"
+#include "kv/quant.h"
 
 #include <cblas.h>
 
@@ -17,6 +18,7 @@ static void cpu_free(skv_context *ctx) {
     skv_cpu *c = ctx->bs;
     if (!c) return;
     skv_cache_free(&c->cache);
+    skv_cpu_vtop_free(c);
     float **bufs[] = {&c->x, &c->xb, &c->proj, &c->q, &c->att_out, &c->k, &c->v, &c->hb, &c->hb2, &c->att,
                       &c->gk, &c->gv, &c->probs, &c->probs_win, &c->probs_last, &c->blk, &c->wconv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
@@ -111,6 +113,10 @@ static void cpu_begin_call(skv_context *ctx, int32_t n) {
 static skv_status cpu_compress(skv_context *ctx) {
     skv_cpu *c = ctx->bs;
     skv_policy_compress(&ctx->pol, &c->cache, c->pol_scratch);
+    if (c->cache.vs_err) {
+        c->cache.vs_err = 0;
+        return skv_set_error(SKV_ERR_IO, "%s", c->cache.vs_msg);
+    }
     return SKV_OK;
 }
 
@@ -122,6 +128,10 @@ static void cpu_step(skv_context *ctx) {
 static skv_status cpu_truncate(skv_context *ctx, int32_t n_past) {
     skv_cpu *c = ctx->bs;
     skv_cache_truncate(&c->cache, n_past);
+    if (c->cache.vs_err) {
+        c->cache.vs_err = 0;
+        return skv_set_error(SKV_ERR_IO, "%s", c->cache.vs_msg);
+    }
     return SKV_OK;
 }
 
@@ -130,8 +140,12 @@ static skv_status cpu_copy(skv_context *dctx, const skv_context *sctx) {
     const skv_cpu *s = sctx->bs;
     skv_status st;
     const skv_kv_format want = d->cache.fmt;
+    skv_vstore *vs = d->cache.vs; /* the destination's slow store (its plan) stays its own */
+    d->cache.vs = NULL;
     skv_cache_free(&d->cache);
-    if ((st = skv_cache_clone(&d->cache, &s->cache))) return st;
+    st = skv_cache_clone(&d->cache, &s->cache);
+    d->cache.vs = vs;
+    if (st) return st;
     if (!d->cache.streams[0].acc && dctx->stats && (st = skv_cache_enable_stats(&d->cache))) return st;
     if (dctx->head_stats) {
         skv_cpu_head_stats_free(d);
@@ -153,6 +167,8 @@ static skv_status cpu_copy(skv_context *dctx, const skv_context *sctx) {
                 st = skv_cache_append(&q, l, g, ss->pos[i], kr + (int64_t)r * in->head_dim, vr + (int64_t)r * in->head_dim);
             }
         }
+    q.vs = d->cache.vs;
+    d->cache.vs = NULL;
     skv_cache_free(&d->cache);
     d->cache = q;
     return st;
@@ -169,6 +185,16 @@ static void cpu_usage(const skv_context *ctx, skv_kv_usage *u) {
         u->bytes_by_format[f] = cu.bytes[SKV_TIER_FAST][f] + cu.bytes[SKV_TIER_SLOW][f];
     }
     u->slots = cu.slots;
+    if (c->cache.vs) {
+        u->store_bytes = skv_vstore_bytes(c->cache.vs);
+        u->fetch_steps = c->vt_steps;
+        for (int32_t t = 0; c->vt && t < c->n_threads; t++) {
+            u->fetch_rows += c->vt[t].ct.rows;
+            u->fetch_bytes += c->vt[t].ct.bytes;
+            u->fetch_blocks += c->vt[t].ct.blocks;
+            u->fetch_ns += c->vt[t].ct.ns;
+        }
+    }
 }
 
 static int64_t cpu_stream_bytes(const skv_context *ctx, int32_t layer, int32_t kv_head) {
@@ -186,8 +212,81 @@ static skv_status cpu_stream_put(skv_context *ctx, int32_t layer, int32_t g, con
     return skv_cache_stream_import(&c->cache, layer, g, s);
 }
 
+void skv_cpu_vtop_free(skv_cpu *c) {
+    for (int32_t t = 0; c->vt && t < c->n_threads; t++) {
+        skv_cpu_vtop *v = &c->vt[t];
+        free(v->rank), free(v->idx), free(v->sel), free(v->mark), free(v->rows), free(v->zs);
+    }
+    free(c->vt);
+    c->vt = NULL;
+}
+
+/* A V top-N rule: the slow store and each thread's scratch. */
+static skv_status vtop_setup(skv_context *ctx, const skv_vtop_rule *r) {
+    skv_cpu *c = ctx->bs;
+    const skv_model_info *in = &c->m->cfg.info;
+    if (c->past) return skv_set_error(SKV_ERR_UNSUPPORTED, "a V top-N plan (kcache) cannot attend to a read-only past");
+    if (r->n < 0 || (r->n == 0 && !(r->frac > 0 && r->frac <= 1)))
+        return skv_set_error(SKV_ERR_ARG, "V top-N plan: N must be > 0 or a fraction in (0, 1]");
+    if (r->recent > c->n_ctx)
+        return skv_set_error(SKV_ERR_ARG, "kcache: --kc-recent %d is larger than the context (%d tokens)", r->recent,
+                             c->n_ctx);
+    if (r->block < SKV_KV_BLOCK || r->block % SKV_KV_BLOCK)
+        return skv_set_error(SKV_ERR_ARG, "kcache: --kc-block %d is not a multiple of %d", r->block, SKV_KV_BLOCK);
+    const int quant = c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4;
+    const size_t esz = quant ? 1 : c->cache.fmt == SKV_KV_F32 ? 4 : 2;
+    skv_vstore *vs;
+    skv_status st = skv_vstore_open(&vs, r->store, r->dir, (int64_t)c->cache.n_layer * c->cache.n_kv_head,
+                                    c->cache.max_blocks, skv_kv_block_bytes(c->cache.fmt, in->head_dim, 1),
+                                    esz * (size_t)in->head_dim, (int32_t)esz, r->block / SKV_KV_BLOCK);
+    if (st) return st;
+    c->vt_row_bytes = esz * (size_t)in->head_dim;
+    if (quant) { /* a quantized row: its scales, minima and codes */
+        size_t off0[3], stride[3], len[3];
+        skv_quant_vrow_layout(c->cache.fmt, in->head_dim, off0, stride, len);
+        skv_vstore_set_row_layout(vs, 3, off0, stride, len);
+        c->vt_row_bytes = len[0] + len[1] + len[2];
+    }
+    if ((st = skv_cache_attach_vstore(&c->cache, vs))) return st;
+    skv_cpu_vtop_free(c);
+    c->vt = calloc((size_t)c->n_threads, sizeof *c->vt);
+    if (!c->vt) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    const size_t T = (size_t)c->n_ctx;
+    for (int32_t t = 0; t < c->n_threads; t++) {
+        skv_cpu_vtop *v = &c->vt[t];
+        v->rank = malloc(T * sizeof(float));
+        v->idx = malloc(T * sizeof(int32_t));
+        v->sel = malloc(T * sizeof(int32_t));
+        v->mark = malloc(T);
+        v->rows = malloc(T * (size_t)in->head_dim * sizeof(float));
+        v->zs = malloc(skv_vstore_scratch_bytes(vs) + 1);
+        if (!v->rank || !v->idx || !v->sel || !v->mark || !v->rows || !v->zs) {
+            skv_cpu_vtop_free(c);
+            return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        }
+    }
+    return SKV_OK;
+}
+
 static skv_status cpu_set_plan(skv_context *ctx, const skv_read_plan *plan) {
     skv_cpu *c = ctx->bs;
+    if (plan && plan->vtop.on) {
+        if (plan->cls) return skv_set_error(SKV_ERR_UNSUPPORTED, "a read plan with both slot classes and a V top-N rule");
+        skv_status st = vtop_setup(ctx, &plan->vtop);
+        if (st) return st;
+        c->plan = *plan;
+        return SKV_OK;
+    }
+    if (c->plan.vtop.on) { /* dropping the rule: V back to the fast tier */
+        for (int32_t l = 0; l < c->cache.n_layer; l++)
+            for (int32_t g = 0; g < c->cache.n_kv_head; g++) {
+                skv_status st = skv_cache_recall_v(&c->cache, l, g);
+                if (st) return st;
+            }
+        skv_vstore_close(c->cache.vs);
+        c->cache.vs = NULL;
+        skv_cpu_vtop_free(c);
+    }
     if (plan && plan->cls && (c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4 || ctx->pol.ev.evicts || c->past))
         return skv_set_error(SKV_ERR_ARG, "a read plan needs a context that keeps every token, unquantized, "
                              "without a read-only past");

@@ -10,10 +10,13 @@
  * streams are attended before the context's own. Statistics: cpu_stats.c.
  */
 #include "backend/cpu/cpu.h"
+#include "kv/quant.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+
+#define SKV_VTOP_MAX_GROUP 64 /* query heads per KV head a V top-N plan handles */
 
 /* y(n, rows) = x(n, cols) W^T + bias */
 static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const float *x, float *y, int64_t n) {
@@ -244,6 +247,53 @@ static void weigh_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *s
     }
 }
 
+/* V top-N (plan.vtop) over a stream whose slots [0, n_slow) have V in the slow store: probs
+ * hold the softmax over every slot (the full log-sum-exp) of the group's nh = G heads. Rank
+ * the slow slots, read the N best rows from the store, and finish each head's output over them
+ * and the fast slots, in slot order (so that reading every row equals ordinary attention bit
+ * for bit). */
+static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh, float *vb) {
+    const skv_vtop_rule *r = &c->plan.vtop;
+    const int32_t hd = c->m->cfg.info.head_dim;
+    const int64_t T = c->n_ctx;
+    const int32_t n = st->n, ns = st->n_slow;
+    skv_cpu_vtop *w = &c->vt[omp_get_thread_num()];
+    float inv[SKV_VTOP_MAX_GROUP];
+    const int32_t nsel = skv_vtop_group(r, c->probs + (int64_t)h0 * T, T, nh, n, ns, w->sel, inv, w->rank, w->idx, w->mark);
+    if (skv_vstore_rows(c->cache.vs, skv_cache_stream_index(&c->cache, st), w->sel, nsel, w->rows, w->zs, &w->ct)) {
+        skv_cache_vs_fail(&c->cache);
+        memset(w->rows, 0, (size_t)nsel * hd * sizeof(float));
+    }
+    float *rows = (float *)w->rows;
+    if (c->cache.fmt == SKV_KV_BF16) { /* widen in place from the end */
+        const uint16_t *h = (const uint16_t *)w->rows;
+        for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_bf16_to_f32(h[i]);
+    } else if (c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4) {
+        /* decode in place from the last row (a row's f32 span starts at or after its packed one);
+         * each packed row is copied out first */
+        const size_t rb = c->vt_row_bytes;
+        uint8_t packed[4096];
+        SKV_ASSERT(rb <= sizeof packed);
+        for (int32_t i = nsel - 1; i >= 0; i--) {
+            memcpy(packed, w->rows + (size_t)i * rb, rb);
+            skv_dequant_vrow(c->cache.fmt, hd, packed, rows + (int64_t)i * hd);
+        }
+    }
+    for (int32_t j = 0; j < nh; j++) {
+        const float *pr = c->probs + (int64_t)(h0 + j) * T;
+        float *o = c->att_out + (int64_t)(h0 + j) * hd;
+        for (int32_t i = 0; i < nsel; i++) skv_axpy(o, pr[w->sel[i]] * inv[j], rows + (int64_t)i * hd, hd);
+    }
+    for (int32_t b = ns / SKV_KV_BLOCK; b * SKV_KV_BLOCK < n; b++) {
+        const float *V = skv_cache_v_rows(&c->cache, st, b, vb);
+        const int32_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
+        for (int32_t s = s0; s < s1; s++)
+            for (int32_t j = 0; j < nh; j++)
+                skv_axpy(c->att_out + (int64_t)(h0 + j) * hd, c->probs[(int64_t)(h0 + j) * T + s] * inv[j],
+                         V + (s - s0) * hd, hd);
+    }
+}
+
 /* Decode attention of query heads [h0, h0 + nh), all in KV group g, over the past's and the
  * group's own kept tokens, block by block; each K and V block is read once for the nh heads.
  * Probabilities are left in c->probs (one row of n_ctx per head, by slot: the past's first).
@@ -279,8 +329,32 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
         const float own = c->plan.combine == SKV_PLAN_SUM ? 1.0f : (float)(1.0 - fmin(fmax(mass, 0.0), 1.0));
         for (int64_t s = 0; s < n; s++) pr[s] = cls[s] == SKV_READ_VONLY ? mw[s] : pr[s] * own;
     }
+    if (st->n_slow > 0 && c->plan.vtop.on) { /* (no past with a V top-N rule: refused) */
+        weigh_vtop(c, st, h0, nh, vb);
+        return;
+    }
     if (ps) weigh_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, vb);
     weigh_stream(c, &c->cache, st, cls, np, h0, nh, vb);
+}
+
+/* Before a decode step under a V top-N rule: the store must still hold what was written;
+ * V of slots older than the newest `recent` moves to it (cache layers >= fast_layers); for
+ * cold-cache measurements its pages are dropped. */
+static skv_status vtop_before_step(skv_cpu *c) {
+    const skv_vtop_rule *r = &c->plan.vtop;
+    skv_status st = skv_vstore_check(c->cache.vs);
+    if (st) return st;
+    if (SKV_MAX(1, c->m->cfg.info.n_head / c->m->cfg.info.n_kv_head) > SKV_VTOP_MAX_GROUP)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "V top-N: more than %d query heads per KV head", SKV_VTOP_MAX_GROUP);
+    int any = 0;
+    for (int32_t l = r->fast_layers; l < c->cache.n_layer; l++)
+        for (int32_t g = 0; g < c->cache.n_kv_head; g++) {
+            if ((st = skv_cache_offload_v(&c->cache, l, g, r->recent))) return st;
+            any |= skv_cache_stream(&c->cache, l, g)->n_slow > 0;
+        }
+    if (any) c->vt_steps++;
+    if (any && r->cold) skv_vstore_drop_cache(c->cache.vs);
+    return SKV_OK;
 }
 
 /* Single-token decode: one parallel region for the whole pass, matrix-vector products straight
@@ -295,8 +369,9 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     const float scale = 1.0f / sqrtf((float)hd);
     const float *cs = m->rope_cos + pos * hd / 2, *sn = m->rope_sin + pos * hd / 2;
     /* per KV head when there are enough of them, or when statistics are gathered per group */
-    const int by_group = in->n_kv_head >= c->n_threads || c->want_acc;
+    const int by_group = in->n_kv_head >= c->n_threads || c->want_acc || c->plan.vtop.on;
     skv_status err = SKV_OK;
+    if (c->plan.vtop.on && (err = vtop_before_step(c))) return err;
     embed_rows(c, fin);
 
 #pragma omp parallel num_threads(c->n_threads)
@@ -375,6 +450,10 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
         }
     }
     if (out->hidden && !out->logits && !out->hidden_normed) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
+    if (!err && c->cache.vs_err) {
+        c->cache.vs_err = 0;
+        return skv_set_error(SKV_ERR_IO, "%s", c->cache.vs_msg);
+    }
     return err;
 }
 
