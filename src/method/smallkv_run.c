@@ -74,7 +74,7 @@ static skv_status wrap(skv_context *lc, skv_context *sc, skv_smallkv_params p, s
     s->marg = calloc((size_t)s->L * s->H * s->n_ctx, sizeof(float));
     /* per thread: score, pooled score */
     s->score = malloc(sizeof(float) * 2 * (size_t)s->n_ctx * (size_t)SKV_MAX(lc->n_threads, 1));
-    s->fixed = malloc((size_t)s->L * s->KVH * s->n_ctx);
+    s->fixed = calloc((size_t)s->L * s->KVH * s->n_ctx, 1); /* SKV_SK_SKIP: tokens decoded after the first step */
     if (!s->f || !s->cls || !s->pcls || !s->marg || !s->score || !s->fixed) {
         skv_smallkv_free(s);
         return skv_set_error(SKV_ERR_NOMEM, "out of memory");
