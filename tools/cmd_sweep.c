@@ -297,6 +297,8 @@ int cmd_sweep(int argc, char **argv) {
            "<task>.png, meta.json)\n", ts.n, n_cfg, secs, outd);
     free(res);
     free(A);
+    for (int i = 0; i < n_cfg; i++)
+        if (!strncmp(label[i], "kcache", 6)) free((char *)label[i]); /* the kcache labels were made here */
     free(cfg);
     free(label);
     free(cbud);
@@ -306,6 +308,8 @@ int cmd_sweep(int argc, char **argv) {
     free(buds);
     free(pol_buf);
     free(bud_buf);
+    free(ns);
+    free(ns_buf);
     skv_tasks_free(&ts);
     skv_model_free(draft);
     skv_model_free(m);
