@@ -185,6 +185,10 @@ skv_model *skv_test_load_model(const char *name, int n_threads) {
     return skv_model_load(dir, mp, &m) == SKV_OK ? m : NULL;
 }
 
+void skv_test_ids(int32_t *ids, int n, uint32_t salt) {
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + salt) % 8000 + 1);
+}
+
 uint32_t skv_test_xorshift(uint32_t *state) {
     uint32_t x = *state;
     x ^= x << 13;

@@ -68,5 +68,7 @@ int skv_test_argmax(const float *x, int n);
 skv_model *skv_test_load_model(const char *name, int n_threads);
 /* xorshift32 step of a generator whose state the caller keeps (nonzero seed). */
 uint32_t skv_test_xorshift(uint32_t *state);
+/* n deterministic token ids in [1, 8000] (a multiplicative hash of the index and salt). */
+void skv_test_ids(int32_t *ids, int n, uint32_t salt);
 
 #endif

@@ -148,10 +148,6 @@ static skv_model *model_s(void) {
     return g_s;
 }
 
-static void make_ids(int32_t *ids, int n, uint32_t salt) {
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + salt) % 8000 + 1);
-}
-
 static skv_policy_params kc_params(int n, int recent, int store) {
     skv_policy_params p = skv_policy_default_params("kcache");
     p.kc_n = n;
@@ -191,7 +187,7 @@ static void test_full_n_bit_identical(void) {
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 300, STEPS = 40 };
     int32_t ids[P];
-    make_ids(ids, P, 5);
+    skv_test_ids(ids, P, 5);
     for (int v = 0; v < 8; v++) {
         /* a bf16 cache stores bf16 rows, an int8 / int4 (KIVI) cache its quantized blocks */
         g_fmt = v == 5 ? SKV_KV_BF16 : v == 6 ? SKV_KV_Q8 : v == 7 ? SKV_KV_Q4 : SKV_KV_F32;
@@ -258,7 +254,7 @@ static void test_rows_equal_store(void) {
     const skv_model_info *in = skv_model_get_info(m);
     enum { P = 250, STEPS = 30, N = 20, R = 40 };
     int32_t ids[P];
-    make_ids(ids, P, 9);
+    skv_test_ids(ids, P, 9);
     skv_context *a = ctx_with(m, kc_params(N, R, SKV_KC_MMAP), 512), *b = ctx_with(m, kc_params(N, R, SKV_KC_ZSTD), 512);
     skv_context *c = ctx_with(m, kc_params(N + 7, R, SKV_KC_MMAP), 512);
     REQUIRE(a && b && c, "%s", skv_last_error());
@@ -381,7 +377,7 @@ static void test_bad_input(void) {
         skv_context *c = ctx_with(m, p, 512);
         REQUIRE(c, "%s", skv_last_error());
         int32_t ids[200], tok = 5;
-        make_ids(ids, 200, 3);
+        skv_test_ids(ids, 200, 3);
         REQUIRE(skv_decode(c, ids, 200, NULL, 0) == SKV_OK && skv_decode(c, &tok, 1, NULL, 0) == SKV_OK, "%s",
                 skv_last_error());
         store_file(dir, path, sizeof path);

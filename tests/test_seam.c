@@ -40,7 +40,8 @@ static void test_tova_select(void) {
         }
         CHECK(kept == (n < budget ? n : budget));
         /* the step's victim: the lowest score, then the oldest position */
-        const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_LAST, .pool = 1, .step = 1};
+        const skv_policy_params tp = skv_policy_default_params("tova");
+        const skv_evict_desc d = skv_policy_find("tova")->evict(&tp); /* the rule the policy runs */
         int32_t newest = 0;
         for (int i = 0; i < n; i++) newest = pos[i] > newest ? pos[i] : newest;
         const int32_t v = skv_select_victim(&d, pos, sc, n, budget, newest);
@@ -55,10 +56,6 @@ static skv_model *g_s;
 static skv_model *model_s(void) {
     if (!g_s) g_s = skv_test_load_model("kvt-s", 2);
     return g_s;
-}
-
-static void make_ids(int32_t *ids, int n, uint32_t salt) {
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + salt) % 8000 + 1);
 }
 
 static skv_context *ctx_of(skv_model *m, const char *policy, float budget, skv_kv_format fmt, int stats) {
@@ -79,7 +76,7 @@ static void test_tova_in_model(void) {
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 300 };
     int32_t ids[P];
-    make_ids(ids, P, 11);
+    skv_test_ids(ids, P, 11);
     skv_context *src = ctx_of(m, "full", 0, SKV_KV_F32, 1);
     REQUIRE(src, "%s", skv_last_error());
     REQUIRE(skv_decode(src, ids, P, NULL, 0) == SKV_OK, "%s", skv_last_error());
@@ -146,7 +143,7 @@ static void test_export_import(void) {
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 200 };
     int32_t ids[P];
-    make_ids(ids, P, 5);
+    skv_test_ids(ids, P, 5);
     const struct {
         const char *policy;
         skv_kv_format fmt;
@@ -212,7 +209,7 @@ static void test_embedding_input(void) {
     enum { P = 70 };
     const int D = in->dim, V = in->n_vocab;
     int32_t ids[P + 1];
-    make_ids(ids, P + 1, 9);
+    skv_test_ids(ids, P + 1, 9);
     float *embd = malloc(sizeof(float) * (size_t)(P + 1) * D);
     for (int i = 0; i <= P; i++) skv_weight_row_f32(&m->tok_embed, ids[i], embd + (size_t)i * D);
     skv_context *a = ctx_of(m, "full", 0, SKV_KV_F32, 0), *b = ctx_of(m, "full", 0, SKV_KV_F32, 0);
@@ -252,7 +249,7 @@ static void test_readonly_past(void) {
     REQUIRE(m, "kvt-s: %s", skv_last_error());
     enum { P = 150, Q = 40 };
     int32_t ids[P + Q];
-    make_ids(ids, P + Q, 21);
+    skv_test_ids(ids, P + Q, 21);
     for (int f = 0; f < 2; f++) {
         const skv_kv_format fmt = f ? SKV_KV_BF16 : SKV_KV_F32;
         skv_context *past = ctx_of(m, "full", 0, fmt, 0);

@@ -173,13 +173,9 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         free(bid), free(pr);
     }
 
-    char path[1200], rd[1024];
+    char path[1300];
     const char *base = cli_basename(dir);
-    if (!out) { /* a new results folder; bench/ only when asked with --out */
-        cli_results_dir("bench", dir, rd, sizeof rd);
-        snprintf(path, sizeof path, "%s/cuda-%s.json", rd, base);
-        out = path;
-    }
+    out = cli_bench_out(out, dir, path, sizeof path, "cuda-%s.json", base);
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cuda\",\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"device_memory_bytes\": %lld,\n"
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"

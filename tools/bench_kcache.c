@@ -79,13 +79,9 @@ int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, i
             row->tps[row->reps] = once(m, &p, depth, n, lg, buf, &row->u);
         cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
-    char path[1200], rd[1024];
+    char path[1300];
     const char *base = cli_basename(dir);
-    if (!out) { /* a new results folder; bench/ only when asked with --out */
-        cli_results_dir("bench", dir, rd, sizeof rd);
-        snprintf(path, sizeof path, "%s/kcache-cpu-%s-t%d.json", rd, base, threads);
-        out = path;
-    }
+    out = cli_bench_out(out, dir, path, sizeof path, "kcache-cpu-%s-t%d.json", base, threads);
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n  \"depth\": %d,\n  \"tg\": %d,\n"
             "  \"kc_n\": \"%s\",\n  \"kc_recent\": %d,\n  \"kc_fast_layers\": %d,\n  \"kc_weight\": \"%s\",\n"

@@ -92,13 +92,9 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
             row->tps[row->reps] = once(m, d, spp, depth, n, n_ctx, lg, buf, &row->u);
         cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
-    char path[1200], rd[1024];
+    char path[1300];
     const char *base = cli_basename(dir);
-    if (!out) { /* a new results folder; bench/ only when asked with --out */
-        cli_results_dir("bench", dir, rd, sizeof rd);
-        snprintf(path, sizeof path, "%s/cpu-smallkv-%s-t%d.json", rd, base, threads);
-        out = path;
-    }
+    out = cli_bench_out(out, dir, path, sizeof path, "cpu-smallkv-%s-t%d.json", base, threads);
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"draft\": ", base);
     cli_json_string(f, pa->draft, strlen(pa->draft));

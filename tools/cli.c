@@ -322,6 +322,18 @@ void cli_results_dir(const char *cmd, const char *model_dir, char *buf, size_t c
     cli_die(cmd, 1, "%s: cannot create a new results folder", buf);
 }
 
+const char *cli_bench_out(const char *out, const char *model_dir, char *buf, size_t cap, const char *name_fmt, ...) {
+    if (out) return out;
+    char rd[1024], name[256];
+    va_list ap;
+    va_start(ap, name_fmt);
+    vsnprintf(name, sizeof name, name_fmt, ap);
+    va_end(ap);
+    cli_results_dir("bench", model_dir, rd, sizeof rd); /* bench/ only when asked with --out */
+    snprintf(buf, cap, "%s/%s", rd, name);
+    return buf;
+}
+
 void cli_check_writable(const char *cmd, const char *flag, const char *path) {
     struct stat sb;
     const int existed = stat(path, &sb) == 0;

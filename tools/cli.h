@@ -71,6 +71,10 @@ void cli_json_provenance(FILE *f);
 /* Where results go when no output path is given: a new folder results/<cmd>-<model>-<time>/
  * (never the tracked files under bench/), created, its path in buf; exits naming it on failure. */
 void cli_results_dir(const char *cmd, const char *model_dir, char *buf, size_t cap);
+/* A bench result's path: `out` when given, else NAME (printf-formatted) in a new results folder
+ * of bench for the model directory (written into buf). */
+const char *cli_bench_out(const char *out, const char *model_dir, char *buf, size_t cap, const char *name_fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* Exit 1 naming flag and path unless path can be written (checked before a long run; an
  * existing file is left as it is). */
 void cli_check_writable(const char *cmd, const char *flag, const char *path);

@@ -208,16 +208,11 @@ int cmd_bench(int argc, char **argv) {
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
 
-    char commit[64], machine[256], path[1200];
+    char commit[64], machine[256], path[1300];
     cli_git_commit(commit, sizeof commit);
     cli_machine(machine, sizeof machine);
     const char *base = cli_basename(dir);
-    if (!out) {
-        char rd[1024];
-        cli_results_dir("bench", dir, rd, sizeof rd);
-        snprintf(path, sizeof path, "%s/cpu-%s-t%d.json", rd, base, threads);
-        out = path;
-    }
+    out = cli_bench_out(out, dir, path, sizeof path, "cpu-%s-t%d.json", base, threads);
     const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;
     printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base,
            in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",

@@ -32,6 +32,8 @@ struct skv_context {
     int32_t v_slow;            /* CUDA: V in the slow tier */
     const skv_context *past;   /* read-only past (NULL: none); own positions start at past->n_past */
     float *sample_logits;      /* (n_vocab) skv_decode_sampled without device sampling */
+    int32_t *sample_seen;      /* (sample_seen_cap) the sampler's distinct ids for device sampling */
+    int64_t sample_seen_cap;
     int32_t n_seq;             /* sequences; seq_past[0] mirrors n_past */
     int32_t *seq_past;         /* (n_seq) positions of sequences 1.. (0 is n_past) */
 };
@@ -78,9 +80,9 @@ struct skv_backend_ops {
     skv_status (*copy)(skv_context *dst, const skv_context *src);
     void (*usage)(const skv_context *c, skv_kv_usage *u);
     int64_t (*stream_bytes)(const skv_context *c, int32_t layer, int32_t kv_head);
-    /* Read a stream (its arrays malloc'd; skv_stream_io_free), or write one into an empty
-     * context's stream. */
-    skv_status (*stream_get)(const skv_context *c, int32_t layer, int32_t kv_head, skv_stream_io *s);
+    /* Read a stream (its arrays malloc'd; skv_stream_io_free; rows 0: positions and statistics
+     * only, no K/V), or write one into an empty context's stream. */
+    skv_status (*stream_get)(const skv_context *c, int32_t layer, int32_t kv_head, int rows, skv_stream_io *s);
     skv_status (*stream_put)(skv_context *c, int32_t layer, int32_t kv_head, const skv_stream_io *s);
     /* Per-step reads (NULL plan: ordinary attention), read-only past (NULL: none). */
     skv_status (*set_plan)(skv_context *c, const skv_read_plan *plan);

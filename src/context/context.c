@@ -141,6 +141,7 @@ void skv_context_free(skv_context *c) {
     if (!c) return;
     c->be->free(c);
     free(c->sample_logits);
+    free(c->sample_seen);
     free(c->pol.budget_now);
     free(c->seq_past);
     free(c);
@@ -212,7 +213,7 @@ int64_t skv_context_kv_bytes_head(const skv_context *c, int32_t layer, int32_t k
 int32_t skv_context_kept(const skv_context *c, int32_t layer, int32_t kv_head, int32_t *pos) {
     if (layer < 0 || layer >= c->n_layer || kv_head < 0 || kv_head >= c->m->cfg.info.n_kv_head) return -1;
     skv_stream_io s;
-    if (c->be->stream_get(c, layer, kv_head, &s)) return -1;
+    if (c->be->stream_get(c, layer, kv_head, 0, &s)) return -1;
     const int32_t n = s.n;
     if (pos) memcpy(pos, s.pos, sizeof(int32_t) * (size_t)n);
     skv_stream_io_free(&s);
@@ -286,7 +287,6 @@ skv_status skv_context_set_plan(skv_context *c, const skv_read_plan *plan) {
     return c->be->set_plan(c, plan);
 }
 
-int32_t skv_context_n_threads(const skv_context *c) { return c->n_threads; }
 skv_model *skv_context_model(const skv_context *c) { return c->m; }
 
 skv_status skv_context_set_past(skv_context *c, const skv_context *past) {
@@ -363,13 +363,15 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
                                  c->n_ctx);
         if (id < 0 || id >= in->n_vocab)
             return skv_set_error(SKV_ERR_ARG, "token id %d is outside the vocabulary (%d entries)", id, in->n_vocab);
-        const int64_t hist = skv_sampler_history(s);
-        int32_t *seen = malloc(sizeof(int32_t) * (size_t)SKV_MAX(hist, 1));
-        if (!seen) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        const int64_t hist = SKV_MAX(skv_sampler_history(s), 1);
+        if (hist > c->sample_seen_cap) { /* grows with the sampler's history, not per step */
+            int32_t *p = realloc(c->sample_seen, sizeof(int32_t) * (size_t)(2 * hist));
+            if (!p) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+            c->sample_seen = p, c->sample_seen_cap = 2 * hist;
+        }
         skv_sample_args a;
-        skv_sampler_args(s, &a, seen);
+        skv_sampler_args(s, &a, c->sample_seen);
         skv_status st = c->be->decode_sampled(c, id, &a, next);
-        free(seen);
         if (!st) c->n_past++;
         return st;
     }

@@ -22,7 +22,6 @@ skv_status skv_context_move_tier(skv_context *c, skv_tier tier);
 skv_status skv_context_set_plan(skv_context *c, const skv_read_plan *plan);
 /* The policy's budgets at the current length, then the backend's compression. */
 skv_status skv_context_compress(skv_context *c);
-int32_t skv_context_n_threads(const skv_context *c);
 skv_model *skv_context_model(const skv_context *c);
 
 #endif

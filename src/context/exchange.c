@@ -55,7 +55,7 @@ skv_status skv_context_export(const skv_context *c, void **buf, size_t *len) {
     for (int32_t l = 0; l < c->n_layer && !st; l++)
         for (int32_t g = 0; g < in->n_kv_head && !st; g++) {
             skv_stream_io s;
-            if ((st = c->be->stream_get(c, l, g, &s))) break;
+            if ((st = c->be->stream_get(c, l, g, 1, &s))) break;
             const int32_t nb = (s.n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
             put_i32(&w, s.n), put_i32(&w, nb), put_i64(&w, s.kbytes), put_i64(&w, s.vbytes);
             put(&w, s.pos, sizeof(int32_t) * (size_t)s.n);

@@ -484,7 +484,7 @@ void skv_stream_io_free(skv_stream_io *s) {
     memset(s, 0, sizeof *s);
 }
 
-skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv_stream_io *s) {
+skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, int rows, skv_stream_io *s) {
     memset(s, 0, sizeof *s);
     const skv_stream *st = skv_cache_stream(c, l, g);
     const int32_t n = st->n, nb = (n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
@@ -497,14 +497,17 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
         s->win = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
         s->last = malloc(sizeof(float) * (size_t)SKV_MAX(n, 1));
     }
-    for (int32_t b = 0; b < nb; b++) {
+    for (int32_t b = 0; b < nb && rows; b++) {
         const skv_kv_format vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         s->kbytes += (int64_t)skv_kv_block_bytes(block_fmt(st->kb[b]), c->head_dim, 0);
         s->vbytes += (int64_t)skv_kv_block_bytes(vf, c->head_dim, 1);
     }
-    s->kdata = malloc((size_t)SKV_MAX(s->kbytes, 1));
-    s->vdata = malloc((size_t)SKV_MAX(s->vbytes, 1));
-    if (!s->pos || !s->kfmt || !s->vfmt || !s->kdata || !s->vdata || (st->acc && (!s->acc || !s->win || !s->last))) {
+    if (rows) {
+        s->kdata = malloc((size_t)SKV_MAX(s->kbytes, 1));
+        s->vdata = malloc((size_t)SKV_MAX(s->vbytes, 1));
+    }
+    if (!s->pos || !s->kfmt || !s->vfmt || (rows && (!s->kdata || !s->vdata)) ||
+        (st->acc && (!s->acc || !s->win || !s->last))) {
         skv_stream_io_free(s);
         return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     }
@@ -515,7 +518,7 @@ skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv
         memcpy(s->last, st->last, sizeof(float) * (size_t)n);
     }
     int64_t ko = 0, vo = 0;
-    for (int32_t b = 0; b < nb; b++) {
+    for (int32_t b = 0; b < nb && rows; b++) {
         const skv_kv_format kf = block_fmt(st->kb[b]), vf = st->vb[b] < 0 ? stored_fmt(c) : block_fmt(st->vb[b]);
         const size_t kn = skv_kv_block_bytes(kf, c->head_dim, 0), vn = skv_kv_block_bytes(vf, c->head_dim, 1);
         s->kfmt[b] = (uint8_t)kf, s->vfmt[b] = (uint8_t)vf;

@@ -127,8 +127,9 @@ typedef struct skv_stream_io {
     int64_t kbytes, vbytes;
 } skv_stream_io;
 void skv_stream_io_free(skv_stream_io *s);
-/* A stream's slots, statistics and blocks as they are stored (arrays malloc'd). */
-skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, skv_stream_io *s);
+/* A stream's slots, statistics and (rows: 1) blocks as they are stored (arrays malloc'd; with
+ * rows 0 only n, positions and statistics are filled). */
+skv_status skv_cache_stream_export(const skv_cache *c, int32_t l, int32_t g, int rows, skv_stream_io *s);
 /* Fill an empty stream from s (blocks in the cache's current tiers); checks sizes and formats. */
 skv_status skv_cache_stream_import(skv_cache *c, int32_t l, int32_t g, const skv_stream_io *s);
 

@@ -81,27 +81,40 @@ int32_t skv_select_victim(const skv_evict_desc *d, const int32_t *pos, const flo
     return victim;
 }
 
+/* The named policy's own eviction rule with these options (what the tests hold against brute
+ * force is exactly what the policy runs). */
+static skv_evict_desc rule_of(const char *name, const skv_policy_params *p) {
+    const skv_policy_ops *o = skv_policy_find(name);
+    SKV_ASSERT(o && o->evict);
+    return o->evict(p);
+}
+
 void skv_select_window(const int32_t *pos, int32_t n, int32_t budget, int32_t sinks, uint8_t *keep) {
-    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_POSITION, .sinks = sinks, .pool = 1, .step = 1};
+    skv_policy_params p = skv_policy_default_params("window");
+    p.sinks = sinks;
+    const skv_evict_desc d = rule_of("window", &p);
     skv_select(&d, pos, NULL, n, budget, keep);
 }
 
 void skv_select_h2o(const int32_t *pos, const float *acc, int32_t n, int32_t budget, float recent_frac,
                     uint8_t *keep) {
-    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_ACC, .recent = 0, .pool = 1, .step = 1,
-                              .recent_frac = recent_frac};
-    /* recent_frac 0 means no recent window (not "use .recent") */
+    skv_policy_params p = skv_policy_default_params("h2o");
+    p.recent_frac = recent_frac;
+    const skv_evict_desc d = rule_of("h2o", &p);
     skv_select(&d, pos, acc, n, budget, keep);
 }
 
 void skv_select_snapkv(const int32_t *pos, const float *win, int32_t n, int32_t budget, int32_t obs_window,
                        int32_t pool_kernel, uint8_t *keep) {
-    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_WIN, .recent = obs_window, .pool = pool_kernel};
+    skv_policy_params p = skv_policy_default_params("snapkv");
+    p.obs_window = obs_window, p.pool_kernel = pool_kernel;
+    const skv_evict_desc d = rule_of("snapkv", &p);
     skv_select(&d, pos, win, n, budget, keep);
 }
 
 void skv_select_tova(const int32_t *pos, const float *last, int32_t n, int32_t budget, uint8_t *keep) {
-    const skv_evict_desc d = {.evicts = 1, .rank = SKV_RANK_LAST, .pool = 1, .step = 1};
+    const skv_policy_params p = skv_policy_default_params("tova");
+    const skv_evict_desc d = rule_of("tova", &p);
     skv_select(&d, pos, last, n, budget, keep);
 }
 

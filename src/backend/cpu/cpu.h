@@ -23,7 +23,6 @@ typedef struct skv_cpu_vtop {
 } skv_cpu_vtop;
 
 typedef struct skv_cpu {
-    skv_context *ctx;          /* the context this state belongs to */
     const skv_model *m;
     int32_t n_ctx, n_batch, n_threads;
     skv_cache cache;           /* K (after RoPE) and V of the kept tokens, per cache layer */

@@ -35,7 +35,6 @@ static skv_status cpu_init(skv_context *ctx, const skv_context_params *p) {
     skv_cpu *c = calloc(1, sizeof *c);
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     ctx->bs = c;
-    c->ctx = ctx;
     c->m = m;
     c->n_ctx = ctx->n_ctx, c->n_batch = ctx->n_batch, c->n_threads = ctx->n_threads;
     c->head_win_from = INT64_MAX;
@@ -202,9 +201,9 @@ static int64_t cpu_stream_bytes(const skv_context *ctx, int32_t layer, int32_t k
     return skv_cache_stream_bytes(&c->cache, layer, kv_head);
 }
 
-static skv_status cpu_stream_get(const skv_context *ctx, int32_t layer, int32_t g, skv_stream_io *s) {
+static skv_status cpu_stream_get(const skv_context *ctx, int32_t layer, int32_t g, int rows, skv_stream_io *s) {
     const skv_cpu *c = ctx->bs;
-    return skv_cache_stream_export(&c->cache, layer, g, s);
+    return skv_cache_stream_export(&c->cache, layer, g, rows, s);
 }
 
 static skv_status cpu_stream_put(skv_context *ctx, int32_t layer, int32_t g, const skv_stream_io *s) {

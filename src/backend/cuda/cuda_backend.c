@@ -140,11 +140,13 @@ static int64_t cu_stream_bytes(const skv_context *c, int32_t layer, int32_t kv_h
     return (int64_t)(n + SKV_GPU_BLOCK - 1) / SKV_GPU_BLOCK * SKV_GPU_BLOCK * c->m->cfg.info.head_dim * 2 * 2;
 }
 
-/* A stream read back as bf16 blocks of SKV_KV_BLOCK rows (the exchange layout). */
-static skv_status cu_stream_get(const skv_context *c, int32_t layer, int32_t g, skv_stream_io *s) {
+/* A stream read back as bf16 blocks of SKV_KV_BLOCK rows (the exchange layout); rows 0:
+ * positions and statistics only. */
+static skv_status cu_stream_get(const skv_context *c, int32_t layer, int32_t g, int rows, skv_stream_io *s) {
     memset(s, 0, sizeof *s);
     const int64_t hd = c->m->cfg.info.head_dim, T = c->n_ctx;
-    float *k = malloc(sizeof(float) * (size_t)(T * hd)), *v = malloc(sizeof(float) * (size_t)(T * hd));
+    float *k = NULL, *v = NULL;
+    if (rows) k = malloc(sizeof(float) * (size_t)(T * hd)), v = malloc(sizeof(float) * (size_t)(T * hd));
     s->pos = malloc(sizeof(int32_t) * (size_t)T);
     const int stats = c->stats != 0;
     if (stats) {
@@ -153,17 +155,17 @@ static skv_status cu_stream_get(const skv_context *c, int32_t layer, int32_t g, 
         s->last = malloc(sizeof(float) * (size_t)T);
     }
     skv_status st = SKV_OK;
-    if (!k || !v || !s->pos || (stats && (!s->acc || !s->win || !s->last)))
+    if ((rows && (!k || !v)) || !s->pos || (stats && (!s->acc || !s->win || !s->last)))
         st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
     if (!st) st = skv_gpu_stream_read(G(c), layer, 0, g, &s->n, s->pos, s->acc, s->win, s->last, k, v);
     const int32_t nb = (s->n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
-    if (!st) {
+    if (!st && rows) {
         s->kbytes = s->vbytes = (int64_t)nb * SKV_KV_BLOCK * hd * 2;
         s->kfmt = malloc((size_t)SKV_MAX(nb, 1)), s->vfmt = malloc((size_t)SKV_MAX(nb, 1));
         s->kdata = calloc((size_t)SKV_MAX(s->kbytes, 1), 1), s->vdata = calloc((size_t)SKV_MAX(s->vbytes, 1), 1);
         if (!s->kfmt || !s->vfmt || !s->kdata || !s->vdata) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
     }
-    if (!st) {
+    if (!st && rows) {
         memset(s->kfmt, SKV_KV_BF16, (size_t)nb), memset(s->vfmt, SKV_KV_BF16, (size_t)nb);
         uint16_t *kd = (uint16_t *)s->kdata, *vd = (uint16_t *)s->vdata;
         for (int64_t i = 0; i < (int64_t)s->n * hd; i++) kd[i] = skv_f32_to_bf16(k[i]), vd[i] = skv_f32_to_bf16(v[i]);
@@ -240,7 +242,7 @@ const skv_backend_ops skv_backend_cuda = {
     .forward = cu_forward,
     .decode_sampled = cu_decode_sampled,
     .compress = cu_compress,
-    .step = NULL, /* window, h2o and tova evict inside the decode step's graph */
+    .step = NULL, /* policies that evict every step do it inside the decode step's graph */
     .truncate = cu_truncate,
     .copy = cu_copy,
     .usage = cu_usage,
