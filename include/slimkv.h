@@ -349,6 +349,9 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
 skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n);
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
+/* The empty sequence dst takes a copy of sequence src's cache and position (a shared prompt
+ * decoded into several continuations; CUDA). */
+skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src);
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
 
 /* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured
@@ -361,6 +364,8 @@ typedef struct skv_device_info {
 } skv_device_info;
 skv_status skv_backend_device_info(skv_backend b, skv_device_info *out);
 skv_status skv_backend_copy_bandwidth(skv_backend b, int64_t bytes, double *bytes_per_s);
+/* Measured host-to-device copy bandwidth from pinned host memory over `bytes` (CUDA). */
+skv_status skv_backend_h2d_bandwidth(skv_backend b, int64_t bytes, double *bytes_per_s);
 int64_t skv_context_weight_bytes(const skv_context *c);
 
 /* ------------------------------------------------------------------------------------------ */

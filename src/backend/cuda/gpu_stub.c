@@ -75,4 +75,12 @@ skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_
     return no_cuda();
 }
 skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bps) { return (void)bytes, (void)bps, no_cuda(); }
+skv_status skv_gpu_h2d_bandwidth(int64_t bytes, double *bps) { return (void)bytes, (void)bps, no_cuda(); }
+skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src) { return (void)c, (void)dst, (void)src, no_cuda(); }
+void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int64_t *slow_rows) {
+    (void)c;
+    if (steps) *steps = 0;
+    if (rows) *rows = 0;
+    if (slow_rows) *slow_rows = 0;
+}
 #endif
