@@ -93,6 +93,12 @@ static skv_status cu_set_plan(skv_context *c, const skv_read_plan *plan) {
 
 static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     const skv_model_info *in = &c->m->cfg.info;
+    skv_vtop_rule vt = {0};
+    if (c->pol.ops->vtop) { /* KCache: what the GPU context allocates depends on the rule */
+        skv_status st = kc_check(c, p);
+        if (st) return st;
+        vt = c->pol.ops->vtop(&c->pol.p);
+    }
     if (c->pol.ops->format && c->pol.ops->format(&c->pol.p, p->kv_format) != p->kv_format)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only (the CUDA cache is bf16)",
                              c->pol.ops->name);
@@ -104,12 +110,6 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     if (in->sliding_window > 0 && c->n_ctx > in->sliding_window)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend has no sliding-window attention: a context of %d "
                              "tokens exceeds the model's window of %d", c->n_ctx, in->sliding_window);
-    skv_vtop_rule vt = {0};
-    if (c->pol.ops->vtop) { /* KCache: what the GPU context allocates depends on the rule */
-        skv_status st = kc_check(c, p);
-        if (st) return st;
-        vt = c->pol.ops->vtop(&c->pol.p);
-    }
     skv_gpu_model *g = NULL;
     skv_status st = model_gpu(c->m, &g);
     if (st) return st;

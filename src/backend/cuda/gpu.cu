@@ -90,6 +90,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     const skv_status st = alloc_all();
     if (st) {
         skv_gpu_ctx_free(c);
+        cudaGetLastError(); /* a failed allocation must not fail a later launch check */
         if (st == SKV_ERR_UNSUPPORTED)
             return skv_set_error(SKV_ERR_NOMEM, "CUDA: cannot allocate a context of %d tokens x %d sequences "
                                  "(%.2f GB of KV cache)", n_ctx, n_seq,

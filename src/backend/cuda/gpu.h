@@ -161,6 +161,13 @@ skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src);
 /* KCache counters since the context was created: decode steps that read slow rows, the rows
  * read (summed over streams), and the slow rows now in pinned host memory only. */
 void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int64_t *slow_rows);
+/* KCache, for tests: what the last decode step did in one stream of the last layer (row `row`
+ * of that step, which decoded sequences 0..): its slots n (the step's token included) and slow
+ * slots ns; the group's probabilities (G rows of n, host floats: exp(score - lse) from the
+ * device's scores); the slow slots read (sel, ascending, up to n) and their count; each query
+ * head's weight factor (inv, G). */
+skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns, float *probs,
+                           int32_t *sel, int32_t *nsel, float *inv);
 
 #ifdef __cplusplus
 }

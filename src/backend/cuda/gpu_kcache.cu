@@ -411,3 +411,33 @@ extern "C" void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t 
         *slow_rows = s;
     }
 }
+
+extern "C" skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns,
+                                      float *probs, int32_t *sel, int32_t *nsel, float *inv) {
+    const skv_gpu_model *g = c->g;
+    const int l = g->L - 1, G = g->H / g->KVH;
+    if (!c->kc || l < c->pol.vtop.fast_layers || row < 0 || row >= c->n_seq || kv_head < 0 || kv_head >= g->KVH)
+        return skv_set_error(SKV_ERR_ARG, "KCache readback: row %d KV head %d (a KCache context whose last layer "
+                             "selects)", row, kv_head);
+    CK(cudaStreamSynchronize(c->st));
+    const int sid = sid_of(c, l, row, kv_head);
+    int32_t L = 0, cnt = 0;
+    CK(cudaMemcpy(&L, c->slen + sid, sizeof L, cudaMemcpyDeviceToHost));
+    const int n0 = L - 1;
+    *n = L;
+    *ns = n0 < c->pol.vtop.recent ? 0 : (n0 - c->pol.vtop.recent) / c->kc_ut * c->kc_ut;
+    CK(cudaMemcpy(&cnt, c->kc_nsel + (int64_t)row * g->KVH + kv_head, sizeof cnt, cudaMemcpyDeviceToHost));
+    *nsel = cnt;
+    if (cnt > 0) CK(cudaMemcpy(sel, c->kc_sel + ((int64_t)row * g->KVH + kv_head) * c->n_ctx, sizeof(int32_t) * (size_t)cnt,
+                               cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(inv, c->kc_inv + (int64_t)row * g->H + kv_head * G, sizeof(float) * (size_t)G, cudaMemcpyDeviceToHost));
+    float lse[G_MAX];
+    CK(cudaMemcpy(lse, c->lse + (int64_t)row * g->H + kv_head * G, sizeof(float) * (size_t)G, cudaMemcpyDeviceToHost));
+    for (int j = 0; j < G; j++) {
+        float *p = probs + (int64_t)j * L;
+        CK(cudaMemcpy(p, c->dsc + ((int64_t)row * g->H + kv_head * G + j) * c->n_ctx, sizeof(float) * (size_t)L,
+                      cudaMemcpyDeviceToHost));
+        for (int s = 0; s < L; s++) p[s] = expf(p[s] - lse[j]);
+    }
+    return SKV_OK;
+}
