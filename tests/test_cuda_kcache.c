@@ -237,8 +237,8 @@ static void test_batch_truncate(void) {
 /* What KCache on CUDA refuses, with the flag named: an int8 cache, --kc-over, the file store's
  * options, forks and imports of a KCache context; skv_seq_copy on the CPU. */
 static void test_bad_input(void) {
-    skv_model *m = skv_test_load_model("kvt-s", 1);
-    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    skv_model *m = skv_test_load_model("kvt-l", 1);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = 256, cp.backend = SKV_BACKEND_CUDA, cp.policy = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
     skv_context *c = NULL;
