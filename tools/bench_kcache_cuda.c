@@ -7,6 +7,9 @@
  *    truncated back) --tg decode steps, full cache and KCache: ms per step, and KCache's V rows
  *    and bytes read over PCIe per step against the host-to-device bandwidth measured here
  *    (pinned memory, cudaMemcpy of 1 GiB).
+ *    Then the same steps under each profiling variant (SKV_KC_PROFILE: the scores pass without
+ *    writing scores, the scores pass alone, no finish, the finish without the host rows), whose
+ *    differences place the time of each stage (their outputs are wrong by design).
  * 2. The largest batch at --batch-depth: the full cache's is found by creating contexts from an
  *    estimate down until one fits in HBM; KCache's needs HBM for K (and a ring of newest V
  *    rows) and pinned host memory for V, so it is the smaller of the HBM estimate and what the
@@ -28,6 +31,7 @@ static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
 typedef struct krow {
     int depth, batch, kc;
+    const char *prof;        /* a profiling variant (SKV_KC_PROFILE: stages left out) or "" */
     double ms[64], mean, sd; /* per step */
     int reps;
     double rows, bytes;      /* V rows and bytes read over PCIe per step (all sequences) */
@@ -52,6 +56,11 @@ static skv_context *make(skv_model *m, int n_ctx, int ub, int n_seq, const skv_p
     *st = skv_context_init(m, cp, &c);
     return c;
 }
+
+static const char *g_prof[] = {"nodsc", "scores", "select", "fast"};
+
+/* the profiling variants of KCache at (B, depth), each a row */
+static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr);
 
 static int64_t mem_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -95,6 +104,18 @@ static void time_steps(skv_context *c, int B, int depth, int tg, int reps, int32
     free(ids);
 }
 
+static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr) {
+    for (int i = 0; i < 4; i++) {
+        setenv("SKV_KC_PROFILE", g_prof[i], 1);
+        krow *r = &rows[(*nr)++];
+        memset(r, 0, sizeof *r);
+        r->depth = depth, r->batch = B, r->kc = 1, r->prof = g_prof[i];
+        time_steps(c, B, depth, tg, reps, V, r, hd);
+        printf("  bs%-4d d%-6d kcache profile %-7s %8.3f ms/step\n", B, depth, g_prof[i], r->mean);
+    }
+    unsetenv("SKV_KC_PROFILE");
+}
+
 /* prefill sequence 0 with n ids, copy it into 1..B-1 */
 static double fill(skv_context *c, const int32_t *ids, int n, int B) {
     const double t0 = skv_time_now();
@@ -129,7 +150,7 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
                 const int t = depths[i];
                 depths[i] = depths[j], depths[j] = t;
             }
-    krow rows[2 * MAXD + 2 * MAXB + 2];
+    krow rows[2 * MAXD + 2 * MAXB + 2 + 8];
     int nr = 0;
     skv_status st;
     int64_t wbytes = 0;
@@ -146,6 +167,11 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
             time_steps(c, 1, depths[i], tg, reps, V, r, hd);
             printf("  bs1 d%-6d %-7s %8.3f ms/step  PCIe %.0f rows %.2f MB/step\n", depths[i], kc ? "kcache" : "full",
                    r->mean, r->rows, r->bytes / 1e6);
+        }
+        if (kc) {
+            cli_check("bench", skv_context_truncate(c, depths[n_d - 1]));
+            cli_check("bench", skv_decode(c, ids + depths[n_d - 1], depths[0] - depths[n_d - 1], NULL, 0));
+            profile_rows(c, 1, depths[0], tg, reps, V, hd, rows, &nr);
         }
         skv_context_free(c);
     }
@@ -179,12 +205,13 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
             printf("  bs%-4d d%-6d %-7s %8.3f ms/step %10.1f tokens/s  PCIe %.2f MB/step\n", bs[i], batch_depth,
                    kc ? "kcache" : "full", r->mean, bs[i] / (r->mean / 1e3), r->bytes / 1e6);
         }
+        if (kc) profile_rows(c, B, batch_depth, tg, reps, V, hd, rows, &nr);
         skv_context_free(c);
     }
     double best_full = 0, best_kc = 0;
     for (int i = 0; i < nr; i++) {
         const double tps = rows[i].batch / (rows[i].mean / 1e3);
-        if (rows[i].depth != batch_depth || rows[i].batch == 1) continue;
+        if (rows[i].depth != batch_depth || rows[i].batch == 1 || rows[i].prof) continue;
         if (rows[i].kc) best_kc = tps > best_kc ? tps : best_kc;
         else best_full = tps > best_full ? tps : best_full;
     }
@@ -207,16 +234,18 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
             best_full > 0 ? best_kc / best_full : 0.0);
     printf("slimkv bench --backend cuda --policy kcache  %s on %s  host-to-device %.1f GB/s, device copy %.0f GB/s\n", base,
            dev.name, h2d / 1e9, bw / 1e9);
-    printf("%-8s %-7s %6s %12s %12s %12s %12s %10s\n", "config", "batch", "depth", "ms/step", "tokens/s", "PCIe MB/step",
+    printf("%-15s %-7s %6s %12s %12s %12s %12s %10s\n", "config", "batch", "depth", "ms/step", "tokens/s", "PCIe MB/step",
            "PCIe ms@h2d", "rows/step");
     for (int i = 0; i < nr; i++) {
         const krow *r = &rows[i];
         const double tps = r->batch / (r->mean / 1e3), pcie_ms = r->bytes / h2d * 1e3;
-        printf("%-8s %-7d %6d %7.3f±%-4.3f %12.1f %12.3f %12.3f %10.0f\n", r->kc ? "kcache" : "full", r->batch, r->depth,
+        char name[32];
+        snprintf(name, sizeof name, "%s%s%s", r->kc ? "kcache" : "full", r->prof ? "-" : "", r->prof ? r->prof : "");
+        printf("%-15s %-7d %6d %7.3f±%-4.3f %12.1f %12.3f %12.3f %10.0f\n", name, r->batch, r->depth,
                r->mean, r->sd, tps, r->bytes / 1e6, pcie_ms, r->rows);
         fprintf(f, "    {\"config\": \"%s\", \"batch\": %d, \"depth\": %d, \"reps\": %d, \"ms_per_step\": %.4f, "
                 "\"ms_sd\": %.4f, \"tokens_per_s\": %.1f, \"pcie_rows_per_step\": %.1f, \"pcie_bytes_per_step\": %.0f, "
-                "\"pcie_ms_at_h2d\": %.4f, \"ms\": [", r->kc ? "kcache" : "full", r->batch, r->depth, r->reps, r->mean,
+                "\"pcie_ms_at_h2d\": %.4f, \"ms\": [", name, r->batch, r->depth, r->reps, r->mean,
                 r->sd, tps, r->rows, r->bytes, pcie_ms);
         for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.4f", k ? ", " : "", r->ms[k]);
         fprintf(f, "]}%s\n", i + 1 < nr ? "," : "");

@@ -192,7 +192,7 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
     const bool kc_fast = c->kc && l < c->pol.vtop.fast_layers, vo = !c->kc || kc_fast;
     const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
     const bool stats = c->pol.want_acc || c->pol.want_last;
-    float *dsc = stats || !vo ? c->dsc : NULL;
+    float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;
 #define ATT_ARGS c->q, c->kpool, c->vpool, vd, c->bt, c->slen, c->seq_d, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
                  c->mb, H, KVH, c->n_ctx, n_split, scale
 #define ATT_G(HD_, G_)                                                                                         \
@@ -275,6 +275,9 @@ static skv_status head(skv_gpu_ctx *c, int r0, int n) {
 static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sample) {
     const int64_t R = c->rows_max;
     skv_status st;
+    if (c->kc && gpu_kc_profile(c)) /* a profiling variant changed: capture again */
+        for (int i = 0; i < 2 * (c->n_seq + 1); i++)
+            if (c->graph[i]) cudaGraphExecDestroy(c->graph[i]), c->graph[i] = NULL;
     for (int r = 0; r < n; r++)
         if ((st = gpu_cache_reserve(c, c->stage[2 * R + r], 1))) return st;
     if ((st = gpu_cache_upload(c))) return st;

@@ -72,6 +72,7 @@ struct skv_gpu_ctx {
     int32_t *kc_nsel;       /* device (rows_max, KVH) */
     float *kc_inv;          /* device (rows_max, H) weight factor per head */
     unsigned long long *kc_ct; /* device (2): decode steps with slow rows, rows read */
+    int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
 };
 
 static inline int sid_of(const skv_gpu_ctx *c, int l, int seq, int g) { return (l * c->n_seq + seq) * c->g->KVH + g; }
@@ -101,6 +102,8 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n);
 /* decode attention of layer l (>= fast_layers) for n rows after the scores pass: selection,
  * then the output from the selected host rows and the device ring */
 skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n);
+/* the profiling variant named by $SKV_KC_PROFILE (0: none); a change drops the captured graphs */
+int gpu_kc_profile(skv_gpu_ctx *c);
 /* after sequence seq was truncated to `from`: the ring refilled from the host rows */
 skv_status gpu_kc_truncated(skv_gpu_ctx *c, int seq, int from);
 

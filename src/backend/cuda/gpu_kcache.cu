@@ -71,30 +71,58 @@ __device__ float kc_sum(float v, float *sh) {
     return t;
 }
 
+#define KC_U 8 /* loads in flight per thread in the passes over the ranks */
+
 /* The k-th largest of the 32-bit keys of rk[0..n) (1 <= k <= n) by a radix select, 8 bits a
- * pass, warp-aggregated histogram increments; *n_gt: how many keys are larger. */
-__device__ uint32_t kc_kth(const float *rk, int n, int k, unsigned *hist, int *sh, int *n_gt) {
+ * pass: KC_U loads issued before their histogram increments (warp-aggregated), the digit found
+ * by warp 0 (8 bins a lane, a prefix sum over lanes); *n_gt: how many keys are larger. */
+__device__ uint32_t kc_kth(const float *__restrict__ rk, int n, int k, unsigned *hist, int *sh, int *n_gt) {
     uint32_t prefix = 0, mask = 0;
     int kk = k, gt = 0;
+    const int lane = threadIdx.x & 31;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
-        for (int s = threadIdx.x; s < n; s += blockDim.x) {
-            const uint32_t x = kc_ord(rk[s]);
-            if ((x & mask) == prefix) {
-                const unsigned bin = (x >> shift) & 255u, am = __activemask();
-                const unsigned peers = __match_any_sync(am, bin);
-                if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+        for (int b0 = threadIdx.x; b0 < n; b0 += KC_U * blockDim.x) {
+            uint32_t x[KC_U];
+#pragma unroll
+            for (int u = 0; u < KC_U; u++) {
+                const int s = b0 + u * blockDim.x;
+                x[u] = s < n ? kc_ord(rk[s]) : 0u;
+            }
+#pragma unroll
+            for (int u = 0; u < KC_U; u++) {
+                if (b0 + u * (int)blockDim.x < n && (x[u] & mask) == prefix) {
+                    const unsigned bin = (x[u] >> shift) & 255u, am = __activemask();
+                    const unsigned peers = __match_any_sync(am, bin);
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+                }
             }
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int cum = 0, d = 255;
-            for (; d > 0; d--) {
-                if (cum + (int)hist[d] >= kk) break;
-                cum += (int)hist[d];
+        if (threadIdx.x < 32) { /* lane owns bins 255 - 8 lane - i, i = 0..7 (descending) */
+            int h[8], tot = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) h[i] = (int)hist[255 - 8 * lane - i], tot += h[i];
+            int inc = tot;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int y = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o) inc += y;
             }
-            sh[0] = cum, sh[1] = d;
+            const unsigned ball = __ballot_sync(0xffffffffu, inc >= kk);
+            if (lane == __ffs(ball) - 1) {
+                int cum = inc - tot, d = 255 - 8 * lane - 7;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    if (cum + h[i] >= kk) {
+                        d = 255 - 8 * lane - i;
+                        break;
+                    }
+                    cum += h[i];
+                }
+                sh[0] = cum, sh[1] = d;
+            }
         }
         __syncthreads();
         kk -= sh[0], gt += sh[0];
@@ -113,10 +141,22 @@ __device__ void kc_top(const float *rk, int n, int N, uint32_t *keep, uint32_t *
     const uint32_t T = kc_kth(rk, n, N, hist, sh, &gt);
     for (int i = threadIdx.x; i < nwords; i += blockDim.x) eq[i] = 0;
     __syncthreads();
-    for (int s = threadIdx.x; s < n; s += blockDim.x) {
-        const uint32_t x = kc_ord(rk[s]);
-        if (x > T) atomicOr(&keep[s / 32], 1u << (s % 32));
-        else if (x == T) atomicOr(&eq[s / 32], 1u << (s % 32));
+    /* a warp's 32 consecutive slots form one word: ballots, no atomics */
+    const int n32 = (n + 31) / 32 * 32;
+    for (int b0 = threadIdx.x; b0 < n32; b0 += KC_U * blockDim.x) {
+        uint32_t x[KC_U];
+#pragma unroll
+        for (int u = 0; u < KC_U; u++) {
+            const int s = b0 + u * blockDim.x;
+            x[u] = s < n ? kc_ord(rk[s]) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < KC_U; u++) {
+            const int s = b0 + u * blockDim.x;
+            if (s - (int)(threadIdx.x & 31) >= n32) break; /* (uniform over the warp) */
+            const unsigned g1 = __ballot_sync(0xffffffffu, s < n && x[u] > T), e1 = __ballot_sync(0xffffffffu, s < n && x[u] == T);
+            if ((threadIdx.x & 31) == 0) keep[s / 32] |= g1, eq[s / 32] = e1;
+        }
     }
     __syncthreads();
     /* the N - gt lowest slots holding the threshold key: words in order, a chunk per thread */
@@ -171,13 +211,27 @@ __global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, cons
                 kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
             }
         } else {
-            for (int s = threadIdx.x; s < ns; s += blockDim.x) {
-                float v = expf(sc[s] - ls[0]);
-                for (int j = 1; j < G; j++) {
-                    const float p = expf(sc[(int64_t)j * n_ctx + s] - ls[j]);
-                    v = R.gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+            for (int b0 = threadIdx.x; b0 < ns; b0 += 4 * blockDim.x) {
+                float d[4][G_MAX];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int s = b0 + u * blockDim.x;
+#pragma unroll
+                    for (int j = 0; j < G_MAX; j++) d[u][j] = j < G && s < ns ? sc[(int64_t)j * n_ctx + s] : 0.0f;
                 }
-                rk[s] = v;
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int s = b0 + u * blockDim.x;
+                    if (s >= ns) break;
+                    float v = expf(d[u][0] - ls[0]);
+#pragma unroll
+                    for (int j = 1; j < G_MAX; j++) {
+                        if (j >= G) break;
+                        const float p = expf(d[u][j] - ls[j]);
+                        v = R.gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+                    }
+                    rk[s] = v;
+                }
             }
             __syncthreads();
             kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
@@ -215,12 +269,12 @@ template <int HD, int G>
 __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float *lse, const float *inv,
                                                    const int32_t *slen, const int32_t *rseq, const int32_t *sel,
                                                    const int32_t *nsel, const bf16 *vh, const bf16 *vd, int vw, bf16 *att,
-                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx) {
+                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx, int no_host) {
     constexpr int LPK = HD / 8, RPW = 32 / LPK, NGR = 4 * RPW;
     __shared__ float sm[NGR][G][HD];
     const int g = blockIdx.x, r = blockIdx.y, seq = rseq[r];
     const int sid = (l * n_seq + seq) * KVH + g, n0 = slen[sid], L = n0 + 1, ns = kc_n_slow(R, l, n0);
-    const int cnt = nsel[(int64_t)r * KVH + g];
+    const int cnt = no_host ? 0 : nsel[(int64_t)r * KVH + g];
     const int lane = threadIdx.x & 31, li = lane % LPK, grp = (threadIdx.x >> 5) * RPW + lane / LPK;
     const float *sc = dsc + ((int64_t)r * H + g * G) * n_ctx;
     const int32_t *sl = sel + ((int64_t)r * KVH + g) * n_ctx;
@@ -257,7 +311,17 @@ __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float
             if (s[u] >= 0) add(s[u], v[u]);
     }
     const bf16 *drow = vd + ((int64_t)seq * KVH + g) * vw * HD + li * 8;
-    for (int s = ns + grp; s < L; s += NGR) add(s, *(const uint4 *)(drow + (int64_t)(s % vw) * HD));
+    for (int s0 = ns + grp; s0 < L; s0 += 4 * NGR) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int s = s0 + u * NGR;
+            v[u] = s < L ? *(const uint4 *)(drow + (int64_t)(s % vw) * HD) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (s0 + u * NGR < L) add(s0 + u * NGR, v[u]);
+    }
 #pragma unroll
     for (int j = 0; j < G; j++)
 #pragma unroll
@@ -356,15 +420,32 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
     return SKV_OK;
 }
 
+/* Profiling variants (SKV_KC_PROFILE), each leaving stages out (the output is then wrong;
+ * for timing by differences only): 1 "scores" the scores pass alone, 2 "select" no finish,
+ * 3 "fast" the finish without the host rows, 4 "nodsc" the scores pass without writing the
+ * scores. */
+int gpu_kc_profile(skv_gpu_ctx *c) {
+    const char *e = getenv("SKV_KC_PROFILE");
+    const char *names[] = {"", "scores", "select", "fast", "nodsc"};
+    int p = 0;
+    for (int i = 1; e && i < 5; i++)
+        if (!strcmp(e, names[i])) p = i;
+    const int changed = p != c->kc_prof;
+    c->kc_prof = p;
+    return changed;
+}
+
 skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
     const skv_gpu_model *g = c->g;
     const kc_rule R = rule_of(c);
+    if (c->kc_prof == 1 || c->kc_prof == 4) return SKV_OK;
     k_kc_select<<<dim3(g->KVH, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, c->slen, c->seq_d, c->kc_rank,
                                                                     c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, R, l,
                                                                     c->n_seq, g->H, g->KVH, c->n_ctx);
     LAUNCHED();
+    if (c->kc_prof == 2) return SKV_OK;
 #define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, gpu_kc_vbase(c, l), \
-                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx
+                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3
 #define FIN_G(HD_, G_) \
     case G_: k_kc_finish<HD_, G_><<<dim3(g->KVH, n), 128, 0, c->st>>>(FIN_ARGS); break;
     if (g->hd == 128) {
