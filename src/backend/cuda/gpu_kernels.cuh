@@ -204,45 +204,39 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, co
     float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
     /* V of slot s: the paged pool's row, or (vd: KCache's dense device rows) row s of the stream */
     const bf16 *vs = vd ? vd + ((int64_t)seq * KVH + g) * n_ctx * HD + li * 8 : NULL;
-    /* PF warp-steps of K (and V) rows are loaded before any of them is used (the bytes in flight
-     * bound a latency-limited kernel); each lane group still takes its keys in the same order */
-    constexpr int STEP = ATT_WARPS * KPW, PF = VO ? (G <= 4 ? 4 : 2) : (G <= 4 ? 8 : 4);
+    /* registers hold the next step's K and V rows while this one is computed */
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
-    for (int tb = k0 + warp * KPW; tb < k1; tb += PF * STEP) {
-        uint4 kr[PF], vr[PF];
+    bool ok = k0 + warp * KPW + sub < k1;
+    int64_t ro = ok ? slot_row(bts, k0 + warp * KPW + sub) * HD + li * 8 : 0;
+    uint4 kr = ok ? *(const uint4 *)(kp + ro) : zero4;
+    uint4 vr = VO && ok ? *(const uint4 *)(vs ? vs + (int64_t)(k0 + warp * KPW + sub) * HD : vp + ro) : zero4;
+    for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
+        const int tn = t0 + ATT_WARPS * KPW + sub;
+        const bool okn = tn < k1;
+        const int64_t rn = okn ? slot_row(bts, tn) * HD + li * 8 : 0;
+        const uint4 krn = okn ? *(const uint4 *)(kp + rn) : zero4;
+        const uint4 vrn = VO && okn ? *(const uint4 *)(vs ? vs + (int64_t)tn * HD : vp + rn) : zero4;
+        float kf[8], vf[8];
+        bf16x8_to_f32(kr, kf);
+        bf16x8_to_f32(vr, vf);
 #pragma unroll
-        for (int pf = 0; pf < PF; pf++) {
-            const int t = tb + pf * STEP + sub;
-            const bool okp = t < k1;
-            const int64_t ro = okp ? slot_row(bts, t) * HD + li * 8 : 0;
-            kr[pf] = okp ? *(const uint4 *)(kp + ro) : zero4;
-            if (VO) vr[pf] = okp ? *(const uint4 *)(vs ? vs + (int64_t)t * HD : vp + ro) : zero4;
-        }
+        for (int j = 0; j < G; j++) {
+            float d = 0;
 #pragma unroll
-        for (int pf = 0; pf < PF; pf++) {
-            const int t0 = tb + pf * STEP;
-            const bool ok = t0 + sub < k1;
-            float kf[8], vf[8];
-            bf16x8_to_f32(kr[pf], kf);
-            if (VO) bf16x8_to_f32(vr[pf], vf);
+            for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
 #pragma unroll
-            for (int j = 0; j < G; j++) {
-                float d = 0;
+            for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+            if (ok) {
+                if (sc && li == 0) sc[(int64_t)j * n_ctx + t0 + sub] = d;
+                const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
+                l[j] = l[j] * a + p;
+                if (VO)
 #pragma unroll
-                for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
-#pragma unroll
-                for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-                if (ok) {
-                    if (sc && li == 0) sc[(int64_t)j * n_ctx + t0 + sub] = d;
-                    const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
-                    l[j] = l[j] * a + p;
-                    if (VO)
-#pragma unroll
-                        for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
-                    m[j] = mn;
-                }
+                    for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
+                m[j] = mn;
             }
         }
+        kr = krn, vr = vrn, ok = okn;
     }
 #pragma unroll
     for (int j = 0; j < G; j++) {
