@@ -264,6 +264,9 @@ static void test_bad_input(void) {
     cc.n_ctx = 64;
     REQUIRE(skv_context_init(m, cc, &c) == SKV_OK, "%s", skv_last_error());
     CHECK(skv_seq_copy(c, 1, 0) == SKV_ERR_ARG);
+    double bw = 0;
+    CHECK(skv_backend_h2d_bandwidth(SKV_BACKEND_CPU, (int64_t)1 << 20, &bw) == SKV_ERR_UNSUPPORTED);
+    CHECK(skv_backend_h2d_bandwidth(SKV_BACKEND_CUDA, 0, &bw) == SKV_ERR_ARG);
     skv_context_free(c);
     c = NULL;
     if (!have_gpu()) {
