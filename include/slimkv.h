@@ -169,7 +169,8 @@ typedef enum skv_kv_format {
  *   tova      TOVA: evict the token the current query attends to least, every step
  *   quant     keep everything, stored as KIVI int8 or int4 (`quant_bits`)
  *   kcache    KCache (arXiv 2404.18057): K stays fast, V of all but the newest `kc_recent`
- *             tokens moves to a slow store (a memory-mapped file or zstd blocks in a file);
+ *             tokens moves to a slow store (CPU: a memory-mapped file or zstd blocks in a file;
+ *             CUDA: pinned host memory read over PCIe);
  *             each decode step scores every key and reads only the top-`kc_n` V rows per
  *             (layer, KV head); over the eviction of `kc_over` when given (e.g. snapkv)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
@@ -244,7 +245,8 @@ typedef struct skv_context_params {
     int32_t v_slow;        /* CUDA: V blocks in pinned host memory (the slow tier, read over
                               PCIe), K on the device */
     int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
-                              policy full; see "Several sequences") */
+                              a policy that evicts nothing: full or kcache; see "Several
+                              sequences") */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
