@@ -169,7 +169,8 @@ typedef enum skv_kv_format {
  *   tova      TOVA: evict the token the current query attends to least, every step
  *   quant     keep everything, stored as KIVI int8 or int4 (`quant_bits`)
  *   kcache    KCache (arXiv 2404.18057): K stays fast, V of all but the newest `kc_recent`
- *             tokens moves to a slow store (a memory-mapped file or zstd blocks in a file);
+ *             tokens moves to a slow store (CPU: a memory-mapped file or zstd blocks in a file;
+ *             CUDA: pinned host memory read over PCIe);
  *             each decode step scores every key and reads only the top-`kc_n` V rows per
  *             (layer, KV head); over the eviction of `kc_over` when given (e.g. snapkv)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
@@ -244,7 +245,8 @@ typedef struct skv_context_params {
     int32_t v_slow;        /* CUDA: V blocks in pinned host memory (the slow tier, read over
                               PCIe), K on the device */
     int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
-                              policy full; see "Several sequences") */
+                              a policy that evicts nothing: full or kcache; see "Several
+                              sequences") */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
@@ -349,6 +351,9 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
 skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n);
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
+/* The empty sequence dst takes a copy of sequence src's cache and position (a shared prompt
+ * decoded into several continuations; CUDA). */
+skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src);
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
 
 /* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured
@@ -361,6 +366,8 @@ typedef struct skv_device_info {
 } skv_device_info;
 skv_status skv_backend_device_info(skv_backend b, skv_device_info *out);
 skv_status skv_backend_copy_bandwidth(skv_backend b, int64_t bytes, double *bytes_per_s);
+/* Measured host-to-device copy bandwidth from pinned host memory over `bytes` (CUDA). */
+skv_status skv_backend_h2d_bandwidth(skv_backend b, int64_t bytes, double *bytes_per_s);
 int64_t skv_context_weight_bytes(const skv_context *c);
 
 /* ------------------------------------------------------------------------------------------ */

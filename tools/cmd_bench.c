@@ -145,6 +145,13 @@ int cmd_bench(int argc, char **argv) {
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
     if (out) cli_check_writable("bench", "--out", out);
+    if (!strcmp(pa.backend, "cuda") && !strcmp(pa.policy, "kcache")) {
+        /* KCache against the full cache: batch 1 at depths, and the largest batch at a depth */
+        cli_backend("bench", pa.backend);
+        return bench_kcache_cuda(dir, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768",
+                                 strcmp(batches, "1,8,32") ? batches : NULL, tg == 128 ? 32 : tg,
+                                 batch_depth == 1024 ? 32768 : batch_depth, ubatch, reps, &pa, out);
+    }
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,

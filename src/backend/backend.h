@@ -98,6 +98,8 @@ struct skv_backend_ops {
     skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                int32_t *next);
     skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);
+    /* the empty sequence dst takes a copy of sequence src's cache */
+    skv_status (*seq_copy)(skv_context *c, int32_t dst, int32_t src);
     int64_t (*weight_bytes)(const skv_context *c);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);
@@ -108,6 +110,7 @@ extern const skv_backend_ops skv_backend_cpu, skv_backend_cuda;
 int skv_gpu_backend_available(void);
 skv_status skv_gpu_backend_device_info(char *name, int name_len, int32_t *sms, int64_t *mem);
 skv_status skv_gpu_backend_copy_bandwidth(int64_t bytes, double *bps);
+skv_status skv_gpu_backend_h2d_bandwidth(int64_t bytes, double *bps);
 
 
 #endif

@@ -105,10 +105,10 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->head_win_from = INT32_MAX;
     c->v_slow = p.v_slow;
     c->n_seq = p.n_seq > 1 ? p.n_seq : 1;
-    if (p.n_seq < 0 || (c->n_seq > 1 && (p.backend != SKV_BACKEND_CUDA || ops->evict || p.collect_stats))) {
+    if (p.n_seq < 0 || (c->n_seq > 1 && (p.backend != SKV_BACKEND_CUDA || c->pol.ev.evicts || p.collect_stats))) {
         free(c);
-        return skv_set_error(SKV_ERR_ARG, "n_seq %d: several sequences need the CUDA backend and the full policy",
-                             p.n_seq);
+        return skv_set_error(SKV_ERR_ARG, "n_seq %d: several sequences need the CUDA backend and a policy that evicts "
+                             "nothing (full, kcache)", p.n_seq);
     }
     c->seq_past = calloc((size_t)c->n_seq, sizeof(int32_t));
     c->pol.budget_now = calloc((size_t)c->n_layer, sizeof(int32_t));
@@ -124,7 +124,7 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     }
     if (ops->vtop) { /* the policy's per-step reads: a plan the backend keeps */
         const skv_read_plan plan = {.vtop = ops->vtop(&p.policy)};
-        if (!c->be->set_plan || c->be != &skv_backend_cpu)
+        if (!c->be->set_plan)
             st = skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s: its per-step V top-N reads (a slow V store) are not "
                                "implemented on the %s backend yet; use --backend cpu", ops->name, c->be->name);
         else st = skv_context_set_plan(c, &plan);
@@ -433,6 +433,17 @@ skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float
     return st;
 }
 
+skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src) {
+    skv_status st = seq_check(c, dst, (const void *)c->be->seq_copy);
+    if (!st) st = seq_check(c, src, (const void *)c->be->seq_copy);
+    if (st) return st;
+    if (dst == src) return skv_set_error(SKV_ERR_ARG, "copy sequence %d into itself", src);
+    if (*seq_pos(c, dst) != 0) return skv_set_error(SKV_ERR_ARG, "copy into sequence %d: it holds %d tokens", dst, *seq_pos(c, dst));
+    if ((st = c->be->seq_copy(c, dst, src))) return st;
+    *seq_pos(c, dst) = *seq_pos(c, src);
+    return SKV_OK;
+}
+
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) {
     if (seq == 0 && c->n_seq == 1) return skv_context_truncate(c, n_past);
     skv_status st = seq_check(c, seq, (const void *)c->be->seq_truncate);
@@ -459,4 +470,10 @@ skv_status skv_backend_device_info(skv_backend b, skv_device_info *out) {
 skv_status skv_backend_copy_bandwidth(skv_backend b, int64_t bytes, double *bps) {
     if (b != SKV_BACKEND_CUDA) return skv_set_error(SKV_ERR_UNSUPPORTED, "copy bandwidth: the CUDA backend only");
     return skv_gpu_backend_copy_bandwidth(bytes, bps);
+}
+
+skv_status skv_backend_h2d_bandwidth(skv_backend b, int64_t bytes, double *bps) {
+    if (b != SKV_BACKEND_CUDA) return skv_set_error(SKV_ERR_UNSUPPORTED, "host-to-device bandwidth: the CUDA backend only");
+    if (bytes < 1) return skv_set_error(SKV_ERR_ARG, "host-to-device bandwidth: %lld bytes", (long long)bytes);
+    return skv_gpu_backend_h2d_bandwidth(bytes, bps);
 }

@@ -61,9 +61,44 @@ skv_status skv_gpu_backend_device_info(char *name, int name_len, int32_t *sms, i
 }
 
 skv_status skv_gpu_backend_copy_bandwidth(int64_t bytes, double *bps) { return skv_gpu_copy_bandwidth(bytes, bps); }
+skv_status skv_gpu_backend_h2d_bandwidth(int64_t bytes, double *bps) { return skv_gpu_h2d_bandwidth(bytes, bps); }
+
+/* What KCache runs on the GPU: V in pinned host memory (no file store), a bf16 cache, no
+ * eviction under it, no collected statistics. */
+static skv_status kc_check(const skv_context *c, const skv_context_params *p) {
+    const skv_policy_params *q = &c->pol.p;
+    if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: --kv-format %s: the CUDA cache is bf16 (int8/int4 "
+                             "K with KCache runs on --backend cpu)", p->kv_format == SKV_KV_Q8 ? "int8" : "int4");
+    if (q->kc_over && *q->kc_over)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: --kc-over %s (KCache over an evicted cache runs "
+                             "on --backend cpu)", q->kc_over);
+    if (q->kc_store != SKV_KC_MMAP || q->kc_cold)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: the slow tier is pinned host memory; --kc-store "
+                             "zstd and --kc-cold are for the CPU backend's file store");
+    if (p->v_slow || p->collect_stats)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: v_slow and collect_stats do not combine with it");
+    return SKV_OK;
+}
+
+/* The plan a CUDA context runs is its policy's V top-N rule, fixed at creation. */
+static skv_status cu_set_plan(skv_context *c, const skv_read_plan *plan) {
+    const int on = c->pol.ops->vtop != NULL;
+    if (plan && (plan->cls || plan->vweight))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "read plans with per-slot classes (SmallKV) need the CPU backend");
+    if ((plan && plan->vtop.on ? 1 : 0) != on)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend fixes its V top-N rule (KCache) at context creation");
+    return SKV_OK;
+}
 
 static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     const skv_model_info *in = &c->m->cfg.info;
+    skv_vtop_rule vt = {0};
+    if (c->pol.ops->vtop) { /* KCache: what the GPU context allocates depends on the rule */
+        skv_status st = kc_check(c, p);
+        if (st) return st;
+        vt = c->pol.ops->vtop(&c->pol.p);
+    }
     if (c->pol.ops->format && c->pol.ops->format(&c->pol.p, p->kv_format) != p->kv_format)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only (the CUDA cache is bf16)",
                              c->pol.ops->name);
@@ -80,7 +115,7 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     if (st) return st;
     const skv_gpu_policy gp = {.ev = c->pol.ev, .want_acc = !!(c->stats & SKV_STAT_ACC),
                                .want_win = !!(c->stats & SKV_STAT_WIN), .want_last = !!(c->stats & SKV_STAT_LAST),
-                               .v_slow = p->v_slow};
+                               .v_slow = p->v_slow, .vtop = vt};
     skv_gpu_ctx *gc = NULL;
     if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, c->n_seq, &gp, &gc))) return st;
     c->bs = gc;
@@ -132,6 +167,11 @@ static void cu_usage(const skv_context *c, skv_kv_usage *u) {
     u->bytes_slow = slow;
     u->bytes_fast = bytes - slow;
     u->bytes_by_format[SKV_KV_BF16] = bytes;
+    if (c->pol.ops->vtop) { /* KCache: rows read from pinned host memory over PCIe */
+        skv_gpu_kc_counts(G(c), &u->fetch_steps, &u->fetch_rows, NULL);
+        u->fetch_bytes = u->fetch_rows * c->m->cfg.info.head_dim * 2;
+        u->store_bytes = slow;
+    }
 }
 
 static int64_t cu_stream_bytes(const skv_context *c, int32_t layer, int32_t kv_head) {
@@ -232,6 +272,8 @@ static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int3
 
 static skv_status cu_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) { return skv_gpu_truncate(G(c), seq, n_past); }
 
+static skv_status cu_seq_copy(skv_context *c, int32_t dst, int32_t src) { return skv_gpu_seq_copy(G(c), dst, src); }
+
 static int64_t cu_weight_bytes(const skv_context *c) { return skv_gpu_model_bytes(c->m->be_data); }
 
 const skv_backend_ops skv_backend_cuda = {
@@ -252,5 +294,7 @@ const skv_backend_ops skv_backend_cuda = {
     .seq_forward = cu_seq_forward,
     .decode_batch = cu_decode_batch,
     .seq_truncate = cu_seq_truncate,
+    .seq_copy = cu_seq_copy,
+    .set_plan = cu_set_plan,
     .weight_bytes = cu_weight_bytes,
 };

@@ -21,6 +21,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     c->g = g, c->n_ctx = n_ctx, c->n_batch = n_batch, c->n_seq = n_seq;
     if (pol) c->pol = *pol;
+    c->kc = c->pol.vtop.on;
     c->rows_max = n_batch > n_seq ? n_batch : n_seq;
     const int64_t R = c->rows_max, QD = (int64_t)g->H * g->hd, KD = (int64_t)g->KVH * g->hd;
     c->max_split = 256;
@@ -32,7 +33,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         CB(cublasCreate(&c->cb));
         CB(cublasSetStream(c->cb, c->st));
         skv_status s2 = gpu_cache_alloc(c);
-        if (s2) return s2;
+        if (s2 || (c->kc && (s2 = gpu_kc_alloc(c)))) return s2;
         ALLOC(c->x, R * g->D);
         ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
         ALLOC(c->q, R * QD);
@@ -48,7 +49,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->part_m, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->part_l, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->lse, R * g->H);
-        if (c->pol.want_acc || c->pol.want_last) ALLOC(c->dsc, (int64_t)n_seq * g->H * n_ctx);
+        if (c->pol.want_acc || c->pol.want_last || c->kc) ALLOC(c->dsc, (int64_t)n_seq * g->H * n_ctx);
         ALLOC(c->ids_d, R);
         ALLOC(c->pos_d, R);
         ALLOC(c->seq_d, R);
@@ -89,6 +90,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     const skv_status st = alloc_all();
     if (st) {
         skv_gpu_ctx_free(c);
+        cudaGetLastError(); /* a failed allocation must not fail a later launch check */
         if (st == SKV_ERR_UNSUPPORTED)
             return skv_set_error(SKV_ERR_NOMEM, "CUDA: cannot allocate a context of %d tokens x %d sequences "
                                  "(%.2f GB of KV cache)", n_ctx, n_seq,
@@ -104,6 +106,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->st) cudaStreamSynchronize(c->st);
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
+    gpu_kc_free(c);
     void *ps[] = {c->x, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
@@ -156,12 +159,19 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n) {
     const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
     const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
     float *lse = c->pol.want_acc || c->pol.want_win || c->pol.want_last ? c->lse : NULL;
+    /* KCache: V from the dense rows of the layer (every row below fast_layers) or of the
+     * prefilling sequence */
+    const bf16 *vd = !c->kc ? NULL
+                     : l < c->pol.vtop.fast_layers ? gpu_kc_vbase(c, l) + (int64_t)seq * KVH * c->n_ctx * hd
+                                                   : c->kc_vpre + (int64_t)l * KVH * c->n_ctx * hd;
     if (hd == 128)
         k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2);
+            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
+            c->mb, sl2);
     else
         k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2);
+            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
+            c->mb, sl2);
     LAUNCHED();
     return SKV_OK;
 }
@@ -177,10 +187,19 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
     if (n_split < 1) n_split = 1;
     const dim3 grid(KVH, n_split, n);
     const float scale = 1.0f / sqrtf((float)hd);
-#define ATT_ARGS c->q, c->kpool, c->vpool, c->bt, c->slen, c->seq_d, c->part_o, c->part_m, c->part_l, c->dsc, l, c->n_seq, \
+    /* KCache: layers below fast_layers read every V row from the dense device rows; the others
+     * only score here (scores into dsc, the log-sum-exp into lse), then select and read */
+    const bool kc_fast = c->kc && l < c->pol.vtop.fast_layers, vo = !c->kc || kc_fast;
+    const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
+    const bool stats = c->pol.want_acc || c->pol.want_last;
+    float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;
+#define ATT_ARGS c->q, c->kpool, c->vpool, vd, c->bt, c->slen, c->seq_d, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
                  c->mb, H, KVH, c->n_ctx, n_split, scale
-#define ATT_G(HD_, G_) \
-    case G_: k_attn_decode<HD_, G_><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS); break;
+#define ATT_G(HD_, G_)                                                                                         \
+    case G_:                                                                                                   \
+        if (vo) k_attn_decode<HD_, G_, true><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS);                      \
+        else k_attn_decode<HD_, G_, false><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS);                        \
+        break;
     if (hd == 128) {
         switch (H / KVH) { ATT_G(128, 1) ATT_G(128, 2) ATT_G(128, 3) ATT_G(128, 4) ATT_G(128, 5) ATT_G(128, 6) ATT_G(128, 7) ATT_G(128, 8) }
     } else {
@@ -189,10 +208,21 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
 #undef ATT_G
 #undef ATT_ARGS
     LAUNCHED();
-    k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, c->dsc ? c->lse : NULL, H,
+    k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, dsc ? c->lse : NULL, H,
                                                 hd, n_split);
     LAUNCHED();
-    return c->dsc ? gpu_cache_decode_stats(c, l, n) : SKV_OK;
+    if (!vo) return gpu_kc_attend(c, l, n);
+    return stats ? gpu_cache_decode_stats(c, l, n) : SKV_OK;
+}
+
+/* Where layer l's V rows go (KCache; else nothing: the paged pool) */
+static kc_vloc kc_vloc_of(const skv_gpu_ctx *c, int l, int decode) {
+    kc_vloc v = {NULL, NULL, NULL, 0, 0};
+    if (!c->kc) return v;
+    const int fast = l < c->pol.vtop.fast_layers;
+    v.vd = gpu_kc_vbase(c, l), v.vh = c->kc_vhost, v.vw = c->kc_vw[l], v.ring = !fast;
+    v.vpre = decode || fast ? NULL : c->kc_vpre + (int64_t)l * c->g->KVH * c->n_ctx * c->g->hd;
+    return v;
 }
 
 /* The layers for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
@@ -213,7 +243,8 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
         if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
         k_rope_store<<<dim3(n, H + KVH), hd / 2, 0, c->st>>>(
             c->qkv, c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->cosr, c->sinr,
-            decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, l, c->n_seq, c->mb, H, KVH, hd, c->n_ctx);
+            decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, l, c->n_seq, c->mb, H, KVH, hd, c->n_ctx,
+            kc_vloc_of(c, l, decode));
         LAUNCHED();
         if ((st = decode ? attn_decode(c, l, n) : attn_prefill(c, l, seq, n))) return st;
         if (!decode && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) &&
@@ -244,6 +275,9 @@ static skv_status head(skv_gpu_ctx *c, int r0, int n) {
 static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sample) {
     const int64_t R = c->rows_max;
     skv_status st;
+    if (c->kc && gpu_kc_profile(c)) /* a profiling variant changed: capture again */
+        for (int i = 0; i < 2 * (c->n_seq + 1); i++)
+            if (c->graph[i]) cudaGraphExecDestroy(c->graph[i]), c->graph[i] = NULL;
     for (int r = 0; r < n; r++)
         if ((st = gpu_cache_reserve(c, c->stage[2 * R + r], 1))) return st;
     if ((st = gpu_cache_upload(c))) return st;
@@ -315,6 +349,7 @@ extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t
             CK(cudaMemcpyAsync(logits, c->logits, sizeof(float) * (size_t)g->V, cudaMemcpyDeviceToHost, c->st));
     } else {
         if ((st = gpu_cache_reserve(c, seq, n)) || (st = gpu_cache_upload(c))) return st;
+        if (c->kc && (st = gpu_kc_prefill_begin(c, seq, pos0, n))) return st;
         if (ids) CK(cudaMemcpyAsync(c->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
         st = layers(c, n, 0, seq, pos0);
         c->embd_in = 0;
@@ -376,6 +411,34 @@ extern "C" skv_status skv_gpu_device_info(char *name, int name_len, int *sms, in
     snprintf(name, (size_t)name_len, "%s", p.name);
     *sms = p.multiProcessorCount;
     *mem_bytes = (int64_t)p.totalGlobalMem;
+    return SKV_OK;
+}
+
+extern "C" skv_status skv_gpu_h2d_bandwidth(int64_t bytes, double *bps) {
+    void *h = NULL, *d = NULL;
+    CK(cudaMallocHost(&h, (size_t)bytes));
+    cudaError_t e = cudaMalloc(&d, (size_t)bytes);
+    if (e != cudaSuccess) {
+        cudaFreeHost(h);
+        CK(e);
+    }
+    memset(h, 1, (size_t)bytes);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    float best = 1e30f;
+    for (int i = 0; i < 10 && e == cudaSuccess; i++) {
+        cudaEventRecord(e0);
+        e = cudaMemcpy(d, h, (size_t)bytes, cudaMemcpyHostToDevice);
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms < best) best = ms;
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaFree(d), cudaFreeHost(h);
+    CK(e);
+    *bps = (double)bytes / (best * 1e-3);
     return SKV_OK;
 }
 

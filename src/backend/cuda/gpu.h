@@ -22,6 +22,7 @@
 #include "slimkv.h"
 #include "sample/sampler.h"
 #include "kv/evict.h"
+#include "kv/plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +63,12 @@ typedef struct skv_gpu_policy {
     int32_t want_win;        /* accumulate the observation window's attention per slot */
     int32_t want_last;       /* the newest query's attention per slot */
     int32_t v_slow;          /* V blocks in pinned host memory (read over PCIe) */
+    /* KCache (vtop.on, kv/plan.h): K in the paged pool; every V row written through to pinned
+     * host memory (by slot); on the device only a ring of the newest rows per stream (cache
+     * layers >= vtop.fast_layers; below, every row) and one sequence's V while it prefills.
+     * Each decode step scores all keys, selects the top-N slow rows on the device and reads
+     * them over PCIe (zero-copy) inside the attention kernel. No eviction, forks or imports. */
+    skv_vtop_rule vtop;
 } skv_gpu_policy;
 
 /* A next-token choice on the device, as skv_sampler_sample makes it on the host. */
@@ -145,6 +152,22 @@ double skv_gpu_timer_stop(skv_gpu_ctx *c);
  * bandwidth (bytes read + written per second) over `bytes`. */
 skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_bytes);
 skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bytes_per_s);
+/* Measured host-to-device copy bandwidth from pinned host memory (bytes per second). */
+skv_status skv_gpu_h2d_bandwidth(int64_t bytes, double *bytes_per_s);
+
+/* Copy sequence src's cache (slots, positions, statistics; KCache: its host V rows too) into
+ * the empty sequence dst of the same context. */
+skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src);
+/* KCache counters since the context was created: decode steps that read slow rows, the rows
+ * read (summed over streams), and the slow rows now in pinned host memory only. */
+void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int64_t *slow_rows);
+/* KCache, for tests: what the last decode step did in one stream of the last layer (row `row`
+ * of that step, which decoded sequences 0..): its slots n (the step's token included) and slow
+ * slots ns; the group's probabilities (G rows of n, host floats: exp(score - lse) from the
+ * device's scores); the slow slots read (sel, ascending, up to n) and their count; each query
+ * head's weight factor (inv, G). */
+skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns, float *probs,
+                           int32_t *sel, int32_t *nsel, float *inv);
 
 #ifdef __cplusplus
 }

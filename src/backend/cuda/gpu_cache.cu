@@ -403,7 +403,9 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     const int64_t S = c->n_streams, rows = (int64_t)S * c->mb * BLK;
     c->n_blocks = (int32_t)(S * c->mb);
     ALLOC(c->kpool, rows * g->hd);
-    if (c->pol.v_slow) {
+    if (c->pol.vtop.on) {
+        /* KCache: no V pool (gpu_kcache.cu) */
+    } else if (c->pol.v_slow) {
         CK(cudaHostAlloc((void **)&c->vpool_host, sizeof(bf16) * (size_t)(rows * g->hd), cudaHostAllocMapped));
         CK(cudaHostGetDevicePointer((void **)&c->vpool, c->vpool_host, 0));
     } else {
@@ -598,6 +600,7 @@ extern "C" skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from
     for (int l = 0; l < g->L; l++)
         for (int k = 0; k < g->KVH; k++) release(c, sid_of(c, l, seq, k));
     c->h_next[seq] = from;
+    if (c->kc && (st = gpu_kc_truncated(c, seq, from))) return st;
     if (from == 0) {
         memset(c->h_bud + (int64_t)seq * g->L, 0, sizeof(int32_t) * (size_t)g->L);
         CK(cudaMemcpyAsync(c->bud + (int64_t)seq * g->L, c->h_bud + (int64_t)seq * g->L,
@@ -612,6 +615,9 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     if (dst->g != g || dst->n_ctx < src->h_next[0])
         return skv_set_error(SKV_ERR_ARG, "CUDA context copy: different models or too short a destination");
     if (dst->h_next[0] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA context copy: the destination is not empty");
+    if (src->kc || dst->kc)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked or forked into "
+                             "(its V lives in pinned host memory); use --backend cpu");
     CK(cudaStreamSynchronize(src->st));
     for (int l = 0; l < g->L; l++)
         for (int k = 0; k < g->KVH; k++) {
@@ -634,6 +640,15 @@ extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *
     int64_t nb = 0, ns = 0;
     for (int i = 0; i < c->n_streams; i++) nb += c->h_nb[i], ns += c->h_n[i];
     const int64_t half = nb * BLK * c->g->hd * (int64_t)sizeof(bf16);
+    if (c->kc) { /* K blocks, V rows: the slow ones in host memory only */
+        int64_t slow = 0;
+        skv_gpu_kc_counts(c, NULL, NULL, &slow);
+        const int64_t row = c->g->hd * (int64_t)sizeof(bf16);
+        if (bytes) *bytes = half + ns * row;
+        if (slow_bytes) *slow_bytes = slow * row;
+        if (slots) *slots = ns;
+        return;
+    }
     if (bytes) *bytes = 2 * half;
     if (slow_bytes) *slow_bytes = c->pol.v_slow ? half : 0;
     if (slots) *slots = ns;
@@ -662,6 +677,11 @@ extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t
     if (last) {
         if (c->slast) CK(cudaMemcpy(last, c->slast + o, sizeof(float) * (size_t)m, cudaMemcpyDeviceToHost));
         else memset(last, 0, sizeof(float) * (size_t)m);
+    }
+    if (v && c->kc && m > 0) { /* KCache: every V row is in pinned host memory */
+        const bf16 *src = c->kc_vhost_h + (int64_t)sid * c->n_ctx * g->hd;
+        for (int64_t i = 0; i < (int64_t)m * g->hd; i++) v[i] = __bfloat162float(src[i]);
+        v = NULL;
     }
     if ((k || v) && m > 0) {
         int32_t *rows = NULL;
@@ -698,6 +718,7 @@ extern "C" skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq
     if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
         n > c->n_ctx)
         return skv_set_error(SKV_ERR_ARG, "CUDA fetch: layer %d sequence %d KV head %d, %d rows", layer, seq, kv_head, n);
+    if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA fetch: a KCache context reads its own V rows");
     const int sid = sid_of(c, layer, seq, kv_head);
     for (int i = 0; i < n; i++)
         if (rows[i] < 0 || rows[i] >= c->h_n[sid])
@@ -754,6 +775,7 @@ extern "C" skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_
         return skv_set_error(SKV_ERR_ARG, "CUDA stream write: layer %d sequence %d KV head %d, %d slots", layer, seq,
                              kv_head, n);
     const int sid = sid_of(c, layer, seq, kv_head);
+    if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA stream write: a KCache context cannot import a cache");
     if (c->h_n[sid] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA stream write: the stream is not empty");
     CK(cudaStreamSynchronize(c->st));
     skv_status st = grow(c, sid, (n + BLK - 1) / BLK);
@@ -782,5 +804,82 @@ extern "C" skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_
     }
     CK(cudaMemcpy(c->slen + sid, &n, sizeof n, cudaMemcpyHostToDevice));
     c->h_n[sid] = n;
+    return SKV_OK;
+}
+
+/* Copy sequence a's streams into sequence b's (block (layer * KVH + g)): K rows, V rows (the
+ * pool's, or KCache's device rows — a ring copied whole — and its host rows), positions and
+ * statistics. */
+__global__ void k_copy_seq(stream_ref R, int a, int b, int n_seq, int KVH, bf16 *vd0, const int64_t *voff,
+                           const int32_t *vw, bf16 *vh) {
+    const int l = blockIdx.x / KVH, g = blockIdx.x % KVH;
+    const int sa = (l * n_seq + a) * KVH + g, sb = (l * n_seq + b) * KVH + g;
+    const int n = R.slen[sa], nch = R.hd / 8;
+    const int32_t *ba = R.bt + (int64_t)sa * R.mb, *bb = R.bt + (int64_t)sb * R.mb;
+    for (int i = threadIdx.x; i < n * nch; i += blockDim.x) {
+        const int s = i / nch, ch = i % nch;
+        const int64_t x = slot_row(ba, s) * R.hd, y = slot_row(bb, s) * R.hd;
+        ((uint4 *)(R.kp + y))[ch] = ((const uint4 *)(R.kp + x))[ch];
+        if (R.vp) ((uint4 *)(R.vp + y))[ch] = ((const uint4 *)(R.vp + x))[ch];
+    }
+    if (vd0) {
+        const int w = vw[l], rows = min(n, w);
+        bf16 *vd = vd0 + voff[l] * R.hd;
+        const int64_t xa = ((int64_t)a * KVH + g) * w * R.hd, xb = ((int64_t)b * KVH + g) * w * R.hd;
+        for (int i = threadIdx.x; i < (w == R.n_ctx ? rows : w) * nch; i += blockDim.x)
+            ((uint4 *)(vd + xb))[i] = ((const uint4 *)(vd + xa))[i];
+        const int64_t ha = (int64_t)sa * R.n_ctx * R.hd, hb = (int64_t)sb * R.n_ctx * R.hd;
+        for (int i = threadIdx.x; i < n * nch; i += blockDim.x) ((uint4 *)(vh + hb))[i] = ((const uint4 *)(vh + ha))[i];
+    }
+    for (int s = threadIdx.x; s < n; s += blockDim.x) {
+        const int64_t x = (int64_t)sa * R.n_ctx + s, y = (int64_t)sb * R.n_ctx + s;
+        R.spos[y] = R.spos[x];
+        if (R.sacc) R.sacc[y] = R.sacc[x];
+        if (R.swin) R.swin[y] = R.swin[x];
+        if (R.slast) R.slast[y] = R.slast[x];
+    }
+    if (threadIdx.x == 0) R.slen[sb] = n;
+}
+
+extern "C" skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src) {
+    const skv_gpu_model *g = c->g;
+    if (dst < 0 || dst >= c->n_seq || src < 0 || src >= c->n_seq || dst == src)
+        return skv_set_error(SKV_ERR_ARG, "CUDA sequence copy: from %d into %d (%d sequences)", src, dst, c->n_seq);
+    if (c->h_next[dst] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA sequence copy: sequence %d is not empty", dst);
+    if (c->pol.ev.evicts && c->pol.ev.step)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA sequence copy: a policy that evicts every step");
+    CK(cudaStreamSynchronize(c->st));
+    for (int l = 0; l < g->L; l++)
+        for (int k = 0; k < g->KVH; k++) {
+            const int d = sid_of(c, l, dst, k), s = sid_of(c, l, src, k);
+            skv_status st = grow(c, d, (c->h_n[s] + BLK - 1) / BLK);
+            if (st) return st;
+            c->h_n[d] = c->h_n[s];
+        }
+    skv_status st = gpu_cache_upload(c);
+    if (st) return st;
+    int64_t *voff = NULL;
+    int32_t *vw = NULL;
+    if (c->kc) {
+        CK(cudaMalloc((void **)&voff, sizeof(int64_t) * (size_t)g->L));
+        cudaError_t e = cudaMalloc((void **)&vw, sizeof(int32_t) * (size_t)g->L);
+        if (e == cudaSuccess) e = cudaMemcpy(voff, c->kc_voff, sizeof(int64_t) * (size_t)g->L, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(vw, c->kc_vw, sizeof(int32_t) * (size_t)g->L, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            cudaFree(voff), cudaFree(vw);
+            CK(e);
+        }
+        if (c->kc_pre_seq == dst) c->kc_pre_seq = -1;
+    }
+    k_copy_seq<<<g->L * g->KVH, 512, 0, c->st>>>(ref_of(c), src, dst, c->n_seq, g->KVH, c->kc ? c->kc_vdev : NULL, voff,
+                                                 vw, c->kc_vhost);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->st);
+    cudaFree(voff), cudaFree(vw);
+    CK(e);
+    c->h_next[dst] = c->h_next[src];
+    memcpy(c->h_bud + (int64_t)dst * g->L, c->h_bud + (int64_t)src * g->L, sizeof(int32_t) * (size_t)g->L);
+    CK(cudaMemcpy(c->bud + (int64_t)dst * g->L, c->h_bud + (int64_t)dst * g->L, sizeof(int32_t) * (size_t)g->L,
+                  cudaMemcpyHostToDevice));
     return SKV_OK;
 }

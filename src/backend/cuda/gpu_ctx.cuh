@@ -55,6 +55,24 @@ struct skv_gpu_ctx {
     cudaEvent_t e0, e1;
     int32_t *fetch_rows;    /* device (n_ctx) */
     int embd_in;            /* this step's input rows are embeddings already in x */
+    /* KCache (pol.vtop.on; gpu_kcache.cu). vpool is NULL. Layer l's device V: kc_vdev + kc_voff[l]
+     * rows, kc_vw[l] rows per stream (n_ctx below fast_layers, else the ring of the newest),
+     * slot s at row (seq * KVH + g) * vw + s % vw. */
+    int kc;                 /* pol.vtop.on */
+    int32_t kc_ut;          /* slow rows move in units of this many tokens (vtop.block) */
+    int32_t kc_ring;        /* ring rows per stream */
+    bf16 *kc_vdev;          /* device V */
+    int64_t *kc_voff;       /* host (L) */
+    int32_t *kc_vw;         /* host (L) */
+    bf16 *kc_vhost_h, *kc_vhost; /* pinned mapped (n_streams, n_ctx, hd): every V row; host / device address */
+    bf16 *kc_vpre;          /* device (L, KVH, n_ctx, hd): V of the sequence that prefills */
+    int kc_pre_seq, kc_pre_n; /* whose V kc_vpre holds, and how many slots of it */
+    float *kc_rank;         /* device (rows_max, KVH, n_ctx) */
+    int32_t *kc_sel;        /* device (rows_max, KVH, n_ctx) selected slow slots, ascending */
+    int32_t *kc_nsel;       /* device (rows_max, KVH) */
+    float *kc_inv;          /* device (rows_max, H) weight factor per head */
+    unsigned long long *kc_ct; /* device (2): decode steps with slow rows, rows read */
+    int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
 };
 
 static inline int sid_of(const skv_gpu_ctx *c, int l, int seq, int g) { return (l * c->n_seq + seq) * c->g->KVH + g; }
@@ -73,6 +91,21 @@ skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq);
 skv_status gpu_cache_decode_stats(skv_gpu_ctx *c, int l, int n);
 /* prefill statistics of layer l for n rows of seq */
 skv_status gpu_cache_prefill_stats(skv_gpu_ctx *c, int l, int seq, int pos0, int n);
+
+/* gpu_kcache.cu */
+skv_status gpu_kc_alloc(skv_gpu_ctx *c);
+void gpu_kc_free(skv_gpu_ctx *c);
+/* layer l's device V base and rows per stream; whether V of layer l is a ring */
+bf16 *gpu_kc_vbase(const skv_gpu_ctx *c, int l);
+/* before a prefill chunk of seq at pos0: kc_vpre holds seq's V of slots [0, pos0) */
+skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n);
+/* decode attention of layer l (>= fast_layers) for n rows after the scores pass: selection,
+ * then the output from the selected host rows and the device ring */
+skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n);
+/* the profiling variant named by $SKV_KC_PROFILE (0: none); a change drops the captured graphs */
+int gpu_kc_profile(skv_gpu_ctx *c);
+/* after sequence seq was truncated to `from`: the ring refilled from the host rows */
+skv_status gpu_kc_truncated(skv_gpu_ctx *c, int seq, int from);
 
 /* gpu_sample.cu */
 skv_status gpu_sample_alloc(skv_gpu_ctx *c);

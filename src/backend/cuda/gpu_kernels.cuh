@@ -90,6 +90,14 @@ __global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) 
         y[i] += bias[i % cols];
 }
 
+/* Where KCache writes a V row (kv.vd NULL: the paged pool): the layer's device rows (vd, vw rows
+ * per stream, a ring when `ring`), every row to pinned host memory (vh, by stream and slot),
+ * and while prefilling the layer's rows of the prefilling sequence (vpre, by KV head and slot). */
+struct kc_vloc {
+    bf16 *vd, *vh, *vpre;
+    int vw, ring;
+};
+
 /* From row r of qkv (q | k | v, bias already in): RoPE'd q into q (f32) and qb (bf16), RoPE'd k
  * and v appended to the stream (layer l, the row's sequence, g): slot slen + r (prefill, rows of
  * one sequence) or slot slen (decode, one row per sequence), its position and zeroed
@@ -97,7 +105,7 @@ __global__ void k_add_bias(float *y, const float *bias, int64_t rows, int cols) 
 __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf16 *vp, const int32_t *bt,
                              const int32_t *slen, int32_t *spos, float *sacc, float *swin, const float *cosr,
                              const float *sinr, const int32_t *rpos, const int32_t *rseq, int pos0, int seq0, int l,
-                             int n_seq, int mb, int H, int KVH, int hd, int n_ctx) {
+                             int n_seq, int mb, int H, int KVH, int hd, int n_ctx, kc_vloc kv) {
     /* block (row r, head blockIdx.y of H + KVH), threads over the hd/2 rotation pairs */
     const int r = blockIdx.x, half = hd / 2;
     const int64_t QKV = (int64_t)(H + 2 * KVH) * hd;
@@ -125,8 +133,23 @@ __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf1
         const float a = kh[j], b = kh[j + half];
         kp[o + j] = __float2bfloat16(a * cs[j] - b * sn[j]);
         kp[o + j + half] = __float2bfloat16(b * cs[j] + a * sn[j]);
-        vp[o + j] = __float2bfloat16(vh[j]);
-        vp[o + j + half] = __float2bfloat16(vh[j + half]);
+        if (!kv.vd) {
+            vp[o + j] = __float2bfloat16(vh[j]);
+            vp[o + j + half] = __float2bfloat16(vh[j + half]);
+        }
+    }
+    if (kv.vd) { /* KCache: 16-byte stores (the host row goes over PCIe) */
+        const int64_t sx = (int64_t)seq * KVH + g, nrows = rpos ? 1 : gridDim.x;
+        const bool dev = !kv.ring || slot >= slen[sid] + nrows - kv.vw; /* a ring keeps the newest */
+        for (int c8 = threadIdx.x; c8 < hd / 8; c8 += blockDim.x) {
+            uint4 u;
+            uint32_t *w = (uint32_t *)&u;
+#pragma unroll
+            for (int e = 0; e < 4; e++) w[e] = pack_bf16(vh[c8 * 8 + 2 * e], vh[c8 * 8 + 2 * e + 1]);
+            if (dev) ((uint4 *)(kv.vd + (sx * kv.vw + slot % kv.vw) * hd))[c8] = u;
+            ((uint4 *)(kv.vh + ((int64_t)sid * n_ctx + slot) * hd))[c8] = u;
+            if (kv.vpre && !rpos) ((uint4 *)(kv.vpre + ((int64_t)g * n_ctx + slot) * hd))[c8] = u;
+        }
     }
     if (threadIdx.x == 0) {
         const int64_t so = (int64_t)sid * n_ctx + slot;
@@ -150,9 +173,9 @@ __global__ void k_swiglu(const float *gu, bf16 *h, int64_t rows, int64_t F) {
  * included). Lanes in groups of hd/8 read one key row with 16-byte loads; online softmax per
  * group, merged in shared memory. Writes the split's (max, sum, unnormalised output); with dsc,
  * every scaled score (n rows, H, n_ctx) for the statistics. */
-template <int HD, int G>
+template <int HD, int G, bool VO>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt, const int32_t *slen,
+k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, const int32_t *bt, const int32_t *slen,
               const int32_t *rseq, float *part_o, float *part_m, float *part_l, float *dsc, int layer, int n_seq, int mb,
               int H, int KVH, int n_ctx, int n_split, float scale) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
@@ -179,18 +202,20 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt,
         }
     }
     float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
+    /* V of slot s: the paged pool's row, or (vd: KCache's dense device rows) row s of the stream */
+    const bf16 *vs = vd ? vd + ((int64_t)seq * KVH + g) * n_ctx * HD + li * 8 : NULL;
     /* registers hold the next step's K and V rows while this one is computed */
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     bool ok = k0 + warp * KPW + sub < k1;
     int64_t ro = ok ? slot_row(bts, k0 + warp * KPW + sub) * HD + li * 8 : 0;
     uint4 kr = ok ? *(const uint4 *)(kp + ro) : zero4;
-    uint4 vr = ok ? *(const uint4 *)(vp + ro) : zero4;
+    uint4 vr = VO && ok ? *(const uint4 *)(vs ? vs + (int64_t)(k0 + warp * KPW + sub) * HD : vp + ro) : zero4;
     for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
         const int tn = t0 + ATT_WARPS * KPW + sub;
         const bool okn = tn < k1;
         const int64_t rn = okn ? slot_row(bts, tn) * HD + li * 8 : 0;
         const uint4 krn = okn ? *(const uint4 *)(kp + rn) : zero4;
-        const uint4 vrn = okn ? *(const uint4 *)(vp + rn) : zero4;
+        const uint4 vrn = VO && okn ? *(const uint4 *)(vs ? vs + (int64_t)tn * HD : vp + rn) : zero4;
         float kf[8], vf[8];
         bf16x8_to_f32(kr, kf);
         bf16x8_to_f32(vr, vf);
@@ -205,8 +230,9 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt,
                 if (sc && li == 0) sc[(int64_t)j * n_ctx + t0 + sub] = d;
                 const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
                 l[j] = l[j] * a + p;
+                if (VO)
 #pragma unroll
-                for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
+                    for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
                 m[j] = mn;
             }
         }
@@ -215,12 +241,14 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt,
 #pragma unroll
     for (int j = 0; j < G; j++) {
         if (li == 0) sm_m[grp][j] = m[j], sm_l[grp][j] = l[j];
+        if (VO)
 #pragma unroll
-        for (int e = 0; e < 8; e++) sm_o[grp][j][li * 8 + e] = o[j][e];
+            for (int e = 0; e < 8; e++) sm_o[grp][j][li * 8 + e] = o[j][e];
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        const int j = idx / HD, d = idx % HD;
+    constexpr int OD = VO ? HD : 1; /* scores only: the split's max and sum */
+    for (int idx = threadIdx.x; idx < G * OD; idx += blockDim.x) {
+        const int j = idx / OD, d = idx % OD;
         float M = -INFINITY;
         for (int x = 0; x < NG; x++) M = fmaxf(M, sm_m[x][j]);
         float S = 0, O = 0;
@@ -228,10 +256,10 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const int32_t *bt,
             for (int x = 0; x < NG; x++) {
                 const float w = __expf(sm_m[x][j] - M);
                 S += sm_l[x][j] * w;
-                O += sm_o[x][j][d] * w;
+                if (VO) O += sm_o[x][j][d] * w;
             }
         const int64_t ps = ((int64_t)r * H + g * G + j) * n_split + sp;
-        part_o[ps * HD + d] = O;
+        if (VO) part_o[ps * HD + d] = O;
         if (d == 0) part_m[ps] = M, part_l[ps] = S;
     }
 }
@@ -290,6 +318,7 @@ constexpr int flash_smem_bytes() { return 4 * FA_BK * (HD + 8) * (int)sizeof(bf1
 
 template <int HD>
 __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
+                                                       const bf16 *vd, int64_t vd_stride,
                                                        const int32_t *bt, const int32_t *slen, bf16 *out, float *lse,
                                                        int n, int H, int KVH, int mb, float scale_log2) {
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
@@ -324,13 +353,15 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
     /* issue the copies of the tile at k0 into stage (sk, sv); rows past kend are zero-filled */
     auto load_tile = [&](int k0, bf16 *sk, bf16 *sv) {
         const int64_t b0 = (int64_t)bts[k0 / FA_BK] * FA_BK * HD; /* a tile is one cache block */
+        /* V: the same block, or (vd: KCache) rows k0.. of KV head kvh's dense rows */
+        const bf16 *vt = vd ? vd + ((int64_t)kvh * vd_stride + k0) * HD : vp + b0;
 #pragma unroll 4
         for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
             const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
             const bool ok = k0 + row < kend;
-            const int64_t off = ok ? b0 + (int64_t)row * HD + col : 0;
-            cp_async16(sk + row * LD + col, kp + off, ok);
-            cp_async16(sv + row * LD + col, vp + off, ok);
+            const int64_t off = ok ? (int64_t)row * HD + col : 0;
+            cp_async16(sk + row * LD + col, kp + b0 + off, ok);
+            cp_async16(sv + row * LD + col, vt + off, ok);
         }
         asm volatile("cp.async.commit_group;\n" ::);
     };

@@ -75,4 +75,18 @@ skv_status skv_gpu_device_info(char *name, int name_len, int *sms, int64_t *mem_
     return no_cuda();
 }
 skv_status skv_gpu_copy_bandwidth(int64_t bytes, double *bps) { return (void)bytes, (void)bps, no_cuda(); }
+skv_status skv_gpu_h2d_bandwidth(int64_t bytes, double *bps) { return (void)bytes, (void)bps, no_cuda(); }
+skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src) { return (void)c, (void)dst, (void)src, no_cuda(); }
+skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns, float *probs,
+                           int32_t *sel, int32_t *nsel, float *inv) {
+    (void)c, (void)row, (void)kv_head, (void)probs, (void)sel, (void)inv;
+    *n = *ns = *nsel = 0;
+    return no_cuda();
+}
+void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int64_t *slow_rows) {
+    (void)c;
+    if (steps) *steps = 0;
+    if (rows) *rows = 0;
+    if (slow_rows) *slow_rows = 0;
+}
 #endif

@@ -1,0 +1,524 @@
+/*
+ * gpu_kcache.cu — KCache on the GPU (kv/plan.h's V top-N rule, as the CPU's weigh_vtop runs it):
+ * K stays in the paged HBM pool; every V row is written through to pinned, mapped host memory
+ * (by stream and slot); HBM keeps only a ring of each stream's newest rows (all rows in cache
+ * layers below fast_layers) and the V of the one sequence that is prefilling (kc_vpre, so
+ * that prefill attention reads HBM). Per decode step and layer: the scores pass over every key
+ * (gpu.cu, k_attn_decode without V), then k_kc_select ranks the slow slots — those older than
+ * the newest `recent`, in whole 32-token units, as the CPU's store — by the group's summed or
+ * max probability, or each query head's own top N (union), with a radix select on the
+ * device (ties: lower slot), and k_kc_finish reads the selected rows straight from host memory
+ * over PCIe (zero-copy loads, many in flight per block) plus the ring's fast rows, weighted by
+ * exp(score - lse) (exact) or that renormalised over the rows read.
+ *
+ * Shapes: dsc (rows, H, n_ctx) scaled scores; lse (rows, H); kc_rank, kc_sel (rows, KVH, n_ctx);
+ * kc_nsel (rows, KVH); kc_inv (rows, H).
+ */
+#include "backend/cuda/gpu_ctx.cuh"
+#include "backend/cuda/gpu_device.cuh"
+
+#define KC_THREADS 1024
+
+struct kc_rule {
+    int n;          /* rows per stream, or (0) */
+    float frac;     /* a fraction of the stream's slots */
+    int gran, weight, recent, ut, fast;
+};
+
+/* slow slots of a stream holding n0 slots before this step's token (the CPU's offload rule) */
+__device__ __forceinline__ int kc_n_slow(const kc_rule &R, int l, int n0) {
+    return l < R.fast || n0 < R.recent ? 0 : (n0 - R.recent) / R.ut * R.ut;
+}
+
+__device__ __forceinline__ uint32_t kc_ord(float v) {
+    const uint32_t u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* exclusive prefix sum of v over the block; *total the sum. sh: 32 ints. */
+__device__ int kc_scan(int v, int *sh, int *total) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) sh[w] = x;
+    __syncthreads();
+    if (w == 0) {
+        int t = lane < nw ? sh[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, t, o);
+            if (lane >= o) t += y;
+        }
+        sh[lane] = t;
+    }
+    __syncthreads();
+    *total = sh[nw - 1];
+    return (w ? sh[w - 1] : 0) + x - v;
+}
+
+__device__ float kc_sum(float v, float *sh) {
+    v = warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = 0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) t += sh[w];
+    return t;
+}
+
+#define KC_U 8 /* loads in flight per thread in the passes over the ranks */
+
+/* The k-th largest of the 32-bit keys of rk[0..n) (1 <= k <= n) by a radix select, 8 bits a
+ * pass: KC_U loads issued before their histogram increments (warp-aggregated), the digit found
+ * by warp 0 (8 bins a lane, a prefix sum over lanes); *n_gt: how many keys are larger. */
+__device__ uint32_t kc_kth(const float *__restrict__ rk, int n, int k, unsigned *hist, int *sh, int *n_gt) {
+    uint32_t prefix = 0, mask = 0;
+    int kk = k, gt = 0;
+    const int lane = threadIdx.x & 31;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int b0 = threadIdx.x; b0 < n; b0 += KC_U * blockDim.x) {
+            uint32_t x[KC_U];
+#pragma unroll
+            for (int u = 0; u < KC_U; u++) {
+                const int s = b0 + u * blockDim.x;
+                x[u] = s < n ? kc_ord(rk[s]) : 0u;
+            }
+#pragma unroll
+            for (int u = 0; u < KC_U; u++) {
+                if (b0 + u * (int)blockDim.x < n && (x[u] & mask) == prefix) {
+                    const unsigned bin = (x[u] >> shift) & 255u, am = __activemask();
+                    const unsigned peers = __match_any_sync(am, bin);
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+                }
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) { /* lane owns bins 255 - 8 lane - i, i = 0..7 (descending) */
+            int h[8], tot = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) h[i] = (int)hist[255 - 8 * lane - i], tot += h[i];
+            int inc = tot;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int y = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o) inc += y;
+            }
+            const unsigned ball = __ballot_sync(0xffffffffu, inc >= kk);
+            if (lane == __ffs(ball) - 1) {
+                int cum = inc - tot, d = 255 - 8 * lane - 7;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    if (cum + h[i] >= kk) {
+                        d = 255 - 8 * lane - i;
+                        break;
+                    }
+                    cum += h[i];
+                }
+                sh[0] = cum, sh[1] = d;
+            }
+        }
+        __syncthreads();
+        kk -= sh[0], gt += sh[0];
+        prefix |= (uint32_t)sh[1] << shift;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    *n_gt = gt;
+    return prefix;
+}
+
+/* Mark in `keep` the N best of rk[0..n) (larger first, ties: lower slot first). eq: scratch
+ * bitmask. nwords = n / 32 + 1. */
+__device__ void kc_top(const float *rk, int n, int N, uint32_t *keep, uint32_t *eq, int nwords, unsigned *hist, int *sh) {
+    int gt = 0;
+    const uint32_t T = kc_kth(rk, n, N, hist, sh, &gt);
+    for (int i = threadIdx.x; i < nwords; i += blockDim.x) eq[i] = 0;
+    __syncthreads();
+    /* a warp's 32 consecutive slots form one word: ballots, no atomics */
+    const int n32 = (n + 31) / 32 * 32;
+    for (int b0 = threadIdx.x; b0 < n32; b0 += KC_U * blockDim.x) {
+        uint32_t x[KC_U];
+#pragma unroll
+        for (int u = 0; u < KC_U; u++) {
+            const int s = b0 + u * blockDim.x;
+            x[u] = s < n ? kc_ord(rk[s]) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < KC_U; u++) {
+            const int s = b0 + u * blockDim.x;
+            if (s - (int)(threadIdx.x & 31) >= n32) break; /* (uniform over the warp) */
+            const unsigned g1 = __ballot_sync(0xffffffffu, s < n && x[u] > T), e1 = __ballot_sync(0xffffffffu, s < n && x[u] == T);
+            if ((threadIdx.x & 31) == 0) keep[s / 32] |= g1, eq[s / 32] = e1;
+        }
+    }
+    __syncthreads();
+    /* the N - gt lowest slots holding the threshold key: words in order, a chunk per thread */
+    const int per = (nwords + blockDim.x - 1) / blockDim.x, w0 = threadIdx.x * per, w1 = min(nwords, w0 + per);
+    int c = 0;
+    for (int w = w0; w < w1; w++) c += __popc(eq[w]);
+    int tot;
+    int r = kc_scan(c, sh, &tot);
+    const int need = N - gt;
+    for (int w = w0; w < w1 && r < need; w++) {
+        uint32_t b = eq[w], add = 0;
+        while (b && r < need) {
+            const uint32_t low = b & (~b + 1u);
+            add |= low, b ^= low, r++;
+        }
+        if (add) atomicOr(&keep[w], add);
+    }
+    __syncthreads();
+}
+
+/* Block (KV head g, row r): the slow slots this step reads, ascending, into sel; nsel; each
+ * head's weight factor into inv; counters ct[0] (steps with slow rows, counted once per row in
+ * the first KCache layer) and ct[1] (rows). */
+__global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, const float *lse, const int32_t *slen,
+                                                          const int32_t *rseq, float *rank, int32_t *sel, int32_t *nsel,
+                                                          float *inv, unsigned long long *ct, kc_rule R, int l,
+                                                          int n_seq, int H, int KVH, int n_ctx) {
+    extern __shared__ uint32_t kc_bits[]; /* keep, eq: nwords each */
+    __shared__ unsigned hist[256];
+    __shared__ int sh[33];
+    __shared__ float shf[33];
+    const int g = blockIdx.x, r = blockIdx.y, G = H / KVH;
+    const int sid = (l * n_seq + rseq[r]) * KVH + g, n0 = slen[sid], L = n0 + 1;
+    const int ns = kc_n_slow(R, l, n0);
+    int N = R.n > 0 ? R.n : (int)(R.frac * (float)L + 0.5f);
+    N = min(max(N, 1), ns);
+    const float *sc = dsc + ((int64_t)r * H + g * G) * n_ctx, *ls = lse + (int64_t)r * H + g * G;
+    int32_t *out = sel + ((int64_t)r * KVH + g) * n_ctx;
+    float *rk = rank + ((int64_t)r * KVH + g) * n_ctx;
+    const int nwords = ns / 32 + 1;
+    uint32_t *keep = kc_bits, *eq = kc_bits + nwords;
+    int cnt = ns;
+    if (N >= ns) {
+        for (int s = threadIdx.x; s < ns; s += blockDim.x) out[s] = s;
+    } else {
+        for (int i = threadIdx.x; i < nwords; i += blockDim.x) keep[i] = 0;
+        __syncthreads();
+        if (R.gran == SKV_VTOP_UNION) {
+            for (int j = 0; j < G; j++) {
+                for (int s = threadIdx.x; s < ns; s += blockDim.x) rk[s] = expf(sc[(int64_t)j * n_ctx + s] - ls[j]);
+                __syncthreads();
+                kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
+            }
+        } else {
+            for (int b0 = threadIdx.x; b0 < ns; b0 += 4 * blockDim.x) {
+                float d[4][G_MAX];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int s = b0 + u * blockDim.x;
+#pragma unroll
+                    for (int j = 0; j < G_MAX; j++) d[u][j] = j < G && s < ns ? sc[(int64_t)j * n_ctx + s] : 0.0f;
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int s = b0 + u * blockDim.x;
+                    if (s >= ns) break;
+                    float v = expf(d[u][0] - ls[0]);
+#pragma unroll
+                    for (int j = 1; j < G_MAX; j++) {
+                        if (j >= G) break;
+                        const float p = expf(d[u][j] - ls[j]);
+                        v = R.gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+                    }
+                    rk[s] = v;
+                }
+            }
+            __syncthreads();
+            kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
+        }
+        /* compaction: ascending slots */
+        const int per = (nwords + blockDim.x - 1) / blockDim.x, w0 = threadIdx.x * per, w1 = min(nwords, w0 + per);
+        int c = 0;
+        for (int w = w0; w < w1; w++) c += __popc(keep[w]);
+        int o = kc_scan(c, sh, &cnt);
+        for (int w = w0; w < w1; w++)
+            for (uint32_t b = keep[w]; b; b &= b - 1) out[o++] = w * 32 + __ffs(b) - 1;
+    }
+    __syncthreads();
+    for (int j = 0; j < G; j++) { /* renormalised: 1 / (the head's mass on the rows read) */
+        float z = 0;
+        const bool renorm = R.weight == SKV_VTOP_RENORM && cnt < ns;
+        if (renorm) {
+            for (int i = threadIdx.x; i < cnt; i += blockDim.x) z += expf(sc[(int64_t)j * n_ctx + out[i]] - ls[j]);
+            for (int s = ns + threadIdx.x; s < L; s += blockDim.x) z += expf(sc[(int64_t)j * n_ctx + s] - ls[j]);
+            z = kc_sum(z, shf);
+        }
+        if (threadIdx.x == 0) inv[(int64_t)r * H + g * G + j] = !renorm ? 1.0f : z > 0 ? 1.0f / z : 0.0f;
+    }
+    if (threadIdx.x == 0) {
+        nsel[(int64_t)r * KVH + g] = cnt;
+        if (cnt) atomicAdd(ct + 1, (unsigned long long)cnt);
+        if (g == 0 && l == R.fast && ns > 0) atomicAdd(ct, 1ull);
+    }
+}
+
+/* Block (KV head g, row r): the group's attention output from the selected host rows and the
+ * ring's fast rows (slots ns .. L-1), weights exp(score - lse) * inv. Lanes in groups of HD/8
+ * read one row with 16-byte loads, four rows in flight per group. */
+template <int HD, int G>
+__global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float *lse, const float *inv,
+                                                   const int32_t *slen, const int32_t *rseq, const int32_t *sel,
+                                                   const int32_t *nsel, const bf16 *vh, const bf16 *vd, int vw, bf16 *att,
+                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx, int no_host) {
+    constexpr int LPK = HD / 8, RPW = 32 / LPK, NGR = 4 * RPW;
+    __shared__ float sm[NGR][G][HD];
+    const int g = blockIdx.x, r = blockIdx.y, seq = rseq[r];
+    const int sid = (l * n_seq + seq) * KVH + g, n0 = slen[sid], L = n0 + 1, ns = kc_n_slow(R, l, n0);
+    const int cnt = no_host ? 0 : nsel[(int64_t)r * KVH + g];
+    const int lane = threadIdx.x & 31, li = lane % LPK, grp = (threadIdx.x >> 5) * RPW + lane / LPK;
+    const float *sc = dsc + ((int64_t)r * H + g * G) * n_ctx;
+    const int32_t *sl = sel + ((int64_t)r * KVH + g) * n_ctx;
+    float lj[G], ij[G], o[G][8];
+#pragma unroll
+    for (int j = 0; j < G; j++) {
+        lj[j] = lse[(int64_t)r * H + g * G + j], ij[j] = inv[(int64_t)r * H + g * G + j];
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[j][e] = 0;
+    }
+    auto add = [&](int s, uint4 v) {
+        float vf[8];
+        bf16x8_to_f32(v, vf);
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            const float w = expf(sc[(int64_t)j * n_ctx + s] - lj[j]) * ij[j];
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[j][e] += w * vf[e];
+        }
+    };
+    const bf16 *hrow = vh + (int64_t)sid * n_ctx * HD + li * 8;
+    for (int i0 = grp; i0 < cnt; i0 += 4 * NGR) {
+        int s[4];
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int i = i0 + u * NGR;
+            s[u] = i < cnt ? sl[i] : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = s[u] >= 0 ? *(const uint4 *)(hrow + (int64_t)s[u] * HD) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (s[u] >= 0) add(s[u], v[u]);
+    }
+    const bf16 *drow = vd + ((int64_t)seq * KVH + g) * vw * HD + li * 8;
+    for (int s0 = ns + grp; s0 < L; s0 += 4 * NGR) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int s = s0 + u * NGR;
+            v[u] = s < L ? *(const uint4 *)(drow + (int64_t)(s % vw) * HD) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (s0 + u * NGR < L) add(s0 + u * NGR, v[u]);
+    }
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) sm[grp][j][li * 8 + e] = o[j][e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        const int j = idx / HD, d = idx % HD;
+        float t = 0;
+        for (int x = 0; x < NGR; x++) t += sm[x][j][d];
+        att[((int64_t)r * H + g * G + j) * HD + d] = __float2bfloat16(t);
+    }
+}
+
+/* Ring rows of slots [from - vw, from) of sequence seq's streams in layers >= fast, from the
+ * host rows (after a truncation): block (layer - fast) * KVH + g. */
+__global__ void k_kc_ring_fill(bf16 *vd0, const bf16 *vh, int64_t layer_rows, int vw, int fast, int seq, int from,
+                               int n_seq, int KVH, int hd, int n_ctx) {
+    const int l = fast + blockIdx.x / KVH, g = blockIdx.x % KVH, sid = (l * n_seq + seq) * KVH + g;
+    bf16 *vd = vd0 + ((int64_t)(l - fast) * layer_rows + ((int64_t)seq * KVH + g) * vw) * hd;
+    const int s0 = max(0, from - vw), nch = hd / 8;
+    for (int i = threadIdx.x; i < (from - s0) * nch; i += blockDim.x) {
+        const int s = s0 + i / nch, ch = i % nch;
+        ((uint4 *)(vd + (int64_t)(s % vw) * hd))[ch] = ((const uint4 *)(vh + ((int64_t)sid * n_ctx + s) * hd))[ch];
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+#define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
+
+static int kc_smem(const skv_gpu_ctx *c) { return (int)sizeof(uint32_t) * 2 * (c->n_ctx / 32 + 1); }
+
+static kc_rule rule_of(const skv_gpu_ctx *c) {
+    const skv_vtop_rule *v = &c->pol.vtop;
+    return kc_rule{v->n, v->frac, v->gran, v->weight, v->recent, c->kc_ut, v->fast_layers};
+}
+
+skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
+    const skv_gpu_model *g = c->g;
+    const skv_vtop_rule *v = &c->pol.vtop;
+    if (g->H / g->KVH > G_MAX || g->hd != (g->hd == 128 ? 128 : 64))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "KCache on CUDA: head_dim 64 or 128 and at most %d query heads per KV "
+                             "head", G_MAX);
+    if (v->fast_layers < 0 || v->fast_layers > g->L || v->recent < 0)
+        return skv_set_error(SKV_ERR_ARG, "KCache on CUDA: fast_layers %d, recent %d", v->fast_layers, v->recent);
+    c->kc_ut = 32; /* the CPU's mmap store moves blocks of SKV_KV_BLOCK = 32 tokens */
+    c->kc_ring = v->recent + c->kc_ut;
+    if (c->kc_ring > c->n_ctx) c->kc_ring = c->n_ctx;
+    c->kc_pre_seq = -1;
+    c->kc_voff = (int64_t *)calloc((size_t)g->L, sizeof(int64_t));
+    c->kc_vw = (int32_t *)calloc((size_t)g->L, sizeof(int32_t));
+    if (!c->kc_voff || !c->kc_vw) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    int64_t rows = 0;
+    for (int l = 0; l < g->L; l++) {
+        c->kc_voff[l] = rows;
+        c->kc_vw[l] = l < v->fast_layers ? c->n_ctx : c->kc_ring;
+        rows += (int64_t)c->n_seq * g->KVH * c->kc_vw[l];
+    }
+    const int64_t S = c->n_streams, T = c->n_ctx, hd = g->hd, R = c->n_seq;
+    ALLOC(c->kc_vdev, rows * hd);
+    ALLOC(c->kc_vpre, (int64_t)g->L * g->KVH * T * hd);
+    ALLOC(c->kc_rank, R * g->KVH * T);
+    ALLOC(c->kc_sel, R * g->KVH * T);
+    ALLOC(c->kc_nsel, R * g->KVH);
+    ALLOC(c->kc_inv, R * g->H);
+    ALLOC(c->kc_ct, 2);
+    CK(cudaMemset(c->kc_ct, 0, 2 * sizeof(unsigned long long)));
+    CK(cudaHostAlloc((void **)&c->kc_vhost_h, sizeof(bf16) * (size_t)(S * T * hd), cudaHostAllocMapped));
+    CK(cudaHostGetDevicePointer((void **)&c->kc_vhost, c->kc_vhost_h, 0));
+    if (kc_smem(c) > 48 * 1024)
+        CK(cudaFuncSetAttribute(k_kc_select, cudaFuncAttributeMaxDynamicSharedMemorySize, kc_smem(c)));
+    return SKV_OK;
+}
+
+void gpu_kc_free(skv_gpu_ctx *c) {
+    void *ps[] = {c->kc_vdev, c->kc_vpre, c->kc_rank, c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+    if (c->kc_vhost_h) cudaFreeHost(c->kc_vhost_h);
+    free(c->kc_voff), free(c->kc_vw);
+}
+
+bf16 *gpu_kc_vbase(const skv_gpu_ctx *c, int l) { return c->kc_vdev + c->kc_voff[l] * c->g->hd; }
+
+skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
+    const skv_gpu_model *g = c->g;
+    if (c->kc_pre_seq != seq) c->kc_pre_seq = seq, c->kc_pre_n = 0;
+    if (c->kc_pre_n > pos0) c->kc_pre_n = pos0;
+    const int64_t hd = g->hd, pitch = (int64_t)c->n_ctx * hd * (int64_t)sizeof(bf16);
+    if (pos0 > c->kc_pre_n)
+        for (int l = c->pol.vtop.fast_layers; l < g->L; l++)
+            CK(cudaMemcpy2DAsync(c->kc_vpre + ((int64_t)l * g->KVH * c->n_ctx + c->kc_pre_n) * hd, (size_t)pitch,
+                                 c->kc_vhost_h + ((int64_t)sid_of(c, l, seq, 0) * c->n_ctx + c->kc_pre_n) * hd,
+                                 (size_t)pitch, (size_t)((pos0 - c->kc_pre_n) * hd * (int64_t)sizeof(bf16)),
+                                 (size_t)g->KVH, cudaMemcpyHostToDevice, c->st));
+    c->kc_pre_n = pos0 + n;
+    return SKV_OK;
+}
+
+/* Profiling variants (SKV_KC_PROFILE), each leaving stages out (the output is then wrong;
+ * for timing by differences only): 1 "scores" the scores pass alone, 2 "select" no finish,
+ * 3 "fast" the finish without the host rows, 4 "nodsc" the scores pass without writing the
+ * scores. */
+int gpu_kc_profile(skv_gpu_ctx *c) {
+    const char *e = getenv("SKV_KC_PROFILE");
+    const char *names[] = {"", "scores", "select", "fast", "nodsc"};
+    int p = 0;
+    for (int i = 1; e && i < 5; i++)
+        if (!strcmp(e, names[i])) p = i;
+    const int changed = p != c->kc_prof;
+    c->kc_prof = p;
+    return changed;
+}
+
+skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
+    const skv_gpu_model *g = c->g;
+    const kc_rule R = rule_of(c);
+    if (c->kc_prof == 1 || c->kc_prof == 4) return SKV_OK;
+    k_kc_select<<<dim3(g->KVH, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, c->slen, c->seq_d, c->kc_rank,
+                                                                    c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, R, l,
+                                                                    c->n_seq, g->H, g->KVH, c->n_ctx);
+    LAUNCHED();
+    if (c->kc_prof == 2) return SKV_OK;
+#define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, gpu_kc_vbase(c, l), \
+                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3
+#define FIN_G(HD_, G_) \
+    case G_: k_kc_finish<HD_, G_><<<dim3(g->KVH, n), 128, 0, c->st>>>(FIN_ARGS); break;
+    if (g->hd == 128) {
+        switch (g->H / g->KVH) { FIN_G(128, 1) FIN_G(128, 2) FIN_G(128, 3) FIN_G(128, 4) FIN_G(128, 5) FIN_G(128, 6) FIN_G(128, 7) FIN_G(128, 8) }
+    } else {
+        switch (g->H / g->KVH) { FIN_G(64, 1) FIN_G(64, 2) FIN_G(64, 3) FIN_G(64, 4) FIN_G(64, 5) FIN_G(64, 6) FIN_G(64, 7) FIN_G(64, 8) }
+    }
+#undef FIN_G
+#undef FIN_ARGS
+    LAUNCHED();
+    return SKV_OK;
+}
+
+skv_status gpu_kc_truncated(skv_gpu_ctx *c, int seq, int from) {
+    const skv_gpu_model *g = c->g;
+    if (c->kc_pre_seq == seq && c->kc_pre_n > from) c->kc_pre_n = from;
+    const int fast = c->pol.vtop.fast_layers;
+    if (fast >= g->L || from == 0) return SKV_OK;
+    const int64_t layer_rows = (int64_t)c->n_seq * g->KVH * c->kc_ring;
+    k_kc_ring_fill<<<(g->L - fast) * g->KVH, 256, 0, c->st>>>(gpu_kc_vbase(c, fast), c->kc_vhost, layer_rows, c->kc_ring,
+                                                             fast, seq, from, c->n_seq, g->KVH, g->hd, c->n_ctx);
+    LAUNCHED();
+    CK(cudaStreamSynchronize(c->st));
+    return SKV_OK;
+}
+
+extern "C" void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int64_t *slow_rows) {
+    unsigned long long ct[2] = {0, 0};
+    if (c->kc && (steps || rows)) {
+        cudaStreamSynchronize(c->st);
+        cudaMemcpy(ct, c->kc_ct, sizeof ct, cudaMemcpyDeviceToHost);
+    }
+    if (steps) *steps = (int64_t)ct[0];
+    if (rows) *rows = (int64_t)ct[1];
+    if (slow_rows) {
+        int64_t s = 0;
+        const skv_vtop_rule *v = &c->pol.vtop;
+        for (int l = v->fast_layers; c->kc && l < c->g->L; l++)
+            for (int q = 0; q < c->n_seq; q++)
+                for (int k = 0; k < c->g->KVH; k++) {
+                    const int n0 = c->h_n[sid_of(c, l, q, k)];
+                    s += n0 < v->recent ? 0 : (n0 - v->recent) / c->kc_ut * c->kc_ut;
+                }
+        *slow_rows = s;
+    }
+}
+
+extern "C" skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns,
+                                      float *probs, int32_t *sel, int32_t *nsel, float *inv) {
+    const skv_gpu_model *g = c->g;
+    const int l = g->L - 1, G = g->H / g->KVH;
+    if (!c->kc || l < c->pol.vtop.fast_layers || row < 0 || row >= c->n_seq || kv_head < 0 || kv_head >= g->KVH)
+        return skv_set_error(SKV_ERR_ARG, "KCache readback: row %d KV head %d (a KCache context whose last layer "
+                             "selects)", row, kv_head);
+    CK(cudaStreamSynchronize(c->st));
+    const int sid = sid_of(c, l, row, kv_head);
+    int32_t L = 0, cnt = 0;
+    CK(cudaMemcpy(&L, c->slen + sid, sizeof L, cudaMemcpyDeviceToHost));
+    const int n0 = L - 1;
+    *n = L;
+    *ns = n0 < c->pol.vtop.recent ? 0 : (n0 - c->pol.vtop.recent) / c->kc_ut * c->kc_ut;
+    CK(cudaMemcpy(&cnt, c->kc_nsel + (int64_t)row * g->KVH + kv_head, sizeof cnt, cudaMemcpyDeviceToHost));
+    *nsel = cnt;
+    if (cnt > 0) CK(cudaMemcpy(sel, c->kc_sel + ((int64_t)row * g->KVH + kv_head) * c->n_ctx, sizeof(int32_t) * (size_t)cnt,
+                               cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(inv, c->kc_inv + (int64_t)row * g->H + kv_head * G, sizeof(float) * (size_t)G, cudaMemcpyDeviceToHost));
+    float lse[G_MAX];
+    CK(cudaMemcpy(lse, c->lse + (int64_t)row * g->H + kv_head * G, sizeof(float) * (size_t)G, cudaMemcpyDeviceToHost));
+    for (int j = 0; j < G; j++) {
+        float *p = probs + (int64_t)j * L;
+        CK(cudaMemcpy(p, c->dsc + ((int64_t)row * g->H + kv_head * G + j) * c->n_ctx, sizeof(float) * (size_t)L,
+                      cudaMemcpyDeviceToHost));
+        for (int s = 0; s < L; s++) p[s] = expf(p[s] - lse[j]);
+    }
+    return SKV_OK;
+}

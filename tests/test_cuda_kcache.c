@@ -1,0 +1,309 @@
+/*
+ * test_cuda_kcache.c — KCache on the CUDA backend: the GPU's top-N sets against the CPU's
+ * selection rule (skv_vtop_group) run on the GPU's own probabilities, logits against the CPU
+ * backend under the same rule (prompt, decode steps, a multi-token chunk after decoding, more
+ * steps), N >= context against the CUDA full cache, batched decode of copied sequences against
+ * single-sequence decode, truncation and re-decoding bit for bit, and bad input. The GPU tests
+ * skip where no GPU answers; the refusals that come before any device call run everywhere.
+ */
+#include "backend/cuda/gpu.h"
+#include "context/context.h"
+#include "harness.h"
+#include "kv/plan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int have_gpu(void) {
+    if (skv_backend_available(SKV_BACKEND_CUDA)) return 1;
+    skv_test_skip("%s", skv_last_error());
+    return 0;
+}
+
+static skv_policy_params kc(int n, int gran, int weight) {
+    skv_policy_params p = skv_policy_default_params("kcache");
+    p.kc_n = n, p.kc_gran = gran, p.kc_weight = weight, p.kc_recent = 32;
+    return p;
+}
+
+static skv_context *ctx(skv_model *m, skv_policy_params p, skv_backend b, int n_seq) {
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 512, cp.n_batch = 128, cp.backend = b, cp.n_seq = n_seq, cp.policy = p;
+    cp.kv_format = SKV_KV_BF16; /* the CUDA cache's format, on both */
+    skv_context *c = NULL;
+    return skv_context_init(m, cp, &c) == SKV_OK ? c : NULL;
+}
+
+static double rel_l2(const float *a, const float *b, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The GPU's selection of the last layer's streams against skv_vtop_group on the same
+ * probabilities: equal sets, except slots whose rank ties the threshold within 1e-5
+ * (float expf on host and device may differ in the last bit); weight factors within 1e-4. */
+static void check_sets(skv_context *c, const skv_vtop_rule *r, int kvh, int G, int *streams, int *exact, int *bad,
+                       double *worst_inv) {
+    skv_gpu_ctx *gc = (skv_gpu_ctx *)c->bs;
+    enum { T = 512 };
+    static float probs[8 * T], rank[T], inv[8], hinv[8];
+    static int32_t sel[T], hsel[T], idx[T];
+    static uint8_t mark[T], in_g[T], in_h[T];
+    for (int g = 0; g < kvh; g++) {
+        int32_t n, ns, nsel;
+        if (skv_gpu_kc_last(gc, 0, g, &n, &ns, probs, sel, &nsel, inv) != SKV_OK) {
+            (*bad)++;
+            continue;
+        }
+        const int32_t k = skv_vtop_group(r, probs, n, G, n, ns, hsel, hinv, rank, idx, mark);
+        (*streams)++;
+        memset(in_g, 0, sizeof in_g), memset(in_h, 0, sizeof in_h);
+        for (int i = 0; i < nsel; i++) in_g[sel[i]] = 1;
+        for (int i = 0; i < k; i++) in_h[hsel[i]] = 1;
+        int same = k == nsel;
+        for (int i = 0; i < nsel && same; i++) same = sel[i] == hsel[i];
+        *exact += same;
+        if (!same) { /* every difference must be a near-tie at the threshold (sum/max ranking) */
+            float thr = INFINITY;
+            for (int i = 0; i < k; i++) {
+                float v = probs[hsel[i]];
+                for (int j = 1; j < G; j++) {
+                    const float p = probs[(int64_t)j * n + hsel[i]];
+                    v = r->gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+                }
+                thr = fminf(thr, v);
+            }
+            for (int s = 0; s < ns; s++) {
+                if (in_g[s] == in_h[s]) continue;
+                float v = probs[s];
+                for (int j = 1; j < G; j++) {
+                    const float p = probs[(int64_t)j * n + s];
+                    v = r->gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
+                }
+                if (r->gran == SKV_VTOP_UNION || fabsf(v - thr) > 1e-5f * thr) (*bad)++;
+            }
+        }
+        for (int j = 0; j < G; j++) *worst_inv = fmax(*worst_inv, fabs(inv[j] - hinv[j]) / fmax(hinv[j], 1e-30));
+    }
+}
+
+/* kvt-l, prompt of 300, 6 steps, a 40-token chunk, 10 steps: the CUDA logits against the CPU
+ * backend's (bf16 caches on both) under each granularity and weighting, and the GPU's sets
+ * against the CPU's rule. */
+static void test_vs_cpu(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab, G = in->n_head / in->n_kv_head;
+    enum { P = 300, S1 = 6, C = 40, S2 = 10 };
+    int32_t ids[P + S1 + C + S2];
+    skv_test_ids(ids, P + S1 + C + S2, 17);
+    float *lc = malloc(sizeof(float) * (size_t)V), *lg = malloc(sizeof(float) * (size_t)V);
+    const int grans[] = {SKV_KC_SUM, SKV_KC_MAX, SKV_KC_UNION, SKV_KC_SUM}, wts[] = {0, 0, 0, 1};
+    for (int v = 0; v < 4; v++) {
+        const skv_policy_params p = kc(16, grans[v], wts[v] ? SKV_KC_EXACT : SKV_KC_RENORM);
+        skv_context *cpu = ctx(m, p, SKV_BACKEND_CPU, 1), *gpu = ctx(m, p, SKV_BACKEND_CUDA, 1);
+        REQUIRE(cpu && gpu, "variant %d: %s", v, skv_last_error());
+        const skv_vtop_rule r = {.on = 1, .n = 16, .gran = grans[v], .weight = wts[v], .recent = 32};
+        double worst = 0, worst_inv = 0;
+        int top = 0, steps = 0, streams = 0, exact = 0, bad = 0;
+        CHECK(skv_decode(cpu, ids, P, lc, 0) == SKV_OK && skv_decode(gpu, ids, P, lg, 0) == SKV_OK);
+        worst = fmax(worst, rel_l2(lg, lc, V));
+        for (int i = P; i < P + S1 + C + S2; i++) {
+            const int chunk = i == P + S1;
+            const int n = chunk ? C : 1;
+            REQUIRE(skv_decode(cpu, ids + i, n, lc, 0) == SKV_OK && skv_decode(gpu, ids + i, n, lg, 0) == SKV_OK, "%s",
+                    skv_last_error());
+            worst = fmax(worst, rel_l2(lg, lc, V));
+            top += skv_test_argmax(lg, V) == skv_test_argmax(lc, V), steps++;
+            if (!chunk) check_sets(gpu, &r, in->n_kv_head, G, &streams, &exact, &bad, &worst_inv);
+            if (chunk) i += C - 1;
+        }
+        skv_kv_usage u;
+        skv_context_kv_usage(gpu, &u);
+        printf("    %s %s: logits vs CPU rel L2 <= %.2e, top-1 %d/%d; last-layer sets = CPU rule on GPU probs in %d/%d "
+               "streams (%d non-tie differences), weight factors within %.1e; %lld rows read in %lld steps\n",
+               grans[v] == SKV_KC_SUM ? "sum" : grans[v] == SKV_KC_MAX ? "max" : "union", wts[v] ? "exact" : "renorm",
+               worst, top, steps, exact, streams, bad, worst_inv, (long long)u.fetch_rows, (long long)u.fetch_steps);
+        CHECKF(worst < 2e-2, "variant %d: relative L2 %.3g between CUDA and CPU logits", v, worst);
+        CHECKF(top >= steps - 1, "variant %d: top-1 agrees at %d of %d", v, top, steps);
+        CHECKF(bad == 0 && streams == (S1 + S2) * in->n_kv_head, "variant %d: %d differences that are not ties", v, bad);
+        CHECKF(worst_inv < 1e-4, "variant %d: weight factors differ by %.3g", v, worst_inv);
+        /* N = 16 per stream, every step (the union reads up to G x 16) */
+        const int64_t per = (int64_t)(in->n_layer) * in->n_kv_head * 16 * (S1 + S2);
+        CHECKF(u.fetch_steps == S1 + S2 && (grans[v] == SKV_KC_UNION ? u.fetch_rows >= per && u.fetch_rows <= G * per
+                                                                      : u.fetch_rows == per),
+               "variant %d: %lld rows in %lld steps (expected %lld)", v, (long long)u.fetch_rows, (long long)u.fetch_steps,
+               (long long)per);
+        skv_context_free(cpu), skv_context_free(gpu);
+    }
+    free(lc), free(lg);
+    skv_model_free(m);
+}
+
+/* N >= context: every slow row is read, weights are the softmax's; the logits equal the CUDA
+ * full cache's within float summation-order tolerance. */
+static void test_full_n(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 300, STEPS = 24 };
+    int32_t ids[P + STEPS];
+    skv_test_ids(ids, P + STEPS, 29);
+    float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
+    for (int v = 0; v < 3; v++) {
+        skv_policy_params p = kc(100000, v == 2 ? SKV_KC_UNION : SKV_KC_SUM, v == 1 ? SKV_KC_EXACT : SKV_KC_RENORM);
+        skv_context *full = ctx(m, skv_policy_default_params("full"), SKV_BACKEND_CUDA, 1);
+        skv_context *k = ctx(m, p, SKV_BACKEND_CUDA, 1);
+        REQUIRE(full && k, "%s", skv_last_error());
+        CHECK(skv_decode(full, ids, P, la, 0) == SKV_OK && skv_decode(k, ids, P, lb, 0) == SKV_OK);
+        double worst = rel_l2(lb, la, V);
+        int top = 0;
+        for (int i = P; i < P + STEPS; i++) {
+            CHECK(skv_decode(full, ids + i, 1, la, 0) == SKV_OK && skv_decode(k, ids + i, 1, lb, 0) == SKV_OK);
+            worst = fmax(worst, rel_l2(lb, la, V));
+            top += skv_test_argmax(la, V) == skv_test_argmax(lb, V);
+        }
+        skv_kv_usage u;
+        skv_context_kv_usage(k, &u);
+        printf("    N >= context (variant %d): logits vs the CUDA full cache rel L2 <= %.2e, top-1 %d/%d; %lld rows "
+               "read; fast %lld B, slow %lld B\n", v, worst, top, STEPS, (long long)u.fetch_rows, (long long)u.bytes_fast,
+               (long long)u.bytes_slow);
+        CHECKF(worst < 5e-3 && top == STEPS, "variant %d: rel L2 %.3g, top-1 %d/%d", v, worst, top, STEPS);
+        CHECK(u.fetch_steps == STEPS && u.fetch_rows > 0 && u.bytes_slow > 0);
+        skv_context_free(full), skv_context_free(k);
+    }
+    free(la), free(lb);
+    skv_model_free(m);
+}
+
+/* Batched decode of three sequences copied from one prompt (skv_seq_copy) equals each decoded
+ * alone; truncation and re-decoding reproduce the logits bit for bit (the device ring is
+ * refilled from the host rows). */
+static void test_batch_truncate(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 260, N = 3, STEPS = 12 };
+    int32_t ids[P];
+    skv_test_ids(ids, P, 41);
+    const skv_policy_params p = kc(24, SKV_KC_SUM, SKV_KC_RENORM);
+    skv_context *b = ctx(m, p, SKV_BACKEND_CUDA, N), *one[N];
+    REQUIRE(b, "%s", skv_last_error());
+    REQUIRE(skv_seq_decode(b, 0, ids, P) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_seq_copy(b, 0, 0) == SKV_ERR_ARG);
+    for (int s = 1; s < N; s++) CHECK(skv_seq_copy(b, s, 0) == SKV_OK && skv_seq_n_past(b, s) == P);
+    CHECK(skv_seq_copy(b, 1, 0) == SKV_ERR_ARG && strstr(skv_last_error(), "holds"));
+    for (int s = 0; s < N; s++) {
+        one[s] = ctx(m, p, SKV_BACKEND_CUDA, 1);
+        REQUIRE(one[s] && skv_decode(one[s], ids, P, NULL, 0) == SKV_OK, "%s", skv_last_error());
+    }
+    float *lb = malloc(sizeof(float) * (size_t)N * V), *l1 = malloc(sizeof(float) * (size_t)V);
+    float *keep = malloc(sizeof(float) * (size_t)STEPS * V);
+    int32_t cur[N] = {5, 6, 7}, next[N], hist[STEPS];
+    double worst = 0;
+    for (int t = 0; t < STEPS; t++) {
+        REQUIRE(skv_decode_batch(b, cur, N, lb, next) == SKV_OK, "%s", skv_last_error());
+        for (int s = 0; s < N; s++) {
+            CHECK(skv_decode(one[s], &cur[s], 1, l1, 0) == SKV_OK);
+            worst = fmax(worst, rel_l2(lb + (int64_t)s * V, l1, V));
+            if (s == 0) memcpy(keep + (int64_t)t * V, l1, sizeof(float) * (size_t)V), hist[t] = cur[0];
+            cur[s] = next[s];
+        }
+    }
+    printf("    3 copied sequences decoded together vs alone: rel L2 <= %.2e\n", worst);
+    CHECKF(worst < 1e-3, "batched vs single KCache decode: rel L2 %.3g", worst);
+    /* truncate sequence 0's own context 9 steps back and re-decode */
+    const int back = 9;
+    REQUIRE(skv_context_truncate(one[0], P + STEPS - back) == SKV_OK, "%s", skv_last_error());
+    int same = 1;
+    for (int t = STEPS - back; t < STEPS; t++) {
+        CHECK(skv_decode(one[0], &hist[t], 1, l1, 0) == SKV_OK);
+        same &= !memcmp(l1, keep + (int64_t)t * V, sizeof(float) * (size_t)V);
+    }
+    CHECKF(same, "re-decoding after a truncation differs from the first decode");
+    for (int s = 0; s < N; s++) skv_context_free(one[s]);
+    skv_context_free(b);
+    free(lb), free(l1), free(keep);
+    skv_model_free(m);
+}
+
+/* What KCache on CUDA refuses, with the flag named: an int8 cache, --kc-over, the file store's
+ * options, forks and imports of a KCache context; skv_seq_copy on the CPU. */
+static void test_bad_input(void) {
+    skv_model *m = skv_test_load_model("kvt-l", 1);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 256, cp.backend = SKV_BACKEND_CUDA, cp.policy = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    skv_context *c = NULL;
+    cp.kv_format = SKV_KV_Q8;
+    CHECKF(skv_context_init(m, cp, &c) == SKV_ERR_UNSUPPORTED && strstr(skv_last_error(), "--kv-format int8") && !c, "%s",
+           skv_last_error());
+    cp.kv_format = SKV_KV_BF16;
+    cp.policy.kc_over = "snapkv", cp.policy.budget = 0.5f;
+    CHECKF(skv_context_init(m, cp, &c) == SKV_ERR_UNSUPPORTED && strstr(skv_last_error(), "--kc-over") && !c, "%s",
+           skv_last_error());
+    cp.policy = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    cp.policy.kc_store = SKV_KC_ZSTD;
+    CHECKF(skv_context_init(m, cp, &c) == SKV_ERR_UNSUPPORTED && strstr(skv_last_error(), "--kc-store") && !c, "%s",
+           skv_last_error());
+    cp.policy = kc(0, SKV_KC_SUM, SKV_KC_RENORM);
+    CHECKF(skv_context_init(m, cp, &c) == SKV_ERR_ARG && strstr(skv_last_error(), "--kc-n") && !c, "%s", skv_last_error());
+    cp.policy = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    cp.policy.kc_fast_layers = 99;
+    CHECKF(skv_context_init(m, cp, &c) == SKV_ERR_ARG && strstr(skv_last_error(), "--kc-fast-layers") && !c, "%s",
+           skv_last_error());
+    /* skv_seq_copy needs several sequences on CUDA */
+    skv_context_params cc = skv_context_default_params();
+    cc.n_ctx = 64;
+    REQUIRE(skv_context_init(m, cc, &c) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_seq_copy(c, 1, 0) == SKV_ERR_ARG);
+    double bw = 0;
+    CHECK(skv_backend_h2d_bandwidth(SKV_BACKEND_CPU, (int64_t)1 << 20, &bw) == SKV_ERR_UNSUPPORTED);
+    CHECK(skv_backend_h2d_bandwidth(SKV_BACKEND_CUDA, 0, &bw) == SKV_ERR_ARG);
+    skv_context_free(c);
+    c = NULL;
+    if (!have_gpu()) {
+        skv_model_free(m);
+        return;
+    }
+    cp.policy = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
+    int32_t ids[100];
+    skv_test_ids(ids, 100, 3);
+    REQUIRE(skv_decode(c, ids, 100, NULL, 0) == SKV_OK, "%s", skv_last_error());
+    skv_context *f = NULL;
+    const skv_policy_params full = skv_policy_default_params("full");
+    CHECKF(skv_context_fork(c, &full, &f) == SKV_ERR_UNSUPPORTED && !f && strstr(skv_last_error(), "KCache"), "%s",
+           skv_last_error());
+    /* a cache exported from the full cache cannot be imported into a KCache context */
+    cc.backend = SKV_BACKEND_CUDA, cc.n_ctx = 256;
+    skv_context *src = NULL, *dst = NULL;
+    REQUIRE(skv_context_init(m, cc, &src) == SKV_OK && skv_decode(src, ids, 100, NULL, 0) == SKV_OK, "%s", skv_last_error());
+    void *buf = NULL;
+    size_t len = 0;
+    REQUIRE(skv_context_export(src, &buf, &len) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_context_init(m, cp, &dst) == SKV_OK, "%s", skv_last_error());
+    CHECKF(skv_context_import(dst, buf, len) == SKV_ERR_UNSUPPORTED && strstr(skv_last_error(), "KCache"), "%s",
+           skv_last_error());
+    /* the V rows read back (export) from pinned host memory equal the full cache's */
+    void *kb = NULL;
+    size_t kl = 0;
+    CHECKF(skv_context_export(c, &kb, &kl) == SKV_OK && kl == len && !memcmp(kb, buf, len), "KCache export differs from the full cache's");
+    free(buf), free(kb);
+    skv_context_free(src), skv_context_free(dst), skv_context_free(c);
+    skv_model_free(m);
+}
+
+void register_cuda_kcache(void) {
+    skv_test_add("cuda/kcache: refusals (int8, --kc-over, file store, N <= 0, fork, import, seq copy)", test_bad_input);
+    skv_test_add("cuda/kcache vs the CPU backend on kvt-l (logits; sets = CPU rule on GPU probabilities)", test_vs_cpu);
+    skv_test_add("cuda/kcache N >= context = the CUDA full cache", test_full_n);
+    skv_test_add("cuda/kcache batched copied sequences = single; truncate and re-decode bit-identical", test_batch_truncate);
+}
