@@ -42,7 +42,7 @@ if a.backend == "cuda":
 pool = []
 system = text[:1500]  # a shared "system prompt" (about 400 tokens) before a quarter of the prompts
 for i in range(a.pool):
-    chars = rng.choice([40, 300, 1200, 4000])  # about 10, 80, 300, 1000 tokens
+    chars = rng.choice([40, 300, 1200] + ([] if i % 4 == 1 else [2400]))  # about 10 to 1000 tokens
     start = rng.randrange(0, len(text) - chars)
     prompt = (system if i % 4 == 1 else "") + text[start:start + chars]
     body = {"model": name, "prompt": prompt, "max_tokens": rng.choice([16, 32, 64]),
@@ -99,12 +99,17 @@ stream.last_prompt = {}
 prov = provenance(sys.argv)
 print(f"server {' '.join(srv.cmd)} port {srv.port}; {len(pool)} requests in the pool")
 t = time.perf_counter()
-solo = []
+solo, kept = [], []
 for b in pool:
     s = stream(b)
+    if s[4] and "maximum context length" in s[4]:  # a snippet that tokenizes long: left out
+        continue
     if s[4]:
+        srv.stop()
         sys.exit("solo run failed: " + s[4])
     solo.append(s[0])
+    kept.append(b)
+pool = kept
 solo_s = time.perf_counter() - t
 print(f"solo references: {solo_s:.1f} s")
 rss0 = srv.rss_kb()

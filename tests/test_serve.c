@@ -388,6 +388,32 @@ static void test_queue_full(void) {
     CHECK(srv_stop(&p) == 0);
 }
 
+/* --kv-mem: a request that could never fit is a 400; one that does not fit now waits. */
+static void test_kv_admission(void) {
+    srv_proc p;
+    START(p, "-t 1 --parallel 2 --kv-mem 1");
+    hresp r;
+    http_do(p.port, "POST", "/v1/completions", NULL, "{\"model\":\"kvt-s\",\"prompt\":\"Once\",\"max_tokens\":600}", &r);
+    CHECKF(r.status == 400 && r.body && strstr(r.body, "--kv-mem"), "600 tokens in 1 MiB: %d %s", r.status,
+           r.body ? r.body : "");
+    hresp_free(&r);
+    const char *body = "{\"model\":\"kvt-s\",\"prompt\":\"Once\",\"max_tokens\":400,\"temperature\":0,\"stream\":true,"
+                       "\"ignore_eos\":true}";
+    int a = http_send(p.port, "POST", "/v1/completions", NULL, body, strlen(body));
+    CHECK(wait_metric(p.port, "slimkv_active_sequences 1", 10000));
+    int b = http_send(p.port, "POST", "/v1/completions", NULL, body, strlen(body));
+    /* a slot is free, but the two reservations exceed 1 MiB: the second waits in the queue */
+    CHECK(wait_metric(p.port, "slimkv_queue_depth 1", 10000));
+    CHECK(wait_metric(p.port, "slimkv_active_sequences 1", 100));
+    hresp ra, rb;
+    CHECK(http_read(a, &ra) == 0 && ra.status == 200 && strstr(ra.body, "[DONE]"));
+    CHECK(http_read(b, &rb) == 0 && rb.status == 200 && strstr(rb.body, "[DONE]"));
+    hresp_free(&ra);
+    hresp_free(&rb);
+    CHECK(wait_metric(p.port, "slimkv_kv_reserved_bytes 0", 5000));
+    CHECK(srv_stop(&p) == 0);
+}
+
 static void test_concurrent_equals_solo(void) {
     srv_proc p;
     START(p, "-t 1 --parallel 2 --prefill-chunk 16");
@@ -456,10 +482,35 @@ static void test_concurrent_equals_solo(void) {
     CHECK(srv_stop(&p) == 0);
 }
 
+static void test_bad_flags(void) {
+    if (!model_dir()) {
+        skv_test_skip("kvt-s not found under %s/models", skv_test_shared_dir());
+        return;
+    }
+    static const struct {
+        const char *args, *needle;
+        int code;
+    } cases[] = {
+        {"--parallel 0", "--parallel", 2}, {"--port 70000", "--port", 2}, {"--backend tpu", "--backend", 2},
+        {"--policy magic", "magic", 1},    {"--api-key ''", "--api-key", 2}, {"--host 300.1.2.3", "--host", 1},
+        {"--max-body 10", "--max-body", 2}, {"--bogus", "bogus", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char cmd[2048], *err = NULL;
+        snprintf(cmd, sizeof cmd, "%s serve -m %s --port 0 -t 1 %s", skv_test_cli(), model_dir(), cases[i].args);
+        int rc = skv_test_sh(cmd, NULL, &err);
+        CHECKF(rc == cases[i].code && err && strstr(err, cases[i].needle), "%s: exit %d, stderr %s", cases[i].args, rc,
+               err ? err : "");
+        free(err);
+    }
+}
+
 void register_serve(void) {
+    skv_test_add("serve/bad flags: exit 2 (usage) or 1, naming the flag", test_bad_flags);
     skv_test_add("serve/start, health, models, completions = slimkv run, chat, metrics, stop on SIGTERM", test_endpoints);
     skv_test_add("serve/streaming chunk format, stop strings across token boundaries", test_stream_and_stop);
     skv_test_add("serve/bad requests: 400 error objects by field, 401, 404, 405, 413", test_bad_requests);
     skv_test_add("serve/queue full: 429 with Retry-After; disconnects cancel", test_queue_full);
+    skv_test_add("serve/KV admission: a request over --kv-mem is a 400, one that must wait is queued", test_kv_admission);
     skv_test_add("serve/two concurrent greedy streams equal their solo runs; prefix reuse", test_concurrent_equals_solo);
 }

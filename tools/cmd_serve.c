@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "serve.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,6 +53,9 @@ int cmd_serve(int argc, char **argv) {
     if (kv_mb < 0) cli_die("serve", 2, "bad value for --kv-mem: %d (>= 0)", kv_mb);
     if (api_key && !*api_key) cli_die("serve", 2, "bad value for --api-key: empty");
 
+    /* one thread per connection: without a cap glibc gives each its own malloc arena, and the
+     * memory of a burst of connections stays with the process */
+    mallopt(M_ARENA_MAX, 2);
     srv *s = calloc(1, sizeof *s);
     s->model_dir = dir, s->host = host, s->api_key = api_key, s->port = port, s->parallel = parallel;
     s->queue_cap = queue, s->max_body = max_body, s->body_timeout_s = timeout, s->prefill_chunk = chunk;

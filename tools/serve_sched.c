@@ -14,6 +14,7 @@
  */
 #include "serve_slot.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -322,6 +323,7 @@ static void *sched_main(void *arg) {
     pthread_mutex_lock(&s->mu);
     while (s->running) {
         if (admit_locked(s, fresh, &n_fresh) == 0) {
+            malloc_trim(0); /* idle: freed memory back to the system */
             pthread_cond_wait(&s->cv, &s->mu);
             continue;
         }
