@@ -18,10 +18,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--model", default=None)
 ap.add_argument("--requests", type=int, default=10000)
 ap.add_argument("--out", default=os.path.join(ROOT, "bench", "serve", "faults-cpu.json"))
+ap.add_argument("--cli", default=None, help="the slimkv binary (e.g. build-asan/slimkv)")
 a = ap.parse_args()
 model = a.model or default_model()
 name = os.path.basename(model.rstrip("/"))
-srv = Server(model, ["-t", "1", "--parallel", "4", "--timeout", "3", "--max-body", "65536"])
+srv = Server(model, ["-t", "1", "--parallel", "4", "--timeout", "3", "--max-body", "65536"], cli=a.cli)
 out = {**provenance(sys.argv), "server": " ".join(srv.cmd)}
 rng = random.Random(7)
 

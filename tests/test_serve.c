@@ -148,10 +148,12 @@ static char *stream_text(int port, const char *path, const char *body, int chat,
     for (int i = 0; i < n; i++) {
         if (!strcmp(ev[i], "[DONE]")) {
             done = i == n - 1;
+            free(ev[i]);
             continue;
         }
         cJSON *j = cJSON_Parse(ev[i]);
         CHECKF(j, "event %d is not JSON: %s", i, ev[i]);
+        free(ev[i]);
         if (!j) continue;
         CHECK(!strcmp(jstr(j, "object"), chat ? "chat.completion.chunk" : "text_completion"));
         CHECK(jstr(j, "id") && !strncmp(jstr(j, "id"), chat ? "chatcmpl-" : "cmpl-", chat ? 9 : 5));
@@ -174,7 +176,6 @@ static char *stream_text(int port, const char *path, const char *body, int chat,
             }
         }
         cJSON_Delete(j);
-        free(ev[i]);
     }
     CHECKF(done && fin == 1 && usage, "stream: [DONE] last %d, finish chunks %d, usage chunk %d (%d events)", done, fin,
            usage, n);

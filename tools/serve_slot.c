@@ -142,6 +142,7 @@ void slot_free(srv_slot *sl) {
     skv_context_free(sl->own);
     free(sl->ids);
     free(sl->gen);
+    free(sl->pend);
     skv_sampler_free(sl->smp);
     skv_detok_free(sl->dt);
 }
