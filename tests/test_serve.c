@@ -481,6 +481,28 @@ static void test_concurrent_equals_solo(void) {
     cJSON_Delete(j2);
     CHECK(wait_metric(p.port, "slimkv_prefix_cache_hit_tokens_total", 100));
     CHECK(srv_stop(&p) == 0);
+    /* a prefix held by a busy slot is borrowed (its cache forked): the same text as cold */
+    START(p, "-t 1 --parallel 2 --prefill-chunk 16");
+    const char *shared = "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, "
+                         "seemed to unite some of the best blessings of existence; and had lived nearly";
+    char b1[1024], b2[1024];
+    snprintf(b1, sizeof b1, "{\"model\":\"kvt-s\",\"prompt\":\"%s twenty-one years in the world\",\"max_tokens\":12,"
+             "\"temperature\":0}", shared);
+    snprintf(b2, sizeof b2, "{\"model\":\"kvt-s\",\"prompt\":\"%s forty years of age\",\"max_tokens\":1500,"
+             "\"temperature\":0,\"ignore_eos\":true,\"stream\":true}", shared);
+    cJSON *cold = post_json(p.port, "/v1/completions", b1, &st); /* slot 0 */
+    int busy = http_send(p.port, "POST", "/v1/completions", NULL, b2, strlen(b2)); /* slot 0 again: the longer prefix */
+    CHECK(wait_metric(p.port, "slimkv_active_sequences 1", 10000));
+    cJSON *warm = post_json(p.port, "/v1/completions", b1, &st); /* slot 1, borrowing slot 0's prefix */
+    const double lent = warm ? jnum(warm, "usage.prompt_tokens_details.cached_tokens") : -1;
+    CHECKF(cold && warm && lent >= 16 && !strcmp(jstr(cold, "choices.0.text"), jstr(warm, "choices.0.text")),
+           "borrowed prefix: cached %g, [%s] vs cold [%s]", lent, warm ? jstr(warm, "choices.0.text") : "",
+           cold ? jstr(cold, "choices.0.text") : "");
+    CHECK(wait_metric(p.port, "slimkv_active_sequences 1", 100)); /* the lender still running */
+    close(busy);
+    cJSON_Delete(cold);
+    cJSON_Delete(warm);
+    CHECK(srv_stop(&p) == 0);
 }
 
 static void test_bad_flags(void) {
@@ -513,5 +535,5 @@ void register_serve(void) {
     skv_test_add("serve/bad requests: 400 error objects by field, 401, 404, 405, 413", test_bad_requests);
     skv_test_add("serve/queue full: 429 with Retry-After; disconnects cancel", test_queue_full);
     skv_test_add("serve/KV admission: a request over --kv-mem is a 400, one that must wait is queued", test_kv_admission);
-    skv_test_add("serve/two concurrent greedy streams equal their solo runs; prefix reuse", test_concurrent_equals_solo);
+    skv_test_add("serve/two concurrent greedy streams equal their solo runs; prefix reuse, also from a busy slot", test_concurrent_equals_solo);
 }

@@ -12,6 +12,8 @@
  * blocks of prefill_chunk tokens (so the rest is prefilled in the same chunks as without reuse
  * and the results are bitwise the same), and the cache is truncated to that prefix. Only ids
  * that went in by prefill count (a decode step's K/V comes from other kernels than a prefill's).
+ * On the CPU a longer prefix held by any other slot, busy or free, is borrowed: the slot's
+ * context becomes a fork of that slot's (skv_context_fork copies the K/V as stored), truncated.
  */
 #include "serve_slot.h"
 
@@ -60,6 +62,41 @@ static int same_policy(const skv_policy_params *a, const skv_policy_params *b) {
            a->pyramid_beta == b->pyramid_beta && a->quant_bits == b->quant_bits;
 }
 
+/* CPU: another slot (busy or free) holding a longer prefix of r than sl does lends it: sl's
+ * context becomes a fork of the donor's (the same K/V bits), truncated to the prefix. */
+static skv_status borrow_prefix(srv *s, srv_slot *sl, srv_req *r, int32_t *reused) {
+    srv_slot *donor = NULL;
+    int32_t best = *reused;
+    for (int i = 0; i < s->parallel; i++) {
+        srv_slot *d = &s->slots[i];
+        if (d == sl || !d->own || d->cache_kind != SLOT_OWN) continue;
+        const int32_t n = slot_prefix(s, d, r);
+        if (n > best) best = n, donor = d;
+    }
+    if (!donor) return SKV_OK;
+    skv_policy_params full = skv_policy_default_params("full");
+    skv_context *c = NULL;
+    skv_status st = skv_context_fork(donor->own, &full, &c);
+    if (!st) st = skv_context_truncate(c, best);
+    if (st) { /* no loan: the slot prefills everything itself */
+        skv_context_free(c);
+        return SKV_OK;
+    }
+    skv_context_free(sl->own);
+    sl->own = c;
+    snprintf(sl->own_pol, sizeof sl->own_pol, "full");
+    sl->own_p = full;
+    sl->own_p.name = sl->own_pol;
+    if (sl->cap_ids < best) {
+        int32_t *p = realloc(sl->ids, sizeof(int32_t) * (size_t)best);
+        if (!p) return SKV_ERR_NOMEM;
+        sl->ids = p, sl->cap_ids = best;
+    }
+    memcpy(sl->ids, donor->ids, sizeof(int32_t) * (size_t)best);
+    *reused = best;
+    return SKV_OK;
+}
+
 skv_status slot_prepare(srv *s, srv_slot *sl, srv_req *r, int32_t *reused) {
     *reused = slot_prefix(s, sl, r);
     skv_status st = SKV_OK;
@@ -74,12 +111,12 @@ skv_status slot_prepare(srv *s, srv_slot *sl, srv_req *r, int32_t *reused) {
         sl->cache_kind = SLOT_BATCH;
     } else {
         sl->in_batch = 0;
-        if (sl->own && same_policy(&sl->own_p, &r->pol) && is_full(&r->pol) && sl->cache_kind == SLOT_OWN) {
-            st = skv_context_truncate(sl->own, *reused);
-        } else {
-            *reused = 0;
-            st = new_own(s, sl, &r->pol);
-        }
+        const int own_ok = sl->own && same_policy(&sl->own_p, &r->pol) && is_full(&r->pol) && sl->cache_kind == SLOT_OWN;
+        if (!own_ok) *reused = 0;
+        const int32_t mine = *reused;
+        if (is_full(&r->pol) && s->backend == SKV_BACKEND_CPU) st = borrow_prefix(s, sl, r, reused);
+        if (!st && *reused == mine) /* else sl->own is now the donor's fork, truncated */
+            st = own_ok ? skv_context_truncate(sl->own, *reused) : new_own(s, sl, &r->pol);
         sl->cache_kind = SLOT_OWN;
     }
     if (st) {
