@@ -382,6 +382,12 @@ static void test_queue_full(void) {
     close(b);
     CHECK(wait_metric(p.port, "slimkv_requests_cancelled_total 2", 20000));
     CHECK(wait_metric(p.port, "slimkv_active_sequences 0", 20000));
+    /* a non-streamed request whose client goes away is cancelled too */
+    const char *plain = "{\"model\":\"kvt-s\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}";
+    int c = http_send(p.port, "POST", "/v1/completions", NULL, plain, strlen(plain));
+    CHECK(wait_metric(p.port, "slimkv_active_sequences 1", 10000));
+    close(c);
+    CHECK(wait_metric(p.port, "slimkv_requests_cancelled_total 3", 20000));
     int st;
     cJSON *j = post_json(p.port, "/v1/completions", "{\"model\":\"kvt-s\",\"prompt\":\"Once\",\"max_tokens\":4}", &st);
     CHECK(st == 200 && j);
@@ -533,7 +539,7 @@ void register_serve(void) {
     skv_test_add("serve/start, health, models, completions = slimkv run, chat, metrics, stop on SIGTERM", test_endpoints);
     skv_test_add("serve/streaming chunk format, stop strings across token boundaries", test_stream_and_stop);
     skv_test_add("serve/bad requests: 400 error objects by field, 401, 404, 405, 413", test_bad_requests);
-    skv_test_add("serve/queue full: 429 with Retry-After; disconnects cancel", test_queue_full);
+    skv_test_add("serve/queue full: 429 with Retry-After; disconnects cancel (streamed or not)", test_queue_full);
     skv_test_add("serve/KV admission: a request over --kv-mem is a 400, one that must wait is queued", test_kv_admission);
     skv_test_add("serve/two concurrent greedy streams equal their solo runs; prefix reuse, also from a busy slot", test_concurrent_equals_solo);
 }
