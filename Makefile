@@ -55,8 +55,9 @@ $(BUILD)/libslimkv.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# the CLI alone links libmicrohttpd (slimkv serve)
 $(BUILD)/slimkv: $(CLI_OBJ) $(BUILD)/libslimkv.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lmicrohttpd
 
 $(BUILD)/skv_tests: $(TEST_OBJ) $(BUILD)/libslimkv.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
