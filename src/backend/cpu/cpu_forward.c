@@ -259,28 +259,35 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
         skv_cache_vs_fail(&c->cache);
         memset(w->rows, 0, (size_t)nsel * hd * sizeof(float));
     }
-    float *rows = (float *)w->rows;
-    if (c->cache.fmt == SKV_KV_BF16 || c->cache.fmt == SKV_KV_F16) { /* widen in place from the end */
-        const uint16_t *h = (const uint16_t *)w->rows;
-        if (c->cache.fmt == SKV_KV_BF16)
-            for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_bf16_to_f32(h[i]);
-        else
-            for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_f16_to_f32(h[i]);
-    } else if (c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4) {
-        /* decode in place from the last row (a row's f32 span starts at or after its packed one);
-         * each packed row is copied out first */
-        const size_t rb = c->vt_row_bytes;
-        uint8_t packed[4096];
-        SKV_ASSERT(rb <= sizeof packed);
-        for (int32_t i = nsel - 1; i >= 0; i--) {
-            memcpy(packed, w->rows + (size_t)i * rb, rb);
-            skv_dequant_vrow(c->cache.fmt, hd, packed, rows + (int64_t)i * hd);
-        }
+    /* the rows read, packed as the store returns them, go back to their rows of a block in the
+     * cache's format (vb), one block at a time, and the block kernel reads them as the full
+     * path reads its blocks (so that reading every row is the same arithmetic) */
+    const skv_kv_format fmt = c->cache.fmt;
+    size_t off0[3] = {0}, stride[3] = {0}, len[3] = {0};
+    int nseg = 1;
+    if (fmt == SKV_KV_Q8 || fmt == SKV_KV_Q4) {
+        skv_quant_vrow_layout(fmt, hd, off0, stride, len);
+        nseg = 3;
+    } else {
+        stride[0] = len[0] = c->vt_row_bytes;
     }
-    for (int32_t j = 0; j < nh; j++) {
-        const float *pr = c->probs + (int64_t)(h0 + j) * T;
-        float *o = c->att_out + (int64_t)(h0 + j) * hd;
-        for (int32_t i = 0; i < nsel; i++) skv_axpy(o, pr[w->sel[i]] * inv[j], rows + (int64_t)i * hd, hd);
+    uint8_t cls[SKV_KV_BLOCK];
+    for (int32_t i = 0; i < nsel;) {
+        const int32_t b = w->sel[i] / SKV_KV_BLOCK;
+        int32_t rows = 0;
+        memset(cls, SKV_READ_SKIP, sizeof cls);
+        for (; i < nsel && w->sel[i] / SKV_KV_BLOCK == b; i++) {
+            const int32_t t = w->sel[i] % SKV_KV_BLOCK;
+            const uint8_t *src = w->rows + (size_t)i * c->vt_row_bytes;
+            for (int k = 0; k < nseg; k++) {
+                memcpy((uint8_t *)vb + off0[k] + (size_t)t * stride[k], src, len[k]);
+                src += len[k];
+            }
+            cls[t] = SKV_READ_OWN;
+            rows = t + 1;
+        }
+        skv_kvattn_weigh(fmt, hd, vb, rows, c->probs + (int64_t)h0 * T + (int64_t)b * SKV_KV_BLOCK, T, inv, cls, nh,
+                         c->att_out + (int64_t)h0 * hd);
     }
     weigh_stream(c, &c->cache, st, NULL, 0, h0, nh, ns / SKV_KV_BLOCK, inv, vb);
 }
