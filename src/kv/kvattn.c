@@ -21,6 +21,9 @@
 #endif
 
 #define HMAX 4 /* query heads per pass */
+/* over the NH heads of a pass, unrolled (NH is a constant after inlining) so that per-head
+ * accumulators stay in registers */
+#define FOR_HEADS(j) _Pragma("GCC unroll 4") for (int j = 0; j < NH; j++)
 
 /* ---- element access ---------------------------------------------------------------------- */
 
@@ -45,6 +48,20 @@ INLINE float hsum(__m256 v) {
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
 }
+/* The horizontal sums of NH (<= 4) accumulators, v[j] = sum of acc[j]'s lanes (in an order
+ * of its own: for the quantised kernels only). */
+INLINE void hsum_heads(const __m256 *acc, const int NH, float *v) {
+    if (NH == 1) {
+        v[0] = hsum(acc[0]);
+        return;
+    }
+    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]);
+    const __m256 h23 = _mm256_hadd_ps(acc[NH > 2 ? 2 : 0], acc[NH > 3 ? 3 : 0]);
+    const __m256 h = _mm256_hadd_ps(h01, h23); /* per 128-bit lane: the four heads' partial sums */
+    float r[4];
+    _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    FOR_HEADS(j) v[j] = r[j];
+}
 /* 8 bytes -> 8 lanes of int32 */
 INLINE __m256i ld8u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 #endif
@@ -62,23 +79,23 @@ INLINE void scores_float(skv_kv_format f, int32_t hd, const void *blk, const int
         int32_t i = 0;
 #ifdef SKV_AVX2
         __m256 a0[HMAX], a1[HMAX];
-        for (int j = 0; j < NH; j++) a0[j] = a1[j] = _mm256_setzero_ps();
+        FOR_HEADS(j) a0[j] = a1[j] = _mm256_setzero_ps();
         for (; i + 16 <= hd; i += 16) {
             const __m256 x0 = ld8(f, blk, r + i), x1 = ld8(f, blk, r + i + 8);
-            for (int j = 0; j < NH; j++) {
+            FOR_HEADS(j) {
                 a0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + j * hd + i), x0, a0[j]);
                 a1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + j * hd + i + 8), x1, a1[j]);
             }
         }
         for (; i + 8 <= hd; i += 8) {
             const __m256 x0 = ld8(f, blk, r + i);
-            for (int j = 0; j < NH; j++) a0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + j * hd + i), x0, a0[j]);
+            FOR_HEADS(j) a0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + j * hd + i), x0, a0[j]);
         }
-        for (int j = 0; j < NH; j++) v[j] = hsum(_mm256_add_ps(a0[j], a1[j]));
+        FOR_HEADS(j) v[j] = hsum(_mm256_add_ps(a0[j], a1[j]));
 #else
-        for (int j = 0; j < NH; j++) v[j] = 0;
+        FOR_HEADS(j) v[j] = 0;
 #endif
-        for (int j = 0; j < NH; j++) {
+        FOR_HEADS(j) {
             float x = v[j];
             for (int32_t e = i; e < hd; e++) x += q[j * hd + e] * ld1(f, blk, r + e);
             s[j * lds + t] = x * scale;
@@ -93,18 +110,18 @@ INLINE void weigh_float(skv_kv_format f, int32_t hd, const void *blk, const int3
 #ifdef SKV_AVX2
     for (; i + 8 <= hd; i += 8) {
         __m256 acc[HMAX];
-        for (int j = 0; j < NH; j++) acc[j] = _mm256_loadu_ps(o + j * hd + i);
+        FOR_HEADS(j) acc[j] = _mm256_loadu_ps(o + j * hd + i);
         for (int32_t k = 0; k < m; k++) {
             const int32_t t = rows[k];
             const __m256 x = ld8(f, blk, (int64_t)t * hd + i);
-            for (int j = 0; j < NH; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(w[j][t]), x, acc[j]);
+            FOR_HEADS(j) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(w[j][t]), x, acc[j]);
         }
-        for (int j = 0; j < NH; j++) _mm256_storeu_ps(o + j * hd + i, acc[j]);
+        FOR_HEADS(j) _mm256_storeu_ps(o + j * hd + i, acc[j]);
     }
 #endif
     for (; i < hd; i++)
         for (int32_t k = 0; k < m; k++)
-            for (int j = 0; j < NH; j++) o[j * hd + i] += w[j][rows[k]] * ld1(f, blk, (int64_t)rows[k] * hd + i);
+            FOR_HEADS(j) o[j * hd + i] += w[j][rows[k]] * ld1(f, blk, (int64_t)rows[k] * hd + i);
 }
 
 /* ---- KIVI int8 / int4 ---------------------------------------------------------------------- */
@@ -122,18 +139,41 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
     const uint8_t *codes = (const uint8_t *)(mn + hd);
     const int64_t rb = (int64_t)hd * bits / 8; /* code bytes per row */
     float qs[HMAX][SKV_KVATTN_MAX_HD] __attribute__((aligned(32))), cst[HMAX];
-    for (int j = 0; j < NH; j++) {
+    FOR_HEADS(j) {
         const float *qj = q + j * hd;
+#ifdef SKV_AVX2
+        __m256 c = _mm256_setzero_ps();
+        for (int32_t g = 0; g < hd; g += 32) {
+            __m256 x[4];
+            for (int k = 0; k < 4; k++) {
+                const __m256 qv = _mm256_loadu_ps(qj + g + 8 * k);
+                c = _mm256_fmadd_ps(qv, _mm256_loadu_ps(mn + g + 8 * k), c);
+                x[k] = _mm256_mul_ps(qv, _mm256_loadu_ps(sc + g + 8 * k));
+            }
+            if (bits == 4) { /* channels into quarter order: the even ones of each 16, then the odd */
+                const __m256 e0 = _mm256_shuffle_ps(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0));
+                const __m256 o0 = _mm256_shuffle_ps(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1));
+                const __m256 e1 = _mm256_shuffle_ps(x[2], x[3], _MM_SHUFFLE(2, 0, 2, 0));
+                const __m256 o1 = _mm256_shuffle_ps(x[2], x[3], _MM_SHUFFLE(3, 1, 3, 1));
+                x[0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e0), _MM_SHUFFLE(3, 1, 2, 0)));
+                x[1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e1), _MM_SHUFFLE(3, 1, 2, 0)));
+                x[2] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o0), _MM_SHUFFLE(3, 1, 2, 0)));
+                x[3] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o1), _MM_SHUFFLE(3, 1, 2, 0)));
+            }
+            for (int k = 0; k < 4; k++) _mm256_store_ps(qs[j] + g + 8 * k, x[k]);
+        }
+        cst[j] = hsum(c);
+#else
         float c = 0;
         for (int32_t ch = 0; ch < hd; ch++) c += qj[ch] * mn[ch];
         cst[j] = c;
-        if (bits == 8) {
-            for (int32_t ch = 0; ch < hd; ch++) qs[j][ch] = qj[ch] * sc[ch];
-        } else {
-            for (int32_t g = 0; g < hd; g += 32)
-                for (int k = 0; k < 4; k++)
-                    for (int l = 0; l < 8; l++) qs[j][g + 8 * k + l] = qj[g + q4_channel(k, l)] * sc[g + q4_channel(k, l)];
-        }
+        for (int32_t g = 0; g < hd; g += 32)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 8; l++) {
+                    const int ch = bits == 8 ? 8 * k + l : q4_channel(k, l);
+                    qs[j][g + 8 * k + l] = qj[g + ch] * sc[g + ch];
+                }
+#endif
     }
     for (int32_t r = 0; r < m; r++) {
         const int32_t t = rows[r];
@@ -141,11 +181,11 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
         float v[HMAX];
 #ifdef SKV_AVX2
         __m256 a0[HMAX], a1[HMAX];
-        for (int j = 0; j < NH; j++) a0[j] = a1[j] = _mm256_setzero_ps();
+        FOR_HEADS(j) a0[j] = a1[j] = _mm256_setzero_ps();
         if (bits == 8) {
             for (int32_t i = 0; i < hd; i += 16) {
                 const __m256 x0 = _mm256_cvtepi32_ps(ld8u8(row + i)), x1 = _mm256_cvtepi32_ps(ld8u8(row + i + 8));
-                for (int j = 0; j < NH; j++) {
+                FOR_HEADS(j) {
                     a0[j] = _mm256_fmadd_ps(_mm256_load_ps(qs[j] + i), x0, a0[j]);
                     a1[j] = _mm256_fmadd_ps(_mm256_load_ps(qs[j] + i + 8), x1, a1[j]);
                 }
@@ -159,7 +199,7 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
                 const __m256 x1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, lo4));
                 const __m256 x2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
                 const __m256 x3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
-                for (int j = 0; j < NH; j++) {
+                FOR_HEADS(j) {
                     a0[j] = _mm256_fmadd_ps(_mm256_load_ps(qs[j] + g), x0, a0[j]);
                     a1[j] = _mm256_fmadd_ps(_mm256_load_ps(qs[j] + g + 8), x1, a1[j]);
                     a0[j] = _mm256_fmadd_ps(_mm256_load_ps(qs[j] + g + 16), x2, a0[j]);
@@ -167,9 +207,10 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
                 }
             }
         }
-        for (int j = 0; j < NH; j++) v[j] = hsum(_mm256_add_ps(a0[j], a1[j]));
+        FOR_HEADS(j) a0[j] = _mm256_add_ps(a0[j], a1[j]);
+        hsum_heads(a0, NH, v);
 #else
-        for (int j = 0; j < NH; j++) {
+        FOR_HEADS(j) {
             float x = 0;
             if (bits == 8) {
                 for (int32_t ch = 0; ch < hd; ch++) x += qs[j][ch] * (float)row[ch];
@@ -184,7 +225,7 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
             v[j] = x;
         }
 #endif
-        for (int j = 0; j < NH; j++) s[j * lds + t] = (v[j] + cst[j]) * scale;
+        FOR_HEADS(j) s[j * lds + t] = (v[j] + cst[j]) * scale;
     }
 }
 
@@ -198,26 +239,26 @@ INLINE void weigh_quant(int bits, int32_t hd, const void *blk, const int32_t *ro
     const int64_t rb = (int64_t)hd * bits / 8;
     for (int32_t g = 0; g < ng; g++) {
         float a[HMAX][SKV_KV_BLOCK], msum[HMAX];
-        for (int j = 0; j < NH; j++) {
-            float z = 0;
+        FOR_HEADS(j) {
+            float z[4] = {0, 0, 0, 0}; /* four partial sums: no chain of dependent adds */
             for (int32_t k = 0; k < m; k++) {
                 const int32_t t = rows[k];
                 a[j][k] = w[j][t] * sc[t * ng + g];
-                z += w[j][t] * mn[t * ng + g];
+                z[k & 3] += w[j][t] * mn[t * ng + g];
             }
-            msum[j] = z;
+            msum[j] = (z[0] + z[1]) + (z[2] + z[3]);
         }
         float *og = o + g * 32;
 #ifdef SKV_AVX2
         if (bits == 8) {
             for (int c = 0; c < 32; c += 8) {
                 __m256 acc[HMAX];
-                for (int j = 0; j < NH; j++) acc[j] = _mm256_setzero_ps();
+                FOR_HEADS(j) acc[j] = _mm256_setzero_ps();
                 for (int32_t k = 0; k < m; k++) {
                     const __m256 x = _mm256_cvtepi32_ps(ld8u8(codes + rows[k] * rb + g * 32 + c));
-                    for (int j = 0; j < NH; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a[j][k]), x, acc[j]);
+                    FOR_HEADS(j) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a[j][k]), x, acc[j]);
                 }
-                for (int j = 0; j < NH; j++) {
+                FOR_HEADS(j) {
                     float *oj = og + j * hd + c;
                     _mm256_storeu_ps(oj, _mm256_add_ps(_mm256_loadu_ps(oj), _mm256_add_ps(acc[j], _mm256_set1_ps(msum[j]))));
                 }
@@ -226,18 +267,18 @@ INLINE void weigh_quant(int bits, int32_t hd, const void *blk, const int32_t *ro
             const __m256i lo4 = _mm256_set1_epi32(15);
             for (int h = 0; h < 2; h++) { /* bytes 0-7, then 8-15 of the group: quarters h and 2 + h */
                 __m256 al[HMAX], ah[HMAX];
-                for (int j = 0; j < NH; j++) al[j] = ah[j] = _mm256_setzero_ps();
+                FOR_HEADS(j) al[j] = ah[j] = _mm256_setzero_ps();
                 for (int32_t k = 0; k < m; k++) {
                     const __m256i b = ld8u8(codes + rows[k] * rb + g * 16 + h * 8);
                     const __m256 xl = _mm256_cvtepi32_ps(_mm256_and_si256(b, lo4));
                     const __m256 xh = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
-                    for (int j = 0; j < NH; j++) {
+                    FOR_HEADS(j) {
                         const __m256 aj = _mm256_set1_ps(a[j][k]);
                         al[j] = _mm256_fmadd_ps(aj, xl, al[j]);
                         ah[j] = _mm256_fmadd_ps(aj, xh, ah[j]);
                     }
                 }
-                for (int j = 0; j < NH; j++) {
+                FOR_HEADS(j) {
                     float lo[8], hi[8];
                     const __m256 ms = _mm256_set1_ps(msum[j]);
                     _mm256_storeu_ps(lo, _mm256_add_ps(al[j], ms));
@@ -251,7 +292,7 @@ INLINE void weigh_quant(int bits, int32_t hd, const void *blk, const int32_t *ro
             }
         }
 #else
-        for (int j = 0; j < NH; j++)
+        FOR_HEADS(j)
             for (int32_t ch = 0; ch < 32; ch++) {
                 float x = 0;
                 for (int32_t k = 0; k < m; k++) {
@@ -326,7 +367,7 @@ void skv_kvattn_weigh(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n,
     for (int32_t j0 = 0; j0 < nh; j0 += HMAX) {
         const int NH = SKV_MIN(HMAX, nh - j0);
         float w[HMAX][SKV_KV_BLOCK];
-        for (int j = 0; j < NH; j++)
+        FOR_HEADS(j)
             for (int32_t t = 0; t < n; t++) w[j][t] = mul ? p[(j0 + j) * ldp + t] * mul[j0 + j] : p[(j0 + j) * ldp + t];
         float *oj = o + (int64_t)j0 * hd;
         switch (NH) {
@@ -336,4 +377,13 @@ void skv_kvattn_weigh(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n,
         default: weigh_pass(fmt, hd, blk, rows, m, (const float(*)[SKV_KV_BLOCK])w, 4, oj); break;
         }
     }
+}
+
+void skv_kvattn_prefetch(skv_kv_format fmt, int32_t hd, const void *blk, int is_v) {
+#ifdef SKV_AVX2
+    const size_t bytes = skv_kv_block_bytes(fmt, hd, is_v);
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)blk + o, _MM_HINT_T0);
+#else
+    (void)fmt, (void)hd, (void)blk, (void)is_v;
+#endif
 }

@@ -36,4 +36,8 @@ void skv_kvattn_scores(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n
 void skv_kvattn_weigh(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n, const float *p, int64_t ldp,
                       const float *mul, const uint8_t *cls, int32_t nh, float *o);
 
+/* Ask for a block's bytes to be brought into the cache ahead of its use (blocks are scattered
+ * over the pools, so the hardware prefetcher does not see the next one coming). */
+void skv_kvattn_prefetch(skv_kv_format fmt, int32_t hd, const void *blk, int is_v);
+
 #endif
