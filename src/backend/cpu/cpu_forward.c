@@ -211,6 +211,14 @@ static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
     *r1 = rows * (t + 1) / nt;
 }
 
+#define SKV_KV_PREFETCH 2 /* blocks ahead */
+
+/* V block b of a stream for prefetching: NULL where it is in the slow store (or absent). */
+static const void *v_block_fast(const skv_cache *cache, const skv_stream *st, int64_t b, skv_kv_format *f) {
+    if (b * SKV_KV_BLOCK >= st->n || b * SKV_KV_BLOCK < st->n_slow) return NULL;
+    return skv_cache_block(cache, st, (int32_t)b, 1, f, NULL);
+}
+
 /* Scores of query heads [h0, h0 + nh) against the rows of one stream placed at slot offset
  * `off` of the probability rows, each block read in its stored format (kv/kvattn.h); own K is
  * read only for slots the plan scores (cls may be NULL: all). */
@@ -218,22 +226,20 @@ static void score_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *s
                          int32_t h0, int32_t nh, float scale) {
     const int32_t hd = c->m->cfg.info.head_dim;
     const int64_t n = st->n, T = c->n_ctx;
-    skv_kv_format f = SKV_KV_F32, nf = SKV_KV_F32;
-    const void *K = n ? skv_cache_block(cache, st, 0, 0, &f, NULL) : NULL;
-    for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
+    const int64_t nb = (n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    for (int64_t b = 0; b < nb; b++) {
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        const void *next = s1 < n ? skv_cache_block(cache, st, (int32_t)b + 1, 0, &nf, NULL) : NULL;
-        if (next) skv_kvattn_prefetch(nf, hd, next, 0); /* the next block arrives while this one is read */
+        skv_kv_format f;
+        const void *p;
+        /* K two blocks ahead, and this block's V (read after the softmax), arrive while this
+         * block is read */
+        if (b + SKV_KV_PREFETCH < nb && (p = skv_cache_block(cache, st, (int32_t)(b + SKV_KV_PREFETCH), 0, &f, NULL)))
+            skv_kvattn_prefetch(f, hd, p, 0);
+        if ((p = v_block_fast(cache, st, b, &f))) skv_kvattn_prefetch(f, hd, p, 1);
+        const void *K = skv_cache_block(cache, st, (int32_t)b, 0, &f, NULL);
         skv_kvattn_scores(f, hd, K, (int32_t)(s1 - s0), c->q + (int64_t)h0 * hd, nh, scale, cls ? cls + s0 : NULL,
                           c->probs + (int64_t)h0 * T + off + s0, T);
-        K = next, f = nf;
     }
-}
-
-/* V block b of a stream for prefetching: NULL where it is in the slow store (or absent). */
-static const void *v_block_fast(const skv_cache *cache, const skv_stream *st, int64_t b, skv_kv_format *f) {
-    if (b * SKV_KV_BLOCK >= st->n || b * SKV_KV_BLOCK < st->n_slow) return NULL;
-    return skv_cache_block(cache, st, (int32_t)b, 1, f, NULL);
 }
 
 /* att_out of heads [h0, h0 + nh) += their probabilities (times mul[j] when not NULL) times V of
@@ -244,7 +250,7 @@ static void weigh_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *s
     const int64_t n = st->n, T = c->n_ctx;
     for (int64_t b = b0; b * SKV_KV_BLOCK < n; b++) {
         skv_kv_format f, nf;
-        const void *next = v_block_fast(cache, st, b + 1, &nf);
+        const void *next = v_block_fast(cache, st, b + SKV_KV_PREFETCH, &nf);
         if (next) skv_kvattn_prefetch(nf, hd, next, 1);
         const void *V = skv_cache_block(cache, st, (int32_t)b, 1, &f, vb);
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
@@ -320,9 +326,6 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
     const uint8_t *cls = c->plan.cls ? c->plan.cls + ((int64_t)cl * in->n_kv_head + g) * c->plan.stride : NULL;
     if (ps) score_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, scale);
     score_stream(c, &c->cache, st, cls, np, h0, nh, scale);
-    skv_kv_format vf;
-    const void *v0 = v_block_fast(ps ? &c->past->cache : &c->cache, ps ? ps : st, 0, &vf);
-    if (v0) skv_kvattn_prefetch(vf, hd, v0, 1); /* arrives during the softmax */
     if (in->sliding_window > 0)
         for (int64_t s = 0; s < st->n; s++)
             if (!visible(c, qp, st->pos[s]))
