@@ -8,11 +8,11 @@
 #
 # main's library is built from `git archive $BASE` in a temporary directory; one driver,
 # scripts/kvformat_bench.c (slimkv.h only), is linked against each library. Per rep, per thread
-# count, the two builds run one after the other (the order flips every rep), each timing every
-# format after its own prefill of DEPTH tokens. The load average is recorded before each run
-# (the machine is shared). Results: OUT_DIR/raw.txt (every sample), OUT_DIR/summary.json and
-# summary.md (medians, ratios, bytes per step), OUT_DIR/logits.json (decode logits of both
-# builds compared, 2 threads, first round).
+# count, the two builds run one after the other (the order flips every rep), each prefilling
+# DEPTH tokens into one context per format and then timing the formats round by round (each in
+# turn). The load average is recorded before each run (the machine is shared). Results:
+# OUT_DIR/raw.txt (every sample), OUT_DIR/summary.json and summary.md (medians, paired ratios,
+# bytes per step, and the decode logits of both builds compared: 2 threads, first round).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-../shared/models/kvt-l}
@@ -65,7 +65,7 @@ import numpy as np
 raw, out, tmp, model, depth, n_gen, base_c, head_c = sys.argv[1:9]
 depth, n_gen = int(depth), int(n_gen)
 names = {"0": "f32", "1": "bf16", "4": "f16", "2": "int8", "3": "int4"}
-samples, loads = {}, {}
+samples, loads, runs = {}, {}, {}
 for line in open(raw):
     if line.startswith("#"): continue
     f = line.split()
@@ -73,6 +73,12 @@ for line in open(raw):
     loads.setdefault(t, []).append(float(load))
     if f[5] == "refused:": continue
     samples.setdefault((t, b, names[fmt]), []).extend(float(x) for x in f[6:])
+    runs.setdefault((t, b, rep), {})[names[fmt]] = [float(x) for x in f[6:]]
+def paired(t, b, fmt):
+    # median over every round of every run of (this format's tok/s / f32's tok/s in the same round)
+    r = [x / y for (tt, bb, _), d in runs.items() if tt == t and bb == b and fmt in d and "f32" in d
+         for x, y in zip(d[fmt], d["f32"])]
+    return statistics.median(r) if r else None
 cfg = json.load(open(os.path.join(model, "config.json")))
 L, G, hd = cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 D, F, V, H = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_attention_heads"]
@@ -87,12 +93,14 @@ avg_len = depth + n_gen / 2
 res = {"command": f"scripts/kvformat_bench.sh {model} {out}", "before": base_c, "after": head_c,
        "depth": depth, "n_gen": n_gen, "decode_weight_bytes": wbytes, "results": {}, "loadavg": {}}
 md = [f"# Decode tokens/s by KV format, {os.path.basename(model.rstrip('/'))}, depth {depth}, {n_gen} steps per round",
-      "", f"before = {base_c} (main), after = {head_c}; medians over every round of every rep.", ""]
+      "", f"before = {base_c} (main), after = {head_c}; tok/s: medians over every round of every run; "
+      "×f32 (paired): the median over rounds of the format's tok/s over f32's in the same round of the same "
+      "process (formats interleave round by round, so load drift cancels).", ""]
 for t in sorted({k[0] for k in samples}, reverse=True):
     ld = loads[t]
     res["loadavg"][t] = {"min": min(ld), "median": statistics.median(ld), "max": max(ld)}
     md += [f"## {t} thread(s) (1-min load average during the runs: median {statistics.median(ld):.2f}, range {min(ld):.2f}-{max(ld):.2f})", "",
-           "| format | KV MB/step | weights+KV MB/step | byte-bound ratio vs f32 | before tok/s | after tok/s | after/before | before ×f32 | after ×f32(after) | after ×f32(before) |",
+           "| format | KV MB/step | weights+KV MB/step | byte-bound ratio vs f32 | before tok/s | after tok/s | after/before | before ×f32 (paired) | after ×f32 (paired) | after ×f32(before) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     med = {k: statistics.median(v) for k, v in samples.items()}
     f32b, f32a = med.get((t, "before", "f32")), med.get((t, "after", "f32"))
@@ -105,11 +113,13 @@ for t in sorted({k[0] for k in samples}, reverse=True):
              "after_vs_before": a / b if a and b else None,
              "before_vs_f32_before": b / f32b if b else None,
              "after_vs_f32_after": a / f32a if a else None,
+             "before_vs_f32_paired": paired(t, "before", fmt),
+             "after_vs_f32_paired": paired(t, "after", fmt),
              "after_vs_f32_before": a / f32b if a else None}
         res["results"][f"t{t}-{fmt}"] = r
         fx = lambda x, p=2: "—" if x is None else f"{x:.{p}f}"
         md.append(f"| {fmt} | {kv / 1e6:.2f} | {(wbytes + kv) / 1e6:.1f} | {bound_ratio:.2f} | {fx(b, 1)} | {fx(a, 1)} | {fx(r['after_vs_before'])} | "
-                  f"{fx(r['before_vs_f32_before'])} | {fx(r['after_vs_f32_after'])} | {fx(r['after_vs_f32_before'])} |")
+                  f"{fx(r['before_vs_f32_paired'])} | {fx(r['after_vs_f32_paired'])} | {fx(r['after_vs_f32_before'])} |")
     md.append("")
 # decode logits: after vs before, and each format vs the f32 cache
 lg = {}

@@ -75,7 +75,7 @@ INLINE void scores_float(skv_kv_format f, int32_t hd, const void *blk, const int
     for (int32_t k = 0; k < m; k++) {
         const int32_t t = rows[k];
         const int64_t r = (int64_t)t * hd;
-        float v[HMAX];
+        float v[HMAX] = {0};
         int32_t i = 0;
 #ifdef SKV_AVX2
         __m256 a0[HMAX], a1[HMAX];
@@ -138,7 +138,7 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
     const float *sc = blk, *mn = sc + hd;
     const uint8_t *codes = (const uint8_t *)(mn + hd);
     const int64_t rb = (int64_t)hd * bits / 8; /* code bytes per row */
-    float qs[HMAX][SKV_KVATTN_MAX_HD] __attribute__((aligned(32))), cst[HMAX];
+    float qs[HMAX][SKV_KVATTN_MAX_HD] __attribute__((aligned(32))), cst[HMAX] = {0};
     FOR_HEADS(j) {
         const float *qj = q + j * hd;
 #ifdef SKV_AVX2
@@ -178,7 +178,7 @@ INLINE void scores_quant(int bits, int32_t hd, const void *blk, const int32_t *r
     for (int32_t r = 0; r < m; r++) {
         const int32_t t = rows[r];
         const uint8_t *row = codes + t * rb;
-        float v[HMAX];
+        float v[HMAX] = {0};
 #ifdef SKV_AVX2
         __m256 a0[HMAX], a1[HMAX];
         FOR_HEADS(j) a0[j] = a1[j] = _mm256_setzero_ps();
