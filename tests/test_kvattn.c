@@ -155,6 +155,14 @@ static void test_scores(void) {
                 }
             }
             if (quantised(f)) CHECKF(worst_err > 0, "%s hd %d: no rounding at all (folding not exercised?)", fname(f), hd);
+            /* a head's scores do not depend on the heads sharing its call (a decode step passes
+             * one head or a whole GQA group, depending on threads and statistics) */
+            for (int j = 0; j < nh; j++) {
+                float one[40];
+                skv_kvattn_scores((skv_kv_format)f, hd, blk, n, q + j * hd, 1, scale, cls, one, lds);
+                if (memcmp(one, s + j * lds, sizeof(float) * (size_t)n) && bad++ < 3)
+                    CHECKF(0, "%s hd %d: head %d alone scores differently than with %d heads", fname(f), hd, j, nh);
+            }
             if (bad) break;
         }
 }
@@ -202,6 +210,12 @@ static void test_weigh(void) {
                         if (err > bound && bad++ < 3)
                             CHECKF(0, "%s hd %d head %d ch %d: %.9g, reference %.9g (bound %.3g)", fname(f), hd, j, c, o[j * hd + c], ref, bound);
                     }
+                for (int j = 0; j < nh; j++) { /* one head alone: the same bits */
+                    float one[128];
+                    memcpy(one, o0 + j * hd, sizeof(float) * (size_t)hd);
+                    skv_kvattn_weigh((skv_kv_format)f, hd, blk, n, p + j * ldp, ldp, with_mul ? mul + j : NULL, cls, 1, one);
+                    CHECKF(!memcmp(one, o + j * hd, sizeof(float) * (size_t)hd), "%s hd %d: head %d alone weighs differently", fname(f), hd, j);
+                }
                 if (!quantised(f))
                     CHECKF(!memcmp(o, old, sizeof(float) * (size_t)nh * hd), "%s hd %d: not bit-identical to skv_axpy over the widened rows", fname(f), hd);
                 else

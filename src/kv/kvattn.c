@@ -48,14 +48,11 @@ INLINE float hsum(__m256 v) {
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
 }
-/* The horizontal sums of NH (<= 4) accumulators, v[j] = sum of acc[j]'s lanes (in an order
- * of its own: for the quantised kernels only). */
+/* The horizontal sums of NH (<= 4) accumulators, v[j] = sum of acc[j]'s lanes, in one order
+ * for any NH, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), so that a head's score does not
+ * depend on how many heads share its pass (for the quantised kernels only). */
 INLINE void hsum_heads(const __m256 *acc, const int NH, float *v) {
-    if (NH == 1) {
-        v[0] = hsum(acc[0]);
-        return;
-    }
-    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]);
+    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[NH > 1 ? 1 : 0]);
     const __m256 h23 = _mm256_hadd_ps(acc[NH > 2 ? 2 : 0], acc[NH > 3 ? 3 : 0]);
     const __m256 h = _mm256_hadd_ps(h01, h23); /* per 128-bit lane: the four heads' partial sums */
     float r[4];
