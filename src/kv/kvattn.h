@@ -13,7 +13,8 @@
  * f32, bf16 and f16 rows are summed in the same order as skv_dot / skv_axpy over the rows
  * widened to f32 (the results are those of the dequantise-then-f32 path bit for bit); int8/int4
  * results differ from the dequantised rows' by rounding only (tests/test_kvattn.c states the
- * bound). AVX2 + FMA + F16C where the compiler targets them, scalar otherwise.
+ * bound). A head's result never depends on how many heads share the call. AVX2 + FMA + F16C
+ * where the compiler targets them, scalar otherwise.
  */
 #ifndef SKV_KV_KVATTN_H
 #define SKV_KV_KVATTN_H
