@@ -205,13 +205,16 @@ typedef struct skv_context skv_context;
 
 /* Storage format of cached K and V rows. The quantized formats follow KIVI: keys per channel
  * and values per token (groups of 32 channels), with scale and minimum per group, in blocks of
- * 32 tokens; the newest tokens of each head (the block still filling) stay f32. */
+ * 32 tokens; the newest tokens of each head (the block still filling) stay f32. f16 is IEEE
+ * half precision (round to nearest even; as llama.cpp's default cache type), CPU only. The CPU
+ * decode attention reads every format in place (no f32 copy per step). */
 typedef enum skv_kv_format {
     SKV_KV_F32 = 0,
     SKV_KV_BF16 = 1,
     SKV_KV_Q8 = 2,
     SKV_KV_Q4 = 3,
-    SKV_KV_FORMAT_COUNT = 4,
+    SKV_KV_F16 = 4,
+    SKV_KV_FORMAT_COUNT = 5,
 } skv_kv_format;
 
 /* A KV-cache policy decides which tokens each KV head keeps. It runs after every multi-token

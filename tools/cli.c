@@ -393,7 +393,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"pool", 0, OPT_INT, &a->pool_kernel, "K", "snapkv/pyramidkv: max-pool width, odd (default 7)"},
         {"beta", 0, OPT_FLOAT, &a->beta, "X", "pyramidkv: top layer budget = budget / X (default 20)"},
         {"bits", 0, OPT_INT, &a->bits, "N", "quant: 8 or 4 (default 4)"},
-        {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32 or bf16; int8/int4 (KIVI) with full or kcache (default f32)"},
+        {"kv-format", 0, OPT_STR, &a->kv_format, "F", "KV storage for non-quant policies: f32, bf16 or f16; int8/int4 (KIVI) with full or kcache (default f32)"},
         {"draft", 0, OPT_STR, &a->draft, "DIR", "smallkv: the small model of the same family"},
         {"match-len", 0, OPT_INT, &a->match_len, "N", "smallkv: prompt tokens for head matching (default 128)"},
         {"match-k", 0, OPT_INT, &a->match_k, "K", "smallkv: top-K size for matching (default: the critical share)"},
@@ -496,6 +496,7 @@ skv_backend cli_backend(const char *cmd, const char *name) {
 skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
     if (!strcmp(a->kv_format, "f32")) return SKV_KV_F32;
     if (!strcmp(a->kv_format, "bf16")) return SKV_KV_BF16;
+    if (!strcmp(a->kv_format, "f16")) return SKV_KV_F16;
     if (!strcmp(a->kv_format, "int8") || !strcmp(a->kv_format, "int4")) {
         /* KIVI blocks under a policy that keeps every token (blocks are never compacted) */
         if (strcmp(a->policy, "full") && (strcmp(a->policy, "kcache") || (a->kc_over && *a->kc_over)))
@@ -503,7 +504,7 @@ skv_kv_format cli_kv_format(const char *cmd, const cli_policy_args *a) {
                     "--policy quant)", a->kv_format);
         return a->kv_format[3] == '8' ? SKV_KV_Q8 : SKV_KV_Q4;
     }
-    cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32 or bf16; int8/int4 with full or kcache)", a->kv_format);
+    cli_die(cmd, 2, "bad value for --kv-format: '%s' (f32, bf16 or f16; int8/int4 with full or kcache)", a->kv_format);
 }
 
 skv_smallkv_params cli_smallkv_params(const char *cmd, const cli_policy_args *a, float b, const char *variant) {

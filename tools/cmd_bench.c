@@ -112,6 +112,25 @@ static double sgemm_gflops(int m, int n, int k) {
     return best;
 }
 
+/* K and V bytes one token adds to the cache in a format, over all (layer, KV head) streams (KIVI
+ * int8/int4: full blocks, their scales and minima included; kv/quant.c's layout). */
+static double kv_bytes_per_token(skv_kv_format f, const skv_model_info *in) {
+    const double hd = in->head_dim, streams = (double)in->n_layer * in->n_kv_head, B = 32;
+    double per;
+    switch (f) {
+    case SKV_KV_BF16:
+    case SKV_KV_F16: per = 2 * hd * 2; break;
+    case SKV_KV_Q8:
+    case SKV_KV_Q4: {
+        const double code = f == SKV_KV_Q8 ? hd : hd / 2;
+        per = (2 * hd * 4 + B * code) / B + (2 * (hd / 32) * 4 * B + B * code) / B;
+        break;
+    }
+    default: per = 2 * hd * 4;
+    }
+    return per * streams;
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984", *budgets = "0.05,0.1,0.2,0.4";
     const char *pps = "4096,16384", *batches = "1,8,32";
@@ -185,7 +204,9 @@ int cmd_bench(int argc, char **argv) {
     if (pp > in->n_ctx) cli_die("bench", 2, "bad value for --pp: %d exceeds the context %d", pp, in->n_ctx);
 
     skv_context *c = NULL;
-    cli_check("bench", skv_context_init(m, skv_context_default_params(), &c));
+    skv_context_params cp = skv_context_default_params();
+    cp.kv_format = cli_kv_format("bench", &pa);
+    cli_check("bench", skv_context_init(m, cp, &c));
     int32_t *buf = malloc((size_t)in->n_ctx * sizeof(int32_t));
     float *logits = malloc((size_t)in->n_vocab * sizeof(float));
     result res[20];
@@ -220,23 +241,24 @@ int cmd_bench(int argc, char **argv) {
     cli_machine(machine, sizeof machine);
     const char *base = cli_basename(dir);
     out = cli_bench_out(out, dir, path, sizeof path, "cpu-%s-t%d.json", base, threads);
-    const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;
-    printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base,
+    const double kv_row_bytes = kv_bytes_per_token(cp.kv_format, in);
+    printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads, %s KV cache)  commit %s\n%s\n", base,
            in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
-           in->weight_bytes / 1e6, threads, commit, machine);
+           in->weight_bytes / 1e6, threads, pa.kv_format, commit, machine);
     printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n"
-            "  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
+            "  \"kv_format\": \"%s\",\n  \"weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n  \"kv_bytes_per_token\": %lld,\n"
             "  \"copy_bandwidth_GBps\": %.2f,\n  \"read_bandwidth_GBps\": %.2f,\n  \"sgemm_gflops\": {\"%dx%dx%d\": %.1f, \"1024x1024x1024\": %.1f},\n"
             "  \"results\": [\n",
-            base, threads, (long long)in->weight_bytes, (long long)in->decode_weight_bytes,
-            (long long)kv_row_bytes, bw, rbw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
+            base, threads, pa.kv_format, (long long)in->weight_bytes, (long long)in->decode_weight_bytes,
+            (long long)llround(kv_row_bytes), bw, rbw, pp > 0 ? pp : 512, in->ffn_dim, in->dim, g_model, g_square);
     for (int i = 0; i < n_res; i++) {
         const result *r = &res[i];
         double bound = 0, rbound = 0;
         if (r->name[0] == 't') {
-            /* bytes one step reads: every weight it uses + K and V of the average cache length */
+            /* bytes one step reads: every weight it uses + K and V (in the cache's format) of the
+             * average cache length */
             double step = (double)in->decode_weight_bytes + (double)kv_row_bytes * (r->depth + r->n / 2.0);
             bound = bw * 1e9 / step;
             rbound = rbw * 1e9 / step;

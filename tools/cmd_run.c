@@ -165,7 +165,7 @@ int cmd_run(int argc, char **argv) {
     skv_kv_usage u = {0};
     if (c) skv_context_kv_usage(c, &u);
     if (kv_stats && c) {
-        static const char *fmt_names[SKV_KV_FORMAT_COUNT] = {"f32", "bf16", "int8", "int4"};
+        static const char *fmt_names[SKV_KV_FORMAT_COUNT] = {"f32", "bf16", "int8", "int4", "f16"};
         fprintf(stderr, "slimkv run: KV cache after %d tokens (policy %s)\n%6s %6s %8s %12s\n", u.n_past,
                 cp.policy.name, "layer", "head", "tokens", "bytes");
         for (int32_t l = 0; l < in->n_layer; l++)

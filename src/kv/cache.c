@@ -6,6 +6,9 @@
 #include "kv/quant.h"
 
 #include <unistd.h>
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #define SKV_POOL_CHUNK 64 /* blocks allocated at once when a pool runs dry */
 
@@ -16,7 +19,8 @@
 size_t skv_kv_block_bytes(skv_kv_format fmt, int32_t hd, int is_v) {
     switch (fmt) {
     case SKV_KV_F32: return (size_t)SKV_KV_BLOCK * hd * sizeof(float);
-    case SKV_KV_BF16: return (size_t)SKV_KV_BLOCK * hd * sizeof(uint16_t);
+    case SKV_KV_BF16:
+    case SKV_KV_F16: return (size_t)SKV_KV_BLOCK * hd * sizeof(uint16_t);
     case SKV_KV_Q8:
     case SKV_KV_Q4: return skv_quant_block_bytes(fmt, hd, is_v);
     default: return 0;
@@ -226,25 +230,41 @@ skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
     return SKV_OK;
 }
 
-/* Byte offset of row r in an f32 or bf16 block. */
+/* Byte offset of row r in an f32, bf16 or f16 block. */
 static inline uint8_t *row_ptr(const skv_cache *c, skv_block_id id, int32_t r) {
     size_t esz = block_fmt(id) == SKV_KV_F32 ? 4 : 2;
     return block_mem(c, id) + (size_t)r * c->head_dim * esz;
 }
 
+void skv_kv_f32_to_f16_row(const float *x, uint16_t *d, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) d[i] = skv_f32_to_f16(x[i]);
+}
+
 static void write_row(skv_cache *c, skv_block_id id, int32_t r, const float *x) {
     if (block_fmt(id) == SKV_KV_F32) {
         memcpy(row_ptr(c, id, r), x, (size_t)c->head_dim * sizeof(float));
+    } else if (block_fmt(id) == SKV_KV_F16) {
+        skv_kv_f32_to_f16_row(x, (uint16_t *)row_ptr(c, id, r), c->head_dim);
     } else {
         uint16_t *d = (uint16_t *)row_ptr(c, id, r);
         for (int32_t i = 0; i < c->head_dim; i++) d[i] = skv_f32_to_bf16(x[i]);
     }
 }
 
+/* 16-bit float rows widened to f32 (in place from the end when dst and src share memory). */
+static void widen_rows(skv_kv_format f, const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = n - 1; i >= 0; i--) dst[i] = f == SKV_KV_BF16 ? skv_bf16_to_f32(src[i]) : skv_f16_to_f32(src[i]);
+}
+
 /* The format a stream's blocks are written in: quantized caches write f32 (the residual) and
  * quantize a block once it is full. */
 static inline skv_kv_format write_fmt(const skv_cache *c) {
-    return c->fmt == SKV_KV_BF16 ? SKV_KV_BF16 : SKV_KV_F32;
+    return c->fmt == SKV_KV_BF16 || c->fmt == SKV_KV_F16 ? c->fmt : SKV_KV_F32;
 }
 
 static skv_status quantize_full_block(skv_cache *c, skv_block_id *slot, int is_v) {
@@ -294,7 +314,8 @@ static void copy_row(skv_cache *c, skv_stream *st, int32_t to, int32_t from) {
     const int32_t bt = to / SKV_KV_BLOCK, rt = to % SKV_KV_BLOCK;
     const int32_t bf = from / SKV_KV_BLOCK, rf = from % SKV_KV_BLOCK;
     SKV_ASSERT(block_fmt(st->kb[bt]) == block_fmt(st->kb[bf]));
-    SKV_ASSERT(block_fmt(st->kb[bt]) == SKV_KV_F32 || block_fmt(st->kb[bt]) == SKV_KV_BF16);
+    SKV_ASSERT(block_fmt(st->kb[bt]) == SKV_KV_F32 || block_fmt(st->kb[bt]) == SKV_KV_BF16 ||
+               block_fmt(st->kb[bt]) == SKV_KV_F16);
     const size_t bytes = (size_t)c->head_dim * (block_fmt(st->kb[bt]) == SKV_KV_F32 ? 4 : 2);
     memcpy(row_ptr(c, st->kb[bt], rt), row_ptr(c, st->kb[bf], rf), bytes);
     memcpy(row_ptr(c, st->vb[bt], rt), row_ptr(c, st->vb[bf], rf), bytes);
@@ -365,11 +386,10 @@ void skv_cache_truncate(skv_cache *c, int32_t from_pos) {
 static const float *rows_of(const skv_cache *c, skv_block_id id, int is_v, int n_rows, float *scratch) {
     switch (block_fmt(id)) {
     case SKV_KV_F32: return (const float *)block_mem(c, id);
-    case SKV_KV_BF16: {
-        const uint16_t *src = (const uint16_t *)block_mem(c, id);
-        for (int64_t i = 0; i < (int64_t)n_rows * c->head_dim; i++) scratch[i] = skv_bf16_to_f32(src[i]);
+    case SKV_KV_BF16:
+    case SKV_KV_F16:
+        widen_rows(block_fmt(id), (const uint16_t *)block_mem(c, id), scratch, (int64_t)n_rows * c->head_dim);
         return scratch;
-    }
     default:
         skv_dequant_block(block_fmt(id), c->head_dim, is_v, block_mem(c, id), scratch, n_rows);
         return scratch;
@@ -402,13 +422,28 @@ const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t 
         } else if (stored_v_block(c, st, b, (uint8_t *)scratch)) {
             skv_cache_vs_fail(c);
             memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
-        } else if (write_fmt(c) == SKV_KV_BF16) {
-            const uint16_t *h = (const uint16_t *)scratch;
-            for (int64_t i = (int64_t)SKV_KV_BLOCK * c->head_dim - 1; i >= 0; i--) scratch[i] = skv_bf16_to_f32(h[i]);
+        } else if (write_fmt(c) != SKV_KV_F32) {
+            widen_rows(write_fmt(c), (const uint16_t *)scratch, scratch, (int64_t)SKV_KV_BLOCK * c->head_dim);
         }
         return scratch;
     }
     return rows_of(c, st->vb[b], 1, rows_in_block(st, b), scratch);
+}
+
+const void *skv_cache_block(const skv_cache *c, const skv_stream *st, int32_t b, int is_v, skv_kv_format *fmt,
+                            void *scratch) {
+    if (!is_v || b * SKV_KV_BLOCK >= st->n_slow) {
+        const skv_block_id id = is_v ? st->vb[b] : st->kb[b];
+        *fmt = block_fmt(id);
+        return block_mem(c, id);
+    }
+    *fmt = stored_fmt(c);
+    if (stored_v_block(c, st, b, scratch)) {
+        skv_cache_vs_fail(c);
+        *fmt = SKV_KV_F32;
+        memset(scratch, 0, sizeof(float) * SKV_KV_BLOCK * (size_t)c->head_dim);
+    }
+    return scratch;
 }
 
 void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v) {

@@ -86,6 +86,16 @@ void skv_cache_remove_swap(skv_cache *c, int32_t l, int32_t g, int32_t s);
  * into scratch (SKV_KV_BLOCK x head_dim floats each). n_rows of the block are valid. */
 const float *skv_cache_k_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch);
 const float *skv_cache_v_rows(const skv_cache *c, const skv_stream *st, int32_t b, float *scratch);
+/* Block b of a stream's K (is_v 0) or V as stored, for kernels that read the format directly
+ * (kv/kvattn.h): its bytes, and its format in *fmt; rows_in_block(b) of its rows are valid
+ * (min(n - b * SKV_KV_BLOCK, SKV_KV_BLOCK)). V blocks in the slow store are read into scratch
+ * (SKV_KV_BLOCK x head_dim floats) first; a failed read is recorded (skv_cache_vs_fail) and
+ * gives zero f32 rows. */
+const void *skv_cache_block(const skv_cache *c, const skv_stream *st, int32_t b, int is_v, skv_kv_format *fmt,
+                            void *scratch);
+/* n f32 values to IEEE f16 (round to nearest even; F16C where the compiler targets it), as f16
+ * caches store their rows. */
+void skv_kv_f32_to_f16_row(const float *x, uint16_t *d, int64_t n);
 /* All n slots of a stream, decoded to f32: K and V (n, head_dim). */
 void skv_cache_gather(const skv_cache *c, int32_t l, int32_t g, float *k, float *v);
 

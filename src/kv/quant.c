@@ -109,16 +109,3 @@ void skv_quant_vrow_layout(skv_kv_format f, int32_t hd, size_t off0[3], size_t s
     off0[1] = (size_t)B * ng * sizeof(float), stride[1] = len[1] = ng * sizeof(float);       /* minima */
     off0[2] = 2 * (size_t)B * ng * sizeof(float), stride[2] = len[2] = (size_t)hd * bits / 8; /* codes */
 }
-
-void skv_dequant_vrow(skv_kv_format f, int32_t hd, const void *row, float *out) {
-    const int bits = bits_of(f);
-    const int32_t ng = hd / SKV_KV_VGROUP;
-    float scale[64], mn[64];
-    memcpy(scale, row, sizeof(float) * (size_t)ng);
-    memcpy(mn, (const uint8_t *)row + sizeof(float) * (size_t)ng, sizeof(float) * (size_t)ng);
-    const uint8_t *codes = (const uint8_t *)row + 2 * sizeof(float) * (size_t)ng;
-    for (int32_t ch = 0; ch < hd; ch++) {
-        const int gq = ch / SKV_KV_VGROUP;
-        out[ch] = (float)get_code(codes, bits, ch) * scale[gq] + mn[gq];
-    }
-}

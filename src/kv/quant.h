@@ -15,9 +15,8 @@ void skv_dequant_block(skv_kv_format f, int32_t hd, int is_v, const void *src, f
                        int n_rows);
 
 /* One value row of a quantized V block as a slow store reads it: three segments (scales,
- * minima, codes) of row r at off0[i] + r * stride[i], len[i] bytes each, concatenated; and that
- * row back to f32 (the same arithmetic as skv_dequant_block). hd / 32 <= 64 groups. */
+ * minima, codes) of row r at off0[i] + r * stride[i], len[i] bytes each, concatenated (the CPU
+ * decode puts the rows read back at these offsets of a block and reads them with kv/kvattn.h). */
 void skv_quant_vrow_layout(skv_kv_format f, int32_t hd, size_t off0[3], size_t stride[3], size_t len[3]);
-void skv_dequant_vrow(skv_kv_format f, int32_t hd, const void *row, float *out);
 
 #endif

@@ -190,12 +190,20 @@ void skv_rope(float *v, const float *cos, const float *sin, int32_t hd) {
 
 float skv_softmax(float *x, int64_t n) {
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    int64_t i = 0;
+#ifdef SKV_AVX2
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vm);
+    for (int k = 0; k < 8; k++) mx = lanes[k] > mx ? lanes[k] : mx;
+#endif
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     if (mx == -INFINITY) { /* fully masked row: define output as zeros */
         for (int64_t i = 0; i < n; i++) x[i] = 0;
         return -INFINITY;
     }
-    int64_t i = 0;
+    i = 0;
     float sum = 0;
 #ifdef SKV_AVX2
     const __m256 vmx = _mm256_set1_ps(mx);
@@ -212,7 +220,11 @@ float skv_softmax(float *x, int64_t n) {
         sum += x[i];
     }
     const float inv = 1.0f / sum;
-    for (i = 0; i < n; i++) x[i] *= inv;
+    i = 0;
+#ifdef SKV_AVX2
+    for (const __m256 vi = _mm256_set1_ps(inv); i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+#endif
+    for (; i < n; i++) x[i] *= inv;
     return mx + logf(sum);
 }
 

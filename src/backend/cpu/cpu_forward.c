@@ -6,10 +6,12 @@
  * rmsnorm(x). Several tokens (prefill) run as matrix-matrix products through OpenBLAS, with each
  * KV head's kept tokens gathered into contiguous f32 first; a single token (decode) runs as
  * matrix-vector products straight from the stored bf16/f16/f32 weights and reads the cache
- * block by block, as the read plan says when there is one (kv/plan.h). A read-only past's
+ * block by block in its stored format (kv/kvattn.h: f32, bf16, f16, KIVI int8/int4 without an
+ * f32 copy), as the read plan says when there is one (kv/plan.h). A read-only past's
  * streams are attended before the context's own. Statistics: cpu_stats.c.
  */
 #include "backend/cpu/cpu.h"
+#include "kv/kvattn.h"
 #include "kv/quant.h"
 
 #include <cblas.h>
@@ -209,41 +211,51 @@ static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
     *r1 = rows * (t + 1) / nt;
 }
 
+#define SKV_KV_PREFETCH 2 /* blocks ahead */
+
+/* V block b of a stream for prefetching: NULL where it is in the slow store (or absent). */
+static const void *v_block_fast(const skv_cache *cache, const skv_stream *st, int64_t b, skv_kv_format *f) {
+    if (b * SKV_KV_BLOCK >= st->n || b * SKV_KV_BLOCK < st->n_slow) return NULL;
+    return skv_cache_block(cache, st, (int32_t)b, 1, f, NULL);
+}
+
 /* Scores of query heads [h0, h0 + nh) against the rows of one stream placed at slot offset
- * `off` of the probability rows; own K is read only for slots the plan scores (cls may be
- * NULL: all). */
+ * `off` of the probability rows, each block read in its stored format (kv/kvattn.h); own K is
+ * read only for slots the plan scores (cls may be NULL: all). */
 static void score_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *st, const uint8_t *cls, int64_t off,
-                         int32_t h0, int32_t nh, float scale, float *kb) {
+                         int32_t h0, int32_t nh, float scale) {
     const int32_t hd = c->m->cfg.info.head_dim;
-    const int64_t n = st->n;
-    for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
-        const float *K = skv_cache_k_rows(cache, st, (int32_t)b, kb);
+    const int64_t n = st->n, T = c->n_ctx;
+    const int64_t nb = (n + SKV_KV_BLOCK - 1) / SKV_KV_BLOCK;
+    for (int64_t b = 0; b < nb; b++) {
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        for (int64_t s = s0; s < s1; s++) {
-            if (cls && cls[s] != SKV_READ_OWN) {
-                for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s] = -INFINITY;
-                continue;
-            }
-            for (int32_t j = 0; j < nh; j++)
-                c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s] =
-                    skv_dot(c->q + (int64_t)(h0 + j) * hd, K + (s - s0) * hd, hd) * scale;
-        }
+        skv_kv_format f;
+        const void *p;
+        /* K two blocks ahead, and this block's V (read after the softmax), arrive while this
+         * block is read */
+        if (b + SKV_KV_PREFETCH < nb && (p = skv_cache_block(cache, st, (int32_t)(b + SKV_KV_PREFETCH), 0, &f, NULL)))
+            skv_kvattn_prefetch(f, hd, p, 0);
+        if ((p = v_block_fast(cache, st, b, &f))) skv_kvattn_prefetch(f, hd, p, 1);
+        const void *K = skv_cache_block(cache, st, (int32_t)b, 0, &f, NULL);
+        skv_kvattn_scores(f, hd, K, (int32_t)(s1 - s0), c->q + (int64_t)h0 * hd, nh, scale, cls ? cls + s0 : NULL,
+                          c->probs + (int64_t)h0 * T + off + s0, T);
     }
 }
 
+/* att_out of heads [h0, h0 + nh) += their probabilities (times mul[j] when not NULL) times V of
+ * the stream's blocks [b0, ...), read in their stored format; slots the plan skips are not read. */
 static void weigh_stream(skv_cpu *c, const skv_cache *cache, const skv_stream *st, const uint8_t *cls, int64_t off,
-                         int32_t h0, int32_t nh, float *vb) {
+                         int32_t h0, int32_t nh, int32_t b0, const float *mul, float *vb) {
     const int32_t hd = c->m->cfg.info.head_dim;
-    const int64_t n = st->n;
-    for (int64_t b = 0; b * SKV_KV_BLOCK < n; b++) {
-        const float *V = skv_cache_v_rows(cache, st, (int32_t)b, vb);
+    const int64_t n = st->n, T = c->n_ctx;
+    for (int64_t b = b0; b * SKV_KV_BLOCK < n; b++) {
+        skv_kv_format f, nf;
+        const void *next = v_block_fast(cache, st, b + SKV_KV_PREFETCH, &nf);
+        if (next) skv_kvattn_prefetch(nf, hd, next, 1);
+        const void *V = skv_cache_block(cache, st, (int32_t)b, 1, &f, vb);
         const int64_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        for (int64_t s = s0; s < s1; s++) {
-            if (cls && cls[s] == SKV_READ_SKIP) continue;
-            for (int32_t j = 0; j < nh; j++)
-                skv_axpy(c->att_out + (int64_t)(h0 + j) * hd, c->probs[(int64_t)(h0 + j) * c->n_ctx + off + s],
-                         V + (s - s0) * hd, hd);
-        }
+        skv_kvattn_weigh(f, hd, V, (int32_t)(s1 - s0), c->probs + (int64_t)h0 * T + off + s0, T, mul,
+                         cls ? cls + s0 : NULL, nh, c->att_out + (int64_t)h0 * hd);
     }
 }
 
@@ -264,34 +276,37 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
         skv_cache_vs_fail(&c->cache);
         memset(w->rows, 0, (size_t)nsel * hd * sizeof(float));
     }
-    float *rows = (float *)w->rows;
-    if (c->cache.fmt == SKV_KV_BF16) { /* widen in place from the end */
-        const uint16_t *h = (const uint16_t *)w->rows;
-        for (int64_t i = (int64_t)nsel * hd - 1; i >= 0; i--) rows[i] = skv_bf16_to_f32(h[i]);
-    } else if (c->cache.fmt == SKV_KV_Q8 || c->cache.fmt == SKV_KV_Q4) {
-        /* decode in place from the last row (a row's f32 span starts at or after its packed one);
-         * each packed row is copied out first */
-        const size_t rb = c->vt_row_bytes;
-        uint8_t packed[4096];
-        SKV_ASSERT(rb <= sizeof packed);
-        for (int32_t i = nsel - 1; i >= 0; i--) {
-            memcpy(packed, w->rows + (size_t)i * rb, rb);
-            skv_dequant_vrow(c->cache.fmt, hd, packed, rows + (int64_t)i * hd);
+    /* the rows read, packed as the store returns them, go back to their rows of a block in the
+     * cache's format (vb), one block at a time, and the block kernel reads them as the full
+     * path reads its blocks (so that reading every row is the same arithmetic) */
+    const skv_kv_format fmt = c->cache.fmt;
+    size_t off0[3] = {0}, stride[3] = {0}, len[3] = {0};
+    int nseg = 1;
+    if (fmt == SKV_KV_Q8 || fmt == SKV_KV_Q4) {
+        skv_quant_vrow_layout(fmt, hd, off0, stride, len);
+        nseg = 3;
+    } else {
+        stride[0] = len[0] = c->vt_row_bytes;
+    }
+    uint8_t cls[SKV_KV_BLOCK];
+    for (int32_t i = 0; i < nsel;) {
+        const int32_t b = w->sel[i] / SKV_KV_BLOCK;
+        int32_t rows = 0;
+        memset(cls, SKV_READ_SKIP, sizeof cls);
+        for (; i < nsel && w->sel[i] / SKV_KV_BLOCK == b; i++) {
+            const int32_t t = w->sel[i] % SKV_KV_BLOCK;
+            const uint8_t *src = w->rows + (size_t)i * c->vt_row_bytes;
+            for (int k = 0; k < nseg; k++) {
+                memcpy((uint8_t *)vb + off0[k] + (size_t)t * stride[k], src, len[k]);
+                src += len[k];
+            }
+            cls[t] = SKV_READ_OWN;
+            rows = t + 1;
         }
+        skv_kvattn_weigh(fmt, hd, vb, rows, c->probs + (int64_t)h0 * T + (int64_t)b * SKV_KV_BLOCK, T, inv, cls, nh,
+                         c->att_out + (int64_t)h0 * hd);
     }
-    for (int32_t j = 0; j < nh; j++) {
-        const float *pr = c->probs + (int64_t)(h0 + j) * T;
-        float *o = c->att_out + (int64_t)(h0 + j) * hd;
-        for (int32_t i = 0; i < nsel; i++) skv_axpy(o, pr[w->sel[i]] * inv[j], rows + (int64_t)i * hd, hd);
-    }
-    for (int32_t b = ns / SKV_KV_BLOCK; b * SKV_KV_BLOCK < n; b++) {
-        const float *V = skv_cache_v_rows(&c->cache, st, b, vb);
-        const int32_t s0 = b * SKV_KV_BLOCK, s1 = SKV_MIN(n, s0 + SKV_KV_BLOCK);
-        for (int32_t s = s0; s < s1; s++)
-            for (int32_t j = 0; j < nh; j++)
-                skv_axpy(c->att_out + (int64_t)(h0 + j) * hd, c->probs[(int64_t)(h0 + j) * T + s] * inv[j],
-                         V + (s - s0) * hd, hd);
-    }
+    weigh_stream(c, &c->cache, st, NULL, 0, h0, nh, ns / SKV_KV_BLOCK, inv, vb);
 }
 
 /* Decode attention of query heads [h0, h0 + nh), all in KV group g, over the past's and the
@@ -305,12 +320,12 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
     const skv_stream *st = skv_cache_stream(&c->cache, cl, g);
     const skv_stream *ps = c->past ? skv_cache_stream(&c->past->cache, cl, g) : NULL;
     const int64_t np = ps ? ps->n : 0, n = np + st->n;
-    float *kb = c->blk + (int64_t)omp_get_thread_num() * 2 * SKV_KV_BLOCK * hd, *vb = kb + SKV_KV_BLOCK * hd;
+    float *vb = c->blk + (int64_t)omp_get_thread_num() * 2 * SKV_KV_BLOCK * hd; /* V blocks read from a store */
     for (int32_t j = 0; j < nh; j++) skv_rope(c->q + (int64_t)(h0 + j) * hd, cs, sn, hd);
     /* a plan (no past with plans: refused) reads own K only for OWN slots, V for OWN and VONLY */
     const uint8_t *cls = c->plan.cls ? c->plan.cls + ((int64_t)cl * in->n_kv_head + g) * c->plan.stride : NULL;
-    if (ps) score_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, scale, kb);
-    score_stream(c, &c->cache, st, cls, np, h0, nh, scale, kb);
+    if (ps) score_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, scale);
+    score_stream(c, &c->cache, st, cls, np, h0, nh, scale);
     if (in->sliding_window > 0)
         for (int64_t s = 0; s < st->n; s++)
             if (!visible(c, qp, st->pos[s]))
@@ -333,8 +348,8 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
         weigh_vtop(c, st, h0, nh, vb);
         return;
     }
-    if (ps) weigh_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, vb);
-    weigh_stream(c, &c->cache, st, cls, np, h0, nh, vb);
+    if (ps) weigh_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, 0, NULL, vb);
+    weigh_stream(c, &c->cache, st, cls, np, h0, nh, 0, NULL, vb);
 }
 
 /* Before a decode step under a V top-N rule: the store must still hold what was written;
