@@ -245,6 +245,10 @@ typedef struct skv_context_params {
                               PCIe), K on the device */
     int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
                               policy full; see "Several sequences") */
+    int32_t lckv_iters;    /* LCKV models (layer_types in config.json): iterations of the
+                              condensed group in a prefill (0: forward_passes + backward_passes
+                              of config.json, else 9); prompt chunks of at most
+                              min(lckv_iters, 9) tokens run token by token (exact) */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);
