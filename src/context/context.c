@@ -152,7 +152,7 @@ void skv_context_free(skv_context *c) {
 
 /* The policy's budgets at the current length, then the backend's compression. */
 skv_status skv_context_compress(skv_context *c) {
-    if (!c->pol.ev.evicts) return SKV_OK;
+    if (!c->pol.ev.evicts && !c->pol.ops->transform) return SKV_OK;
     for (int32_t l = 0; l < c->n_layer; l++)
         c->pol.budget_now[l] = skv_policy_budget(c->pol.ops, &c->pol.p, l, c->n_layer, c->n_past);
     return c->be->compress(c);

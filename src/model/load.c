@@ -163,6 +163,9 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     skv_status st = skv_config_load(dir, &m->cfg);
     if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
+    if (!st && (params.lckv_iters < 0 || params.lckv_iters > 1000))
+        st = skv_set_error(SKV_ERR_ARG, "lckv_iters must be 0..1000 (got %d)", params.lckv_iters);
+    if (!st && params.lckv_iters) m->cfg.lckv_iters = params.lckv_iters;
     if (!st && !params.no_check) st = skv_st_check_finite(m->st);
     if (!st) {
         loader L = {.m = m, .dir = dir};

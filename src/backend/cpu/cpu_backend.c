@@ -118,6 +118,10 @@ static void cpu_begin_call(skv_context *ctx, int32_t n) {
 static skv_status cpu_compress(skv_context *ctx) {
     skv_cpu *c = ctx->bs;
     skv_policy_compress(&ctx->pol, &c->cache, c->pol_scratch);
+    if (ctx->pol.ops->transform) {
+        skv_status st = ctx->pol.ops->transform(&ctx->pol.p, &c->cache);
+        if (st) return st;
+    }
     if (c->cache.vs_err) {
         c->cache.vs_err = 0;
         return skv_set_error(SKV_ERR_IO, "%s", c->cache.vs_msg);

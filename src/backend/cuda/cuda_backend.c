@@ -69,6 +69,8 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
                              c->pol.ops->name);
     if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "KV format %d: the CUDA cache is bf16", (int)p->kv_format);
+    if (c->pol.ops->transform)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only", c->pol.ops->name);
     if (p->collect_head_stats)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "per-head attention statistics (collect_head_stats, SmallKV) need "
                              "the CPU backend");
