@@ -363,6 +363,8 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
 skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n);
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
+/* Sequence dst (empty) takes a copy of sequence src's cache and position (a shared prompt). */
+skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src);
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
 
 /* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured

@@ -437,6 +437,141 @@ static void test_trained_std(void) { trained("lckv-std"); }
 static void test_trained_w2(void) { trained("lckv-w2"); }
 static void test_trained_w4(void) { trained("lckv-w4"); }
 
+/* ---------------------------------------------------------------- CUDA */
+
+static int have_gpu(void) {
+    if (skv_backend_available(SKV_BACKEND_CUDA)) return 1;
+    skv_test_skip("%s", skv_last_error());
+    return 0;
+}
+
+static double rel_l2(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+    return sqrt(num / fmax(den, 1e-30));
+}
+
+/* The GPU against the CPU on a random LCKV model (head_dim 64; bf16 weights and cache on the
+ * GPU): prefill with 9 iterations, with n iterations (= token by token), a short prompt token by
+ * token, decoding after the prefill; the cache holds the caching layers only. */
+static void test_cuda_vs_cpu(void) {
+    if (!have_gpu()) return;
+    const char *types[] = {"0_4_4_4_4_5", "0_2_2_4_4_5"};
+    for (int ti = 0; ti < 2; ti++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/lckv-gpu-%d", skv_test_tmpdir(), ti);
+        tiny_spec s = {.arch = "LlamaForCausalLM", .dtype = "BF16", .vocab = 96, .dim = 128, .ffn = 192, .layers = 6,
+                       .heads = 4, .kv_heads = 2, .head_dim = 64, .n_ctx = 256, .rope_theta = 10000.0f,
+                       .rms_eps = 1e-6f, .seed = 21, .layer_types = types[ti]};
+        tiny_model *t = tiny_write(dir, &s);
+        REQUIRE(t, "cannot write the model");
+        skv_model *m = NULL;
+        REQUIRE(skv_model_load(dir, skv_model_default_params(), &m) == SKV_OK, "%s", skv_last_error());
+        const int n = 100, V = 96;
+        int32_t ids[100];
+        for (int i = 0; i < n; i++) ids[i] = (i * 37 + 5) % V;
+        float *a = malloc(sizeof(float) * n * V), *b = malloc(sizeof(float) * n * V);
+        const int iters[3] = {0, 100, 0}, lens[3] = {n, n, 7};
+        for (int k = 0; k < 3; k++) {
+            skv_context *cc = NULL, *cg = NULL;
+            skv_context_params cp = skv_context_default_params();
+            cp.n_ctx = 256, cp.n_batch = 128, cp.lckv_iters = iters[k], cp.kv_format = SKV_KV_BF16;
+            REQUIRE(skv_context_init(m, cp, &cc) == SKV_OK, "%s", skv_last_error());
+            cp.backend = SKV_BACKEND_CUDA;
+            REQUIRE(skv_context_init(m, cp, &cg) == SKV_OK, "cuda: %s", skv_last_error());
+            REQUIRE(skv_decode(cc, ids, lens[k], a, 1) == SKV_OK, "%s", skv_last_error());
+            REQUIRE(skv_decode(cg, ids, lens[k], b, 1) == SKV_OK, "cuda: %s", skv_last_error());
+            const double e = rel_l2(b, a, (int64_t)lens[k] * V);
+            CHECKF(e < 2e-2, "%s, %d iterations, %d tokens: GPU vs CPU relative L2 %.3e", types[ti], iters[k], lens[k], e);
+            int agree = 0;
+            for (int i = 0; i < lens[k]; i++) agree += skv_test_argmax(a + i * V, V) == skv_test_argmax(b + i * V, V);
+            CHECKF(agree >= lens[k] * 9 / 10, "%s: top-1 agrees at %d of %d", types[ti], agree, lens[k]);
+            int32_t nx = 3;
+            double ed = 0;
+            for (int st = 0; st < 8; st++) {
+                REQUIRE(skv_decode(cc, &nx, 1, a, 0) == SKV_OK && skv_decode(cg, &nx, 1, b, 0) == SKV_OK, "%s",
+                        skv_last_error());
+                ed = fmax(ed, rel_l2(b, a, V));
+                nx = skv_test_argmax(a, V);
+            }
+            CHECKF(ed < 2e-2, "%s: decode GPU vs CPU relative L2 %.3e", types[ti], ed);
+            skv_kv_usage u;
+            skv_context_kv_usage(cg, &u);
+            const int ncl = skv_model_n_cache_layers(m), toks = lens[k] + 8;
+            CHECKF(u.slots == (int64_t)ncl * 2 * toks, "GPU slots %lld, want %d", (long long)u.slots, ncl * 2 * toks);
+            CHECKF(u.bytes == (int64_t)ncl * 2 * ((toks + 63) / 64) * 64 * 64 * 2 * 2, "GPU bytes %lld",
+                   (long long)u.bytes);
+            printf("    %s: %d iterations, %d tokens: GPU vs CPU %.2e, decode %.2e\n", types[ti], iters[k], lens[k], e,
+                   ed);
+            skv_context_free(cc);
+            skv_context_free(cg);
+        }
+        free(a), free(b);
+        skv_model_free(m);
+        tiny_free(t);
+    }
+}
+
+/* The trained models on the GPU against reference.json's prefill semantics (bf16 weights and
+ * cache: relative L2 of the last logits under 1e-2, top-1 agreement, greedy continuation). */
+static void test_cuda_trained(void) {
+    if (!have_gpu()) return;
+    const char *names[3] = {"lckv-std", "lckv-w2", "lckv-w4"};
+    for (int k = 0; k < 3; k++) {
+        char dir[512], path[600];
+        if (!trained_dir(names[k], dir, sizeof dir)) {
+            skv_test_skip("%s/model.safetensors is absent (scripts/get-weights.sh)", dir);
+            return;
+        }
+        snprintf(path, sizeof path, "%s/reference.json", dir);
+        cJSON *g = skv_test_load_json(path);
+        skv_model *m = NULL;
+        REQUIRE(g && skv_model_load(dir, skv_model_default_params(), &m) == SKV_OK, "%s", skv_last_error());
+        const int V = skv_model_get_info(m)->n_vocab;
+        const cJSON *prompts = cJSON_GetObjectItem(g, "prompts");
+        double worst = 0;
+        int agree = 0, total = 0, gok = 0, gn = 0;
+        for (int p = 0; p < cJSON_GetArraySize(prompts); p++) {
+            const cJSON *pr = cJSON_GetArrayItem(prompts, p);
+            int n, ng;
+            int32_t *ids = skv_test_json_ids(cJSON_GetObjectItem(pr, "ids"), &n);
+            int32_t *gr = skv_test_json_ids(cJSON_GetObjectItem(pr, "greedy32"), &ng);
+            skv_context_params cp = skv_context_default_params();
+            cp.n_ctx = 2048, cp.n_batch = 1024, cp.backend = SKV_BACKEND_CUDA;
+            skv_context *c = NULL;
+            REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
+            float *lg = malloc(sizeof(float) * (size_t)n * V), *last = malloc(sizeof(float) * V);
+            REQUIRE(skv_decode(c, ids, n, lg, 1) == SKV_OK, "%s", skv_last_error());
+            const cJSON *tids = cJSON_GetObjectItem(pr, "top_ids"), *ll = cJSON_GetObjectItem(pr, "last_logits");
+            for (int i = 0; i < n; i++, total++)
+                agree += skv_test_argmax(lg + (int64_t)i * V, V) ==
+                         cJSON_GetArrayItem(cJSON_GetArrayItem(tids, i), 0)->valueint;
+            for (int v = 0; v < V; v++) last[v] = (float)cJSON_GetArrayItem(ll, v)->valuedouble;
+            worst = fmax(worst, rel_l2(lg + (int64_t)(n - 1) * V, last, V));
+            int32_t tok = skv_test_argmax(lg + (int64_t)(n - 1) * V, V);
+            for (int i = 0; i < ng; i++, gn++) { /* until the first difference (then the texts diverge) */
+                if (tok != gr[i]) {
+                    gn += ng - i;
+                    break;
+                }
+                gok++;
+                if (i + 1 < ng) {
+                    REQUIRE(skv_decode(c, &tok, 1, lg, 0) == SKV_OK, "%s", skv_last_error());
+                    tok = skv_test_argmax(lg, V);
+                }
+            }
+            free(ids), free(gr), free(lg), free(last);
+            skv_context_free(c);
+        }
+        CHECKF(worst < 1e-2, "%s on the GPU: last logits relative L2 %.3e", names[k], worst);
+        CHECKF(agree >= total * 95 / 100, "%s on the GPU: top-1 agrees at %d of %d positions", names[k], agree, total);
+        printf("    %s on the GPU: last logits rel L2 %.2e, top-1 %d/%d, greedy tokens before the first difference "
+               "%d/%d\n", names[k], worst, agree, total, gok, gn);
+        skv_model_free(m);
+        cJSON_Delete(g);
+    }
+}
+
 void register_lckv(void) {
     skv_test_add("lckv/layer_types malformed refused", test_layer_types_refused);
     skv_test_add("lckv/condensed layers without k/v, caching layers with", test_layer_types_tensors);
@@ -446,4 +581,6 @@ void register_lckv(void) {
     skv_test_add("lckv/lckv-std vs PyTorch reference.json", test_trained_std);
     skv_test_add("lckv/lckv-w2 vs PyTorch reference.json", test_trained_w2);
     skv_test_add("lckv/lckv-w4 vs PyTorch reference.json", test_trained_w4);
+    skv_test_add("lckv/cuda GPU vs CPU on random LCKV models", test_cuda_vs_cpu);
+    skv_test_add("lckv/cuda trained models vs reference.json on the GPU", test_cuda_trained);
 }

@@ -123,6 +123,8 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
 /* `bench --policy kcache`: full vs kcache (mmap warm/cold, zstd) at one depth */
 int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, int reps, int threads, int use_mmap,
                  const char *out);
+/* `bench --backend cuda --e2e P+G`: the largest batch and the throughput at it (bench_e2e.c) */
+int bench_e2e(const char *dir, const char *spec, int steps, int max_b, const char *out);
 /* pa: the policy of the tg rows (full, window, h2o, snapkv, pyramidkv) */
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
                int ubatch, int reps, const cli_policy_args *pa, const char *out);

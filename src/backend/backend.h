@@ -103,6 +103,7 @@ struct skv_backend_ops {
     skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                int32_t *next);
     skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);
+    skv_status (*seq_copy)(skv_context *c, int32_t dst, int32_t src);
     int64_t (*weight_bytes)(const skv_context *c);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);

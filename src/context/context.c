@@ -449,6 +449,16 @@ skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) {
     return SKV_OK;
 }
 
+skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src) {
+    skv_status st = seq_check(c, dst, (const void *)c->be->seq_copy);
+    if (st || (st = seq_check(c, src, (const void *)c->be->seq_copy))) return st;
+    if (dst == src) return skv_set_error(SKV_ERR_ARG, "copy sequence %d onto itself", dst);
+    if (*seq_pos(c, dst) != 0) return skv_set_error(SKV_ERR_ARG, "copy into sequence %d: it is not empty", dst);
+    if ((st = c->be->seq_copy(c, dst, src))) return st;
+    *seq_pos(c, dst) = *seq_pos(c, src);
+    return SKV_OK;
+}
+
 int64_t skv_context_weight_bytes(const skv_context *c) {
     return c->be->weight_bytes ? c->be->weight_bytes(c) : c->m->cfg.info.weight_bytes;
 }

@@ -35,6 +35,8 @@ typedef struct skv_gpu_mat {
 } skv_gpu_mat;
 
 typedef struct skv_gpu_layer_desc {
+    int32_t kv_src;                            /* LCKV t(l): the layer whose KV this one reads
+                                                  (l: its own; else wk, wv, bk, bv absent) */
     const float *attn_norm, *ffn_norm;         /* (dim) */
     const float *bq, *bk, *bv, *bo;            /* NULL when absent */
     skv_gpu_mat wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -62,6 +64,7 @@ typedef struct skv_gpu_policy {
     int32_t want_win;        /* accumulate the observation window's attention per slot */
     int32_t want_last;       /* the newest query's attention per slot */
     int32_t v_slow;          /* V blocks in pinned host memory (read over PCIe) */
+    int32_t lckv_iters;      /* LCKV models: group iterations of a prefill chunk (0: 9) */
 } skv_gpu_policy;
 
 /* A next-token choice on the device, as skv_sampler_sample makes it on the host. */
@@ -80,6 +83,9 @@ int64_t skv_gpu_model_bytes(const skv_gpu_model *g);
 skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq,
                             const skv_gpu_policy *pol, skv_gpu_ctx **out);
 void skv_gpu_ctx_free(skv_gpu_ctx *c);
+
+/* Streams belong to cache layers (the layers that keep KV: all of them for standard models); a
+ * `layer` argument below is a cache layer. */
 
 /* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
  * the slots (kept tokens) summed over streams. */
@@ -107,6 +113,9 @@ skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_
 skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget);
 /* Forget the tokens at positions >= from of sequence seq (0: empty it). */
 skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from);
+
+/* Sequence dst (empty) of a context takes a copy of sequence src's streams and position. */
+skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src);
 
 /* Copy sequence 0 (slots, positions, statistics the destination collects, the next position)
  * from src into sequence 0 of dst (same model; dst at least as long). */

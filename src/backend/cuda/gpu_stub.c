@@ -63,6 +63,7 @@ skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t k
     return no_cuda();
 }
 skv_status skv_gpu_fetch_wait(skv_gpu_ctx *c) { return (void)c, no_cuda(); }
+skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src) { return (void)c, (void)dst, (void)src, no_cuda(); }
 skv_status skv_gpu_scratch(int64_t bytes, void **dev) { return (void)bytes, *dev = NULL, no_cuda(); }
 skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes) {
     return (void)host, (void)dev, (void)bytes, no_cuda();
