@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 mkdir -p "$tmp/bin" "$tmp/lib" "$dir"
 for b in build-cuda/slimkv build-cuda/skv_tests; do [ -x "$b" ] && cp "$b" "$tmp/bin/"; done
-ldd build-cuda/slimkv | awk '/=>/ {print $3}' | grep -v -e /usr/local/cuda -e libc.so -e libm.so \
-    -e libstdc++ -e libgcc_s -e libpthread -e libdl.so -e librt.so -e libgomp | while read -r l; do
+# (patterns anchored at the file name: "libc.so" alone would also drop libcjson.so)
+ldd build-cuda/slimkv | awk '/=>/ {print $3}' | grep -v -e /usr/local/cuda -e '/libc\.so' -e '/libm\.so' \
+    -e '/libstdc++' -e '/libgcc_s' -e '/libpthread' -e '/libdl\.so' -e '/librt\.so' -e '/libgomp' | while read -r l; do
     cp -L "$l" "$tmp/lib/"
 done
 tar cJf "$dir/pack.tar.xz" -C "$tmp" .
