@@ -172,6 +172,8 @@ typedef struct skv_model_params {
                           validation they are copied into huge-page-backed memory, which makes
                           decode faster (fewer TLB misses) at the cost of a private copy */
     int32_t no_check;  /* 1: skip the load-time scan that refuses NaN or Inf in any weight */
+    int32_t lckv_iters; /* LCKV models: the prefill iterations contexts use by default (0:
+                          config.json's forward_passes + backward_passes, else 9) */
 } skv_model_params;
 
 skv_model_params skv_model_default_params(void);
@@ -234,6 +236,9 @@ typedef enum skv_kv_format {
  *             CUDA: pinned host memory read over PCIe);
  *             each decode step scores every key and reads only the top-`kc_n` V rows per
  *             (layer, KV head); over the eviction of `kc_over` when given (e.g. snapkv)
+ *   minicache MiniCache (arXiv 2405.14366): after each prompt, groups of cache layers share one
+ *             direction per token (SLERP; per-layer norms kept), the most distinct tokens
+ *             (`mc_keep`) unmerged; KV bytes count what that representation stores (CPU)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
 typedef struct skv_policy_params {
     const char *name;      /* one of the above; NULL means "full" */
@@ -260,6 +265,11 @@ typedef struct skv_policy_params {
     const char *kc_over;   /* eviction policy applied first (NULL: none; e.g. "snapkv") */
     int32_t kc_cold;       /* mmap: drop the file's pages from the page cache before every
                               decode step (cold-cache measurements) */
+    /* minicache */
+    const char *mc_groups; /* groups of cache layers merged, "5:6,7:8" (NULL: pairs from the
+                              middle layer up) */
+    float mc_t;            /* SLERP parameter of a pair (default 0.5) */
+    float mc_keep;         /* fraction of tokens left unmerged, the most distinct (default 0.05) */
 } skv_policy_params;
 
 /* kcache options */
@@ -308,6 +318,10 @@ typedef struct skv_context_params {
     int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
                               a policy that evicts nothing: full or kcache; see "Several
                               sequences") */
+    int32_t lckv_iters;    /* LCKV models (layer_types in config.json): iterations of the
+                              condensed group in a prefill (0: forward_passes + backward_passes
+                              of config.json, else 9); prompt chunks of at most
+                              min(lckv_iters, 9) tokens run token by token (exact) */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);

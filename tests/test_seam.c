@@ -294,8 +294,8 @@ static void test_layer_map_and_registry(void) {
     }
     CHECK(skv_model_layer_cache(m, L, NULL, NULL) == SKV_ERR_ARG);
     /* every registered policy has a summary; the names the CLI lists come from here */
-    const char *want[] = {"full", "window", "h2o", "snapkv", "pyramidkv", "tova", "quant", "smallkv", "kcache"};
-    CHECK(skv_policy_count() == (int)(sizeof want / sizeof want[0]));
+    const char *want[] = {"full", "window", "h2o", "snapkv", "pyramidkv", "tova", "quant", "smallkv", "kcache", "minicache"};
+    REQUIRE(skv_policy_count() == (int)(sizeof want / sizeof want[0]), "%d policies", skv_policy_count());
     for (int i = 0; i < skv_policy_count(); i++) {
         CHECK(!strcmp(skv_policy_name(i), want[i]) && skv_policy_summary(i) && *skv_policy_summary(i));
     }

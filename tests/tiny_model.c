@@ -52,6 +52,14 @@ static float from_f16(uint16_t u) {
     return (float)h;
 }
 
+/* t(l) of a spec's layer_types (l itself without one or past its end) */
+static int tiny_src(const tiny_spec *s, int l) {
+    const char *p = s->layer_types;
+    if (!p) return l;
+    for (int i = 0; i < l && p; i++) p = strchr(p, '_'), p = p ? p + 1 : NULL;
+    return p ? atoi(p) : l;
+}
+
 static tmat *add(tiny_model *t, const char *name, int rows, int cols, double scale, uint32_t *rng) {
     tmat *m = &t->mats[t->n_mats++];
     snprintf(m->name, sizeof m->name, "%s", name);
@@ -147,6 +155,7 @@ static int write_config(const char *dir, const tiny_spec *s) {
         else fprintf(f, "  \"sliding_window\": null,\n");
     }
     fprintf(f, "  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"tie_word_embeddings\": %s,\n", s->tied ? "true" : "false");
+    if (s->layer_types) fprintf(f, "  \"layer_types\": \"%s\",\n", s->layer_types);
     fprintf(f, "  \"torch_dtype\": \"float32\"\n}\n");
     return fclose(f);
 }
@@ -174,16 +183,17 @@ tiny_model *tiny_write(const char *dir, const tiny_spec *spec) {
         for (int i = 0; i < s->dim; i++) a->v[i] += 1.0, b->v[i] += 1.0;
         double ws = 1.0 / sqrt((double)s->dim);
         add(t, N("self_attn.q_proj.weight"), QD, s->dim, 2 * ws, &rng);
-        add(t, N("self_attn.k_proj.weight"), KD, s->dim, 2 * ws, &rng);
-        add(t, N("self_attn.v_proj.weight"), KD, s->dim, ws, &rng);
+        const int own = tiny_src(s, l) == l || s->kv_all;
+        if (own) add(t, N("self_attn.k_proj.weight"), KD, s->dim, 2 * ws, &rng);
+        if (own) add(t, N("self_attn.v_proj.weight"), KD, s->dim, ws, &rng);
         add(t, N("self_attn.o_proj.weight"), s->dim, QD, ws, &rng);
         add(t, N("mlp.gate_proj.weight"), s->ffn, s->dim, ws, &rng);
         add(t, N("mlp.up_proj.weight"), s->ffn, s->dim, ws, &rng);
         add(t, N("mlp.down_proj.weight"), s->dim, s->ffn, 1.0 / sqrt((double)s->ffn), &rng);
         if (qkv_bias) {
             add(t, N("self_attn.q_proj.bias"), QD, 0, 0.3, &rng);
-            add(t, N("self_attn.k_proj.bias"), KD, 0, 0.3, &rng);
-            add(t, N("self_attn.v_proj.bias"), KD, 0, 0.3, &rng);
+            if (own) add(t, N("self_attn.k_proj.bias"), KD, 0, 0.3, &rng);
+            if (own) add(t, N("self_attn.v_proj.bias"), KD, 0, 0.3, &rng);
         }
         if (o_bias) add(t, N("self_attn.o_proj.bias"), s->dim, 0, 0.3, &rng);
 #undef N
@@ -325,4 +335,62 @@ void tiny_reference(const tiny_model *t, const int32_t *ids, int n, double *logi
         lin(head, NULL, h, logits + (size_t)i * s->vocab);
     }
     free(x); free(h); free(q); free(k); free(v); free(att); free(p); free(g); free(u); free(o);
+}
+
+void tiny_reference_seq(const tiny_model *t, const int32_t *ids, int n, double *logits) {
+    const tiny_spec *s = &t->s;
+    const int D = s->dim, hd = s->head_dim ? s->head_dim : s->dim / s->heads, L = s->layers;
+    const int QD = s->heads * hd, KD = s->kv_heads * hd, G = s->heads / s->kv_heads;
+    double *x = malloc(sizeof(double) * (size_t)D), *h = malloc(sizeof(double) * (size_t)(D > s->ffn ? D : s->ffn));
+    double *q = malloc(sizeof(double) * (size_t)QD), *att = malloc(sizeof(double) * (size_t)QD);
+    double *K = calloc((size_t)L * n * KD, sizeof(double)), *V = calloc((size_t)L * n * KD, sizeof(double));
+    double *p = malloc(sizeof(double) * (size_t)n), *g = malloc(sizeof(double) * (size_t)s->ffn);
+    double *u = malloc(sizeof(double) * (size_t)s->ffn), *o = malloc(sizeof(double) * (size_t)D);
+    char nm[96];
+    const tmat *E = get(t, "model.embed_tokens.weight");
+    for (int i = 0; i < n; i++) {
+        memcpy(x, E->v + (size_t)ids[i] * D, sizeof(double) * (size_t)D);
+        for (int l = 0; l < L; l++) {
+#define W(x) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, x), get(t, nm))
+            const int src = tiny_src(s, l), nvis = src > l ? i : i + 1;
+            rmsnorm(x, W("input_layernorm.weight"), D, s->rms_eps, h);
+            lin(W("self_attn.q_proj.weight"), W("self_attn.q_proj.bias"), h, q);
+            for (int hh = 0; hh < s->heads; hh++) rope(q + hh * hd, hd, i, s->rope_theta, s->rope_linear);
+            if (src == l) {
+                double *k = K + ((size_t)l * n + i) * KD, *v = V + ((size_t)l * n + i) * KD;
+                lin(W("self_attn.k_proj.weight"), W("self_attn.k_proj.bias"), h, k);
+                lin(W("self_attn.v_proj.weight"), W("self_attn.v_proj.bias"), h, v);
+                for (int gg = 0; gg < s->kv_heads; gg++) rope(k + gg * hd, hd, i, s->rope_theta, s->rope_linear);
+            }
+            const double *k = K + (size_t)src * n * KD, *v = V + (size_t)src * n * KD;
+            for (int hh = 0; hh < s->heads; hh++) {
+                const int gg = hh / G;
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < nvis; j++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += q[hh * hd + e] * k[(size_t)j * KD + gg * hd + e];
+                    p[j] = d / sqrt((double)hd);
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = 0; j < nvis; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int e = 0; e < hd; e++) {
+                    double a = 0;
+                    for (int j = 0; j < nvis; j++) a += p[j] / sum * v[(size_t)j * KD + gg * hd + e];
+                    att[hh * hd + e] = a;
+                }
+            }
+            lin(W("self_attn.o_proj.weight"), W("self_attn.o_proj.bias"), att, o);
+            for (int e = 0; e < D; e++) x[e] += o[e];
+            rmsnorm(x, W("post_attention_layernorm.weight"), D, s->rms_eps, h);
+            lin(W("mlp.gate_proj.weight"), NULL, h, g);
+            lin(W("mlp.up_proj.weight"), NULL, h, u);
+            for (int e = 0; e < s->ffn; e++) g[e] = g[e] / (1 + exp(-g[e])) * u[e];
+            lin(W("mlp.down_proj.weight"), NULL, g, o);
+            for (int e = 0; e < D; e++) x[e] += o[e];
+#undef W
+        }
+        rmsnorm(x, get(t, "model.norm.weight"), D, s->rms_eps, h);
+        lin(s->tied ? E : get(t, "lm_head.weight"), NULL, h, logits + (size_t)i * s->vocab);
+    }
+    free(x); free(h); free(q); free(att); free(K); free(V); free(p); free(g); free(u); free(o);
 }

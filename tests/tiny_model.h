@@ -18,6 +18,9 @@ typedef struct tiny_spec {
     float rope_linear;     /* > 0: rope_scaling {"type": "linear", "factor": rope_linear} */
     int sharded;           /* write 2 shards + model.safetensors.index.json */
     uint32_t seed;
+    const char *layer_types; /* LCKV "t0_t1_..." (NULL: none): condensed layers (t(l) != l) get no
+                                k_proj/v_proj, unless kv_all */
+    int kv_all;              /* write k_proj/v_proj for every layer (a malformed LCKV model) */
 } tiny_spec;
 
 typedef struct tiny_model tiny_model;
@@ -28,6 +31,10 @@ tiny_model *tiny_write(const char *dir, const tiny_spec *spec);
 void tiny_free(tiny_model *t);
 /* logits (n, vocab) of the naive reference for ids[0..n). */
 void tiny_reference(const tiny_model *t, const int32_t *ids, int n, double *logits);
+/* The same for an LCKV model (layer_types), token by token: layer l attends to the K/V of layer
+ * t(l) at positions <= i, or < i when t(l) > l (that layer runs later for token i); no visible
+ * position gives a zero attention output. Standard models: equal to tiny_reference. */
+void tiny_reference_seq(const tiny_model *t, const int32_t *ids, int n, double *logits);
 
 /* Write a safetensors file of the given tensors. dtype strings as in the format. */
 typedef struct tw_tensor {

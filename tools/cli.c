@@ -17,6 +17,7 @@
 static int g_argc;
 static char **g_argv;
 int cli_no_check;
+int cli_lckv_iters;
 
 void cli_set_argv(int argc, char **argv) {
     g_argc = argc;
@@ -216,6 +217,9 @@ skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int u
     mp.n_threads = n_threads;
     mp.use_mmap = use_mmap;
     mp.no_check = cli_no_check;
+    if (cli_lckv_iters < 0 || cli_lckv_iters > 1000)
+        cli_die(cmd, 2, "bad value for --lckv-iters: %d (must be 1..1000)", cli_lckv_iters);
+    mp.lckv_iters = cli_lckv_iters;
     skv_model *m = NULL;
     cli_check(cmd, skv_model_load(dir, mp, &m));
     return m;
@@ -378,12 +382,13 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
                            .bits = d.quant_bits, .recent_frac = d.recent_frac,
                            .beta = d.pyramid_beta, .kv_format = "f32", .match_len = 128, .sk_score = "acc", .sk_match = "prefix", .sk_split = "2:1:2", .backend = "cpu",
                            .kc_n = "64", .kc_weight = "renorm", .kc_gran = "sum", .kc_store = "mmap",
-                           .kc_recent = d.kc_recent, .kc_fast_layers = d.kc_fast_layers, .kc_block = d.kc_block};
+                           .kc_recent = d.kc_recent, .kc_fast_layers = d.kc_fast_layers, .kc_block = d.kc_block,
+                           .mc_t = d.mc_t, .mc_keep = d.mc_keep};
     const cli_opt po[] = {
         {"model", 'm', OPT_STR, &a->dir, "DIR", "Hugging Face model directory"},
         {"threads", 't', OPT_INT, &a->threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &a->use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
-        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, tova, quant, smallkv, kcache (default full)"},
+        {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, tova, quant, smallkv, kcache, minicache (default full)"},
         {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not quant or smallkv) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
         {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
@@ -412,6 +417,10 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"kc-weight", 0, OPT_STR, &a->kc_weight, "W", "kcache: renorm (over the rows read) or exact (full softmax) (default renorm)"},
         {"kc-gran", 0, OPT_STR, &a->kc_gran, "G", "kcache: rank by the group's sum, max, or union of each head's top-N (default sum)"},
         {"kc-store", 0, OPT_STR, &a->kc_store, "S", "kcache: slow V store: mmap (a mapped file) or zstd (compressed blocks) (default mmap)"},
+        {"mc-groups", 0, OPT_STR, &a->mc_groups, "G", "minicache: groups of cache layers merged, e.g. 5:6,7:8 (default: pairs from the middle layer up)"},
+        {"mc-t", 0, OPT_FLOAT, &a->mc_t, "T", "minicache: SLERP parameter of a pair (default 0.5)"},
+        {"mc-keep", 0, OPT_FLOAT, &a->mc_keep, "F", "minicache: fraction of tokens left unmerged, the most distinct (default 0.05)"},
+        {"lckv-iters", 0, OPT_INT, &cli_lckv_iters, "N", "LCKV models (layer_types): prefill iterations of the condensed group (default: config.json's forward_passes + backward_passes, else 9)"},
         {"kc-block", 0, OPT_INT, &a->kc_block, "B", "kcache: tokens per zstd block, a multiple of 32 (default 32)"},
         {"kc-dir", 0, OPT_STR, &a->kc_dir, "DIR", "kcache: directory of the store's file (default $TMPDIR or /tmp)"},
         {"kc-over", 0, OPT_STR, &a->kc_over, "P", "kcache: evict with policy P first (snapkv, pyramidkv; its --budget)"},
@@ -456,7 +465,8 @@ static void cli_kcache_params(const char *cmd, const cli_policy_args *a, skv_pol
 skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, const char *name,
                                     const skv_model *m) {
     skv_policy_params p = skv_policy_default_params(name ? name : a->policy);
-    if (!name && (!strcmp(a->policy, "full") || !strcmp(a->policy, "quant")) && (!isnan(a->budget) || a->budget_tokens))
+    if (!name && (!strcmp(a->policy, "full") || !strcmp(a->policy, "quant") || !strcmp(a->policy, "minicache")) &&
+        (!isnan(a->budget) || a->budget_tokens))
         cli_die(cmd, 2, "%s has no effect with --policy %s%s, which keeps every token (give --policy window, h2o, "
                 "snapkv or pyramidkv)", isnan(a->budget) ? "--budget-tokens" : "--budget", a->policy,
                 strcmp(a->policy, "full") ? "" : " (the default)");
@@ -477,9 +487,11 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
     p.pool_kernel = a->pool_kernel;
     p.pyramid_beta = a->beta;
     p.quant_bits = a->bits;
+    p.mc_groups = a->mc_groups, p.mc_t = a->mc_t, p.mc_keep = a->mc_keep;
     if (!strcmp(p.name, "kcache")) cli_kcache_params(cmd, a, &p);
     if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
-    if (!strcmp(p.name, "full") || !strcmp(p.name, "quant") || (!strcmp(p.name, "kcache") && !p.kc_over))
+    if (!strcmp(p.name, "full") || !strcmp(p.name, "quant") || !strcmp(p.name, "minicache") ||
+        (!strcmp(p.name, "kcache") && !p.kc_over))
         p.budget = 0; /* keeps every token */
     return p;
 }

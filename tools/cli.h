@@ -53,6 +53,9 @@ char *cli_read_text_file(const char *cmd, const char *path, size_t *len);
 /* --no-check (set by CLI_OPT_NO_CHECK in a command's flag table): models load without the scan
  * that refuses NaN or Inf weights. */
 extern int cli_no_check;
+/* --lckv-iters (in the shared policy options): LCKV prefill iterations of the models loaded (0:
+ * config.json's) */
+extern int cli_lckv_iters;
 #define CLI_OPT_NO_CHECK \
     {"no-check", 0, OPT_FLAG, &cli_no_check, NULL, "skip the load-time scan that refuses NaN or Inf weights"}
 /* Load model + tokenizer from dir (both exit on failure). */
@@ -101,6 +104,9 @@ typedef struct cli_policy_args {
     /* kcache */
     const char *kc_n, *kc_weight, *kc_gran, *kc_store, *kc_dir, *kc_over;
     int kc_recent, kc_fast_layers, kc_block, kc_cold;
+    /* minicache */
+    const char *mc_groups;
+    float mc_t, mc_keep;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the shared options to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);
@@ -117,6 +123,8 @@ int bench_smallkv(const char *dir, const cli_policy_args *pa, const char *budget
 /* `bench --policy kcache`: full vs kcache (mmap warm/cold, zstd) at one depth */
 int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, int reps, int threads, int use_mmap,
                  const char *out);
+/* `bench --backend cuda --e2e P+G`: the largest batch and the throughput at it (bench_e2e.c) */
+int bench_e2e(const char *dir, const char *spec, int steps, int max_b, const char *out);
 /* pa: the policy of the tg rows (full, window, h2o, snapkv, pyramidkv) */
 int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches_s, int tg, int batch_depth, int ubatch,
                       int reps, const cli_policy_args *pa, const char *out);

@@ -64,7 +64,7 @@ static void write_all(const char *path, FILE *f, const void *p, size_t n) {
 }
 
 int cmd_mkmodel(int argc, char **argv) {
-    const char *shape_s = NULL, *out = NULL;
+    const char *shape_s = NULL, *out = NULL, *types_s = NULL;
     int layers = 0, shard_mb = 4096;
     uint64_t seed = 1;
     const cli_opt opts[] = {
@@ -73,8 +73,9 @@ int cmd_mkmodel(int argc, char **argv) {
         {"layers", 0, OPT_INT, &layers, "N", "override the number of layers (default: the shape's)"},
         {"shard-mb", 0, OPT_INT, &shard_mb, "MB", "most megabytes per safetensors shard (default 4096)"},
         {"seed", 0, OPT_U64, &seed, "S", "random seed (default 1)"},
+        {"layer-types", 0, OPT_STR, &types_s, "T", "LCKV layer_types: \"0_30_..._30_31\" (t(i) per layer, joined by _), or wN: the sandwich with N standard layers (N/2 at the bottom, N/2 at the top, the rest reading the KV of the layer below the top ones); condensed layers get no k_proj/v_proj"},
     };
-    const cli_cmd cmd = {"mkmodel", "--shape NAME -o DIR [--layers N]",
+    const cli_cmd cmd = {"mkmodel", "--shape NAME -o DIR [--layers N] [--layer-types T]",
                          "Write a model directory of a real architecture shape with random bf16 "
                          "weights (for speed measurements).",
                          opts, (int)(sizeof opts / sizeof opts[0])};
@@ -88,12 +89,43 @@ int cmd_mkmodel(int argc, char **argv) {
     if (layers < 0 || layers > 1000) cli_die("mkmodel", 2, "bad value for --layers: %d", layers);
     if (shard_mb < 64) cli_die("mkmodel", 2, "bad value for --shard-mb: %d (at least 64)", shard_mb);
     const int L = layers ? layers : sh->layers, hd = sh->dim / sh->heads;
+    /* layer_types: t(i) per layer (identity without --layer-types) */
+    int *lt = malloc(sizeof(int) * (size_t)L);
+    for (int l = 0; l < L; l++) lt[l] = l;
+    char types_buf[8192] = "";
+    if (types_s && types_s[0] == 'w') {
+        char *end;
+        const long w = strtol(types_s + 1, &end, 10);
+        if (end == types_s + 1 || *end || w < 2 || w % 2 || w > L - 1)
+            cli_die("mkmodel", 2, "bad value for --layer-types: '%s' (wN: an even N in 2..%d)", types_s, L - 1);
+        const int src = L - 1 - (int)w / 2; /* the group's source: the layer below the top ones */
+        for (int l = (int)w / 2; l < src; l++) lt[l] = src;
+    } else if (types_s) {
+        int n = 0;
+        for (const char *p = types_s; *p;) {
+            char *end;
+            const long v = strtol(p, &end, 10);
+            if (end == p || (*end && *end != '_') || n >= L || v < 0 || v >= L)
+                cli_die("mkmodel", 2, "bad value for --layer-types: '%s' (%d integers in 0..%d joined by '_')", types_s,
+                        L, L - 1);
+            lt[n++] = (int)v;
+            p = *end ? end + 1 : end;
+        }
+        if (n != L) cli_die("mkmodel", 2, "bad value for --layer-types: %d entries for %d layers", n, L);
+        for (int l = 0; l < L; l++)
+            if (lt[lt[l]] != lt[l])
+                cli_die("mkmodel", 2, "bad value for --layer-types: layer %d reads layer %d, which reads layer %d", l,
+                        lt[l], lt[lt[l]]);
+    }
+    if (types_s)
+        for (int l = 0; l < L; l++)
+            snprintf(types_buf + strlen(types_buf), sizeof types_buf - strlen(types_buf), "%s%d", l ? "_" : "", lt[l]);
     if (mkdir(out, 0755) && errno != EEXIST) cli_die("mkmodel", 1, "%s: cannot create: %s", out, strerror(errno));
 
     /* the tensor list, in HF naming */
     const int per_layer = 9 + 3 * sh->bias;
-    const int n_t = 3 + L * per_layer;
-    tensor *ts = calloc((size_t)n_t, sizeof *ts);
+    const int n_max = 3 + L * per_layer;
+    tensor *ts = calloc((size_t)n_max, sizeof *ts);
     int k = 0;
     ts[k++] = (tensor){"model.embed_tokens.weight", sh->vocab, sh->dim, 0};
     for (int l = 0; l < L; l++) {
@@ -106,6 +138,7 @@ int cmd_mkmodel(int argc, char **argv) {
             {"mlp.down_proj.weight", sh->dim, sh->ffn, 0}, {"self_attn.q_proj.bias", q, 0, 2},
             {"self_attn.k_proj.bias", kv, 0, 2}, {"self_attn.v_proj.bias", kv, 0, 2}};
         for (int j = 0; j < per_layer; j++) {
+            if (lt[l] != l && (strstr(e[j].n, "k_proj") || strstr(e[j].n, "v_proj"))) continue; /* condensed */
             snprintf(ts[k].name, sizeof ts[k].name, "model.layers.%d.%s", l, e[j].n);
             ts[k].rows = e[j].r, ts[k].cols = e[j].c, ts[k].kind = e[j].kind;
             k++;
@@ -113,6 +146,7 @@ int cmd_mkmodel(int argc, char **argv) {
     }
     ts[k++] = (tensor){"model.norm.weight", sh->dim, 0, 1};
     ts[k++] = (tensor){"lm_head.weight", sh->vocab, sh->dim, 0};
+    const int n_t = k; /* (fewer than n_max with condensed layers) */
 
     /* shards: consecutive tensors up to shard_mb each */
     const int64_t cap = (int64_t)shard_mb << 20;
@@ -207,6 +241,7 @@ int cmd_mkmodel(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "bos_token_id", 0);
     cJSON_AddNumberToObject(cfg, "eos_token_id", 1);
     if (!sh->bias) cJSON_AddBoolToObject(cfg, "attention_bias", 0);
+    if (types_s) cJSON_AddStringToObject(cfg, "layer_types", types_buf);
     snprintf(path, sizeof path, "%s/config.json", out);
     char *cs = cJSON_Print(cfg);
     f = fopen(path, "w");
@@ -219,6 +254,7 @@ int cmd_mkmodel(int argc, char **argv) {
             n_sh, skv_time_now() - t0, out);
     free(buf);
     free(ts);
+    free(lt);
     free(shard_of);
     return 0;
 }

@@ -16,6 +16,10 @@
 
 typedef struct skv_backend_ops skv_backend_ops;
 
+/* LCKV: prompt chunks of at most this many tokens (and at most the iterations) run token by
+ * token instead of iterating (docs/techniques.md section 3: m + b = 9) */
+#define SKV_LCKV_TOKENS 9
+
 /* A context as every backend sees it: what the context layer owns (model, positions, policy,
  * statistics asked for) and the backend's own state `bs`. */
 struct skv_context {
@@ -24,6 +28,7 @@ struct skv_context {
     void *bs;                  /* the backend's state */
     int32_t n_ctx, n_batch, n_past, n_threads;
     int32_t n_layer;           /* cache layers */
+    int32_t lckv_iters;        /* LCKV: group iterations of a prefill chunk */
     skv_policy_state pol;
     unsigned stats;            /* SKV_STAT_* collected (the policy's, or all with collect_stats) */
     int32_t head_stats;        /* per-query-head statistics kept (collect_head_stats) */

@@ -63,6 +63,8 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
         return skv_set_error(SKV_ERR_RANGE, "context of %d tokens exceeds the model's max_position_embeddings %d",
                              p.n_ctx, in->n_ctx);
     if (p.n_batch < 0) return skv_set_error(SKV_ERR_ARG, "n_batch must be >= 0 (got %d)", p.n_batch);
+    if (p.lckv_iters < 0 || p.lckv_iters > 1000)
+        return skv_set_error(SKV_ERR_ARG, "lckv_iters must be 0..1000 (got %d)", p.lckv_iters);
     { /* what is allocated per token of context before any token is stored: positions per stream,
        * RoPE tables, attention rows, policy scratch; refused, naming where the length came from,
        * when it exceeds the machine's memory */
@@ -96,6 +98,7 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->n_batch = p.n_batch ? SKV_MIN(p.n_batch, c->n_ctx) : SKV_MIN(512, c->n_ctx);
     c->n_threads = m->n_threads;
     c->n_layer = m->n_cache_layers;
+    c->lckv_iters = p.lckv_iters ? p.lckv_iters : m->cfg.lckv_iters;
     c->pol.ops = ops;
     c->pol.p = p.policy;
     if (ops->evict) c->pol.ev = ops->evict(&p.policy);
@@ -149,7 +152,7 @@ void skv_context_free(skv_context *c) {
 
 /* The policy's budgets at the current length, then the backend's compression. */
 skv_status skv_context_compress(skv_context *c) {
-    if (!c->pol.ev.evicts) return SKV_OK;
+    if (!c->pol.ev.evicts && !c->pol.ops->transform) return SKV_OK;
     for (int32_t l = 0; l < c->n_layer; l++)
         c->pol.budget_now[l] = skv_policy_budget(c->pol.ops, &c->pol.p, l, c->n_layer, c->n_past);
     return c->be->compress(c);
@@ -170,6 +173,7 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
     skv_context_params p = skv_context_default_params();
     p.n_ctx = src->n_ctx;
     p.n_batch = src->n_batch;
+    p.lckv_iters = src->lckv_iters;
     p.policy = *policy;
     p.backend = src->be == &skv_backend_cuda ? SKV_BACKEND_CUDA : SKV_BACKEND_CPU;
     p.collect_head_stats = src->head_stats && !ops->evict;

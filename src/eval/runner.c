@@ -138,6 +138,9 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
     }
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = SKV_MIN(np + o->max_new, skv_model_get_info(m)->n_ctx);
+    /* LCKV models (fewer cache layers than layers) prefill the prompt in one chunk: the group's
+     * iterations run over the whole prompt, as in the paper and the PyTorch reference */
+    if (skv_model_n_cache_layers(m) < skv_model_get_info(m)->n_layer) cp.n_batch = SKV_MAX(np, 1);
     cp.kv_format = o->kv_format;
     cp.collect_stats = 1; /* forks into every policy */
     cp.backend = o->backend;

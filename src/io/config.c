@@ -87,6 +87,80 @@ static skv_status parse_rope(const cJSON *root, const char *path, skv_config *cf
     return SKV_OK;
 }
 
+/* layer_types: LCKV's t(l) per layer, as the reference code writes it ("0_8_8_..._9", a string of
+ * integers joined by '_') or as an array of integers. An array of strings is transformers' own
+ * per-layer attention kind ("full_attention", ...), not LCKV: left to the sliding-window fields. */
+static skv_status parse_layer_types(const cJSON *root, const char *path, skv_config *cfg) {
+    const int32_t L = cfg->info.n_layer;
+    for (int32_t l = 0; l < L; l++) cfg->layer_types[l] = l;
+    cfg->lckv_iters = 9;
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (!it || cJSON_IsNull(it)) return SKV_OK;
+    int32_t n = 0;
+    if (cJSON_IsString(it)) {
+        const char *s = it->valuestring;
+        if (!*s) return SKV_OK; /* "" : all standard */
+        while (*s) {
+            if (*s < '0' || *s > '9') {
+                const char *what = *s == 's' ? " (sliding-window layers, suffix 's', are not supported)" : "";
+                return skv_set_error(SKV_ERR_FORMAT,
+                                     "%s: field \"layer_types\" entry %d is not an integer at \"%.16s\"%s", path, n, s,
+                                     what);
+            }
+            long v = 0;
+            while (*s >= '0' && *s <= '9' && v <= 1000000) v = v * 10 + (*s++ - '0');
+            if (*s == 's')
+                return skv_set_error(SKV_ERR_UNSUPPORTED,
+                                     "%s: field \"layer_types\" entry %d is sliding-window (suffix 's'), which is not "
+                                     "supported",
+                                     path, n);
+            if (*s && *s != '_')
+                return skv_set_error(SKV_ERR_FORMAT, "%s: field \"layer_types\" entry %d is not an integer", path, n);
+            if (*s == '_' && !s[1])
+                return skv_set_error(SKV_ERR_FORMAT, "%s: field \"layer_types\" ends with '_'", path);
+            if (*s) s++;
+            if (n < L) cfg->layer_types[n] = v > L ? L : (int32_t)v;
+            n++;
+        }
+    } else if (cJSON_IsArray(it)) {
+        const cJSON *e;
+        int strings = 0;
+        cJSON_ArrayForEach(e, it) strings |= cJSON_IsString(e);
+        if (strings) return SKV_OK; /* transformers' attention kinds */
+        cJSON_ArrayForEach(e, it) {
+            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
+                return skv_set_error(SKV_ERR_FORMAT, "%s: field \"layer_types\" entry %d is not an integer", path, n);
+            if (n < L) cfg->layer_types[n] = e->valuedouble < 0 ? -1 : e->valuedouble > L ? L : (int32_t)e->valuedouble;
+            n++;
+        }
+    } else {
+        return skv_set_error(SKV_ERR_FORMAT,
+                             "%s: field \"layer_types\" must be a string like \"0_8_8_9\" or an array of integers",
+                             path);
+    }
+    if (n != L)
+        return skv_set_error(SKV_ERR_FORMAT, "%s: field \"layer_types\" has %d entries for %d layers (num_hidden_layers)",
+                             path, n, L);
+    for (int32_t l = 0; l < L; l++) {
+        const int32_t t = cfg->layer_types[l];
+        if (t < 0 || t >= L)
+            return skv_set_error(SKV_ERR_FORMAT, "%s: field \"layer_types\" entry %d is %s, out of range 0..%d", path, l,
+                                 t < 0 ? "negative" : "too large", L - 1);
+        if (cfg->layer_types[t] != t)
+            return skv_set_error(SKV_ERR_FORMAT,
+                                 "%s: field \"layer_types\": layer %d uses the KV of layer %d, whose own entry is %d "
+                                 "(t(t(i)) must equal t(i))",
+                                 path, l, t, cfg->layer_types[t]);
+        if (t != l) cfg->lckv = 1;
+    }
+    int32_t fp = -1, bp = -1;
+    skv_status st;
+    if ((st = get_int(root, path, "forward_passes", &fp, 0)) || (st = get_int(root, path, "backward_passes", &bp, 0)))
+        return st;
+    if (fp >= 0 && bp >= 1) cfg->lckv_iters = fp + bp;
+    return SKV_OK;
+}
+
 static skv_status parse(const cJSON *root, const char *path, skv_config *cfg) {
     skv_model_info *in = &cfg->info;
     skv_status st;
@@ -192,6 +266,12 @@ static skv_status parse(const cJSON *root, const char *path, skv_config *cfg) {
                              path, in->head_dim);
     if (!(in->rms_eps > 0))
         return skv_set_error(SKV_ERR_FORMAT, "%s: rms_norm_eps must be > 0", path);
+    if (in->n_layer > SKV_MAX_LAYERS)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "%s: num_hidden_layers %d is more than %d", path, in->n_layer,
+                             SKV_MAX_LAYERS);
+    if ((st = parse_layer_types(root, path, cfg))) return st;
+    if (cfg->lckv && in->sliding_window)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "%s: layer_types with a sliding window is not supported", path);
     if (in->bos_id >= in->n_vocab) in->bos_id = -1;
     if (in->eos_id >= in->n_vocab) in->eos_id = -1;
     return SKV_OK;

@@ -6,6 +6,8 @@
 
 #include "internal.h"
 
+#define SKV_MAX_LAYERS 512 /* layers a model may have (layer_types is stored inline) */
+
 typedef enum skv_rope_type {
     SKV_ROPE_DEFAULT = 0,
     SKV_ROPE_LINEAR = 1, /* positions divided by factor */
@@ -19,6 +21,12 @@ typedef struct skv_config {
     float rope_factor;      /* linear / llama3 */
     float rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
     int32_t rope_orig_ctx;  /* llama3 original_max_position_embeddings */
+    /* LCKV (layer-condensed KV, docs/techniques.md section 3): layer_types[l] = t(l), the layer
+     * whose KV layer l's queries use; identity when config.json has no integer layer_types.
+     * Validated: one entry per layer, in range, t(t(l)) = t(l). */
+    int32_t layer_types[SKV_MAX_LAYERS];
+    int32_t lckv;           /* some t(l) != l */
+    int32_t lckv_iters;     /* default prefill iterations: forward_passes + backward_passes, else 9 */
 } skv_config;
 
 /* Parse dir/config.json. Unknown architectures, activations other than SiLU, and RoPE scaling

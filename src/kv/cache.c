@@ -196,6 +196,7 @@ skv_status skv_cache_clone(skv_cache *dst, const skv_cache *src) {
     if (st) return st;
     dst->k_tier = src->k_tier;
     dst->v_tier = src->v_tier;
+    dst->shared_bytes = src->shared_bytes;
     if (src->streams[0].acc && (st = skv_cache_enable_stats(dst))) return st;
     const int64_t ns = (int64_t)src->n_layer * src->n_kv_head;
     for (int64_t i = 0; i < ns; i++) {
@@ -259,6 +260,17 @@ static void write_row(skv_cache *c, skv_block_id id, int32_t r, const float *x) 
 /* 16-bit float rows widened to f32 (in place from the end when dst and src share memory). */
 static void widen_rows(skv_kv_format f, const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = n - 1; i >= 0; i--) dst[i] = f == SKV_KV_BF16 ? skv_bf16_to_f32(src[i]) : skv_f16_to_f32(src[i]);
+}
+
+skv_status skv_cache_set_row(skv_cache *c, int32_t l, int32_t g, int32_t s, int is_v, const float *x) {
+    skv_stream *st = skv_cache_stream(c, l, g);
+    SKV_ASSERT(s >= 0 && s < st->n);
+    const skv_block_id id = is_v ? st->vb[s / SKV_KV_BLOCK] : st->kb[s / SKV_KV_BLOCK];
+    if (id < 0 || (block_fmt(id) != SKV_KV_F32 && block_fmt(id) != SKV_KV_BF16 && block_fmt(id) != SKV_KV_F16))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "KV cache: rows can be rewritten in f32, bf16 or f16 blocks only "
+                             "(layer %d head %d slot %d)", l, g, s);
+    write_row(c, id, s % SKV_KV_BLOCK, x);
+    return SKV_OK;
 }
 
 /* The format a stream's blocks are written in: quantized caches write f32 (the residual) and
@@ -351,6 +363,7 @@ void skv_cache_remove_swap(skv_cache *c, int32_t l, int32_t g, int32_t s) {
 
 void skv_cache_truncate(skv_cache *c, int32_t from_pos) {
     const int64_t ns = (int64_t)c->n_layer * c->n_kv_head;
+    if (from_pos == 0) c->shared_bytes = 0;
     for (int64_t i = 0; i < ns; i++) {
         skv_stream *st = &c->streams[i];
         if (st->n_slow && skv_cache_recall_v(c, (int32_t)(i / c->n_kv_head), (int32_t)(i % c->n_kv_head))) skv_cache_vs_fail(c);
@@ -497,6 +510,8 @@ void skv_cache_usage_get(const skv_cache *c, skv_cache_usage *u) {
         u->bytes[SKV_TIER_SLOW][stored_fmt(c)] += by;
         u->total += by;
     }
+    u->total -= c->shared_bytes; /* merged rows (MiniCache), in the fast tier */
+    u->bytes[SKV_TIER_FAST][stored_fmt(c)] -= c->shared_bytes;
 }
 
 int64_t skv_cache_stream_bytes(const skv_cache *c, int32_t l, int32_t g) {

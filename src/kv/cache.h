@@ -56,6 +56,8 @@ typedef struct skv_cache {
     skv_tier k_tier, v_tier; /* tier new blocks of K and V come from */
     skv_vstore *vs;        /* slow store of V (NULL: none; owned by the cache) */
     int32_t vs_err;        /* a read from the store failed (vs_msg says why) */
+    int64_t shared_bytes;  /* bytes of the rows cross-layer merging (MiniCache) shares: what
+                              its representation does not store (usage subtracts them) */
     char vs_msg[320];
 } skv_cache;
 
@@ -111,6 +113,9 @@ void skv_cache_vs_fail(const skv_cache *c);
 static inline int64_t skv_cache_stream_index(const skv_cache *c, const skv_stream *st) {
     return st - c->streams;
 }
+
+/* Overwrite slot s's K (is_v 0) or V row with x (head_dim f32); f32 and bf16 blocks only. */
+skv_status skv_cache_set_row(skv_cache *c, int32_t l, int32_t g, int32_t s, int is_v, const float *x);
 
 /* Move every block of a stream's K or V to a tier (copy, then release the old blocks). */
 skv_status skv_cache_move(skv_cache *c, int32_t l, int32_t g, int is_v, skv_tier tier);

@@ -5,11 +5,11 @@
 #include "kv/policy.h"
 
 extern const skv_policy_ops skv_pol_full, skv_pol_window, skv_pol_h2o, skv_pol_snapkv, skv_pol_pyramidkv,
-    skv_pol_tova, skv_pol_quant, skv_pol_smallkv, skv_pol_kcache;
+    skv_pol_tova, skv_pol_quant, skv_pol_smallkv, skv_pol_kcache, skv_pol_minicache;
 
 const skv_policy_ops *const skv_policy_registry[] = {
     &skv_pol_full, &skv_pol_window, &skv_pol_h2o, &skv_pol_snapkv, &skv_pol_pyramidkv,
-    &skv_pol_tova, &skv_pol_quant, &skv_pol_smallkv, &skv_pol_kcache, NULL,
+    &skv_pol_tova, &skv_pol_quant, &skv_pol_smallkv, &skv_pol_kcache, &skv_pol_minicache, NULL,
 };
 
 const char *skv_policy_names(void) {
@@ -26,7 +26,7 @@ skv_policy_params skv_policy_default_params(const char *name) {
                            .pyramid_beta = 20.0f, .quant_bits = 4,
                            .kc_n = 64, .kc_frac = 0, .kc_recent = 32, .kc_fast_layers = 0,
                            .kc_weight = SKV_KC_RENORM, .kc_gran = SKV_KC_SUM, .kc_store = SKV_KC_MMAP,
-                           .kc_block = 32};
+                           .kc_block = 32, .mc_t = 0.5f, .mc_keep = 0.05f};
     return p;
 }
 

@@ -52,6 +52,8 @@ typedef struct skv_policy_ops {
     unsigned (*stats_of)(const skv_policy_params *p);
     /* The per-step V top-N rule the context hands the backend in its read plan (NULL: none). */
     skv_vtop_rule (*vtop)(const skv_policy_params *p);
+    /* A rewrite of the CPU cache after each multi-token call (NULL: none): MiniCache's merging. */
+    skv_status (*transform)(const skv_policy_params *p, skv_cache *c);
 } skv_policy_ops;
 
 /* The statistics a policy reads with these options. */

@@ -125,17 +125,29 @@ static skv_status load_weights(loader *L) {
         if ((st = load_vector(L, P("input_layernorm.weight"), D, &ly->attn_norm)) ||
             (st = load_vector(L, P("post_attention_layernorm.weight"), D, &ly->ffn_norm)) ||
             (st = load_matrix(L, P("self_attn.q_proj.weight"), QD, D, &ly->wq)) ||
-            (st = load_matrix(L, P("self_attn.k_proj.weight"), KD, D, &ly->wk)) ||
-            (st = load_matrix(L, P("self_attn.v_proj.weight"), KD, D, &ly->wv)) ||
             (st = load_matrix(L, P("self_attn.o_proj.weight"), D, QD, &ly->wo)) ||
             (st = load_matrix(L, P("mlp.gate_proj.weight"), F, D, &ly->w_gate)) ||
             (st = load_matrix(L, P("mlp.up_proj.weight"), F, D, &ly->w_up)) ||
             (st = load_matrix(L, P("mlp.down_proj.weight"), D, F, &ly->w_down)))
             return st;
-        if (in->qkv_bias &&
-            ((st = load_vector(L, P("self_attn.q_proj.bias"), QD, &ly->bq)) ||
-             (st = load_vector(L, P("self_attn.k_proj.bias"), KD, &ly->bk)) ||
-             (st = load_vector(L, P("self_attn.v_proj.bias"), KD, &ly->bv))))
+        /* LCKV: a layer owns K/V projections iff it is its own KV source (t(l) = l) */
+        const int own = m->cfg.layer_types[l] == l;
+        if (own && ((st = load_matrix(L, P("self_attn.k_proj.weight"), KD, D, &ly->wk)) ||
+                    (st = load_matrix(L, P("self_attn.v_proj.weight"), KD, D, &ly->wv))))
+            return st;
+        if (!own) {
+            const char *kv[4] = {"self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_proj.bias",
+                                 "self_attn.v_proj.bias"};
+            for (int i = 0; i < 4; i++)
+                if (skv_st_find(m->st, P(kv[i])))
+                    return skv_set_error(SKV_ERR_FORMAT,
+                                         "%s: tensor \"%s\" is present but layer_types makes layer %d condensed (it "
+                                         "uses the KV of layer %d and has no K/V projections)",
+                                         L->dir, name, l, m->cfg.layer_types[l]);
+        }
+        if (in->qkv_bias && ((st = load_vector(L, P("self_attn.q_proj.bias"), QD, &ly->bq)) ||
+                             (own && (st = load_vector(L, P("self_attn.k_proj.bias"), KD, &ly->bk))) ||
+                             (own && (st = load_vector(L, P("self_attn.v_proj.bias"), KD, &ly->bv)))))
             return st;
         if (m->cfg.attn_out_bias && (st = load_vector(L, P("self_attn.o_proj.bias"), D, &ly->bo)))
             return st;
@@ -151,6 +163,9 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     skv_status st = skv_config_load(dir, &m->cfg);
     if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
+    if (!st && (params.lckv_iters < 0 || params.lckv_iters > 1000))
+        st = skv_set_error(SKV_ERR_ARG, "lckv_iters must be 0..1000 (got %d)", params.lckv_iters);
+    if (!st && params.lckv_iters) m->cfg.lckv_iters = params.lckv_iters;
     if (!st && !params.no_check) st = skv_st_check_finite(m->st);
     if (!st) st = skv_tokcfg_load(dir, &m->chat_template, &m->bos_token);
     if (!st) {
@@ -172,15 +187,25 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
         m->cfg.info.decode_weight_bytes -= m->tok_embed.rows * m->tok_embed.cols *
                                            (int64_t)skv_dtype_size(m->tok_embed.dtype);
     init_rope(m);
-    /* standard models: every layer appends and attends to its own KV */
+    /* layer_types (identity for standard models): layer l attends to the KV of t(l); the layers
+     * with t(l) = l append, numbered in order as cache layers */
     m->kv_src = malloc(sizeof(int32_t) * (size_t)m->cfg.info.n_layer);
     m->cache_of = malloc(sizeof(int32_t) * (size_t)m->cfg.info.n_layer);
     if (!m->rope_inv_freq || !m->kv_src || !m->cache_of) {
         skv_model_free(m);
         return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     }
-    for (int32_t l = 0; l < m->cfg.info.n_layer; l++) m->kv_src[l] = m->cache_of[l] = l;
-    m->n_cache_layers = m->cfg.info.n_layer;
+    m->n_cache_layers = 0;
+    for (int32_t l = 0; l < m->cfg.info.n_layer; l++)
+        if ((m->kv_src[l] = m->cfg.layer_types[l]) == l) m->cache_of[l] = m->n_cache_layers++;
+    for (int32_t l = 0; l < m->cfg.info.n_layer; l++) m->cache_of[l] = m->cache_of[m->kv_src[l]];
+    /* the cyclic group: [first layer reading upwards, highest layer read upwards] */
+    m->grp_lo = m->grp_hi = -1;
+    for (int32_t l = 0; l < m->cfg.info.n_layer; l++)
+        if (m->kv_src[l] > l) {
+            if (m->grp_lo < 0) m->grp_lo = l;
+            m->grp_hi = SKV_MAX(m->grp_hi, m->kv_src[l]);
+        }
     m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
     *out = m;
     return SKV_OK;

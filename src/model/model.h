@@ -37,6 +37,9 @@ struct skv_model {
      * layer l reads (identity for standard models) */
     int32_t *kv_src, *cache_of;
     int32_t n_cache_layers;
+    /* LCKV: the layers a prefill iterates, [grp_lo, grp_hi] (grp_lo: the first layer reading a
+     * later layer's KV; grp_hi: the highest layer so read); -1 for models without upward reads */
+    int32_t grp_lo, grp_hi;
     /* RoPE tables (rope_len, head_dim/2), computed once for the longest context asked for;
      * tables outgrown by a longer context stay allocated until the model is freed */
     float *rope_cos, *rope_sin;

@@ -58,6 +58,12 @@ typedef struct skv_cpu {
     float *head_win;           /* (n_layer, n_head, n_ctx) queries >= head_win_from */
     int64_t head_win_from;     /* INT64_MAX: no window statistics yet */
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
+    /* LCKV (the model has a group iterated in prefill): chunk K/V of every cache layer, two sets
+     * (the running pass's, the previous iteration's), and the group's input rows */
+    float *lk;                 /* (2, n_cache_layers, 2, n_batch, n_kv_head*hd) or NULL */
+    int lk_cur;                /* the running pass's set */
+    float *x0;                 /* (n_batch, dim) */
+    int32_t iters;             /* group iterations of a chunk */
     void *pol_scratch;         /* policy selection scratch */
 } skv_cpu;
 

@@ -20,7 +20,8 @@ static void cpu_free(skv_context *ctx) {
     skv_cache_free(&c->cache);
     skv_cpu_vtop_free(c);
     float **bufs[] = {&c->x, &c->xb, &c->proj, &c->q, &c->att_out, &c->k, &c->v, &c->hb, &c->hb2, &c->att,
-                      &c->gk, &c->gv, &c->probs, &c->probs_win, &c->probs_last, &c->blk, &c->wconv};
+                      &c->gk, &c->gv, &c->probs, &c->probs_win, &c->probs_last, &c->blk, &c->wconv,
+                      &c->lk, &c->x0};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(c->pol_scratch);
     skv_cpu_head_stats_free(c);
@@ -71,6 +72,11 @@ static skv_status cpu_init(skv_context *ctx, const skv_context_params *p) {
     c->probs_last = alloc_floats(in->n_head * T, &fail);
     c->blk = alloc_floats((int64_t)c->n_threads * 2 * SKV_KV_BLOCK * hd, &fail);
     c->pol_scratch = malloc((size_t)T * 16 + 64);
+    c->iters = ctx->lckv_iters;
+    if (m->n_cache_layers < in->n_layer) {
+        c->lk = alloc_floats(4 * (int64_t)m->n_cache_layers * B * KD, &fail);
+        c->x0 = alloc_floats(B * in->dim, &fail);
+    }
     if (!fail && c->pol_scratch && p->collect_head_stats && (st = skv_cpu_head_stats_alloc(c, p->head_prefix))) {
         cpu_free(ctx);
         return st;
@@ -112,6 +118,10 @@ static void cpu_begin_call(skv_context *ctx, int32_t n) {
 static skv_status cpu_compress(skv_context *ctx) {
     skv_cpu *c = ctx->bs;
     skv_policy_compress(&ctx->pol, &c->cache, c->pol_scratch);
+    if (ctx->pol.ops->transform) {
+        skv_status st = ctx->pol.ops->transform(&ctx->pol.p, &c->cache);
+        if (st) return st;
+    }
     if (c->cache.vs_err) {
         c->cache.vs_err = 0;
         return skv_set_error(SKV_ERR_IO, "%s", c->cache.vs_msg);

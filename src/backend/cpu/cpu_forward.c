@@ -45,15 +45,21 @@ static inline int64_t past_slots(const skv_cpu *c, int32_t cl, int32_t g) {
     return c->past ? skv_cache_stream(&c->past->cache, cl, g)->n : 0;
 }
 
-/* Prefill attention of n new queries (positions pos0..pos0+n-1, already appended to the cache
- * as the last n slots of every stream) over the kept tokens of layer l (cache layer cl).
- * q: (n, n_head*hd) -> att_out: (n, n_head*hd). */
-static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, int64_t n, int last_chunk) {
+/* Prefill attention of n new queries (positions pos0..pos0+n-1) over layer l's source: cache
+ * layer cl's kept tokens before this chunk, then the chunk's own K/V kc, vc (n, n_kv_head*hd; as
+ * computed, f32). `appended`: the chunk is already in the cache as the last n slots of every
+ * stream. `strict` (LCKV condensed layers): query i sees chunk keys < i only, never its own; kc
+ * NULL: no chunk keys at all (an LCKV group's first iteration). `stats`: fold statistics into the
+ * streams (the layer owns cl and the chunk is appended). q: (n, n_head*hd) -> att_out. */
+static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, int64_t n, int last_chunk,
+                              const float *kc, const float *vc, int appended, int strict, int stats_ok) {
     const skv_model_info *in = &c->m->cfg.info;
     const int32_t hd = in->head_dim, H = in->n_head, G = H / in->n_kv_head;
     const int64_t QD = (int64_t)H * hd, T = c->n_ctx;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int stats = c->want_acc || c->want_win || c->want_last;
+    const int stats = stats_ok && (c->want_acc || c->want_win || c->want_last);
+    const int head_stats = stats_ok && c->head_acc;
+    const int64_t n_new = kc ? n : 0; /* chunk keys present */
     int use_win = 0, use_last = 0;
 
     /* Past and old slots as stored (possibly bf16 or quantized); this chunk's own keys and
@@ -63,11 +69,11 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
         float *gk = c->gk + (int64_t)g * T * hd, *gv = c->gv + (int64_t)g * T * hd;
         const int64_t np = past_slots(c, cl, g);
         if (np) skv_cache_gather(&c->past->cache, cl, g, gk, gv);
-        const int64_t n_old = np + skv_cache_stream(&c->cache, cl, g)->n - n;
+        const int64_t n_old = np + skv_cache_stream(&c->cache, cl, g)->n - (appended ? n : 0);
         skv_cache_gather(&c->cache, cl, g, gk + np * hd, gv + np * hd);
-        for (int64_t i = 0; i < n; i++) {
-            memcpy(gk + (n_old + i) * hd, c->k + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
-            memcpy(gv + (n_old + i) * hd, c->v + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
+        for (int64_t i = 0; i < n_new; i++) {
+            memcpy(gk + (n_old + i) * hd, kc + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
+            memcpy(gv + (n_old + i) * hd, vc + i * KD + (int64_t)g * hd, sizeof(float) * (size_t)hd);
         }
     }
     if (stats) {
@@ -82,7 +88,7 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
     for (int32_t h = 0; h < H; h++) {
         const int32_t g = h / G;
         const skv_stream *st = skv_cache_stream(&c->cache, cl, g);
-        const int64_t n_old = past_slots(c, cl, g) + st->n - n; /* kept tokens before this chunk */
+        const int64_t n_old = past_slots(c, cl, g) + st->n - (appended ? n : 0); /* kept tokens before the chunk */
         const int32_t *kpos = st->pos;
         float *S = c->att + (int64_t)omp_get_thread_num() * c->att_stride; /* (rows, keys) */
         const float *K = c->gk + (int64_t)g * T * hd, *V = c->gv + (int64_t)g * T * hd;
@@ -90,21 +96,27 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
         float *O = c->att_out + (int64_t)h * hd;
         float *pa = c->probs + (int64_t)h * T, *pw = c->probs_win + (int64_t)h * T;
         float *pl = c->probs_last + (int64_t)h * T;
-        /* Causal blocks of query rows: rows [i0, i1) see the old slots and new slots < i1. */
+        /* Causal blocks of query rows: rows [i0, i1) see the old slots and new slots < i1 (strict:
+         * < i1 - 1; no chunk keys: none). */
         for (int64_t i0 = 0; i0 < n; i0 += SKV_ATT_BLOCK) {
-            const int64_t i1 = SKV_MIN(i0 + SKV_ATT_BLOCK, n), nb = i1 - i0, nk = n_old + i1;
+            const int64_t i1 = SKV_MIN(i0 + SKV_ATT_BLOCK, n), nb = i1 - i0;
+            const int64_t nk = n_old + (n_new ? i1 - strict : 0);
+            if (nk <= 0) { /* nothing visible: a zero attention output (LCKV's zero dummy K/V) */
+                for (int64_t i = i0; i < i1; i++) memset(O + i * QD, 0, sizeof(float) * (size_t)hd);
+                continue;
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nk, hd, scale,
                         Q + i0 * QD, (int)QD, K, hd, 0.0f, S, (int)nk);
             for (int64_t i = i0; i < i1; i++) {
                 float *row = S + (i - i0) * nk;
-                const int64_t qp = pos0 + i, hi = n_old + i + 1; /* slots >= hi are later tokens */
+                const int64_t qp = pos0 + i, hi = n_old + (n_new ? i + 1 - strict : 0); /* slots >= hi: hidden */
                 if (in->sliding_window > 0) { /* (no past with sliding windows: refused) */
                     for (int64_t t = 0; t < hi; t++)
                         if (!visible(c, qp, kpos[t])) row[t] = -INFINITY;
                 }
                 skv_softmax(row, hi);
                 for (int64_t t = hi; t < nk; t++) row[t] = 0;
-                if (c->head_acc) {
+                if (head_stats) {
                     float *ha = c->head_acc + ((int64_t)l * H + h) * T;
                     for (int64_t t = 0; t < hi; t++) ha[t] += row[t];
                     if (qp >= c->head_win_from) {
@@ -164,41 +176,109 @@ static void outputs(skv_cpu *c, const skv_fwd_out *out, int64_t r0, int64_t n) {
     if (out->logits) linear(c, &c->m->lm_head, NULL, c->xb, out->logits, n);
 }
 
-/* One chunk of n <= n_batch tokens at positions pos0..pos0+n-1. */
+/* The chunk K/V buffer (n_batch, n_kv_head*hd) of cache layer cl, set `which` (0/1; LCKV models
+ * keep one set for the pass running and one for the previous iteration), K (v 0) or V (v 1).
+ * Standard models have one buffer, reused by every layer. */
+static float *chunk_kv(const skv_cpu *c, int32_t cl, int which, int v) {
+    if (!c->lk) return v ? c->v : c->k;
+    const skv_model_info *in = &c->m->cfg.info;
+    const int64_t sz = (int64_t)c->n_batch * in->n_kv_head * in->head_dim;
+    return c->lk + (((int64_t)which * c->m->n_cache_layers + cl) * 2 + v) * sz;
+}
+
+/* K (RoPE at the chunk's positions) and V of layer l's normed input xb into set `which`. */
+static void chunk_own_kv(skv_cpu *c, int32_t l, int which, const skv_fwd_in *fin) {
+    const skv_model *m = c->m;
+    const skv_layer *ly = &m->layers[l];
+    const int64_t hd = m->cfg.info.head_dim, KD = m->cfg.info.n_kv_head * hd;
+    float *k = chunk_kv(c, m->cache_of[l], which, 0), *v = chunk_kv(c, m->cache_of[l], which, 1);
+    linear(c, &ly->wk, ly->bk, c->xb, k, fin->n);
+    linear(c, &ly->wv, ly->bv, c->xb, v, fin->n);
+    for (int64_t i = 0; i < fin->n; i++)
+        for (int32_t g = 0; g < m->cfg.info.n_kv_head; g++)
+            skv_rope(k + i * KD + g * hd, m->rope_cos + (fin->pos0 + i) * hd / 2, m->rope_sin + (fin->pos0 + i) * hd / 2,
+                     (int32_t)hd);
+}
+
+/* Layer l over the chunk's residual rows x. `append`: the pass whose K/V the cache keeps (a
+ * standard model's only pass; an LCKV group's last iteration); else nothing is appended and a
+ * caching layer's K/V stay in the pass's buffer set. `have_src`: the previous iteration's K/V
+ * exist (condensed layers, t(l) > l, read them; without them only the cache before the chunk). */
+static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int append, int have_src) {
+    const skv_model *m = c->m;
+    const skv_model_info *in = &m->cfg.info;
+    const skv_layer *ly = &m->layers[l];
+    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, n = fin->n, pos0 = fin->pos0;
+    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
+    const int32_t t = m->kv_src[l], cl = m->cache_of[l];
+    skv_status st;
+    rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
+    linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
+    if (t == l) {
+        chunk_own_kv(c, l, c->lk_cur, fin);
+        if (append)
+            for (int64_t i = 0; i < n; i++)
+                if ((st = append_kv(c, cl, pos0 + i, chunk_kv(c, cl, c->lk_cur, 0) + i * KD,
+                                    chunk_kv(c, cl, c->lk_cur, 1) + i * KD)))
+                    return st;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float *cs = m->rope_cos + (pos0 + i) * hd / 2, *sn = m->rope_sin + (pos0 + i) * hd / 2;
+        for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
+    }
+    if (t > l) { /* condensed: the source runs later; the previous iteration's K/V, strictly earlier tokens */
+        const int prev = c->lk_cur ^ 1;
+        attention_prefill(c, l, cl, pos0, n, fin->last_chunk, have_src ? chunk_kv(c, cl, prev, 0) : NULL,
+                          chunk_kv(c, cl, prev, 1), 0, 1, 0);
+    } else { /* own K/V, or a lower layer's of this pass (appended already when `append`) */
+        attention_prefill(c, l, cl, pos0, n, fin->last_chunk, chunk_kv(c, cl, c->lk_cur, 0),
+                          chunk_kv(c, cl, c->lk_cur, 1), append, 0, append && t == l);
+    }
+    linear(c, &ly->wo, ly->bo, c->att_out, c->proj, n);
+    for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+
+    rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
+    linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
+    linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
+    for (int64_t i = 0; i < n; i++) skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
+    linear(c, &ly->w_down, NULL, c->hb, c->proj, n);
+    for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+    return SKV_OK;
+}
+
+/* One chunk of n <= n_batch tokens at positions pos0..pos0+n-1. LCKV models (docs/techniques.md
+ * section 3): the layers below the group once; the group [grp_lo, grp_hi] iterated `lckv_iters`
+ * times from the same input, iteration k's condensed layers reading the source K/V of iteration
+ * k-1 (the first: none), the earlier iterations stopping after the source's K/V projection; the
+ * last iteration's K/V are cached; then the layers above once. */
 static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd_out *out) {
     const skv_model *m = c->m;
     const skv_model_info *in = &m->cfg.info;
-    const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, n = fin->n;
-    const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
-    const int64_t pos0 = fin->pos0;
+    const int64_t n = fin->n, D = in->dim;
+    const int32_t lo = m->grp_lo, hi = m->grp_hi, L = in->n_layer;
     skv_status st = skv_cpu_prefill_scratch(c);
     if (st) return st;
     embed_rows(c, fin);
-
-    for (int32_t l = 0; l < in->n_layer; l++) {
-        const skv_layer *ly = &m->layers[l];
-        const int32_t cl = m->cache_of[l];
-        rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
-        linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
-        linear(c, &ly->wk, ly->bk, c->xb, c->k, n);
-        linear(c, &ly->wv, ly->bv, c->xb, c->v, n);
-        for (int64_t i = 0; i < n; i++) {
-            const float *cs = m->rope_cos + (pos0 + i) * hd / 2, *sn = m->rope_sin + (pos0 + i) * hd / 2;
-            for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
-            for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + i * KD + g * hd, cs, sn, (int32_t)hd);
-            if ((st = append_kv(c, cl, pos0 + i, c->k + i * KD, c->v + i * KD))) return st;
+    c->lk_cur = 0;
+    int32_t l = 0;
+    if (lo >= 0) {
+        for (; l < lo; l++)
+            if ((st = layer_chunk(c, l, fin, 1, 0))) return st;
+        memcpy(c->x0, c->x, sizeof(float) * (size_t)(n * D));
+        for (int32_t it = 1; it < c->iters; it++) {
+            if (it > 1) memcpy(c->x, c->x0, sizeof(float) * (size_t)(n * D));
+            for (int32_t j = lo; j < hi; j++)
+                if ((st = layer_chunk(c, j, fin, 0, it > 1))) return st;
+            rmsnorm_rows(c, c->xb, c->x, m->layers[hi].attn_norm, n);
+            chunk_own_kv(c, hi, c->lk_cur, fin);
+            c->lk_cur ^= 1;
         }
-        attention_prefill(c, l, cl, pos0, n, fin->last_chunk);
-        linear(c, &ly->wo, ly->bo, c->att_out, c->proj, n);
-        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
-
-        rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
-        linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
-        linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
-        for (int64_t i = 0; i < n; i++) skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
-        linear(c, &ly->w_down, NULL, c->hb, c->proj, n);
-        for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
+        if (c->iters > 1) memcpy(c->x, c->x0, sizeof(float) * (size_t)(n * D));
+        for (; l <= hi; l++)
+            if ((st = layer_chunk(c, l, fin, 1, c->iters > 1))) return st;
     }
+    for (; l < L; l++)
+        if ((st = layer_chunk(c, l, fin, 1, 0))) return st;
     if (out->all) outputs(c, out, 0, n);
     else outputs(c, out, n - 1, 1);
     return SKV_OK;
@@ -397,8 +477,10 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
             const int32_t cl = m->cache_of[l];
 #pragma omp single
             skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
-            /* q, k, v: one row range over the three stacked matrices */
-            team_rows(QD + 2 * KD, &r0, &r1);
+            /* q, k, v: one row range over the three stacked matrices (q only: LCKV layers without
+             * K/V of their own) */
+            const int own = m->kv_src[l] == l;
+            team_rows(own ? QD + 2 * KD : QD, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 if (r < QD) {
                     c->q[r] = skv_weight_row_dot(&ly->wq, r, c->xb) + (ly->bq ? ly->bq[r] : 0);
@@ -411,11 +493,13 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 }
             }
 #pragma omp barrier
+            if (own) {
 #pragma omp single
-            {
-                for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
-                skv_status st = append_kv(c, cl, pos, c->k, c->v);
-                if (st) err = st;
+                {
+                    for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
+                    skv_status st = append_kv(c, cl, pos, c->k, c->v);
+                    if (st) err = st;
+                }
             }
             if (by_group) {
 #pragma omp for schedule(static)
@@ -424,11 +508,12 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
 #pragma omp for schedule(static)
                 for (int32_t h = 0; h < H; h++) attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
             }
-            if (c->head_acc) {
+            /* statistics come from the layer that owns the cache layer */
+            if (c->head_acc && own) {
 #pragma omp for schedule(static)
                 for (int32_t h = 0; h < H; h++) skv_cpu_decode_head_stats(c, l, cl, pos, h);
             }
-            if (c->want_acc || c->want_last) {
+            if ((c->want_acc || c->want_last) && own) {
 #pragma omp for schedule(static)
                 for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_decode_stream_stats(c, cl, g);
             }
@@ -472,7 +557,29 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     return err;
 }
 
+/* LCKV chunks of at most min(iters, SKV_LCKV_TOKENS) tokens run token by token (exact, and no
+ * dearer than the iterations). */
+static skv_status forward_tokens(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd_out *out) {
+    const int64_t V = c->m->cfg.info.n_vocab, D = c->m->cfg.info.dim;
+    for (int32_t i = 0; i < fin->n; i++) {
+        skv_fwd_in f1 = *fin;
+        f1.ids = fin->ids ? fin->ids + i : NULL;
+        f1.embd = fin->embd ? fin->embd + (int64_t)i * D : NULL;
+        f1.n = 1, f1.pos0 = fin->pos0 + i;
+        const int row = out->all || i == fin->n - 1;
+        const int64_t r = out->all ? i : 0;
+        const skv_fwd_out o1 = {.logits = row && out->logits ? out->logits + r * V : NULL,
+                                .hidden = row && out->hidden ? out->hidden + r * D : NULL,
+                                .hidden_normed = row && out->hidden_normed ? out->hidden_normed + r * D : NULL};
+        skv_status st = forward_token(c, &f1, &o1);
+        if (st) return st;
+    }
+    return SKV_OK;
+}
+
 skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out) {
     skv_cpu *c = ctx->bs;
-    return in->n == 1 ? forward_token(c, in, out) : forward_chunk(c, in, out);
+    if (in->n == 1) return forward_token(c, in, out);
+    if (c->m->grp_lo >= 0 && in->n <= SKV_MIN(c->iters, SKV_LCKV_TOKENS)) return forward_tokens(c, in, out);
+    return forward_chunk(c, in, out);
 }

@@ -22,14 +22,11 @@ static skv_status model_gpu(skv_model *m, skv_gpu_model **out) {
         return SKV_OK;
     }
     const skv_model_info *in = &m->cfg.info;
-    for (int32_t l = 0; l < in->n_layer; l++)
-        if (m->kv_src[l] != l)
-            return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend runs models whose every layer keeps its own KV");
     skv_gpu_layer_desc *ld = calloc((size_t)SKV_MAX(in->n_layer, 1), sizeof *ld);
     if (!ld) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     for (int32_t l = 0; l < in->n_layer; l++) {
         const skv_layer *y = &m->layers[l];
-        ld[l] = (skv_gpu_layer_desc){.attn_norm = y->attn_norm, .ffn_norm = y->ffn_norm, .bq = y->bq, .bk = y->bk,
+        ld[l] = (skv_gpu_layer_desc){.kv_src = m->kv_src[l], .attn_norm = y->attn_norm, .ffn_norm = y->ffn_norm, .bq = y->bq, .bk = y->bk,
                                      .bv = y->bv, .bo = y->bo, .wq = mat(&y->wq), .wk = mat(&y->wk),
                                      .wv = mat(&y->wv), .wo = mat(&y->wo), .w_gate = mat(&y->w_gate),
                                      .w_up = mat(&y->w_up), .w_down = mat(&y->w_down)};
@@ -104,6 +101,8 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
                              c->pol.ops->name);
     if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "KV format %d: the CUDA cache is bf16", (int)p->kv_format);
+    if (c->pol.ops->transform)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only", c->pol.ops->name);
     if (p->collect_head_stats)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "per-head attention statistics (collect_head_stats, SmallKV) need "
                              "the CPU backend");
@@ -115,7 +114,7 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     if (st) return st;
     const skv_gpu_policy gp = {.ev = c->pol.ev, .want_acc = !!(c->stats & SKV_STAT_ACC),
                                .want_win = !!(c->stats & SKV_STAT_WIN), .want_last = !!(c->stats & SKV_STAT_LAST),
-                               .v_slow = p->v_slow, .vtop = vt};
+                               .v_slow = p->v_slow, .vtop = vt, .lckv_iters = c->lckv_iters};
     skv_gpu_ctx *gc = NULL;
     if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, c->n_seq, &gp, &gc))) return st;
     c->bs = gc;
@@ -135,6 +134,22 @@ static void cu_begin_call(skv_context *c, int32_t n) {
  * applied here in f32 (the device's own normed copy is bf16). */
 static skv_status cu_forward(skv_context *c, const skv_fwd_in *in, const skv_fwd_out *out) {
     const skv_model_info *mi = &c->m->cfg.info;
+    if (c->m->grp_lo >= 0 && in->n > 1 && in->n <= SKV_MIN(c->lckv_iters, SKV_LCKV_TOKENS)) {
+        /* LCKV: a short chunk token by token (exact), as the CPU backend */
+        for (int32_t i = 0; i < in->n; i++) {
+            const skv_fwd_in f1 = {.ids = in->ids ? in->ids + i : NULL,
+                                   .embd = in->embd ? in->embd + (int64_t)i * mi->dim : NULL, .n = 1,
+                                   .pos0 = in->pos0 + i, .last_chunk = in->last_chunk};
+            const int row = out->all || i == in->n - 1;
+            const int64_t r = out->all ? i : 0;
+            const skv_fwd_out o1 = {.logits = row && out->logits ? out->logits + r * mi->n_vocab : NULL,
+                                    .hidden = row && out->hidden ? out->hidden + r * mi->dim : NULL,
+                                    .hidden_normed = row && out->hidden_normed ? out->hidden_normed + r * mi->dim : NULL};
+            skv_status st = cu_forward(c, &f1, &o1);
+            if (st) return st;
+        }
+        return SKV_OK;
+    }
     const int64_t rows = out->all ? in->n : 1, D = mi->dim;
     float *h = out->hidden, *tmp = NULL;
     if (out->hidden_normed && !h && !(h = tmp = malloc(sizeof(float) * (size_t)(rows * D))))

@@ -25,7 +25,8 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     c->rows_max = n_batch > n_seq ? n_batch : n_seq;
     const int64_t R = c->rows_max, QD = (int64_t)g->H * g->hd, KD = (int64_t)g->KVH * g->hd;
     c->max_split = 256;
-    c->n_streams = g->L * n_seq * g->KVH;
+    c->n_streams = g->CL * n_seq * g->KVH;
+    c->iters = c->pol.lckv_iters > 0 ? c->pol.lckv_iters : 9;
     c->mb = (n_ctx + BLK - 1) / BLK;
     auto alloc_all = [&]() -> skv_status {
         CK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking));
@@ -35,6 +36,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         skv_status s2 = gpu_cache_alloc(c);
         if (s2 || (c->kc && (s2 = gpu_kc_alloc(c)))) return s2;
         ALLOC(c->x, R * g->D);
+        if (g->grp_lo >= 0) ALLOC(c->x0, R * g->D);
         ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
         ALLOC(c->q, R * QD);
         ALLOC(c->qb, R * QD);
@@ -94,7 +96,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         if (st == SKV_ERR_UNSUPPORTED)
             return skv_set_error(SKV_ERR_NOMEM, "CUDA: cannot allocate a context of %d tokens x %d sequences "
                                  "(%.2f GB of KV cache)", n_ctx, n_seq,
-                                 (double)g->L * n_seq * KD * n_ctx * 2 * 2 / 1e9);
+                                 (double)g->CL * n_seq * KD * n_ctx * 2 * 2 / 1e9);
         return st;
     }
     *out = c;
@@ -107,7 +109,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
     gpu_kc_free(c);
-    void *ps[] = {c->x, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
+    void *ps[] = {c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
@@ -149,35 +151,36 @@ static skv_status linear(skv_gpu_ctx *c, const gmat *W, const bf16 *x, float *y,
     return SKV_OK;
 }
 
-/* Prefill attention of n query rows of sequence seq in layer l: flash attention over each
- * stream's earlier slots and the call's own (appended at slen..slen + n - 1); with statistics,
- * each row's log-sum-exp for the statistics pass. */
-static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n) {
+/* Prefill attention of n query rows of sequence seq over cache layer l: flash attention over
+ * each stream's earlier slots and the call's own (written at slen..slen + n - 1; mode as
+ * k_flash_prefill's); with statistics, each row's log-sum-exp for the statistics pass. */
+static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, int stats) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
     const int s0 = sid_of(c, l, seq, 0);
     const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
     const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
-    float *lse = c->pol.want_acc || c->pol.want_win || c->pol.want_last ? c->lse : NULL;
+    float *lse = stats && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) ? c->lse : NULL;
     /* KCache: V from the dense rows of the layer (every row below fast_layers) or of the
-     * prefilling sequence */
+     * prefilling sequence (KCache refuses LCKV models: l is a model layer there) */
     const bf16 *vd = !c->kc ? NULL
                      : l < c->pol.vtop.fast_layers ? gpu_kc_vbase(c, l) + (int64_t)seq * KVH * c->n_ctx * hd
                                                    : c->kc_vpre + (int64_t)l * KVH * c->n_ctx * hd;
     if (hd == 128)
         k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
             c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2);
+            c->mb, sl2, mode);
     else
         k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(
             c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2);
+            c->mb, sl2, mode);
     LAUNCHED();
     return SKV_OK;
 }
 
-/* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]). */
-static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
+/* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]) over
+ * cache layer l; strict (LCKV condensed layers): without this step's slot, and no statistics. */
+static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
     /* about four waves of blocks on the chip (loads in flight); each block finds its keys from
@@ -191,10 +194,10 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n) {
      * only score here (scores into dsc, the log-sum-exp into lse), then select and read */
     const bool kc_fast = c->kc && l < c->pol.vtop.fast_layers, vo = !c->kc || kc_fast;
     const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
-    const bool stats = c->pol.want_acc || c->pol.want_last;
+    const bool stats = !strict && (c->pol.want_acc || c->pol.want_last);
     float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;
 #define ATT_ARGS c->q, c->kpool, c->vpool, vd, c->bt, c->slen, c->seq_d, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
-                 c->mb, H, KVH, c->n_ctx, n_split, scale
+                 c->mb, H, KVH, c->n_ctx, n_split, scale, strict
 #define ATT_G(HD_, G_)                                                                                         \
     case G_:                                                                                                   \
         if (vo) k_attn_decode<HD_, G_, true><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS);                      \
@@ -225,39 +228,80 @@ static kc_vloc kc_vloc_of(const skv_gpu_ctx *c, int l, int decode) {
     return v;
 }
 
-/* The layers for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
- * sequence `seq` at positions pos0.. */
+/* rmsnorm, q (and, for a layer keeping KV, k and v) of layer l for n rows; RoPE'd q into q/qb,
+ * k and v into the rows' slots of its cache layer (see k_rope_store). */
+static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, int pos0) {
+    skv_gpu_model *g = c->g;
+    const glayer *y = &g->layers[l];
+    skv_status st;
+    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->attn_norm, c->xb, g->D, g->eps);
+    LAUNCHED();
+    if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
+    const int kv_in = y->own ? g->KVH : 0;
+    k_rope_store<<<dim3(n, g->H + kv_in), g->hd / 2, 0, c->st>>>(
+        c->qkv, c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->cosr, c->sinr,
+        decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd,
+        c->n_ctx, kv_in, kc_vloc_of(c, y->cl, decode));
+    LAUNCHED();
+    return SKV_OK;
+}
+
+/* Layer l for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
+ * sequence `seq` at positions pos0... final: the pass whose K/V stay (statistics of the layers
+ * keeping KV); have_src: an LCKV condensed layer sees the call's earlier source rows (written
+ * by the previous iteration), else only the slots before the call. */
+static skv_status layer(skv_gpu_ctx *c, int l, int n, int decode, int seq, int pos0, int final, int have_src) {
+    skv_gpu_model *g = c->g;
+    const glayer *y = &g->layers[l];
+    skv_status st;
+    if ((st = qkv_store(c, l, n, decode, seq, pos0))) return st;
+    const int up = y->src > l; /* condensed: the source runs later */
+    if (decode) {
+        if ((st = attn_decode(c, y->cl, n, up))) return st;
+    } else {
+        const int stats = y->own && final && (c->pol.want_acc || c->pol.want_win || c->pol.want_last);
+        if ((st = attn_prefill(c, y->cl, seq, n, up ? (have_src ? 1 : 2) : 0, stats))) return st;
+        if (stats && (st = gpu_cache_prefill_stats(c, y->cl, seq, pos0, n))) return st;
+    }
+    if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
+    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->ffn_norm, c->xb, g->D, g->eps);
+    LAUNCHED();
+    if ((st = linear(c, &y->wgu, c->xb, c->gu, NULL, n, 0))) return st;
+    k_swiglu<<<1024, 256, 0, c->st>>>(c->gu, c->h, n, g->F);
+    LAUNCHED();
+    return linear(c, &y->wd, c->h, c->x, NULL, n, 1);
+}
+
+/* The layers for n rows (see layer()). LCKV prefill (docs/techniques.md section 3): the layers
+ * below the group once; the group [grp_lo, grp_hi] iterated c->iters times from the same input,
+ * the earlier iterations ending with the source's K/V written into the call's slots (which the
+ * next iteration's condensed layers read: they run before their source), the last one for real;
+ * then the layers above. Decode: one pass. */
 static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
-    const int D = g->D, H = g->H, KVH = g->KVH, hd = g->hd;
-    const int64_t F = g->F;
     skv_status st;
     if (!c->embd_in) { /* else the input rows are already in x */
-        k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, D);
+        k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, g->D);
         LAUNCHED();
     }
-    for (int l = 0; l < g->L; l++) {
-        const glayer *y = &g->layers[l];
-        k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->attn_norm, c->xb, D, g->eps);
-        LAUNCHED();
-        if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
-        k_rope_store<<<dim3(n, H + KVH), hd / 2, 0, c->st>>>(
-            c->qkv, c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->cosr, c->sinr,
-            decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, l, c->n_seq, c->mb, H, KVH, hd, c->n_ctx,
-            kc_vloc_of(c, l, decode));
-        LAUNCHED();
-        if ((st = decode ? attn_decode(c, l, n) : attn_prefill(c, l, seq, n))) return st;
-        if (!decode && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) &&
-            (st = gpu_cache_prefill_stats(c, l, seq, pos0, n)))
-            return st;
-        if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
-        k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->ffn_norm, c->xb, D, g->eps);
-        LAUNCHED();
-        if ((st = linear(c, &y->wgu, c->xb, c->gu, NULL, n, 0))) return st;
-        k_swiglu<<<1024, 256, 0, c->st>>>(c->gu, c->h, n, F);
-        LAUNCHED();
-        if ((st = linear(c, &y->wd, c->h, c->x, NULL, n, 1))) return st;
+    int l = 0;
+    if (!decode && g->grp_lo >= 0) {
+        const size_t xb = sizeof(float) * (size_t)n * g->D;
+        for (; l < g->grp_lo; l++)
+            if ((st = layer(c, l, n, 0, seq, pos0, 1, 0))) return st;
+        CK(cudaMemcpyAsync(c->x0, c->x, xb, cudaMemcpyDeviceToDevice, c->st));
+        for (int it = 1; it < c->iters; it++) {
+            if (it > 1) CK(cudaMemcpyAsync(c->x, c->x0, xb, cudaMemcpyDeviceToDevice, c->st));
+            for (int j = g->grp_lo; j < g->grp_hi; j++)
+                if ((st = layer(c, j, n, 0, seq, pos0, 0, it > 1))) return st;
+            if ((st = qkv_store(c, g->grp_hi, n, 0, seq, pos0))) return st;
+        }
+        if (c->iters > 1) CK(cudaMemcpyAsync(c->x, c->x0, xb, cudaMemcpyDeviceToDevice, c->st));
+        for (; l <= g->grp_hi; l++)
+            if ((st = layer(c, l, n, 0, seq, pos0, 1, c->iters > 1))) return st;
     }
+    for (; l < g->L; l++)
+        if ((st = layer(c, l, n, decode, seq, pos0, 1, 0))) return st;
     return gpu_cache_end_forward(c, n, decode, seq);
 }
 

@@ -36,6 +36,8 @@ typedef struct skv_gpu_mat {
 } skv_gpu_mat;
 
 typedef struct skv_gpu_layer_desc {
+    int32_t kv_src;                            /* LCKV t(l): the layer whose KV this one reads
+                                                  (l: its own; else wk, wv, bk, bv absent) */
     const float *attn_norm, *ffn_norm;         /* (dim) */
     const float *bq, *bk, *bv, *bo;            /* NULL when absent */
     skv_gpu_mat wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -69,6 +71,7 @@ typedef struct skv_gpu_policy {
      * Each decode step scores all keys, selects the top-N slow rows on the device and reads
      * them over PCIe (zero-copy) inside the attention kernel. No eviction, forks or imports. */
     skv_vtop_rule vtop;
+    int32_t lckv_iters;      /* LCKV models: group iterations of a prefill chunk (0: 9) */
 } skv_gpu_policy;
 
 /* A next-token choice on the device, as skv_sampler_sample makes it on the host. */
@@ -87,6 +90,9 @@ int64_t skv_gpu_model_bytes(const skv_gpu_model *g);
 skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq,
                             const skv_gpu_policy *pol, skv_gpu_ctx **out);
 void skv_gpu_ctx_free(skv_gpu_ctx *c);
+
+/* Streams belong to cache layers (the layers that keep KV: all of them for standard models); a
+ * `layer` argument below is a cache layer. */
 
 /* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
  * the slots (kept tokens) summed over streams. */

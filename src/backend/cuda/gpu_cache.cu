@@ -417,17 +417,17 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     if (c->pol.want_acc) ALLOC(c->sacc, S * c->n_ctx);
     if (c->pol.want_win) ALLOC(c->swin, S * c->n_ctx);
     if (c->pol.want_last) ALLOC(c->slast, S * c->n_ctx);
-    ALLOC(c->bud, (int64_t)c->n_seq * g->L);
-    ALLOC(c->cbud, g->L);
+    ALLOC(c->bud, (int64_t)c->n_seq * g->CL);
+    ALLOC(c->cbud, g->CL);
     ALLOC(c->fetch_rows, c->n_ctx);
     CK(cudaMemset(c->bt, 0xff, sizeof(int32_t) * (size_t)(S * c->mb)));
     CK(cudaMemset(c->slen, 0, sizeof(int32_t) * (size_t)S));
-    CK(cudaMemset(c->bud, 0, sizeof(int32_t) * (size_t)c->n_seq * g->L));
+    CK(cudaMemset(c->bud, 0, sizeof(int32_t) * (size_t)c->n_seq * g->CL));
     c->h_bt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(S * c->mb));
     c->h_nb = (int32_t *)calloc((size_t)S, sizeof(int32_t));
     c->h_n = (int32_t *)calloc((size_t)S, sizeof(int32_t));
     c->h_free = (int32_t *)malloc(sizeof(int32_t) * (size_t)c->n_blocks);
-    c->h_bud = (int32_t *)calloc((size_t)c->n_seq * g->L, sizeof(int32_t));
+    c->h_bud = (int32_t *)calloc((size_t)c->n_seq * g->CL, sizeof(int32_t));
     c->h_next = (int32_t *)calloc((size_t)c->n_seq, sizeof(int32_t));
     c->win_from_h = (int32_t *)malloc(sizeof(int32_t) * (size_t)c->n_seq);
     if (!c->h_bt || !c->h_nb || !c->h_n || !c->h_free || !c->h_bud || !c->h_next || !c->win_from_h)
@@ -460,7 +460,7 @@ static skv_status grow(skv_gpu_ctx *c, int sid, int need) {
 }
 
 skv_status gpu_cache_reserve(skv_gpu_ctx *c, int seq, int n) {
-    for (int l = 0; l < c->g->L; l++)
+    for (int l = 0; l < c->g->CL; l++)
         for (int g = 0; g < c->g->KVH; g++) {
             const int sid = sid_of(c, l, seq, g);
             const int need = (c->h_n[sid] + n + BLK - 1) / BLK;
@@ -494,8 +494,8 @@ static void release(skv_gpu_ctx *c, int sid) {
 }
 
 void gpu_cache_advance(skv_gpu_ctx *c, int seq, int n, int decode) {
-    for (int l = 0; l < c->g->L; l++) {
-        const int b = c->h_bud[seq * c->g->L + l];
+    for (int l = 0; l < c->g->CL; l++) {
+        const int b = c->h_bud[seq * c->g->CL + l];
         for (int g = 0; g < c->g->KVH; g++) {
             const int sid = sid_of(c, l, seq, g);
             c->h_n[sid] += n;
@@ -507,10 +507,10 @@ void gpu_cache_advance(skv_gpu_ctx *c, int seq, int n, int decode) {
 skv_status gpu_cache_end_forward(skv_gpu_ctx *c, int n, int decode, int seq) {
     const skv_gpu_model *g = c->g;
     if (decode) {
-        k_step_end<<<dim3(g->L * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, c->pos_d, c->pol.ev, c->n_seq,
-                                                               g->L, g->KVH);
+        k_step_end<<<dim3(g->CL * g->KVH, n), 256, 0, c->st>>>(ref_of(c), c->bud, c->seq_d, c->pos_d, c->pol.ev, c->n_seq,
+                                                               g->CL, g->KVH);
     } else {
-        k_slen_add<<<(g->L * g->KVH + 255) / 256, 256, 0, c->st>>>(c->slen, seq, n, c->n_seq, g->L, g->KVH);
+        k_slen_add<<<(g->CL * g->KVH + 255) / 256, 256, 0, c->st>>>(c->slen, seq, n, c->n_seq, g->CL, g->KVH);
     }
     LAUNCHED();
     return SKV_OK;
@@ -547,7 +547,7 @@ skv_status gpu_cache_prefill_stats(skv_gpu_ctx *c, int l, int seq, int pos0, int
 extern "C" void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from) {
     if (!c->pol.want_win) return;
     c->win_from_h[seq] = win_from;
-    for (int l = 0; l < c->g->L; l++)
+    for (int l = 0; l < c->g->CL; l++)
         cudaMemsetAsync(c->swin + (int64_t)sid_of(c, l, seq, 0) * c->n_ctx, 0,
                         sizeof(float) * (size_t)c->g->KVH * c->n_ctx, c->st);
 }
@@ -555,7 +555,7 @@ extern "C" void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from
 static skv_status launch_compress(skv_gpu_ctx *c, int seq, int mode, int from) {
     const skv_gpu_model *g = c->g;
     const int smem = compress_smem(c);
-    k_compress<<<g->L * g->KVH, 1024, smem, c->st>>>(ref_of(c), c->cbud, mode, c->pol.ev, from, seq, c->n_seq, g->KVH);
+    k_compress<<<g->CL * g->KVH, 1024, smem, c->st>>>(ref_of(c), c->cbud, mode, c->pol.ev, from, seq, c->n_seq, g->KVH);
     LAUNCHED();
     return SKV_OK;
 }
@@ -567,22 +567,22 @@ extern "C" skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_
     if ((c->pol.ev.rank == SKV_RANK_ACC && !c->sacc) || (c->pol.ev.rank == SKV_RANK_WIN && !c->swin) ||
         (c->pol.ev.rank == SKV_RANK_LAST && !c->slast))
         return skv_set_error(SKV_ERR_ARG, "CUDA compress: the context does not collect the statistics its policy needs");
-    for (int l = 0; l < g->L; l++)
+    for (int l = 0; l < g->CL; l++)
         if (budget[l] < 1) return skv_set_error(SKV_ERR_ARG, "CUDA compress: budget %d of layer %d", budget[l], l);
     CK(cudaStreamSynchronize(c->st));
-    CK(cudaMemcpy(c->cbud, budget, sizeof(int32_t) * (size_t)g->L, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(c->cbud, budget, sizeof(int32_t) * (size_t)g->CL, cudaMemcpyHostToDevice));
     skv_status st = launch_compress(c, seq, CMP_EVICT, 0);
     if (st) return st;
     const int step = c->pol.ev.step;
-    for (int l = 0; l < g->L; l++) {
-        c->h_bud[seq * g->L + l] = step ? budget[l] : 0;
+    for (int l = 0; l < g->CL; l++) {
+        c->h_bud[seq * g->CL + l] = step ? budget[l] : 0;
         for (int k = 0; k < g->KVH; k++) {
             const int sid = sid_of(c, l, seq, k);
             if (c->h_n[sid] > budget[l]) c->h_n[sid] = budget[l];
             release(c, sid);
         }
     }
-    CK(cudaMemcpyAsync(c->bud + (int64_t)seq * g->L, c->h_bud + (int64_t)seq * g->L, sizeof(int32_t) * (size_t)g->L,
+    CK(cudaMemcpyAsync(c->bud + (int64_t)seq * g->CL, c->h_bud + (int64_t)seq * g->CL, sizeof(int32_t) * (size_t)g->CL,
                        cudaMemcpyHostToDevice, c->st));
     return gpu_cache_upload(c);
 }
@@ -597,14 +597,14 @@ extern "C" skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from
     if (st) return st;
     CK(cudaMemcpyAsync(c->h_n, c->slen, sizeof(int32_t) * (size_t)c->n_streams, cudaMemcpyDeviceToHost, c->st));
     CK(cudaStreamSynchronize(c->st));
-    for (int l = 0; l < g->L; l++)
+    for (int l = 0; l < g->CL; l++)
         for (int k = 0; k < g->KVH; k++) release(c, sid_of(c, l, seq, k));
     c->h_next[seq] = from;
     if (c->kc && (st = gpu_kc_truncated(c, seq, from))) return st;
     if (from == 0) {
-        memset(c->h_bud + (int64_t)seq * g->L, 0, sizeof(int32_t) * (size_t)g->L);
-        CK(cudaMemcpyAsync(c->bud + (int64_t)seq * g->L, c->h_bud + (int64_t)seq * g->L,
-                           sizeof(int32_t) * (size_t)g->L, cudaMemcpyHostToDevice, c->st));
+        memset(c->h_bud + (int64_t)seq * g->CL, 0, sizeof(int32_t) * (size_t)g->CL);
+        CK(cudaMemcpyAsync(c->bud + (int64_t)seq * g->CL, c->h_bud + (int64_t)seq * g->CL,
+                           sizeof(int32_t) * (size_t)g->CL, cudaMemcpyHostToDevice, c->st));
     }
     return gpu_cache_upload(c);
 }
@@ -619,7 +619,7 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
         return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked or forked into "
                              "(its V lives in pinned host memory); use --backend cpu");
     CK(cudaStreamSynchronize(src->st));
-    for (int l = 0; l < g->L; l++)
+    for (int l = 0; l < g->CL; l++)
         for (int k = 0; k < g->KVH; k++) {
             const int d = sid_of(dst, l, 0, k), s = sid_of(src, l, 0, k);
             skv_status st = grow(dst, d, (src->h_n[s] + BLK - 1) / BLK);
@@ -628,7 +628,7 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
         }
     skv_status st = gpu_cache_upload(dst);
     if (st) return st;
-    k_copy_stream<<<g->L * g->KVH, 256, 0, dst->st>>>(ref_of(src), ref_of(dst), src->n_seq, dst->n_seq, g->KVH);
+    k_copy_stream<<<g->CL * g->KVH, 256, 0, dst->st>>>(ref_of(src), ref_of(dst), src->n_seq, dst->n_seq, g->KVH);
     LAUNCHED();
     dst->h_next[0] = src->h_next[0];
     dst->win_from_h[0] = src->win_from_h[0];
@@ -657,7 +657,7 @@ extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *
 extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,
                                           int32_t *pos, float *acc, float *win, float *last, float *k, float *v) {
     const skv_gpu_model *g = c->g;
-    if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH)
+    if (layer < 0 || layer >= g->CL || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH)
         return skv_set_error(SKV_ERR_ARG, "CUDA stream read: layer %d sequence %d KV head %d", layer, seq, kv_head);
     CK(cudaStreamSynchronize(c->st));
     const int sid = sid_of(c, layer, seq, kv_head);
@@ -715,7 +715,7 @@ extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t
 extern "C" skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, const int32_t *rows,
                                       int32_t n, void *dst) {
     const skv_gpu_model *g = c->g;
-    if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
+    if (layer < 0 || layer >= g->CL || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
         n > c->n_ctx)
         return skv_set_error(SKV_ERR_ARG, "CUDA fetch: layer %d sequence %d KV head %d, %d rows", layer, seq, kv_head, n);
     if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA fetch: a KCache context reads its own V rows");
@@ -770,7 +770,7 @@ extern "C" skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_
                                            const int32_t *pos, const float *acc, const float *win, const float *last,
                                            const float *k, const float *v) {
     const skv_gpu_model *g = c->g;
-    if (layer < 0 || layer >= g->L || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
+    if (layer < 0 || layer >= g->CL || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
         n > c->n_ctx)
         return skv_set_error(SKV_ERR_ARG, "CUDA stream write: layer %d sequence %d KV head %d, %d slots", layer, seq,
                              kv_head, n);
@@ -849,7 +849,7 @@ extern "C" skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src)
     if (c->pol.ev.evicts && c->pol.ev.step)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA sequence copy: a policy that evicts every step");
     CK(cudaStreamSynchronize(c->st));
-    for (int l = 0; l < g->L; l++)
+    for (int l = 0; l < g->CL; l++) /* cache layers */
         for (int k = 0; k < g->KVH; k++) {
             const int d = sid_of(c, l, dst, k), s = sid_of(c, l, src, k);
             skv_status st = grow(c, d, (c->h_n[s] + BLK - 1) / BLK);
@@ -871,15 +871,15 @@ extern "C" skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src)
         }
         if (c->kc_pre_seq == dst) c->kc_pre_seq = -1;
     }
-    k_copy_seq<<<g->L * g->KVH, 512, 0, c->st>>>(ref_of(c), src, dst, c->n_seq, g->KVH, c->kc ? c->kc_vdev : NULL, voff,
+    k_copy_seq<<<g->CL * g->KVH, 512, 0, c->st>>>(ref_of(c), src, dst, c->n_seq, g->KVH, c->kc ? c->kc_vdev : NULL, voff,
                                                  vw, c->kc_vhost);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->st);
     cudaFree(voff), cudaFree(vw);
     CK(e);
     c->h_next[dst] = c->h_next[src];
-    memcpy(c->h_bud + (int64_t)dst * g->L, c->h_bud + (int64_t)src * g->L, sizeof(int32_t) * (size_t)g->L);
-    CK(cudaMemcpy(c->bud + (int64_t)dst * g->L, c->h_bud + (int64_t)dst * g->L, sizeof(int32_t) * (size_t)g->L,
+    memcpy(c->h_bud + (int64_t)dst * g->CL, c->h_bud + (int64_t)src * g->CL, sizeof(int32_t) * (size_t)g->CL);
+    CK(cudaMemcpy(c->bud + (int64_t)dst * g->CL, c->h_bud + (int64_t)dst * g->CL, sizeof(int32_t) * (size_t)g->CL,
                   cudaMemcpyHostToDevice));
     return SKV_OK;
 }

@@ -51,9 +51,11 @@ struct gmat {
 };
 
 struct glayer {
+    int src, cl, own;  /* LCKV: KV source layer, its cache layer, whether this layer keeps KV */
     float *attn_norm, *ffn_norm;
     float *bqkv, *bo;  /* (QD + 2 KD) with zeros for absent parts, or NULL; (dim) or NULL */
-    gmat wqkv;         /* (QD + 2 KD, dim): q, k and v projections stacked, one GEMV */
+    gmat wqkv;         /* (QD + 2 KD, dim): q, k and v projections stacked, one GEMV (QD rows
+                          without own KV) */
     gmat wo;
     gmat wgu;          /* (2 ffn, dim): gate then up, one GEMV */
     gmat wd;
@@ -61,6 +63,8 @@ struct glayer {
 
 struct skv_gpu_model {
     int32_t L, D, H, KVH, hd, F, V;
+    int32_t CL;        /* cache layers (streams per sequence and KV head) */
+    int32_t grp_lo, grp_hi; /* LCKV: the layers a prefill iterates (-1: none) */
     float eps;
     float *inv_freq_h; /* host copy (hd/2) */
     glayer *layers;    /* host array of device pointers */

@@ -2,7 +2,7 @@
  * gpu_ctx.cuh — the CUDA context's structure, shared by gpu.cu (forward), gpu_cache.cu (block
  * pool, policies, copies) and gpu_sample.cu (sampling). Internal to src/backend/cuda.
  *
- * Streams: sid = (layer * n_seq + seq) * KVH + g. Slot s of stream sid lives in row
+ * Streams: sid = (cache layer * n_seq + seq) * KVH + g (cache layers: the layers keeping KV). Slot s of stream sid lives in row
  * bt[sid * MB + s / BLK] * BLK + s % BLK of the K and V pools (rows of hd bf16).
  */
 #ifndef SKV_GPU_CTX_CUH
@@ -36,6 +36,8 @@ struct skv_gpu_ctx {
     int bt_dirty;
     /* activations */
     float *x, *qkv, *q, *gu, *logits; /* qkv (R, QD + 2 KD), q (R, QD), gu (R, 2 ffn) */
+    float *x0;              /* (R, dim) the input of an LCKV group (NULL without one) */
+    int32_t iters;          /* LCKV: group iterations of a prefill chunk */
     bf16 *xb, *qb, *att, *h;
     float *cosr, *sinr;     /* (n_ctx, hd/2) */
     float *part_o, *part_m, *part_l;
@@ -75,6 +77,7 @@ struct skv_gpu_ctx {
     int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
 };
 
+/* stream of cache layer l */
 static inline int sid_of(const skv_gpu_ctx *c, int l, int seq, int g) { return (l * c->n_seq + seq) * c->g->KVH + g; }
 
 /* gpu_cache.cu */

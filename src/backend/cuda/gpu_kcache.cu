@@ -365,6 +365,9 @@ skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
     if (g->H / g->KVH > G_MAX || g->hd != (g->hd == 128 ? 128 : 64))
         return skv_set_error(SKV_ERR_UNSUPPORTED, "KCache on CUDA: head_dim 64 or 128 and at most %d query heads per KV "
                              "head", G_MAX);
+    if (g->CL != g->L)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "KCache on CUDA: a model whose layers share caches (layer_types: "
+                             "%d cache layers of %d)", g->CL, g->L);
     if (v->fast_layers < 0 || v->fast_layers > g->L || v->recent < 0)
         return skv_set_error(SKV_ERR_ARG, "KCache on CUDA: fast_layers %d, recent %d", v->fast_layers, v->recent);
     c->kc_ut = 32; /* the CPU's mmap store moves blocks of SKV_KV_BLOCK = 32 tokens */

@@ -98,17 +98,18 @@ struct kc_vloc {
     int vw, ring;
 };
 
-/* From row r of qkv (q | k | v, bias already in): RoPE'd q into q (f32) and qb (bf16), RoPE'd k
- * and v appended to the stream (layer l, the row's sequence, g): slot slen + r (prefill, rows of
- * one sequence) or slot slen (decode, one row per sequence), its position and zeroed
- * statistics with it. */
+/* From row r of qkv (q | k | v, bias already in; kv_in = KVH, or 0 for an LCKV layer without
+ * K/V of its own: rows of q only): RoPE'd q into q (f32) and qb (bf16), RoPE'd k and v appended
+ * to the stream (cache layer l, the row's sequence, g): slot slen + r (prefill, rows of one
+ * sequence) or slot slen (decode, one row per sequence), its position and zeroed statistics with
+ * it; V where kv says (KCache). Grid (rows, H + kv_in). */
 __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf16 *vp, const int32_t *bt,
                              const int32_t *slen, int32_t *spos, float *sacc, float *swin, const float *cosr,
                              const float *sinr, const int32_t *rpos, const int32_t *rseq, int pos0, int seq0, int l,
-                             int n_seq, int mb, int H, int KVH, int hd, int n_ctx, kc_vloc kv) {
-    /* block (row r, head blockIdx.y of H + KVH), threads over the hd/2 rotation pairs */
+                             int n_seq, int mb, int H, int KVH, int hd, int n_ctx, int kv_in, kc_vloc kv) {
+    /* block (row r, head blockIdx.y of H + kv_in), threads over the hd/2 rotation pairs */
     const int r = blockIdx.x, half = hd / 2;
-    const int64_t QKV = (int64_t)(H + 2 * KVH) * hd;
+    const int64_t QKV = (int64_t)(H + 2 * kv_in) * hd;
     const float *qin = qkv + r * QKV, *kin = qin + (int64_t)H * hd, *vin = kin + (int64_t)KVH * hd;
     const int pos = rpos ? rpos[r] : pos0 + r, seq = rseq ? rseq[r] : seq0;
     const float *cs = cosr + (int64_t)pos * half, *sn = sinr + (int64_t)pos * half;
@@ -177,12 +178,14 @@ template <int HD, int G, bool VO>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, const int32_t *bt, const int32_t *slen,
               const int32_t *rseq, float *part_o, float *part_m, float *part_l, float *dsc, int layer, int n_seq, int mb,
-              int H, int KVH, int n_ctx, int n_split, float scale) {
+              int H, int KVH, int n_ctx, int n_split, float scale, int strict) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
     __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
     __shared__ float sm_o[NG][G_MAX][HD];
     const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
-    const int seq = rseq[r], sid = (layer * n_seq + seq) * KVH + g, L = slen[sid] + 1;
+    /* the stream's slots including this step's (strict, an LCKV condensed layer: excluding it,
+     * the source runs later; none: a zero output) */
+    const int seq = rseq[r], sid = (layer * n_seq + seq) * KVH + g, L = slen[sid] + 1 - strict;
     const int32_t *bts = bt + (int64_t)sid * mb;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int grp = warp * KPW + sub;
@@ -304,7 +307,9 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
  * Block: 4 warps, 64 query rows of one head; warp w owns rows 16w..16w+15. Key tiles of 64
  * rows of K and V (one cache block) in shared memory; S = Q K^T and O += P V with mma.sync, online
  * softmax in registers (the accumulator layout of S is the operand layout of P). Causal: query
- * i sees the stream's n_old slots from before the call and the call's slots n_old..n_old + i.
+ * i sees the stream's n_old slots from before the call and the call's slots n_old..n_old + i
+ * (mode 0); LCKV condensed layers: .. n_old + i - 1 (mode 1) or none of the call's (mode 2);
+ * a row that sees nothing gets a zero output.
  * Q: (n, H, HD) bf16; bt, slen: the block tables and slot counts of (layer, seq, KV head 0..);
  * out: (n, H, HD) bf16; lse (may be NULL): (n, H) log2-sum-exp2 of each row's scaled scores. */
 #define FA_BQ 64
@@ -320,7 +325,7 @@ template <int HD>
 __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
                                                        const bf16 *vd, int64_t vd_stride,
                                                        const int32_t *bt, const int32_t *slen, bf16 *out, float *lse,
-                                                       int n, int H, int KVH, int mb, float scale_log2) {
+                                                       int n, int H, int KVH, int mb, float scale_log2, int mode) {
     constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment reads */
     /* two stages of K and V tiles (dynamic shared memory, flash_smem_bytes<HD>()): tile t + 1
      * is copied by cp.async while tile t is computed */
@@ -349,7 +354,8 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
     const int last_q = min(q0 + FA_BQ, n) - 1;  /* the block's last query row */
-    const int kend = n_old + last_q + 1;        /* slots the block needs */
+    const int diag = mode == 0 ? 0 : 1;          /* strict: a query does not see its own slot */
+    const int kend = mode == 2 ? n_old : n_old + last_q + 1 - diag; /* slots the block needs */
     /* issue the copies of the tile at k0 into stage (sk, sv); rows past kend are zero-filled */
     auto load_tile = [&](int k0, bf16 *sk, bf16 *sv) {
         const int64_t b0 = (int64_t)bts[k0 / FA_BK] * FA_BK * HD; /* a tile is one cache block */
@@ -393,14 +399,14 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
         /* causal mask and scale (log2 domain), row maxima over the 4 lanes of a row */
         float mx_lo = m_lo, mx_hi = m_hi;
         /* only tiles reaching past the warp's first row's diagonal need the mask */
-        const bool need_mask = k0 + FA_BK - 1 > n_old + q0 + warp * 16;
+        const bool need_mask = k0 + FA_BK > kend || k0 + FA_BK - 1 > n_old + q0 + warp * 16 - diag;
 #pragma unroll
         for (int nt = 0; nt < FA_BK / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = k0 + nt * 8 + c2 + (e & 1), row = e < 2 ? r_lo : r_hi;
                 float v = s[nt][e] * scale_log2;
-                if (need_mask && (key > n_old + row || key >= kend)) v = -INFINITY;
+                if (need_mask && (key > n_old + row - diag || key >= kend)) v = -INFINITY;
                 s[nt][e] = v;
                 if (e < 2) mx_lo = fmaxf(mx_lo, v);
                 else mx_hi = fmaxf(mx_hi, v);

@@ -91,6 +91,7 @@ extern "C" skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_mo
     g->inv_freq_h = (float *)malloc(sizeof(float) * (size_t)(g->hd / 2));
     memcpy(g->inv_freq_h, d->rope_inv_freq, sizeof(float) * (size_t)(g->hd / 2));
     g->layers = (glayer *)calloc((size_t)g->L, sizeof(glayer));
+    g->grp_lo = g->grp_hi = -1;
     const size_t stage_bytes = (size_t)64 << 20;
     void *stage = NULL;
     skv_status st = SKV_OK;
@@ -103,24 +104,34 @@ extern "C" skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_mo
         const skv_gpu_layer_desc *s = &d->layers[l];
         glayer *y = &g->layers[l];
         const skv_gpu_mat *qkv[3] = {&s->wq, &s->wk, &s->wv}, *gu[2] = {&s->w_gate, &s->w_up};
+        y->src = s->kv_src, y->own = s->kv_src == l;
+        if (y->own) y->cl = g->CL++;
+        else y->cl = g->layers[s->kv_src].cl; /* (a lower source is numbered; a higher one below) */
+        if (s->kv_src > l) {
+            if (g->grp_lo < 0) g->grp_lo = l;
+            if (s->kv_src > g->grp_hi) g->grp_hi = s->kv_src;
+        }
         if ((st = upload_vec(s->attn_norm, g->D, &y->attn_norm, &g->bytes)) ||
             (st = upload_vec(s->ffn_norm, g->D, &y->ffn_norm, &g->bytes)) ||
             (st = upload_vec(s->bo, g->D, &y->bo, &g->bytes)) ||
-            (st = upload_stack(qkv, 3, &y->wqkv, stage, stage_bytes, &g->bytes)) ||
+            (st = upload_stack(qkv, y->own ? 3 : 1, &y->wqkv, stage, stage_bytes, &g->bytes)) ||
             (st = upload_mat(&s->wo, &y->wo, stage, stage_bytes, &g->bytes)) ||
             (st = upload_stack(gu, 2, &y->wgu, stage, stage_bytes, &g->bytes)) ||
             (st = upload_mat(&s->w_down, &y->wd, stage, stage_bytes, &g->bytes)))
             break;
         if (s->bq || s->bk || s->bv) { /* stacked bias, zeros where a part has none */
+            const int64_t nb = y->own ? qd + 2 * kd : qd;
             float *b = (float *)calloc((size_t)(qd + 2 * kd), sizeof(float));
             if (s->bq) memcpy(b, s->bq, sizeof(float) * (size_t)qd);
-            if (s->bk) memcpy(b + qd, s->bk, sizeof(float) * (size_t)kd);
-            if (s->bv) memcpy(b + qd + kd, s->bv, sizeof(float) * (size_t)kd);
-            st = upload_vec(b, qd + 2 * kd, &y->bqkv, &g->bytes);
+            if (s->bk && y->own) memcpy(b + qd, s->bk, sizeof(float) * (size_t)kd);
+            if (s->bv && y->own) memcpy(b + qd + kd, s->bv, sizeof(float) * (size_t)kd);
+            st = upload_vec(b, nb, &y->bqkv, &g->bytes);
             free(b);
             if (st) break;
         }
     }
+    for (int l = 0; l < g->L && !st; l++) /* layers reading a higher source: its number now */
+        g->layers[l].cl = g->layers[g->layers[l].src].cl;
     if (!st) st = upload_mat(&d->tok_embed, &g->embed, stage, stage_bytes, &g->bytes);
     if (!st) {
         g->tied = d->lm_head.data == d->tok_embed.data;
