@@ -473,5 +473,21 @@ def main(argv=None):
     return res
 
 
+
+
+def assemble(aug_dir, base_dir):
+    """Add the base's embed_tokens to a coprocessor exported with --no-embed (the coprocessor never
+    uses or trains them), so that the directory is a complete model of the base's layout."""
+    from safetensors.torch import load_file, save_file
+    p = os.path.join(aug_dir, "model.safetensors")
+    sd = load_file(p)
+    if "model.embed_tokens.weight" not in sd:
+        sd["model.embed_tokens.weight"] = load_state(base_dir)["model.embed_tokens.weight"].to(torch.bfloat16)
+        save_file(sd, p, metadata={"format": "pt"})
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "assemble":  # augment.py assemble AUG_DIR BASE_DIR
+        assemble(sys.argv[2], sys.argv[3])
+    else:
+        main()
