@@ -144,6 +144,14 @@ static void test_identity_positions(void) {
     CHECK(u.runs == 1 && u.weight_bytes > 0 && u.kv_bytes > 0);
     /* the base context may be augmented again (the scratch context's past is released) */
     CHECK(skv_augment_apply(a, c, la) == SKV_OK && skv_context_n_past(c) == P + 2 * NL + 1);
+    /* the copy path (export/import, what the CUDA backend uses) gives the read-only past's latents */
+    CHECK(skv_augment_latents(a, c, z) == SKV_OK);
+    skv_augment_set_copy(a, 1);
+    CHECK(skv_augment_latents(a, c, zr) == SKV_OK);
+    const double dc = max_diff(z, zr, (size_t)NL * D);
+    CHECKF(dc < 1e-6, "latents through a copied cache differ from the read-only past's: %.3g", dc);
+    CHECK(skv_augment_apply(a, c, la) == SKV_OK && skv_context_n_past(c) == P + 3 * NL + 1);
+    skv_augment_set_copy(a, 0);
     free(z), free(zr), free(la), free(lb);
     skv_context_free(ref), skv_context_free(c);
     skv_augment_free(a);

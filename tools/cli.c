@@ -559,9 +559,7 @@ skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_m
 }
 
 skv_augment *cli_load_augment(const char *cmd, const char *dir, const skv_model *m, int threads, const char *backend) {
-    if (backend && strcmp(backend, "cpu"))
-        cli_die(cmd, 2, "--augment runs on the CPU backend only so far (the coprocessor reads the cache as a "
-                "read-only past, which the %s backend does not offer)", backend);
+    (void)backend; /* CUDA: the coprocessor reads a copy of the cache (skv_augment_set_copy) */
     skv_model_params mp = skv_model_default_params();
     mp.n_threads = threads;
     mp.no_check = cli_no_check;

@@ -132,7 +132,7 @@ typedef struct skv_eval_config skv_eval_config;
 void cli_smallkv_config(const char *cmd, const cli_policy_args *a, float b, const char *variant, const char *name,
                         skv_eval_config *cfg);
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
-/* Load the --augment coprocessor for m (exits naming the flag when refused; CPU backend only). */
+/* Load the --augment coprocessor for m (exits naming the flag when refused). */
 skv_augment *cli_load_augment(const char *cmd, const char *dir, const skv_model *m, int threads, const char *backend);
 
 /* `ppl --augment DIR [--augment-every K]` over the tokenized windows (tools/ppl_augment.c). */

@@ -59,6 +59,7 @@ int ppl_augment(const char *aug_dir, int every, skv_model *m, const char *model_
                 A < 1 ? 1 : A);
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = W;
+    cp.backend = cli_backend("ppl", backend);
     skv_context *c = NULL;
     cli_check("ppl", skv_context_init(m, cp, &c));
     const int B = SKV_CLI_MIN(512, W);

@@ -16,6 +16,7 @@ struct skv_augment {
     float *soft;           /* (n_latent, dim) */
     float *z;              /* (n_latent, dim) scratch for apply */
     int32_t n_latent, dim, normed;
+    int32_t copy;          /* 1: read a copy of the base cache (export/import), not a read-only past */
     skv_augment_usage u;
 };
 
@@ -152,6 +153,21 @@ void skv_augment_free(skv_augment *a) {
 
 int32_t skv_augment_n_latent(const skv_augment *a) { return a ? a->n_latent : 0; }
 
+void skv_augment_set_copy(skv_augment *a, int copy) { a->copy = copy != 0; }
+
+/* The scratch context on the base context's backend (re-created when that changes). */
+static skv_status scratch_for(skv_augment *a, const skv_context *c) {
+    const skv_backend want = strcmp(c->be->name, "cpu") ? SKV_BACKEND_CUDA : SKV_BACKEND_CPU;
+    if (a->c && a->c->be == c->be) return SKV_OK;
+    skv_context_free(a->c);
+    a->c = NULL;
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = skv_model_get_info(a->m)->n_ctx;
+    cp.n_batch = a->n_latent;
+    cp.backend = want;
+    return skv_context_init(a->m, cp, &a->c);
+}
+
 skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z) {
     const int32_t T = skv_context_n_past(c);
     if (T < 1) return skv_set_error(SKV_ERR_ARG, "augment: the base context is empty");
@@ -159,15 +175,22 @@ skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z) {
     if (T + a->n_latent > room)
         return skv_set_error(SKV_ERR_RANGE, "augment: %d tokens + %d latents exceed the coprocessor's context of %d",
                              T, a->n_latent, room);
-    skv_status st;
-    if (!a->c) {
-        skv_context_params cp = skv_context_default_params();
-        cp.n_ctx = room;
-        cp.n_batch = a->n_latent;
-        if ((st = skv_context_init(a->m, cp, &a->c))) return st;
-    }
+    skv_status st = scratch_for(a, c);
+    if (st) return st;
     const double t0 = skv_time_now();
-    if ((st = skv_context_set_past(a->c, c))) return st;
+    /* the base cache as the coprocessor's past: read in place where the backend can (CPU), else
+     * a copy through export/import (CUDA has no read-only past) */
+    const int copy = a->copy || !c->be->set_past;
+    if (copy) {
+        void *buf = NULL;
+        size_t len = 0;
+        if ((st = skv_context_export(c, &buf, &len))) return st;
+        st = skv_context_import(a->c, buf, len);
+        free(buf);
+    } else {
+        st = skv_context_set_past(a->c, c);
+    }
+    if (st) return st;
     const skv_batch b = {.embd = a->soft, .n = a->n_latent, .all = 1,
                          .hidden_normed = a->normed ? z : NULL, .hidden = a->normed ? NULL : z};
     st = skv_decode_ex(a->c, &b);
@@ -175,8 +198,8 @@ skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z) {
     skv_context_kv_usage(a->c, &u);
     a->u.kv_bytes = u.bytes;
     /* back to empty, the past released (c may change after this) */
-    skv_status st2 = skv_context_truncate(a->c, T);
-    if (!st2) st2 = skv_context_set_past(a->c, NULL);
+    skv_status st2 = skv_context_truncate(a->c, copy ? 0 : T);
+    if (!st2 && !copy) st2 = skv_context_set_past(a->c, NULL);
     a->u.seconds_cop += skv_time_now() - t0;
     return st ? st : st2;
 }
