@@ -196,6 +196,13 @@ static void test_refusals(void) {
     CHECKF(rc != 0 && err && strstr(err, "--augment") && strstr(err, "hidden_size"), "run --augment with a "
            "mismatched base: rc %d, %s", rc, err ? err : "");
     free(err);
+    err = NULL;
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz -w 1 --augment-every 64",
+             skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir());
+    const int rc2 = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc2 == 2 && err && strstr(err, "--augment DIR"), "ppl --augment-every without --augment: rc %d, %s", rc2,
+           err ? err : "");
+    free(err);
 }
 
 /* The trained coprocessor against train/augment_ref.py's reference (CPU, float32 from bf16). */
