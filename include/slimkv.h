@@ -508,6 +508,48 @@ const int32_t *skv_smallkv_head_map(const skv_smallkv *s);
 skv_status skv_smallkv_match_quality(const skv_smallkv *s, double *jaccard, double *cosine);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Cache augmentation: a coprocessor writes latents into the cache (arXiv 2412.17747)            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A coprocessor directory (train/augment.py): the base model's layout (config.json,
+ * model.safetensors), augment.json (base_model, n_latent, the base's hidden_size,
+ * num_hidden_layers, num_key_value_heads, head_dim, vocab_size; latent "hidden_normed" or
+ * "hidden"; positions "advance") and soft.safetensors (soft_embeddings: n_latent x hidden_size).
+ * At context length T the coprocessor runs its soft embeddings at positions T .. T+n_latent-1
+ * over the base context's cache as read-only past (its own KV is scratch), and its final hidden
+ * states (after the final norm by default) are the latents; the base consumes them as input
+ * embeddings (its cache grows by n_latent) and the next token goes to T+n_latent. On the CPU the
+ * coprocessor reads the base cache in place (read-only past); on CUDA, which has no read-only
+ * past, it reads a copy (export/import) in a scratch context on the GPU. */
+typedef struct skv_augment skv_augment;
+
+typedef struct skv_augment_usage {
+    int64_t weight_bytes;   /* the coprocessor's weights */
+    int64_t kv_bytes;       /* its scratch cache at the last augmentation (n_latent tokens; with a
+                               copy, the copied base cache too) */
+    int64_t runs;           /* augmentations so far */
+    double seconds_cop;     /* time in the coprocessor pass, summed */
+    double seconds_base;    /* time of the base consuming the latents, summed */
+} skv_augment_usage;
+
+/* Load the coprocessor in dir for the model base. Refused naming the field when augment.json or
+ * the coprocessor's config disagrees with base (hidden_size, num_hidden_layers,
+ * num_key_value_heads, head_dim, vocab_size), or soft_embeddings' shape disagrees with n_latent
+ * or hidden_size. */
+skv_status skv_augment_load(const char *dir, const skv_model *base, skv_model_params params,
+                            skv_augment **out);
+void skv_augment_free(skv_augment *a);
+int32_t skv_augment_n_latent(const skv_augment *a);
+/* The latents (n_latent x dim) for base context c's cache as it is now; c is not changed. */
+skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z);
+/* Latents, then c consumes them: c grows by n_latent; logits (n_vocab, may be NULL) are the last
+ * latent's, from which the first token after comes. */
+skv_status skv_augment_apply(skv_augment *a, skv_context *c, float *logits);
+void skv_augment_get_usage(const skv_augment *a, skv_augment_usage *u);
+/* 1: read a copy of the base cache (export/import) even where a read-only past is available. */
+void skv_augment_set_copy(skv_augment *a, int copy);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 

@@ -571,6 +571,16 @@ skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_m
     return d;
 }
 
+skv_augment *cli_load_augment(const char *cmd, const char *dir, const skv_model *m, int threads, const char *backend) {
+    (void)backend; /* CUDA: the coprocessor reads a copy of the cache (skv_augment_set_copy) */
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = threads;
+    mp.no_check = cli_no_check;
+    skv_augment *a = NULL;
+    if (skv_augment_load(dir, m, mp, &a)) cli_die(cmd, 1, "--augment %s: %s", dir, skv_last_error());
+    return a;
+}
+
 const char *cli_basename(const char *dir) {
     const char *b = strrchr(dir, '/');
     return b && b[1] ? b + 1 : dir;

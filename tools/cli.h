@@ -142,6 +142,12 @@ typedef struct skv_eval_config skv_eval_config;
 void cli_smallkv_config(const char *cmd, const cli_policy_args *a, float b, const char *variant, const char *name,
                         skv_eval_config *cfg);
 skv_model *cli_load_draft(const char *cmd, const cli_policy_args *a, const skv_model *m, int threads);
+/* Load the --augment coprocessor for m (exits naming the flag when refused). */
+skv_augment *cli_load_augment(const char *cmd, const char *dir, const skv_model *m, int threads, const char *backend);
+
+/* `ppl --augment DIR [--augment-every K]` over the tokenized windows (tools/ppl_augment.c). */
+int ppl_augment(const char *aug_dir, int every, skv_model *m, const char *model_dir, const int32_t *all, int n_win,
+                int W, int threads, const char *backend, const char *out, const char *dump, int quiet);
 
 /* Print s as a JSON string (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s, size_t len);

@@ -10,7 +10,7 @@
 #include <string.h>
 
 int cmd_eval(int argc, char **argv) {
-    const char *dir = NULL, *tasks = NULL, *out = NULL, *only = NULL;
+    const char *dir = NULL, *tasks = NULL, *out = NULL, *only = NULL, *aug_dir = NULL;
     int use_mmap = 0, threads = 0, limit = 0, no_kl = 0, quiet = 0;
     cli_policy_args pa;
     cli_opt opts[64] = {
@@ -20,9 +20,10 @@ int cmd_eval(int argc, char **argv) {
         {"out", 'o', OPT_STR, &out, "FILE", "write one JSON line per row"},
         {"no-kl", 0, OPT_FLAG, &no_kl, NULL, "skip the KL divergence to the full cache"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
+        {"augment", 0, OPT_STR, &aug_dir, "DIR", "cache augmentation: the coprocessor in DIR writes its latents into the cache after each prompt (no KL)"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 7;
+    int n_opts = 8;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"eval", "-m DIR --tasks FILE --policy P [--budget B] [--limit N] [--out FILE]",
                          "Run the evaluation tasks under a KV policy (docs/evaluation.md section 2).",
@@ -49,6 +50,11 @@ int cmd_eval(int argc, char **argv) {
     eo.backend = cli_backend("eval", pa.backend);
     eo.kl = !no_kl && strcmp(pp.name, "full") != 0;
     eo.draft = draft;
+    if (aug_dir) {
+        if (draft) cli_die("eval", 2, "--augment and --policy smallkv cannot be combined");
+        eo.augment = cli_load_augment("eval", aug_dir, m, threads, pa.backend);
+        eo.kl = 0;
+    }
     FILE *fo = NULL;
     if (out && !(fo = fopen(out, "w"))) cli_die("eval", 1, "%s: cannot write", out);
 
@@ -96,13 +102,19 @@ int cmd_eval(int argc, char **argv) {
     if (!quiet) fprintf(stderr, "\n");
     if (fo) fclose(fo);
     if (done == 0) cli_die("eval", 1, "no rows of task '%s' in %s", only ? only : "?", tasks);
-    printf("{\"policy\": \"%s\", \"budget\": %g, \"budget_tokens\": %d, \"rows\": %d, \"scores\": {",
-           pp.name, pp.budget, pp.budget_tokens, done);
+    printf("{\"policy\": \"%s\", \"budget\": %g, \"budget_tokens\": %d, ", pp.name, pp.budget, pp.budget_tokens);
+    if (aug_dir) {
+        printf("\"augment\": ");
+        cli_json_string(stdout, aug_dir, strlen(aug_dir));
+        printf(", \"n_latent\": %d, ", skv_augment_n_latent(eo.augment));
+    }
+    printf("\"rows\": %d, \"scores\": {", done);
     for (int k = 0; k < n_names; k++) printf("%s\"%s\": %.4f", k ? ", " : "", names[k], sum[k] / cnt[k]);
     printf("}, \"kv_bytes_mean\": %.0f, \"kl_mean\": %.6g, ", kv_sum / done, kl_n ? kl_sum / (double)kl_n : 0.0);
     if (m_n) printf("\"match_jaccard_mean\": %.4f, \"match_cosine_mean\": %.4f, ", mj_sum / m_n, mc_sum / m_n);
     printf("\"seconds\": %.1f}\n", skv_time_now() - t0);
     skv_tasks_free(&ts);
+    skv_augment_free(eo.augment);
     skv_model_free(draft);
     skv_model_free(m);
     skv_tokenizer_free(tok);

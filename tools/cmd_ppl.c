@@ -120,7 +120,8 @@ static void report(const char *out, const char *dir, double nll, double nll2, in
 int cmd_ppl(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *file = NULL, *out = NULL;
-    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0;
+    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0, aug_every = 0;
+    const char *aug_dir = NULL, *aug_dump = NULL;
     cli_policy_args pa;
     cli_opt opts[64] = {
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
@@ -130,9 +131,12 @@ int cmd_ppl(int argc, char **argv) {
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
         {"chunk", 0, OPT_INT, &chunk, "N", "tokens per forward call; the policy compresses after each (default 512, 128 with a policy)"},
         {"sk-prompt", 0, OPT_INT, &sk_prompt, "N", "smallkv: tokens of each window prefilled before SmallKV decoding (default: half)"},
+        {"augment", 0, OPT_STR, &aug_dir, "DIR", "cache augmentation with the coprocessor in DIR: per-position relative perplexity after augmentation points (once per window, at its middle, unless --augment-every)"},
+        {"augment-every", 0, OPT_INT, &aug_every, "K", "with --augment: a point every K tokens, 32 tokens scored after each (the paper's protocol)"},
+        {"augment-dump", 0, OPT_STR, &aug_dump, "FILE", "with --augment: write the per-point NLLs as float32 (window, point, k, [aug, base])"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 8;
+    int n_opts = 11;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
                          "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
@@ -187,6 +191,16 @@ int cmd_ppl(int argc, char **argv) {
     if (n_win < windows && !quiet)
         fprintf(stderr, "slimkv ppl: the corpus holds only %d windows of %d tokens\n", n_win, W);
 
+    if ((aug_every || aug_dump) && !aug_dir) cli_die("ppl", 2, "--augment-every and --augment-dump need --augment DIR");
+    if (aug_dir) {
+        if (sk || with_policy) cli_die("ppl", 2, "--augment runs with the full cache only (no --policy)");
+        const int rc = ppl_augment(aug_dir, aug_every, m, dir, all, n_win, W, threads, pa.backend, out, aug_dump, quiet);
+        free(all);
+        free(text);
+        skv_model_free(m);
+        skv_tokenizer_free(tok);
+        return rc;
+    }
     if (sk && strcmp(pa.backend, "cpu")) cli_die("ppl", 2, "--policy smallkv runs on the CPU backend only so far");
     if (sk) {
         double nll = 0, nll2 = 0, nll_full = 0, kl = 0, fast = 0, t0 = skv_time_now();

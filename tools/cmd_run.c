@@ -13,6 +13,7 @@ int cmd_run(int argc, char **argv) {
     int n_gen = 128, top_k = sd.top_k, last_n = sd.penalty_last_n, json = 0, threads = 0, ctx = 0;
     int ignore_eos = 0;
     int no_echo = 0, kv_stats = 0;
+    const char *aug_dir = NULL;
     float temp = sd.temperature, top_p = sd.top_p, penalty = sd.repetition_penalty;
     uint64_t seed = 42;
     cli_policy_args pa;
@@ -31,9 +32,10 @@ int cmd_run(int argc, char **argv) {
         {"no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the continuation"},
         {"kv-stats", 0, OPT_FLAG, &kv_stats, NULL, "print the KV memory per layer and KV head, and per format, at the end"},
         {"json", 0, OPT_FLAG, &json, NULL, "print {\"ids\": [...], \"text\": \"...\"} instead of streaming"},
+        {"augment", 0, OPT_STR, &aug_dir, "DIR", "cache augmentation: the coprocessor in DIR writes its latents into the cache once, after the prompt"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 15;
+    int n_opts = 16;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"run", "-m DIR -p TEXT [options]",
                          "Generate text after a prompt, streaming it to standard output. With a KV "
@@ -85,15 +87,19 @@ int cmd_run(int argc, char **argv) {
         cp.policy = cli_policy_params("run", &pa, NULL, m);
         cli_check("run", skv_context_init(m, cp, &c));
     }
+    skv_augment *aug = NULL;
+    if (aug_dir && sk) cli_die("run", 2, "--augment and --policy smallkv cannot be combined");
+    if (aug_dir) aug = cli_load_augment("run", aug_dir, m, threads, pa.backend);
+    const int n_lat = skv_augment_n_latent(aug); /* 0 without --augment */
     int n_ctx = ctx ? ctx : in->n_ctx;
     if (sk && skv_model_get_info(draft)->n_ctx < n_ctx) n_ctx = skv_model_get_info(draft)->n_ctx;
-    if ((int64_t)n_prompt >= n_ctx)
-        cli_die("run", 1, "the prompt has %zu tokens; the context holds %d (the prompt must be "
-                "shorter to leave room for generation)", n_prompt, n_ctx);
+    if ((int64_t)n_prompt + n_lat >= n_ctx)
+        cli_die("run", 1, "the prompt has %zu tokens%s; the context holds %d (the prompt must be "
+                "shorter to leave room for generation)", n_prompt, n_lat ? " plus the latents" : "", n_ctx);
 
     /* at most one token beyond what the context holds after the prompt is generated: -n may
      * ask for more (up to INT_MAX) without that much memory being needed */
-    const int64_t gen_cap = SKV_CLI_MIN((int64_t)n_gen, (int64_t)n_ctx - (int64_t)n_prompt + 1);
+    const int64_t gen_cap = SKV_CLI_MIN((int64_t)n_gen, (int64_t)n_ctx - (int64_t)n_prompt - n_lat + 1);
     float *logits = malloc((size_t)in->n_vocab * sizeof(float));
     int32_t *gen = malloc((size_t)(gen_cap + 1) * sizeof(int32_t));
     if (!logits || !gen) cli_die("run", 1, "out of memory for %lld generated tokens", (long long)gen_cap);
@@ -101,6 +107,8 @@ int cmd_run(int argc, char **argv) {
     if (sk) cli_check("run", skv_smallkv_prefill(drv, ids, (int32_t)n_prompt, logits));
     else cli_check("run", skv_decode(c, ids, (int32_t)n_prompt, logits, 0));
     double t1 = skv_time_now();
+    if (aug) cli_check("run", skv_augment_apply(aug, c, logits)); /* the next token from the last latent */
+    const double t_aug = skv_time_now() - t1;
     for (size_t i = 0; i < n_prompt; i++) skv_sampler_accept(smp, ids[i]);
 
     skv_detok *dt = NULL;
@@ -125,7 +133,7 @@ int cmd_run(int argc, char **argv) {
             }
         }
         if (n_out == n_gen) break;
-        if ((int64_t)n_prompt + n_out - 1 >= n_ctx) { /* tokens in the cache */
+        if ((int64_t)n_prompt + n_lat + n_out - 1 >= n_ctx) { /* tokens in the cache */
             stopped_ctx = 1;
             break;
         }
@@ -162,6 +170,13 @@ int cmd_run(int argc, char **argv) {
                 (long long)su.fast_bytes, (long long)su.slow_bytes, (long long)su.draft_kv_bytes,
                 (long long)su.draft_weight_bytes);
     }
+    if (aug) {
+        skv_augment_usage au;
+        skv_augment_get_usage(aug, &au);
+        fprintf(stderr, "slimkv run: augmentation: %d latents in %.1f ms (coprocessor %.1f ms, base %.1f ms); "
+                "coprocessor weights %lld bytes, scratch KV %lld bytes\n", n_lat, 1e3 * t_aug, 1e3 * au.seconds_cop,
+                1e3 * au.seconds_base, (long long)au.weight_bytes, (long long)au.kv_bytes);
+    }
     skv_kv_usage u = {0};
     if (c) skv_context_kv_usage(c, &u);
     if (kv_stats && c) {
@@ -193,6 +208,7 @@ int cmd_run(int argc, char **argv) {
     free(ids);
     free(text);
     skv_context_free(c);
+    skv_augment_free(aug);
     skv_smallkv_free(drv);
     skv_sampler_free(smp);
     skv_model_free(draft);

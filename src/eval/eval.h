@@ -65,6 +65,8 @@ typedef struct skv_eval_opts {
     skv_kv_format kv_format;
     skv_backend backend; /* where the model runs (CUDA: full policy, no SmallKV) */
     skv_model *draft;    /* small model for SmallKV configurations */
+    skv_augment *augment; /* cache augmentation: its latents go into every (non-SmallKV)
+                            configuration's cache once, after the prompt (NULL: none) */
     int32_t early_stop;  /* 1: stop generating once the row's score cannot change any more (a
                             newline for dictqa/linecomp, enough characters for the prefix
                             tasks); scores are unchanged, gen and KL cover fewer positions */

@@ -137,7 +137,17 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
         return skv_set_error(SKV_ERR_ARG, "smallkv needs a draft model");
     }
     skv_context_params cp = skv_context_default_params();
-    cp.n_ctx = SKV_MIN(np + o->max_new, skv_model_get_info(m)->n_ctx);
+    const int32_t n_lat = skv_augment_n_latent(o->augment);
+    if (n_lat && (sk_prefix || o->kl)) {
+        free(ids);
+        return skv_set_error(SKV_ERR_ARG, "augment: not with SmallKV configurations or KL measurement");
+    }
+    if (n_lat && np + n_lat >= skv_model_get_info(m)->n_ctx) {
+        free(ids);
+        return skv_set_error(SKV_ERR_RANGE, "augment: %d prompt tokens and %d latents leave no room in a context of %d",
+                             np, n_lat, skv_model_get_info(m)->n_ctx);
+    }
+    cp.n_ctx = SKV_MIN(np + n_lat + o->max_new, skv_model_get_info(m)->n_ctx);
     /* LCKV models (fewer cache layers than layers) prefill the prompt in one chunk: the group's
      * iterations run over the whole prompt, as in the paper and the PyTorch reference */
     if (skv_model_n_cache_layers(m) < skv_model_get_info(m)->n_layer) cp.n_batch = SKV_MAX(np, 1);
@@ -193,6 +203,10 @@ skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_r
             r->kv_bytes = u.bytes;
         }
         memcpy(lg, lg0, sizeof(float) * V);
+        if (c && o->augment && (st = skv_augment_apply(o->augment, c, lg))) { /* lg: the last latent's */
+            skv_context_free(c);
+            goto done;
+        }
         /* generate, measuring KL at each position before choosing its token */
         for (int32_t t = 0; t < o->max_new; t++) {
             if (o->kl) {

@@ -1,0 +1,285 @@
+/*
+ * test_augment.c — cache augmentation (src/method/augment.c): an identity-like coprocessor (the
+ * base's own weights, soft embeddings = token embeddings) gives exactly the base's hidden states
+ * of those tokens at positions T .. T+n_latent-1 of a copied cache; the base consumes the
+ * latents and the next token goes to T+n_latent; directories whose base does not match or
+ * whose soft embeddings disagree with n_latent are refused naming the field; the trained
+ * coprocessor against PyTorch's reference (skips without its weights).
+ */
+#include "harness.h"
+#include "model/model.h"
+#include "slimkv.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { NL = 5, P = 40 };
+
+static skv_model *g_s;
+static skv_model *model_s(void) {
+    if (!g_s) g_s = skv_test_load_model("kvt-s", 2);
+    return g_s;
+}
+
+/* soft.safetensors holding soft_embeddings (rows, cols) f32. */
+static int write_soft(const char *path, const float *x, int rows, int cols) {
+    char hdr[256];
+    const size_t bytes = sizeof(float) * (size_t)rows * cols;
+    int n = snprintf(hdr, sizeof hdr, "{\"soft_embeddings\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[0,%zu]}}",
+                     rows, cols, bytes);
+    while (n % 8) hdr[n++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    const uint64_t len = (uint64_t)n;
+    int ok = fwrite(&len, 8, 1, f) == 1 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n && fwrite(x, 1, bytes, f) == bytes;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* A coprocessor directory: config.json and weights of ../shared/models/<model> (links),
+ * augment.json with the given fields, soft embeddings of `rows` rows = token embeddings of
+ * ids[] of m. Returns the directory (static buffer per call site). */
+static const char *make_dir(const char *name, const char *model, const skv_model *m, const int32_t *ids, int rows,
+                            int n_latent, int hidden, int layers, int vocab) {
+    static char dirs[8][512];
+    static int next;
+    char *d = dirs[next++ % 8], path[1024];
+    snprintf(d, 512, "%s/%s", skv_test_tmpdir(), name);
+    mkdir(d, 0755);
+    char src_dir[1024];
+    snprintf(src_dir, sizeof src_dir, "%s/models/%s", skv_test_shared_dir(), model);
+    DIR *dd = opendir(src_dir);
+    if (!dd) return NULL;
+    for (struct dirent *e; (e = readdir(dd));) { /* config.json and the weights (single or sharded) */
+        if (strcmp(e->d_name, "config.json") && strncmp(e->d_name, "model", 5)) continue;
+        char src[2048];
+        snprintf(src, sizeof src, "%s/%s", src_dir, e->d_name);
+        snprintf(path, sizeof path, "%s/%s", d, e->d_name);
+        unlink(path);
+        if (symlink(src, path)) {
+            closedir(dd);
+            return NULL;
+        }
+    }
+    closedir(dd);
+    const skv_model_info *in = skv_model_get_info(m);
+    snprintf(path, sizeof path, "%s/augment.json", d);
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    fprintf(f, "{\"base_model\": \"test\", \"n_latent\": %d, \"hidden_size\": %d, \"num_hidden_layers\": %d, "
+            "\"num_key_value_heads\": %d, \"head_dim\": %d, \"vocab_size\": %d, \"latent\": \"hidden_normed\", "
+            "\"positions\": \"advance\"}\n", n_latent, hidden, layers, in->n_kv_head, in->head_dim, vocab);
+    fclose(f);
+    float *soft = malloc(sizeof(float) * (size_t)rows * in->dim);
+    for (int r = 0; r < rows; r++) skv_weight_row_f32(&m->tok_embed, ids[r], soft + (size_t)r * in->dim);
+    snprintf(path, sizeof path, "%s/soft.safetensors", d);
+    const int rc = write_soft(path, soft, rows, in->dim);
+    free(soft);
+    return rc ? NULL : d;
+}
+
+static skv_context *ctx_of(skv_model *m) {
+    skv_context_params p = skv_context_default_params();
+    p.n_ctx = 256;
+    skv_context *c = NULL;
+    return skv_context_init(m, p, &c) == SKV_OK ? c : NULL;
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double d = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    return d;
+}
+
+/* Identity-like coprocessor: latents = the base's normed hidden states of the soft tokens'
+ * ids decoded at T .. T+NL-1 on a copied cache; the base consumes them; the next token is at
+ * T+NL. */
+static void test_identity_positions(void) {
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int D = in->dim, V = in->n_vocab;
+    int32_t ids[P + 1], soft_ids[NL];
+    skv_test_ids(ids, P + 1, 31);
+    skv_test_ids(soft_ids, NL, 77);
+    const char *dir = make_dir("ident", "kvt-s", m, soft_ids, NL, NL, D, in->n_layer, V);
+    REQUIRE(dir, "cannot write the coprocessor directory");
+    skv_augment *a = NULL;
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    REQUIRE(skv_augment_load(dir, m, mp, &a) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_augment_n_latent(a) == NL);
+    skv_context *c = ctx_of(m);
+    REQUIRE(c && skv_decode(c, ids, P, NULL, 0) == SKV_OK, "%s", skv_last_error());
+    float *z = malloc(sizeof(float) * NL * D), *zr = malloc(sizeof(float) * NL * D);
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    CHECK(skv_augment_latents(a, c, z) == SKV_OK);
+    CHECK(skv_context_n_past(c) == P); /* unchanged */
+    /* reference: a copy of the cache decodes the soft tokens' ids at P .. P+NL-1 */
+    const skv_policy_params full = skv_policy_default_params("full");
+    skv_context *ref = NULL, *shift = NULL;
+    REQUIRE(skv_context_fork(c, &full, &ref) == SKV_OK && skv_context_fork(c, &full, &shift) == SKV_OK, "fork");
+    const skv_batch rb = {.ids = soft_ids, .n = NL, .hidden_normed = zr, .all = 1};
+    CHECK(skv_decode_ex(ref, &rb) == SKV_OK);
+    const double d = max_diff(z, zr, (size_t)NL * D);
+    CHECKF(d < 1e-5, "identity-like latents vs the base's hidden states at T..T+NL-1: %.3g", d);
+    /* the same tokens one position later give other states: the comparison sees positions */
+    CHECK(skv_decode(shift, ids + P, 1, NULL, 0) == SKV_OK && skv_decode_ex(shift, &rb) == SKV_OK);
+    const double ds = max_diff(z, zr, (size_t)NL * D);
+    CHECKF(ds > 1e-3, "latents do not depend on their positions (%.3g)", ds);
+    /* apply: the cache grows by NL and the next token sits at T+NL (as on the reference path) */
+    skv_context_free(ref), skv_context_free(shift);
+    REQUIRE(skv_context_fork(c, &full, &ref) == SKV_OK, "fork");
+    CHECK(skv_augment_apply(a, c, la) == SKV_OK);
+    CHECK(skv_context_n_past(c) == P + NL);
+    const skv_batch eb = {.embd = z, .n = NL, .logits = lb};
+    CHECK(skv_decode_ex(ref, &eb) == SKV_OK);
+    CHECKF(max_diff(la, lb, (size_t)V) < 1e-4, "last latent's logits differ from the reference path");
+    CHECK(skv_decode(c, ids + P, 1, la, 0) == SKV_OK && skv_decode(ref, ids + P, 1, lb, 0) == SKV_OK);
+    CHECKF(max_diff(la, lb, (size_t)V) < 1e-4, "the token after the latents differs from the reference at T+NL");
+    CHECK(skv_context_n_past(c) == P + NL + 1);
+    skv_augment_usage u;
+    skv_augment_get_usage(a, &u);
+    CHECK(u.runs == 1 && u.weight_bytes > 0 && u.kv_bytes > 0);
+    /* the base context may be augmented again (the scratch context's past is released) */
+    CHECK(skv_augment_apply(a, c, la) == SKV_OK && skv_context_n_past(c) == P + 2 * NL + 1);
+    /* the copy path (export/import, what the CUDA backend uses) gives the read-only past's latents */
+    CHECK(skv_augment_latents(a, c, z) == SKV_OK);
+    skv_augment_set_copy(a, 1);
+    CHECK(skv_augment_latents(a, c, zr) == SKV_OK);
+    const double dc = max_diff(z, zr, (size_t)NL * D);
+    CHECKF(dc < 1e-6, "latents through a copied cache differ from the read-only past's: %.3g", dc);
+    CHECK(skv_augment_apply(a, c, la) == SKV_OK && skv_context_n_past(c) == P + 3 * NL + 1);
+    skv_augment_set_copy(a, 0);
+    free(z), free(zr), free(la), free(lb);
+    skv_context_free(ref), skv_context_free(c);
+    skv_augment_free(a);
+}
+
+static void expect_refused(const char *dir, const skv_model *m, const char *needle) {
+    skv_augment *a = NULL;
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 1;
+    const skv_status st = skv_augment_load(dir, m, mp, &a);
+    CHECKF(st != SKV_OK && !a, "%s: accepted (wanted a refusal naming %s)", dir, needle);
+    CHECKF(st == SKV_OK || strstr(skv_last_error(), needle), "%s: refused without naming %s: %s", dir, needle,
+           skv_last_error());
+    skv_augment_free(a);
+}
+
+static void test_refusals(void) {
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int D = in->dim, L = in->n_layer, V = in->n_vocab;
+    int32_t s[NL + 1];
+    skv_test_ids(s, NL + 1, 5);
+    expect_refused(make_dir("hid", "kvt-s", m, s, NL, NL, D + 64, L, V), m, "hidden_size");
+    expect_refused(make_dir("lay", "kvt-s", m, s, NL, NL, D, L + 1, V), m, "num_hidden_layers");
+    expect_refused(make_dir("voc", "kvt-s", m, s, NL, NL, D, L, V - 1), m, "vocab_size");
+    expect_refused(make_dir("rows", "kvt-s", m, s, NL + 1, NL, D, L, V), m, "n_latent");
+    expect_refused(make_dir("nl0", "kvt-s", m, s, NL, 0, D, L, V), m, "n_latent");
+    /* augment.json claims kvt-s's shape but the coprocessor is kvt-l: its own config refused */
+    expect_refused(make_dir("big", "kvt-l", m, s, NL, NL, D, L, V), m, "hidden_size");
+    /* no augment.json at all */
+    char path[1024];
+    const char *d = make_dir("nojson", "kvt-s", m, s, NL, NL, D, L, V);
+    snprintf(path, sizeof path, "%s/augment.json", d);
+    unlink(path);
+    expect_refused(d, m, "augment.json");
+    /* the CLI: a non-zero exit naming the flag and the field */
+    char cmd[2048], *err = NULL;
+    snprintf(cmd, sizeof cmd, "%s run -m %s/models/kvt-s --augment %s/hid -p hello -n 2 -t 1", skv_test_cli(),
+             skv_test_shared_dir(), skv_test_tmpdir());
+    const int rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc != 0 && err && strstr(err, "--augment") && strstr(err, "hidden_size"), "run --augment with a "
+           "mismatched base: rc %d, %s", rc, err ? err : "");
+    free(err);
+    err = NULL;
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz -w 1 --augment-every 64",
+             skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir());
+    const int rc2 = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc2 == 2 && err && strstr(err, "--augment DIR"), "ppl --augment-every without --augment: rc %d, %s", rc2,
+           err ? err : "");
+    free(err);
+}
+
+/* The trained coprocessor against train/augment_ref.py's reference (CPU, float32 from bf16). */
+static void test_pytorch_reference(void) {
+    const char *dir = "models/aug-kvt-l-n16";
+    if (access("models/aug-kvt-l-n16/model.safetensors", R_OK)) {
+        skv_test_skip("models/aug-kvt-l-n16/model.safetensors absent (scripts/get-weights.sh)");
+        return;
+    }
+    cJSON *ref = skv_test_load_json("models/aug-kvt-l-n16/reference.json");
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    if (!m) {
+        cJSON_Delete(ref);
+        skv_test_skip("kvt-l absent");
+        return;
+    }
+    REQUIRE(ref, "models/aug-kvt-l-n16/reference.json missing or malformed");
+    skv_augment *a = NULL;
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    REQUIRE(skv_augment_load(dir, m, mp, &a) == SKV_OK, "%s", skv_last_error());
+    const int D = skv_model_get_info(m)->dim, V = skv_model_get_info(m)->n_vocab, N = skv_augment_n_latent(a);
+    float *z = malloc(sizeof(float) * N * D), *lg = malloc(sizeof(float) * V);
+    const cJSON *prompts = cJSON_GetObjectItem(ref, "prompts"), *p;
+    cJSON_ArrayForEach(p, prompts) {
+        int n = 0, ng = 0;
+        int32_t *ids = skv_test_json_ids(cJSON_GetObjectItem(p, "ids"), &n);
+        int32_t *want = skv_test_json_ids(cJSON_GetObjectItem(p, "greedy16"), &ng);
+        skv_context *c = ctx_of(m);
+        REQUIRE(c && skv_decode(c, ids, n, NULL, 0) == SKV_OK, "%s", skv_last_error());
+        CHECK(skv_augment_latents(a, c, z) == SKV_OK);
+        double dmax = 0, zmax = 0;
+        const cJSON *rows = cJSON_GetObjectItem(p, "latents");
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < D; j++) {
+                const double r = cJSON_GetArrayItem(cJSON_GetArrayItem(rows, i), j)->valuedouble;
+                dmax = fmax(dmax, fabs(r - z[(size_t)i * D + j]));
+                zmax = fmax(zmax, fabs(r));
+            }
+        CHECKF(dmax / zmax < 2e-3, "prompt of %d tokens: latents differ by %.3g relative (max %.3g)", n, dmax / zmax, dmax);
+        printf("    prompt of %3d tokens: latents max |diff| / max |z| = %.2e\n", n, dmax / zmax);
+        CHECK(skv_augment_apply(a, c, lg) == SKV_OK);
+        const cJSON *tid = cJSON_GetObjectItem(p, "logits_top_ids"), *tv = cJSON_GetObjectItem(p, "logits_top");
+        double lmax = 0, ldiff = 0;
+        for (int i = 0; i < cJSON_GetArraySize(tid); i++) {
+            const double r = cJSON_GetArrayItem(tv, i)->valuedouble;
+            ldiff = fmax(ldiff, fabs(r - lg[cJSON_GetArrayItem(tid, i)->valueint]));
+            lmax = fmax(lmax, fabs(r));
+        }
+        CHECKF(ldiff / lmax < 2e-3, "prompt of %d tokens: last latent's logits differ by %.3g relative", n, ldiff / lmax);
+        printf("    prompt of %3d tokens: top-16 logits at the last latent max |diff| / max = %.2e\n", n, ldiff / lmax);
+        int32_t id = skv_test_argmax(lg, V), same = 0;
+        for (int t = 0; t < ng; t++) {
+            if (id != want[t]) break;
+            same++;
+            if (t + 1 < ng && skv_decode(c, &id, 1, lg, 0)) break;
+            id = skv_test_argmax(lg, V);
+        }
+        CHECKF(same == ng, "prompt of %d tokens: greedy after the latents agrees for %d of %d tokens", n, same, ng);
+        skv_context_free(c);
+        free(ids), free(want);
+    }
+    free(z), free(lg);
+    skv_augment_free(a);
+    skv_model_free(m);
+    cJSON_Delete(ref);
+}
+
+static void test_cleanup(void) {
+    skv_model_free(g_s);
+    g_s = NULL;
+}
+
+void register_augment(void) {
+    skv_test_add("augment/identity-like coprocessor: copied-cache states at T..T+NL-1, next token at T+NL",
+                 test_identity_positions);
+    skv_test_add("augment/mismatched base, n_latent vs soft embeddings, missing augment.json refused", test_refusals);
+    skv_test_add("augment/trained coprocessor vs PyTorch reference (latents, logits, greedy)", test_pytorch_reference);
+    skv_test_add("augment/(release the shared model)", test_cleanup);
+}
