@@ -11,6 +11,7 @@
 #include "slimkv.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,13 +48,14 @@ static const char *make_dir(const char *name, const char *model, const skv_model
     char *d = dirs[next++ % 8], path[1024];
     snprintf(d, 512, "%s/%s", skv_test_tmpdir(), name);
     mkdir(d, 0755);
-    char src_dir[1024];
-    snprintf(src_dir, sizeof src_dir, "%s/models/%s", skv_test_shared_dir(), model);
+    char rel[1024], src_dir[PATH_MAX];
+    snprintf(rel, sizeof rel, "%s/models/%s", skv_test_shared_dir(), model);
+    if (!realpath(rel, src_dir)) return NULL; /* the links must not be relative to the test's cwd */
     DIR *dd = opendir(src_dir);
     if (!dd) return NULL;
     for (struct dirent *e; (e = readdir(dd));) { /* config.json and the weights (single or sharded) */
         if (strcmp(e->d_name, "config.json") && strncmp(e->d_name, "model", 5)) continue;
-        char src[2048];
+        char src[PATH_MAX + 256];
         snprintf(src, sizeof src, "%s/%s", src_dir, e->d_name);
         snprintf(path, sizeof path, "%s/%s", d, e->d_name);
         unlink(path);
