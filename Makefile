@@ -20,7 +20,7 @@ BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp -Wall -Wextra -Wno-unused-parameter \
            -Iinclude -Isrc -Isrc/base -I$(BLASINC) $(EXTRA_CFLAGS)
 LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -llzma -lzstd \
-           -lm -fopenmp $(EXTRA_LDFLAGS)
+           -lucp -lucs -lm -fopenmp $(EXTRA_LDFLAGS)
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -13,6 +13,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
+int cmd_scd_dump(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -26,6 +27,7 @@ static const struct {
     {"bench", cmd_bench, "prompt processing and generation speed (llama-bench style)"},
     {"eval", cmd_eval, "run the evaluation tasks under a KV policy"},
     {"sweep", cmd_sweep, "quality against KV budget for several policies, with CSV and plots"},
+    {"scd-dump", cmd_scd_dump, "SCD calibration data: both models' K, V, normalised inputs on training prompts"},
     {"mkmodel", cmd_mkmodel, "write a random-weight model of a real shape (llama3-8b, qwen2-7b)"},
 };
 

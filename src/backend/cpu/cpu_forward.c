@@ -172,11 +172,15 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     skv_status st = skv_cpu_prefill_scratch(c);
     if (st) return st;
     embed_rows(c, fin);
+    const int32_t l0 = fin->layer0, l1 = fin->layer1 > 0 ? fin->layer1 : in->n_layer;
 
-    for (int32_t l = 0; l < in->n_layer; l++) {
+    for (int32_t l = l0; l < l1; l++) {
         const skv_layer *ly = &m->layers[l];
         const int32_t cl = m->cache_of[l];
+        const size_t tap = sizeof(float) * (size_t)(n * D);
+        if (out->resid_in) memcpy(out->resid_in + (int64_t)l * out->tap_rows * D, c->x, tap);
         rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
+        if (out->attn_in) memcpy(out->attn_in + (int64_t)l * out->tap_rows * D, c->xb, tap);
         linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
         linear(c, &ly->wk, ly->bk, c->xb, c->k, n);
         linear(c, &ly->wv, ly->bv, c->xb, c->v, n);
@@ -459,5 +463,11 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
 
 skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out) {
     skv_cpu *c = ctx->bs;
-    return in->n == 1 ? forward_token(c, in, out) : forward_chunk(c, in, out);
+    const int whole = in->layer0 == 0 && (in->layer1 == 0 || in->layer1 == ctx->m->cfg.info.n_layer);
+    if (!whole && (out->logits || out->hidden || out->hidden_normed))
+        return skv_set_error(SKV_ERR_ARG, "decode: a layer range [%d, %d) gives no logits or final hidden states",
+                             in->layer0, in->layer1);
+    /* taps and layer ranges run the multi-token path (also for one token) */
+    return in->n == 1 && whole && !out->resid_in && !out->attn_in ? forward_token(c, in, out)
+                                                                  : forward_chunk(c, in, out);
 }
