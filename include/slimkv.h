@@ -350,6 +350,9 @@ skv_status skv_context_get_kv(const skv_context *c, int32_t layer, int derope, f
 skv_status skv_context_put_kv(skv_context *c, int32_t n, const float *k, const float *v, int rope);
 /* K and V (before RoPE) of n normalised attention inputs h (n, dim) through layer's own
  * projections: k, v (n, n_kv_head * head_dim). */
+/* RoPE applied to (inverse = 0) or undone from (1) key rows k (n, n_kv_head * head_dim) at
+ * positions 0..n-1. */
+skv_status skv_model_rope_rows(skv_model *m, float *k, int32_t n, int inverse);
 skv_status skv_model_project_kv(const skv_model *m, int32_t layer, const float *h, int32_t n, float *k, float *v);
 
 /* Read-only past (CPU backend): an empty context c attends to past's cache before its own;

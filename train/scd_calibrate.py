@@ -240,6 +240,24 @@ def check_engine(a):
         sys.exit(1)
 
 
+def set_rank(a):
+    """Merge `slimkv scd-rank` output (patch_rank, patch_k, the KLs) into a maps file."""
+    T, meta = read_st(a.set_rank)
+    desc = json.loads(meta['scd'])
+    r = json.load(open(a.rank_json))
+    L = desc['n_layer']
+    if sorted(r['patch_rank']) != list(range(L)):
+        raise SystemExit(f'{a.rank_json}: patch_rank is not a permutation of {L} layers')
+    desc['patch_rank'] = r['patch_rank']
+    desc['patch_k'] = int(a.patch_k) if a.patch_k is not None else int(r['patch_k'])
+    desc['patch_ranked'] = True
+    desc['ranking'] = {k: r[k] for k in ('prompts', 'tail', 'kl_reuse_only', 'kl_single', 'kl_top_k', 'criterion',
+                                         'patch_k', 'commit') if k in r}
+    T = {k: np.array(v) for k, v in T.items()}
+    write_st(a.set_rank, T, {'scd': json.dumps(desc, separators=(',', ':'))})
+    print(f'{a.set_rank}: patch_rank {desc["patch_rank"]}, patch_k {desc["patch_k"]}')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--dump', help='scd-dump output (safetensors)')
@@ -258,7 +276,14 @@ def main():
     p.add_argument('--check-engine', help='dump file to check against numpy projections')
     p.add_argument('--model', help='model directory for --check-engine')
     p.add_argument('--side', choices=['producer', 'consumer'], default='producer')
+    p.add_argument('--set-rank', help='maps file to update with --rank-json (scd-rank output)')
+    p.add_argument('--rank-json', help='scd-rank output')
+    p.add_argument('--patch-k', type=int, default=None, help='with --set-rank: override the criterion\'s k')
     a = p.parse_args()
+    if a.set_rank:
+        if not a.rank_json:
+            p.error('--set-rank needs --rank-json')
+        return set_rank(a)
     if a.check_engine:
         if not a.model:
             p.error('--check-engine needs --model')

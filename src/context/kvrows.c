@@ -131,3 +131,11 @@ skv_status skv_model_project_kv(const skv_model *m, int32_t layer, const float *
     free(scratch);
     return SKV_OK;
 }
+
+skv_status skv_model_rope_rows(skv_model *m, float *k, int32_t n, int inverse) {
+    if (m->cfg.info.head_dim / 2 > 512) return skv_set_error(SKV_ERR_UNSUPPORTED, "rope_rows: head_dim %d", m->cfg.info.head_dim);
+    skv_status st = skv_model_rope(m, n);
+    if (st) return st;
+    rope_rows(m, k, n, inverse ? -1.0f : 1.0f);
+    return SKV_OK;
+}

@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
+#include <lzma.h>
 #include <math.h>
 
 void skv_scd_maps_free(skv_scd_maps *m) {
@@ -127,6 +128,7 @@ skv_status skv_scd_maps_load(const char *path, skv_scd_maps **out) {
     if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     size_t len;
     skv_status st = skv_read_file(path, &m->buf, &len);
+    if (!st) m->crc = lzma_crc64((const uint8_t *)m->buf, len, 0);
     if (!st) st = skv_st_parse_buffer(m->buf, len, path, &m->st);
     if (!st) st = skv_st_check_finite(m->st);
     cJSON *hdr = NULL, *desc = NULL;

@@ -8,6 +8,7 @@
 #define SKV_METHOD_SCD_H
 
 #include "io/safetensors.h"
+#include "slimkv.h"
 
 typedef struct skv_scd_map {   /* one part (K, V or H) of one layer; row-major f32 views */
     int32_t r;                 /* code rank */
@@ -27,6 +28,7 @@ struct skv_scd_maps {
     int32_t *patch_rank;       /* (n_layer) layers best first */
     int32_t patch_k, ranked;
     char producer[64], consumer[64];
+    uint64_t crc;              /* CRC-64 of the file: producer and consumer must hold the same maps */
 };
 
 #endif
