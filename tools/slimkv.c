@@ -16,6 +16,8 @@ int cmd_mkmodel(int argc, char **argv);
 int cmd_scd_dump(int argc, char **argv);
 int cmd_scd_rank(int argc, char **argv);
 int cmd_scd_eval(int argc, char **argv);
+int cmd_scd_producer(int argc, char **argv);
+int cmd_scd_consumer(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -32,6 +34,8 @@ static const struct {
     {"scd-dump", cmd_scd_dump, "SCD calibration data: both models' K, V, normalised inputs on training prompts"},
     {"scd-rank", cmd_scd_rank, "SCD patch-layer ranking and budget on held-out prompts"},
     {"scd-eval", cmd_scd_eval, "SCD and its baselines through the same frames: scores, KL/TV, bytes"},
+    {"scd-producer", cmd_scd_producer, "SCD producer: prefill and stream codes (or a baseline) to a consumer"},
+    {"scd-consumer", cmd_scd_consumer, "SCD consumer: rebuild the cache from checked frames, decode without prefill"},
     {"mkmodel", cmd_mkmodel, "write a random-weight model of a real shape (llama3-8b, qwen2-7b)"},
 };
 
