@@ -92,13 +92,18 @@ skv_status skv_wire_pack(int enc, int part, uint32_t rows, uint32_t cols, uint32
         const size_t bb = skv_quant_block_bytes(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V);
         float *blk = malloc(sizeof(float) * 32 * group);
         if (!blk) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
-        uint8_t *d = dst;
+        uint8_t *d = dst, *al = malloc(bb);
+        if (!al) {
+            free(blk);
+            return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        }
         for (uint32_t h = 0; h < cols / group; h++)
             for (uint32_t b = 0; b * 32 < rows; b++, d += bb) {
                 kivi_gather(x, rows, cols, group, h, b, blk);
-                skv_quant_block(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V, blk, d);
+                skv_quant_block(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V, blk, al);
+                memcpy(d, al, bb);
             }
-        free(blk);
+        free(blk), free(al);
     }
     return SKV_OK;
 }
@@ -124,18 +129,22 @@ skv_status skv_wire_unpack(int enc, int part, uint32_t rows, uint32_t cols, uint
         }
     else { /* KIVI4 */
         const size_t bb = skv_quant_block_bytes(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V);
-        float *blk = malloc(sizeof(float) * 32 * group);
-        if (!blk) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        float *blk = malloc(sizeof(float) * 32 * group), *al = malloc(bb); /* al: the block aligned */
+        if (!blk || !al) {
+            free(blk), free(al);
+            return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        }
         const uint8_t *s = src;
         for (uint32_t h = 0; h < cols / group; h++)
             for (uint32_t b = 0; b * 32 < rows; b++, s += bb) {
                 const uint32_t nr = SKV_MIN(32u, rows - b * 32);
-                skv_dequant_block(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V, s, blk, (int)nr);
+                memcpy(al, s, bb);
+                skv_dequant_block(SKV_KV_Q4, (int32_t)group, part == SKV_PART_V, al, blk, (int)nr);
                 for (uint32_t r = 0; r < nr; r++)
                     memcpy(x + (size_t)(b * 32 + r) * cols + (size_t)h * group, blk + (size_t)r * group,
                            sizeof(float) * group);
             }
-        free(blk);
+        free(blk), free(al);
     }
     for (uint64_t i = 0; i < n; i++)
         if (!isfinite(x[i]))
