@@ -280,7 +280,7 @@ int cmd_scd_consumer(int argc, char **argv) {
     const char *C = "scd-consumer";
     const char *dir = NULL, *mpath = NULL, *addr = "127.0.0.1:0", *transport = "tcp", *port_file = NULL, *dump = NULL;
     int threads = 0, requests = 1, max_new = 16;
-    float timeout = 30;
+    float timeout = 30, accept_timeout = 600;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "consumer model directory"},
         {"maps", 0, OPT_STR, &mpath, "FILE", "SCD maps (methods scd and reuse)"},
@@ -290,6 +290,7 @@ int cmd_scd_consumer(int argc, char **argv) {
         {"requests", 0, OPT_INT, &requests, "N", "serve N requests, then exit (default 1)"},
         {"max-new", 'n', OPT_INT, &max_new, "N", "tokens generated per request (default 16)"},
         {"timeout", 0, OPT_FLOAT, &timeout, "S", "seconds without progress before a request fails (default 30)"},
+        {"accept-timeout", 0, OPT_FLOAT, &accept_timeout, "S", "seconds to wait for each producer (default 600)"},
         {"dump-cache", 0, OPT_STR, &dump, "FILE", "write the rebuilt cache (skv_context_export) before decoding"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
     };
@@ -324,7 +325,7 @@ int cmd_scd_consumer(int argc, char **argv) {
     char *out = malloc(1 << 16);
     for (int r = 0; r < requests; r++) {
         skv_conn *conn;
-        skv_status st = tr->accept(l, 0, &conn);
+        skv_status st = tr->accept(l, accept_timeout, &conn);
         if (st) cli_die(C, 1, "%s", skv_last_error());
         conn->timeout_s = timeout;
         if (serve(C, conn, m, maps, tok, max_new, dump, out, 1 << 16)) rc = 1;
