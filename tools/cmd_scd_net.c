@@ -197,7 +197,7 @@ static void answer(skv_conn *conn, const char *json) {
 
 /* One request: frames until END (or an error); 0 on success with the result JSON in out. */
 static int serve(const char *C, skv_conn *conn, skv_model *m, const skv_scd_maps *maps, const skv_tokenizer *tok, int max_new,
-                 const char *dump, char *out, size_t cap) {
+                 const char *dump, int progress, char *out, size_t cap) {
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = skv_model_get_info(m)->n_ctx;
     skv_scd_consumer *sc;
@@ -210,6 +210,8 @@ static int serve(const char *C, skv_conn *conn, skv_model *m, const skv_scd_maps
         uint8_t *buf;
         if (!(st = skv_frame_recv(conn, SCD_MAX_PAYLOAD, &f, &buf))) {
             if (!frames++) t_first_frame = skv_time_now();
+            if (progress) fprintf(stderr, "%s: frame %d: %s, layer %d, %llu bytes\n", C, frames, skv_frame_type_name(f.type),
+                                  f.layer, (unsigned long long)f.len);
             st = skv_scd_consumer_feed(sc, &f, &done);
             free(buf);
         }
@@ -279,7 +281,7 @@ static int serve(const char *C, skv_conn *conn, skv_model *m, const skv_scd_maps
 int cmd_scd_consumer(int argc, char **argv) {
     const char *C = "scd-consumer";
     const char *dir = NULL, *mpath = NULL, *addr = "127.0.0.1:0", *transport = "tcp", *port_file = NULL, *dump = NULL;
-    int threads = 0, requests = 1, max_new = 16;
+    int threads = 0, requests = 1, max_new = 16, progress = 0;
     float timeout = 30, accept_timeout = 600;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "consumer model directory"},
@@ -291,6 +293,7 @@ int cmd_scd_consumer(int argc, char **argv) {
         {"max-new", 'n', OPT_INT, &max_new, "N", "tokens generated per request (default 16)"},
         {"timeout", 0, OPT_FLOAT, &timeout, "S", "seconds without progress before a request fails (default 30)"},
         {"accept-timeout", 0, OPT_FLOAT, &accept_timeout, "S", "seconds to wait for each producer (default 600)"},
+        {"progress", 0, OPT_FLAG, &progress, NULL, "print a line to stderr for every frame received"},
         {"dump-cache", 0, OPT_STR, &dump, "FILE", "write the rebuilt cache (skv_context_export) before decoding"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
     };
@@ -328,7 +331,7 @@ int cmd_scd_consumer(int argc, char **argv) {
         skv_status st = tr->accept(l, accept_timeout, &conn);
         if (st) cli_die(C, 1, "%s", skv_last_error());
         conn->timeout_s = timeout;
-        if (serve(C, conn, m, maps, tok, max_new, dump, out, 1 << 16)) rc = 1;
+        if (serve(C, conn, m, maps, tok, max_new, dump, progress, out, 1 << 16)) rc = 1;
         else printf("%s\n", out), fflush(stdout);
         tr->close(conn);
     }
