@@ -76,25 +76,25 @@ if [ "$FAULTS" = 1 ]; then
   shape 30
   for t in $TRANSPORTS; do
     echo "== $t: producer killed mid-stream (die at frame 6)" >> "$F"
-    consumer "$t" 1 --timeout 5 --accept-timeout 120
+    consumer "$t" 1 --timeout 30 --accept-timeout 120
     producer "$t" raw 1024 --fault die:6 >/dev/null 2>>"$F" || true
     wait $CPID || echo "consumer exit $?" >> "$F"; tail -1 "$OUT/consumer.err" >> "$F"
     echo "== $t: one byte corrupted (frame 5)" >> "$F"
-    consumer "$t" 1 --timeout 5 --accept-timeout 120
+    consumer "$t" 1 --timeout 30 --accept-timeout 120
     producer "$t" scd 1024 --fault corrupt:5 >/dev/null 2>>"$F" || true
     wait $CPID || echo "consumer exit $?" >> "$F"; tail -1 "$OUT/consumer.err" >> "$F"
     for cut in down loss; do
       if [ $cut = down ]; then echo "== $t: link cut mid-stream (ip link set vp down after the 6th frame arrived)" >> "$F"
       else echo "== $t: every packet dropped mid-stream (blackhole route at the producer after the 6th frame arrived)" >> "$F"; fi
       : > "$OUT/cut.err"
-      CERR="$OUT/cut.err" consumer "$t" 1 --timeout 10 --accept-timeout 120 --progress
+      CERR="$OUT/cut.err" consumer "$t" 1 --timeout 30 --accept-timeout 120 --progress
       ( for _ in $(seq 2400); do
           [ "$(grep -c ': frame ' "$OUT/cut.err" || true)" -ge 6 ] && break; sleep 0.05
         done
         if [ $cut = down ]; then ip -n $P link set vp down
         else ip -n $P route add blackhole $CA/32; fi ) &
       CUT=$!
-      producer "$t" raw 1984 --timeout 15 >/dev/null 2>>"$F" || true
+      producer "$t" raw 1984 --timeout 40 >/dev/null 2>>"$F" || true
       wait $CPID || echo "consumer exit $?" >> "$F"
       grep -c ': frame ' "$OUT/cut.err" | sed 's/^/frames received: /' >> "$F"; tail -1 "$OUT/cut.err" >> "$F"
       wait $CUT || true

@@ -135,7 +135,8 @@ static skv_status ucx_accept(skv_listener *lb, double timeout_s, skv_conn **out)
     ucx_listener *l = (ucx_listener *)lb;
     const double t_end = skv_time_now() + (timeout_s > 0 ? timeout_s : 1e30);
     while (!l->req) {
-        if (!ucp_worker_progress(l->rt->worker) && skv_time_now() > t_end)
+        ucp_worker_progress(l->rt->worker);
+        if (skv_time_now() > t_end)
             return skv_set_error(SKV_ERR_IO, "ucx: nothing connected for %.1f s", timeout_s);
     }
     ucx_conn *c = conn_new(l->rt, timeout_s);
@@ -165,28 +166,47 @@ static void ucx_close_listener(skv_listener *lb) {
 }
 
 /* Wait for a request: UCS_OK, an error, or a timeout (the request is cancelled). */
-static skv_status wait_req(ucx_conn *c, void *r, int is_recv, size_t *len, const char *what) {
+static int req_busy(void *r, int is_recv, size_t *len) {
+    return (is_recv ? ucp_stream_recv_request_test(r, len) : ucp_request_check_status(r)) == UCS_INPROGRESS;
+}
+
+/* op names the operation in errors ("send"), idle what did not happen on a timeout ("sent"). */
+static skv_status wait_req(ucx_conn *c, void *r, int is_recv, size_t *len, const char *op, const char *idle) {
     if (r == NULL) return SKV_OK;
     if (UCS_PTR_IS_ERR(r))
-        return skv_set_error(SKV_ERR_IO, "ucx: %s: %s%s", what, ucs_status_string(UCS_PTR_STATUS(r)),
+        return skv_set_error(SKV_ERR_IO, "ucx: %s: %s%s", op, ucs_status_string(UCS_PTR_STATUS(r)),
                              c->failed ? " (connection dropped)" : "");
     const double t_end = skv_time_now() + (c->base.timeout_s > 0 ? c->base.timeout_s : 1e30);
     ucs_status_t s;
     for (;;) {
         s = is_recv ? ucp_stream_recv_request_test(r, len) : ucp_request_check_status(r);
         if (s != UCS_INPROGRESS) break;
-        if (!ucp_worker_progress(c->rt->worker) && skv_time_now() > t_end) {
+        ucp_worker_progress(c->rt->worker); /* may keep reporting events on a dead link: check the clock anyway */
+        if (skv_time_now() > t_end) {
+            /* a stream receive may not be cancellable: close the endpoint by force, which
+             * completes whatever is outstanding with an error, before the caller's buffer goes */
             ucp_request_cancel(c->rt->worker, r);
-            while ((is_recv ? ucp_stream_recv_request_test(r, len) : ucp_request_check_status(r)) == UCS_INPROGRESS)
-                ucp_worker_progress(c->rt->worker);
-            ucp_request_free(r);
-            return skv_set_error(SKV_ERR_IO, "ucx: nothing %s for %.1f s (link down or peer stalled)", what,
+            const double t_drain = skv_time_now() + 1;
+            while (req_busy(r, is_recv, len) && skv_time_now() < t_drain) ucp_worker_progress(c->rt->worker);
+            if (req_busy(r, is_recv, len) && c->ep) {
+                ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
+                void *cr = ucp_ep_close_nbx(c->ep, &cp);
+                c->ep = NULL;
+                const double t_close = skv_time_now() + 5;
+                while ((req_busy(r, is_recv, len) || (cr && !UCS_PTR_IS_ERR(cr) && ucp_request_check_status(cr) == UCS_INPROGRESS)) &&
+                       skv_time_now() < t_close)
+                    ucp_worker_progress(c->rt->worker);
+                if (cr && !UCS_PTR_IS_ERR(cr) && ucp_request_check_status(cr) != UCS_INPROGRESS) ucp_request_free(cr);
+            }
+            c->failed = 1, c->fail_status = UCS_ERR_TIMED_OUT;
+            if (!req_busy(r, is_recv, len)) ucp_request_free(r);
+            return skv_set_error(SKV_ERR_IO, "ucx: nothing %s for %.1f s (link down or peer stalled)", idle,
                                  c->base.timeout_s);
         }
     }
     ucp_request_free(r);
     if (s != UCS_OK)
-        return skv_set_error(SKV_ERR_IO, "ucx: %s: %s (connection dropped)", what, ucs_status_string(s));
+        return skv_set_error(SKV_ERR_IO, "ucx: %s: %s (connection dropped)", op, ucs_status_string(s));
     return SKV_OK;
 }
 
@@ -214,7 +234,7 @@ static skv_status ucx_connect(const char *host, int port, double timeout_s, skv_
     /* the connection is made lazily: flush to find out now whether the peer is there */
     ucp_request_param_t rp = {.op_attr_mask = 0};
     void *r = ucp_ep_flush_nbx(c->ep, &rp);
-    if ((st = wait_req(c, r, 0, NULL, "connected")) || c->failed) {
+    if ((st = wait_req(c, r, 0, NULL, "connect", "connected")) || c->failed) {
         if (!st) st = skv_set_error(SKV_ERR_IO, "ucx: cannot connect to %s:%d: %s", host, port, ucs_status_string(c->fail_status));
         skv_transport_ucx.close(&c->base);
         return st;
@@ -228,7 +248,7 @@ static skv_status ucx_send(skv_conn *cb, const void *buf, size_t n) {
     if (c->failed) return skv_set_error(SKV_ERR_IO, "ucx: send: %s (connection dropped)", ucs_status_string(c->fail_status));
     ucp_request_param_t rp = {.op_attr_mask = 0};
     void *r = ucp_stream_send_nbx(c->ep, buf, n, &rp);
-    skv_status st = wait_req(c, r, 0, NULL, "could be sent");
+    skv_status st = wait_req(c, r, 0, NULL, "send", "could be sent");
     if (!st) cb->bytes_sent += n;
     return st;
 }
@@ -239,7 +259,7 @@ static skv_status ucx_recv(skv_conn *cb, void *buf, size_t n) {
     size_t len = 0;
     ucp_request_param_t rp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_STREAM_RECV_FLAG_WAITALL};
     void *r = ucp_stream_recv_nbx(c->ep, buf, n, &len, &rp);
-    skv_status st = wait_req(c, r, 1, &len, "received");
+    skv_status st = wait_req(c, r, 1, &len, "recv", "received");
     if (!st && len != n)
         st = skv_set_error(SKV_ERR_IO, "ucx: received %zu of %zu bytes (connection dropped)", len, n);
     if (!st) cb->bytes_recv += n;
