@@ -7,8 +7,8 @@
 #                       [-M "scd reuse raw kivi4 oracle"] [-T "tcp ucx"] [-k MAPS] [-d DELAY_MS] [--faults]
 #
 # For every transport, rate, prompt length and method: one request, producer (kvt-l) in netns
-# skvp, consumer (kvt-l-qa) in netns skvc, prompt = the last LEN tokens of dictqa row 0 of the
-# val tasks. Each producer line (JSON, with the consumer's answer inside) goes to
+# skvp, consumer (kvt-l-qa) in netns skvc, prompt = the last LEN tokens of the first 16 kB of the
+# val corpus (no task row is 1984 tokens long). Each producer line (JSON, with the consumer's answer inside) goes to
 # OUT/ttft.jsonl; scripts/scd_ttft_table.py turns it into OUT/ttft.md.
 # --faults instead runs the network faults (producer killed mid-stream, a corrupted byte, the
 # link set down mid-stream, every packet dropped mid-stream by a blackhole route) and writes what
@@ -32,6 +32,7 @@ SH=${SKV_SHARED:-../shared}
 [ -x "$SKV" ] || { echo "scd_ttft.sh: $SKV not built" >&2; exit 1; }
 [ -f "$MAPS" ] || { echo "scd_ttft.sh: maps $MAPS missing (scripts/scd_calibrate.sh)" >&2; exit 1; }
 mkdir -p "$OUT"
+{ xz -dc "$SH/data/corpus.val.txt.xz" 2>/dev/null || true; } | head -c 16000 | tr -d '\036' > "$OUT/.prompt.txt"
 P=skvp C=skvc PA=10.77.0.1 CA=10.77.0.2 PORT=17714
 cleanup() { ip netns del $P 2>/dev/null || true; ip netns del $C 2>/dev/null || true; }
 trap cleanup EXIT
@@ -66,8 +67,7 @@ consumer() { # transport, requests, extra args -> runs in the background, waits 
 producer() { # transport method len extra...
   local t=$1 m=$2 len=$3; shift 3
   UCX_TLS=tcp UCX_NET_DEVICES=vp ip netns exec $P "$SKV" scd-producer -m "$SH/models/kvt-l" --maps "$MAPS" \
-    --connect $CA:$PORT --transport "$t" --method "$m" --tasks "$SH/data/tasks.val.jsonl" --task dictqa --row 0 \
-    --keep-last "$len" -t 1 "$@"
+    --connect $CA:$PORT --transport "$t" --method "$m" -f "$OUT/.prompt.txt" --keep-last "$len" -t 1 "$@"
 }
 
 if [ "$FAULTS" = 1 ]; then
