@@ -20,7 +20,7 @@ BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp -Wall -Wextra -Wno-unused-parameter \
            -Iinclude -Isrc -Isrc/base -I$(BLASINC) $(EXTRA_CFLAGS)
 LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -llzma -lzstd \
-           -lm -fopenmp $(EXTRA_LDFLAGS)
+           -lucp -lucs -lm -fopenmp $(EXTRA_LDFLAGS)
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -115,13 +115,13 @@ asan:
 # the task reader) compiled by clang with the fuzzer, address and undefined-behaviour sanitizers
 FUZZ_CC      ?= clang
 FUZZ_BUILD   := build-fuzz
-FUZZ_TARGETS := safetensors st_index config tokenizer_json tokenize tasks
-FUZZ_LIB_SRC := $(sort $(wildcard src/base/*.c src/io/*.c src/tokenizer/*.c)) src/eval/tasks.c
+FUZZ_TARGETS := safetensors st_index config tokenizer_json tokenize tasks scd_frame
+FUZZ_LIB_SRC := $(sort $(wildcard src/base/*.c src/io/*.c src/tokenizer/*.c)) src/eval/tasks.c src/net/frame.c src/kv/quant.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter \
                 -Iinclude -Isrc -Isrc/base $(FUZZ_SAN)
-FUZZ_LIBS    := -lcjson -lpcre2-8 -lutf8proc -lm
+FUZZ_LIBS    := -lcjson -lpcre2-8 -lutf8proc -llzma -lm
 FUZZ_PROBE   := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' | \
                 $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1
 # executions per harness in fuzz-smoke (about a minute in all on this 2-core machine)
@@ -131,6 +131,7 @@ FUZZ_RUNS_config         ?= 500000
 FUZZ_RUNS_tokenizer_json ?= 30000
 FUZZ_RUNS_tokenize       ?= 60000
 FUZZ_RUNS_tasks          ?= 300000
+FUZZ_RUNS_scd_frame      ?= 300000
 
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
@@ -150,7 +151,8 @@ fuzz-smoke: fuzz
 	    rm -rf $(FUZZ_BUILD)/work/$$t; mkdir -p $(FUZZ_BUILD)/work/$$t fuzz/regress/$$t; \
 	    runs=$$(case $$t in safetensors) echo $(FUZZ_RUNS_safetensors);; st_index) echo $(FUZZ_RUNS_st_index);; \
 	        config) echo $(FUZZ_RUNS_config);; tokenizer_json) echo $(FUZZ_RUNS_tokenizer_json);; \
-	        tokenize) echo $(FUZZ_RUNS_tokenize);; tasks) echo $(FUZZ_RUNS_tasks);; esac); \
+	        tokenize) echo $(FUZZ_RUNS_tokenize);; tasks) echo $(FUZZ_RUNS_tasks);; \
+	        scd_frame) echo $(FUZZ_RUNS_scd_frame);; esac); \
 	    start=$$(date +%s); \
 	    if ! ./$(FUZZ_BUILD)/fuzz_$$t -runs=$$runs -seed=1 -timeout=10 -rss_limit_mb=2048 \
 	            -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t- \

@@ -396,6 +396,16 @@ typedef struct skv_batch {
     float *hidden;         /* (n or 1, dim) before the final norm */
     float *hidden_normed;  /* (n or 1, dim) after it */
     int32_t all;
+    /* Per-layer taps (CPU backend; each may be NULL): for every token, the residual stream
+     * entering each layer and that layer's normalised attention input (after its RMSNorm,
+     * before the q/k/v projections), each (n_layer, n, dim) */
+    float *resid_in;
+    float *attn_in;
+    /* Run layers [layer0, layer1) only (CPU backend; 0 and 0: all). With layer0 > 0 the input
+     * is embd holding the residual stream entering layer0; with layer1 < n_layer no logits or
+     * final hidden states are produced. Only the layers run append to the cache (the others'
+     * streams stay as they are): for filling some layers' K/V from sent hidden states. */
+    int32_t layer0, layer1;
 } skv_batch;
 skv_status skv_decode_ex(skv_context *c, const skv_batch *b);
 
@@ -406,6 +416,21 @@ skv_status skv_decode_ex(skv_context *c, const skv_batch *b);
  * or mismatched buffer is refused naming what is wrong. */
 skv_status skv_context_export(const skv_context *c, void **buf, size_t *len);
 skv_status skv_context_import(skv_context *c, const void *buf, size_t len);
+
+/* A full cache as plain rows by position (every token kept), for techniques that transform a
+ * cache between models. get: one cache layer's K and V, f32 (n_past, n_kv_head * head_dim)
+ * each, keys with RoPE undone when derope is 1. put: fill an empty context with n tokens at
+ * positions 0..n-1 of every cache layer from k and v (n_cache_layers, n, n_kv_head * head_dim),
+ * keys before RoPE when rope is 1 (RoPE is applied here) or after it when 0; the rows are stored
+ * f32 and the context's policy then applies. */
+skv_status skv_context_get_kv(const skv_context *c, int32_t layer, int derope, float *k, float *v);
+skv_status skv_context_put_kv(skv_context *c, int32_t n, const float *k, const float *v, int rope);
+/* K and V (before RoPE) of n normalised attention inputs h (n, dim) through layer's own
+ * projections: k, v (n, n_kv_head * head_dim). */
+/* RoPE applied to (inverse = 0) or undone from (1) key rows k (n, n_kv_head * head_dim) at
+ * positions 0..n-1. */
+skv_status skv_model_rope_rows(skv_model *m, float *k, int32_t n, int inverse);
+skv_status skv_model_project_kv(const skv_model *m, int32_t layer, const float *h, int32_t n, float *k, float *v);
 
 /* Read-only past (CPU backend): an empty context c attends to past's cache before its own;
  * its tokens take positions from past's length on and its own cache holds only them. past must
@@ -548,6 +573,53 @@ skv_status skv_augment_apply(skv_augment *a, skv_context *c, float *logits);
 void skv_augment_get_usage(const skv_augment *a, skv_augment_usage *u);
 /* 1: read a copy of the base cache (export/import) even where a read-only past is available. */
 void skv_augment_set_copy(skv_augment *a, int copy);
+/* SCD: a producer model's prefill sent as low-rank codes to a consumer of the same architecture */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Semantic Cache Distillation (arXiv 2606.07684). Maps fitted offline (train/scd_calibrate.py)
+ * turn, per layer, the producer's de-RoPE'd K and V rows into low-rank codes and the codes into
+ * the consumer's (reuse layers), or the producer's normalised attention input into codes that an
+ * aligner turns into the consumer's, which its own projections turn into K and V (patch layers). */
+typedef struct skv_scd_maps skv_scd_maps;
+enum { SKV_SCD_K = 0, SKV_SCD_V = 1, SKV_SCD_H = 2 };
+
+typedef struct skv_scd_shape {
+    int32_t n_layer, kv_dim, dim; /* kv_dim = n_kv_head * head_dim */
+    int32_t hidden;               /* aligner MLP width (0: linear aligner) */
+    const int32_t *r_k, *r_v, *r_h; /* (n_layer) code ranks */
+    const int32_t *patch_rank;    /* (n_layer) layers, the best patch layer first */
+    int32_t patch_k;              /* patch layers chosen by the criterion at calibration */
+    int32_t ranked;               /* 0: patch_rank not yet measured (identity order) */
+    const char *producer, *consumer; /* model names recorded at calibration */
+} skv_scd_shape;
+
+/* Load a maps file (safetensors, f32 tensors, __metadata__ "scd" JSON); every tensor's presence,
+ * dtype and shape is checked against the description. */
+skv_status skv_scd_maps_load(const char *path, skv_scd_maps **out);
+void skv_scd_maps_free(skv_scd_maps *m);
+void skv_scd_maps_shape(const skv_scd_maps *m, skv_scd_shape *s);
+/* SKV_ERR_SHAPE naming the field when the maps do not fit the model (layers, K/V width, dim). */
+skv_status skv_scd_maps_check(const skv_scd_maps *m, const skv_model *model);
+/* Producer: rows of one layer to codes. part K: de-RoPE'd K (n, kv_dim); V: (n, kv_dim);
+ * H: normalised attention input (n, dim). z: (n, rank of the part). */
+skv_status skv_scd_encode(const skv_scd_maps *m, int32_t layer, int part, const float *x, int32_t n, float *z);
+/* Consumer: codes to rows. K: the consumer's de-RoPE'd K (n, kv_dim); V: its V; H: its
+ * normalised attention input (n, dim) through the aligner. */
+skv_status skv_scd_decode(const skv_scd_maps *m, int32_t layer, int part, const float *z, int32_t n, float *out);
+
+/* What a consumer's layer is filled from (every array n rows): SKV_SCD_SRC_CODES: zk, zv
+ * (reuse) or zh (patch = 1); SKV_SCD_SRC_ROWS: k (de-RoPE'd) and v rows as they are (raw
+ * cross-model KV, a dequantized 4-bit cache, or recomputed rows). */
+enum { SKV_SCD_SRC_CODES = 0, SKV_SCD_SRC_ROWS = 1 };
+typedef struct skv_scd_layer_src {
+    int32_t src, patch;
+    const float *zk, *zv, *zh;
+    const float *k, *v;
+} skv_scd_layer_src;
+/* Fill the empty consumer context c with n tokens (positions 0..n-1) of every layer from
+ * src[n_layer] (maps may be NULL when every layer is SKV_SCD_SRC_ROWS). Deterministic: the same
+ * codes give the same cache bit for bit, in any process. */
+skv_status skv_scd_rebuild(const skv_scd_maps *m, skv_context *c, int32_t n, const skv_scd_layer_src *src);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                     */

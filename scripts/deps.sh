@@ -2,7 +2,7 @@
 # deps.sh — install the Debian 12 packages slimkv builds and runs with, if any are missing.
 set -euo pipefail
 pkgs=(gcc make pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev
-      liblzma-dev libzstd-dev gnuplot-nox libmicrohttpd-dev)
+      liblzma-dev libzstd-dev libucx-dev gnuplot-nox libmicrohttpd-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,11 @@ int cmd_eval(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_scd_dump(int argc, char **argv);
+int cmd_scd_rank(int argc, char **argv);
+int cmd_scd_eval(int argc, char **argv);
+int cmd_scd_producer(int argc, char **argv);
+int cmd_scd_consumer(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -28,6 +33,11 @@ static const struct {
     {"eval", cmd_eval, "run the evaluation tasks under a KV policy"},
     {"sweep", cmd_sweep, "quality against KV budget for several policies, with CSV and plots"},
     {"serve", cmd_serve, "an OpenAI-compatible HTTP server (continuous batching, KV policy per request)"},
+    {"scd-dump", cmd_scd_dump, "SCD calibration data: both models' K, V, normalised inputs on training prompts"},
+    {"scd-rank", cmd_scd_rank, "SCD patch-layer ranking and budget on held-out prompts"},
+    {"scd-eval", cmd_scd_eval, "SCD and its baselines through the same frames: scores, KL/TV, bytes"},
+    {"scd-producer", cmd_scd_producer, "SCD producer: prefill and stream codes (or a baseline) to a consumer"},
+    {"scd-consumer", cmd_scd_consumer, "SCD consumer: rebuild the cache from checked frames, decode without prefill"},
     {"mkmodel", cmd_mkmodel, "write a random-weight model of a real shape (llama3-8b, qwen2-7b)"},
 };
 

@@ -52,6 +52,9 @@ typedef struct skv_fwd_in {
     const float *embd;      /* (n, dim) or NULL */
     int32_t n, pos0;
     int32_t last_chunk;     /* the call's last chunk (statistics of "the newest query") */
+    int32_t layer0, layer1; /* run layers [layer0, layer1) only (0, 0: all); with layer0 > 0 the
+                               input rows are the residual stream entering layer0 (embd), and
+                               with layer1 < n_layer no logits or final hidden states come out */
 } skv_fwd_in;
 
 /* What a chunk returns (host memory; each may be NULL). */
@@ -60,6 +63,10 @@ typedef struct skv_fwd_out {
     float *hidden;          /* (n or 1, dim) final hidden state before the final norm */
     float *hidden_normed;   /* (n or 1, dim) after it */
     int32_t all;            /* every row (else the last row only) */
+    /* per-layer taps, every row of the chunk (CPU backend): the residual stream entering each
+     * layer and its normalised attention input; layer l's rows start at l * tap_rows * dim */
+    float *resid_in, *attn_in;
+    int64_t tap_rows;
 } skv_fwd_out;
 
 

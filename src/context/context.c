@@ -331,15 +331,30 @@ skv_status skv_decode_ex(skv_context *c, const skv_batch *b) {
             if (b->ids[i] < 0 || b->ids[i] >= in->n_vocab)
                 return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary (%d entries)",
                                      b->ids[i], i, in->n_vocab);
+    const int32_t l1 = b->layer1 ? b->layer1 : in->n_layer;
+    if (b->layer0 < 0 || l1 > in->n_layer || b->layer0 >= l1)
+        return skv_set_error(SKV_ERR_ARG, "decode: layer range [%d, %d) of a %d-layer model", b->layer0, b->layer1,
+                             in->n_layer);
+    if (b->layer0 > 0 && !b->embd)
+        return skv_set_error(SKV_ERR_ARG, "decode: starting at layer %d needs the residual stream as embd", b->layer0);
+    if ((b->resid_in || b->attn_in || b->layer0 || l1 != in->n_layer) && c->be != &skv_backend_cpu)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "decode: per-layer taps and layer ranges are not on the %s backend",
+                             c->be->name);
+    if (l1 != in->n_layer && (b->logits || b->hidden || b->hidden_normed))
+        return skv_set_error(SKV_ERR_ARG, "decode: a layer range ending at %d < %d gives no logits or hidden states",
+                             l1, in->n_layer);
     skv_status st = SKV_OK;
     if (n > 1 && c->be->begin_call) c->be->begin_call(c, n);
     const int64_t D = in->dim, V = in->n_vocab;
     for (int32_t off = 0; off < n && !st; off += c->n_batch) {
         const int32_t nb = SKV_MIN(c->n_batch, n - off);
         const int last = off + nb == n;
-        const skv_fwd_in fi = {.ids = b->ids ? b->ids + off : NULL, .embd = b->embd ? b->embd + (int64_t)off * D : NULL,
+        skv_fwd_in fi = {.ids = b->ids ? b->ids + off : NULL, .embd = b->embd ? b->embd + (int64_t)off * D : NULL,
                                .n = nb, .pos0 = c->n_past, .last_chunk = last};
-        skv_fwd_out fo = {.all = b->all};
+        fi.layer0 = b->layer0, fi.layer1 = b->layer1;
+        skv_fwd_out fo = {.all = b->all, .tap_rows = n};
+        fo.resid_in = b->resid_in ? b->resid_in + (int64_t)off * D : NULL;
+        fo.attn_in = b->attn_in ? b->attn_in + (int64_t)off * D : NULL;
         if (b->all || last) {
             const int64_t r = b->all ? off : 0;
             fo.logits = b->logits ? b->logits + r * V : NULL;

@@ -204,7 +204,8 @@ static void chunk_own_kv(skv_cpu *c, int32_t l, int which, const skv_fwd_in *fin
  * standard model's only pass; an LCKV group's last iteration); else nothing is appended and a
  * caching layer's K/V stay in the pass's buffer set. `have_src`: the previous iteration's K/V
  * exist (condensed layers, t(l) > l, read them; without them only the cache before the chunk). */
-static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int append, int have_src) {
+static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int append, int have_src,
+                              const skv_fwd_out *taps) {
     const skv_model *m = c->m;
     const skv_model_info *in = &m->cfg.info;
     const skv_layer *ly = &m->layers[l];
@@ -212,7 +213,10 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
     const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
     const int32_t t = m->kv_src[l], cl = m->cache_of[l];
     skv_status st;
+    const size_t tap = sizeof(float) * (size_t)(n * D);
+    if (taps && taps->resid_in) memcpy(taps->resid_in + (int64_t)l * taps->tap_rows * D, c->x, tap);
     rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
+    if (taps && taps->attn_in) memcpy(taps->attn_in + (int64_t)l * taps->tap_rows * D, c->xb, tap);
     linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
     if (t == l) {
         chunk_own_kv(c, l, c->lk_cur, fin);
@@ -259,26 +263,30 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     skv_status st = skv_cpu_prefill_scratch(c);
     if (st) return st;
     embed_rows(c, fin);
+    const int32_t l0 = fin->layer0, l1 = fin->layer1 > 0 ? fin->layer1 : L;
+    if (lo >= 0 && (l0 != 0 || l1 != L || out->resid_in || out->attn_in))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "decode: layer ranges and per-layer taps are not available for "
+                             "LCKV models (layer_types)");
     c->lk_cur = 0;
-    int32_t l = 0;
+    int32_t l = l0;
     if (lo >= 0) {
         for (; l < lo; l++)
-            if ((st = layer_chunk(c, l, fin, 1, 0))) return st;
+            if ((st = layer_chunk(c, l, fin, 1, 0, NULL))) return st;
         memcpy(c->x0, c->x, sizeof(float) * (size_t)(n * D));
         for (int32_t it = 1; it < c->iters; it++) {
             if (it > 1) memcpy(c->x, c->x0, sizeof(float) * (size_t)(n * D));
             for (int32_t j = lo; j < hi; j++)
-                if ((st = layer_chunk(c, j, fin, 0, it > 1))) return st;
+                if ((st = layer_chunk(c, j, fin, 0, it > 1, NULL))) return st;
             rmsnorm_rows(c, c->xb, c->x, m->layers[hi].attn_norm, n);
             chunk_own_kv(c, hi, c->lk_cur, fin);
             c->lk_cur ^= 1;
         }
         if (c->iters > 1) memcpy(c->x, c->x0, sizeof(float) * (size_t)(n * D));
         for (; l <= hi; l++)
-            if ((st = layer_chunk(c, l, fin, 1, c->iters > 1))) return st;
+            if ((st = layer_chunk(c, l, fin, 1, c->iters > 1, NULL))) return st;
     }
-    for (; l < L; l++)
-        if ((st = layer_chunk(c, l, fin, 1, 0))) return st;
+    for (; l < l1; l++)
+        if ((st = layer_chunk(c, l, fin, 1, 0, out))) return st;
     if (out->all) outputs(c, out, 0, n);
     else outputs(c, out, n - 1, 1);
     return SKV_OK;
@@ -579,7 +587,13 @@ static skv_status forward_tokens(skv_cpu *c, const skv_fwd_in *fin, const skv_fw
 
 skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out) {
     skv_cpu *c = ctx->bs;
-    if (in->n == 1) return forward_token(c, in, out);
-    if (c->m->grp_lo >= 0 && in->n <= SKV_MIN(c->iters, SKV_LCKV_TOKENS)) return forward_tokens(c, in, out);
+    const int whole = in->layer0 == 0 && (in->layer1 == 0 || in->layer1 == ctx->m->cfg.info.n_layer);
+    if (!whole && (out->logits || out->hidden || out->hidden_normed))
+        return skv_set_error(SKV_ERR_ARG, "decode: a layer range [%d, %d) gives no logits or final hidden states",
+                             in->layer0, in->layer1);
+    /* taps and layer ranges run the multi-token path (also for one token) */
+    if (in->n == 1 && whole && !out->resid_in && !out->attn_in) return forward_token(c, in, out);
+    if (c->m->grp_lo >= 0 && whole && !out->resid_in && !out->attn_in && in->n <= SKV_MIN(c->iters, SKV_LCKV_TOKENS))
+        return forward_tokens(c, in, out);
     return forward_chunk(c, in, out);
 }
