@@ -80,6 +80,7 @@ typedef enum skv_arch {
     SKV_ARCH_LLAMA = 0,
     SKV_ARCH_QWEN2 = 1,
     SKV_ARCH_MISTRAL = 2,
+    SKV_ARCH_GEMMA3 = 3, /* from GGUF files */
 } skv_arch;
 
 /* Stored weight types: float, and (from GGUF files) ggml's block-quantized formats, used in

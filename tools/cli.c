@@ -222,9 +222,11 @@ skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int u
 }
 
 skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir) {
-    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory)");
+    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory) or -m FILE.gguf");
     char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    const size_t dl = strlen(dir);
+    if (dl > 5 && !strcmp(dir + dl - 5, ".gguf")) snprintf(path, sizeof path, "%s", dir); /* its own metadata */
+    else snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     skv_tokenizer *t = NULL;
     cli_check(cmd, skv_tokenizer_load(path, &t));
     return t;

@@ -144,11 +144,18 @@ static skv_status load_weights(loader *L) {
     return SKV_OK;
 }
 
-skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out) {
-    *out = NULL;
-    if (!dir || !*dir) return skv_set_error(SKV_ERR_ARG, "model directory: empty path");
-    skv_model *m = calloc(1, sizeof *m);
-    if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+/* a path naming a .gguf file (or any file starting with "GGUF") */
+static int is_gguf(const char *path) {
+    size_t n = strlen(path);
+    if (n > 5 && !strcmp(path + n - 5, ".gguf")) return 1;
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    int yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    if (f) fclose(f);
+    return yes;
+}
+
+static skv_status load_safetensors(skv_model *m, const char *dir, skv_model_params params) {
     skv_status st = skv_config_load(dir, &m->cfg);
     if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
     if (!st && !params.no_check) st = skv_st_check_finite(m->st);
@@ -156,10 +163,7 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
         loader L = {.m = m, .dir = dir};
         st = load_weights(&L);
     }
-    if (st) {
-        skv_model_free(m);
-        return st;
-    }
+    if (st) return st;
     /* Parameter count and stored dtype (of the largest tensor kind: the projections). */
     m->cfg.info.weight_dtype = m->layers[0].wq.dtype;
     int64_t n = 0;
@@ -170,6 +174,21 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     if (!m->cfg.info.tied_embeddings)
         m->cfg.info.decode_weight_bytes -= m->tok_embed.rows * m->tok_embed.cols *
                                            (int64_t)skv_dtype_size(m->tok_embed.dtype);
+    m->act_kinds = 1u << SKV_ACT_F32;
+    return SKV_OK;
+}
+
+skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out) {
+    *out = NULL;
+    if (!dir || !*dir) return skv_set_error(SKV_ERR_ARG, "model directory: empty path");
+    skv_model *m = calloc(1, sizeof *m);
+    if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
+    skv_status st = is_gguf(dir) ? skv_model_load_gguf(m, dir, params) : load_safetensors(m, dir, params);
+    if (st) {
+        skv_model_free(m);
+        return st;
+    }
     init_rope(m);
     /* standard models: every layer appends and attends to its own KV */
     m->kv_src = malloc(sizeof(int32_t) * (size_t)m->cfg.info.n_layer);
@@ -180,7 +199,6 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     }
     for (int32_t l = 0; l < m->cfg.info.n_layer; l++) m->kv_src[l] = m->cache_of[l] = l;
     m->n_cache_layers = m->cfg.info.n_layer;
-    m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
     *out = m;
     return SKV_OK;
 }
@@ -189,6 +207,7 @@ void skv_model_free(skv_model *m) {
     if (!m) return;
     if (m->be_data && m->be_data_free) m->be_data_free(m->be_data);
     skv_st_close(m->st);
+    skv_gguf_close(m->gguf);
     free(m->f32_store);
     free(m->layers);
     free(m->rope_inv_freq);

@@ -9,6 +9,7 @@
 #include "ops/ops.h"
 #include "io/config.h"
 #include "io/safetensors.h"
+#include "io/gguf.h"
 
 typedef struct skv_layer {
     float *attn_norm;          /* (dim) */
@@ -19,11 +20,16 @@ typedef struct skv_layer {
     float *bq, *bk, *bv, *bo;  /* (n_head*hd), (n_kv*hd), (n_kv*hd), (dim); NULL when absent */
     skv_weight w_gate, w_up;   /* (ffn, dim) */
     skv_weight w_down;         /* (dim, ffn) */
+    /* Gemma 3 only (NULL otherwise): RMSNorm of each head's q and k (hd), and of the attention
+     * and FFN outputs before the residual add (dim) */
+    float *q_norm, *k_norm, *post_attn_norm, *post_ffn_norm;
 } skv_layer;
 
 struct skv_model {
     skv_config cfg;
-    skv_st_set *st;
+    skv_st_set *st;           /* safetensors weights, or */
+    skv_gguf *gguf;           /* GGUF weights (used in place, quantized or not) */
+    unsigned act_kinds;       /* activation forms the weights' dot products read (wfmt.h) */
     skv_weight tok_embed;     /* (n_vocab, dim) */
     skv_weight lm_head;       /* (n_vocab, dim); same data as tok_embed when tied */
     float *final_norm;        /* (dim) */
@@ -47,6 +53,9 @@ struct skv_model {
     void *be_data;
     void (*be_data_free)(void *);
 };
+
+/* load_gguf.c: the model of a .gguf file into m (config, weights; m->gguf set). */
+skv_status skv_model_load_gguf(skv_model *m, const char *path, skv_model_params params);
 
 /* RoPE tables covering positions < n (grown if needed). */
 skv_status skv_model_rope(skv_model *m, int32_t n);

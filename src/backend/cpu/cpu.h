@@ -58,6 +58,11 @@ typedef struct skv_cpu {
     float *head_win;           /* (n_layer, n_head, n_ctx) queries >= head_win_from */
     int64_t head_win_from;     /* INT64_MAX: no window statistics yet */
     float *wconv;              /* (max_weight_elems) weight conversion scratch */
+    /* a decode step's activations as the weights' dot products read them (wfmt.h): the normed
+     * input, the attention output and the FFN hidden vector, each over its own scratch */
+    uint8_t *actbuf;           /* 3 x act_bytes */
+    size_t act_bytes;
+    skv_act ax, ao, ah;
     void *pol_scratch;         /* policy selection scratch */
 } skv_cpu;
 

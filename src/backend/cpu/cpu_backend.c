@@ -23,6 +23,7 @@ static void cpu_free(skv_context *ctx) {
                       &c->gk, &c->gv, &c->probs, &c->probs_win, &c->probs_last, &c->blk, &c->wconv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(c->pol_scratch);
+    free(c->actbuf);
     skv_cpu_head_stats_free(c);
     free(c);
     ctx->bs = NULL;
@@ -71,6 +72,8 @@ static skv_status cpu_init(skv_context *ctx, const skv_context_params *p) {
     c->probs_last = alloc_floats(in->n_head * T, &fail);
     c->blk = alloc_floats((int64_t)c->n_threads * 2 * SKV_KV_BLOCK * hd, &fail);
     c->pol_scratch = malloc((size_t)T * 16 + 64);
+    c->act_bytes = (skv_act_bytes(SKV_MAX(SKV_MAX(in->dim, QD), in->ffn_dim)) + 63) / 64 * 64;
+    if (!(c->actbuf = aligned_alloc(64, 3 * c->act_bytes))) fail = 1;
     if (!fail && c->pol_scratch && p->collect_head_stats && (st = skv_cpu_head_stats_alloc(c, p->head_prefix))) {
         cpu_free(ctx);
         return st;

@@ -22,10 +22,12 @@
 static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const float *x, float *y, int64_t n) {
     if (n == 1) {
         const int64_t rows = w->rows, blk = 16;
+        skv_act a;
+        skv_act_init(&a, x, w->cols, skv_weight_act_kinds(w), c->actbuf);
 #pragma omp parallel for schedule(static) num_threads(c->n_threads)
-        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows(w, x, y, r, SKV_MIN(r + blk, rows));
+        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows_act(w, &a, y, r, SKV_MIN(r + blk, rows));
     } else {
-        skv_matmul(w, x, y, n, c->wconv);
+        skv_matmul(w, x, y, n, c->wconv, c->m->max_weight_elems);
     }
     if (bias)
         for (int64_t i = 0; i < n; i++)
@@ -381,18 +383,21 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
             const skv_layer *ly = &m->layers[l];
             const int32_t cl = m->cache_of[l];
 #pragma omp single
-            skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+            {
+                skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
+            }
             /* q, k, v: one row range over the three stacked matrices */
             team_rows(QD + 2 * KD, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 if (r < QD) {
-                    c->q[r] = skv_weight_row_dot(&ly->wq, r, c->xb) + (ly->bq ? ly->bq[r] : 0);
+                    c->q[r] = skv_weight_row_dot_act(&ly->wq, r, &c->ax) + (ly->bq ? ly->bq[r] : 0);
                 } else if (r < QD + KD) {
                     int64_t k = r - QD;
-                    c->k[k] = skv_weight_row_dot(&ly->wk, k, c->xb) + (ly->bk ? ly->bk[k] : 0);
+                    c->k[k] = skv_weight_row_dot_act(&ly->wk, k, &c->ax) + (ly->bk ? ly->bk[k] : 0);
                 } else {
                     int64_t k = r - QD - KD;
-                    c->v[k] = skv_weight_row_dot(&ly->wv, k, c->xb) + (ly->bv ? ly->bv[k] : 0);
+                    c->v[k] = skv_weight_row_dot_act(&ly->wv, k, &c->ax) + (ly->bv ? ly->bv[k] : 0);
                 }
             }
 #pragma omp barrier
@@ -418,22 +423,29 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_decode_stream_stats(c, cl, g);
             }
             /* x += o_proj(att_out) */
+#pragma omp single
+            skv_act_init(&c->ao, c->att_out, QD, m->act_kinds, c->actbuf + c->act_bytes);
             team_rows(D, &r0, &r1);
             for (int64_t r = r0; r < r1; r++)
-                c->x[r] += skv_weight_row_dot(&ly->wo, r, c->att_out) + (ly->bo ? ly->bo[r] : 0);
+                c->x[r] += skv_weight_row_dot_act(&ly->wo, r, &c->ao) + (ly->bo ? ly->bo[r] : 0);
 #pragma omp barrier
 #pragma omp single
-            skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+            {
+                skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
+            }
             /* hb = silu(gate xb) * (up xb) */
             team_rows(F, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
-                float gt = skv_weight_row_dot(&ly->w_gate, r, c->xb);
-                float up = skv_weight_row_dot(&ly->w_up, r, c->xb);
+                float gt = skv_weight_row_dot_act(&ly->w_gate, r, &c->ax);
+                float up = skv_weight_row_dot_act(&ly->w_up, r, &c->ax);
                 c->hb[r] = skv_silu(gt) * up;
             }
 #pragma omp barrier
+#pragma omp single
+            skv_act_init(&c->ah, c->hb, F, m->act_kinds, c->actbuf + 2 * c->act_bytes);
             team_rows(D, &r0, &r1);
-            for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot(&ly->w_down, r, c->hb);
+            for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
 #pragma omp barrier
         }
         if (out->logits || out->hidden_normed) {
@@ -442,10 +454,11 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 if (out->hidden) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
                 skv_rmsnorm(c->xb, c->x, m->final_norm, D, in->rms_eps);
                 if (out->hidden_normed) memcpy(out->hidden_normed, c->xb, sizeof(float) * (size_t)D);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
             if (out->logits) {
                 team_rows(in->n_vocab, &r0, &r1);
-                for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot(&m->lm_head, r, c->xb);
+                for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot_act(&m->lm_head, r, &c->ax);
             }
         }
     }
