@@ -73,6 +73,57 @@ int skv_detok_push(skv_detok *d, int32_t id, char *out, size_t cap);
 int skv_detok_flush(skv_detok *d, char *out, size_t cap);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Chat templates                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A chat turn. role: "system", "user" or "assistant"; content: UTF-8 text. */
+typedef struct skv_chat_msg {
+    const char *role;
+    const char *content;
+} skv_chat_msg;
+
+/* Template families, recognised from distinctive substrings of a model's chat template (the
+ * Jinja text of tokenizer_config.json's `chat_template` or chat_template.jinja); there is no
+ * Jinja engine, each family is written out by hand:
+ *   PLAIN    a model without a template (the kvt models): "System: ...\n\nUser: ...\n\n"
+ *            and the generation prompt "Assistant:" (roles capitalised, one blank line after
+ *            each message, content as given)
+ *   CHATML   "<|im_start|>role\ncontent<|im_end|>\n" (Qwen2, Qwen2.5, SmolLM2); a default
+ *            system message found in the template (Qwen2's "You are a helpful assistant.",
+ *            SmolLM2's) is inserted when the first message is not a system message
+ *   LLAMA3   bos + "<|start_header_id|>role<|end_header_id|>\n\n" + trimmed content +
+ *            "<|eot_id|>"; Llama-3.1/3.2/3.3 templates ("Cutting Knowledge Date") always open
+ *            with a system header carrying the knowledge date and "Today Date: 26 Jul 2024" (the
+ *            templates' default date_string) and the trimmed system message, if any
+ *   GEMMA    bos + "<start_of_turn>role\n" + trimmed content + "<end_of_turn>\n", assistant
+ *            written "model"; Gemma-3 templates fold a system message into the first turn
+ *            (content + "\n\n"), Gemma-1/2 templates refuse it as they do
+ * Trimming strips ASCII whitespace. Tool calls, multimodal content and role alternation checks
+ * are not implemented. */
+typedef enum skv_chat_family {
+    SKV_CHAT_UNKNOWN = -1, /* a template none of the families recognises */
+    SKV_CHAT_PLAIN = 0,
+    SKV_CHAT_CHATML = 1,
+    SKV_CHAT_LLAMA3 = 2,
+    SKV_CHAT_GEMMA = 3,
+} skv_chat_family;
+
+/* The family of a template text (NULL or "": PLAIN). */
+skv_chat_family skv_chat_detect(const char *tmpl);
+/* "plain", "chatml", "llama3", "gemma" ("unknown" otherwise). */
+const char *skv_chat_family_name(skv_chat_family f);
+/* The text that ends an assistant turn in the family, to stop generation at ("<|im_end|>",
+ * "<|eot_id|>", "<end_of_turn>"; PLAIN: "\nUser:"); NULL for UNKNOWN. */
+const char *skv_chat_stop(skv_chat_family f);
+/* Render msgs[0..n) with template text tmpl (NULL: PLAIN) into *out (malloc'd, NUL-terminated;
+ * the caller frees). bos_token: the text of the BOS token (NULL: the family's usual one) for the
+ * families that write it. add_generation_prompt: 1 appends the opening of an assistant turn.
+ * SKV_ERR_UNSUPPORTED for a template of no known family; SKV_ERR_ARG for n == 0, a NULL role or
+ * content, an unknown role, or a system message the template refuses. */
+skv_status skv_chat_render(const char *tmpl, const char *bos_token, const skv_chat_msg *msgs,
+                           size_t n, int add_generation_prompt, char **out);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Model                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -150,6 +201,13 @@ int32_t skv_model_n_cache_layers(const skv_model *m);
 skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out);
 void skv_model_free(skv_model *m);
 const skv_model_info *skv_model_get_info(const skv_model *m);
+
+/* The model's chat template text (tokenizer_config.json `chat_template`, or the file
+ * chat_template.jinja), or NULL when it has none. */
+const char *skv_model_chat_template(const skv_model *m);
+/* skv_chat_render with the model's template and BOS text (tokenizer_config.json `bos_token`). */
+skv_status skv_chat_apply(const skv_model *m, const skv_chat_msg *msgs, size_t n,
+                          int add_generation_prompt, char **out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Context: one sequence's state (KV cache + scratch) over a loaded model                       */

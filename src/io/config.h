@@ -39,4 +39,9 @@ skv_status skv_config_from_gguf(const struct skv_gguf *g, skv_config *cfg);
 /* The same for the text of a config.json (NUL-terminated), named path in messages. */
 skv_status skv_config_parse(const char *text, const char *path, skv_config *cfg);
 
+/* dir/tokenizer_config.json's chat template and BOS token text (each malloc'd, NULL when
+ * absent; no file: both NULL and SKV_OK); dir/chat_template.jinja, when present, is the
+ * template. A malformed file or field is an error naming it. */
+skv_status skv_tokcfg_load(const char *dir, char **chat_template, char **bos_token);
+
 #endif

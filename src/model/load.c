@@ -159,6 +159,7 @@ static skv_status load_safetensors(skv_model *m, const char *dir, skv_model_para
     skv_status st = skv_config_load(dir, &m->cfg);
     if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
     if (!st && !params.no_check) st = skv_st_check_finite(m->st);
+    if (!st) st = skv_tokcfg_load(dir, &m->chat_template, &m->bos_token);
     if (!st) {
         loader L = {.m = m, .dir = dir};
         st = load_weights(&L);
@@ -217,6 +218,8 @@ void skv_model_free(skv_model *m) {
     free(m->rope_sin);
     for (int32_t i = 0; i < m->n_rope_old; i++) free(m->rope_old[i]);
     free(m->rope_old);
+    free(m->chat_template);
+    free(m->bos_token);
     free(m);
 }
 

@@ -49,6 +49,9 @@ struct skv_model {
     int32_t rope_len;
     void **rope_old;
     int32_t n_rope_old;
+    /* chat: the template text and the BOS token's text (tokenizer_config.json; NULL when
+     * absent; malloc'd, freed with the model; a loader of another format sets them too) */
+    char *chat_template, *bos_token;
     /* a backend's copy of the weights (the CUDA backend's device copy), freed with the model */
     void *be_data;
     void (*be_data_free)(void *);
