@@ -166,7 +166,9 @@ typedef struct skv_model_info {
     int32_t eos_id;     /* -1 if absent */
     int32_t tied_embeddings; /* 1: lm_head shares embed_tokens */
     int32_t qkv_bias;   /* 1: q/k/v projections carry a bias (Qwen2) */
-    int32_t sliding_window; /* 0: none (Mistral's sliding window, if set and < n_ctx) */
+    int32_t sliding_window; /* 0: none (Mistral's sliding window, if set and < n_ctx; Gemma 3's
+                               local layers) */
+    int32_t add_bos;    /* 1: prompts start with bos_id (GGUF tokenizer.ggml.add_bos_token; the CLI adds it) */
     float rms_eps;
     float rope_theta;
     skv_dtype weight_dtype; /* dtype of the stored weights */

@@ -110,6 +110,9 @@ skv_status skv_config_from_gguf(const skv_gguf *g, skv_config *cfg) {
         (st = skv_gguf_get_int(g, "tokenizer.ggml.eos_token_id", 0, 0, in->n_vocab - 1, &eos)))
         goto out;
     in->bos_id = (int32_t)bos, in->eos_id = (int32_t)eos;
+    int add_bos = 0;
+    if ((st = skv_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", 0, &add_bos))) goto out;
+    in->add_bos = add_bos && bos >= 0;
     if (in->n_head % in->n_kv_head) {
         st = skv_set_error(SKV_ERR_FORMAT, "%s: %s.attention.head_count %d is not a multiple of head_count_kv %d", path, arch,
                            in->n_head, in->n_kv_head);

@@ -73,8 +73,11 @@ static skv_status load_vector(loader *L, const char *name, int64_t n, float **ou
 static void init_rope(skv_model *m) {
     const skv_config *c = &m->cfg;
     const int32_t hd = c->info.head_dim, half = hd / 2;
-    m->rope_inv_freq = malloc((size_t)half * sizeof(float));
+    m->rope_inv_freq = malloc((size_t)half * 2 * sizeof(float));
     if (!m->rope_inv_freq) return;
+    /* Gemma 3's sliding-window layers: a second table with their own base (no scaling) */
+    for (int32_t i = 0; i < half && c->swa_period; i++)
+        m->rope_inv_freq[half + i] = 1.0f / powf(c->rope_theta_local, (float)(2 * i) / (float)hd);
     for (int32_t i = 0; i < half; i++) {
         /* As transformers: base ** (arange(0, dim, 2).float() / dim), in float32. */
         float inv = 1.0f / powf(c->info.rope_theta, (float)(2 * i) / (float)hd);
@@ -235,8 +238,8 @@ int32_t skv_model_n_cache_layers(const skv_model *m) { return m->n_cache_layers;
 
 skv_status skv_model_rope(skv_model *m, int32_t n) {
     if (n <= m->rope_len) return SKV_OK;
-    const int64_t half = m->cfg.info.head_dim / 2;
-    float *cs = malloc(sizeof(float) * (size_t)(n * half)), *sn = malloc(sizeof(float) * (size_t)(n * half));
+    const int64_t half = m->cfg.info.head_dim / 2, ntab = m->cfg.swa_period ? 2 : 1;
+    float *cs = malloc(sizeof(float) * (size_t)(ntab * n * half)), *sn = malloc(sizeof(float) * (size_t)(ntab * n * half));
     void **old = realloc(m->rope_old, sizeof(void *) * (size_t)(m->n_rope_old + 2));
     if (!cs || !sn || !old) {
         free(cs), free(sn);
@@ -244,12 +247,13 @@ skv_status skv_model_rope(skv_model *m, int32_t n) {
         return skv_set_error(SKV_ERR_NOMEM, "cannot allocate RoPE tables for %d positions", n);
     }
     /* as transformers computes them: freqs = pos * inv_freq in float32 */
-    for (int64_t pos = 0; pos < n; pos++)
-        for (int64_t i = 0; i < half; i++) {
-            const float f = (float)pos * m->rope_inv_freq[i];
-            cs[pos * half + i] = cosf(f);
-            sn[pos * half + i] = sinf(f);
-        }
+    for (int64_t t = 0; t < ntab; t++)
+        for (int64_t pos = 0; pos < n; pos++)
+            for (int64_t i = 0; i < half; i++) {
+                const float f = (float)pos * m->rope_inv_freq[t * half + i];
+                cs[(t * n + pos) * half + i] = cosf(f);
+                sn[(t * n + pos) * half + i] = sinf(f);
+            }
     m->rope_old = old;
     if (m->rope_cos) m->rope_old[m->n_rope_old++] = m->rope_cos, m->rope_old[m->n_rope_old++] = m->rope_sin;
     m->rope_cos = cs, m->rope_sin = sn, m->rope_len = n;

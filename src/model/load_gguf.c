@@ -171,6 +171,16 @@ skv_status skv_model_load_gguf(skv_model *m, const char *path, skv_model_params 
                              (long long)emb->ne[1], m->cfg.info.n_vocab);
     gl L = {.m = m, .path = path};
     if ((st = weights(&L))) return st;
+    /* the chat template (tokenizer.chat_template) and the BOS token's text, as tokenizer_config.json
+     * gives them for a safetensors model */
+    if ((st = skv_gguf_get_str(m->gguf, "tokenizer.chat_template", 0, &m->chat_template))) return st;
+    const skv_gguf_kv *toks = skv_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
+    if (m->cfg.info.bos_id >= 0 && toks && (uint64_t)m->cfg.info.bos_id < toks->arr_n) {
+        const skv_gguf_str *b = &toks->strs[m->cfg.info.bos_id];
+        if (!(m->bos_token = malloc(b->n + 1))) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+        memcpy(m->bos_token, b->s, b->n);
+        m->bos_token[b->n] = 0;
+    }
     m->cfg.info.weight_dtype = m->layers[0].w_gate.dtype;
     int64_t n = 0;
     for (int64_t i = 0; i < skv_gguf_n_tensors(m->gguf); i++) {

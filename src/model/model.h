@@ -44,7 +44,9 @@ struct skv_model {
     int32_t *kv_src, *cache_of;
     int32_t n_cache_layers;
     /* RoPE tables (rope_len, head_dim/2), computed once for the longest context asked for;
-     * tables outgrown by a longer context stay allocated until the model is freed */
+     * tables outgrown by a longer context stay allocated until the model is freed. With
+     * cfg.swa_period (Gemma 3) a second table for the sliding-window layers follows the first
+     * (skv_model_rope_at). */
     float *rope_cos, *rope_sin;
     int32_t rope_len;
     void **rope_old;
@@ -62,5 +64,20 @@ skv_status skv_model_load_gguf(skv_model *m, const char *path, skv_model_params 
 
 /* RoPE tables covering positions < n (grown if needed). */
 skv_status skv_model_rope(skv_model *m, int32_t n);
+
+/* Is layer l one of Gemma 3's sliding-window (local) layers? */
+static inline int skv_model_layer_local(const skv_model *m, int32_t l) {
+    return m->cfg.swa_period > 0 && (l + 1) % m->cfg.swa_period != 0;
+}
+/* The sliding window layer l attends within (0: none). */
+static inline int32_t skv_model_layer_window(const skv_model *m, int32_t l) {
+    if (m->cfg.swa_period > 0) return skv_model_layer_local(m, l) ? m->cfg.info.sliding_window : 0;
+    return m->cfg.info.sliding_window;
+}
+/* cos / sin rows (head_dim/2) of layer l's RoPE at position pos. */
+static inline const float *skv_model_rope_at(const skv_model *m, const float *tab, int32_t l, int64_t pos) {
+    const int64_t half = m->cfg.info.head_dim / 2;
+    return tab + ((skv_model_layer_local(m, l) ? m->rope_len : 0) + pos) * half;
+}
 
 #endif

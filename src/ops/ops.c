@@ -275,3 +275,12 @@ void skv_swiglu(float *a, const float *b, int64_t n) {
 }
 
 float skv_silu(float x) { return x / (1.0f + expf(-x)); }
+
+float skv_gelu_tanh(float x) {
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+void skv_geglu(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] = skv_gelu_tanh(a[i]) * b[i];
+}

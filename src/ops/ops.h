@@ -53,6 +53,10 @@ float skv_softmax(float *x, int64_t n);
 float skv_silu(float x);
 void skv_swiglu(float *a, const float *b, int64_t n);
 
+/* a[i] = gelu_tanh(a[i]) * b[i] (GeGLU with the tanh approximation: Gemma) */
+float skv_gelu_tanh(float x);
+void skv_geglu(float *a, const float *b, int64_t n);
+
 /* y[n] += a * x[n] */
 void skv_axpy(float *y, float a, const float *x, int64_t n);
 /* dot of two f32 vectors */
