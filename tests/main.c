@@ -5,7 +5,7 @@
 
 int skv_test_main(int argc, char **argv);
 
-#define AREAS(X) X(tokenizer) X(chat) X(gguf) X(quant) X(conformance) X(arch) X(sampler) X(badinput) X(kv) X(seam) X(smallkv) X(kcache) X(eval) X(robust) X(fuzz) X(cuda)
+#define AREAS(X) X(tokenizer) X(chat) X(gguf) X(quant) X(ggufconvert) X(ggufmodels) X(conformance) X(arch) X(sampler) X(badinput) X(kv) X(seam) X(smallkv) X(kcache) X(eval) X(robust) X(fuzz) X(cuda)
 
 #define DECL(a) void register_##a(void);
 AREAS(DECL)
