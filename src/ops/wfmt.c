@@ -5,8 +5,12 @@
 #include "wfmt.h"
 
 #include <math.h>
-
+#if defined(__F16C__)
+#include <immintrin.h>
+#define F16(h) _cvtsh_ss(h)
+#else
 #define F16(h) skv_f16_to_f32(h)
+#endif
 
 static void deq_q4_0(const void *src, float *y, int64_t n) {
     const skv_blk_q4_0 *b = src;

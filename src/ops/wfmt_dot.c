@@ -13,7 +13,11 @@
 #define SKV_AVX2 1
 #endif
 
+#ifdef SKV_AVX2
+#define F16(h) _cvtsh_ss(h) /* F16C: every AVX2 machine has it */
+#else
 #define F16(h) skv_f16_to_f32(h)
+#endif
 
 #ifdef SKV_AVX2
 static inline float hsum8(__m256 v) {
@@ -163,7 +167,7 @@ static inline void scales_k4(const uint8_t *q, int *sc, int *m) {
 }
 
 /* Q4_K and Q5_K: sum over sub-blocks j of d sc_j (q . y) - dmin m_j sum(y) */
-static float dot_k45(const void *wv, const void *av, int64_t n, int five) {
+static inline __attribute__((always_inline)) float dot_k45(const void *wv, const void *av, int64_t n, const int five) {
     const skv_act_q8_K *a = av;
     const int64_t nb = n / 256;
     float s = 0;
