@@ -151,6 +151,9 @@ typedef enum skv_dtype {
     SKV_DTYPE_COUNT = 10,
 } skv_dtype;
 
+/* "F32", "BF16", "Q4_K", ... */
+const char *skv_dtype_name(skv_dtype t);
+
 /* Hyperparameters read from config.json. */
 typedef struct skv_model_info {
     skv_arch arch;

@@ -214,8 +214,7 @@ int cmd_bench(int argc, char **argv) {
     const char *base = cli_basename(dir);
     out = cli_bench_out(out, dir, path, sizeof path, "cpu-%s-t%d.json", base, threads);
     const int64_t kv_row_bytes = (int64_t)in->n_layer * in->n_kv_head * in->head_dim * 4 * 2;
-    printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base,
-           in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
+    printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads)  commit %s\n%s\n", base, skv_dtype_name(in->weight_dtype),
            in->weight_bytes / 1e6, threads, commit, machine);
     printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
     FILE *f = cli_bench_json(out);

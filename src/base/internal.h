@@ -52,8 +52,6 @@ int32_t skv_dtype_block_bytes(skv_dtype t);
 static inline int64_t skv_dtype_row_bytes(skv_dtype t, int64_t cols) {
     return cols / skv_dtype_block(t) * skv_dtype_block_bytes(t);
 }
-/* "F32", "Q4_K", ... */
-const char *skv_dtype_name(skv_dtype t);
 /* 1 for the block-quantized types */
 static inline int skv_dtype_is_quant(skv_dtype t) { return t >= SKV_DTYPE_Q4_0 && t < SKV_DTYPE_COUNT; }
 
