@@ -27,9 +27,14 @@ static inline float hsum8(__m256 v) {
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
 }
-/* sum of u[i] * s[i] (u unsigned bytes, s signed bytes) as 8 int32 */
+/* sum of u[i] * s[i] (u unsigned bytes, s signed bytes) as 8 int32 (one VNNI instruction
+ * where the compiler targets it) */
 static inline __m256i dot_us(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
 }
 /* the same for two signed byte vectors */
 static inline __m256i dot_ss(__m256i a, __m256i b) {
@@ -155,15 +160,20 @@ float skv_wdot_q8_0(const void *wv, const void *av, int64_t n) {
 #endif
 }
 
-static inline void scales_k4(const uint8_t *q, int *sc, int *m) {
-    for (int j = 0; j < 8; j++) {
-        if (j < 4) {
-            sc[j] = q[j] & 63, m[j] = q[j + 4] & 63;
-        } else {
-            sc[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-            m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-        }
-    }
+/* The 8 six-bit scales and 8 mins of a Q4_K / Q5_K block as bytes sc[0..7], m[0..7]: bytes
+ * 0-3 hold the low 6 bits of scales 0-3 (top 2 bits: of scales 4-7), bytes 4-7 those of mins
+ * 0-3, bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble);
+ * decoded four at a time in 32-bit words. */
+static inline void scales_k4(const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    const uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
+    uint32_t w[3], o[4];
+    memcpy(w, q, 12);
+    o[0] = w[0] & k6;
+    o[1] = (w[2] & k4) | (((w[0] >> 6) & k2) << 4);
+    o[2] = w[1] & k6;
+    o[3] = ((w[2] >> 4) & k4) | (((w[1] >> 6) & k2) << 4);
+    memcpy(sc, o, 8);
+    memcpy(m, o + 2, 8);
 }
 
 /* Q4_K and Q5_K: sum over sub-blocks j of d sc_j (q . y) - dmin m_j sum(y) */
@@ -185,7 +195,7 @@ static inline __attribute__((always_inline)) float dot_k45(const void *wv, const
             const skv_blk_q4_K *w = (const skv_blk_q4_K *)wv + i;
             scales = w->scales, qs = w->qs, dh = w->d, dmh = w->dmin;
         }
-        int sc[8], m[8];
+        uint8_t sc[8], m[8];
         scales_k4(scales, sc, m);
         int msum = 0;
         for (int j = 0; j < 8; j++) msum += m[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
