@@ -130,7 +130,7 @@ FUZZ_RUNS_config         ?= 500000
 FUZZ_RUNS_tokenizer_json ?= 30000
 FUZZ_RUNS_tokenize       ?= 60000
 FUZZ_RUNS_tasks          ?= 300000
-FUZZ_RUNS_gguf           ?= 300000
+FUZZ_RUNS_gguf           ?= 100000
 
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 

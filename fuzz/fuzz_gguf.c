@@ -2,10 +2,12 @@
  * fuzz_gguf.c — a whole GGUF file (header, metadata, tensor infos, data) through the validation
  * of skv_gguf_parse_buffer. Accepted files must give tensor views inside the buffer whose size
  * matches dims x type, string views inside the buffer, and typed reads of every key must answer
- * without reading outside it.
+ * without reading outside it; the tokenizer its metadata describes (if it loads) must give ids
+ * inside its vocabulary on a probe string, and decode them.
  */
 #include "fuzz.h"
 #include "io/gguf.h"
+#include "tokenizer/tok_internal.h"
 
 int skv_fuzz_gguf(const uint8_t *data, size_t size) {
     uint8_t *buf = malloc(size ? size : 1); /* the reader takes a writable image */
@@ -46,6 +48,22 @@ int skv_fuzz_gguf(const uint8_t *data, size_t size) {
                 }
             }
         }
+    }
+    /* the tokenizer its metadata describes, if any: ids in range on a probe string */
+    skv_tokenizer *tok = NULL;
+    if (!bad && skv_tokenizer_from_gguf(g, &tok) == SKV_OK) {
+        static const char probe[] = "Hello world, 12345 héllo! <|im_start|> \xff\xfe \xf0\x9f\x9a\x80";
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (skv_tokenize(tok, probe, sizeof probe - 1, &ids, &n) == SKV_OK)
+            for (size_t i = 0; i < n; i++)
+                if (ids[i] < 0 || ids[i] >= skv_tokenizer_n_vocab(tok)) bad = 1;
+        char *text = NULL;
+        size_t tl = 0;
+        if (!bad && n) skv_detokenize(tok, ids, n, &text, &tl);
+        free(text);
+        free(ids);
+        skv_tokenizer_free(tok);
     }
     skv_gguf_close(g);
     free(buf);

@@ -547,5 +547,7 @@ double skv_gguf_arr_f(const skv_gguf_kv *kv, uint64_t i) {
 int64_t skv_gguf_arr_i(const skv_gguf_kv *kv, uint64_t i) {
     skv_gguf_kv s = {0};
     scalar(&s, kv->arr_type, arr_raw(kv, i));
-    return kv->arr_type == SKV_GGUF_F32 || kv->arr_type == SKV_GGUF_F64 ? (int64_t)s.f : s.i;
+    if (kv->arr_type != SKV_GGUF_F32 && kv->arr_type != SKV_GGUF_F64) return s.i;
+    /* a float element: truncated, saturating (NaN: 0) */
+    return s.f >= 9.2e18 ? INT64_MAX : s.f <= -9.2e18 ? INT64_MIN : s.f == s.f ? (int64_t)s.f : 0;
 }

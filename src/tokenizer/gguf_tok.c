@@ -13,6 +13,8 @@
 #include "io/gguf.h"
 #include "tok_internal.h"
 
+#include <math.h>
+
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
 /* the pre-tokenizer regexes of the tokenizer.json files these `pre` names come from */
@@ -140,8 +142,10 @@ static skv_status build(const skv_gguf *g, const char *path, cJSON *root) {
         goto out;
     }
     for (int32_t i = 0; i < n; i++) {
-        type[i] = types ? (int32_t)skv_gguf_arr_i(types, (uint64_t)i) : TT_NORMAL;
-        score[i] = scores ? (float)skv_gguf_arr_f(scores, (uint64_t)i) : 0.0f;
+        const int64_t ty = types ? skv_gguf_arr_i(types, (uint64_t)i) : TT_NORMAL;
+        const double sc = scores ? skv_gguf_arr_f(scores, (uint64_t)i) : 0.0;
+        type[i] = ty >= 0 && ty <= 6 ? (int32_t)ty : 0;
+        score[i] = sc == sc ? (float)fmax(fmin(sc, 3e38), -3e38) : 0.0f; /* finite, in float range */
     }
     cJSON *m = cJSON_AddObjectToObject(root, "model"), *vocab = m ? cJSON_AddObjectToObject(m, "vocab") : NULL;
     cJSON *merges = m ? cJSON_AddArrayToObject(m, "merges") : NULL, *added = cJSON_AddArrayToObject(root, "added_tokens");
@@ -217,15 +221,22 @@ out:
     return st;
 }
 
+skv_status skv_tokenizer_from_gguf(const skv_gguf *g, skv_tokenizer **out) {
+    *out = NULL;
+    const char *path = skv_gguf_path(g);
+    cJSON *root = cJSON_CreateObject();
+    skv_status st = root ? build(g, path, root) : skv_tok_nomem();
+    if (!st) st = skv_tokenizer_load_cjson(root, path, out);
+    cJSON_Delete(root);
+    return st;
+}
+
 skv_status skv_tokenizer_load_gguf(const char *path, skv_tokenizer **out) {
     *out = NULL;
     skv_gguf *g = NULL;
     skv_status st = skv_gguf_open(path, 0, &g);
     if (st) return st;
-    cJSON *root = cJSON_CreateObject();
-    st = root ? build(g, path, root) : skv_tok_nomem();
-    if (!st) st = skv_tokenizer_load_cjson(root, path, out);
-    cJSON_Delete(root);
+    st = skv_tokenizer_from_gguf(g, out);
     skv_gguf_close(g);
     return st;
 }

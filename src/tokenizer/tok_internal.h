@@ -34,6 +34,8 @@ skv_status skv_tokenizer_load_buffer(const char *data, size_t len, const char *p
 skv_status skv_tokenizer_load_cjson(const cJSON *root, const char *path, skv_tokenizer **out);
 /* A tokenizer from a GGUF file's tokenizer.ggml.* keys (skv_tokenizer_load of a *.gguf path). */
 skv_status skv_tokenizer_load_gguf(const char *path, skv_tokenizer **out);
+struct skv_gguf;
+skv_status skv_tokenizer_from_gguf(const struct skv_gguf *g, skv_tokenizer **out);
 
 /* --------------------------------------------------------------- JSON helpers (tokjson.c) */
 
