@@ -282,6 +282,99 @@ static void test_open_errors(void) {
     CHECK(!g);
 }
 
+
+/* ------------------------------------------------- a tiny llama model written as GGUF */
+
+/* kinds of damage to the tiny model */
+enum { TM_OK, TM_ARCH, TM_Q2K, TM_MISSING, TM_SHAPE, TM_EXTRA, TM_NOTOK };
+
+static const char *tiny_model(int kind, char *path, size_t cap) {
+    static const char *names[] = {"token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight",
+                                  "blk.0.ffn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight",
+                                  "blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_gate.weight",
+                                  "blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "blk.0.extra.weight"};
+    const int64_t D = 32, F = 64, V = 8;
+    int64_t ne[12][2] = {{D, V}, {D, 1}, {D, 1}, {D, 1}, {D, D}, {D, D}, {D, D}, {D, D}, {D, F}, {D, F}, {F, D}, {D, 1}};
+    int nt = kind == TM_EXTRA ? 12 : kind == TM_MISSING ? 10 : 11;
+    if (kind == TM_SHAPE) ne[8][1] = F + 1;
+    gw w = {0};
+    gw_head(&w, 3, (uint64_t)nt, kind == TM_NOTOK ? 8 : 9);
+    gw_kv_str(&w, "general.architecture", kind == TM_ARCH ? "phi3" : "llama");
+    const char *k[] = {"llama.embedding_length", "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count"};
+    const uint32_t v[] = {(uint32_t)D, (uint32_t)F, 1, 1};
+    for (int i = 0; i < 4; i++) gw_kv_u32(&w, k[i], v[i]);
+    gw_kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gw_kv_str(&w, "tokenizer.ggml.model", "gpt2");
+    gw_str(&w, "tokenizer.ggml.merges"); gw_u32(&w, 9); gw_u32(&w, 8); gw_u64(&w, 0);
+    if (kind != TM_NOTOK) {
+        gw_str(&w, "tokenizer.ggml.tokens"); gw_u32(&w, 9); gw_u32(&w, 8); gw_u64(&w, (uint64_t)V);
+        for (int i = 0; i < V; i++) { char t[2] = {(char)('a' + i), 0}; gw_str(&w, t); }
+    }
+    uint64_t off = 0, sizes[12];
+    for (int i = 0; i < nt; i++) {
+        const uint32_t type = kind == TM_Q2K && i == 4 ? 10 : 0; /* Q2_K (block 256 > 32): [256, D] */
+        int64_t e[2] = {ne[i][0], ne[i][1]};
+        if (type == 10) e[0] = 256;
+        gw_tensor(&w, names[i == 10 && kind == TM_MISSING ? 11 : i], 2, e, type, off);
+        sizes[i] = type == 10 ? (uint64_t)e[1] * 84 : (uint64_t)(e[0] * e[1] * 4);
+        off += (sizes[i] + 31) / 32 * 32;
+    }
+    gw_align(&w, 32);
+    uint32_t seed = 7;
+    for (uint64_t i = 0; i < off / 4; i++) {
+        float f = ((float)(skv_test_xorshift(&seed) % 2001) / 1000.0f - 1.0f) * 0.2f;
+        gw_bytes(&w, &f, 4);
+    }
+    snprintf(path, cap, "%s/tiny%d.gguf", skv_test_tmpdir(), kind);
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fwrite(w.b, 1, w.n, fp) != w.n) path = NULL;
+    if (fp) fclose(fp);
+    free(w.b);
+    return path;
+}
+
+static void expect_model(int kind, skv_status want, const char *w1, const char *w2) {
+    char path[512];
+    REQUIRE(tiny_model(kind, path, sizeof path), "write");
+    skv_model *m = NULL;
+    skv_status st = skv_model_load(path, skv_model_default_params(), &m);
+    CHECKF(st == want, "kind %d: status %d (%s), expected %d", kind, st, st ? skv_last_error() : "loaded", want);
+    if (st && want) {
+        CHECKF(strstr(skv_last_error(), path), "kind %d: message does not name the file: %s", kind, skv_last_error());
+        CHECKF(!w1 || strstr(skv_last_error(), w1), "kind %d: message lacks \"%s\": %s", kind, w1, skv_last_error());
+        CHECKF(!w2 || strstr(skv_last_error(), w2), "kind %d: message lacks \"%s\": %s", kind, w2, skv_last_error());
+    }
+    if (m) {
+        const skv_model_info *in = skv_model_get_info(m);
+        CHECK(in->dim == 32 && in->n_layer == 1 && in->n_vocab == 8 && in->tied_embeddings && in->head_dim == 32);
+        skv_context *c = NULL;
+        float lg[8];
+        int32_t ids[3] = {1, 2, 3};
+        CHECK(skv_context_init(m, skv_context_default_params(), &c) == SKV_OK);
+        CHECK(skv_decode(c, ids, 3, lg, 0) == SKV_OK);
+        for (int i = 0; i < 8; i++) CHECK(isfinite(lg[i]));
+        skv_context_free(c);
+        skv_model_free(m);
+    }
+}
+
+static void test_models(void) {
+    expect_model(TM_OK, SKV_OK, NULL, NULL);
+    expect_model(TM_ARCH, SKV_ERR_UNSUPPORTED, "general.architecture", "phi3");
+    expect_model(TM_Q2K, SKV_ERR_UNSUPPORTED, "blk.0.attn_q.weight", "Q2_K");
+    expect_model(TM_MISSING, SKV_ERR_FORMAT, "blk.0.ffn_down.weight", "missing");
+    expect_model(TM_SHAPE, SKV_ERR_SHAPE, "blk.0.ffn_gate.weight", NULL);
+    expect_model(TM_EXTRA, SKV_ERR_UNSUPPORTED, "blk.0.extra.weight", NULL);
+    expect_model(TM_NOTOK, SKV_ERR_FORMAT, "tokenizer.ggml.tokens", NULL);
+    /* the CLI: one line naming the file, exit status 1 */
+    char path[512], cmd[1200], *err = NULL;
+    REQUIRE(tiny_model(TM_Q2K, path, sizeof path), "write");
+    snprintf(cmd, sizeof cmd, "%s run -m %s -p hi -n 2", skv_test_cli(), path);
+    const int rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc == 1 && err && strstr(err, "Q2_K") && strstr(err, "blk.0.attn_q.weight"), "slimkv run: exit %d, %s", rc, err);
+    free(err);
+}
+
 void register_gguf(void) {
     skv_test_add("gguf/every metadata type, arrays, alignment 64, ggml dimension order (buffer, mmap, RAM copy)",
                  test_every_type);
@@ -291,4 +384,6 @@ void register_gguf(void) {
     skv_test_add("gguf/bad tensors: n_dims 0 and 5, unknown type, misaligned, past the end, overlapping, duplicate, block",
                  test_bad_tensors);
     skv_test_add("gguf/open: missing and short files", test_open_errors);
+    skv_test_add("gguf/a tiny llama model loads and decodes; unknown arch, Q2_K, missing, misshapen and unknown tensors, no "
+                 "tokens refused naming file and field (and by slimkv run)", test_models);
 }

@@ -22,6 +22,12 @@ static const skv_gguf_tensor *find(gl *L, const char *name, int64_t cols, int64_
         *st = skv_set_error(SKV_ERR_FORMAT, "%s: tensor \"%s\" is missing", L->path, name);
         return NULL;
     }
+    if ((int)t->dtype < 0) {
+        *st = skv_set_error(SKV_ERR_UNSUPPORTED,
+                            "%s: tensor \"%s\" has type %s, which is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, "
+                            "Q4_K, Q5_K, Q6_K)", L->path, name, skv_gguf_ggml_type_name(t->ggml_type));
+        return NULL;
+    }
     const int want_nd = rows > 0 ? 2 : 1;
     int nd = t->n_dims;
     while (nd > want_nd && t->ne[nd - 1] == 1) nd--;
@@ -30,12 +36,6 @@ static const skv_gguf_tensor *find(gl *L, const char *name, int64_t cols, int64_
                             L->path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
                             (long long)t->ne[3], (long long)cols, want_nd == 2 ? ", " : "",
                             want_nd == 2 ? (long long)rows : 0LL);
-        return NULL;
-    }
-    if ((int)t->dtype < 0) {
-        *st = skv_set_error(SKV_ERR_UNSUPPORTED,
-                            "%s: tensor \"%s\" has type %s, which is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, "
-                            "Q4_K, Q5_K, Q6_K)", L->path, name, skv_gguf_ggml_type_name(t->ggml_type));
         return NULL;
     }
     return t;
