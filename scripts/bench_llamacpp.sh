@@ -31,8 +31,13 @@ if [ "$BUILD" = 1 ]; then
     pip download --no-deps --no-binary :all: -q -d . llama-cpp-python
     tar xzf llama_cpp_python-*.tar.gz
     src=$(ls -d llama_cpp_python-*/vendor/llama.cpp | head -1)
-    cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+    # the host's AVX-512 / VNNI kernels, without AMX: its tiles crash llama-bench in this VM
+    # (SIGSEGV in ggml_backend_amx_mul_mat), so -march=native (which turns AMX on) is not used
+    cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF \
+        -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
+        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >/dev/null
     cmake --build "$src/build" -j2 --target llama-bench
     cd - >/dev/null
 fi
