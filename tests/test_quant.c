@@ -129,7 +129,7 @@ static void test_matmul(void) {
         for (int64_t i = 0; i < nt * cols; i++) x[i] = (float)(skv_test_xorshift(&seed) % 2001) / 1000.0f - 1.0f;
         const int64_t scratch_elems = 4 * SKV_QTILE * cols;
         float *scratch = malloc(sizeof(float) * (size_t)scratch_elems);
-        skv_matmul(&w, x, y, nt, scratch, scratch_elems);
+        skv_matmul(&w, x, y, nt, scratch, scratch_elems, 2);
         double worst = 0;
         for (int64_t r = 0; r < rows; r++) {
             skv_weight_row_f32(&w, r, row);

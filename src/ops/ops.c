@@ -182,13 +182,14 @@ void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out) {
     }
 }
 
-void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems) {
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                int n_threads) {
     const float *wf = w->data;
     if (skv_dtype_is_quant(w->dtype)) {
         /* dequantise tiles of SKV_QTILE rows, each thread its own tile in scratch, and multiply
          * each by OpenBLAS (single-threaded inside the parallel region) */
         const int64_t rows = w->rows, cols = w->cols, ntile = (rows + SKV_QTILE - 1) / SKV_QTILE;
-        int nt = omp_get_max_threads();
+        int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
         if ((int64_t)nt * SKV_QTILE * cols > scratch_elems) nt = (int)(scratch_elems / (SKV_QTILE * cols));
         SKV_ASSERT(nt >= 1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
@@ -204,7 +205,7 @@ void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float 
     if (w->dtype != SKV_DTYPE_F32) {
         SKV_ASSERT(w->rows * w->cols <= scratch_elems);
         const int64_t total = w->rows * w->cols, chunk = 1 << 16;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : omp_get_max_threads())
         for (int64_t s = 0; s < total; s += chunk) {
             int64_t len = SKV_MIN(chunk, total - s);
             if (w->dtype == SKV_DTYPE_BF16)

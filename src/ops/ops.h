@@ -37,8 +37,10 @@ void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out);
 /* Y(n, rows) = X(n, cols) W^T with OpenBLAS. bf16/f16 weights are converted into scratch
  * (rows*cols floats) first, in parallel; quantized weights are dequantised SKV_QTILE rows at a
  * time, one tile per thread (scratch: threads * SKV_QTILE * cols floats; fewer threads when it
- * is smaller). Call from outside an OpenMP parallel region. */
-void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems);
+ * is smaller). n_threads: the OpenMP team (0: the default). Call from outside an OpenMP
+ * parallel region. */
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                int n_threads);
 
 /* out[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (float32, as HF LlamaRMSNorm). */
 void skv_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
