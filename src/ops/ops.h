@@ -29,7 +29,7 @@ void skv_matvec_rows_act(const skv_weight *w, const skv_act *a, float *y, int64_
 unsigned skv_weight_act_kinds(const skv_weight *w);
 
 /* rows per dequantised tile in skv_matmul */
-#define SKV_QTILE 64
+#define SKV_QTILE 512
 
 /* Row r of W converted to f32: out[cols]. */
 void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out);
