@@ -193,10 +193,12 @@ void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float 
         if ((int64_t)nt * SKV_QTILE * cols > scratch_elems) nt = (int)(scratch_elems / (SKV_QTILE * cols));
         SKV_ASSERT(nt >= 1);
         /* tiles as tall as the scratch allows (sgemm runs at 36 GFLOP/s per core on 64-row tiles,
-         * 99 on 512-row ones), but at least one per thread */
-        int64_t tr = SKV_MIN((int64_t)SKV_QTILE, (rows + nt - 1) / nt);
+         * 99 on 512-row ones), as many as a multiple of the threads */
+        int64_t ntile = (rows + SKV_QTILE - 1) / SKV_QTILE;
+        ntile = (ntile + nt - 1) / nt * nt; /* a multiple of the team: no thread idles at the end */
+        int64_t tr = (rows + ntile - 1) / ntile;
         tr = (tr + 15) / 16 * 16;
-        const int64_t ntile = (rows + tr - 1) / tr;
+        ntile = (rows + tr - 1) / tr;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
         for (int64_t t = 0; t < ntile; t++) {
             float *tile = scratch + (int64_t)omp_get_thread_num() * SKV_QTILE * cols;
