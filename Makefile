@@ -115,7 +115,7 @@ asan:
 # the task reader) compiled by clang with the fuzzer, address and undefined-behaviour sanitizers
 FUZZ_CC      ?= clang
 FUZZ_BUILD   := build-fuzz
-FUZZ_TARGETS := safetensors st_index config tokenizer_json tokenize tasks scd_frame
+FUZZ_TARGETS := safetensors st_index config tokenizer_json tokenize tasks scd_frame gguf
 FUZZ_LIB_SRC := $(sort $(wildcard src/base/*.c src/io/*.c src/tokenizer/*.c)) src/eval/tasks.c src/net/frame.c src/kv/quant.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -132,6 +132,7 @@ FUZZ_RUNS_tokenizer_json ?= 30000
 FUZZ_RUNS_tokenize       ?= 60000
 FUZZ_RUNS_tasks          ?= 300000
 FUZZ_RUNS_scd_frame      ?= 300000
+FUZZ_RUNS_gguf           ?= 100000
 
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
@@ -152,7 +153,7 @@ fuzz-smoke: fuzz
 	    runs=$$(case $$t in safetensors) echo $(FUZZ_RUNS_safetensors);; st_index) echo $(FUZZ_RUNS_st_index);; \
 	        config) echo $(FUZZ_RUNS_config);; tokenizer_json) echo $(FUZZ_RUNS_tokenizer_json);; \
 	        tokenize) echo $(FUZZ_RUNS_tokenize);; tasks) echo $(FUZZ_RUNS_tasks);; \
-	        scd_frame) echo $(FUZZ_RUNS_scd_frame);; esac); \
+	        scd_frame) echo $(FUZZ_RUNS_scd_frame);; gguf) echo $(FUZZ_RUNS_gguf);; esac); \
 	    start=$$(date +%s); \
 	    if ! ./$(FUZZ_BUILD)/fuzz_$$t -runs=$$runs -seed=1 -timeout=10 -rss_limit_mb=2048 \
 	            -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t- \

@@ -21,6 +21,7 @@ int skv_fuzz_tokenizer_json(const uint8_t *data, size_t size); /* tokenizer.json
 int skv_fuzz_tokenize(const uint8_t *data, size_t size);      /* bytes encoded by real tokenizers */
 int skv_fuzz_tasks(const uint8_t *data, size_t size);         /* a JSONL task file */
 int skv_fuzz_scd_frame(const uint8_t *data, size_t size);     /* an SCD wire frame */
+int skv_fuzz_gguf(const uint8_t *data, size_t size);          /* a GGUF file image */
 
 #define SKV_FUZZ_MAIN(fn)                                                 \
     int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);         \

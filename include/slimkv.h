@@ -131,13 +131,28 @@ typedef enum skv_arch {
     SKV_ARCH_LLAMA = 0,
     SKV_ARCH_QWEN2 = 1,
     SKV_ARCH_MISTRAL = 2,
+    SKV_ARCH_GEMMA3 = 3, /* from GGUF files */
 } skv_arch;
 
+/* Stored weight types: float, and (from GGUF files) ggml's block-quantized formats, used in
+ * place: blocks of 32 (Q4_0, Q4_1, Q5_0, Q8_0) or 256 (Q4_K, Q5_K, Q6_K) weights along a row,
+ * each with its own scale(s). */
 typedef enum skv_dtype {
     SKV_DTYPE_F32 = 0,
     SKV_DTYPE_F16 = 1,
     SKV_DTYPE_BF16 = 2,
+    SKV_DTYPE_Q4_0 = 3,
+    SKV_DTYPE_Q4_1 = 4,
+    SKV_DTYPE_Q5_0 = 5,
+    SKV_DTYPE_Q8_0 = 6,
+    SKV_DTYPE_Q4_K = 7,
+    SKV_DTYPE_Q5_K = 8,
+    SKV_DTYPE_Q6_K = 9,
+    SKV_DTYPE_COUNT = 10,
 } skv_dtype;
+
+/* "F32", "BF16", "Q4_K", ... */
+const char *skv_dtype_name(skv_dtype t);
 
 /* Hyperparameters read from config.json. */
 typedef struct skv_model_info {
@@ -154,7 +169,9 @@ typedef struct skv_model_info {
     int32_t eos_id;     /* -1 if absent */
     int32_t tied_embeddings; /* 1: lm_head shares embed_tokens */
     int32_t qkv_bias;   /* 1: q/k/v projections carry a bias (Qwen2) */
-    int32_t sliding_window; /* 0: none (Mistral's sliding window, if set and < n_ctx) */
+    int32_t sliding_window; /* 0: none (Mistral's sliding window, if set and < n_ctx; Gemma 3's
+                               local layers) */
+    int32_t add_bos;    /* 1: prompts start with bos_id (GGUF tokenizer.ggml.add_bos_token; the CLI adds it) */
     float rms_eps;
     float rope_theta;
     skv_dtype weight_dtype; /* dtype of the stored weights */

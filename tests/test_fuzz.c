@@ -16,6 +16,7 @@ static const struct { const char *name; fuzz_fn fn; } k_targets[] = {
     {"config", skv_fuzz_config},           {"tokenizer_json", skv_fuzz_tokenizer_json},
     {"tokenize", skv_fuzz_tokenize},       {"tasks", skv_fuzz_tasks},
     {"scd_frame", skv_fuzz_scd_frame},
+    {"gguf", skv_fuzz_gguf},
 };
 
 static uint8_t *read_all(const char *path, size_t *n) {

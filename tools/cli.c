@@ -226,18 +226,29 @@ skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int u
 }
 
 skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir) {
-    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory)");
+    if (!dir) cli_die(cmd, 2, "no model: give -m DIR (a Hugging Face model directory) or -m FILE.gguf");
     char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    const size_t dl = strlen(dir);
+    if (dl > 5 && !strcmp(dir + dl - 5, ".gguf")) snprintf(path, sizeof path, "%s", dir); /* its own metadata */
+    else snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     skv_tokenizer *t = NULL;
     cli_check(cmd, skv_tokenizer_load(path, &t));
     return t;
 }
 
-int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const char *text, size_t len,
+int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const skv_model *m, const char *text, size_t len,
                       size_t *n) {
     int32_t *ids = NULL;
     cli_check(cmd, skv_tokenize(tok, text, len, &ids, n));
+    const skv_model_info *in = m ? skv_model_get_info(m) : NULL;
+    if (in && in->add_bos && *n > 0 && ids[0] != in->bos_id) { /* the model's file asks for a BOS */
+        int32_t *b = realloc(ids, sizeof *ids * (*n + 1));
+        if (!b) cli_die(cmd, 1, "out of memory");
+        memmove(b + 1, b, sizeof *b * *n);
+        b[0] = in->bos_id;
+        ids = b;
+        (*n)++;
+    }
     if (*n == 0) {
         free(ids);
         cli_die(cmd, 2, "the prompt is empty (no tokens)");

@@ -62,7 +62,7 @@ extern int cli_lckv_iters;
 skv_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int use_mmap);
 skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir);
 /* Tokenize and refuse an empty result. */
-int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const char *text, size_t len,
+int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const skv_model *m, const char *text, size_t len,
                       size_t *n);
 
 /* "git commit (dirty?)", CPU model and core count, for result files. */

@@ -248,7 +248,7 @@ int cmd_bench(int argc, char **argv) {
     out = cli_bench_out(out, dir, path, sizeof path, "cpu-%s-t%d.json", base, threads);
     const double kv_row_bytes = kv_bytes_per_token(cp.kv_format, in);
     printf("slimkv bench  %s  (%s weights, %.1f MB, %d threads, %s KV cache)  commit %s\n%s\n", base,
-           in->weight_dtype == SKV_DTYPE_BF16 ? "bf16" : in->weight_dtype == SKV_DTYPE_F16 ? "f16" : "f32",
+           skv_dtype_name(in->weight_dtype),
            in->weight_bytes / 1e6, threads, pa.kv_format, commit, machine);
     printf("%-14s %16s %12s %12s\n", "test", "tokens/s", "copy bound", "read bound");
     FILE *f = cli_bench_json(out);

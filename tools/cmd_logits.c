@@ -32,7 +32,7 @@ int cmd_logits(int argc, char **argv) {
     skv_model *m = cli_load_model("logits", dir, threads, use_mmap);
     const int V = skv_model_get_info(m)->n_vocab;
     if (top < 1 || top > V) cli_die("logits", 2, "bad value for --top: %d (must be 1..%d)", top, V);
-    int32_t *ids = cli_tokenize("logits", tok, text, len, &n);
+    int32_t *ids = cli_tokenize("logits", tok, m, text, len, &n);
     skv_context *c = NULL;
     skv_context_params cp = skv_context_default_params();
     cp.backend = cli_backend("logits", backend);

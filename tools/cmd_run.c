@@ -64,7 +64,7 @@ int cmd_run(int argc, char **argv) {
     skv_model *m = cli_load_model("run", dir, threads, use_mmap);
     const skv_model_info *in = skv_model_get_info(m);
     size_t n_prompt;
-    int32_t *ids = cli_tokenize("run", tok, text, len, &n_prompt);
+    int32_t *ids = cli_tokenize("run", tok, m, text, len, &n_prompt);
 
     skv_sampler *smp = NULL;
     cli_check("run", skv_sampler_init(sp, in->n_vocab, &smp));

@@ -151,7 +151,7 @@ int cmd_scd_eval(int argc, char **argv) {
         const int ti = task_index(row->task, tn, n_tn);
         if (ti < 0) continue;
         size_t nt;
-        int32_t *all = cli_tokenize(C, tok, row->context, strlen(row->context), &nt);
+        int32_t *all = cli_tokenize(C, tok, pa, row->context, strlen(row->context), &nt);
         const int32_t n_ids = (int32_t)SKV_CLI_MIN(nt, (size_t)1984), n = n_ids - 1;
         const int32_t *ids = all + nt - n_ids;
         /* the producer's one prefill, with both taps */

@@ -134,7 +134,7 @@ int cmd_scd_producer(int argc, char **argv) {
         /* the request starts here: tokenize, prefill, encode, send */
         req.t_request = skv_time_now();
         size_t nt;
-        int32_t *all = cli_tokenize(C, tok, text, strlen(text), &nt);
+        int32_t *all = cli_tokenize(C, tok, m, text, strlen(text), &nt);
         const int32_t n_ids = (int32_t)SKV_CLI_MIN(nt, (size_t)keep_last);
         if (n_ids < 2) cli_die(C, 1, "the prompt has %d tokens (at least 2)", n_ids);
         skv_conn *conn;

@@ -45,6 +45,16 @@ static inline uint16_t skv_f32_to_bf16(float f) {
 float skv_f16_to_f32(uint16_t h);
 uint16_t skv_f32_to_f16(float f);
 
+/* Geometry of a stored dtype: weights per block (1 for float types) and bytes per block; a
+ * row of `cols` weights (a multiple of the block) takes cols / block * block_bytes bytes. */
+int32_t skv_dtype_block(skv_dtype t);
+int32_t skv_dtype_block_bytes(skv_dtype t);
+static inline int64_t skv_dtype_row_bytes(skv_dtype t, int64_t cols) {
+    return cols / skv_dtype_block(t) * skv_dtype_block_bytes(t);
+}
+/* 1 for the block-quantized types */
+static inline int skv_dtype_is_quant(skv_dtype t) { return t >= SKV_DTYPE_Q4_0 && t < SKV_DTYPE_COUNT; }
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. Errors name the path. */
 skv_status skv_read_file(const char *path, char **data, size_t *len);
 

@@ -27,11 +27,23 @@ typedef struct skv_config {
     int32_t layer_types[SKV_MAX_LAYERS];
     int32_t lckv;           /* some t(l) != l */
     int32_t lckv_iters;     /* default prefill iterations: forward_passes + backward_passes, else 9 */
+    /* Gemma 3 (GGUF only): Q/K RMSNorms, post-attention and post-FFN norms, GeGLU (tanh GELU),
+     * embeddings scaled by sqrt(dim); layers l with (l + 1) % swa_period != 0 attend within
+     * sliding_window with RoPE base rope_theta_local, the others globally with rope_theta */
+    int32_t gemma3;
+    float embed_scale;      /* 0: none */
+    float attn_scale;       /* 0: 1/sqrt(head_dim) */
+    int32_t swa_period;     /* 0: every layer alike */
+    float rope_theta_local;
 } skv_config;
 
 /* Parse dir/config.json. Unknown architectures, activations other than SiLU, and RoPE scaling
  * types that are not implemented are refused with a message naming the field. */
 skv_status skv_config_load(const char *dir, skv_config *cfg);
+/* The config of a GGUF file from its `<arch>.*` and tokenizer keys (arch llama, qwen2 or
+ * gemma3; others refused naming general.architecture). Errors name the file and key. */
+struct skv_gguf;
+skv_status skv_config_from_gguf(const struct skv_gguf *g, skv_config *cfg);
 /* The same for the text of a config.json (NUL-terminated), named path in messages. */
 skv_status skv_config_parse(const char *text, const char *path, skv_config *cfg);
 

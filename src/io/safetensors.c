@@ -32,15 +32,6 @@ struct skv_st_set {
 
 size_t skv_dtype_size(skv_dtype t) { return t == SKV_DTYPE_F32 ? 4 : 2; }
 
-const char *skv_dtype_name(skv_dtype t) {
-    switch (t) {
-    case SKV_DTYPE_F32: return "F32";
-    case SKV_DTYPE_F16: return "F16";
-    case SKV_DTYPE_BF16: return "BF16";
-    }
-    return "?";
-}
-
 void skv_st_close(skv_st_set *s) {
     if (!s) return;
     for (int i = 0; i < s->n_files; i++) {

@@ -43,7 +43,7 @@ const skv_st_tensor *skv_st_get(const skv_st_set *s, int64_t i);
 /* Total bytes of tensor data mapped. */
 int64_t skv_st_bytes(const skv_st_set *s);
 
+/* bytes per element of the float dtypes safetensors holds (F32, F16, BF16) */
 size_t skv_dtype_size(skv_dtype t);
-const char *skv_dtype_name(skv_dtype t);
 
 #endif

@@ -73,8 +73,11 @@ static skv_status load_vector(loader *L, const char *name, int64_t n, float **ou
 static void init_rope(skv_model *m) {
     const skv_config *c = &m->cfg;
     const int32_t hd = c->info.head_dim, half = hd / 2;
-    m->rope_inv_freq = malloc((size_t)half * sizeof(float));
+    m->rope_inv_freq = malloc((size_t)half * 2 * sizeof(float));
     if (!m->rope_inv_freq) return;
+    /* Gemma 3's sliding-window layers: a second table with their own base (no scaling) */
+    for (int32_t i = 0; i < half && c->swa_period; i++)
+        m->rope_inv_freq[half + i] = 1.0f / powf(c->rope_theta_local, (float)(2 * i) / (float)hd);
     for (int32_t i = 0; i < half; i++) {
         /* As transformers: base ** (arange(0, dim, 2).float() / dim), in float32. */
         float inv = 1.0f / powf(c->info.rope_theta, (float)(2 * i) / (float)hd);
@@ -156,11 +159,18 @@ static skv_status load_weights(loader *L) {
     return SKV_OK;
 }
 
-skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out) {
-    *out = NULL;
-    if (!dir || !*dir) return skv_set_error(SKV_ERR_ARG, "model directory: empty path");
-    skv_model *m = calloc(1, sizeof *m);
-    if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+/* a path naming a .gguf file (or any file starting with "GGUF") */
+static int is_gguf(const char *path) {
+    size_t n = strlen(path);
+    if (n > 5 && !strcmp(path + n - 5, ".gguf")) return 1;
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    int yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    if (f) fclose(f);
+    return yes;
+}
+
+static skv_status load_safetensors(skv_model *m, const char *dir, skv_model_params params) {
     skv_status st = skv_config_load(dir, &m->cfg);
     if (!st) st = skv_st_open(dir, !params.use_mmap, &m->st);
     if (!st && (params.lckv_iters < 0 || params.lckv_iters > 1000))
@@ -172,10 +182,7 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
         loader L = {.m = m, .dir = dir};
         st = load_weights(&L);
     }
-    if (st) {
-        skv_model_free(m);
-        return st;
-    }
+    if (st) return st;
     /* Parameter count and stored dtype (of the largest tensor kind: the projections). */
     m->cfg.info.weight_dtype = m->layers[0].wq.dtype;
     int64_t n = 0;
@@ -186,6 +193,24 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     if (!m->cfg.info.tied_embeddings)
         m->cfg.info.decode_weight_bytes -= m->tok_embed.rows * m->tok_embed.cols *
                                            (int64_t)skv_dtype_size(m->tok_embed.dtype);
+    m->act_kinds = 1u << SKV_ACT_F32;
+    return SKV_OK;
+}
+
+skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **out) {
+    *out = NULL;
+    if (!dir || !*dir) return skv_set_error(SKV_ERR_ARG, "model directory: empty path");
+    skv_model *m = calloc(1, sizeof *m);
+    if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
+    const int gguf = is_gguf(dir);
+    skv_status st = gguf ? skv_model_load_gguf(m, dir, params) : load_safetensors(m, dir, params);
+    if (!st && gguf) /* GGUF files carry no layer_types: every layer keeps its own KV */
+        for (int32_t l = 0; l < m->cfg.info.n_layer; l++) m->cfg.layer_types[l] = l;
+    if (st) {
+        skv_model_free(m);
+        return st;
+    }
     init_rope(m);
     /* layer_types (identity for standard models): layer l attends to the KV of t(l); the layers
      * with t(l) = l append, numbered in order as cache layers */
@@ -206,7 +231,6 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
             if (m->grp_lo < 0) m->grp_lo = l;
             m->grp_hi = SKV_MAX(m->grp_hi, m->kv_src[l]);
         }
-    m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
     *out = m;
     return SKV_OK;
 }
@@ -215,6 +239,7 @@ void skv_model_free(skv_model *m) {
     if (!m) return;
     if (m->be_data && m->be_data_free) m->be_data_free(m->be_data);
     skv_st_close(m->st);
+    skv_gguf_close(m->gguf);
     free(m->f32_store);
     free(m->layers);
     free(m->rope_inv_freq);
@@ -241,8 +266,8 @@ int32_t skv_model_n_cache_layers(const skv_model *m) { return m->n_cache_layers;
 
 skv_status skv_model_rope(skv_model *m, int32_t n) {
     if (n <= m->rope_len) return SKV_OK;
-    const int64_t half = m->cfg.info.head_dim / 2;
-    float *cs = malloc(sizeof(float) * (size_t)(n * half)), *sn = malloc(sizeof(float) * (size_t)(n * half));
+    const int64_t half = m->cfg.info.head_dim / 2, ntab = m->cfg.swa_period ? 2 : 1;
+    float *cs = malloc(sizeof(float) * (size_t)(ntab * n * half)), *sn = malloc(sizeof(float) * (size_t)(ntab * n * half));
     void **old = realloc(m->rope_old, sizeof(void *) * (size_t)(m->n_rope_old + 2));
     if (!cs || !sn || !old) {
         free(cs), free(sn);
@@ -250,12 +275,13 @@ skv_status skv_model_rope(skv_model *m, int32_t n) {
         return skv_set_error(SKV_ERR_NOMEM, "cannot allocate RoPE tables for %d positions", n);
     }
     /* as transformers computes them: freqs = pos * inv_freq in float32 */
-    for (int64_t pos = 0; pos < n; pos++)
-        for (int64_t i = 0; i < half; i++) {
-            const float f = (float)pos * m->rope_inv_freq[i];
-            cs[pos * half + i] = cosf(f);
-            sn[pos * half + i] = sinf(f);
-        }
+    for (int64_t t = 0; t < ntab; t++)
+        for (int64_t pos = 0; pos < n; pos++)
+            for (int64_t i = 0; i < half; i++) {
+                const float f = (float)pos * m->rope_inv_freq[t * half + i];
+                cs[(t * n + pos) * half + i] = cosf(f);
+                sn[(t * n + pos) * half + i] = sinf(f);
+            }
     m->rope_old = old;
     if (m->rope_cos) m->rope_old[m->n_rope_old++] = m->rope_cos, m->rope_old[m->n_rope_old++] = m->rope_sin;
     m->rope_cos = cs, m->rope_sin = sn, m->rope_len = n;

@@ -4,6 +4,7 @@
  * registers.
  */
 #include "ops.h"
+#include "wfmt.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -117,17 +118,42 @@ static float dot_f16(const uint16_t *w, const float *x, int64_t n) {
     return s;
 }
 
+float skv_wdot_f32(const void *w, const void *x, int64_t n) { return skv_dot(w, x, n); }
+float skv_wdot_f16(const void *w, const void *x, int64_t n) { return dot_f16(w, x, n); }
+float skv_wdot_bf16(const void *w, const void *x, int64_t n) { return dot_bf16(w, x, n); }
+
+static inline const uint8_t *row_ptr(const skv_weight *w, int64_t r) {
+    return (const uint8_t *)w->data + r * skv_dtype_row_bytes(w->dtype, w->cols);
+}
+
+float skv_weight_row_dot_act(const skv_weight *w, int64_t r, const skv_act *a) {
+    const skv_wfmt *f = skv_wfmt_of(w->dtype);
+    const void *x = f->act == SKV_ACT_F32 ? (const void *)a->x : f->act == SKV_ACT_Q8_0 ? (const void *)a->q8_0 : (const void *)a->q8_K;
+    SKV_ASSERT(x);
+    return f->dot(row_ptr(w, r), x, w->cols);
+}
+
+unsigned skv_weight_act_kinds(const skv_weight *w) { return 1u << skv_wfmt_of(w->dtype)->act; }
+
 float skv_weight_row_dot(const skv_weight *w, int64_t r, const float *x) {
-    switch (w->dtype) {
-    case SKV_DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + r * w->cols, x, w->cols);
-    case SKV_DTYPE_F16: return dot_f16((const uint16_t *)w->data + r * w->cols, x, w->cols);
-    case SKV_DTYPE_F32: return skv_dot((const float *)w->data + r * w->cols, x, w->cols);
-    }
-    return 0;
+    const skv_wfmt *f = skv_wfmt_of(w->dtype);
+    if (f->act == SKV_ACT_F32) return f->dot(row_ptr(w, r), x, w->cols);
+    /* one row against an f32 vector: quantize it here (the matrix-vector paths prepare it once) */
+    void *buf = malloc(skv_act_bytes(w->cols));
+    SKV_ASSERT(buf);
+    skv_act a;
+    skv_act_init(&a, x, w->cols, skv_weight_act_kinds(w), buf);
+    float v = skv_weight_row_dot_act(w, r, &a);
+    free(buf);
+    return v;
 }
 
 void skv_matvec_rows(const skv_weight *w, const float *x, float *y, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) y[r] = skv_weight_row_dot(w, r, x);
+}
+
+void skv_matvec_rows_act(const skv_weight *w, const skv_act *a, float *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) y[r] = skv_weight_row_dot_act(w, r, a);
 }
 
 static void convert_bf16(const uint16_t *src, float *dst, int64_t n) {
@@ -152,14 +178,41 @@ void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out) {
     case SKV_DTYPE_BF16: convert_bf16((const uint16_t *)w->data + r * c, out, c); break;
     case SKV_DTYPE_F16: convert_f16((const uint16_t *)w->data + r * c, out, c); break;
     case SKV_DTYPE_F32: memcpy(out, (const float *)w->data + r * c, (size_t)c * sizeof(float)); break;
+    default: skv_wfmt_of(w->dtype)->to_f32(row_ptr(w, r), out, c); break;
     }
 }
 
-void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch) {
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                int n_threads) {
     const float *wf = w->data;
+    if (skv_dtype_is_quant(w->dtype)) {
+        /* dequantise tiles of up to SKV_QTILE rows, each thread its own tile in scratch, and
+         * multiply each by OpenBLAS (single-threaded inside the parallel region) */
+        const int64_t rows = w->rows, cols = w->cols;
+        int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+        if ((int64_t)nt * SKV_QTILE * cols > scratch_elems) nt = (int)(scratch_elems / (SKV_QTILE * cols));
+        SKV_ASSERT(nt >= 1);
+        /* tiles as tall as the scratch allows (sgemm runs at 36 GFLOP/s per core on 64-row tiles,
+         * 99 on 512-row ones), as many as a multiple of the threads */
+        int64_t ntile = (rows + SKV_QTILE - 1) / SKV_QTILE;
+        ntile = (ntile + nt - 1) / nt * nt; /* a multiple of the team: no thread idles at the end */
+        int64_t tr = (rows + ntile - 1) / ntile;
+        tr = (tr + 15) / 16 * 16;
+        ntile = (rows + tr - 1) / tr;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t t = 0; t < ntile; t++) {
+            float *tile = scratch + (int64_t)omp_get_thread_num() * SKV_QTILE * cols;
+            const int64_t r0 = t * tr, nr = SKV_MIN(tr, rows - r0);
+            for (int64_t r = 0; r < nr; r++) skv_weight_row_f32(w, r0 + r, tile + r * cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nr, (int)cols, 1.0f, x, (int)cols,
+                        tile, (int)cols, 0.0f, y + r0, (int)rows);
+        }
+        return;
+    }
     if (w->dtype != SKV_DTYPE_F32) {
+        SKV_ASSERT(w->rows * w->cols <= scratch_elems);
         const int64_t total = w->rows * w->cols, chunk = 1 << 16;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : omp_get_max_threads())
         for (int64_t s = 0; s < total; s += chunk) {
             int64_t len = SKV_MIN(chunk, total - s);
             if (w->dtype == SKV_DTYPE_BF16)
@@ -242,3 +295,12 @@ void skv_swiglu(float *a, const float *b, int64_t n) {
 }
 
 float skv_silu(float x) { return x / (1.0f + expf(-x)); }
+
+float skv_gelu_tanh(float x) {
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+void skv_geglu(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] = skv_gelu_tanh(a[i]) * b[i];
+}

@@ -7,10 +7,12 @@
 #define SKV_CPU_OPS_H
 
 #include "internal.h"
+#include "wfmt.h"
 
-/* A 2-D weight matrix held in its stored dtype (usually mapped from the safetensors file). */
+/* A 2-D weight matrix held in its stored dtype (mapped from the safetensors or GGUF file); a
+ * quantized row is cols / block blocks (wfmt.h). */
 typedef struct skv_weight {
-    const void *data; /* (rows, cols) row-major */
+    const void *data; /* (rows, cols) row-major; row r at r * skv_dtype_row_bytes(dtype, cols) */
     skv_dtype dtype;
     int64_t rows, cols;
 } skv_weight;
@@ -18,15 +20,27 @@ typedef struct skv_weight {
 /* y[r0..r1) = W[r0..r1, :] x, for rows r0..r1 (the caller splits rows across threads). */
 void skv_matvec_rows(const skv_weight *w, const float *x, float *y, int64_t r0, int64_t r1);
 
-/* Dot product of row r of W with x. */
+/* Dot product of row r of W with x (quantized weights: x is quantized per call — slow; the
+ * matrix-vector paths prepare it once with skv_act_init and use skv_weight_row_dot_act). */
 float skv_weight_row_dot(const skv_weight *w, int64_t r, const float *x);
+float skv_weight_row_dot_act(const skv_weight *w, int64_t r, const skv_act *a);
+void skv_matvec_rows_act(const skv_weight *w, const skv_act *a, float *y, int64_t r0, int64_t r1);
+/* The activation forms (bit 1 << skv_act_kind) W's dot product reads. */
+unsigned skv_weight_act_kinds(const skv_weight *w);
+
+/* rows per dequantised tile in skv_matmul */
+#define SKV_QTILE 512
 
 /* Row r of W converted to f32: out[cols]. */
 void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out);
 
-/* Y(n, rows) = X(n, cols) W^T with OpenBLAS. Non-f32 weights are converted into scratch
- * (rows*cols floats) first, in parallel. Call from outside an OpenMP parallel region. */
-void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch);
+/* Y(n, rows) = X(n, cols) W^T with OpenBLAS. bf16/f16 weights are converted into scratch
+ * (rows*cols floats) first, in parallel; quantized weights are dequantised SKV_QTILE rows at a
+ * time, one tile per thread (scratch: threads * SKV_QTILE * cols floats; fewer threads when it
+ * is smaller). n_threads: the OpenMP team (0: the default). Call from outside an OpenMP
+ * parallel region. */
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                int n_threads);
 
 /* out[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (float32, as HF LlamaRMSNorm). */
 void skv_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
@@ -40,6 +54,10 @@ float skv_softmax(float *x, int64_t n);
 /* a[i] = silu(a[i]) * b[i] */
 float skv_silu(float x);
 void skv_swiglu(float *a, const float *b, int64_t n);
+
+/* a[i] = gelu_tanh(a[i]) * b[i] (GeGLU with the tanh approximation: Gemma) */
+float skv_gelu_tanh(float x);
+void skv_geglu(float *a, const float *b, int64_t n);
 
 /* y[n] += a * x[n] */
 void skv_axpy(float *y, float a, const float *x, int64_t n);

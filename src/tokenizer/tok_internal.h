@@ -30,6 +30,12 @@
 /* skv_tokenizer_load on the text of a tokenizer.json held in memory (len bytes), named path in
  * messages. For tests and fuzzing. */
 skv_status skv_tokenizer_load_buffer(const char *data, size_t len, const char *path, skv_tokenizer **out);
+/* ... on a parsed tokenizer.json tree (gguf_tok.c builds one from GGUF metadata). */
+skv_status skv_tokenizer_load_cjson(const cJSON *root, const char *path, skv_tokenizer **out);
+/* A tokenizer from a GGUF file's tokenizer.ggml.* keys (skv_tokenizer_load of a *.gguf path). */
+skv_status skv_tokenizer_load_gguf(const char *path, skv_tokenizer **out);
+struct skv_gguf;
+skv_status skv_tokenizer_from_gguf(const struct skv_gguf *g, skv_tokenizer **out);
 
 /* --------------------------------------------------------------- JSON helpers (tokjson.c) */
 

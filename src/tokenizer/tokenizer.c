@@ -83,9 +83,13 @@ static skv_status load_json(skv_tokenizer *t, const cJSON *root, const char *pat
     return build_id_table(t, path);
 }
 
+skv_status skv_tokenizer_load_gguf(const char *path, skv_tokenizer **out);
+
 skv_status skv_tokenizer_load(const char *path, skv_tokenizer **out) {
     if (out) *out = NULL;
     if (!path || !out) return skv_set_error(SKV_ERR_ARG, "skv_tokenizer_load: NULL argument");
+    const size_t pl = strlen(path);
+    if (pl > 5 && !strcmp(path + pl - 5, ".gguf")) return skv_tokenizer_load_gguf(path, out);
     char *data = NULL;
     size_t len = 0;
     skv_status st = skv_read_file(path, &data, &len);
@@ -103,14 +107,16 @@ skv_status skv_tokenizer_load_buffer(const char *data, size_t len, const char *p
         size_t at = end && end >= data ? (size_t)(end - data) : 0;
         return skv_set_error(SKV_ERR_FORMAT, "%s: malformed JSON near byte %zu", path, at);
     }
-    skv_status st;
-    skv_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) {
-        cJSON_Delete(root);
-        return skv_tok_nomem();
-    }
-    st = load_json(t, root, path);
+    skv_status st = skv_tokenizer_load_cjson(root, path, out);
     cJSON_Delete(root);
+    return st;
+}
+
+skv_status skv_tokenizer_load_cjson(const cJSON *root, const char *path, skv_tokenizer **out) {
+    *out = NULL;
+    skv_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return skv_tok_nomem();
+    skv_status st = load_json(t, root, path);
     if (st) {
         skv_tokenizer_free(t);
         return st;

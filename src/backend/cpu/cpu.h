@@ -64,6 +64,11 @@ typedef struct skv_cpu {
     int lk_cur;                /* the running pass's set */
     float *x0;                 /* (n_batch, dim) */
     int32_t iters;             /* group iterations of a chunk */
+    /* a decode step's activations as the weights' dot products read them (wfmt.h): the normed
+     * input, the attention output and the FFN hidden vector, each over its own scratch */
+    uint8_t *actbuf;           /* 3 x act_bytes */
+    size_t act_bytes;
+    skv_act ax, ao, ah;
     void *pol_scratch;         /* policy selection scratch */
 } skv_cpu;
 

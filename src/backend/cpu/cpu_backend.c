@@ -24,6 +24,7 @@ static void cpu_free(skv_context *ctx) {
                       &c->lk, &c->x0};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(c->pol_scratch);
+    free(c->actbuf);
     skv_cpu_head_stats_free(c);
     free(c);
     ctx->bs = NULL;
@@ -77,6 +78,8 @@ static skv_status cpu_init(skv_context *ctx, const skv_context_params *p) {
         c->lk = alloc_floats(4 * (int64_t)m->n_cache_layers * B * KD, &fail);
         c->x0 = alloc_floats(B * in->dim, &fail);
     }
+    c->act_bytes = (skv_act_bytes(SKV_MAX(SKV_MAX(in->dim, QD), in->ffn_dim)) + 63) / 64 * 64;
+    if (!(c->actbuf = aligned_alloc(64, 3 * c->act_bytes))) fail = 1;
     if (!fail && c->pol_scratch && p->collect_head_stats && (st = skv_cpu_head_stats_alloc(c, p->head_prefix))) {
         cpu_free(ctx);
         return st;

@@ -24,20 +24,28 @@
 static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const float *x, float *y, int64_t n) {
     if (n == 1) {
         const int64_t rows = w->rows, blk = 16;
+        skv_act a;
+        skv_act_init(&a, x, w->cols, skv_weight_act_kinds(w), c->actbuf);
 #pragma omp parallel for schedule(static) num_threads(c->n_threads)
-        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows(w, x, y, r, SKV_MIN(r + blk, rows));
+        for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows_act(w, &a, y, r, SKV_MIN(r + blk, rows));
     } else {
-        skv_matmul(w, x, y, n, c->wconv);
+        skv_matmul(w, x, y, n, c->wconv, c->m->max_weight_elems, c->n_threads);
     }
     if (bias)
         for (int64_t i = 0; i < n; i++)
             for (int64_t r = 0; r < w->rows; r++) y[i * w->rows + r] += bias[r];
 }
 
-/* Is a key at position kp visible to a query at position qp? (causal, sliding window) */
-static inline int visible(const skv_cpu *c, int64_t qp, int64_t kp) {
-    const int32_t w = c->m->cfg.info.sliding_window;
+/* Is a key at position kp visible to a query at position qp of layer l? (causal, sliding
+ * window: Mistral's on every layer, Gemma 3's on its local layers) */
+static inline int visible(const skv_cpu *c, int32_t l, int64_t qp, int64_t kp) {
+    const int32_t w = skv_model_layer_window(c->m, l);
     return kp <= qp && (w <= 0 || qp - kp < w);
+}
+
+/* 1/sqrt(head_dim), or the model's own query scale */
+static inline float att_scale(const skv_model *m) {
+    return m->cfg.attn_scale > 0 ? m->cfg.attn_scale : 1.0f / sqrtf((float)m->cfg.info.head_dim);
 }
 
 /* The past's slots of stream (cl, g) (0 without a past). */
@@ -56,7 +64,8 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
     const skv_model_info *in = &c->m->cfg.info;
     const int32_t hd = in->head_dim, H = in->n_head, G = H / in->n_kv_head;
     const int64_t QD = (int64_t)H * hd, T = c->n_ctx;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = att_scale(c->m);
+    const int32_t window = skv_model_layer_window(c->m, l);
     const int stats = stats_ok && (c->want_acc || c->want_win || c->want_last);
     const int head_stats = stats_ok && c->head_acc;
     const int64_t n_new = kc ? n : 0; /* chunk keys present */
@@ -110,9 +119,9 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
             for (int64_t i = i0; i < i1; i++) {
                 float *row = S + (i - i0) * nk;
                 const int64_t qp = pos0 + i, hi = n_old + (n_new ? i + 1 - strict : 0); /* slots >= hi: hidden */
-                if (in->sliding_window > 0) { /* (no past with sliding windows: refused) */
+                if (window > 0) { /* (no past with sliding windows: refused) */
                     for (int64_t t = 0; t < hi; t++)
-                        if (!visible(c, qp, kpos[t])) row[t] = -INFINITY;
+                        if (!visible(c, l, qp, kpos[t])) row[t] = -INFINITY;
                 }
                 skv_softmax(row, hi);
                 for (int64_t t = hi; t < nk; t++) row[t] = 0;
@@ -148,6 +157,14 @@ static void rmsnorm_rows(const skv_cpu *c, float *out, const float *x, const flo
     for (int64_t i = 0; i < n; i++) skv_rmsnorm(out + i * in->dim, x + i * in->dim, w, in->dim, in->rms_eps);
 }
 
+/* Gemma 3: RMSNorm of every head's q and k (n rows) with the layer's q_norm / k_norm */
+static void qk_norms(skv_cpu *c, const skv_layer *ly, int64_t n) {
+    const skv_model_info *in = &c->m->cfg.info;
+    const int64_t hd = in->head_dim;
+    for (int64_t i = 0; i < n * in->n_head; i++) skv_rmsnorm(c->q + i * hd, c->q + i * hd, ly->q_norm, hd, in->rms_eps);
+    for (int64_t i = 0; i < n * in->n_kv_head; i++) skv_rmsnorm(c->k + i * hd, c->k + i * hd, ly->k_norm, hd, in->rms_eps);
+}
+
 static skv_status append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k, const float *v) {
     const skv_model_info *in = &c->m->cfg.info;
     for (int32_t g = 0; g < in->n_kv_head; g++) {
@@ -163,7 +180,11 @@ static void embed_rows(skv_cpu *c, const skv_fwd_in *in) {
     const int64_t D = c->m->cfg.info.dim;
     if (in->embd) memcpy(c->x, in->embd, sizeof(float) * (size_t)(in->n * D));
     else
-        for (int64_t i = 0; i < in->n; i++) skv_weight_row_f32(&c->m->tok_embed, in->ids[i], c->x + i * D);
+        for (int64_t i = 0; i < in->n; i++) {
+            skv_weight_row_f32(&c->m->tok_embed, in->ids[i], c->x + i * D);
+            if (c->m->cfg.embed_scale > 0) /* Gemma: embeddings times sqrt(dim) */
+                for (int64_t j = 0; j < D; j++) c->x[i * D + j] *= c->m->cfg.embed_scale;
+        }
 }
 
 /* Final norm and head of rows [r0, r0 + n) of x into the outputs asked for. */
@@ -194,10 +215,13 @@ static void chunk_own_kv(skv_cpu *c, int32_t l, int which, const skv_fwd_in *fin
     float *k = chunk_kv(c, m->cache_of[l], which, 0), *v = chunk_kv(c, m->cache_of[l], which, 1);
     linear(c, &ly->wk, ly->bk, c->xb, k, fin->n);
     linear(c, &ly->wv, ly->bv, c->xb, v, fin->n);
+    if (ly->k_norm) /* Gemma 3 */
+        for (int64_t i = 0; i < fin->n * m->cfg.info.n_kv_head; i++)
+            skv_rmsnorm(k + i * hd, k + i * hd, ly->k_norm, hd, m->cfg.info.rms_eps);
     for (int64_t i = 0; i < fin->n; i++)
         for (int32_t g = 0; g < m->cfg.info.n_kv_head; g++)
-            skv_rope(k + i * KD + g * hd, m->rope_cos + (fin->pos0 + i) * hd / 2, m->rope_sin + (fin->pos0 + i) * hd / 2,
-                     (int32_t)hd);
+            skv_rope(k + i * KD + g * hd, skv_model_rope_at(m, m->rope_cos, l, fin->pos0 + i),
+                     skv_model_rope_at(m, m->rope_sin, l, fin->pos0 + i), (int32_t)hd);
 }
 
 /* Layer l over the chunk's residual rows x. `append`: the pass whose K/V the cache keeps (a
@@ -218,6 +242,8 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
     rmsnorm_rows(c, c->xb, c->x, ly->attn_norm, n);
     if (taps && taps->attn_in) memcpy(taps->attn_in + (int64_t)l * taps->tap_rows * D, c->xb, tap);
     linear(c, &ly->wq, ly->bq, c->xb, c->q, n);
+    if (ly->q_norm) /* Gemma 3 */
+        for (int64_t i = 0; i < n * in->n_head; i++) skv_rmsnorm(c->q + i * hd, c->q + i * hd, ly->q_norm, hd, in->rms_eps);
     if (t == l) {
         chunk_own_kv(c, l, c->lk_cur, fin);
         if (append)
@@ -227,7 +253,7 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
                     return st;
     }
     for (int64_t i = 0; i < n; i++) {
-        const float *cs = m->rope_cos + (pos0 + i) * hd / 2, *sn = m->rope_sin + (pos0 + i) * hd / 2;
+        const float *cs = skv_model_rope_at(m, m->rope_cos, l, pos0 + i), *sn = skv_model_rope_at(m, m->rope_sin, l, pos0 + i);
         for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
     }
     if (t > l) { /* condensed: the source runs later; the previous iteration's K/V, strictly earlier tokens */
@@ -239,13 +265,17 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
                           chunk_kv(c, cl, c->lk_cur, 1), append, 0, append && t == l);
     }
     linear(c, &ly->wo, ly->bo, c->att_out, c->proj, n);
+    if (ly->post_attn_norm) rmsnorm_rows(c, c->proj, c->proj, ly->post_attn_norm, n);
     for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
 
     rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
     linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
     linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
-    for (int64_t i = 0; i < n; i++) skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
+    for (int64_t i = 0; i < n; i++)
+        if (m->cfg.gemma3) skv_geglu(c->hb + i * F, c->hb2 + i * F, F);
+        else skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
     linear(c, &ly->w_down, NULL, c->hb, c->proj, n);
+    if (ly->post_ffn_norm) rmsnorm_rows(c, c->proj, c->proj, ly->post_ffn_norm, n);
     for (int64_t i = 0; i < n * D; i++) c->x[i] += c->proj[i];
     return SKV_OK;
 }
@@ -414,9 +444,9 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
     const uint8_t *cls = c->plan.cls ? c->plan.cls + ((int64_t)cl * in->n_kv_head + g) * c->plan.stride : NULL;
     if (ps) score_stream(c, &c->past->cache, ps, NULL, 0, h0, nh, scale);
     score_stream(c, &c->cache, st, cls, np, h0, nh, scale);
-    if (in->sliding_window > 0)
+    if (skv_model_layer_window(c->m, l) > 0)
         for (int64_t s = 0; s < st->n; s++)
-            if (!visible(c, qp, st->pos[s]))
+            if (!visible(c, l, qp, st->pos[s]))
                 for (int32_t j = 0; j < nh; j++) c->probs[(int64_t)(h0 + j) * c->n_ctx + np + s] = -INFINITY;
     for (int32_t j = 0; j < nh; j++) {
         float *pr = c->probs + (int64_t)(h0 + j) * c->n_ctx;
@@ -460,6 +490,13 @@ static skv_status vtop_before_step(skv_cpu *c) {
     return SKV_OK;
 }
 
+/* x += rmsnorm(proj) with weight w (Gemma's post-attention and post-FFN norms), one token */
+static void post_norm_add(skv_cpu *c, const float *w) {
+    const skv_model_info *in = &c->m->cfg.info;
+    skv_rmsnorm(c->proj, c->proj, w, in->dim, in->rms_eps);
+    for (int64_t i = 0; i < in->dim; i++) c->x[i] += c->proj[i];
+}
+
 /* Single-token decode: one parallel region for the whole pass, matrix-vector products straight
  * from the stored weights, q/k/v and gate/up fused, residual adds folded into o_proj and
  * down_proj. Barriers separate the steps. */
@@ -469,8 +506,8 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, pos = fin->pos0;
     const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
     const int32_t H = in->n_head, G = in->n_head / in->n_kv_head;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const float *cs = m->rope_cos + pos * hd / 2, *sn = m->rope_sin + pos * hd / 2;
+    const float scale = att_scale(m);
+    const int gemma = m->cfg.gemma3;
     /* per KV head when there are enough of them, or when statistics are gathered per group */
     const int by_group = in->n_kv_head >= c->n_threads || c->want_acc || c->plan.vtop.on;
     skv_status err = SKV_OK;
@@ -483,27 +520,32 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
         for (int32_t l = 0; l < in->n_layer; l++) {
             const skv_layer *ly = &m->layers[l];
             const int32_t cl = m->cache_of[l];
+            const float *cs = skv_model_rope_at(m, m->rope_cos, l, pos), *sn = skv_model_rope_at(m, m->rope_sin, l, pos);
 #pragma omp single
-            skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+            {
+                skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
+            }
             /* q, k, v: one row range over the three stacked matrices (q only: LCKV layers without
              * K/V of their own) */
             const int own = m->kv_src[l] == l;
             team_rows(own ? QD + 2 * KD : QD, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 if (r < QD) {
-                    c->q[r] = skv_weight_row_dot(&ly->wq, r, c->xb) + (ly->bq ? ly->bq[r] : 0);
+                    c->q[r] = skv_weight_row_dot_act(&ly->wq, r, &c->ax) + (ly->bq ? ly->bq[r] : 0);
                 } else if (r < QD + KD) {
                     int64_t k = r - QD;
-                    c->k[k] = skv_weight_row_dot(&ly->wk, k, c->xb) + (ly->bk ? ly->bk[k] : 0);
+                    c->k[k] = skv_weight_row_dot_act(&ly->wk, k, &c->ax) + (ly->bk ? ly->bk[k] : 0);
                 } else {
                     int64_t k = r - QD - KD;
-                    c->v[k] = skv_weight_row_dot(&ly->wv, k, c->xb) + (ly->bv ? ly->bv[k] : 0);
+                    c->v[k] = skv_weight_row_dot_act(&ly->wv, k, &c->ax) + (ly->bv ? ly->bv[k] : 0);
                 }
             }
 #pragma omp barrier
             if (own) {
 #pragma omp single
                 {
+                    if (ly->q_norm) qk_norms(c, ly, 1);
                     for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
                     skv_status st = append_kv(c, cl, pos, c->k, c->v);
                     if (st) err = st;
@@ -526,23 +568,44 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_decode_stream_stats(c, cl, g);
             }
             /* x += o_proj(att_out) */
+#pragma omp single
+            skv_act_init(&c->ao, c->att_out, QD, m->act_kinds, c->actbuf + c->act_bytes);
             team_rows(D, &r0, &r1);
-            for (int64_t r = r0; r < r1; r++)
-                c->x[r] += skv_weight_row_dot(&ly->wo, r, c->att_out) + (ly->bo ? ly->bo[r] : 0);
+            if (gemma) { /* x += post_attn_norm(o_proj(att_out)) */
+                for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->wo, r, &c->ao);
 #pragma omp barrier
 #pragma omp single
-            skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+                post_norm_add(c, ly->post_attn_norm);
+            } else {
+                for (int64_t r = r0; r < r1; r++)
+                    c->x[r] += skv_weight_row_dot_act(&ly->wo, r, &c->ao) + (ly->bo ? ly->bo[r] : 0);
+#pragma omp barrier
+            }
+#pragma omp single
+            {
+                skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
+            }
             /* hb = silu(gate xb) * (up xb) */
             team_rows(F, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
-                float gt = skv_weight_row_dot(&ly->w_gate, r, c->xb);
-                float up = skv_weight_row_dot(&ly->w_up, r, c->xb);
-                c->hb[r] = skv_silu(gt) * up;
+                float gt = skv_weight_row_dot_act(&ly->w_gate, r, &c->ax);
+                float up = skv_weight_row_dot_act(&ly->w_up, r, &c->ax);
+                c->hb[r] = (gemma ? skv_gelu_tanh(gt) : skv_silu(gt)) * up;
             }
 #pragma omp barrier
+#pragma omp single
+            skv_act_init(&c->ah, c->hb, F, m->act_kinds, c->actbuf + 2 * c->act_bytes);
             team_rows(D, &r0, &r1);
-            for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot(&ly->w_down, r, c->hb);
+            if (gemma) { /* x += post_ffn_norm(down(hb)) */
+                for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
 #pragma omp barrier
+#pragma omp single
+                post_norm_add(c, ly->post_ffn_norm);
+            } else {
+                for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
+#pragma omp barrier
+            }
         }
         if (out->logits || out->hidden_normed) {
 #pragma omp single
@@ -550,10 +613,11 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 if (out->hidden) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
                 skv_rmsnorm(c->xb, c->x, m->final_norm, D, in->rms_eps);
                 if (out->hidden_normed) memcpy(out->hidden_normed, c->xb, sizeof(float) * (size_t)D);
+                skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
             if (out->logits) {
                 team_rows(in->n_vocab, &r0, &r1);
-                for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot(&m->lm_head, r, c->xb);
+                for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot_act(&m->lm_head, r, &c->ax);
             }
         }
     }
