@@ -58,6 +58,11 @@ static inline int skv_dtype_is_quant(skv_dtype t) { return t >= SKV_DTYPE_Q4_0 &
 /* Read a whole file into a NUL-terminated malloc'd buffer. Errors name the path. */
 skv_status skv_read_file(const char *path, char **data, size_t *len);
 
+/* Map a regular file privately (writable: copy-on-write pages the caller may change). Files
+ * shorter than min_size are refused as too short for `what`. Errors name the path. */
+skv_status skv_map_file(const char *path, size_t min_size, const char *what, int writable, void **map,
+                        size_t *size);
+
 /* Join a directory and a file name into buf; returns buf. */
 const char *skv_path_join(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -4,6 +4,10 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 float skv_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -89,4 +93,26 @@ const char *skv_path_join(char *buf, size_t cap, const char *dir, const char *na
     else
         snprintf(buf, cap, "%s/%s", dir, name);
     return buf;
+}
+
+skv_status skv_map_file(const char *path, size_t min_size, const char *what, int writable, void **map,
+                        size_t *size) {
+    *map = NULL, *size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
+    }
+    const size_t n = (size_t)sb.st_size;
+    if (n < min_size) {
+        close(fd);
+        return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for %s", path, n, what);
+    }
+    void *m = mmap(NULL, n, PROT_READ | (writable ? PROT_WRITE : 0), MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    *map = m, *size = n;
+    return SKV_OK;
 }

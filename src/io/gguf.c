@@ -4,9 +4,7 @@
 #include "gguf.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define GGUF_MAX_NAME 64 /* ggml's limit on tensor names (with the NUL: 63 bytes; we allow 64) */
@@ -381,21 +379,10 @@ skv_status skv_gguf_parse_buffer(void *buf, size_t len, const char *name, skv_gg
 
 skv_status skv_gguf_open(const char *path, int to_ram, skv_gguf **out) {
     *out = NULL;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    if (size < 24) {
-        close(fd);
-        return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes is too short for a GGUF header", path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    void *map;
+    size_t size;
+    skv_status st0 = skv_map_file(path, 24, "a GGUF header", 1, &map, &size);
+    if (st0) return st0;
     skv_gguf *g;
     skv_status st = skv_gguf_parse_buffer(map, size, path, &g);
     if (st) {

@@ -9,7 +9,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -183,22 +182,10 @@ static skv_status parse_image(skv_st_set *s, const st_file *f, const uint8_t *p,
 
 /* Map one file and append its tensors to s. */
 static skv_status open_file(skv_st_set *s, const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return skv_set_error(SKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return skv_set_error(SKV_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    if (size < 8) {
-        close(fd);
-        return skv_set_error(SKV_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors file",
-                             path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return skv_set_error(SKV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    void *map;
+    size_t size;
+    skv_status st = skv_map_file(path, 8, "a safetensors file", 0, &map, &size);
+    if (st) return st;
     st_file *f = &s->files[s->n_files++];
     f->map = map;
     f->size = f->map_size = size;
