@@ -2,10 +2,12 @@
 # sweep_compare.py OLD_DIR NEW_DIR — compare two `slimkv sweep` result folders row by row
 # (rows.jsonl: score, kv_bytes, KL of every (task, row, policy, budget) both hold) and by
 # configuration (sweep.csv means). Used to show that a change left the results unchanged.
-import csv, json, sys
+import csv, json, lzma, os, sys
 def rows(p):
     d = {}
-    for line in open(p):
+    # big result files are committed xz-compressed (rows.jsonl.xz)
+    f = open(p) if os.path.exists(p) else lzma.open(p + '.xz', 'rt')
+    for line in f:
         r = json.loads(line)
         d[(r['task'], r['index'], r['policy'], str(r['budget']))] = r
     return d
