@@ -91,7 +91,6 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->use_graphs = env_int("SKV_CUDA_GRAPHS", 1) != 0;
         c->pdl = env_int("SKV_CUDA_PDL", 1) != 0;
         c->gemv_tc = env_int("SKV_CUDA_GEMV", 1) != 0;
-        c->fuse_norm = env_int("SKV_CUDA_FUSE_NORM", 1) != 0;
         c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
         if (c->att_waves < 1) c->att_waves = 1;
         c->prof = env_int("SKV_CUDA_PROF", 0);
@@ -163,7 +162,7 @@ static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const 
 
 /* whether the tensor-core GEMV (gpu_gemv.cuh) takes n rows through W */
 static int use_tc(const skv_gpu_ctx *c, const gmat *W, int n) {
-    return c->gemv_tc && n <= GEMV_TC_MAX_B && W->cols % 32 == 0;
+    return c->gemv_tc && n >= GEMV_TC_MIN_B && n <= GEMV_TC_MAX_B && W->cols % 32 == 0;
 }
 
 /* the tensor-core GEMV of n rows: T = 1 y (+)= x W^T (+ bias); T = 2 h = SwiGLU of gate | up */
@@ -171,28 +170,17 @@ template <int T>
 static skv_status gemv_tc(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, bf16 *h,
                           const float *bias, int n, int acc) {
     const int rows = (int)W->rows, cols = (int)W->cols, blocks = ((T == 2 ? rows / 2 : rows) + 15) / 16;
-    const float *nf = NULL;
-#define TC(NT)                                                                                                     \
-    return launch(c, what, k_gemv_tc<NT, T, (8 / (NT * T) > 2 ? 8 / (NT * T) : 2), false>, dim3(blocks), dim3(256), 0, \
-                  (const bf16 *)W->w, x, y, h, bias, rows, cols, n, acc, nf, nf, 0.0f)
-    if (n <= 8) TC(1);
-    if (n <= 16) TC(2);
-    if (n <= 32) TC(4);
-    TC(8);
-#undef TC
+    static_assert(GEMV_TC_MAX_B == 8, "one n-tile of 8 tokens");
+    return launch(c, what, k_gemv_tc<1, T, 8 / T>, dim3(blocks), dim3(256), 0, (const bf16 *)W->w, x, y, h, bias, rows,
+                  cols, n, acc);
 }
 
-/* The RMSNorm of one row xf (dim) f32 with weight nw, then W: T = 1 y = . W^T; T = 2 h = SwiGLU.
- * One kernel where the tensor-core GEMV can fuse it (c->fuse_norm, n == 1), else k_rmsnorm into
- * xb and the matrix product. */
+/* The RMSNorm of rows xf (n, dim) f32 with weight nw into xb, then W: T = 1 y = xb W^T (+ bias);
+ * T = 2 h = SwiGLU of xb (gate | up)^T (one kernel with the tensor-core GEMV, else two). */
 template <int T>
 static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, const float *xf, const float *nw,
                             float *y, bf16 *h, const float *bias, int n) {
     skv_gpu_model *g = c->g;
-    const int rows = (int)W->rows, cols = (int)W->cols, blocks = ((T == 2 ? rows / 2 : rows) + 15) / 16;
-    if (c->fuse_norm && n == 1 && use_tc(c, W, n) && cols * 2 <= 48 * 1024)
-        return launch(c, what, k_gemv_tc<1, T, 8 / T, true>, dim3(blocks), dim3(256), (size_t)cols * 2,
-                      (const bf16 *)W->w, (const bf16 *)NULL, y, h, bias, rows, cols, n, 0, xf, nw, g->eps);
     skv_status st = launch(c, "rmsnorm", k_rmsnorm, dim3(n), dim3(1024), 0, xf, nw, c->xb, g->D, g->eps);
     if (st) return st;
     if (T == 2 && use_tc(c, W, n)) return gemv_tc<2>(c, what, W, c->xb, NULL, h, NULL, n, 0);

@@ -54,12 +54,11 @@ struct skv_gpu_ctx {
     void *cublas_ws;
     int sms, use_graphs;
     /* decode switches, from the environment at context creation (gpu.cu): programmatic
-     * dependent launch (SKV_CUDA_PDL, default 1), the tensor-core GEMV with the SwiGLU fused
-     * (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU), the RMSNorm
-     * fused into it for single rows (SKV_CUDA_FUSE_NORM, default 1), waves of
-     * attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile (SKV_CUDA_PROF=N:
-     * eager launches timed with events, printed to stderr every N steps) */
-    int pdl, gemv_tc, fuse_norm, att_waves, prof, prof_on; /* prof_on: this step is profiled */
+     * dependent launch (SKV_CUDA_PDL, default 1), the tensor-core GEMV with the SwiGLU fused for
+     * 4..8 rows (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU),
+     * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
+     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
+    int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;

@@ -18,7 +18,11 @@
 
 #include "backend/cuda/gpu_device.cuh"
 
-#define GEMV_TC_MAX_B 64 /* token rows the tensor-core GEMV takes (8 per n-tile, 8 n-tiles) */
+/* Token rows the tensor-core GEMV takes: from 4 (below, the one-warp-per-row k_gemv is faster:
+ * on the H200, 5.04 vs 5.44 ms per Llama-3-8B step at batch 1) to 8 (above, cuBLAS is: 4397 vs
+ * 3721 tokens/s at batch 32). bench/cuda/issue16-h200 has the runs. */
+#define GEMV_TC_MIN_B 4
+#define GEMV_TC_MAX_B 8
 
 /* W streams through once: not kept in L1 */
 __device__ __forceinline__ uint4 ld_stream(const bf16 *p) {
@@ -37,16 +41,12 @@ __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uin
 }
 
 /* Grid: ceil(out_rows / 16) blocks of 256 threads. out_rows = rows (T = 1) or rows / 2 (T = 2,
- * W = gate | up stacked, h (n, rows / 2) bf16 written instead of y). cols % 32 == 0.
- * NORM: the RMSNorm fused: x is computed by each block from the residual xf (n, cols) f32 and
- * the norm's weight nw as k_rmsnorm computes it, into n * cols bf16 of dynamic shared memory. */
-template <int NT, int T, int U, bool NORM>
+ * W = gate | up stacked, h (n, rows / 2) bf16 written instead of y). cols % 32 == 0. */
+template <int NT, int T, int U>
 __global__ void __launch_bounds__(256) k_gemv_tc(const bf16 *__restrict__ W, const bf16 *x, float *y, bf16 *h,
-                                                 const float *bias, int rows, int cols, int n, int accumulate,
-                                                 const float *xf, const float *nw, float eps) {
+                                                 const float *bias, int rows, int cols, int n, int accumulate) {
     pdl_trigger();
     __shared__ float red[T][NT][4][32];
-    extern __shared__ uint4 xs_dyn[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, q = lane & 3;
     const int out_rows = T == 2 ? rows / 2 : rows, row0 = blockIdx.x * 16;
     const int n_it = cols >> 5;
@@ -89,33 +89,6 @@ __global__ void __launch_bounds__(256) k_gemv_tc(const bf16 *__restrict__ W, con
     };
     load_w(warp);
     pdl_wait();
-    if (NORM) {
-        bf16 *xs = (bf16 *)xs_dyn;
-        __shared__ float ssum[8];
-        for (int b = 0; b < n; b++) {
-            const float *xr0 = xf + (int64_t)b * cols;
-            float ss = 0;
-            for (int i = threadIdx.x * 4; i < cols; i += 1024) {
-                const float4 v = *(const float4 *)(xr0 + i);
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            }
-            ss = warp_sum(ss);
-            if (lane == 0) ssum[warp] = ss;
-            __syncthreads();
-            ss = 0;
-#pragma unroll
-            for (int w = 0; w < 8; w++) ss += ssum[w];
-            const float sc = rsqrtf(ss / (float)cols + eps);
-            for (int i = threadIdx.x * 4; i < cols; i += 1024) {
-                const float4 v = *(const float4 *)(xr0 + i), g = *(const float4 *)(nw + i);
-                __nv_bfloat162 *o = (__nv_bfloat162 *)(xs + (int64_t)b * cols + i);
-                o[0] = __floats2bfloat162_rn(g.x * (v.x * sc), g.y * (v.y * sc));
-                o[1] = __floats2bfloat162_rn(g.z * (v.z * sc), g.w * (v.w * sc));
-            }
-            __syncthreads(); /* ssum reused; xs complete */
-        }
-        x = xs;
-    }
     load_x(warp);
     for (int base = warp; base < n_it; base += 8 * U) {
 #pragma unroll
