@@ -24,7 +24,6 @@ typedef __nv_bfloat16 bf16;
 
 #define GEMV_MAX_B 8   /* rows up to this go through the own GEMV, more through cuBLAS */
 #define ATT_WARPS 4
-#define ATT_DEPTH 4    /* key steps in flight per lane group in the decode attention kernel */
 #define G_MAX 8        /* query heads per KV head the decode kernel holds in registers */
 
 static inline skv_status cuda_fail(cudaError_t e, const char *what, int line) {

@@ -6,12 +6,13 @@
  * A block of 8 warps owns 16 output rows (T = 2: 16 gate rows j.. and the 16 up rows F + j..,
  * whose product silu(gate) * up it writes as bf16, the SwiGLU fused). Warp w takes the k-steps
  * w, w + 8, ... of 32 columns each (split-K; the block's warps read 512 contiguous bytes of a
- * row together) and the block adds the warps' sums in shared memory at the end, in warp order. One k-step is two mma.sync m16n8k16
- * per 8 tokens: lane (r = lane / 4, q = lane % 4) loads 16 bytes of W rows r and r + 8 and of x
- * row r at column 8q of the step. Any permutation of k is a valid order for a dot product, so
- * the 16-byte loads are the fragments directly: words 0, 1 of each load go to the first mma's k
- * pairs (2q, 2q + 8), words 2, 3 to the second's. U k-steps are loaded before the first use;
- * the first U are loaded before pdl_wait (weights do not depend on the kernel before).
+ * row together); the block adds the warps' sums in shared memory in warp order (the same
+ * result on every run). One k-step is two mma.sync m16n8k16 per 8 tokens: lane (r = lane / 4,
+ * q = lane % 4) loads 16 bytes of W rows r and r + 8 and of x row r at column 8q of the step.
+ * Any permutation of k is a valid order for a dot product, so the 16-byte loads are the
+ * fragments directly: words 0, 1 of each load go to the first mma's k pairs (2q, 2q + 8),
+ * words 2, 3 to the second's. U k-steps are loaded before the first use; the first U before
+ * pdl_wait (weights do not depend on the kernel before).
  */
 #ifndef SKV_GPU_GEMV_CUH
 #define SKV_GPU_GEMV_CUH
@@ -19,8 +20,10 @@
 #include "backend/cuda/gpu_device.cuh"
 
 /* Token rows the tensor-core GEMV takes: from 4 (below, the one-warp-per-row k_gemv is faster:
- * on the H200, 5.04 vs 5.44 ms per Llama-3-8B step at batch 1) to 8 (above, cuBLAS is: 4397 vs
- * 3721 tokens/s at batch 32). bench/cuda/issue16-h200 has the runs. */
+ * on the H200, 5.04 vs 5.44 ms per Llama-3-8B step at batch 1, both without early launches) to
+ * 8 (batch 8: 1383 tokens/s, the one-warp GEMV 738 in issue 16's table; above 8, cuBLAS: at
+ * batch 32 this kernel made 3721 tokens/s, cuBLAS 4397 in that table). The runs:
+ * bench/cuda/issue16-h200/README.md. */
 #define GEMV_TC_MIN_B 4
 #define GEMV_TC_MAX_B 8
 

@@ -54,46 +54,31 @@ __global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, floa
     }
 }
 
-/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads, two
- * groups of 4 per lane in flight (the next group loaded before the current one is used; the
- * first before pdl_wait: weights do not depend on the kernel before). */
+/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads. (A
+ * version keeping two groups of loads in flight, the first before pdl_wait, was slower on the
+ * H200: 52 registers instead of 34, fewer warps per SM; bench/cuda/issue16-h200/README.md.) */
 template <int B>
 __global__ void k_gemv(const bf16 *__restrict__ W, const bf16 *x, float *y, const float *bias,
                        int rows, int cols, int accumulate) {
     pdl_trigger();
-    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    const int n8 = cols >> 3;
-    const uint4 *wr = (const uint4 *)(W + (int64_t)(row < rows ? row : 0) * cols);
-    const uint4 z4 = make_uint4(0, 0, 0, 0);
-    uint4 wn[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) wn[j] = lane + 32 * j < n8 ? __ldg(wr + lane + 32 * j) : z4;
     pdl_wait();
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
+    const uint4 *wr = (const uint4 *)(W + (int64_t)row * cols);
+    const int n8 = cols >> 3;
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; b++) acc[b] = 0;
-    for (int i0 = lane; i0 < n8; i0 += 128) {
-        uint4 w[4];
+#pragma unroll 4
+    for (int i = lane; i < n8; i += 32) {
+        float wf[8];
+        bf16x8_to_f32(__ldg(wr + i), wf);
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            w[j] = wn[j];
-            const int i = i0 + 128 + 32 * j;
-            wn[j] = i < n8 ? __ldg(wr + i) : z4;
-        }
+        for (int b = 0; b < B; b++) {
+            float xf[8];
+            bf16x8_to_f32(*((const uint4 *)(x + (int64_t)b * cols) + i), xf); /* (written by the kernel before) */
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int i = i0 + 32 * j;
-            if (i >= n8) break;
-            float wf[8];
-            bf16x8_to_f32(w[j], wf);
-#pragma unroll
-            for (int b = 0; b < B; b++) {
-                float xf[8];
-                bf16x8_to_f32(*((const uint4 *)(x + (int64_t)b * cols) + i), xf);
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[b] += wf[e] * xf[e];
-            }
+            for (int e = 0; e < 8; e++) acc[b] += wf[e] * xf[e];
         }
     }
 #pragma unroll
@@ -236,47 +221,39 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, co
     float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
     /* V of slot s: the paged pool's row, or (vd: KCache's dense device rows) row s of the stream */
     const bf16 *vs = vd ? vd + ((int64_t)seq * KVH + g) * n_ctx * HD + li * 8 : NULL;
-    /* a ring of ATT_DEPTH steps' K and V rows in registers: the row ATT_DEPTH steps ahead is
-     * loaded as soon as a step's row has been unpacked (loads in flight, not warps, hide the
-     * latency: the registers bound the warps per SM); the keys' order is unchanged */
-    constexpr int S = ATT_WARPS * KPW; /* keys per block step */
+    /* registers hold the next step's K and V rows while this one is computed */
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
-    uint4 kb[ATT_DEPTH], vb[ATT_DEPTH];
-    auto load = [&](int t, uint4 &kk, uint4 &vv) {
-        const bool okk = t < k1;
-        const int64_t rr = okk ? slot_row(bts, t) * HD + li * 8 : 0;
-        kk = okk ? *(const uint4 *)(kp + rr) : zero4;
-        vv = VO && okk ? *(const uint4 *)(vs ? vs + (int64_t)t * HD : vp + rr) : zero4;
-    };
+    bool ok = k0 + warp * KPW + sub < k1;
+    int64_t ro = ok ? slot_row(bts, k0 + warp * KPW + sub) * HD + li * 8 : 0;
+    uint4 kr = ok ? *(const uint4 *)(kp + ro) : zero4;
+    uint4 vr = VO && ok ? *(const uint4 *)(vs ? vs + (int64_t)(k0 + warp * KPW + sub) * HD : vp + ro) : zero4;
+    for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_WARPS * KPW) {
+        const int tn = t0 + ATT_WARPS * KPW + sub;
+        const bool okn = tn < k1;
+        const int64_t rn = okn ? slot_row(bts, tn) * HD + li * 8 : 0;
+        const uint4 krn = okn ? *(const uint4 *)(kp + rn) : zero4;
+        const uint4 vrn = VO && okn ? *(const uint4 *)(vs ? vs + (int64_t)tn * HD : vp + rn) : zero4;
+        float kf[8], vf[8];
+        bf16x8_to_f32(kr, kf);
+        bf16x8_to_f32(vr, vf);
 #pragma unroll
-    for (int d = 0; d < ATT_DEPTH; d++) load(k0 + warp * KPW + sub + d * S, kb[d], vb[d]);
-    for (int t0 = k0 + warp * KPW; t0 < k1; t0 += ATT_DEPTH * S) {
+        for (int j = 0; j < G; j++) {
+            float d = 0;
 #pragma unroll
-        for (int dd = 0; dd < ATT_DEPTH; dd++) {
-            const int t = t0 + dd * S + sub; /* this lane group's key */
-            const bool ok = t < k1;
-            float kf[8], vf[8];
-            bf16x8_to_f32(kb[dd], kf);
-            bf16x8_to_f32(vb[dd], vf);
-            load(t + ATT_DEPTH * S, kb[dd], vb[dd]);
+            for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
 #pragma unroll
-            for (int j = 0; j < G; j++) {
-                float d = 0;
+            for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+            if (ok) {
+                if (sc && li == 0) sc[(int64_t)j * n_ctx + t0 + sub] = d;
+                const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
+                l[j] = l[j] * a + p;
+                if (VO)
 #pragma unroll
-                for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
-#pragma unroll
-                for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-                if (ok) {
-                    if (sc && li == 0) sc[(int64_t)j * n_ctx + t] = d;
-                    const float mn = fmaxf(m[j], d), a = __expf(m[j] - mn), p = __expf(d - mn);
-                    l[j] = l[j] * a + p;
-                    if (VO)
-#pragma unroll
-                        for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
-                    m[j] = mn;
-                }
+                    for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + p * vf[e];
+                m[j] = mn;
             }
         }
+        kr = krn, vr = vrn, ok = okn;
     }
 #pragma unroll
     for (int j = 0; j < G; j++) {
@@ -311,7 +288,7 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
     pdl_trigger();
     pdl_wait();
     /* the split weights exp(m_s - M) once, in shared memory; then each thread's dimension */
-    __shared__ float wsh[256];
+    __shared__ float wsh[256 + 1];
     const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
     const int64_t ps = ((int64_t)r * H + h) * n_split;
     float m = -INFINITY;
@@ -328,20 +305,16 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
         wsh[s] = ms == -INFINITY ? 0.0f : __expf(ms - M);
     }
     __syncthreads();
-    /* every thread sums the weights (the same order: the same S everywhere) and its dimension,
-     * 32 splits' loads in flight at a time */
-    float O = 0, S = 0;
-    for (int s0 = 0; s0 < n_split; s0 += 32) {
-        float po[32], pl[32];
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            po[i] = s0 + i < n_split ? part_o[(ps + s0 + i) * hd + d] : 0.0f;
-            pl[i] = s0 + i < n_split ? part_l[ps + s0 + i] : 0.0f;
-        }
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            if (s0 + i < n_split) S += pl[i] * wsh[s0 + i], O += po[i] * wsh[s0 + i];
+    if (d == 0) {
+        float S = 0;
+        for (int s = 0; s < n_split; s++) S += part_l[ps + s] * wsh[s];
+        wsh[256] = S;
     }
+    __syncthreads();
+    float O = 0;
+#pragma unroll 8
+    for (int s = 0; s < n_split; s++) O += part_o[(ps + s) * hd + d] * wsh[s];
+    const float S = wsh[256];
     att[((int64_t)r * H + h) * hd + d] = __float2bfloat16(S > 0 ? O / S : 0.0f);
     if (lse && d == 0) lse[(int64_t)r * H + h] = M + logf(S);
 }
