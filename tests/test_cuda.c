@@ -627,7 +627,109 @@ static void test_embd_gpu(void) {
     skv_model_free(m);
 }
 
+/* Decode of N sequences together (N = 5: the tensor-core GEMV; 12, 40: cuBLAS) against each
+ * sequence decoded alone (the one-warp-per-row GEMV), the batch's greedy ids fed to both:
+ * logits within bf16 rounding of each other (relative L2 per sequence and step), the same
+ * greedy ids. */
+static double rel_l2(const float *a, const float *ref, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) num += (double)(a[i] - ref[i]) * (a[i] - ref[i]), den += (double)ref[i] * ref[i];
+    return sqrt(num / den);
+}
+
+static void batch_vs_single(skv_gpu_model *gm, int V, int N) {
+    enum { P = 60, STEPS = 3 };
+    skv_gpu_ctx *b = NULL, *one = NULL;
+    REQUIRE(skv_gpu_ctx_init(gm, 128, 64, N, NULL, &b) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_gpu_ctx_init(gm, 128, 64, 1, NULL, &one) == SKV_OK, "%s", skv_last_error());
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N * P), *tok = malloc(sizeof(int32_t) * (size_t)N * (STEPS + 1));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)N), *next = malloc(sizeof(int32_t) * (size_t)N);
+    float *lb = malloc(sizeof(float) * (size_t)N * STEPS * V), *l1 = malloc(sizeof(float) * (size_t)V);
+    for (int s = 0; s < N; s++) {
+        for (int i = 0; i < P; i++) ids[s * P + i] = (int32_t)((i * 2654435761u + 7919u * s) % (uint32_t)(V - 1) + 1);
+        CHECK(skv_gpu_forward(b, s, ids + s * P, NULL, P, 0, NULL, NULL, NULL, 0) == SKV_OK);
+        tok[s] = (int32_t)(s % (V - 1) + 1), pos[s] = P;
+    }
+    for (int t = 0; t < STEPS; t++) {
+        REQUIRE(skv_gpu_decode_batch(b, tok + t * N, pos, N, lb + (size_t)t * N * V, next, NULL) == SKV_OK, "%s",
+                skv_last_error());
+        for (int s = 0; s < N; s++) tok[(t + 1) * N + s] = next[s], pos[s]++;
+    }
+    double worst = 0;
+    int same = 0;
+    for (int s = 0; s < N; s++) {
+        CHECK(skv_gpu_truncate(one, 0, 0) == SKV_OK);
+        CHECK(skv_gpu_forward(one, 0, ids + s * P, NULL, P, 0, NULL, NULL, NULL, 0) == SKV_OK);
+        for (int t = 0; t < STEPS; t++) {
+            CHECK(skv_gpu_forward(one, 0, tok + t * N + s, NULL, 1, P + t, l1, NULL, NULL, 0) == SKV_OK);
+            worst = fmax(worst, rel_l2(lb + ((size_t)t * N + s) * V, l1, V));
+            same += skv_test_argmax(l1, V) == tok[(t + 1) * N + s];
+        }
+    }
+    printf("    %d sequences decoded together vs alone: logits relative L2 <= %.2e, greedy ids equal at %d/%d\n", N,
+           worst, same, N * STEPS);
+    CHECKF(worst < 5e-3 && same >= N * STEPS * 9 / 10, "batch of %d vs single decode: relative L2 %.3g, ids equal %d/%d",
+           N, worst, same, N * STEPS);
+    skv_gpu_ctx_free(b), skv_gpu_ctx_free(one);
+    free(ids), free(tok), free(pos), free(next), free(lb), free(l1);
+}
+
+/* logits (5, V) of the third decode step of 5 sequences after their prompts, in a context made
+ * under the given switches (gpu_ctx.cuh) */
+static void step_logits(skv_gpu_model *gm, int V, const char *pdl, const char *gemv, float *out) {
+    enum { N = 5, P = 40 };
+    setenv("SKV_CUDA_PDL", pdl, 1), setenv("SKV_CUDA_GEMV", gemv, 1);
+    skv_gpu_ctx *c = NULL;
+    const skv_status st = skv_gpu_ctx_init(gm, 128, 64, N, NULL, &c);
+    unsetenv("SKV_CUDA_PDL"), unsetenv("SKV_CUDA_GEMV");
+    REQUIRE(st == SKV_OK, "%s", skv_last_error());
+    int32_t ids[P], tok[N], pos[N];
+    for (int s = 0; s < N; s++) {
+        for (int i = 0; i < P; i++) ids[i] = (int32_t)((i * 40503u + 17u * s) % (uint32_t)(V - 1) + 1);
+        CHECK(skv_gpu_forward(c, s, ids, NULL, P, 0, NULL, NULL, NULL, 0) == SKV_OK);
+        tok[s] = ids[s], pos[s] = P;
+    }
+    for (int t = 0; t < 3; t++) {
+        CHECK(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK);
+        for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
+    }
+    skv_gpu_ctx_free(c);
+}
+
+static void test_batch_sizes(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 0);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_gpu_model *gm = NULL;
+    REQUIRE(skv_model_gpu(m, &gm) == SKV_OK, "%s", skv_last_error());
+    batch_vs_single(gm, V, 5);
+    batch_vs_single(gm, V, 12);
+    batch_vs_single(gm, V, 40);
+    /* the switches on a batch of 5: early launches on = off bit-identical; the tensor-core GEMV
+     * (SwiGLU fused) = the one-warp-per-row GEMV to bf16 rounding */
+    const size_t nb = sizeof(float) * 5 * (size_t)V;
+    float *a = malloc(nb), *b = malloc(nb), *o = malloc(nb);
+    step_logits(gm, V, "1", "1", a);
+    step_logits(gm, V, "0", "1", b);
+    step_logits(gm, V, "1", "0", o);
+    const int pdl_same = !memcmp(a, b, nb);
+    double worst = 0;
+    int top = 1;
+    for (int s = 0; s < 5; s++) {
+        worst = fmax(worst, rel_l2(a + (size_t)s * V, o + (size_t)s * V, V));
+        top &= skv_test_argmax(a + (size_t)s * V, V) == skv_test_argmax(o + (size_t)s * V, V);
+    }
+    printf("    batch of 5: early launches on = off: %s; tensor-core vs one-warp GEMV: relative L2 <= %.2e, top-1 %s\n",
+           pdl_same ? "bit-identical" : "DIFFERENT", worst, top ? "equal" : "DIFFERENT");
+    CHECK(pdl_same);
+    CHECKF(worst < 1e-2 && top, "tensor-core vs one-warp GEMV: relative L2 %.3g", worst);
+    free(a), free(b), free(o);
+    skv_model_free(m);
+}
+
 void register_cuda(void) {
+    skv_test_add("cuda/batched decode of 5, 12, 40 = single decode; decode switches agree", test_batch_sizes);
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);

@@ -1,6 +1,7 @@
 /*
  * gpu.cu — the CUDA backend's contexts and forward pass (see gpu.h): device cache and scratch,
- * prefill and decode through the kernels of gpu_kernels.cuh, CUDA-graph replay of decode steps.
+ * prefill and decode through the kernels of gpu_kernels.cuh and gpu_gemv.cuh, CUDA-graph replay
+ * of decode steps whose kernels start early (programmatic dependent launch, see pdl_wait).
  *
  * Shapes (row-major): x (rows, dim) f32 residual; xb (rows, max(dim, q_dim)) bf16 matrix input;
  * qkv (rows, q_dim + 2 kv_dim) f32; q (rows, H*hd) f32 after RoPE, qb its bf16 copy; att (rows,
@@ -9,8 +10,31 @@
  */
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_kernels.cuh"
+#include "backend/cuda/gpu_gemv.cuh"
 
 #define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
+
+/* Launch kernel k on the compute stream; with c->pdl as a programmatic dependent launch (k
+ * calls pdl_wait before it reads or writes what earlier kernels wrote). `what`: its stage in
+ * the profile. */
+template <typename... KArgs, typename... Args>
+static skv_status launch(skv_gpu_ctx *c, const char *what, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                         Args... args) {
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = c->st;
+    cfg.attrs = &at, cfg.numAttrs = c->pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, k, args...));
+    if (c->prof_on) gpu_prof_mark(c, what);
+    return SKV_OK;
+}
+
+static int env_int(const char *name, int dflt) {
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : dflt;
+}
 
 extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq,
                                        const skv_gpu_policy *pol, skv_gpu_ctx **out) {
@@ -57,14 +81,19 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->seq_d, R);
         ALLOC(c->next_d, R);
         ALLOC(c->argkey, R);
+        CK(cudaMemset(c->argkey, 0, sizeof(unsigned long long) * (size_t)R)); /* k_argmax_ids re-zeroes it */
         CK(cudaMallocHost((void **)&c->stage, sizeof(int32_t) * 3 * (size_t)R));
         if ((s2 = gpu_sample_alloc(c))) return s2;
         CK(cudaMalloc(&c->cublas_ws, (size_t)32 << 20));
         CB(cublasSetWorkspace(c->cb, c->cublas_ws, (size_t)32 << 20));
         CK(cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, 0));
         c->graph = (cudaGraphExec_t *)calloc(2 * ((size_t)n_seq + 1), sizeof(cudaGraphExec_t));
-        const char *ge = getenv("SKV_CUDA_GRAPHS");
-        c->use_graphs = !(ge && !strcmp(ge, "0"));
+        c->use_graphs = env_int("SKV_CUDA_GRAPHS", 1) != 0;
+        c->pdl = env_int("SKV_CUDA_PDL", 1) != 0;
+        c->gemv_tc = env_int("SKV_CUDA_GEMV", 1) != 0;
+        c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
+        if (c->att_waves < 1) c->att_waves = 1;
+        c->prof = env_int("SKV_CUDA_PROF", 0);
         /* the flash kernel's two shared-memory stages exceed the default 48 KB */
         CK(cudaFuncSetAttribute(k_flash_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
         CK(cudaFuncSetAttribute(k_flash_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
@@ -109,6 +138,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
     gpu_kc_free(c);
+    gpu_prof_free(c);
     void *ps[] = {c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
@@ -127,23 +157,58 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     free(c);
 }
 
-/* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias) */
-static skv_status linear(skv_gpu_ctx *c, const gmat *W, const bf16 *x, float *y, const float *bias, int n, int acc) {
+static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, const float *bias,
+                         int n, int acc);
+
+/* whether the tensor-core GEMV (gpu_gemv.cuh) takes n rows through W */
+static int use_tc(const skv_gpu_ctx *c, const gmat *W, int n) {
+    return c->gemv_tc && n >= GEMV_TC_MIN_B && n <= GEMV_TC_MAX_B && W->cols % 32 == 0;
+}
+
+/* the tensor-core GEMV of n rows: T = 1 y (+)= x W^T (+ bias); T = 2 h = SwiGLU of gate | up */
+template <int T>
+static skv_status gemv_tc(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, bf16 *h,
+                          const float *bias, int n, int acc) {
+    const int rows = (int)W->rows, cols = (int)W->cols, blocks = ((T == 2 ? rows / 2 : rows) + 15) / 16;
+    static_assert(GEMV_TC_MAX_B == 8, "one n-tile of 8 tokens");
+    return launch(c, what, k_gemv_tc<1, T, 8 / T>, dim3(blocks), dim3(256), 0, (const bf16 *)W->w, x, y, h, bias, rows,
+                  cols, n, acc);
+}
+
+/* The RMSNorm of rows xf (n, dim) f32 with weight nw into xb, then W: T = 1 y = xb W^T (+ bias);
+ * T = 2 h = SwiGLU of xb (gate | up)^T (one kernel with the tensor-core GEMV, else two). */
+template <int T>
+static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, const float *xf, const float *nw,
+                            float *y, bf16 *h, const float *bias, int n) {
+    skv_gpu_model *g = c->g;
+    skv_status st = launch(c, "rmsnorm", k_rmsnorm, dim3(n), dim3(1024), 0, xf, nw, c->xb, g->D, g->eps);
+    if (st) return st;
+    if (T == 2 && use_tc(c, W, n)) return gemv_tc<2>(c, what, W, c->xb, NULL, h, NULL, n, 0);
+    if (T == 2) {
+        if ((st = linear(c, what, W, c->xb, c->gu, NULL, n, 0))) return st;
+        return launch(c, "swiglu", k_swiglu, dim3(1024), dim3(256), 0, (const float *)c->gu, h, (int64_t)n, (int64_t)g->F);
+    }
+    return linear(c, what, W, c->xb, y, bias, n, 0);
+}
+
+/* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias); `what`: the profile's stage */
+static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, const float *bias,
+                         int n, int acc) {
     const int rows = (int)W->rows, cols = (int)W->cols;
+    if (use_tc(c, W, n)) return gemv_tc<1>(c, what, W, x, y, NULL, bias, n, acc);
     if (n <= GEMV_MAX_B) {
         const int threads = 256, blocks = (rows * 32 + threads - 1) / threads;
         switch (n) {
 #define CASE(B) \
-    case B: k_gemv<B><<<blocks, threads, 0, c->st>>>(W->w, x, y, bias, rows, cols, acc); break;
+    case B: return launch(c, what, k_gemv<B>, dim3(blocks), dim3(threads), 0, (const bf16 *)W->w, x, y, bias, rows, cols, acc);
             CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
         }
-        LAUNCHED();
-        return SKV_OK;
     }
     const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
     CB(cublasGemmEx(c->cb, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, W->w, CUDA_R_16BF, cols, x, CUDA_R_16BF,
                     cols, &beta, y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (c->prof_on) gpu_prof_mark(c, "cublas");
     if (bias) {
         k_add_bias<<<256, 256, 0, c->st>>>(y, bias, n, rows);
         LAUNCHED();
@@ -183,9 +248,9 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
 static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
-    /* about four waves of blocks on the chip (loads in flight); each block finds its keys from
+    /* about four waves of blocks on the chip (att_waves; loads in flight); each block finds its keys from
      * the row's length */
-    int n_split = (4 * c->sms + KVH * n - 1) / (KVH * n);
+    int n_split = (c->att_waves * c->sms + KVH * n - 1) / (KVH * n);
     if (n_split > c->max_split) n_split = c->max_split;
     if (n_split < 1) n_split = 1;
     const dim3 grid(KVH, n_split, n);
@@ -196,12 +261,16 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
     const bool stats = !strict && (c->pol.want_acc || c->pol.want_last);
     float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;
-#define ATT_ARGS c->q, c->kpool, c->vpool, vd, c->bt, c->slen, c->seq_d, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
+#define ATT_ARGS qc, kpc, vpc, vd, btc, slc, sqc, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
                  c->mb, H, KVH, c->n_ctx, n_split, scale, strict
+    const float *qc = c->q;
+    const bf16 *kpc = c->kpool, *vpc = c->vpool;
+    const int32_t *btc = c->bt, *slc = c->slen, *sqc = c->seq_d;
+    skv_status st = SKV_OK;
 #define ATT_G(HD_, G_)                                                                                         \
     case G_:                                                                                                   \
-        if (vo) k_attn_decode<HD_, G_, true><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS);                      \
-        else k_attn_decode<HD_, G_, false><<<grid, ATT_WARPS * 32, 0, c->st>>>(ATT_ARGS);                        \
+        st = vo ? launch(c, "attention", k_attn_decode<HD_, G_, true>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS)   \
+                : launch(c, "attention", k_attn_decode<HD_, G_, false>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS); \
         break;
     if (hd == 128) {
         switch (H / KVH) { ATT_G(128, 1) ATT_G(128, 2) ATT_G(128, 3) ATT_G(128, 4) ATT_G(128, 5) ATT_G(128, 6) ATT_G(128, 7) ATT_G(128, 8) }
@@ -210,10 +279,11 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     }
 #undef ATT_G
 #undef ATT_ARGS
-    LAUNCHED();
-    k_attn_merge<<<dim3(H, n), hd, 0, c->st>>>(c->part_o, c->part_m, c->part_l, c->att, dsc ? c->lse : NULL, H,
-                                                hd, n_split);
-    LAUNCHED();
+    if (st) return st;
+    if ((st = launch(c, "attn merge", k_attn_merge, dim3(H, n), dim3(hd), 0, (const float *)c->part_o,
+                     (const float *)c->part_m, (const float *)c->part_l, c->att, dsc ? c->lse : (float *)NULL, H, hd,
+                     n_split)))
+        return st;
     if (!vo) return gpu_kc_attend(c, l, n);
     return stats ? gpu_cache_decode_stats(c, l, n) : SKV_OK;
 }
@@ -233,17 +303,14 @@ static kc_vloc kc_vloc_of(const skv_gpu_ctx *c, int l, int decode) {
 static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     const glayer *y = &g->layers[l];
-    skv_status st;
-    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->attn_norm, c->xb, g->D, g->eps);
-    LAUNCHED();
-    if ((st = linear(c, &y->wqkv, c->xb, c->qkv, y->bqkv, n, 0))) return st;
+    skv_status st = norm_gemv<1>(c, "gemv qkv", &y->wqkv, c->x, y->attn_norm, c->qkv, NULL, y->bqkv, n);
+    if (st) return st;
     const int kv_in = y->own ? g->KVH : 0;
-    k_rope_store<<<dim3(n, g->H + kv_in), g->hd / 2, 0, c->st>>>(
-        c->qkv, c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->spos, c->sacc, c->swin, c->cosr, c->sinr,
-        decode ? c->pos_d : NULL, decode ? c->seq_d : NULL, pos0, seq, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd,
-        c->n_ctx, kv_in, kc_vloc_of(c, y->cl, decode));
-    LAUNCHED();
-    return SKV_OK;
+    return launch(c, "rope+store", k_rope_store, dim3(n, g->H + kv_in), dim3(g->hd / 2), 0, (const float *)c->qkv, c->q,
+                  c->qb, c->kpool, c->vpool, (const int32_t *)c->bt, (const int32_t *)c->slen, c->spos, c->sacc, c->swin,
+                  (const float *)c->cosr, (const float *)c->sinr, (const int32_t *)(decode ? c->pos_d : NULL),
+                  (const int32_t *)(decode ? c->seq_d : NULL), pos0, seq, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd,
+                  c->n_ctx, kv_in, kc_vloc_of(c, y->cl, decode));
 }
 
 /* Layer l for n rows. decode: rows are separate sequences (pos_d, seq_d filled); else one
@@ -263,13 +330,10 @@ static skv_status layer(skv_gpu_ctx *c, int l, int n, int decode, int seq, int p
         if ((st = attn_prefill(c, y->cl, seq, n, up ? (have_src ? 1 : 2) : 0, stats))) return st;
         if (stats && (st = gpu_cache_prefill_stats(c, y->cl, seq, pos0, n))) return st;
     }
-    if ((st = linear(c, &y->wo, c->att, c->x, y->bo, n, 1))) return st;
-    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x, y->ffn_norm, c->xb, g->D, g->eps);
-    LAUNCHED();
-    if ((st = linear(c, &y->wgu, c->xb, c->gu, NULL, n, 0))) return st;
-    k_swiglu<<<1024, 256, 0, c->st>>>(c->gu, c->h, n, g->F);
-    LAUNCHED();
-    return linear(c, &y->wd, c->h, c->x, NULL, n, 1);
+    if ((st = linear(c, "gemv o", &y->wo, c->att, c->x, y->bo, n, 1)) ||
+        (st = norm_gemv<2>(c, "gemv gate/up", &y->wgu, c->x, y->ffn_norm, NULL, c->h, NULL, n)))
+        return st;
+    return linear(c, "gemv down", &y->wd, c->h, c->x, NULL, n, 1);
 }
 
 /* The layers for n rows (see layer()). LCKV prefill (docs/techniques.md section 3): the layers
@@ -280,10 +344,10 @@ static skv_status layer(skv_gpu_ctx *c, int l, int n, int decode, int seq, int p
 static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     skv_status st;
-    if (!c->embd_in) { /* else the input rows are already in x */
-        k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, g->D);
-        LAUNCHED();
-    }
+    if (!c->embd_in && /* else the input rows are already in x */
+        (st = launch(c, "embed", k_embed, dim3(n), dim3(512), 0, (const int32_t *)c->ids_d, (const bf16 *)g->embed.w,
+                     c->x, g->D)))
+        return st;
     int l = 0;
     if (!decode && g->grp_lo >= 0) {
         const size_t xb = sizeof(float) * (size_t)n * g->D;
@@ -302,15 +366,15 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     }
     for (; l < g->L; l++)
         if ((st = layer(c, l, n, decode, seq, pos0, 1, 0))) return st;
-    return gpu_cache_end_forward(c, n, decode, seq);
+    st = gpu_cache_end_forward(c, n, decode, seq);
+    if (c->prof_on) gpu_prof_mark(c, "cache end");
+    return st;
 }
 
 /* logits of rows [r0, r0 + n) of x */
 static skv_status head(skv_gpu_ctx *c, int r0, int n) {
     skv_gpu_model *g = c->g;
-    k_rmsnorm<<<n, 1024, 0, c->st>>>(c->x + (int64_t)r0 * g->D, g->final_norm, c->xb, g->D, g->eps);
-    LAUNCHED();
-    return linear(c, &g->lm_head, c->xb, c->logits, NULL, n, 0);
+    return norm_gemv<1>(c, "lm head", &g->lm_head, c->x + (int64_t)r0 * g->D, g->final_norm, c->logits, NULL, NULL, n);
 }
 
 /* One decode step of n rows whose ids, positions and sequences are in c->stage: blocks for the
@@ -332,27 +396,41 @@ static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sampl
     auto body = [&]() -> skv_status {
         skv_status s2;
         if ((s2 = layers(c, n, 1, 0, 0)) || (s2 = head(c, 0, n))) return s2;
-        if (sample) return gpu_sample_launch(c, n);
-        CK(cudaMemsetAsync(c->argkey, 0, sizeof(unsigned long long) * (size_t)n, c->st));
-        k_argmax<<<dim3(32, n), 256, 0, c->st>>>(c->logits, c->g->V, c->argkey);
-        LAUNCHED();
-        k_argmax_ids<<<(n + 127) / 128, 128, 0, c->st>>>(c->argkey, c->next_d, n);
-        LAUNCHED();
-        return SKV_OK;
+        if (sample) {
+            s2 = gpu_sample_launch(c, n);
+            if (c->prof_on) gpu_prof_mark(c, "sample");
+            return s2;
+        }
+        if ((s2 = launch(c, "argmax", k_argmax, dim3(32, n), dim3(256), 0, (const float *)c->logits, c->g->V,
+                         c->argkey)))
+            return s2;
+        return launch(c, "argmax", k_argmax_ids, dim3((n + 127) / 128), dim3(128), 0, c->argkey, c->next_d, n);
     };
-    if (!c->use_graphs || c->embd_in) { /* (graphs are captured for id input) */
+    if (c->prof > 0 && !c->embd_in) { /* the per-stage profile: eager, timed launch by launch */
+        const int pdl = c->pdl;
+        c->pdl = 0, c->prof_on = 1;
+        if (!(st = gpu_prof_begin(c))) st = body();
+        c->pdl = pdl, c->prof_on = 0;
+        if (!st) st = gpu_prof_end(c, c->stage[R]);
+    } else if (!c->use_graphs || c->embd_in) { /* (graphs are captured for id input) */
         st = body();
     } else {
         cudaGraphExec_t *ge = &c->graph[n + (sample ? c->n_seq + 1 : 0)];
-        if (!*ge) {
-            cudaGraph_t gr;
+        for (int tries = 0; !*ge; tries++) {
+            cudaGraph_t gr = NULL;
             CK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
             st = body();
             cudaError_t e = cudaStreamEndCapture(c->st, &gr);
+            if (e == cudaSuccess && !st) e = cudaGraphInstantiate(ge, gr, 0);
+            if (gr) cudaGraphDestroy(gr);
+            if (e != cudaSuccess && c->pdl && tries == 0) { /* a runtime that cannot capture early launches */
+                cudaGetLastError();
+                fprintf(stderr, "slimkv: CUDA graph capture with programmatic dependent launch failed (%s); "
+                        "capturing without\n", cudaGetErrorString(e));
+                c->pdl = 0, *ge = NULL;
+                continue;
+            }
             if (st) return st;
-            CK(e);
-            e = cudaGraphInstantiate(ge, gr, 0);
-            cudaGraphDestroy(gr);
             CK(e);
         }
         CK(cudaGraphLaunch(*ge, c->st));

@@ -53,6 +53,13 @@ struct skv_gpu_ctx {
     int32_t *seen_h;        /* pinned (R, n_ctx) */
     void *cublas_ws;
     int sms, use_graphs;
+    /* decode switches, from the environment at context creation (gpu.cu): programmatic
+     * dependent launch (SKV_CUDA_PDL, default 1), the tensor-core GEMV with the SwiGLU fused for
+     * 4..8 rows (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU),
+     * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
+     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
+    int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
+    struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
     int32_t *fetch_rows;    /* device (n_ctx) */
@@ -109,6 +116,12 @@ skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n);
 int gpu_kc_profile(skv_gpu_ctx *c);
 /* after sequence seq was truncated to `from`: the ring refilled from the host rows */
 skv_status gpu_kc_truncated(skv_gpu_ctx *c, int seq, int from);
+
+/* gpu_prof.cu: the per-stage decode profile (c->prof steps per report) */
+skv_status gpu_prof_begin(skv_gpu_ctx *c);
+void gpu_prof_mark(skv_gpu_ctx *c, const char *what); /* after a launch: the stage it belongs to */
+skv_status gpu_prof_end(skv_gpu_ctx *c, int pos);
+void gpu_prof_free(skv_gpu_ctx *c);
 
 /* gpu_sample.cu */
 skv_status gpu_sample_alloc(skv_gpu_ctx *c);

@@ -52,6 +52,14 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
+/* Programmatic dependent launch (Hopper): a kernel launched with the attribute (launch_pdl in
+ * gpu.cu) may start while the kernel before it in the stream still runs. pdl_wait blocks until
+ * that kernel has finished and its writes are visible: nothing written by an earlier kernel may
+ * be read, and nothing written, before it (a GEMV loads its weights before it). pdl_trigger lets
+ * the next kernel start. Both are no-ops for a kernel launched without the attribute. */
+__device__ __forceinline__ void pdl_wait(void) { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger(void) { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
 /* row of slot s in a pool, through the stream's block table */
 __device__ __forceinline__ int64_t slot_row(const int32_t *bts, int s) {
     return (int64_t)bts[s / SKV_GPU_BLOCK] * SKV_GPU_BLOCK + (s % SKV_GPU_BLOCK);

@@ -10,6 +10,8 @@
 
 /* x[r] = embed[ids[r]] */
 __global__ void k_embed(const int32_t *ids, const bf16 *E, float *x, int D) {
+    pdl_trigger();
+    pdl_wait();
     const int r = blockIdx.x;
     const bf16 *e = E + (int64_t)ids[r] * D;
     for (int i = threadIdx.x * 8; i < D; i += blockDim.x * 8) { /* D % 8 == 0 */
@@ -24,6 +26,8 @@ __global__ void k_embed(const int32_t *ids, const bf16 *E, float *x, int D) {
 /* out[r] (bf16) = w * x[r] / rms(x[r]); one block per row, D % 4 == 0, every load issued
  * before the first use (one memory round trip for D <= 4 * blockDim) */
 __global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, float eps) {
+    pdl_trigger();
+    pdl_wait();
     const int r = blockIdx.x;
     const float *xr = x + (int64_t)r * D;
     float ss = 0;
@@ -50,10 +54,14 @@ __global__ void k_rmsnorm(const float *x, const float *w, bf16 *out, int D, floa
     }
 }
 
-/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads. */
+/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row, 16-byte loads. (A
+ * version keeping two groups of loads in flight, the first before pdl_wait, was slower on the
+ * H200: 52 registers instead of 34, fewer warps per SM; bench/cuda/issue16-h200/README.md.) */
 template <int B>
-__global__ void k_gemv(const bf16 *__restrict__ W, const bf16 *__restrict__ x, float *y, const float *bias,
+__global__ void k_gemv(const bf16 *__restrict__ W, const bf16 *x, float *y, const float *bias,
                        int rows, int cols, int accumulate) {
+    pdl_trigger();
+    pdl_wait();
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
     const uint4 *wr = (const uint4 *)(W + (int64_t)row * cols);
@@ -68,7 +76,7 @@ __global__ void k_gemv(const bf16 *__restrict__ W, const bf16 *__restrict__ x, f
 #pragma unroll
         for (int b = 0; b < B; b++) {
             float xf[8];
-            bf16x8_to_f32(__ldg((const uint4 *)(x + (int64_t)b * cols) + i), xf);
+            bf16x8_to_f32(*((const uint4 *)(x + (int64_t)b * cols) + i), xf); /* (written by the kernel before) */
 #pragma unroll
             for (int e = 0; e < 8; e++) acc[b] += wf[e] * xf[e];
         }
@@ -107,6 +115,8 @@ __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf1
                              const int32_t *slen, int32_t *spos, float *sacc, float *swin, const float *cosr,
                              const float *sinr, const int32_t *rpos, const int32_t *rseq, int pos0, int seq0, int l,
                              int n_seq, int mb, int H, int KVH, int hd, int n_ctx, int kv_in, kc_vloc kv) {
+    pdl_trigger();
+    pdl_wait();
     /* block (row r, head blockIdx.y of H + kv_in), threads over the hd/2 rotation pairs */
     const int r = blockIdx.x, half = hd / 2;
     const int64_t QKV = (int64_t)(H + 2 * kv_in) * hd;
@@ -162,6 +172,8 @@ __global__ void k_rope_store(const float *qkv, float *q, bf16 *qb, bf16 *kp, bf1
 
 /* h (rows, F) = silu(gate) * up as bf16, from gu (rows, 2F) = gate | up */
 __global__ void k_swiglu(const float *gu, bf16 *h, int64_t rows, int64_t F) {
+    pdl_trigger();
+    pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * F; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / F, j = i % F;
         const float g = gu[r * 2 * F + j];
@@ -179,6 +191,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, const int32_t *bt, const int32_t *slen,
               const int32_t *rseq, float *part_o, float *part_m, float *part_l, float *dsc, int layer, int n_seq, int mb,
               int H, int KVH, int n_ctx, int n_split, float scale, int strict) {
+    pdl_trigger();
+    pdl_wait();
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW;
     __shared__ float sm_m[NG][G_MAX], sm_l[NG][G_MAX];
     __shared__ float sm_o[NG][G_MAX][HD];
@@ -271,6 +285,8 @@ k_attn_decode(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, co
  * the natural log-sum-exp of the row's scaled scores */
 __global__ void k_attn_merge(const float *part_o, const float *part_m, const float *part_l, bf16 *att, float *lse,
                              int H, int hd, int n_split) {
+    pdl_trigger();
+    pdl_wait();
     /* the split weights exp(m_s - M) once, in shared memory; then each thread's dimension */
     __shared__ float wsh[256 + 1];
     const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
@@ -467,13 +483,15 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
 
 /* Greedy ids: key[r] = max over the row of (ordered float bits << 32 | ~index), so the largest
  * logit wins and ties go to the lowest index; blocks (slice, row) combine with atomicMax. key
- * must be zeroed first; k_argmax_ids then unpacks. */
+ * must be zeroed first (k_argmax_ids unpacks it and zeroes it again). */
 __device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
     uint32_t u = __float_as_uint(v);
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
     return ((unsigned long long)u << 32) | (uint32_t)(0xffffffffu - (uint32_t)i);
 }
 __global__ void k_argmax(const float *logits, int V, unsigned long long *key) {
+    pdl_trigger();
+    pdl_wait();
     const int r = blockIdx.y;
     const float *x = logits + (int64_t)r * V;
     unsigned long long best = 0;
@@ -488,9 +506,11 @@ __global__ void k_argmax(const float *logits, int V, unsigned long long *key) {
     }
     if ((threadIdx.x & 31) == 0) atomicMax(key + r, best);
 }
-__global__ void k_argmax_ids(const unsigned long long *key, int32_t *next, int n) {
+__global__ void k_argmax_ids(unsigned long long *key, int32_t *next, int n) {
+    pdl_trigger();
+    pdl_wait();
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r < n) next[r] = (int32_t)(0xffffffffu - (uint32_t)(key[r] & 0xffffffffu));
+    if (r < n) next[r] = (int32_t)(0xffffffffu - (uint32_t)(key[r] & 0xffffffffu)), key[r] = 0; /* zero for the next step */
 }
 
 #endif
