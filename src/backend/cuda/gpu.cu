@@ -9,6 +9,7 @@
  */
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_kernels.cuh"
+#include "backend/cuda/gpu_qweights.cuh"
 
 #define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
 
@@ -45,6 +46,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->gu, R * 2 * g->F);
         ALLOC(c->h, R * g->F);
         ALLOC(c->logits, R * g->V);
+        if (g->qtile && n_batch > GEMV_MAX_B) ALLOC(c->qtile, g->qtile);
         ALLOC(c->cosr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->sinr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->part_o, (int64_t)n_seq * g->H * c->max_split * g->hd);
@@ -109,7 +111,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
     gpu_kc_free(c);
-    void *ps[] = {c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
+    void *ps[] = {c->qtile, c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
@@ -129,6 +131,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
 
 /* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias) */
 static skv_status linear(skv_gpu_ctx *c, const gmat *W, const bf16 *x, float *y, const float *bias, int n, int acc) {
+    if (W->q) return gq_linear(c->st, c->cb, W, x, y, bias, n, acc, c->qtile, c->g->qtile);
     const int rows = (int)W->rows, cols = (int)W->cols;
     if (n <= GEMV_MAX_B) {
         const int threads = 256, blocks = (rows * 32 + threads - 1) / threads;
@@ -281,8 +284,12 @@ static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     skv_status st;
     if (!c->embd_in) { /* else the input rows are already in x */
-        k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, g->D);
-        LAUNCHED();
+        if (g->embed.q) {
+            if ((st = gq_embed(c->st, &g->embed, c->ids_d, c->x, n))) return st;
+        } else {
+            k_embed<<<n, 512, 0, c->st>>>(c->ids_d, g->embed.w, c->x, g->D);
+            LAUNCHED();
+        }
     }
     int l = 0;
     if (!decode && g->grp_lo >= 0) {
