@@ -46,7 +46,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->gu, R * 2 * g->F);
         ALLOC(c->h, R * g->F);
         ALLOC(c->logits, R * g->V);
-        if (g->qtile && n_batch > GEMV_MAX_B) ALLOC(c->qtile, g->qtile);
+        if (g->qtile && R > GEMV_MAX_B) ALLOC(c->qtile, g->qtile); /* (R: prefill rows or batched steps) */
         ALLOC(c->cosr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->sinr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->part_o, (int64_t)n_seq * g->H * c->max_split * g->hd);

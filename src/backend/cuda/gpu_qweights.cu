@@ -46,6 +46,13 @@ __device__ __forceinline__ void ldw(const uint8_t *p, uint32_t *w) {
     }
 }
 
+/* (float)(u - OFF) for 0 <= u < 2^23, exactly, without the quarter-rate integer conversion:
+ * 2^23 + u as float bits, less 2^23 + OFF (both in [2^23, 2^24), where floats are the integers) */
+template <int OFF>
+__device__ __forceinline__ float qf(int u) {
+    return __fsub_rn(__uint_as_float(0x4B000000u | (uint32_t)u), (float)(8388608 + OFF));
+}
+
 __device__ __forceinline__ int byte_of(const uint32_t *w, int b) { return (int)((w[b >> 2] >> (8 * (b & 3))) & 0xFF); }
 
 /* the 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (wfmt.c's scale_min_k4) */
@@ -92,8 +99,8 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             const int u = byte_of(q, j);
-            v[j] = __fmul_rn(d, (float)((u & 0xF) - 8));
-            v[j + 16] = __fmul_rn(d, (float)((u >> 4) - 8));
+            v[j] = __fmul_rn(d, qf<8>(u & 0xF));
+            v[j + 16] = __fmul_rn(d, qf<8>(u >> 4));
         }
     } else if (T == T_Q4_1) { /* d, m, qs[16]: x = d q + m */
         const uint8_t *b = row + (int64_t)c * 20;
@@ -103,8 +110,8 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             const int u = byte_of(q, j);
-            v[j] = __fadd_rn(__fmul_rn(d, (float)(u & 0xF)), m);
-            v[j + 16] = __fadd_rn(__fmul_rn(d, (float)(u >> 4)), m);
+            v[j] = __fadd_rn(__fmul_rn(d, qf<0>(u & 0xF)), m);
+            v[j + 16] = __fadd_rn(__fmul_rn(d, qf<0>(u >> 4)), m);
         }
     } else if (T == T_Q5_0) { /* d, qh[4], qs[16]: x = d (q - 16), bit 4 of weight j in bit j of qh */
         const uint8_t *b = row + (int64_t)c * 22;
@@ -116,8 +123,8 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
         for (int j = 0; j < 16; j++) {
             const int u = byte_of(q, j);
             const int h0 = (qh >> j) & 1, h1 = (qh >> (j + 16)) & 1;
-            v[j] = __fmul_rn(d, (float)(((u & 0xF) | (h0 << 4)) - 16));
-            v[j + 16] = __fmul_rn(d, (float)(((u >> 4) | (h1 << 4)) - 16));
+            v[j] = __fmul_rn(d, qf<16>((u & 0xF) | (h0 << 4)));
+            v[j + 16] = __fmul_rn(d, qf<16>((u >> 4) | (h1 << 4)));
         }
     } else if (T == T_Q8_0) { /* d, qs[32] int8 */
         const uint8_t *b = row + (int64_t)c * 34;
@@ -125,7 +132,7 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
         uint32_t q[8];
         ldw<8, 2>(b + 2, q);
 #pragma unroll
-        for (int j = 0; j < 32; j++) v[j] = __fmul_rn(d, (float)(int8_t)byte_of(q, j));
+        for (int j = 0; j < 32; j++) v[j] = __fmul_rn(d, qf<128>(byte_of(q, j) ^ 0x80)); /* int8 + 128 */
     } else if (T == T_Q4_K || T == T_Q5_K) {
         /* d, dmin, scales[12], (Q5_K: qh[32]), qs[128]: sub-block j of 8 takes the low (j even)
          * or high nibbles of qs[32 (j / 2) ..], Q5_K bit j of qh[l] above them */
@@ -144,7 +151,7 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
         for (int l = 0; l < 32; l++) {
             int u = (byte_of(q, l) >> sh) & 0xF;
             if (T == T_Q5_K) u += ((byte_of(h, l) >> j) & 1) << 4;
-            v[l] = __fsub_rn(__fmul_rn(d0, (float)u), n0);
+            v[l] = __fsub_rn(__fmul_rn(d0, qf<0>(u)), n0);
         }
     } else if (T == T_Q6_K) {
         /* ql[128], qh[64], scales[16] int8, d: chunk k of half h: ql[64h + 32 (k & 1) + l] (low
@@ -161,7 +168,7 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
 #pragma unroll
         for (int l = 0; l < 32; l++) {
             const int u = ((byte_of(ql, l) >> sh) & 0xF) | (((byte_of(qh, l) >> (2 * k)) & 3) << 4);
-            v[l] = __fmul_rn(l < 16 ? ds0 : ds1, (float)(u - 32));
+            v[l] = __fmul_rn(l < 16 ? ds0 : ds1, qf<32>(u));
         }
     }
 }
