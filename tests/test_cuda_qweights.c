@@ -6,10 +6,12 @@
  *     weights with the bf16 activations within 1e-4 of sum |w x| (f32 accumulation order); the
  *     prefill path (16 rows: bf16 tiles + cuBLAS) the same with the weights rounded to bf16;
  *   - kvt-s converted to GGUF with every matrix in another stored type (scripts/hf_to_gguf.py
- *     --type mix: q|k|v stacks of three types, k-quants in ffn_down): CUDA logits against the CPU
- *     backend's on the same file, prefill (every position) and 24 decode steps fed the same
- *     tokens: relative L2 under 3e-2 (bf16 activations and cache on the GPU; int8 activations
- *     in the CPU's decode dots) and the same top-1 at >= 90% of positions.
+ *     --type mix: q|k|v stacks of three types, k-quants in ffn_down): CUDA logits of a prefill
+ *     (every position) and of 24 greedy decode steps after it against the CPU backend's prefill
+ *     of the same 72 tokens (its weights dequantised exactly, f32 activations; the CPU's decode
+ *     quantizes activations to int8, which is not what is checked here): relative L2 under 3e-2
+ *     (bf16 activations, prefill tiles and cache on the GPU: 6.5e-3 measured) and the same
+ *     top-1 at >= 90% of positions.
  * Skips without a GPU; the model test also without numpy + gguf (the converter exits 3), unless
  * $SKV_SHARED/models/kvt-s-mix.gguf was made beforehand.
  */
@@ -140,34 +142,37 @@ static void mixed_model(void) {
     mp.n_threads = 2;
     skv_model *m = NULL;
     REQUIRE(skv_model_load(path, mp, &m) == SKV_OK, "%s: %s", path, skv_last_error());
-    const int V = skv_model_get_info(m)->n_vocab, n = 48, steps = 24;
-    int32_t ids[48];
-    skv_test_ids(ids, n, 15);
+    enum { N = 48, STEPS = 24 };
+    const int V = skv_model_get_info(m)->n_vocab;
+    int32_t ids[N + STEPS];
+    skv_test_ids(ids, N, 15);
     skv_context_params cp = skv_context_default_params();
-    cp.n_ctx = 256, cp.n_batch = 64;
+    cp.n_ctx = 256, cp.n_batch = 128;
     skv_context *cc = NULL, *cg = NULL;
     REQUIRE(skv_context_init(m, cp, &cc) == SKV_OK, "cpu context: %s", skv_last_error());
-    cp.backend = SKV_BACKEND_CUDA;
+    cp.backend = SKV_BACKEND_CUDA, cp.n_batch = 64;
     REQUIRE(skv_context_init(m, cp, &cg) == SKV_OK, "cuda context: %s", skv_last_error());
-    float *lc = malloc(sizeof(float) * (size_t)(n * V)), *lg = malloc(sizeof(float) * (size_t)(n * V));
-    REQUIRE(!skv_decode(cc, ids, n, lc, 1) && !skv_decode(cg, ids, n, lg, 1), "prefill: %s", skv_last_error());
+    /* GPU: prefill (tiles + cuBLAS), then STEPS greedy decode steps (GEMV) */
+    float *lg = malloc(sizeof(float) * (size_t)(N + STEPS) * V), *lc = malloc(sizeof(float) * (size_t)(N + STEPS) * V);
+    REQUIRE(!skv_decode(cg, ids, N, lg, 1), "cuda prefill: %s", skv_last_error());
+    for (int i = 0; i < STEPS; i++) {
+        ids[N + i] = skv_test_argmax(lg + (int64_t)(N - 1 + i) * V, V);
+        REQUIRE(!skv_decode(cg, &ids[N + i], 1, lg + (int64_t)(N + i) * V, 0), "cuda decode: %s", skv_last_error());
+    }
+    /* CPU: one prefill of the same N + STEPS tokens (weights dequantised exactly, f32 activations) */
+    REQUIRE(!skv_decode(cc, ids, N + STEPS, lc, 1), "cpu prefill: %s", skv_last_error());
     double wp = 0, wd = 0;
-    int top = 0, total = 0;
-    for (int i = 0; i < n; i++, total++) {
-        wp = fmax(wp, rel_l2(lg + (int64_t)i * V, lc + (int64_t)i * V, V));
+    int top = 0;
+    for (int i = 0; i < N + STEPS; i++) {
+        const double e = rel_l2(lg + (int64_t)i * V, lc + (int64_t)i * V, V);
+        if (i < N) wp = fmax(wp, e);
+        else wd = fmax(wd, e);
         top += skv_test_argmax(lg + (int64_t)i * V, V) == skv_test_argmax(lc + (int64_t)i * V, V);
     }
-    int32_t t = skv_test_argmax(lc + (int64_t)(n - 1) * V, V);
-    for (int i = 0; i < steps; i++, total++) { /* the CPU's greedy tokens fed to both */
-        REQUIRE(!skv_decode(cc, &t, 1, lc, 0) && !skv_decode(cg, &t, 1, lg, 0), "decode: %s", skv_last_error());
-        wd = fmax(wd, rel_l2(lg, lc, V));
-        top += skv_test_argmax(lg, V) == skv_test_argmax(lc, V);
-        t = skv_test_argmax(lc, V);
-    }
     CHECKF(wp < 3e-2 && wd < 3e-2, "CUDA vs CPU logits: relative L2 up to %.3g (prefill), %.3g (decode)", wp, wd);
-    CHECKF(top * 10 >= total * 9, "top-1 equal at %d/%d positions", top, total);
-    printf("    kvt-s mix GGUF, CUDA vs CPU: relative L2 up to %.2g (prefill, %d positions), %.2g (decode, %d steps); "
-           "top-1 equal %d/%d\n", wp, n, wd, steps, top, total);
+    CHECKF(top * 10 >= (N + STEPS) * 9, "top-1 equal at %d/%d positions", top, N + STEPS);
+    printf("    kvt-s mix GGUF, CUDA vs CPU prefill of the same tokens: relative L2 up to %.2g (CUDA prefill, %d "
+           "positions), %.2g (CUDA decode, %d steps); top-1 equal %d/%d\n", wp, N, wd, STEPS, top, N + STEPS);
     skv_context_free(cc), skv_context_free(cg);
     skv_model_free(m);
     free(lc), free(lg);

@@ -7,9 +7,10 @@
  * (ops/wfmt.c; __fmul_rn etc. so that nvcc does not contract them into FMAs): the tile path gives
  * the CPU's dequantised values rounded to bf16.
  *
- * Decode GEMV (k_qgemv): one warp per output row, lanes over the row's chunks, activations read
- * as bf16 (the forward pass's matrix input), f32 accumulation; each row's part (and type) of a
- * stack is found once per warp. Prefill: rows dequantised into a bf16 tile (k_qdeq), then
+ * Decode GEMV (k_qgemv): one warp per output row, each lane dequantising 8 weights of a chunk at
+ * a time (deq8<T>: deq32's operations on a quarter of the chunk; $SKV_QGEMV=1 selects the first
+ * version, a lane per whole chunk), activations read as bf16 (the forward pass's matrix input),
+ * f32 accumulation; each row's part (and type) of a stack is found once per warp. Prefill: rows dequantised into a bf16 tile (k_qdeq), then
  * cuBLAS on the tile, tile by tile.
  */
 #include "backend/cuda/gpu_qweights.cuh"
@@ -173,6 +174,92 @@ __device__ __forceinline__ void deq32(const uint8_t *row, int c, float *v) {
     }
 }
 
+/* v[0..8) = weights 32c + 8p .. 32c + 8p + 7 of a row in format T (p < 4): an eighth of the work
+ * of deq32 per lane, the same operations on each weight (so the same values) */
+template <int T>
+__device__ __forceinline__ void deq8(const uint8_t *row, int c, int p, float *v) {
+    if (T == T_F32) {
+        const float4 *q = (const float4 *)(row + (int64_t)c * 128 + p * 32);
+        const float4 a = __ldg(q), b = __ldg(q + 1);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else if (T == T_F16 || T == T_BF16) {
+        const uint4 u = __ldg((const uint4 *)(row + (int64_t)c * 64 + p * 16));
+        if (T == T_BF16) {
+            bf16x8_to_f32(u, v);
+        } else {
+            const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 f = __half22float2(h[e]);
+                v[2 * e] = f.x, v[2 * e + 1] = f.y;
+            }
+        }
+    } else if (T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0) {
+        /* weights 8p.. : bytes qs[8 (p & 1) ..], low nibbles for p < 2, high for p >= 2 */
+        const int BB = T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : 22, QS = T == T_Q4_0 ? 2 : T == T_Q4_1 ? 4 : 6;
+        const uint8_t *b = row + (int64_t)c * BB;
+        const float d = ldh(b);
+        uint32_t q[2];
+        if (T == T_Q4_1) ldw<2, 4>(b + QS + 8 * (p & 1), q);
+        else ldw<2, 2>(b + QS + 8 * (p & 1), q);
+        const int sh = (p >> 1) * 4;
+        if (T == T_Q4_0) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = __fmul_rn(d, qf<8>((byte_of(q, i) >> sh) & 0xF));
+        } else if (T == T_Q4_1) {
+            const float m = ldh(b + 2);
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = __fadd_rn(__fmul_rn(d, qf<0>((byte_of(q, i) >> sh) & 0xF)), m);
+        } else {
+            uint32_t qh;
+            ldw<1, 2>(b + 2, &qh);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                v[i] = __fmul_rn(d, qf<16>(((byte_of(q, i) >> sh) & 0xF) | (((qh >> (8 * p + i)) & 1) << 4)));
+        }
+    } else if (T == T_Q8_0) {
+        const uint8_t *b = row + (int64_t)c * 34;
+        const float d = ldh(b);
+        uint32_t q[2];
+        ldw<2, 2>(b + 2 + 8 * p, q);
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = __fmul_rn(d, qf<128>(byte_of(q, i) ^ 0x80));
+    } else if (T == T_Q4_K || T == T_Q5_K) {
+        const int j = c & 7;
+        const uint8_t *b = row + (int64_t)(c >> 3) * (T == T_Q4_K ? 144 : 176);
+        const float d = ldh(b), dmin = ldh(b + 2);
+        uint32_t s[3], q[2], h[2];
+        ldw<3, 4>(b + 4, s);
+        ldw<2, 4>(b + (T == T_Q4_K ? 16 : 48) + 32 * (j >> 1) + 8 * p, q);
+        if (T == T_Q5_K) ldw<2, 4>(b + 16 + 8 * p, h);
+        int sc, m;
+        scale_min_k4(j, s, &sc, &m);
+        const float d0 = __fmul_rn(d, (float)sc), n0 = __fmul_rn(dmin, (float)m);
+        const int sh = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int u = (byte_of(q, i) >> sh) & 0xF;
+            if (T == T_Q5_K) u += ((byte_of(h, i) >> j) & 1) << 4;
+            v[i] = __fsub_rn(__fmul_rn(d0, qf<0>(u)), n0);
+        }
+    } else if (T == T_Q6_K) {
+        const int cb = c & 7, hh = cb >> 2, k = cb & 3;
+        const uint8_t *b = row + (int64_t)(c >> 3) * 210;
+        const float d = ldh(b + 208);
+        uint32_t ql[2], qh[2], s[1];
+        ldw<2, 2>(b + 64 * hh + 32 * (k & 1) + 8 * p, ql);
+        ldw<2, 2>(b + 128 + 32 * hh + 8 * p, qh);
+        ldw<1, 2>(b + 192 + 8 * hh + 2 * k, s);
+        const float ds = __fmul_rn(d, (float)(int8_t)byte_of(s, p >> 1)); /* weights 8p.. : scale l / 16 = p / 2 */
+        const int sh = k < 2 ? 0 : 4;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int u = ((byte_of(ql, i) >> sh) & 0xF) | (((byte_of(qh, i) >> (2 * k)) & 3) << 4);
+            v[i] = __fmul_rn(ds, qf<32>(u));
+        }
+    }
+}
+
 /* the part of a stacked matrix holding row r: its row's bytes and type */
 __device__ __forceinline__ const uint8_t *row_of(const gqmat &W, int r, int *t) {
     const uint8_t *base = W.w[0];
@@ -224,9 +311,33 @@ __device__ __forceinline__ void row_dot(const uint8_t *row, int nch, const bf16 
     }
 }
 
-/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row */
-template <int B>
-__global__ void k_qgemv(gqmat W, const bf16 *__restrict__ x, float *y, const float *bias, int rows, int accumulate) {
+/* the same with the lanes in 8 groups of 4: a group per chunk (c = lane / 4, + 8, ...), a lane per
+ * 8 of its weights (fewer registers, more rows and loads in flight than a lane per chunk) */
+template <int T, int B>
+__device__ __forceinline__ void row_dot8(const uint8_t *row, int nch, const bf16 *__restrict__ x, int cols, int lane,
+                                         float *acc) {
+    const int p = lane & 3;
+#pragma unroll 4
+    for (int c = lane >> 2; c < nch; c += 8) {
+        float v[8];
+        deq8<T>(row, c, p, v);
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            float xf[8];
+            bf16x8_to_f32(__ldg((const uint4 *)(x + (int64_t)b * cols + c * 32 + p * 8)), xf);
+            float s = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) s += v[e] * xf[e];
+            acc[b] += s;
+        }
+    }
+}
+
+/* y[b, r] (+)= W[r, :] . x[b, :] + bias[r] for b < B; one warp per row (V8: row_dot8, else
+ * row_dot) */
+template <int B, bool V8>
+__global__ void __launch_bounds__(256) k_qgemv(gqmat W, const bf16 *__restrict__ x, float *y, const float *bias,
+                                               int rows, int accumulate) {
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
     int t;
@@ -235,18 +346,22 @@ __global__ void k_qgemv(gqmat W, const bf16 *__restrict__ x, float *y, const flo
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; b++) acc[b] = 0;
+#define RD(T_)                                                 \
+    if (V8) row_dot8<T_, B>(wr, nch, x, W.cols, lane, acc);   \
+    else row_dot<T_, B>(wr, nch, x, W.cols, lane, acc);
     switch (t) {
-    case T_F32: row_dot<T_F32, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_F16: row_dot<T_F16, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_BF16: row_dot<T_BF16, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q4_0: row_dot<T_Q4_0, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q4_1: row_dot<T_Q4_1, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q5_0: row_dot<T_Q5_0, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q8_0: row_dot<T_Q8_0, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q4_K: row_dot<T_Q4_K, B>(wr, nch, x, W.cols, lane, acc); break;
-    case T_Q5_K: row_dot<T_Q5_K, B>(wr, nch, x, W.cols, lane, acc); break;
-    default: row_dot<T_Q6_K, B>(wr, nch, x, W.cols, lane, acc); break;
+    case T_F32: RD(T_F32) break;
+    case T_F16: RD(T_F16) break;
+    case T_BF16: RD(T_BF16) break;
+    case T_Q4_0: RD(T_Q4_0) break;
+    case T_Q4_1: RD(T_Q4_1) break;
+    case T_Q5_0: RD(T_Q5_0) break;
+    case T_Q8_0: RD(T_Q8_0) break;
+    case T_Q4_K: RD(T_Q4_K) break;
+    case T_Q5_K: RD(T_Q5_K) break;
+    default: RD(T_Q6_K) break;
     }
+#undef RD
 #pragma unroll
     for (int b = 0; b < B; b++) {
         float v = warp_sum(acc[b]);
@@ -352,9 +467,18 @@ skv_status gq_linear(cudaStream_t st, cublasHandle_t cb, const gmat *W, const bf
     const int rows = (int)W->rows, cols = (int)W->cols;
     if (n <= GEMV_MAX_B) {
         const int threads = 256, blocks = (rows * 32 + threads - 1) / threads;
+        /* $SKV_QGEMV=1: the lane-per-chunk kernel (for comparisons); else a lane per 8 weights */
+        static int v8 = -1;
+        if (v8 < 0) {
+            const char *e = getenv("SKV_QGEMV");
+            v8 = !(e && !strcmp(e, "1"));
+        }
         switch (n) {
-#define CASE(B) \
-    case B: k_qgemv<B><<<blocks, threads, 0, st>>>(*W->q, x, y, bias, rows, acc); break;
+#define CASE(B)                                                                                  \
+    case B:                                                                                      \
+        if (v8) k_qgemv<B, true><<<blocks, threads, 0, st>>>(*W->q, x, y, bias, rows, acc);     \
+        else k_qgemv<B, false><<<blocks, threads, 0, st>>>(*W->q, x, y, bias, rows, acc);       \
+        break;
             CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
         }
