@@ -2,12 +2,15 @@
 """A Hugging Face Llama model directory (config.json, safetensors, tokenizer.json) -> GGUF, written
 with gguf-py as llama.cpp's converter writes it: the `llama.*` keys, the byte-level BPE tokenizer
 (tokens by id, token types, merges, `tokenizer.ggml.pre`), and the weights with Q and K rows
-permuted for ggml's RoPE (the converter's `permute`), in F32 or Q8_0. With a tokenizer.json as
+permuted for ggml's RoPE (the converter's `permute`), in F32 or Q8_0, or `mix`: every matrix in
+another stored type (Q4_0, Q4_1, Q5_0, Q8_0, F16, BF16, and Q4_K / Q5_K / Q6_K where the row is a
+multiple of 256; the k-quants by this script's own simple quantisers, gguf-py has none), q, k and
+v of one layer in three different types. With a tokenizer.json as
 SRC (or --tokenizer-only), only the tokenizer metadata (no tensors). Used by the tests
 (tests/test_gguf_convert.c) to check that a model and tokenizer read back from GGUF equal the
 originals. Needs numpy and gguf (PyPI); exits 3 when they are missing.
 
-    python3 scripts/hf_to_gguf.py ../shared/models/kvt-s out.gguf [--type f32|q8_0] [--pre gpt2]
+    python3 scripts/hf_to_gguf.py ../shared/models/kvt-s out.gguf [--type f32|q8_0|mix] [--pre gpt2]
 """
 import argparse, json, os, struct, sys
 
@@ -55,6 +58,97 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def f16(a):
+    return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def quant_q4_k(x, five=False):
+    """(rows, n) float32, n % 256 == 0 -> Q4_K (or Q5_K) blocks as uint8 (rows, n / 256 * 144|176):
+    per sub-block of 32 a scale and a minimum (x = d sc q - dmin m), 6-bit codes of d and dmin"""
+    top = 31 if five else 15
+    b = x.reshape(-1, 8, 32).astype(np.float32)
+    mins = np.maximum(0.0, -b.min(axis=2))
+    scale = (b.max(axis=2) + mins) / top
+    d, dmin = f16(scale.max(axis=1) / 63), f16(mins.max(axis=1) / 63)
+    sc = np.clip(np.round(np.divide(scale, d[:, None], out=np.zeros_like(scale), where=d[:, None] > 0)), 0, 63).astype(np.int32)
+    m = np.clip(np.round(np.divide(mins, dmin[:, None], out=np.zeros_like(mins), where=dmin[:, None] > 0)), 0, 63).astype(np.int32)
+    ds, dm = d[:, None] * sc, dmin[:, None] * m
+    q = np.divide(b + dm[:, :, None], ds[:, :, None], out=np.zeros_like(b), where=ds[:, :, None] > 0)
+    q = np.clip(np.round(q), 0, top).astype(np.uint8).reshape(-1, 256)
+    sc8, m8 = sc.astype(np.uint8), m.astype(np.uint8)
+    scales = np.zeros((b.shape[0], 12), np.uint8)
+    scales[:, 0:4] = sc8[:, 0:4] | ((sc8[:, 4:8] >> 4) << 6)
+    scales[:, 4:8] = m8[:, 0:4] | ((m8[:, 4:8] >> 4) << 6)
+    scales[:, 8:12] = (sc8[:, 4:8] & 0xF) | ((m8[:, 4:8] & 0xF) << 4)
+    lo = q & 0xF
+    qs = np.zeros((b.shape[0], 128), np.uint8)
+    for p in range(4):
+        qs[:, 32 * p:32 * p + 32] = lo[:, 64 * p:64 * p + 32] | (lo[:, 64 * p + 32:64 * p + 64] << 4)
+    parts = [d.astype(np.float16).view(np.uint8).reshape(-1, 2), dmin.astype(np.float16).view(np.uint8).reshape(-1, 2), scales]
+    if five:
+        qh = np.zeros((b.shape[0], 32), np.uint8)
+        for j in range(8):
+            qh |= ((q[:, 32 * j:32 * j + 32] >> 4) & 1) << j
+        parts.append(qh)
+    parts.append(qs)
+    return np.concatenate(parts, axis=1).reshape(x.shape[0], -1)
+
+
+def quant_q6_k(x):
+    """(rows, n) float32, n % 256 == 0 -> Q6_K blocks (rows, n / 256 * 210): an int8 scale per 16
+    weights, q in -32..31"""
+    b = x.reshape(-1, 16, 16).astype(np.float32)
+    amax = np.abs(b).max(axis=2)
+    scale = amax / 31
+    d = f16(scale.max(axis=1) / 127)
+    sc = np.clip(np.round(np.divide(scale, d[:, None], out=np.zeros_like(scale), where=d[:, None] > 0)), -128, 127)
+    ds = d[:, None] * sc
+    q = np.divide(b, ds[:, :, None], out=np.zeros_like(b), where=ds[:, :, None] > 0)
+    u = (np.clip(np.round(q), -32, 31) + 32).astype(np.uint8).reshape(-1, 256)
+    nb = b.shape[0]
+    ql, qh = np.zeros((nb, 128), np.uint8), np.zeros((nb, 64), np.uint8)
+    for h in range(2):
+        u0, u1, u2, u3 = (u[:, 128 * h + 32 * k:128 * h + 32 * k + 32] for k in range(4))
+        ql[:, 64 * h:64 * h + 32] = (u0 & 0xF) | ((u2 & 0xF) << 4)
+        ql[:, 64 * h + 32:64 * h + 64] = (u1 & 0xF) | ((u3 & 0xF) << 4)
+        qh[:, 32 * h:32 * h + 32] = (u0 >> 4) | ((u1 >> 4) << 2) | ((u2 >> 4) << 4) | ((u3 >> 4) << 6)
+    parts = [ql, qh, sc.astype(np.int8).view(np.uint8), d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    return np.concatenate(parts, axis=1).reshape(x.shape[0], -1)
+
+
+Q = gguf.GGMLQuantizationType
+MIX_QKV = [(Q.Q5_0, Q.Q8_0, Q.Q4_1), (Q.Q4_0, Q.F16, Q.Q8_0), (Q.BF16, Q.Q5_0, Q.Q4_0), (Q.Q8_0, Q.Q4_1, Q.Q5_0)]
+MIX_DOWN = [Q.Q4_K, Q.Q6_K, Q.Q5_K, Q.Q4_K]
+
+
+def mix_type(name):
+    """the stored type of a matrix in the `mix` conversion"""
+    if name == "token_embd.weight" or name == "output.weight":
+        return Q.Q8_0
+    l, part = int(name.split(".")[1]) % 4, name.split(".")[2]
+    if part in ("attn_q", "attn_k", "attn_v"):
+        return MIX_QKV[l][("attn_q", "attn_k", "attn_v").index(part)]
+    return {"attn_output": [Q.Q4_1, Q.Q8_0, Q.F16, Q.Q5_0][l], "ffn_gate": [Q.Q8_0, Q.Q5_0, Q.Q4_1, Q.Q4_0][l],
+            "ffn_up": [Q.Q5_0, Q.Q4_0, Q.Q8_0, Q.Q4_1][l], "ffn_down": MIX_DOWN[l]}[part]
+
+
+def quantize(t, qt):
+    """t (rows, n) float32 -> (raw array, raw dtype) for gguf-py; the k-quants checked against
+    gguf-py's dequantiser"""
+    if qt == Q.F16:
+        return t.astype(np.float16), None
+    if qt in (Q.Q4_K, Q.Q5_K, Q.Q6_K) and t.shape[1] % 256 == 0:
+        q = quant_q6_k(t) if qt == Q.Q6_K else quant_q4_k(t, five=qt == Q.Q5_K)
+        back = gguf.quants.dequantize(q, qt)
+        err = np.abs(back - t).max() / max(np.abs(t).max(), 1e-12)
+        assert err < {Q.Q4_K: 0.15, Q.Q5_K: 0.08, Q.Q6_K: 0.04}[qt], "%s quantiser error %.3f" % (qt.name, err)
+        return q, qt
+    if qt in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        qt = Q.Q8_0
+    q = gguf.quants.quantize(t, qt)
+    return q, qt
+
+
 def pre_of(tj):
     """the tokenizer.ggml.pre name whose pre-tokenizer this tokenizer.json has"""
     p = json.dumps(tj.get("pre_tokenizer"))
@@ -90,7 +184,7 @@ def add_tokenizer(w, tj, pre):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src"), ap.add_argument("out")
-    ap.add_argument("--type", choices=["f32", "q8_0"], default="f32")
+    ap.add_argument("--type", choices=["f32", "q8_0", "mix"], default="f32")
     ap.add_argument("--pre", default=None)
     ap.add_argument("--tokenizer-only", action="store_true")
     a = ap.parse_args()
@@ -139,7 +233,13 @@ def main():
                 t = permute(t, nh)
             elif k.endswith("k_proj.weight"):
                 t = permute(t, nkv)
-            if a.type == "q8_0" and t.ndim == 2:
+            if a.type == "mix" and t.ndim == 2:
+                q, qt = quantize(np.ascontiguousarray(t, dtype=np.float32), mix_type(names[k]))
+                if qt is None:
+                    w.add_tensor(names[k], q)
+                else:
+                    w.add_tensor(names[k], q, raw_shape=q.shape, raw_dtype=qt)
+            elif a.type == "q8_0" and t.ndim == 2:
                 q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
                 w.add_tensor(names[k], q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
             else:

@@ -90,7 +90,10 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     const double upload_s = skv_time_now() - t_up;
     /* bytes one decode step reads: every matrix but the embedding table (one row of it) */
     const int64_t gw = skv_context_weight_bytes(c);
-    const int64_t wbytes = gw - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
+    /* (GGUF's quantized weights stay in their format on the GPU: the file's bytes less the table) */
+    const int64_t wbytes = in->weight_dtype >= SKV_DTYPE_Q4_0
+                               ? in->decode_weight_bytes
+                               : gw - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
     const int64_t kv_tok = (int64_t)skv_model_n_cache_layers(m) * in->n_kv_head * in->head_dim * 2 * 2;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len);
     for (int i = 0; i < max_len; i++) ids[i] = rid(in->n_vocab);

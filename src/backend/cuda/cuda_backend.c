@@ -1,6 +1,7 @@
 /*
  * cuda_backend.c — the CUDA backend's table (backend.h) over the device API of gpu.h: the
- * model's device copy (made once, freed with the model), a context per skv_context with the
+ * model's device copy (made once, freed with the model; GGUF's quantized weights kept in their
+ * format, gpu_qweights.cu), a context per skv_context with the
  * policy's eviction rule and statistics, and streams exchanged as bf16 blocks. Compiled in
  * every build; without CUDA, gpu_stub.c answers each device call with SKV_ERR_UNSUPPORTED.
  */
@@ -22,20 +23,11 @@ static skv_status model_gpu(skv_model *m, skv_gpu_model **out) {
         return SKV_OK;
     }
     const skv_model_info *in = &m->cfg.info;
-    if (m->cfg.gemma3)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend does not run Gemma 3 yet (use --backend cpu)");
-    const skv_weight *ws[] = {&m->tok_embed, &m->lm_head, &m->layers[0].wq, &m->layers[0].wk, &m->layers[0].wv,
-                              &m->layers[0].wo, &m->layers[0].w_gate, &m->layers[0].w_up, &m->layers[0].w_down};
-    for (int32_t l = 0; l < in->n_layer; l++) {
-        const skv_layer *y = &m->layers[l];
-        const skv_weight *lw[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w_gate, &y->w_up, &y->w_down};
-        for (size_t i = 0; i < sizeof lw / sizeof lw[0] + (l == 0 ? 2 : 0); i++) {
-            const skv_weight *w = i < sizeof lw / sizeof lw[0] ? lw[i] : ws[i - sizeof lw / sizeof lw[0]];
-            if (skv_dtype_is_quant(w->dtype))
-                return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend has no kernels for %s weights yet (use --backend cpu)",
-                                     skv_dtype_name(w->dtype));
-        }
-    }
+    if (m->cfg.gemma3) /* what its forward pass needs beyond the Llama/Qwen2 one */
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend does not run Gemma 3 (general.architecture gemma3: "
+                             "head_dim %d, post-attention/post-FFN norms, attn_q_norm/attn_k_norm, GELU FFN, "
+                             "embedding scale, per-layer sliding window and RoPE base are not built; use --backend cpu)",
+                             in->head_dim);
     skv_gpu_layer_desc *ld = calloc((size_t)SKV_MAX(in->n_layer, 1), sizeof *ld);
     if (!ld) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     for (int32_t l = 0; l < in->n_layer; l++) {

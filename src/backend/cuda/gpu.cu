@@ -11,6 +11,7 @@
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_kernels.cuh"
 #include "backend/cuda/gpu_gemv.cuh"
+#include "backend/cuda/gpu_qweights.cuh"
 
 #define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
 
@@ -69,6 +70,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->gu, R * 2 * g->F);
         ALLOC(c->h, R * g->F);
         ALLOC(c->logits, R * g->V);
+        if (g->qtile && R > GEMV_MAX_B) ALLOC(c->qtile, g->qtile); /* (R: prefill rows or batched steps) */
         ALLOC(c->cosr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->sinr, (int64_t)n_ctx * g->hd / 2);
         ALLOC(c->part_o, (int64_t)n_seq * g->H * c->max_split * g->hd);
@@ -139,7 +141,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     gpu_cache_free(c);
     gpu_kc_free(c);
     gpu_prof_free(c);
-    void *ps[] = {c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
+    void *ps[] = {c->qtile, c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
@@ -162,7 +164,7 @@ static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const 
 
 /* whether the tensor-core GEMV (gpu_gemv.cuh) takes n rows through W */
 static int use_tc(const skv_gpu_ctx *c, const gmat *W, int n) {
-    return c->gemv_tc && n >= GEMV_TC_MIN_B && n <= GEMV_TC_MAX_B && W->cols % 32 == 0;
+    return !W->q && c->gemv_tc && n >= GEMV_TC_MIN_B && n <= GEMV_TC_MAX_B && W->cols % 32 == 0;
 }
 
 /* the tensor-core GEMV of n rows: T = 1 y (+)= x W^T (+ bias); T = 2 h = SwiGLU of gate | up */
@@ -194,6 +196,7 @@ static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, con
 /* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias); `what`: the profile's stage */
 static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, const float *bias,
                          int n, int acc) {
+    if (W->q) return gq_linear(c->st, c->cb, W, x, y, bias, n, acc, c->qtile, c->g->qtile);
     const int rows = (int)W->rows, cols = (int)W->cols;
     if (use_tc(c, W, n)) return gemv_tc<1>(c, what, W, x, y, NULL, bias, n, acc);
     if (n <= GEMV_MAX_B) {
@@ -344,10 +347,13 @@ static skv_status layer(skv_gpu_ctx *c, int l, int n, int decode, int seq, int p
 static skv_status layers(skv_gpu_ctx *c, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     skv_status st;
-    if (!c->embd_in && /* else the input rows are already in x */
-        (st = launch(c, "embed", k_embed, dim3(n), dim3(512), 0, (const int32_t *)c->ids_d, (const bf16 *)g->embed.w,
-                     c->x, g->D)))
-        return st;
+    if (!c->embd_in) { /* else the input rows are already in x */
+        if (g->embed.q) {
+            if ((st = gq_embed(c->st, &g->embed, c->ids_d, c->x, n))) return st;
+        } else if ((st = launch(c, "embed", k_embed, dim3(n), dim3(512), 0, (const int32_t *)c->ids_d,
+                                (const bf16 *)g->embed.w, c->x, g->D)))
+            return st;
+    }
     int l = 0;
     if (!decode && g->grp_lo >= 0) {
         const size_t xb = sizeof(float) * (size_t)n * g->D;

@@ -28,7 +28,9 @@
 extern "C" {
 #endif
 
-/* A host matrix to upload: (rows, cols) row-major in f32, f16 or bf16. */
+/* A host matrix to upload: (rows, cols) row-major in f32, f16 or bf16 (uploaded as bf16), or in
+ * a GGUF block-quantized type (rows of skv_dtype_row_bytes; kept in that format on the device,
+ * with the other weights of its q|k|v or gate|up stack: gpu_qweights.cuh). */
 typedef struct skv_gpu_mat {
     const void *data;
     skv_dtype dtype;
@@ -149,6 +151,12 @@ skv_status skv_gpu_scratch(int64_t bytes, void **dev);
 skv_status skv_gpu_download(void *host, const void *dev, int64_t bytes);
 void skv_gpu_scratch_free(void *dev);
 
+
+/* Tests of the stored-format weights: y (n, rows) = W x through the forward pass's path for n
+ * rows (n <= 8: the dequantising GEMV; more: dequantised bf16 tiles + cuBLAS), x (n, cols) f32
+ * rounded to bf16 first as the forward pass's matrix inputs are. deq (host, may be NULL): the
+ * device's dequantisation of W (rows, cols) as the tiles hold it (bf16, widened to f32). */
+skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float *y, float *deq);
 
 /* Timing with device events around the next calls: start, then stop returns milliseconds. */
 void skv_gpu_timer_start(skv_gpu_ctx *c);

@@ -45,9 +45,11 @@ static inline skv_status cublas_fail(cublasStatus_t e, const char *what, int lin
 #define LAUNCHED() CK(cudaGetLastError())
 
 
+struct gqmat;
 struct gmat {
     bf16 *w; /* (rows, cols) */
     int64_t rows, cols;
+    gqmat *q; /* not NULL: kept in the stored format instead (w NULL; gpu_qweights.cuh) */
 };
 
 struct glayer {
@@ -72,6 +74,8 @@ struct skv_gpu_model {
     int tied;
     float *final_norm;
     int64_t bytes;
+    int64_t qtile;     /* bf16 elements of the prefill dequantisation tile (0: no stored-format
+                          weights) */
 };
 
 #endif

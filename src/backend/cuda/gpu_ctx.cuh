@@ -39,6 +39,7 @@ struct skv_gpu_ctx {
     float *x0;              /* (R, dim) the input of an LCKV group (NULL without one) */
     int32_t iters;          /* LCKV: group iterations of a prefill chunk */
     bf16 *xb, *qb, *att, *h;
+    bf16 *qtile;            /* (g->qtile) prefill dequantisation tile of stored-format weights */
     float *cosr, *sinr;     /* (n_ctx, hd/2) */
     float *part_o, *part_m, *part_l;
     float *lse;             /* (R, H) log-sum-exp of each query row's attention (stats) */

@@ -1,8 +1,12 @@
 /*
  * gpu_model.cu — the CUDA backend's model: weights uploaded once as bf16 (q/k/v and gate/up
- * stacked by rows), norms and biases as f32 (see gpu.h).
+ * stacked by rows), norms and biases as f32 (see gpu.h); a stack with a quantized part keeps
+ * every part in its stored format (gpu_qweights.cuh).
  */
 #include "backend/cuda/gpu_common.cuh"
+#include "backend/cuda/gpu_qweights.cuh"
+
+#include <algorithm>
 
 __global__ void k_f32_to_bf16(const float *in, bf16 *out, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
@@ -16,7 +20,7 @@ __global__ void k_f16_to_bf16(const __half *in, bf16 *out, int64_t n) {
 /* Upload a matrix as bf16 into dst (device, rows*cols) through a staging buffer. */
 static skv_status upload_into(const skv_gpu_mat *m, bf16 *dst, void *stage, size_t stage_bytes) {
     const int64_t n = m->rows * m->cols;
-    gmat tmp = {dst, m->rows, m->cols};
+    gmat tmp = {dst, m->rows, m->cols, NULL};
     gmat *out = &tmp;
     if (m->dtype == SKV_DTYPE_BF16) {
         CK(cudaMemcpy(out->w, m->data, (size_t)n * sizeof(bf16), cudaMemcpyHostToDevice));
@@ -38,6 +42,7 @@ static skv_status upload_into(const skv_gpu_mat *m, bf16 *dst, void *stage, size
 /* Upload k matrices of equal cols stacked by rows into one bf16 matrix. */
 static skv_status upload_stack(const skv_gpu_mat *const *ms, int k, gmat *out, void *stage, size_t stage_bytes,
                                int64_t *bytes) {
+    if (gq_wanted(ms, k)) return gq_upload(ms, k, out, bytes);
     int64_t rows = 0;
     for (int i = 0; i < k; i++) rows += ms[i]->rows;
     out->rows = rows, out->cols = ms[0]->cols;
@@ -139,6 +144,12 @@ extern "C" skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_mo
         else st = upload_mat(&d->lm_head, &g->lm_head, stage, stage_bytes, &g->bytes);
     }
     if (!st) st = upload_vec(d->final_norm, g->D, &g->final_norm, &g->bytes);
+    for (int l = 0; l < g->L && !st; l++) { /* the prefill tile fits each stored-format matrix's */
+        const glayer *y = &g->layers[l];
+        const gmat *ms[] = {&y->wqkv, &y->wo, &y->wgu, &y->wd};
+        for (int i = 0; i < 4; i++) g->qtile = std::max(g->qtile, gq_tile_elems(ms[i]));
+    }
+    if (!st) g->qtile = std::max(g->qtile, std::max(gq_tile_elems(&g->embed), gq_tile_elems(&g->lm_head)));
     cudaFree(stage);
     if (st) {
         skv_gpu_model_free(g);
@@ -154,9 +165,11 @@ extern "C" void skv_gpu_model_free(skv_gpu_model *g) {
         glayer *y = &g->layers[l];
         cudaFree(y->attn_norm), cudaFree(y->ffn_norm), cudaFree(y->bqkv), cudaFree(y->bo);
         cudaFree(y->wqkv.w), cudaFree(y->wo.w), cudaFree(y->wgu.w), cudaFree(y->wd.w);
+        gq_free(&y->wqkv), gq_free(&y->wo), gq_free(&y->wgu), gq_free(&y->wd);
     }
     cudaFree(g->embed.w);
-    if (!g->tied) cudaFree(g->lm_head.w);
+    if (!g->tied) cudaFree(g->lm_head.w), gq_free(&g->lm_head);
+    gq_free(&g->embed);
     cudaFree(g->final_norm);
     free(g->layers);
     free(g->inv_freq_h);

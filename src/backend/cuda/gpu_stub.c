@@ -14,6 +14,10 @@ int skv_gpu_available(void) { return no_cuda(), 0; }
 skv_status skv_gpu_model_load(const skv_gpu_model_desc *d, skv_gpu_model **out) { return (void)d, *out = NULL, no_cuda(); }
 void skv_gpu_model_free(skv_gpu_model *g) { (void)g; }
 int64_t skv_gpu_model_bytes(const skv_gpu_model *g) { return (void)g, 0; }
+skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float *y, float *deq) {
+    (void)w, (void)x, (void)n, (void)y, (void)deq;
+    return no_cuda();
+}
 skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq, const skv_gpu_policy *pol,
                             skv_gpu_ctx **out) {
     (void)g, (void)n_ctx, (void)n_batch, (void)n_seq, (void)pol;
