@@ -4,8 +4,10 @@
  * cold: the file's pages dropped before every step) and as zstd blocks.
  *
  * For each configuration: prefill D random tokens (untimed), then N single-token decode steps,
- * timed; one warm-up and R timed repetitions. Per step (from the context's counters): V rows
- * and bytes read from the store, zstd blocks touched, time spent reading (summed over threads).
+ * timed; one warm-up of each, then R rounds that run every configuration in turn (paired, so that
+ * the shared machine's load changes fall on all alike); the load average at start and end. Per
+ * step (from the context's counters): V rows and bytes read from the store, zstd blocks touched,
+ * time spent reading (summed over threads).
  * Cold steps also pay for dropping the pages (msync, madvise, posix_fadvise DONTNEED) in
  * tokens/s; the read time counts only the reads.
  */
@@ -66,29 +68,36 @@ int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, i
     const int n_rows = (int)(sizeof rows / sizeof rows[0]);
     float *lg = malloc(sizeof(float) * (size_t)in->n_vocab);
     int32_t *buf = malloc(sizeof(int32_t) * (size_t)depth);
+    skv_policy_params ps[4];
     for (int r = 0; r < n_rows; r++) {
-        kc_row *row = &rows[r];
-        skv_policy_params p = skv_policy_default_params("full");
-        if (row->kcache) {
-            p = kp;
-            p.kc_store = row->store;
-            p.kc_cold = row->cold;
+        ps[r] = skv_policy_default_params("full");
+        if (rows[r].kcache) {
+            ps[r] = kp;
+            ps[r].kc_store = rows[r].store;
+            ps[r].kc_cold = rows[r].cold;
         }
-        once(m, &p, depth, n, lg, buf, &row->u);
-        for (row->reps = 0; row->reps < reps; row->reps++)
-            row->tps[row->reps] = once(m, &p, depth, n, lg, buf, &row->u);
-        cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
+    /* paired: one warm-up of each configuration, then repetition k of every configuration in
+     * turn, so that a change of the shared machine's load falls on all of them alike */
+    double load0[3] = {-1, -1, -1}, load1[3] = {-1, -1, -1};
+    getloadavg(load0, 3);
+    for (int r = 0; r < n_rows; r++) once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
+    for (int k = 0; k < reps; k++)
+        for (int r = 0; r < n_rows; r++) rows[r].tps[rows[r].reps++] = once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
+    for (int r = 0; r < n_rows; r++) cli_mean_sd(rows[r].tps, rows[r].reps, &rows[r].mean, &rows[r].sd);
+    getloadavg(load1, 3);
     char path[1300];
     const char *base = cli_basename(dir);
     out = cli_bench_out(out, dir, path, sizeof path, "kcache-cpu-%s-t%d.json", base, threads);
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n  \"depth\": %d,\n  \"tg\": %d,\n"
             "  \"kc_n\": \"%s\",\n  \"kc_recent\": %d,\n  \"kc_fast_layers\": %d,\n  \"kc_weight\": \"%s\",\n"
-            "  \"kc_gran\": \"%s\",\n  \"kc_block\": %d,\n  \"results\": [\n", base, threads, depth, n, pa->kc_n,
-            kp.kc_recent, kp.kc_fast_layers, pa->kc_weight, pa->kc_gran, kp.kc_block);
-    printf("slimkv bench kcache  %s  depth %d, tg %d, %d threads, N %s, R %d\n", base, depth, n, threads, pa->kc_n,
-           kp.kc_recent);
+            "  \"kc_gran\": \"%s\",\n  \"kc_block\": %d,\n  \"order\": \"paired (each repetition runs every configuration in turn)\",\n"
+            "  \"loadavg_start\": [%.2f, %.2f, %.2f],\n  \"loadavg_end\": [%.2f, %.2f, %.2f],\n  \"results\": [\n", base,
+            threads, depth, n, pa->kc_n, kp.kc_recent, kp.kc_fast_layers, pa->kc_weight, pa->kc_gran, kp.kc_block,
+            load0[0], load0[1], load0[2], load1[0], load1[1], load1[2]);
+    printf("slimkv bench kcache  %s  depth %d, tg %d, %d threads, N %s, R %d; paired repetitions; load average "
+           "%.2f at the start, %.2f at the end\n", base, depth, n, threads, pa->kc_n, kp.kc_recent, load0[0], load1[0]);
     printf("%-18s %16s %12s %12s %12s %10s %12s %12s\n", "config", "tokens/s", "rows/step", "bytes/step", "blocks/step",
            "ms/step", "fast bytes", "store bytes");
     for (int r = 0; r < n_rows; r++) {
