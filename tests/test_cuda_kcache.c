@@ -4,8 +4,9 @@
  * backend under the same rule (prompt, decode steps, a multi-token chunk after decoding, more
  * steps), N >= context against the CUDA full cache, batched decode of copied sequences against
  * single-sequence decode, truncation and re-decoding bit for bit, the overlapped pipeline against
- * the serial one, --kc-fast-layers, the CLI commands, and bad input. The GPU tests
- * skip where no GPU answers; the refusals that come before any device call run everywhere.
+ * the serial one, --kc-fast-layers, a fork of the full cache into KCache, the CLI commands, and
+ * bad input. The GPU tests skip where no GPU answers; the refusals that come before any device
+ * call run everywhere.
  */
 #include "backend/cuda/gpu.h"
 #include "context/context.h"
@@ -356,6 +357,49 @@ static void test_fast_layers(void) {
     skv_model_free(m);
 }
 
+/* A CUDA full-cache context forked into KCache (skv_context_fork: K copied, V into the pinned
+ * host rows and the device ring; what `eval` does) decodes as a KCache context that prefilled
+ * the prompt itself; a further prefill chunk after the fork reads the earlier V back from the
+ * host rows. */
+static void test_fork_into(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 300, C = 40, STEPS = 8 };
+    int32_t ids[P + C + STEPS];
+    skv_test_ids(ids, P + C + STEPS, 71);
+    skv_policy_params p = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    p.kc_fast_layers = 2;
+    skv_context *full = ctx(m, skv_policy_default_params("full"), SKV_BACKEND_CUDA, 1), *own = ctx(m, p, SKV_BACKEND_CUDA, 1);
+    REQUIRE(full && own, "%s", skv_last_error());
+    REQUIRE(skv_decode(full, ids, P, NULL, 0) == SKV_OK && skv_decode(own, ids, P, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    skv_context *f = NULL;
+    REQUIRE(skv_context_fork(full, &p, &f) == SKV_OK && f, "fork into KCache: %s", skv_last_error());
+    float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
+    double worst = 0;
+    int top = 0, n = 0;
+    for (int i = P; i < P + C + STEPS; i++) {
+        const int k = i == P + 2 ? C : 1; /* a chunk after two steps */
+        REQUIRE(skv_decode(f, ids + i, k, la, 0) == SKV_OK && skv_decode(own, ids + i, k, lb, 0) == SKV_OK, "%s",
+                skv_last_error());
+        worst = fmax(worst, rel_l2(la, lb, V));
+        top += skv_test_argmax(la, V) == skv_test_argmax(lb, V), n++;
+        i += k - 1;
+    }
+    skv_kv_usage ua, ub;
+    skv_context_kv_usage(f, &ua), skv_context_kv_usage(own, &ub);
+    printf("    full cache forked into KCache (2 fast layers) vs KCache from the start: rel L2 <= %.2e, top-1 %d/%d; "
+           "rows read %lld vs %lld\n", worst, top, n, (long long)ua.fetch_rows, (long long)ub.fetch_rows);
+    CHECKF(worst < 1e-4 && top == n, "forked: rel L2 %.3g, top-1 %d/%d", worst, top, n);
+    CHECKF(ua.fetch_rows == ub.fetch_rows && ua.fetch_rows > 0, "rows read %lld vs %lld", (long long)ua.fetch_rows,
+           (long long)ub.fetch_rows);
+    free(la), free(lb);
+    skv_context_free(f), skv_context_free(full), skv_context_free(own);
+    skv_model_free(m);
+}
+
 /* a number at a JSON path of a file or text */
 static double jnum(const cJSON *j, const char *key) {
     const cJSON *v = cJSON_GetObjectItem(j, key);
@@ -472,7 +516,7 @@ static void test_cli(void) {
 }
 
 /* What KCache on CUDA refuses, with the flag named: an int8 cache, --kc-over, the file store's
- * options, forks and imports of a KCache context; skv_seq_copy on the CPU. */
+ * options, forks of a KCache context and imports into one; skv_seq_copy on the CPU. */
 static void test_bad_input(void) {
     skv_model *m = skv_test_load_model("kvt-l", 1);
     REQUIRE(m, "kvt-l: %s", skv_last_error());
@@ -545,5 +589,6 @@ void register_cuda_kcache(void) {
     skv_test_add("cuda/kcache batched copied sequences = single; truncate and re-decode bit-identical", test_batch_truncate);
     skv_test_add("cuda/kcache overlapped chunks = serial bit for bit; old scores pass within tolerance", test_chunks);
     skv_test_add("cuda/kcache --kc-fast-layers vs the CPU backend and (all layers) the full cache", test_fast_layers);
+    skv_test_add("cuda/kcache fork of the full cache into KCache = KCache from the start", test_fork_into);
     skv_test_add("cuda/kcache CLI: run, ppl, eval, bench with --backend cuda --policy kcache", test_cli);
 }

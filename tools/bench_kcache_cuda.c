@@ -176,8 +176,10 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
                    r->mean, r->rows, r->bytes / 1e6);
         }
         if (kc) {
-            cli_check("bench", skv_context_truncate(c, depths[n_d - 1]));
-            cli_check("bench", skv_decode(c, ids + depths[n_d - 1], depths[0] - depths[n_d - 1], NULL, 0));
+            if (depths[0] > depths[n_d - 1]) { /* back to the deepest (a single depth: there already) */
+                cli_check("bench", skv_context_truncate(c, depths[n_d - 1]));
+                cli_check("bench", skv_decode(c, ids + depths[n_d - 1], depths[0] - depths[n_d - 1], NULL, 0));
+            }
             profile_rows(c, 1, depths[0], tg, reps, V, hd, rows, &nr);
         }
         skv_context_free(c);
