@@ -237,11 +237,11 @@ static void test_batch_truncate(void) {
 }
 
 /* The overlapped pipeline (KV heads in two chunks, each chunk's host reads on a second stream;
- * forced with SKV_KC_CHUNKS, since at kvt-l's 2 KV heads and small batches the default keeps
- * one chunk; with graph replay) equals the serial one (one chunk, without graphs) bit for bit
- * in batched decode; single-row steps run both ways in between; the old scores pass
- * (SKV_KC_PROFILE=oldscores: the split-K kernel without V, then the same selection and reads)
- * agrees within float tolerance. SKV_KC_CHUNKS out of range is refused, naming it. */
+ * SKV_KC_CHUNKS=2, the default being one chunk; with graph replay) equals the serial one (one
+ * chunk, without graphs) bit for bit in batched decode; single-row steps run both ways in
+ * between; the old scores pass (SKV_KC_PROFILE=oldscores: the split-K kernel without V, then the
+ * same selection and reads) agrees within float tolerance. SKV_KC_CHUNKS out of range is
+ * refused, naming it. */
 static void test_chunks(void) {
     if (!have_gpu()) return;
     skv_model *m = skv_test_load_model("kvt-l", 2);
@@ -499,7 +499,7 @@ static void test_cli(void) {
         n++;
         npro += strncmp(name, "kcache-", 7) == 0;
         ok &= ms > 0;
-        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-serial") || !strcmp(name, "kcache-oldscores") ||
+        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-chunks2") || !strcmp(name, "kcache-oldscores") ||
             !strcmp(name, "kcache-chunks4"))
             ok &= rows == per_seq * bs;
         if (!strcmp(name, "full")) ok &= rows == 0;

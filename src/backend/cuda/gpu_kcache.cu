@@ -512,9 +512,9 @@ skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
     CK(cudaMemset(c->kc_ct, 0, 2 * sizeof(unsigned long long)));
     CK(cudaHostAlloc((void **)&c->kc_vhost_h, sizeof(bf16) * (size_t)(S * T * hd), cudaHostAllocMapped));
     CK(cudaHostGetDevicePointer((void **)&c->kc_vhost, c->kc_vhost_h, 0));
-    /* the finish's stream: high priority, so that its blocks (waiting on PCIe) get SM slots
-     * between the scores pass's; chunks of KV heads: $SKV_KC_CHUNKS (1 to 8, at most KVH), else
-     * chosen per step (gpu_kc_decode) */
+    /* the finish's stream (chunks > 1): high priority, so that its blocks (waiting on PCIe) get
+     * SM slots between the scores pass's; chunks of KV heads: $SKV_KC_CHUNKS (1 to 8, at most
+     * KVH), default 1 (gpu_kc_decode says why) */
     int lo = 0, hi = 0;
     CK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
     CK(cudaStreamCreateWithPriority(&c->kc_st, cudaStreamNonBlocking, hi));
@@ -561,13 +561,13 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
 /* Profiling variants (SKV_KC_PROFILE), each leaving stages out (the output is then wrong;
  * for timing by differences only): 1 "scores" the scores pass alone, 2 "select" no finish,
  * 3 "fast" the finish without the host rows, 4 "nodsc" the scores pass without writing the
- * scores. Whole alternatives, whose output is right: 5 "serial" every stage on one stream (no
- * overlap of the host reads), 6 "oldscores" the split-K decode kernel without V for the scores
- * pass (gpu.cu; the pipeline before the K-only scores kernel), serial, 7 "chunks4" four chunks
- * of KV heads whatever the batch. */
+ * scores. Whole alternatives, whose output is right: 5 "chunks2" and 7 "chunks4" the KV heads in
+ * two or four chunks whose host reads overlap the next chunk's scores pass (gpu_kc_decode), 6
+ * "oldscores" the split-K decode kernel without V for the scores pass (gpu.cu; the pipeline
+ * before the K-only scores kernel), serial. */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
-    const char *names[] = {"", "scores", "select", "fast", "nodsc", "serial", "oldscores", "chunks4"};
+    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4"};
     int p = 0;
     for (int i = 1; e && i < 8; i++)
         if (!strcmp(e, names[i])) p = i;
@@ -618,24 +618,21 @@ skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
 
 int gpu_kc_old_scores(const skv_gpu_ctx *c) { return c->kc_prof == 6; }
 
-/* Decode attention of layer l (>= fast_layers) for n rows. The KV heads in chunks;
- * per chunk on the compute stream: the K-only scores pass, then the selection (with each
- * head's log-sum-exp from the pass's splits); then the finish, which reads the selected rows
- * from host memory over PCIe, on the second stream (kc_st, high priority) after an event, so
- * that chunk c's host reads overlap chunk c + 1's scores pass and selection (HBM-bound); the
- * compute stream waits for the last finish before the layer's output projection. */
+/* Decode attention of layer l (>= fast_layers) for n rows: the K-only scores pass, then the
+ * selection (with each head's log-sum-exp from the pass's splits), then the finish, which reads
+ * the selected rows from host memory over PCIe. With the KV heads in several chunks, each
+ * chunk's finish runs on the second stream (kc_st, high priority) after an event, so that chunk
+ * c's host reads overlap chunk c + 1's scores pass and selection (HBM-bound); the compute stream
+ * waits for the last finish before the layer's output projection. */
 skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
     const skv_gpu_model *g = c->g;
     const int KVH = g->KVH, G = g->H / KVH, prof = c->kc_prof;
-    /* chunks: $SKV_KC_CHUNKS, else the most of 4, 2, 1 that keep a selection launch (a block of
-     * 1024 threads per row and KV head) at least one block per SM: fewer blocks would leave SMs
-     * idle in every chunk's selection (at batch 1 the stages run serially) */
-    int nch = c->kc_chunks;
-    if (!nch) {
-        nch = 4;
-        while (nch > 1 && (KVH % nch || KVH * n / nch < c->sms)) nch /= 2;
-    }
-    if (prof == 5) nch = 1;
+    /* chunks: $SKV_KC_CHUNKS, else one (serial). Measured on the H200 at 46 x 32k (README): two
+     * chunks 78.3 ms a step, four 80.0, one 75.9 — each chunk's selection launch has fewer
+     * blocks (one of 1024 threads per row and KV head) and the host reads, latency-bound, do not
+     * hide behind the next chunk's scores pass; at batch 1 four chunks cost 14.3 ms against 8.1 */
+    int nch = c->kc_chunks ? c->kc_chunks : 1;
+    if (prof == 5) nch = KVH % 2 ? 1 : 2;
     if (prof == 7) nch = KVH % 4 ? 1 : 4;
     const int overlap = nch > 1 && prof != 1 && prof != 2 && prof != 4;
     const float scale = 1.0f / sqrtf((float)g->hd);
