@@ -22,9 +22,15 @@ typedef struct kc_row {
     const char *name;
     int kcache, store, cold;
     double tps[64], mean, sd;
+    double ratio; /* median over the paired rounds of tokens/s over the full cache's */
     int reps;
     skv_kv_usage u;
 } kc_row;
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
 static int32_t rand_id(int32_t V) { return cli_rand_id(&g_rng, V); }
@@ -84,7 +90,13 @@ int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, i
     for (int r = 0; r < n_rows; r++) once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
     for (int k = 0; k < reps; k++)
         for (int r = 0; r < n_rows; r++) rows[r].tps[rows[r].reps++] = once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
-    for (int r = 0; r < n_rows; r++) cli_mean_sd(rows[r].tps, rows[r].reps, &rows[r].mean, &rows[r].sd);
+    for (int r = 0; r < n_rows; r++) {
+        cli_mean_sd(rows[r].tps, rows[r].reps, &rows[r].mean, &rows[r].sd);
+        double q[64];
+        for (int k = 0; k < reps; k++) q[k] = rows[r].tps[k] / rows[0].tps[k];
+        qsort(q, (size_t)reps, sizeof q[0], cmp_double);
+        rows[r].ratio = reps % 2 ? q[reps / 2] : 0.5 * (q[reps / 2 - 1] + q[reps / 2]);
+    }
     getloadavg(load1, 3);
     char path[1300];
     const char *base = cli_basename(dir);
@@ -98,18 +110,20 @@ int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, i
             load0[0], load0[1], load0[2], load1[0], load1[1], load1[2]);
     printf("slimkv bench kcache  %s  depth %d, tg %d, %d threads, N %s, R %d; paired repetitions; load average "
            "%.2f at the start, %.2f at the end\n", base, depth, n, threads, pa->kc_n, kp.kc_recent, load0[0], load1[0]);
-    printf("%-18s %16s %12s %12s %12s %10s %12s %12s\n", "config", "tokens/s", "rows/step", "bytes/step", "blocks/step",
-           "ms/step", "fast bytes", "store bytes");
+    printf("%-18s %16s %9s %12s %12s %12s %10s %12s %12s\n", "config", "tokens/s", "vs full", "rows/step", "bytes/step",
+           "blocks/step", "ms/step", "fast bytes", "store bytes");
     for (int r = 0; r < n_rows; r++) {
         const kc_row *row = &rows[r];
         const double st = row->u.fetch_steps ? (double)row->u.fetch_steps : 1;
-        printf("%-18s %9.1f ± %-5.1f %12.1f %12.0f %12.2f %10.3f %12lld %12lld\n", row->name, row->mean, row->sd,
+        printf("%-18s %9.1f ± %-5.1f %9.3f %12.1f %12.0f %12.2f %10.3f %12lld %12lld\n", row->name, row->mean, row->sd,
+               row->ratio,
                row->u.fetch_rows / st, row->u.fetch_bytes / st, row->u.fetch_blocks / st, 1e-6 * row->u.fetch_ns / st,
                (long long)row->u.bytes_fast, (long long)row->u.store_bytes);
-        fprintf(f, "    {\"config\": \"%s\", \"tps_mean\": %.2f, \"tps_sd\": %.2f, \"reps\": %d, \"fetch_steps\": %lld, "
+        fprintf(f, "    {\"config\": \"%s\", \"tps_mean\": %.2f, \"tps_sd\": %.2f, \"median_paired_ratio_to_full\": %.4f, "
+                "\"reps\": %d, \"fetch_steps\": %lld, "
                 "\"rows_per_step\": %.2f, \"bytes_per_step\": %.1f, \"blocks_per_step\": %.3f, \"fetch_ms_per_step\": %.4f, "
                 "\"fast_bytes\": %lld, \"store_bytes\": %lld, \"samples\": [",
-                row->name, row->mean, row->sd, row->reps, (long long)row->u.fetch_steps, row->u.fetch_rows / st,
+                row->name, row->mean, row->sd, row->ratio, row->reps, (long long)row->u.fetch_steps, row->u.fetch_rows / st,
                 row->u.fetch_bytes / st, row->u.fetch_blocks / st, 1e-6 * row->u.fetch_ns / st,
                 (long long)row->u.bytes_fast, (long long)row->u.store_bytes);
         for (int k = 0; k < row->reps; k++) fprintf(f, "%s%.2f", k ? ", " : "", row->tps[k]);
