@@ -9,7 +9,7 @@
  *    (pinned memory, cudaMemcpy of 1 GiB).
  *    Then the same steps under each profiling variant (SKV_KC_PROFILE: the scores pass without
  *    writing scores, the scores pass alone, no finish, the finish without the host rows), whose
- *    differences place the time of each stage (their outputs are wrong by design), and two
+ *    differences place the time of each stage (their outputs are wrong by design), and three
  *    alternatives: two or four chunks of KV heads with overlapped host reads ("chunks2",
  *    "chunks4") and the old scores pass ("oldscores").
  * 2. The largest batch at --batch-depth: the full cache's is found by creating contexts from an
