@@ -3,8 +3,10 @@
  * selection rule (skv_vtop_group) run on the GPU's own probabilities, logits against the CPU
  * backend under the same rule (prompt, decode steps, a multi-token chunk after decoding, more
  * steps), N >= context against the CUDA full cache, batched decode of copied sequences against
- * single-sequence decode, truncation and re-decoding bit for bit, and bad input. The GPU tests
- * skip where no GPU answers; the refusals that come before any device call run everywhere.
+ * single-sequence decode, truncation and re-decoding bit for bit, the overlapped pipeline against
+ * the serial one, --kc-fast-layers, a fork of the full cache into KCache, the CLI commands, and
+ * bad input. The GPU tests skip where no GPU answers; the refusals that come before any device
+ * call run everywhere.
  */
 #include "backend/cuda/gpu.h"
 #include "context/context.h"
@@ -234,8 +236,287 @@ static void test_batch_truncate(void) {
     skv_model_free(m);
 }
 
+/* The overlapped pipeline (KV heads in two chunks, each chunk's host reads on a second stream;
+ * SKV_KC_CHUNKS=2, the default being one chunk; with graph replay) equals the serial one (one
+ * chunk, without graphs) bit for bit in batched decode; single-row steps run both ways in
+ * between; the old scores pass (SKV_KC_PROFILE=oldscores: the split-K kernel without V, then the
+ * same selection and reads) agrees within float tolerance. SKV_KC_CHUNKS out of range is
+ * refused, naming it. */
+static void test_chunks(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 300, N = 3, STEPS = 10, OLD = 4 };
+    int32_t ids[P];
+    skv_test_ids(ids, P, 53);
+    const skv_policy_params p = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    setenv("SKV_KC_CHUNKS", "2", 1);
+    skv_context *a = ctx(m, p, SKV_BACKEND_CUDA, N);
+    setenv("SKV_KC_CHUNKS", "1", 1);
+    setenv("SKV_CUDA_GRAPHS", "0", 1);
+    skv_context *b = ctx(m, p, SKV_BACKEND_CUDA, N);
+    unsetenv("SKV_CUDA_GRAPHS");
+    setenv("SKV_KC_CHUNKS", "9", 1);
+    skv_context *bad = ctx(m, p, SKV_BACKEND_CUDA, 1);
+    CHECKF(!bad && strstr(skv_last_error(), "SKV_KC_CHUNKS"), "SKV_KC_CHUNKS=9 accepted: %s", skv_last_error());
+    unsetenv("SKV_KC_CHUNKS");
+    REQUIRE(a && b, "%s", skv_last_error());
+    skv_context *cs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        REQUIRE(skv_seq_decode(cs[k], 0, ids, P) == SKV_OK, "%s", skv_last_error());
+        for (int s = 1; s < N; s++) REQUIRE(skv_seq_copy(cs[k], s, 0) == SKV_OK, "%s", skv_last_error());
+    }
+    float *la = malloc(sizeof(float) * (size_t)N * V), *lb = malloc(sizeof(float) * (size_t)N * V);
+    int32_t cur[N] = {11, 12, 13}, next[N], nb[N];
+    int same = 1;
+    for (int t = 0; t < STEPS; t++) {
+        REQUIRE(skv_decode_batch(a, cur, N, la, next) == SKV_OK && skv_decode_batch(b, cur, N, lb, nb) == SKV_OK, "%s",
+                skv_last_error());
+        same &= !memcmp(la, lb, sizeof(float) * (size_t)N * V) && !memcmp(next, nb, sizeof next);
+        memcpy(cur, next, sizeof cur);
+    }
+    /* one sequence alone (n = 1: single-row steps) */
+    for (int t = 0; t < 3; t++) {
+        REQUIRE(skv_seq_decode(a, 1, &cur[1], 1) == SKV_OK && skv_seq_decode(b, 1, &cur[1], 1) == SKV_OK, "%s",
+                skv_last_error());
+    }
+    skv_kv_usage ua, ub;
+    skv_context_kv_usage(a, &ua), skv_context_kv_usage(b, &ub);
+    CHECKF(same, "two chunks on two streams differ from one chunk");
+    CHECKF(ua.fetch_rows == ub.fetch_rows && ua.fetch_rows > 0, "rows read: %lld vs %lld", (long long)ua.fetch_rows,
+           (long long)ub.fetch_rows);
+    /* the old scores pass on b, the new on a */
+    setenv("SKV_KC_PROFILE", "oldscores", 1);
+    double worst = 0;
+    int top = 0;
+    for (int t = 0; t < OLD; t++) {
+        REQUIRE(skv_decode_batch(b, cur, N, lb, nb) == SKV_OK, "%s", skv_last_error());
+        unsetenv("SKV_KC_PROFILE");
+        REQUIRE(skv_decode_batch(a, cur, N, la, next) == SKV_OK, "%s", skv_last_error());
+        setenv("SKV_KC_PROFILE", "oldscores", 1);
+        for (int s = 0; s < N; s++) {
+            worst = fmax(worst, rel_l2(lb + (int64_t)s * V, la + (int64_t)s * V, V));
+            top += next[s] == nb[s];
+        }
+        memcpy(cur, next, sizeof cur);
+    }
+    unsetenv("SKV_KC_PROFILE");
+    printf("    2 chunks (overlapped) vs 1: logits bit-identical over %d batched steps of %d sequences (%lld rows "
+           "read); the old scores pass vs the new: rel L2 <= %.2e, greedy ids %d/%d\n",
+           STEPS, N, (long long)ua.fetch_rows, worst, top, OLD * N);
+    CHECKF(worst < 1e-3 && top == OLD * N, "old scores pass: rel L2 %.3g, ids %d/%d", worst, top, OLD * N);
+    free(la), free(lb);
+    skv_context_free(a), skv_context_free(b);
+    skv_model_free(m);
+}
+
+/* --kc-fast-layers K on CUDA: the first K layers keep every V row in HBM (the ordinary decode
+ * attention), the others select. K = 3: logits against the CPU backend's KCache with the same
+ * K, and rows read = the CPU's = (layers - K) x KV heads x N per step; K = all layers: nothing
+ * read from host memory and the logits equal the CUDA full cache's. */
+static void test_fast_layers(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab, L = in->n_layer;
+    enum { P = 300, STEPS = 12 };
+    int32_t ids[P + STEPS];
+    skv_test_ids(ids, P + STEPS, 61);
+    float *lc = malloc(sizeof(float) * (size_t)V), *lg = malloc(sizeof(float) * (size_t)V);
+    const int ks[2] = {3, L};
+    for (int v = 0; v < 2; v++) {
+        skv_policy_params p = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+        p.kc_fast_layers = ks[v];
+        skv_context *ref = v == 0 ? ctx(m, p, SKV_BACKEND_CPU, 1) : ctx(m, skv_policy_default_params("full"), SKV_BACKEND_CUDA, 1);
+        skv_context *gpu = ctx(m, p, SKV_BACKEND_CUDA, 1);
+        REQUIRE(ref && gpu, "K = %d: %s", ks[v], skv_last_error());
+        CHECK(skv_decode(ref, ids, P, lc, 0) == SKV_OK && skv_decode(gpu, ids, P, lg, 0) == SKV_OK);
+        double worst = rel_l2(lg, lc, V);
+        int top = 0;
+        for (int i = P; i < P + STEPS; i++) {
+            REQUIRE(skv_decode(ref, ids + i, 1, lc, 0) == SKV_OK && skv_decode(gpu, ids + i, 1, lg, 0) == SKV_OK, "%s",
+                    skv_last_error());
+            worst = fmax(worst, rel_l2(lg, lc, V));
+            top += skv_test_argmax(lg, V) == skv_test_argmax(lc, V);
+        }
+        skv_kv_usage ur, ug;
+        skv_context_kv_usage(ref, &ur), skv_context_kv_usage(gpu, &ug);
+        const int64_t want = (int64_t)(L - ks[v]) * in->n_kv_head * 16 * STEPS;
+        printf("    --kc-fast-layers %d: logits vs %s rel L2 <= %.2e, top-1 %d/%d; rows read %lld (%s %lld, expected "
+               "%lld)\n", ks[v], v ? "the CUDA full cache" : "the CPU backend", worst, top, STEPS, (long long)ug.fetch_rows,
+               v ? "full" : "CPU", (long long)ur.fetch_rows, (long long)want);
+        CHECKF(worst < (v ? 5e-3 : 2e-2) && top >= STEPS - 1 + v, "K = %d: rel L2 %.3g, top-1 %d/%d", ks[v], worst, top,
+               STEPS);
+        CHECKF(ug.fetch_rows == want && (v || ur.fetch_rows == want), "K = %d: rows %lld (CPU %lld), expected %lld",
+               ks[v], (long long)ug.fetch_rows, (long long)ur.fetch_rows, (long long)want);
+        skv_context_free(ref), skv_context_free(gpu);
+    }
+    free(lc), free(lg);
+    skv_model_free(m);
+}
+
+/* A CUDA full-cache context forked into KCache (skv_context_fork: K copied, V into the pinned
+ * host rows and the device ring; what `eval` does) decodes as a KCache context that prefilled
+ * the prompt itself; a further prefill chunk after the fork reads the earlier V back from the
+ * host rows. */
+static void test_fork_into(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 300, C = 40, STEPS = 8 };
+    int32_t ids[P + C + STEPS];
+    skv_test_ids(ids, P + C + STEPS, 71);
+    skv_policy_params p = kc(16, SKV_KC_SUM, SKV_KC_RENORM);
+    p.kc_fast_layers = 2;
+    skv_context *full = ctx(m, skv_policy_default_params("full"), SKV_BACKEND_CUDA, 1), *own = ctx(m, p, SKV_BACKEND_CUDA, 1);
+    REQUIRE(full && own, "%s", skv_last_error());
+    REQUIRE(skv_decode(full, ids, P, NULL, 0) == SKV_OK && skv_decode(own, ids, P, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    skv_context *f = NULL;
+    REQUIRE(skv_context_fork(full, &p, &f) == SKV_OK && f, "fork into KCache: %s", skv_last_error());
+    float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
+    double worst = 0;
+    int top = 0, n = 0;
+    for (int i = P; i < P + C + STEPS; i++) {
+        const int k = i == P + 2 ? C : 1; /* a chunk after two steps */
+        REQUIRE(skv_decode(f, ids + i, k, la, 0) == SKV_OK && skv_decode(own, ids + i, k, lb, 0) == SKV_OK, "%s",
+                skv_last_error());
+        worst = fmax(worst, rel_l2(la, lb, V));
+        top += skv_test_argmax(la, V) == skv_test_argmax(lb, V), n++;
+        i += k - 1;
+    }
+    skv_kv_usage ua, ub;
+    skv_context_kv_usage(f, &ua), skv_context_kv_usage(own, &ub);
+    printf("    full cache forked into KCache (2 fast layers) vs KCache from the start: rel L2 <= %.2e, top-1 %d/%d; "
+           "rows read %lld vs %lld\n", worst, top, n, (long long)ua.fetch_rows, (long long)ub.fetch_rows);
+    CHECKF(worst < 1e-4 && top == n, "forked: rel L2 %.3g, top-1 %d/%d", worst, top, n);
+    CHECKF(ua.fetch_rows == ub.fetch_rows && ua.fetch_rows > 0, "rows read %lld vs %lld", (long long)ua.fetch_rows,
+           (long long)ub.fetch_rows);
+    free(la), free(lb);
+    skv_context_free(f), skv_context_free(full), skv_context_free(own);
+    skv_model_free(m);
+}
+
+/* a number at a JSON path of a file or text */
+static double jnum(const cJSON *j, const char *key) {
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* The CLI with --backend cuda --policy kcache: run (greedy; N above the context prints the full
+ * cache's text), ppl (decode steps, --chunk 1: perplexity against the CPU backend's KCache with
+ * bf16 caches, KL to the full cache small and zero-ish for N above the context), eval (the
+ * passkey score against the CPU backend's), bench (the JSON's batches, rows per step, the
+ * variants), and a bad --max-batch. */
+static void test_cli(void) {
+    if (!have_gpu()) return;
+    const char *cli = skv_test_cli(), *sh = skv_test_shared_dir(), *tmp = skv_test_tmpdir();
+    char cmd[2048], *out = NULL, *out2 = NULL, *err = NULL;
+    int rc;
+    /* run */
+    /* a prompt of about 150 tokens: slow rows to select from (R = 32 stay fast) */
+    const char *runa = "run -m %s/models/kvt-l -p 'The pass key is 4711. Remember it. The grass is green. The sky is "
+                       "blue. The sun is yellow. Here we go. There and back again. The grass is green. The sky is blue. "
+                       "The sun is yellow. Here we go. There and back again. The grass is green. The sky is blue. The "
+                       "sun is yellow. Here we go. There and back again. The grass is green. The sky is blue. The sun "
+                       "is yellow. Here we go. There and back again. What is the pass key? The pass key is' -n 24 "
+                       "--temp 0 -t 4";
+    char base[1024];
+    snprintf(base, sizeof base, runa, sh);
+    snprintf(cmd, sizeof cmd, "%s %s --backend cuda", cli, base);
+    rc = skv_test_sh(cmd, &out, &err);
+    REQUIRE(rc == 0 && out && *out, "%s: exit %d: %s", cmd, rc, err);
+    free(err), err = NULL;
+    snprintf(cmd, sizeof cmd, "%s %s --backend cuda --policy kcache --kc-n 100000", cli, base);
+    rc = skv_test_sh(cmd, &out2, &err);
+    CHECKF(rc == 0 && out2 && !strcmp(out, out2), "%s: exit %d, text '%s' vs the full cache's '%s': %s", cmd, rc,
+           out2 ? out2 : "", out, err);
+    free(out2), free(err), out2 = NULL, err = NULL;
+    snprintf(cmd, sizeof cmd, "%s %s --backend cuda --policy kcache --kc-n 16 --kc-fast-layers 2 --kc-gran union", cli, base);
+    rc = skv_test_sh(cmd, &out2, &err);
+    CHECKF(rc == 0 && out2 && strlen(out2) > 0, "%s: exit %d: %s", cmd, rc, err);
+    printf("    run: full '%.*s' | kcache N=16 union, 2 fast layers: '%.*s'\n", (int)strcspn(out, "\n"), out,
+           (int)strcspn(out2 ? out2 : "", "\n"), out2 ? out2 : "");
+    free(out), free(out2), free(err), out = out2 = err = NULL;
+    /* ppl: CUDA vs CPU (bf16 caches), N = 16 and N above the context */
+    const char *ns[2] = {"16", "100000"};
+    for (int v = 0; v < 2; v++) {
+        double ppl[2], kl[2], pf[2];
+        for (int b = 0; b < 2; b++) {
+            char path[600];
+            snprintf(path, sizeof path, "%s/ppl-%d-%d.json", tmp, v, b);
+            snprintf(cmd, sizeof cmd, "%s ppl -m %s/models/kvt-l -f %s/data/corpus.val.txt.xz -w 1 -c 400 --chunk 1 "
+                     "--policy kcache --kc-n %s --kv-format bf16 --backend %s -t 8 -q -o %s", cli, sh, sh, ns[v],
+                     b ? "cpu" : "cuda", path);
+            rc = skv_test_sh(cmd, NULL, &err);
+            cJSON *j = skv_test_load_json(path);
+            REQUIRE(rc == 0 && j, "%s: exit %d: %s", cmd, rc, err);
+            ppl[b] = jnum(j, "ppl"), kl[b] = jnum(j, "kl_mean"), pf[b] = jnum(j, "ppl_full");
+            cJSON_Delete(j);
+            free(err), err = NULL;
+        }
+        printf("    ppl --kc-n %s (400 tokens, chunk 1): CUDA %.4f (full %.4f, KL %.2e), CPU %.4f (full %.4f, KL %.2e)\n",
+               ns[v], ppl[0], pf[0], kl[0], ppl[1], pf[1], kl[1]);
+        CHECKF(fabs(ppl[0] - ppl[1]) < 0.01 * ppl[1] && fabs(pf[0] - pf[1]) < 0.01 * pf[1],
+               "--kc-n %s: ppl CUDA %.4f vs CPU %.4f (full %.4f vs %.4f)", ns[v], ppl[0], ppl[1], pf[0], pf[1]);
+        CHECKF(v ? kl[0] < 1e-3 : kl[0] > 0 && kl[0] < 0.1, "--kc-n %s: KL %.3g on CUDA", ns[v], kl[0]);
+    }
+    /* eval: passkey, 8 rows, CUDA vs CPU */
+    double sc[2];
+    for (int b = 0; b < 2; b++) {
+        snprintf(cmd, sizeof cmd, "%s eval -m %s/models/kvt-l --tasks %s/data/tasks.val.jsonl --limit 8 --task passkey "
+                 "--policy kcache --kc-n 32 --kv-format bf16 --backend %s -t 8 -q", cli, sh, sh, b ? "cpu" : "cuda");
+        rc = skv_test_sh(cmd, &out, &err);
+        cJSON *j = out ? cJSON_Parse(out) : NULL;
+        const cJSON *s = j ? cJSON_GetObjectItem(cJSON_GetObjectItem(j, "scores"), "passkey") : NULL;
+        sc[b] = cJSON_IsNumber(s) ? s->valuedouble : NAN;
+        CHECKF(rc == 0 && cJSON_IsNumber(s), "%s: exit %d: %s", cmd, rc, err);
+        cJSON_Delete(j);
+        free(out), free(err), out = err = NULL;
+    }
+    printf("    eval passkey (8 rows) with kcache N=32: CUDA %.3f, CPU %.3f\n", sc[0], sc[1]);
+    CHECKF(fabs(sc[0] - sc[1]) <= 0.126, "eval passkey: CUDA %.3f vs CPU %.3f", sc[0], sc[1]);
+    /* bench: tiny, every stage */
+    char path[600];
+    snprintf(path, sizeof path, "%s/kc-bench.json", tmp);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s/models/kvt-l --backend cuda --policy kcache --kc-n 16 --depths 256 "
+             "--batch-depth 256 --tg 2 -r 1 --max-batch 3 -o %s", cli, sh, path);
+    rc = skv_test_sh(cmd, NULL, &err);
+    cJSON *j = skv_test_load_json(path);
+    REQUIRE(rc == 0 && j, "%s: exit %d: %s", cmd, rc, err);
+    free(err), err = NULL;
+    const cJSON *res = cJSON_GetObjectItem(j, "results"), *r;
+    int n = 0, ok = 1, npro = 0;
+    /* 256 slots: 224 slow (R = 32), 16 read per (layer, KV head) and sequence */
+    const double per_seq = 16.0 * 10 * 2;
+    cJSON_ArrayForEach(r, res) {
+        const cJSON *cf = cJSON_GetObjectItem(r, "config");
+        const char *name = cJSON_IsString(cf) ? cf->valuestring : "";
+        const double ms = jnum(r, "ms_per_step"), rows = jnum(r, "pcie_rows_per_step"), bs = jnum(r, "batch");
+        n++;
+        npro += strncmp(name, "kcache-", 7) == 0;
+        ok &= ms > 0;
+        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-chunks2") || !strcmp(name, "kcache-oldscores") ||
+            !strcmp(name, "kcache-chunks4"))
+            ok &= rows == per_seq * bs;
+        if (!strcmp(name, "full")) ok &= rows == 0;
+    }
+    printf("    bench (kvt-l, depth 256, max batch 3): %d rows (%d variants), largest batch full %g, kcache %g\n", n, npro,
+           jnum(j, "max_batch_full"), jnum(j, "max_batch_kcache"));
+    CHECKF(ok && n == 18 && npro == 14 && jnum(j, "max_batch_full") == 3 && jnum(j, "max_batch_kcache") == 3,
+           "bench JSON: %d rows, %d variants, ok %d", n, npro, ok);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s/models/kvt-l --backend cuda --policy kcache --max-batch 0", cli, sh);
+    rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc == 2 && err && strstr(err, "--max-batch"), "--max-batch 0: exit %d: %s", rc, err);
+    free(err);
+}
+
 /* What KCache on CUDA refuses, with the flag named: an int8 cache, --kc-over, the file store's
- * options, forks and imports of a KCache context; skv_seq_copy on the CPU. */
+ * options, forks of a KCache context and imports into one; skv_seq_copy on the CPU. */
 static void test_bad_input(void) {
     skv_model *m = skv_test_load_model("kvt-l", 1);
     REQUIRE(m, "kvt-l: %s", skv_last_error());
@@ -306,4 +587,8 @@ void register_cuda_kcache(void) {
     skv_test_add("cuda/kcache vs the CPU backend on kvt-l (logits; sets = CPU rule on GPU probabilities)", test_vs_cpu);
     skv_test_add("cuda/kcache N >= context = the CUDA full cache", test_full_n);
     skv_test_add("cuda/kcache batched copied sequences = single; truncate and re-decode bit-identical", test_batch_truncate);
+    skv_test_add("cuda/kcache overlapped chunks = serial bit for bit; old scores pass within tolerance", test_chunks);
+    skv_test_add("cuda/kcache --kc-fast-layers vs the CPU backend and (all layers) the full cache", test_fast_layers);
+    skv_test_add("cuda/kcache fork of the full cache into KCache = KCache from the start", test_fork_into);
+    skv_test_add("cuda/kcache CLI: run, ppl, eval, bench with --backend cuda --policy kcache", test_cli);
 }

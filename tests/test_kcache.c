@@ -404,6 +404,41 @@ static void test_bad_input(void) {
     }
 }
 
+/* A bf16 (and f16) full-cache context forked into KCache (what `eval` does): the fork asks for
+ * the default f32 format but keeps the source's rows, so the slow store must be laid out for
+ * them; the fork then decodes bit for bit as a KCache context of that format that prefilled the
+ * prompt itself (N = 16: most V rows come from the store). Before the fix the store kept f32
+ * rows of bf16 blocks and the logits were garbage. */
+static void test_fork_format(void) {
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    enum { P = 300, STEPS = 12 };
+    int32_t ids[P + STEPS];
+    skv_test_ids(ids, P + STEPS, 77);
+    static float la[8192], lb[8192];
+    for (int v = 0; v < 2; v++) {
+        g_fmt = v ? SKV_KV_F16 : SKV_KV_BF16;
+        const skv_policy_params kp = kc_params(16, 32, SKV_KC_MMAP);
+        skv_context *full = ctx_with(m, skv_policy_default_params("full"), 512), *own = ctx_with(m, kp, 512), *f = NULL;
+        REQUIRE(full && own, "%s", skv_last_error());
+        REQUIRE(skv_decode(full, ids, P, NULL, 0) == SKV_OK && skv_decode(own, ids, P, NULL, 0) == SKV_OK, "%s",
+                skv_last_error());
+        REQUIRE(skv_context_fork(full, &kp, &f) == SKV_OK, "fork: %s", skv_last_error());
+        int same = 1;
+        for (int i = P; i < P + STEPS; i++) {
+            REQUIRE(skv_decode(f, ids + i, 1, la, 0) == SKV_OK && skv_decode(own, ids + i, 1, lb, 0) == SKV_OK, "%s",
+                    skv_last_error());
+            same &= !memcmp(la, lb, sizeof la);
+        }
+        skv_kv_usage u;
+        skv_context_kv_usage(f, &u);
+        CHECKF(same && u.fetch_rows > 0, "%s fork into kcache: logits %s the own KCache's; %lld rows read",
+               v ? "f16" : "bf16", same ? "equal" : "differ from", (long long)u.fetch_rows);
+        skv_context_free(f), skv_context_free(full), skv_context_free(own);
+    }
+    g_fmt = SKV_KV_F32;
+}
+
 static void test_cleanup(void) {
     skv_model_free(g_s);
     g_s = NULL;
@@ -415,5 +450,6 @@ void register_kcache(void) {
     skv_test_add("kcache/N >= context reproduces the full cache's logits bit for bit", test_full_n_bit_identical);
     skv_test_add("kcache/rows read equal the store's", test_rows_equal_store);
     skv_test_add("kcache/bad input: N, fraction, R, store not creatable or truncated", test_bad_input);
+    skv_test_add("kcache/a bf16 or f16 full cache forked into KCache = KCache from the start", test_fork_format);
     skv_test_add("kcache/(release the shared model)", test_cleanup);
 }

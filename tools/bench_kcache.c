@@ -4,8 +4,10 @@
  * cold: the file's pages dropped before every step) and as zstd blocks.
  *
  * For each configuration: prefill D random tokens (untimed), then N single-token decode steps,
- * timed; one warm-up and R timed repetitions. Per step (from the context's counters): V rows
- * and bytes read from the store, zstd blocks touched, time spent reading (summed over threads).
+ * timed; one warm-up of each, then R rounds that run every configuration in turn (paired, so that
+ * the shared machine's load changes fall on all alike); the load average at start and end. Per
+ * step (from the context's counters): V rows and bytes read from the store, zstd blocks touched,
+ * time spent reading (summed over threads).
  * Cold steps also pay for dropping the pages (msync, madvise, posix_fadvise DONTNEED) in
  * tokens/s; the read time counts only the reads.
  */
@@ -20,9 +22,15 @@ typedef struct kc_row {
     const char *name;
     int kcache, store, cold;
     double tps[64], mean, sd;
+    double ratio; /* median over the paired rounds of tokens/s over the full cache's */
     int reps;
     skv_kv_usage u;
 } kc_row;
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
 static int32_t rand_id(int32_t V) { return cli_rand_id(&g_rng, V); }
@@ -66,41 +74,56 @@ int bench_kcache(const char *dir, const cli_policy_args *pa, int depth, int n, i
     const int n_rows = (int)(sizeof rows / sizeof rows[0]);
     float *lg = malloc(sizeof(float) * (size_t)in->n_vocab);
     int32_t *buf = malloc(sizeof(int32_t) * (size_t)depth);
+    skv_policy_params ps[4];
     for (int r = 0; r < n_rows; r++) {
-        kc_row *row = &rows[r];
-        skv_policy_params p = skv_policy_default_params("full");
-        if (row->kcache) {
-            p = kp;
-            p.kc_store = row->store;
-            p.kc_cold = row->cold;
+        ps[r] = skv_policy_default_params("full");
+        if (rows[r].kcache) {
+            ps[r] = kp;
+            ps[r].kc_store = rows[r].store;
+            ps[r].kc_cold = rows[r].cold;
         }
-        once(m, &p, depth, n, lg, buf, &row->u);
-        for (row->reps = 0; row->reps < reps; row->reps++)
-            row->tps[row->reps] = once(m, &p, depth, n, lg, buf, &row->u);
-        cli_mean_sd(row->tps, row->reps, &row->mean, &row->sd);
     }
+    /* paired: one warm-up of each configuration, then repetition k of every configuration in
+     * turn, so that a change of the shared machine's load falls on all of them alike */
+    double load0[3] = {-1, -1, -1}, load1[3] = {-1, -1, -1};
+    getloadavg(load0, 3);
+    for (int r = 0; r < n_rows; r++) once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
+    for (int k = 0; k < reps; k++)
+        for (int r = 0; r < n_rows; r++) rows[r].tps[rows[r].reps++] = once(m, &ps[r], depth, n, lg, buf, &rows[r].u);
+    for (int r = 0; r < n_rows; r++) {
+        cli_mean_sd(rows[r].tps, rows[r].reps, &rows[r].mean, &rows[r].sd);
+        double q[64];
+        for (int k = 0; k < reps; k++) q[k] = rows[r].tps[k] / rows[0].tps[k];
+        qsort(q, (size_t)reps, sizeof q[0], cmp_double);
+        rows[r].ratio = reps % 2 ? q[reps / 2] : 0.5 * (q[reps / 2 - 1] + q[reps / 2]);
+    }
+    getloadavg(load1, 3);
     char path[1300];
     const char *base = cli_basename(dir);
     out = cli_bench_out(out, dir, path, sizeof path, "kcache-cpu-%s-t%d.json", base, threads);
     FILE *f = cli_bench_json(out);
     fprintf(f, "  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n  \"threads\": %d,\n  \"depth\": %d,\n  \"tg\": %d,\n"
             "  \"kc_n\": \"%s\",\n  \"kc_recent\": %d,\n  \"kc_fast_layers\": %d,\n  \"kc_weight\": \"%s\",\n"
-            "  \"kc_gran\": \"%s\",\n  \"kc_block\": %d,\n  \"results\": [\n", base, threads, depth, n, pa->kc_n,
-            kp.kc_recent, kp.kc_fast_layers, pa->kc_weight, pa->kc_gran, kp.kc_block);
-    printf("slimkv bench kcache  %s  depth %d, tg %d, %d threads, N %s, R %d\n", base, depth, n, threads, pa->kc_n,
-           kp.kc_recent);
-    printf("%-18s %16s %12s %12s %12s %10s %12s %12s\n", "config", "tokens/s", "rows/step", "bytes/step", "blocks/step",
-           "ms/step", "fast bytes", "store bytes");
+            "  \"kc_gran\": \"%s\",\n  \"kc_block\": %d,\n  \"order\": \"paired (each repetition runs every configuration in turn)\",\n"
+            "  \"loadavg_start\": [%.2f, %.2f, %.2f],\n  \"loadavg_end\": [%.2f, %.2f, %.2f],\n  \"results\": [\n", base,
+            threads, depth, n, pa->kc_n, kp.kc_recent, kp.kc_fast_layers, pa->kc_weight, pa->kc_gran, kp.kc_block,
+            load0[0], load0[1], load0[2], load1[0], load1[1], load1[2]);
+    printf("slimkv bench kcache  %s  depth %d, tg %d, %d threads, N %s, R %d; paired repetitions; load average "
+           "%.2f at the start, %.2f at the end\n", base, depth, n, threads, pa->kc_n, kp.kc_recent, load0[0], load1[0]);
+    printf("%-18s %16s %9s %12s %12s %12s %10s %12s %12s\n", "config", "tokens/s", "vs full", "rows/step", "bytes/step",
+           "blocks/step", "ms/step", "fast bytes", "store bytes");
     for (int r = 0; r < n_rows; r++) {
         const kc_row *row = &rows[r];
         const double st = row->u.fetch_steps ? (double)row->u.fetch_steps : 1;
-        printf("%-18s %9.1f ± %-5.1f %12.1f %12.0f %12.2f %10.3f %12lld %12lld\n", row->name, row->mean, row->sd,
+        printf("%-18s %9.1f ± %-5.1f %9.3f %12.1f %12.0f %12.2f %10.3f %12lld %12lld\n", row->name, row->mean, row->sd,
+               row->ratio,
                row->u.fetch_rows / st, row->u.fetch_bytes / st, row->u.fetch_blocks / st, 1e-6 * row->u.fetch_ns / st,
                (long long)row->u.bytes_fast, (long long)row->u.store_bytes);
-        fprintf(f, "    {\"config\": \"%s\", \"tps_mean\": %.2f, \"tps_sd\": %.2f, \"reps\": %d, \"fetch_steps\": %lld, "
+        fprintf(f, "    {\"config\": \"%s\", \"tps_mean\": %.2f, \"tps_sd\": %.2f, \"median_paired_ratio_to_full\": %.4f, "
+                "\"reps\": %d, \"fetch_steps\": %lld, "
                 "\"rows_per_step\": %.2f, \"bytes_per_step\": %.1f, \"blocks_per_step\": %.3f, \"fetch_ms_per_step\": %.4f, "
                 "\"fast_bytes\": %lld, \"store_bytes\": %lld, \"samples\": [",
-                row->name, row->mean, row->sd, row->reps, (long long)row->u.fetch_steps, row->u.fetch_rows / st,
+                row->name, row->mean, row->sd, row->ratio, row->reps, (long long)row->u.fetch_steps, row->u.fetch_rows / st,
                 row->u.fetch_bytes / st, row->u.fetch_blocks / st, 1e-6 * row->u.fetch_ns / st,
                 (long long)row->u.bytes_fast, (long long)row->u.store_bytes);
         for (int k = 0; k < row->reps; k++) fprintf(f, "%s%.2f", k ? ", " : "", row->tps[k]);

@@ -9,14 +9,16 @@
  *    (pinned memory, cudaMemcpy of 1 GiB).
  *    Then the same steps under each profiling variant (SKV_KC_PROFILE: the scores pass without
  *    writing scores, the scores pass alone, no finish, the finish without the host rows), whose
- *    differences place the time of each stage (their outputs are wrong by design).
+ *    differences place the time of each stage (their outputs are wrong by design), and three
+ *    alternatives: two or four chunks of KV heads with overlapped host reads ("chunks2",
+ *    "chunks4") and the old scores pass ("oldscores").
  * 2. The largest batch at --batch-depth: the full cache's is found by creating contexts from an
  *    estimate down until one fits in HBM; KCache's needs HBM for K (and a ring of newest V
  *    rows) and pinned host memory for V, so it is the smaller of the HBM estimate and what the
- *    host's MemAvailable allows (75 %), again stepped down until a context is created. Each
- *    context prefills sequence 0 once and copies it into the others (skv_seq_copy), then
- *    decodes --tg steps of every sequence together; tokens/s at that batch (and at --batches
- *    values below it, for the full cache's curve).
+ *    host's MemAvailable allows (75 %) (both at most --max-batch), again stepped down until a
+ *    context is created. Each context prefills sequence 0 once and copies it into the others
+ *    (skv_seq_copy), then decodes --tg steps of every sequence together; tokens/s at that batch
+ *    (and at --batches values below it, for the full cache's curve).
  */
 #include "cli.h"
 
@@ -57,7 +59,12 @@ static skv_context *make(skv_model *m, int n_ctx, int ub, int n_seq, const skv_p
     return c;
 }
 
-static const char *g_prof[] = {"nodsc", "scores", "select", "fast"};
+/* stage variants (outputs wrong by design: timing by differences), then whole alternatives
+ * (right outputs): "chunks2", "chunks4" the KV heads in two or four chunks whose host reads
+ * overlap the next chunk's scores pass, "oldscores" the split-K decode kernel without V as the
+ * scores pass (the pipeline before the K-only kernel) */
+#define NPROF 7
+static const char *g_prof[NPROF] = {"nodsc", "scores", "select", "fast", "chunks2", "oldscores", "chunks4"};
 
 /* the profiling variants of KCache at (B, depth), each a row */
 static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr);
@@ -105,7 +112,7 @@ static void time_steps(skv_context *c, int B, int depth, int tg, int reps, int32
 }
 
 static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr) {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NPROF; i++) {
         setenv("SKV_KC_PROFILE", g_prof[i], 1);
         krow *r = &rows[(*nr)++];
         memset(r, 0, sizeof *r);
@@ -125,11 +132,11 @@ static double fill(skv_context *c, const int32_t *ids, int n, int B) {
 }
 
 int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches_s, int tg, int batch_depth, int ubatch,
-                      int reps, const cli_policy_args *pa, const char *out) {
+                      int reps, int max_batch, const cli_policy_args *pa, const char *out) {
     int depths[MAXD], batches[MAXB];
     const int n_d = parse("--depths", depths_s, depths, MAXD), n_b = batches_s ? parse("--batches", batches_s, batches, MAXB) : 0;
-    if (tg < 1 || reps < 1 || reps > 64 || ubatch < 1 || batch_depth < 1)
-        cli_die("bench", 2, "--tg, --ubatch, --batch-depth must be >= 1 and --reps 1..64");
+    if (tg < 1 || reps < 1 || reps > 64 || ubatch < 1 || batch_depth < 1 || max_batch < 1)
+        cli_die("bench", 2, "--tg, --ubatch, --batch-depth, --max-batch must be >= 1 and --reps 1..64");
     skv_model *m = cli_load_model("bench", dir, 0, 1);
     const skv_model_info *in = skv_model_get_info(m);
     const int V = in->n_vocab, hd = in->head_dim;
@@ -150,7 +157,7 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
                 const int t = depths[i];
                 depths[i] = depths[j], depths[j] = t;
             }
-    krow rows[2 * MAXD + 2 * MAXB + 2 + 8];
+    krow rows[2 * MAXD + 2 * MAXB + 2 + 2 * NPROF];
     int nr = 0;
     skv_status st;
     int64_t wbytes = 0;
@@ -169,8 +176,10 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
                    r->mean, r->rows, r->bytes / 1e6);
         }
         if (kc) {
-            cli_check("bench", skv_context_truncate(c, depths[n_d - 1]));
-            cli_check("bench", skv_decode(c, ids + depths[n_d - 1], depths[0] - depths[n_d - 1], NULL, 0));
+            if (depths[0] > depths[n_d - 1]) { /* back to the deepest (a single depth: there already) */
+                cli_check("bench", skv_context_truncate(c, depths[n_d - 1]));
+                cli_check("bench", skv_decode(c, ids + depths[n_d - 1], depths[0] - depths[n_d - 1], NULL, 0));
+            }
             profile_rows(c, 1, depths[0], tg, reps, V, hd, rows, &nr);
         }
         skv_context_free(c);
@@ -184,6 +193,7 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
     double fill_full = 0, fill_kc = 0;
     for (int kc = 0; kc < 2; kc++) {
         int B = kc ? (b_kc_host > 0 && b_kc_host < b_kc_hbm ? b_kc_host : b_kc_hbm) : (int)(avail_hbm / (2 * half)) + 2;
+        if (B > max_batch) B = max_batch;
         skv_context *c = NULL;
         for (; B >= 1 && !c; B--) c = make(m, (int)n_ctx2, ubatch, B, kc ? &kp : &fp, &st);
         if (!c) cli_check("bench", st);

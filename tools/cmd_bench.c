@@ -150,7 +150,7 @@ int cmd_bench(int argc, char **argv) {
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
         {"e2e", 0, OPT_STR, &e2e, "P+G", "cuda: the largest batch of P+G-token sequences that fits and its throughput (prefill + generation)"},
         {"steps", 0, OPT_INT, &e2e_steps, "S", "cuda --e2e: decode steps timed at each of two depths (default 32)"},
-        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e: largest batch tried (default 4096)"},
+        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096)"},
         CLI_OPT_NO_CHECK,
     };
     int n_opts = 14;
@@ -173,7 +173,7 @@ int cmd_bench(int argc, char **argv) {
         cli_backend("bench", pa.backend);
         return bench_kcache_cuda(dir, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768",
                                  strcmp(batches, "1,8,32") ? batches : NULL, tg == 128 ? 32 : tg,
-                                 batch_depth == 1024 ? 32768 : batch_depth, ubatch, reps, &pa, out);
+                                 batch_depth == 1024 ? 32768 : batch_depth, ubatch, reps, e2e_max, &pa, out);
     }
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);

@@ -147,6 +147,8 @@ static skv_status cpu_truncate(skv_context *ctx, int32_t n_past) {
     return SKV_OK;
 }
 
+static skv_status vtop_setup(skv_context *ctx, const skv_vtop_rule *r);
+
 static skv_status cpu_copy(skv_context *dctx, const skv_context *sctx) {
     skv_cpu *d = dctx->bs;
     const skv_cpu *s = sctx->bs;
@@ -162,6 +164,14 @@ static skv_status cpu_copy(skv_context *dctx, const skv_context *sctx) {
     if (dctx->head_stats) {
         skv_cpu_head_stats_free(d);
         if ((st = skv_cpu_head_stats_copy(d, s))) return st;
+    }
+    if (vs && want != d->cache.fmt && want != SKV_KV_Q8 && want != SKV_KV_Q4) {
+        /* the slow store was laid out for the format the destination asked for (a fork's
+         * default f32); the clone keeps the source's (bf16, f16): a store of its row size */
+        skv_vstore_close(d->cache.vs);
+        d->cache.vs = NULL;
+        skv_cpu_vtop_free(d);
+        return vtop_setup(dctx, &d->plan.vtop);
     }
     if (want == d->cache.fmt || (want != SKV_KV_Q8 && want != SKV_KV_Q4)) return SKV_OK;
     /* re-store the f32 cache in the quantized format the destination's policy wants */

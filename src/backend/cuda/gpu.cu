@@ -259,8 +259,11 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     const dim3 grid(KVH, n_split, n);
     const float scale = 1.0f / sqrtf((float)hd);
     /* KCache: layers below fast_layers read every V row from the dense device rows; the others
-     * only score here (scores into dsc, the log-sum-exp into lse), then select and read */
+     * go to gpu_kc_decode (K-only scores pass, selection, host reads), or with the profiling
+     * variant "oldscores" only score here (scores into dsc, the log-sum-exp into lse) and then
+     * select and read serially (gpu_kc_attend) */
     const bool kc_fast = c->kc && l < c->pol.vtop.fast_layers, vo = !c->kc || kc_fast;
+    if (!vo && !gpu_kc_old_scores(c)) return gpu_kc_decode(c, l, n);
     const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
     const bool stats = !strict && (c->pol.want_acc || c->pol.want_last);
     float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;

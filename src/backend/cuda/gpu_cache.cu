@@ -368,7 +368,7 @@ __global__ void k_copy_stream(stream_ref S, stream_ref D, int n_seq_s, int n_seq
         const int s = i / nch, ch = i % nch;
         const int64_t a = slot_row(sb, s) * S.hd, b = slot_row(db, s) * D.hd;
         ((uint4 *)(D.kp + b))[ch] = ((const uint4 *)(S.kp + a))[ch];
-        ((uint4 *)(D.vp + b))[ch] = ((const uint4 *)(S.vp + a))[ch];
+        if (D.vp) ((uint4 *)(D.vp + b))[ch] = ((const uint4 *)(S.vp + a))[ch];
     }
     for (int s = threadIdx.x; s < n; s += blockDim.x) {
         D.spos[(int64_t)ds * D.n_ctx + s] = S.spos[(int64_t)ss * S.n_ctx + s];
@@ -377,6 +377,24 @@ __global__ void k_copy_stream(stream_ref S, stream_ref D, int n_seq_s, int n_seq
         if (D.slast) D.slast[(int64_t)ds * D.n_ctx + s] = S.slast ? S.slast[(int64_t)ss * S.n_ctx + s] : 0;
     }
     if (threadIdx.x == 0) D.slen[ds] = n;
+}
+
+/* A fork into a KCache context (block (layer * KVH + g), sequence 0): the V rows of the source's
+ * paged pool into the destination's pinned host rows (every slot) and its device rows (every
+ * slot in layers below fast_layers, whose vw is n_ctx; else the ring of the newest vw). */
+__global__ void k_kc_fork_v(stream_ref S, int n_seq_s, bf16 *vh, bf16 *vd0, const int64_t *voff, const int32_t *vw,
+                            int n_ctx_d, int n_seq_d, int KVH) {
+    const int l = blockIdx.x / KVH, g = blockIdx.x % KVH;
+    const int ss = (l * n_seq_s) * KVH + g, ds = (l * n_seq_d) * KVH + g;
+    const int n = S.slen[ss], nch = S.hd / 8, w = vw[l];
+    const int32_t *sb = S.bt + (int64_t)ss * S.mb;
+    bf16 *vd = vd0 + (voff[l] + (int64_t)g * w) * S.hd;
+    for (int i = threadIdx.x; i < n * nch; i += blockDim.x) {
+        const int s = i / nch, ch = i % nch;
+        const uint4 v = ((const uint4 *)(S.vp + slot_row(sb, s) * S.hd))[ch];
+        ((uint4 *)(vh + ((int64_t)ds * n_ctx_d + s) * S.hd))[ch] = v;
+        if (s >= n - w) ((uint4 *)(vd + (int64_t)(s % w) * S.hd))[ch] = v;
+    }
 }
 
 /* out (n, hd) bf16 = the pool rows of slots rows[0..n) of one stream */
@@ -615,9 +633,9 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     if (dst->g != g || dst->n_ctx < src->h_next[0])
         return skv_set_error(SKV_ERR_ARG, "CUDA context copy: different models or too short a destination");
     if (dst->h_next[0] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA context copy: the destination is not empty");
-    if (src->kc || dst->kc)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked or forked into "
-                             "(its V lives in pinned host memory); use --backend cpu");
+    if (src->kc)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked (its V lives in "
+                             "pinned host memory); fork the full cache into KCache, or use --backend cpu");
     CK(cudaStreamSynchronize(src->st));
     for (int l = 0; l < g->CL; l++)
         for (int k = 0; k < g->KVH; k++) {
@@ -630,6 +648,23 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     if (st) return st;
     k_copy_stream<<<g->CL * g->KVH, 256, 0, dst->st>>>(ref_of(src), ref_of(dst), src->n_seq, dst->n_seq, g->KVH);
     LAUNCHED();
+    if (dst->kc) { /* V into the host rows and the device rows (KCache refuses models sharing caches: CL = L) */
+        int64_t *voff = NULL;
+        int32_t *vw = NULL;
+        cudaError_t e = cudaMalloc((void **)&voff, sizeof(int64_t) * (size_t)g->L);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&vw, sizeof(int32_t) * (size_t)g->L);
+        if (e == cudaSuccess) e = cudaMemcpy(voff, dst->kc_voff, sizeof(int64_t) * (size_t)g->L, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(vw, dst->kc_vw, sizeof(int32_t) * (size_t)g->L, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) {
+            k_kc_fork_v<<<g->CL * g->KVH, 256, 0, dst->st>>>(ref_of(src), src->n_seq, dst->kc_vhost, dst->kc_vdev, voff,
+                                                          vw, dst->n_ctx, dst->n_seq, g->KVH);
+            e = cudaGetLastError();
+        }
+        if (e == cudaSuccess) e = cudaStreamSynchronize(dst->st);
+        cudaFree(voff), cudaFree(vw);
+        CK(e);
+        dst->kc_pre_seq = -1; /* a later prefill chunk reads the earlier V back from the host rows */
+    }
     dst->h_next[0] = src->h_next[0];
     dst->win_from_h[0] = src->win_from_h[0];
     CK(cudaStreamSynchronize(dst->st));

@@ -11,6 +11,7 @@
 #include "backend/cuda/gpu_common.cuh"
 
 #define BLK SKV_GPU_BLOCK
+#define KC_MAX_CHUNKS 8
 
 struct skv_gpu_ctx {
     skv_gpu_model *g;
@@ -83,6 +84,9 @@ struct skv_gpu_ctx {
     float *kc_inv;          /* device (rows_max, H) weight factor per head */
     unsigned long long *kc_ct; /* device (2): decode steps with slow rows, rows read */
     int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
+    int kc_chunks;          /* chunks of KV heads per layer (the finish of one overlaps the next's scores) */
+    cudaStream_t kc_st;     /* the finish's stream (high priority) */
+    cudaEvent_t kc_ev[KC_MAX_CHUNKS], kc_join;
 };
 
 /* stream of cache layer l */
@@ -110,8 +114,12 @@ void gpu_kc_free(skv_gpu_ctx *c);
 bf16 *gpu_kc_vbase(const skv_gpu_ctx *c, int l);
 /* before a prefill chunk of seq at pos0: kc_vpre holds seq's V of slots [0, pos0) */
 skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n);
-/* decode attention of layer l (>= fast_layers) for n rows after the scores pass: selection,
- * then the output from the selected host rows and the device ring */
+/* decode attention of layer l (>= fast_layers) for n rows: the K-only scores pass, selection,
+ * then the output from the selected host rows (on a second stream, overlapped) and the ring */
+skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n);
+/* the profiling variant "oldscores": gpu.cu runs the split-K kernel without V and its merge,
+ * then gpu_kc_attend the selection and the output, serially */
+int gpu_kc_old_scores(const skv_gpu_ctx *c);
 skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n);
 /* the profiling variant named by $SKV_KC_PROFILE (0: none); a change drops the captured graphs */
 int gpu_kc_profile(skv_gpu_ctx *c);

@@ -180,20 +180,42 @@ __device__ void kc_top(const float *rk, int n, int N, uint32_t *keep, uint32_t *
 /* Block (KV head g, row r): the slow slots this step reads, ascending, into sel; nsel; each
  * head's weight factor into inv; counters ct[0] (steps with slow rows, counted once per row in
  * the first KCache layer) and ct[1] (rows). */
-__global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, const float *lse, const int32_t *slen,
+__global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, float *lse, const float *part_m,
+                                                          const float *part_l, int n_split, const int32_t *slen,
                                                           const int32_t *rseq, float *rank, int32_t *sel, int32_t *nsel,
                                                           float *inv, unsigned long long *ct, kc_rule R, int l,
-                                                          int n_seq, int H, int KVH, int n_ctx) {
+                                                          int n_seq, int H, int KVH, int n_ctx, int g0) {
     extern __shared__ uint32_t kc_bits[]; /* keep, eq: nwords each */
     __shared__ unsigned hist[256];
     __shared__ int sh[33];
-    __shared__ float shf[33];
-    const int g = blockIdx.x, r = blockIdx.y, G = H / KVH;
+    __shared__ float shf[33], ls[G_MAX];
+    const int g = g0 + blockIdx.x, r = blockIdx.y, G = H / KVH;
     const int sid = (l * n_seq + rseq[r]) * KVH + g, n0 = slen[sid], L = n0 + 1;
     const int ns = kc_n_slow(R, l, n0);
     int N = R.n > 0 ? R.n : (int)(R.frac * (float)L + 0.5f);
     N = min(max(N, 1), ns);
-    const float *sc = dsc + ((int64_t)r * H + g * G) * n_ctx, *ls = lse + (int64_t)r * H + g * G;
+    const float *sc = dsc + ((int64_t)r * H + g * G) * n_ctx;
+    /* each head's log-sum-exp: from the scores pass's splits (part_m, part_l; written to lse for
+     * the finish), or (part_m NULL) already in lse */
+    for (int j = threadIdx.x >> 5; j < G; j += blockDim.x >> 5) {
+        const int lane = threadIdx.x & 31;
+        const int64_t h = (int64_t)r * H + g * G + j;
+        if (!part_m) {
+            if (lane == 0) ls[j] = lse[h];
+            continue;
+        }
+        float M = -INFINITY, S = 0;
+        for (int s = lane; s < n_split; s += 32) M = fmaxf(M, part_m[h * n_split + s]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        for (int s = lane; s < n_split; s += 32) {
+            const float ms = part_m[h * n_split + s];
+            S += ms == -INFINITY ? 0.0f : part_l[h * n_split + s] * __expf(ms - M);
+        }
+        S = warp_sum(S);
+        if (lane == 0) ls[j] = M + logf(S), lse[h] = ls[j];
+    }
+    __syncthreads();
     int32_t *out = sel + ((int64_t)r * KVH + g) * n_ctx;
     float *rk = rank + ((int64_t)r * KVH + g) * n_ctx;
     const int nwords = ns / 32 + 1;
@@ -262,6 +284,101 @@ __global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, cons
     }
 }
 
+/* The scores pass (K only). Block (KV head g0 + x, split, row r): the G query heads of KV head g
+ * against the split's slots of stream (l, row r's sequence, g), the new one included. Lanes in
+ * groups of HD/8 read one key row with 16-byte loads; each group keeps KS_U rows in flight (the
+ * loads of KS_U warp-steps issued before any is used: no V, so the registers allow it, and no
+ * output rows in shared memory, so several blocks fit an SM). Writes every scaled score into
+ * dsc (n rows, H, n_ctx; lane j of a group writes head j) unless dsc is NULL, and the split's
+ * (max, sum of exp) into part_m, part_l ((rows, H, n_split)). */
+#define KS_WARPS 4
+#define KS_U 4
+template <int HD, int G>
+__global__ void __launch_bounds__(KS_WARPS * 32, 3)
+k_kc_scores(const float *q, const bf16 *kp, const int32_t *bt, const int32_t *slen, const int32_t *rseq, float *part_m,
+            float *part_l, float *dsc, int l, int n_seq, int mb, int H, int KVH, int n_ctx, int n_split, float scale,
+            int g0) {
+    constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = KS_WARPS * KPW;
+    __shared__ float sm_m[NG][G], sm_l[NG][G];
+    const int g = g0 + blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
+    const int sid = (l * n_seq + rseq[r]) * KVH + g, L = slen[sid] + 1;
+    const int32_t *bts = bt + (int64_t)sid * mb;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
+    const int grp = warp * KPW + sub;
+    int split_len = max((L + n_split - 1) / n_split, 64);
+    split_len = (split_len + NG - 1) / NG * NG;
+    const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
+    float qv[G][8], m[G], lsum[G];
+#pragma unroll
+    for (int j = 0; j < G; j++) {
+        m[j] = -INFINITY, lsum[j] = 0;
+#pragma unroll
+        for (int e = 0; e < 8; e++) qv[j][e] = q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale;
+    }
+    float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
+    const uint4 zero4 = make_uint4(0, 0, 0, 0);
+    /* the loop is uniform over the warp (shuffles); rows past k1 are masked */
+    for (int t0 = k0 + warp * KPW + sub; t0 - sub < k1; t0 += KS_U * NG) {
+        uint4 kr[KS_U];
+#pragma unroll
+        for (int u = 0; u < KS_U; u++) {
+            const int t = t0 + u * NG;
+            kr[u] = t < k1 ? *(const uint4 *)(kp + slot_row(bts, t) * HD + li * 8) : zero4;
+        }
+        float d[KS_U][G];
+#pragma unroll
+        for (int u = 0; u < KS_U; u++) {
+            float kf[8];
+            bf16x8_to_f32(kr[u], kf);
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                float x = 0;
+#pragma unroll
+                for (int e = 0; e < 8; e++) x += qv[j][e] * kf[e];
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+                d[u][j] = x;
+            }
+        }
+        if (t0 < k1) { /* (row u = 0 is the group's first; a later one is in range only if it is) */
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                float mx = m[j];
+#pragma unroll
+                for (int u = 0; u < KS_U; u++)
+                    if (t0 + u * NG < k1) mx = fmaxf(mx, d[u][j]);
+                float sum = lsum[j] * __expf(m[j] - mx);
+#pragma unroll
+                for (int u = 0; u < KS_U; u++)
+                    if (t0 + u * NG < k1) sum += __expf(d[u][j] - mx);
+                lsum[j] = sum, m[j] = mx;
+            }
+            if (sc && li < G)
+#pragma unroll
+                for (int u = 0; u < KS_U; u++) {
+                    float v = d[u][0];
+#pragma unroll
+                    for (int j = 1; j < G; j++)
+                        if (li == j) v = d[u][j];
+                    if (t0 + u * NG < k1) sc[(int64_t)li * n_ctx + t0 + u * NG] = v;
+                }
+        }
+    }
+    if (li == 0)
+#pragma unroll
+        for (int j = 0; j < G; j++) sm_m[grp][j] = m[j], sm_l[grp][j] = lsum[j];
+    __syncthreads();
+    if (threadIdx.x < G) {
+        const int j = threadIdx.x;
+        float M = -INFINITY, S = 0;
+        for (int x = 0; x < NG; x++) M = fmaxf(M, sm_m[x][j]);
+        if (M != -INFINITY)
+            for (int x = 0; x < NG; x++) S += sm_l[x][j] * __expf(sm_m[x][j] - M);
+        const int64_t ps = ((int64_t)r * H + g * G + j) * n_split + sp;
+        part_m[ps] = M, part_l[ps] = S;
+    }
+}
+
 /* Block (KV head g, row r): the group's attention output from the selected host rows and the
  * ring's fast rows (slots ns .. L-1), weights exp(score - lse) * inv. Lanes in groups of HD/8
  * read one row with 16-byte loads, four rows in flight per group. */
@@ -269,10 +386,11 @@ template <int HD, int G>
 __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float *lse, const float *inv,
                                                    const int32_t *slen, const int32_t *rseq, const int32_t *sel,
                                                    const int32_t *nsel, const bf16 *vh, const bf16 *vd, int vw, bf16 *att,
-                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx, int no_host) {
+                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx, int no_host,
+                                                   int g0) {
     constexpr int LPK = HD / 8, RPW = 32 / LPK, NGR = 4 * RPW;
     __shared__ float sm[NGR][G][HD];
-    const int g = blockIdx.x, r = blockIdx.y, seq = rseq[r];
+    const int g = g0 + blockIdx.x, r = blockIdx.y, seq = rseq[r];
     const int sid = (l * n_seq + seq) * KVH + g, n0 = slen[sid], L = n0 + 1, ns = kc_n_slow(R, l, n0);
     const int cnt = no_host ? 0 : nsel[(int64_t)r * KVH + g];
     const int lane = threadIdx.x & 31, li = lane % LPK, grp = (threadIdx.x >> 5) * RPW + lane / LPK;
@@ -394,12 +512,29 @@ skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
     CK(cudaMemset(c->kc_ct, 0, 2 * sizeof(unsigned long long)));
     CK(cudaHostAlloc((void **)&c->kc_vhost_h, sizeof(bf16) * (size_t)(S * T * hd), cudaHostAllocMapped));
     CK(cudaHostGetDevicePointer((void **)&c->kc_vhost, c->kc_vhost_h, 0));
+    /* the finish's stream (chunks > 1): high priority, so that its blocks (waiting on PCIe) get
+     * SM slots between the scores pass's; chunks of KV heads: $SKV_KC_CHUNKS (1 to 8, at most
+     * KVH), default 1 (gpu_kc_decode says why) */
+    int lo = 0, hi = 0;
+    CK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    CK(cudaStreamCreateWithPriority(&c->kc_st, cudaStreamNonBlocking, hi));
+    for (int i = 0; i < KC_MAX_CHUNKS; i++) CK(cudaEventCreateWithFlags(&c->kc_ev[i], cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&c->kc_join, cudaEventDisableTiming));
+    const char *ce = getenv("SKV_KC_CHUNKS");
+    c->kc_chunks = ce ? atoi(ce) : 0;
+    if (ce && (c->kc_chunks < 1 || c->kc_chunks > KC_MAX_CHUNKS))
+        return skv_set_error(SKV_ERR_ARG, "SKV_KC_CHUNKS=%s: 1 to %d", ce, KC_MAX_CHUNKS);
+    if (c->kc_chunks > g->KVH) c->kc_chunks = g->KVH;
     if (kc_smem(c) > 48 * 1024)
         CK(cudaFuncSetAttribute(k_kc_select, cudaFuncAttributeMaxDynamicSharedMemorySize, kc_smem(c)));
     return SKV_OK;
 }
 
 void gpu_kc_free(skv_gpu_ctx *c) {
+    if (c->kc_st) cudaStreamSynchronize(c->kc_st), cudaStreamDestroy(c->kc_st);
+    for (int i = 0; i < KC_MAX_CHUNKS; i++)
+        if (c->kc_ev[i]) cudaEventDestroy(c->kc_ev[i]);
+    if (c->kc_join) cudaEventDestroy(c->kc_join);
     void *ps[] = {c->kc_vdev, c->kc_vpre, c->kc_rank, c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     if (c->kc_vhost_h) cudaFreeHost(c->kc_vhost_h);
@@ -426,31 +561,42 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
 /* Profiling variants (SKV_KC_PROFILE), each leaving stages out (the output is then wrong;
  * for timing by differences only): 1 "scores" the scores pass alone, 2 "select" no finish,
  * 3 "fast" the finish without the host rows, 4 "nodsc" the scores pass without writing the
- * scores. */
+ * scores. Whole alternatives, whose output is right: 5 "chunks2" and 7 "chunks4" the KV heads in
+ * two or four chunks whose host reads overlap the next chunk's scores pass (gpu_kc_decode), 6
+ * "oldscores" the split-K decode kernel without V for the scores pass (gpu.cu; the pipeline
+ * before the K-only scores kernel), serial. */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
-    const char *names[] = {"", "scores", "select", "fast", "nodsc"};
+    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4"};
     int p = 0;
-    for (int i = 1; e && i < 5; i++)
+    for (int i = 1; e && i < 8; i++)
         if (!strcmp(e, names[i])) p = i;
     const int changed = p != c->kc_prof;
     c->kc_prof = p;
     return changed;
 }
 
-skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
+/* selection of KV heads [g0, g0 + gn) for n rows, on the compute stream (with_parts: each head's
+ * log-sum-exp from the scores pass's n_split splits; else it is in lse) */
+static skv_status kc_select(skv_gpu_ctx *c, int l, int n, int g0, int gn, int n_split, int with_parts) {
+    const skv_gpu_model *g = c->g;
+    k_kc_select<<<dim3(gn, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, with_parts ? c->part_m : NULL,
+                                                               c->part_l, n_split, c->slen, c->seq_d, c->kc_rank,
+                                                               c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, rule_of(c), l,
+                                                               c->n_seq, g->H, g->KVH, c->n_ctx, g0);
+    LAUNCHED();
+    return SKV_OK;
+}
+
+/* the output of KV heads [g0, g0 + gn) for n rows from the selected host rows and the ring, on
+ * stream fs */
+static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaStream_t fs) {
     const skv_gpu_model *g = c->g;
     const kc_rule R = rule_of(c);
-    if (c->kc_prof == 1 || c->kc_prof == 4) return SKV_OK;
-    k_kc_select<<<dim3(g->KVH, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, c->slen, c->seq_d, c->kc_rank,
-                                                                    c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, R, l,
-                                                                    c->n_seq, g->H, g->KVH, c->n_ctx);
-    LAUNCHED();
-    if (c->kc_prof == 2) return SKV_OK;
 #define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, gpu_kc_vbase(c, l), \
-                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3
+                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3, g0
 #define FIN_G(HD_, G_) \
-    case G_: k_kc_finish<HD_, G_><<<dim3(g->KVH, n), 128, 0, c->st>>>(FIN_ARGS); break;
+    case G_: k_kc_finish<HD_, G_><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); break;
     if (g->hd == 128) {
         switch (g->H / g->KVH) { FIN_G(128, 1) FIN_G(128, 2) FIN_G(128, 3) FIN_G(128, 4) FIN_G(128, 5) FIN_G(128, 6) FIN_G(128, 7) FIN_G(128, 8) }
     } else {
@@ -459,6 +605,74 @@ skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
 #undef FIN_G
 #undef FIN_ARGS
     LAUNCHED();
+    return SKV_OK;
+}
+
+/* the old pipeline's tail (gpu.cu ran the split-K kernel without V and its merge: lse is set) */
+skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
+    skv_status st;
+    if (c->kc_prof == 1 || c->kc_prof == 4) return SKV_OK;
+    if ((st = kc_select(c, l, n, 0, c->g->KVH, 0, 0)) || c->kc_prof == 2) return st;
+    return kc_finish(c, l, n, 0, c->g->KVH, c->st);
+}
+
+int gpu_kc_old_scores(const skv_gpu_ctx *c) { return c->kc_prof == 6; }
+
+/* Decode attention of layer l (>= fast_layers) for n rows: the K-only scores pass, then the
+ * selection (with each head's log-sum-exp from the pass's splits), then the finish, which reads
+ * the selected rows from host memory over PCIe. With the KV heads in several chunks, each
+ * chunk's finish runs on the second stream (kc_st, high priority) after an event, so that chunk
+ * c's host reads overlap chunk c + 1's scores pass and selection (HBM-bound); the compute stream
+ * waits for the last finish before the layer's output projection. */
+skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
+    const skv_gpu_model *g = c->g;
+    const int KVH = g->KVH, G = g->H / KVH, prof = c->kc_prof;
+    /* chunks: $SKV_KC_CHUNKS, else one (serial). Measured on the H200 at 46 x 32k (README): two
+     * chunks 78.3 ms a step, four 80.0, one 75.9 — each chunk's selection launch has fewer
+     * blocks (one of 1024 threads per row and KV head) and the host reads, latency-bound, do not
+     * hide behind the next chunk's scores pass; at batch 1 four chunks cost 14.3 ms against 8.1 */
+    int nch = c->kc_chunks ? c->kc_chunks : 1;
+    if (prof == 5) nch = KVH % 2 ? 1 : 2;
+    if (prof == 7) nch = KVH % 4 ? 1 : 4;
+    const int overlap = nch > 1 && prof != 1 && prof != 2 && prof != 4;
+    const float scale = 1.0f / sqrtf((float)g->hd);
+    skv_status st;
+    for (int ci = 0; ci < nch; ci++) {
+        const int g0 = ci * KVH / nch, gn = (ci + 1) * KVH / nch - g0;
+        /* many waves of small blocks (load balance; the other stream's blocks fit between), at
+         * least 256 keys a split; the same splits whatever the chunks (the same sums) */
+        int n_split = (32 * c->sms + KVH * n - 1) / (KVH * n);
+        n_split = min(n_split, min(c->max_split, (c->n_ctx + 255) / 256));
+        n_split = max(n_split, 1);
+        float *dsc = prof == 4 ? NULL : c->dsc;
+        const dim3 grid(gn, n_split, n);
+#define SC_ARGS c->q, c->kpool, c->bt, c->slen, c->seq_d, c->part_m, c->part_l, dsc, l, c->n_seq, c->mb, g->H, KVH, \
+                c->n_ctx, n_split, scale, g0
+#define SC_G(HD_, G_) \
+    case G_: k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); break;
+        if (g->hd == 128) {
+            switch (G) { SC_G(128, 1) SC_G(128, 2) SC_G(128, 3) SC_G(128, 4) SC_G(128, 5) SC_G(128, 6) SC_G(128, 7) SC_G(128, 8) }
+        } else {
+            switch (G) { SC_G(64, 1) SC_G(64, 2) SC_G(64, 3) SC_G(64, 4) SC_G(64, 5) SC_G(64, 6) SC_G(64, 7) SC_G(64, 8) }
+        }
+#undef SC_G
+#undef SC_ARGS
+        LAUNCHED();
+        if (prof == 1 || prof == 4) continue;
+        if ((st = kc_select(c, l, n, g0, gn, n_split, 1))) return st;
+        if (prof == 2) continue;
+        if (!overlap) {
+            if ((st = kc_finish(c, l, n, g0, gn, c->st))) return st;
+            continue;
+        }
+        CK(cudaEventRecord(c->kc_ev[ci], c->st));
+        CK(cudaStreamWaitEvent(c->kc_st, c->kc_ev[ci], 0));
+        if ((st = kc_finish(c, l, n, g0, gn, c->kc_st))) return st;
+    }
+    if (overlap) {
+        CK(cudaEventRecord(c->kc_join, c->kc_st));
+        CK(cudaStreamWaitEvent(c->st, c->kc_join, 0));
+    }
     return SKV_OK;
 }
 
