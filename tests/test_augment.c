@@ -289,6 +289,51 @@ static void test_pytorch_reference(void) {
     cJSON_Delete(ref);
 }
 
+static char *slurp_bin(const char *path, long *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)*n + 1);
+    if (b && fread(b, 1, (size_t)*n, f) != (size_t)*n) free(b), b = NULL;
+    fclose(f);
+    return b;
+}
+
+/* ppl --skip-windows (a run split over processes): windows S .. S+W-1 give the per-point NLLs of
+ * the same windows in an unsplit run; a negative value is refused naming the flag. */
+static void test_ppl_skip_windows(void) {
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    int32_t soft_ids[NL];
+    skv_test_ids(soft_ids, NL, 77);
+    const char *dir = make_dir("ident-ppl", "kvt-s", m, soft_ids, NL, NL, in->dim, in->n_layer, in->n_vocab);
+    REQUIRE(dir, "cannot write the coprocessor directory");
+    char cmd[3072], a[1024], b[1024];
+    snprintf(a, sizeof a, "%s/skip_all.f32", skv_test_tmpdir());
+    snprintf(b, sizeof b, "%s/skip_one.f32", skv_test_tmpdir());
+    const char *fmt = "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz -c 96 -t 1 -q --augment %s "
+                      "--augment-every 32 %s --augment-dump %s > /dev/null";
+    snprintf(cmd, sizeof cmd, fmt, skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir(), dir, "-w 3", a);
+    CHECKF(skv_test_sh(cmd, NULL, NULL) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, fmt, skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir(), dir,
+             "-w 1 --skip-windows 2", b);
+    CHECKF(skv_test_sh(cmd, NULL, NULL) == 0, "%s", cmd);
+    long na = 0, nb = 0;
+    char *da = slurp_bin(a, &na), *db = slurp_bin(b, &nb);
+    CHECKF(da && db && na == 3 * nb && nb > 0 && !memcmp(da + 2 * nb, db, (size_t)nb),
+           "window 2 alone (%ld bytes) differs from window 2 of three (%ld bytes)", nb, na);
+    free(da), free(db);
+    char *err = NULL;
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz --skip-windows -1",
+             skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir());
+    const int rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc == 2 && err && strstr(err, "--skip-windows"), "ppl --skip-windows -1: rc %d, %s", rc, err ? err : "");
+    free(err);
+}
+
 static int have_gpu(void) {
     if (skv_backend_available(SKV_BACKEND_CUDA)) return 1;
     skv_test_skip("%s", skv_last_error());
@@ -441,6 +486,8 @@ void register_augment(void) {
                  test_identity_positions);
     skv_test_add("augment/mismatched base, n_latent vs soft embeddings, missing augment.json refused", test_refusals);
     skv_test_add("augment/trained coprocessor vs PyTorch reference (latents, logits, greedy)", test_pytorch_reference);
+    skv_test_add("augment/ppl --skip-windows: a share's per-point NLLs = the same windows of a whole run",
+                 test_ppl_skip_windows);
     skv_test_add("cuda/augment: identity-like coprocessor on a device copy = fork at T..T+NL-1; vs CPU", test_cuda_identity);
     skv_test_add("cuda/augment: trained coprocessor latents, logits vs CPU and PyTorch", test_cuda_trained);
     skv_test_add("augment/(release the shared model)", test_cleanup);
