@@ -562,11 +562,11 @@ skv_status skv_smallkv_match_quality(const skv_smallkv *s, double *jaccard, doub
  * states (after the final norm by default) are the latents; the base consumes them as input
  * embeddings (its cache grows by n_latent) and the next token goes to T+n_latent. On the CPU the
  * coprocessor reads the base cache in place (read-only past); on CUDA, which has no read-only
- * past, it reads a copy (export/import) in a scratch context on the GPU. */
+ * past, it reads a copy of the cache made on the device (a scratch context on the GPU). */
 typedef struct skv_augment skv_augment;
 
 typedef struct skv_augment_usage {
-    int64_t weight_bytes;   /* the coprocessor's weights */
+    int64_t weight_bytes;   /* the coprocessor's weights (as its backend holds them: the GPU copy on CUDA) */
     int64_t kv_bytes;       /* its scratch cache at the last augmentation (n_latent tokens; with a
                                copy, the copied base cache too) */
     int64_t runs;           /* augmentations so far */
@@ -588,7 +588,7 @@ skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z);
  * latent's, from which the first token after comes. */
 skv_status skv_augment_apply(skv_augment *a, skv_context *c, float *logits);
 void skv_augment_get_usage(const skv_augment *a, skv_augment_usage *u);
-/* 1: read a copy of the base cache (export/import) even where a read-only past is available. */
+/* 1: read a copy of the base cache (made where the cache lives) even where a read-only past is available. */
 void skv_augment_set_copy(skv_augment *a, int copy);
 /* SCD: a producer model's prefill sent as low-rank codes to a consumer of the same architecture */
 /* ------------------------------------------------------------------------------------------ */

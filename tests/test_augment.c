@@ -6,6 +6,7 @@
  * whose soft embeddings disagree with n_latent are refused naming the field; the trained
  * coprocessor against PyTorch's reference (skips without its weights).
  */
+#include "context/context.h"
 #include "harness.h"
 #include "model/model.h"
 #include "slimkv.h"
@@ -146,7 +147,7 @@ static void test_identity_positions(void) {
     CHECK(u.runs == 1 && u.weight_bytes > 0 && u.kv_bytes > 0);
     /* the base context may be augmented again (the scratch context's past is released) */
     CHECK(skv_augment_apply(a, c, la) == SKV_OK && skv_context_n_past(c) == P + 2 * NL + 1);
-    /* the copy path (export/import, what the CUDA backend uses) gives the read-only past's latents */
+    /* the copy path (skv_context_copy_cache, what the CUDA backend uses) gives the read-only past's latents */
     CHECK(skv_augment_latents(a, c, z) == SKV_OK);
     skv_augment_set_copy(a, 1);
     CHECK(skv_augment_latents(a, c, zr) == SKV_OK);
@@ -190,6 +191,21 @@ static void test_refusals(void) {
     snprintf(path, sizeof path, "%s/augment.json", d);
     unlink(path);
     expect_refused(d, m, "augment.json");
+    /* the cache copy the CUDA path uses: another cache shape, a non-empty destination refused */
+    skv_model *big = skv_test_load_model("kvt-l", 1);
+    if (big) {
+        skv_context *cs = ctx_of(m), *cl = ctx_of(big), *cs2 = ctx_of(m);
+        REQUIRE(cs && cl && cs2 && skv_decode(cl, s, NL, NULL, 0) == SKV_OK && skv_decode(cs2, s, 2, NULL, 0) == SKV_OK,
+                "%s", skv_last_error());
+        CHECKF(skv_context_copy_cache(cs, cl) == SKV_ERR_SHAPE && strstr(skv_last_error(), "KV heads x head_dim"),
+               "kvt-l's cache copied into a kvt-s context: %s", skv_last_error());
+        CHECK(skv_context_n_past(cs) == 0);
+        CHECKF(skv_context_copy_cache(cs2, cs2) == SKV_ERR_ARG && strstr(skv_last_error(), "empty"),
+               "copy into a non-empty context: %s", skv_last_error());
+        CHECK(skv_context_copy_cache(cs, cs2) == SKV_OK && skv_context_n_past(cs) == 2);
+        skv_context_free(cs), skv_context_free(cl), skv_context_free(cs2);
+        skv_model_free(big);
+    }
     /* the CLI: a non-zero exit naming the flag and the field */
     char cmd[2048], *err = NULL;
     snprintf(cmd, sizeof cmd, "%s run -m %s/models/kvt-s --augment %s/hid -p hello -n 2 -t 1", skv_test_cli(),
@@ -273,6 +289,193 @@ static void test_pytorch_reference(void) {
     cJSON_Delete(ref);
 }
 
+static char *slurp_bin(const char *path, long *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)*n + 1);
+    if (b && fread(b, 1, (size_t)*n, f) != (size_t)*n) free(b), b = NULL;
+    fclose(f);
+    return b;
+}
+
+/* ppl --skip-windows (a run split over processes): windows S .. S+W-1 give the per-point NLLs of
+ * the same windows in an unsplit run; a negative value is refused naming the flag. */
+static void test_ppl_skip_windows(void) {
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    int32_t soft_ids[NL];
+    skv_test_ids(soft_ids, NL, 77);
+    const char *dir = make_dir("ident-ppl", "kvt-s", m, soft_ids, NL, NL, in->dim, in->n_layer, in->n_vocab);
+    REQUIRE(dir, "cannot write the coprocessor directory");
+    char cmd[3072], a[1024], b[1024];
+    snprintf(a, sizeof a, "%s/skip_all.f32", skv_test_tmpdir());
+    snprintf(b, sizeof b, "%s/skip_one.f32", skv_test_tmpdir());
+    const char *fmt = "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz -c 96 -t 1 -q --augment %s "
+                      "--augment-every 32 %s --augment-dump %s > /dev/null";
+    snprintf(cmd, sizeof cmd, fmt, skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir(), dir, "-w 3", a);
+    CHECKF(skv_test_sh(cmd, NULL, NULL) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, fmt, skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir(), dir,
+             "-w 1 --skip-windows 2", b);
+    CHECKF(skv_test_sh(cmd, NULL, NULL) == 0, "%s", cmd);
+    long na = 0, nb = 0;
+    char *da = slurp_bin(a, &na), *db = slurp_bin(b, &nb);
+    CHECKF(da && db && na == 3 * nb && nb > 0 && !memcmp(da + 2 * nb, db, (size_t)nb),
+           "window 2 alone (%ld bytes) differs from window 2 of three (%ld bytes)", nb, na);
+    free(da), free(db);
+    char *err = NULL;
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s/models/kvt-s -f %s/data/corpus.val.txt.xz --skip-windows -1",
+             skv_test_cli(), skv_test_shared_dir(), skv_test_shared_dir());
+    const int rc = skv_test_sh(cmd, NULL, &err);
+    CHECKF(rc == 2 && err && strstr(err, "--skip-windows"), "ppl --skip-windows -1: rc %d, %s", rc, err ? err : "");
+    free(err);
+}
+
+static int have_gpu(void) {
+    if (skv_backend_available(SKV_BACKEND_CUDA)) return 1;
+    skv_test_skip("%s", skv_last_error());
+    return 0;
+}
+
+static skv_context *ctx_on(skv_model *m, skv_backend b) {
+    skv_context_params p = skv_context_default_params();
+    p.n_ctx = 256;
+    p.backend = b;
+    skv_context *c = NULL;
+    return skv_context_init(m, p, &c) == SKV_OK ? c : NULL;
+}
+
+/* CUDA: the identity-like coprocessor (a second load of kvt-s, so a second GPU model) reads a
+ * device copy of the base cache: its latents equal a CUDA fork decoding the soft tokens' ids at
+ * T .. T+NL-1, the base then holds T+NL tokens, and the latents match the CPU backend's. */
+static void test_cuda_identity(void) {
+    if (!have_gpu()) return;
+    skv_model *m = model_s();
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int D = in->dim, V = in->n_vocab;
+    int32_t ids[P + 1], soft_ids[NL];
+    skv_test_ids(ids, P + 1, 31);
+    skv_test_ids(soft_ids, NL, 77);
+    const char *dir = make_dir("ident-cuda", "kvt-s", m, soft_ids, NL, NL, D, in->n_layer, V);
+    REQUIRE(dir, "cannot write the coprocessor directory");
+    skv_augment *a = NULL;
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    REQUIRE(skv_augment_load(dir, m, mp, &a) == SKV_OK, "%s", skv_last_error());
+    skv_context *g = ctx_on(m, SKV_BACKEND_CUDA), *c = ctx_on(m, SKV_BACKEND_CPU), *ref = NULL;
+    REQUIRE(g && c && skv_decode(g, ids, P, NULL, 0) == SKV_OK && skv_decode(c, ids, P, NULL, 0) == SKV_OK, "%s",
+            skv_last_error());
+    float *z = malloc(sizeof(float) * NL * D), *zr = malloc(sizeof(float) * NL * D), *zc = malloc(sizeof(float) * NL * D);
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    CHECKF(skv_augment_latents(a, g, z) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_context_n_past(g) == P);
+    const skv_policy_params full = skv_policy_default_params("full");
+    REQUIRE(skv_context_fork(g, &full, &ref) == SKV_OK, "fork: %s", skv_last_error());
+    const skv_batch rb = {.ids = soft_ids, .n = NL, .hidden_normed = zr, .all = 1};
+    CHECK(skv_decode_ex(ref, &rb) == SKV_OK);
+    const double d = max_diff(z, zr, (size_t)NL * D);
+    CHECKF(d < 1e-4, "CUDA: identity-like latents vs the base's states at T..T+NL-1: %.3g", d);
+    CHECK(skv_augment_latents(a, c, zc) == SKV_OK); /* the CPU backend (read-only past, f32 cache) */
+    double zm = 0;
+    for (int i = 0; i < NL * D; i++) zm = fmax(zm, fabs(zc[i]));
+    const double dc = max_diff(z, zc, (size_t)NL * D) / zm;
+    CHECKF(dc < 3e-2, "CUDA vs CPU latents: max |diff| / max |z| = %.3g", dc);
+    printf("    identity-like on CUDA: vs the fork %.2e; vs the CPU %.2e relative\n", d, dc);
+    /* apply: T+NL tokens, the next at T+NL as on the fork that consumes the same latents */
+    skv_context_free(ref);
+    REQUIRE(skv_context_fork(g, &full, &ref) == SKV_OK, "fork: %s", skv_last_error());
+    CHECK(skv_augment_apply(a, g, la) == SKV_OK && skv_context_n_past(g) == P + NL);
+    const skv_batch eb = {.embd = z, .n = NL, .logits = lb};
+    CHECK(skv_decode_ex(ref, &eb) == SKV_OK);
+    CHECKF(max_diff(la, lb, (size_t)V) < 1e-3, "CUDA: last latent's logits differ from the fork's");
+    CHECK(skv_decode(g, ids + P, 1, la, 0) == SKV_OK && skv_decode(ref, ids + P, 1, lb, 0) == SKV_OK);
+    CHECKF(max_diff(la, lb, (size_t)V) < 1e-3, "CUDA: the token after the latents differs from the fork's at T+NL");
+    /* again (the scratch context was emptied) */
+    CHECK(skv_augment_apply(a, g, la) == SKV_OK && skv_context_n_past(g) == P + 2 * NL + 1);
+    free(z), free(zr), free(zc), free(la), free(lb);
+    skv_context_free(ref), skv_context_free(g), skv_context_free(c);
+    skv_augment_free(a);
+}
+
+/* CUDA: the trained coprocessor's latents and the logits after them against the CPU backend's
+ * and PyTorch's (reference.json) on kvt-l's golden prompts; greedy tokens after the latents. */
+static void test_cuda_trained(void) {
+    if (!have_gpu()) return;
+    if (access("models/aug-kvt-l-n16/model.safetensors", R_OK)) {
+        skv_test_skip("models/aug-kvt-l-n16/model.safetensors absent (scripts/get-weights.sh)");
+        return;
+    }
+    cJSON *ref = skv_test_load_json("models/aug-kvt-l-n16/reference.json");
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    if (!m) {
+        cJSON_Delete(ref);
+        skv_test_skip("kvt-l absent");
+        return;
+    }
+    REQUIRE(ref, "models/aug-kvt-l-n16/reference.json missing or malformed");
+    skv_augment *a = NULL;
+    skv_model_params mp = skv_model_default_params();
+    mp.n_threads = 2;
+    REQUIRE(skv_augment_load("models/aug-kvt-l-n16", m, mp, &a) == SKV_OK, "%s", skv_last_error());
+    const int D = skv_model_get_info(m)->dim, V = skv_model_get_info(m)->n_vocab, N = skv_augment_n_latent(a);
+    float *zg = malloc(sizeof(float) * N * D), *zc = malloc(sizeof(float) * N * D);
+    float *lg = malloc(sizeof(float) * V), *lc = malloc(sizeof(float) * V);
+    const cJSON *p;
+    double worst_z = 0, worst_zp = 0, worst_l = 0;
+    int same = 0, total = 0;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(ref, "prompts")) {
+        int n = 0, ng = 0;
+        int32_t *ids = skv_test_json_ids(cJSON_GetObjectItem(p, "ids"), &n);
+        int32_t *want = skv_test_json_ids(cJSON_GetObjectItem(p, "greedy16"), &ng);
+        skv_context *g = ctx_on(m, SKV_BACKEND_CUDA), *c = ctx_on(m, SKV_BACKEND_CPU);
+        REQUIRE(g && c && skv_decode(g, ids, n, NULL, 0) == SKV_OK && skv_decode(c, ids, n, NULL, 0) == SKV_OK, "%s",
+                skv_last_error());
+        CHECKF(skv_augment_latents(a, g, zg) == SKV_OK, "%s", skv_last_error());
+        CHECK(skv_augment_latents(a, c, zc) == SKV_OK);
+        const cJSON *rows = cJSON_GetObjectItem(p, "latents");
+        double zm = 0, dz = 0, dp = 0;
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < D; j++) {
+                const size_t k = (size_t)i * D + j;
+                const double r = cJSON_GetArrayItem(cJSON_GetArrayItem(rows, i), j)->valuedouble;
+                zm = fmax(zm, fabs(zc[k]));
+                dz = fmax(dz, fabs((double)zg[k] - zc[k]));
+                dp = fmax(dp, fabs((double)zg[k] - r));
+            }
+        worst_z = fmax(worst_z, dz / zm), worst_zp = fmax(worst_zp, dp / zm);
+        CHECK(skv_augment_apply(a, g, lg) == SKV_OK && skv_augment_apply(a, c, lc) == SKV_OK);
+        double num = 0, den = 0;
+        for (int v = 0; v < V; v++) num += ((double)lg[v] - lc[v]) * ((double)lg[v] - lc[v]), den += (double)lc[v] * lc[v];
+        worst_l = fmax(worst_l, sqrt(num / den));
+        CHECKF(skv_test_argmax(lg, V) == skv_test_argmax(lc, V), "prompt of %d tokens: CUDA and CPU disagree on the "
+               "first token after the latents", n);
+        int32_t id = skv_test_argmax(lg, V);
+        for (int t = 0; t < ng; t++, total++) {
+            same += id == want[t];
+            if (id != want[t] || (t + 1 < ng && skv_decode(g, &id, 1, lg, 0))) {
+                total += ng - t;
+                break;
+            }
+            id = skv_test_argmax(lg, V);
+        }
+        skv_context_free(g), skv_context_free(c);
+        free(ids), free(want);
+    }
+    printf("    trained N_L=%d on CUDA: latents vs CPU %.2e, vs PyTorch %.2e (max |diff| / max |z|); last latent's "
+           "logits vs CPU rel L2 %.2e; greedy after the latents = PyTorch's for %d of %d tokens\n",
+           N, worst_z, worst_zp, worst_l, same, total);
+    CHECKF(worst_z < 3e-2 && worst_zp < 3e-2, "CUDA latents: %.3g vs CPU, %.3g vs PyTorch", worst_z, worst_zp);
+    CHECKF(worst_l < 2e-2, "CUDA logits after the latents vs CPU: rel L2 %.3g", worst_l);
+    free(zg), free(zc), free(lg), free(lc);
+    skv_augment_free(a);
+    skv_model_free(m);
+    cJSON_Delete(ref);
+}
+
 static void test_cleanup(void) {
     skv_model_free(g_s);
     g_s = NULL;
@@ -283,5 +486,9 @@ void register_augment(void) {
                  test_identity_positions);
     skv_test_add("augment/mismatched base, n_latent vs soft embeddings, missing augment.json refused", test_refusals);
     skv_test_add("augment/trained coprocessor vs PyTorch reference (latents, logits, greedy)", test_pytorch_reference);
+    skv_test_add("augment/ppl --skip-windows: a share's per-point NLLs = the same windows of a whole run",
+                 test_ppl_skip_windows);
+    skv_test_add("cuda/augment: identity-like coprocessor on a device copy = fork at T..T+NL-1; vs CPU", test_cuda_identity);
+    skv_test_add("cuda/augment: trained coprocessor latents, logits vs CPU and PyTorch", test_cuda_trained);
     skv_test_add("augment/(release the shared model)", test_cleanup);
 }

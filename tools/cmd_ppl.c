@@ -120,12 +120,13 @@ static void report(const char *out, const char *dir, double nll, double nll2, in
 int cmd_ppl(int argc, char **argv) {
     int use_mmap = 0;
     const char *dir = NULL, *file = NULL, *out = NULL;
-    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0, aug_every = 0;
+    int windows = 200, threads = 0, ctx = 0, quiet = 0, chunk = 0, sk_prompt = 0, aug_every = 0, skip = 0;
     const char *aug_dir = NULL, *aug_dump = NULL;
     cli_policy_args pa;
     cli_opt opts[64] = {
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
         {"windows", 'w', OPT_INT, &windows, "W", "score the first W windows (default 200)"},
+        {"skip-windows", 0, OPT_INT, &skip, "S", "score windows S .. S+W-1 instead (one share of a run split over processes)"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "window length in tokens (default: the model's context)"},
         {"out", 'o', OPT_STR, &out, "FILE", "also write the result as JSON (with commit, machine, command)"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
@@ -136,7 +137,7 @@ int cmd_ppl(int argc, char **argv) {
         {"augment-dump", 0, OPT_STR, &aug_dump, "FILE", "with --augment: write the per-point NLLs as float32 (window, point, k, [aug, base])"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 11;
+    int n_opts = 12;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"ppl", "-m DIR -f FILE [--windows W] [--policy P --budget B]",
                          "Perplexity of a corpus under the model (docs/evaluation.md section 3). With a "
@@ -150,6 +151,7 @@ int cmd_ppl(int argc, char **argv) {
     dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!file) cli_die("ppl", 2, "no corpus: give -f FILE");
     if (windows < 1) cli_die("ppl", 2, "bad value for --windows: %d (must be >= 1)", windows);
+    if (skip < 0) cli_die("ppl", 2, "bad value for --skip-windows: %d (must be >= 0)", skip);
     size_t len;
     char *text = cli_read_text_file("ppl", file, &len);
     skv_tokenizer *tok = cli_load_tokenizer("ppl", dir);
@@ -171,7 +173,7 @@ int cmd_ppl(int argc, char **argv) {
     if (chunk == 0) chunk = with_policy ? 128 : 512;
 
     /* Tokenize documents until W * windows tokens are collected. */
-    const size_t need = (size_t)W * (size_t)windows;
+    const size_t need = (size_t)W * ((size_t)windows + (size_t)skip);
     int32_t *all = malloc(need * sizeof(int32_t));
     size_t n_all = 0;
     for (char *doc = text; doc < text + len && n_all < need;) {
@@ -185,9 +187,10 @@ int cmd_ppl(int argc, char **argv) {
         free(ids);
         doc = end + 1;
     }
-    int n_win = (int)(n_all / (size_t)W);
-    if (n_win == 0)
-        cli_die("ppl", 1, "%s: only %zu tokens, fewer than one window of %d", file, n_all, W);
+    int n_win = (int)(n_all / (size_t)W) - skip;
+    if (n_win <= 0)
+        cli_die("ppl", 1, "%s: only %zu tokens, fewer than %d windows of %d", file, n_all, skip + 1, W);
+    if (skip) memmove(all, all + (size_t)skip * W, sizeof(int32_t) * (size_t)n_win * W);
     if (n_win < windows && !quiet)
         fprintf(stderr, "slimkv ppl: the corpus holds only %d windows of %d tokens\n", n_win, W);
 

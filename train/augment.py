@@ -81,6 +81,18 @@ class Coprocessor(nn.Module):
         return c.to(base.embed_tokens.weight.device)
 
 
+def scale_to_embeddings(cop: Coprocessor, base: LCKVModel):
+    """Multiply the coprocessor's final norm weight by the mean RMS of the base's embedding rows,
+    so that latents (hidden states after that norm, RMS ~ the weight) start at the scale of the
+    inputs the base was trained on. Gemma, the paper's base, multiplies its embeddings by sqrt(d),
+    which puts them at the normed scale already; a Llama-layout base such as kvt-l does not (kvt-l:
+    embedding rows RMS 0.077, final norm weight 1.0). Returns the factor."""
+    er = float(base.embed_tokens.weight.detach().float().pow(2).mean(1).sqrt().mean())
+    with torch.no_grad():
+        cop.model.norm.weight.mul_(er)
+    return er
+
+
 # ------------------------------------------------------------------------------ forward pieces
 def rope_at(cfg, positions, device, dtype):
     return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, device, dtype)
@@ -337,6 +349,10 @@ def get_args(argv=None):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bf16", help="autocast dtype on CUDA (bf16) or none")
+    p.add_argument("--latent-scale", choices=("one", "embed"), default="one",
+                   help="initial scale of the coprocessor's final norm weight: one (the base's, as in the paper, "
+                        "whose Gemma base scales its input embeddings by sqrt(d)), or embed (times the RMS of the "
+                        "base's embedding rows, so that latents start at the scale of the inputs the base knows)")
     return p.parse_args(argv)
 
 
@@ -394,6 +410,9 @@ def main(argv=None):
     for p in base.parameters():
         p.requires_grad_(False)
     cop = Coprocessor.from_base(base, a.nl, a.seed)
+    if a.latent_scale == "embed":
+        er = scale_to_embeddings(cop, base)
+        log(f"latent scale: the coprocessor's final norm weight times {er:.4f} (RMS of the base's embedding rows)")
     mats = [p for n, p in cop.model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": mats, "lr": a.lr, "base_lr": a.lr},
                              {"params": [cop.soft], "lr": a.soft_lr, "base_lr": a.soft_lr}],
@@ -450,6 +469,7 @@ def main(argv=None):
         log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     meta = {"train_tokens": seen, "train_sequences": seen // a.ctx, "steps": step + 1, "ahead": a.ahead,
             "traces": a.traces, "batch": a.batch, "lr": a.lr, "soft_lr": a.soft_lr, "seed": a.seed,
+            "latent_scale": a.latent_scale,
             "train_seconds": round(train_s, 1)}
     log("trained", json.dumps(meta))
     res = {"meta": meta, "curve": curve}

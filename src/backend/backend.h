@@ -88,7 +88,8 @@ struct skv_backend_ops {
     /* Per-step eviction after a single-token forward (NULL: the forward did it). */
     void (*step)(skv_context *c);
     skv_status (*truncate)(skv_context *c, int32_t n_past);
-    /* dst (freshly initialised, same model) takes src's cache and the statistics dst collects. */
+    /* dst (freshly initialised; src's model or one of its cache shape) takes src's cache and the
+     * statistics dst collects. */
     skv_status (*copy)(skv_context *dst, const skv_context *src);
     void (*usage)(const skv_context *c, skv_kv_usage *u);
     int64_t (*stream_bytes)(const skv_context *c, int32_t layer, int32_t kv_head);

@@ -189,6 +189,23 @@ skv_status skv_context_fork(const skv_context *src, const skv_policy_params *pol
     return SKV_OK;
 }
 
+skv_status skv_context_copy_cache(skv_context *dst, const skv_context *src) {
+    const skv_model_info *a = &dst->m->cfg.info, *b = &src->m->cfg.info;
+    if (dst->be != src->be) return skv_set_error(SKV_ERR_ARG, "cache copy across backends: export and import instead");
+    if (dst->n_past || dst->past || src->past)
+        return skv_set_error(SKV_ERR_ARG, "cache copy: the destination must be empty and neither may read a past");
+    if (dst->n_layer != src->n_layer || a->n_kv_head != b->n_kv_head || a->head_dim != b->head_dim)
+        return skv_set_error(SKV_ERR_SHAPE, "cache copy: cache of %d x %d x %d into one of %d x %d x %d (cache layers x "
+                             "KV heads x head_dim)", src->n_layer, b->n_kv_head, b->head_dim, dst->n_layer, a->n_kv_head,
+                             a->head_dim);
+    if (src->n_past > dst->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "cache copy: %d tokens into a context of %d", src->n_past, dst->n_ctx);
+    dst->n_past = src->n_past;
+    skv_status st = dst->be->copy(dst, src);
+    if (st) dst->n_past = 0;
+    return st;
+}
+
 int32_t skv_context_n_past(const skv_context *c) { return c->n_past; }
 
 skv_status skv_context_truncate(skv_context *c, int32_t n_past) {

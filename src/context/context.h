@@ -23,5 +23,9 @@ skv_status skv_context_set_plan(skv_context *c, const skv_read_plan *plan);
 /* The policy's budgets at the current length, then the backend's compression. */
 skv_status skv_context_compress(skv_context *c);
 skv_model *skv_context_model(const skv_context *c);
+/* dst (empty, on src's backend, its model's cache the shape of src's: cache layers, KV heads,
+ * head_dim) takes a copy of src's cache where it lives (the device's memory on CUDA): the
+ * coprocessor of cache augmentation reads it as its own past. */
+skv_status skv_context_copy_cache(skv_context *dst, const skv_context *src);
 
 #endif

@@ -16,7 +16,7 @@ struct skv_augment {
     float *soft;           /* (n_latent, dim) */
     float *z;              /* (n_latent, dim) scratch for apply */
     int32_t n_latent, dim, normed;
-    int32_t copy;          /* 1: read a copy of the base cache (export/import), not a read-only past */
+    int32_t copy;          /* 1: read a copy of the base cache (skv_context_copy_cache), not a read-only past */
     skv_augment_usage u;
 };
 
@@ -179,17 +179,12 @@ skv_status skv_augment_latents(skv_augment *a, const skv_context *c, float *z) {
     if (st) return st;
     const double t0 = skv_time_now();
     /* the base cache as the coprocessor's past: read in place where the backend can (CPU), else
-     * a copy through export/import (CUDA has no read-only past) */
+     * copied where it lives (CUDA has no read-only past: a device-to-device copy) */
     const int copy = a->copy || !c->be->set_past;
-    if (copy) {
-        void *buf = NULL;
-        size_t len = 0;
-        if ((st = skv_context_export(c, &buf, &len))) return st;
-        st = skv_context_import(a->c, buf, len);
-        free(buf);
-    } else {
-        st = skv_context_set_past(a->c, c);
-    }
+    if (copy && T + a->n_latent > c->n_ctx)
+        return skv_set_error(SKV_ERR_RANGE, "augment: %d tokens + %d latents exceed the base context of %d", T,
+                             a->n_latent, c->n_ctx);
+    st = copy ? skv_context_copy_cache(a->c, c) : skv_context_set_past(a->c, c);
     if (st) return st;
     const skv_batch b = {.embd = a->soft, .n = a->n_latent, .all = 1,
                          .hidden_normed = a->normed ? z : NULL, .hidden = a->normed ? NULL : z};
@@ -217,5 +212,5 @@ skv_status skv_augment_apply(skv_augment *a, skv_context *c, float *logits) {
 
 void skv_augment_get_usage(const skv_augment *a, skv_augment_usage *u) {
     *u = a->u;
-    u->weight_bytes = skv_model_get_info(a->m)->weight_bytes;
+    u->weight_bytes = a->c ? skv_context_weight_bytes(a->c) : skv_model_get_info(a->m)->weight_bytes;
 }

@@ -143,6 +143,16 @@ with tempfile.TemporaryDirectory() as d:
     except ValueError as e:
         print("refused:", e)
 
+# --latent-scale embed: latents start at the RMS of the base's embedding rows
+c3 = A.Coprocessor.from_base(base, NL, seed=5).double()
+z_one = A.latents(c3, A.prefix(base, ids)[1], [5, 9], T)
+f = A.scale_to_embeddings(c3, base)
+z_emb = A.latents(c3, A.prefix(base, ids)[1], [5, 9], T)
+e_rms = base.embed_tokens.weight.pow(2).mean(1).sqrt().mean().item()
+check("latent scale factor = embedding RMS", torch.tensor(f), torch.tensor(e_rms), 1e-6)
+check("scaled latents = latents x factor", z_emb, z_one * f, 1e-10)
+print(f"latent RMS {z_one.pow(2).mean().sqrt().item():.3f} -> {z_emb.pow(2).mean().sqrt().item():.4f}")
+
 # the table's statistics on synthetic numbers
 import numpy as np
 rng = np.random.default_rng(0)

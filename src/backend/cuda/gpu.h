@@ -124,7 +124,7 @@ skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget);
 skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from);
 
 /* Copy sequence 0 (slots, positions, statistics the destination collects, the next position)
- * from src into sequence 0 of dst (same model; dst at least as long). */
+ * from src into sequence 0 of dst (a model of the same cache shape; dst at least as long). */
 skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src);
 
 /* One stream's state for tests and tools: its slot count, and (host arrays of n_ctx, each may

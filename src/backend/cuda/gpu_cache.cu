@@ -630,8 +630,9 @@ extern "C" skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from
 extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_c) {
     skv_gpu_ctx *src = (skv_gpu_ctx *)src_c;
     const skv_gpu_model *g = src->g;
-    if (dst->g != g || dst->n_ctx < src->h_next[0])
-        return skv_set_error(SKV_ERR_ARG, "CUDA context copy: different models or too short a destination");
+    const skv_gpu_model *gd = dst->g; /* another model of the same cache shape (a coprocessor) may take it */
+    if (gd->CL != g->CL || gd->KVH != g->KVH || gd->hd != g->hd || dst->n_ctx < src->h_next[0])
+        return skv_set_error(SKV_ERR_ARG, "CUDA context copy: another cache shape or too short a destination");
     if (dst->h_next[0] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA context copy: the destination is not empty");
     if (src->kc)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked (its V lives in "
