@@ -112,7 +112,10 @@ typedef struct srv {
     pthread_t sched;
     srv_slot *slots;
     skv_context *batch;      /* CUDA: one context of `parallel` sequences (full policy) */
-    float *logits;           /* (parallel, n_vocab) */
+    float *logits;           /* (parallel + 1, n_vocab): by slot, and a scratch row */
+    float *mlogits;          /* (parallel, n_vocab) the batched step of own contexts, in call order */
+    skv_context **mctx;      /* (parallel) that step's contexts */
+    int *mslot;              /* (parallel) and their slots */
     int64_t start_time;
 } srv;
 
