@@ -5,8 +5,9 @@
  *
  * The pass is forward_token's (cpu_forward.c) with every per-token stage run for each context:
  * the matrix-vector products walk their rows in tiles of about 16 KB, each tile dotted with the
- * n activations while it sits in L1 (the same per-row dot product as one context's step, so
- * every context's logits equal its own skv_decode bit for bit); norms, RoPE, cache appends and
+ * activations, 16 at a time, while it sits in L1, bf16 weights widened once for 4 of them
+ * (skv_weight_row_dot_multi: the same arithmetic per activation as one context's step, so every
+ * context's logits equal its own skv_decode bit for bit); norms, RoPE, cache appends and
  * the statistics run per context; attention runs over (context, KV group or head) items.
  */
 #include "backend/cpu/cpu.h"
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #define MULTI_TILE_BYTES 16384 /* weight bytes of a row tile */
+#define MULTI_CHUNK 16         /* activations dotted with a tile together */
 
 /* Output rows y[k][i] and activations a[k][i] of context i, by stage k. */
 enum { Y_Q, Y_K, Y_V, Y_X, Y_PROJ, Y_HB, Y_HB2, Y_LOGITS, Y_N };
@@ -30,20 +32,25 @@ typedef struct multi {
     skv_status *err;
 } multi;
 
-/* y[i][r] (add: +=) W[r] . a[i] + bias[r] for rows [r0, r1) and every context i */
+/* y[i][r] (add: +=) W[r] . a[i] + bias[r] for rows [r0, r1) and every context i: tiles of
+ * rows, each dotted with chunks of MULTI_CHUNK activations (skv_weight_row_dot_multi) */
 static void mdot(const multi *mu, const skv_weight *w, const float *bias, int64_t r0, int64_t r1, int yk, int ak,
                  int add) {
     const int64_t rb = SKV_MAX(skv_dtype_row_bytes(w->dtype, w->cols), 1);
     const int64_t tile = SKV_MAX(1, MULTI_TILE_BYTES / rb);
+    float v[MULTI_CHUNK];
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
         const int64_t t1 = SKV_MIN(t0 + tile, r1);
-        for (int32_t i = 0; i < mu->n; i++) {
-            float *y = mu->y[yk][i];
-            const skv_act *a = mu->a[ak][i];
+        for (int32_t i0 = 0; i0 < mu->n; i0 += MULTI_CHUNK) {
+            const int nb = (int)SKV_MIN(MULTI_CHUNK, mu->n - i0);
             for (int64_t r = t0; r < t1; r++) {
-                const float v = skv_weight_row_dot_act(w, r, a) + (bias ? bias[r] : 0);
-                if (add) y[r] += v;
-                else y[r] = v;
+                skv_weight_row_dot_multi(w, r, mu->a[ak] + i0, nb, v);
+                const float b = bias ? bias[r] : 0;
+                for (int j = 0; j < nb; j++) {
+                    float *y = mu->y[yk][i0 + j];
+                    if (add) y[r] += v[j] + b;
+                    else y[r] = v[j] + b;
+                }
             }
         }
     }
