@@ -119,7 +119,7 @@ for b in pool:
     kept.append(b)
 pool = kept
 solo_s = time.perf_counter() - t
-print(f"solo references: {solo_s:.1f} s")
+print(f"solo references: {solo_s:.1f} s", flush=True)
 rss0 = srv.rss_kb()
 load0 = os.getloadavg()
 
@@ -184,6 +184,26 @@ def metric(n):
     return None
 
 
+def summary(offline, bcmd):
+    steps, seqs = metric("slimkv_decode_steps_total"), metric("slimkv_decode_step_sequences_total")
+    return {**prov, "server": " ".join(srv.cmd), "clients": a.clients, "duration_s": round(wall, 1), "pool": len(pool),
+           "requests": res["requests"], "ok": res["ok"], "mismatch": res["mismatch"], "errors": res["errors"],
+           "error_samples": res["err_samples"], "by_policy": res["by_policy"], "generated_tokens": res["tokens"],
+           "tokens_per_s": round(res["tokens"] / wall, 1), "prompt_tokens": res["prompt_tokens"],
+           "loadavg_at_start": load0, "solo_references_s": round(solo_s, 1),
+           "prompt_tokens_per_s": round(res["prompt_tokens"] / wall, 1), "loadavg_at_end": os.getloadavg(),
+           "ttft_p50_ms": round(1000 * pct(res["ttft"], 50), 1), "ttft_p99_ms": round(1000 * pct(res["ttft"], 99), 1),
+           "itl_p50_ms": round(1000 * pct(res["itl"], 50), 2), "itl_p99_ms": round(1000 * pct(res["itl"], 99), 2),
+           "mean_sequences_per_decode_step": round(seqs / steps, 2) if steps else None,
+           "prefix_cache_hit_rate": metric("slimkv_prefix_cache_hit_rate"),
+           "offline_decode_tps": offline, "offline_command": " ".join(bcmd), "policies": a.policies,
+           "rss_kb_after_solo": rss0, "rss_kb_after_load": rss1, "server_exit": rc}
+
+
+os.makedirs(os.path.dirname(a.out), exist_ok=True)
+json.dump(summary(None, []), open(a.out, "w"), indent=1)  # the load's numbers before the offline bench
+print("load done:", json.dumps(summary(None, [])), flush=True)
+
 bench_json = "/tmp/serve_load_bench.json"
 bargs = (a.bench_args or "--pp 0 --tg 64 -d 0,512 --batches 1,4,16,64 -r 3").split()
 bcmd = [a.cli or os.path.join(ROOT, "build", "slimkv"), "bench", "-m", model, "-t", str(a.threads), *bargs,
@@ -193,20 +213,7 @@ try:
     offline = {r["test"]: r.get("tps_mean", r.get("tokens_per_s")) for r in json.load(open(bench_json))["results"]}
 except Exception as e:
     offline = {"error": str(e)}
-steps, seqs = metric("slimkv_decode_steps_total"), metric("slimkv_decode_step_sequences_total")
-out = {**prov, "server": " ".join(srv.cmd), "clients": a.clients, "duration_s": round(wall, 1), "pool": len(pool),
-       "requests": res["requests"], "ok": res["ok"], "mismatch": res["mismatch"], "errors": res["errors"],
-       "error_samples": res["err_samples"], "by_policy": res["by_policy"], "generated_tokens": res["tokens"],
-       "tokens_per_s": round(res["tokens"] / wall, 1), "prompt_tokens": res["prompt_tokens"],
-       "loadavg_at_start": load0, "solo_references_s": round(solo_s, 1),
-       "prompt_tokens_per_s": round(res["prompt_tokens"] / wall, 1), "loadavg_at_end": os.getloadavg(),
-       "ttft_p50_ms": round(1000 * pct(res["ttft"], 50), 1), "ttft_p99_ms": round(1000 * pct(res["ttft"], 99), 1),
-       "itl_p50_ms": round(1000 * pct(res["itl"], 50), 2), "itl_p99_ms": round(1000 * pct(res["itl"], 99), 2),
-       "mean_sequences_per_decode_step": round(seqs / steps, 2) if steps else None,
-       "prefix_cache_hit_rate": metric("slimkv_prefix_cache_hit_rate"),
-       "offline_decode_tps": offline, "offline_command": " ".join(bcmd), "policies": a.policies,
-       "rss_kb_after_solo": rss0, "rss_kb_after_load": rss1, "server_exit": rc}
-os.makedirs(os.path.dirname(a.out), exist_ok=True)
+out = summary(offline, bcmd)
 json.dump(out, open(a.out, "w"), indent=1)
 print(json.dumps(out, indent=1))
 sys.exit(0 if res["mismatch"] == 0 and res["errors"] == 0 and rc == 0 else 1)
