@@ -460,6 +460,12 @@ skv_status skv_context_set_past(skv_context *c, const skv_context *past);
  * and only the id comes back; on the CPU this is skv_decode + skv_sampler_sample. */
 skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_t *next);
 
+/* One decode step of n separate contexts of one model (each with its own policy, cache and
+ * position): ids[i] goes into cs[i] at its next position, logits (n, n_vocab) or NULL. On the
+ * CPU backend they run together, each weight row read once for all of them, and each context's
+ * logits equal its own skv_decode's bit for bit; elsewhere one skv_decode after another. */
+skv_status skv_decode_multi(skv_context *const *cs, int32_t n, const int32_t *ids, float *logits);
+
 /* Several sequences in one context (n_seq > 1, CUDA): each has its own positions and cache
  * streams; sequence 0 is also the one skv_decode and friends use. skv_seq_decode appends n
  * tokens to one sequence (no outputs); skv_decode_batch runs one step of sequences 0..n-1

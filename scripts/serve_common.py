@@ -48,6 +48,8 @@ def provenance(argv):
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                            text=True).stdout.strip()
+    if os.environ.get("SKV_COMMIT"):  # a copy run elsewhere (the GPU machine): the commit it was built from
+        commit, dirty = os.environ["SKV_COMMIT"], ""
     cpu = "?"
     try:
         cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")][0]

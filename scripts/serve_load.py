@@ -7,8 +7,8 @@ lengths (snippets of the validation corpus, a few to ~1000 tokens), per-request 
 once (the reference), then --clients concurrent streaming clients for --duration seconds, each
 sending pool requests back to back. Checks every stream's text equals its solo run (0 lost or
 corrupted responses), and reports p50/p99 time to first token and inter-token latency,
-aggregate generated tokens/s, and, for comparison, `slimkv bench` single-stream decode on the
-same machine. Writes JSON and a summary under bench/serve/ (or --out).
+aggregate generated tokens/s, and, for comparison, `slimkv bench` offline decode on the same
+machine: one stream and B streams stepped together (the batched decode the server runs). Writes JSON and a summary under bench/serve/ (or --out).
 Usage: python3 scripts/serve_load.py [--clients 64] [--duration 600] [--threads 1] [--model DIR]
 """
 import argparse, http.client, json, lzma, os, random, subprocess, sys, threading, time
@@ -26,11 +26,17 @@ ap.add_argument("--pool", type=int, default=48)
 ap.add_argument("--backend", default="cpu")
 ap.add_argument("--out", default=os.path.join(ROOT, "bench", "serve", "load-cpu.json"))
 ap.add_argument("--cli", default=None)
+ap.add_argument("--corpus", default=None, help="prompt text (default ../shared/data/corpus.val.txt.xz)")
+ap.add_argument("--policies", default="mixed", choices=["mixed", "full"],
+                help="mixed: per-request KV policies; full: every request under the full cache")
+ap.add_argument("--server-args", default="", help="more `slimkv serve` flags, e.g. '--ctx 2048'")
+ap.add_argument("--bench-args", default=None,
+                help="the offline `slimkv bench` flags (default: single stream and batched decode, 1/4/16/64)")
 a = ap.parse_args()
 
 model = a.model or default_model()
 name = os.path.basename(model.rstrip("/"))
-corpus = os.path.join(ROOT, "..", "shared", "data", "corpus.val.txt.xz")
+corpus = a.corpus or os.path.join(ROOT, "..", "shared", "data", "corpus.val.txt.xz")
 text = lzma.open(corpus, "rt", errors="replace").read(2_000_000) if os.path.exists(corpus) else \
     open(os.path.join(ROOT, "README.md")).read() * 20
 rng = random.Random(1234)
@@ -39,6 +45,8 @@ POLICIES = [None, None, {"policy": "snapkv", "budget": 0.5}, {"policy": "pyramid
             {"policy": "quant", "quant_bits": 8}]
 if a.backend == "cuda":
     POLICIES = [p for p in POLICIES if not p or p["policy"] not in ("quant",)]
+if a.policies == "full":
+    POLICIES = [None]
 pool = []
 system = text[:1500]  # a shared "system prompt" (about 400 tokens) before a quarter of the prompts
 for i in range(a.pool):
@@ -53,7 +61,7 @@ for i in range(a.pool):
     pool.append(body)
 
 srv = Server(model, ["-t", str(a.threads), "--parallel", str(a.parallel), "--queue", str(max(4 * a.clients, 64)),
-                     "--backend", a.backend], cli=a.cli)
+                     "--backend", a.backend, *a.server_args.split()], cli=a.cli)
 
 
 def stream(body):
@@ -111,8 +119,9 @@ for b in pool:
     kept.append(b)
 pool = kept
 solo_s = time.perf_counter() - t
-print(f"solo references: {solo_s:.1f} s")
+print(f"solo references: {solo_s:.1f} s", flush=True)
 rss0 = srv.rss_kb()
+load0 = os.getloadavg()
 
 lock = threading.Lock()
 res = {"prompt_tokens": 0, "requests": 0, "ok": 0, "mismatch": 0, "errors": 0, "tokens": 0, "ttft": [], "itl": [], "err_samples": [],
@@ -175,27 +184,36 @@ def metric(n):
     return None
 
 
+def summary(offline, bcmd):
+    steps, seqs = metric("slimkv_decode_steps_total"), metric("slimkv_decode_step_sequences_total")
+    return {**prov, "server": " ".join(srv.cmd), "clients": a.clients, "duration_s": round(wall, 1), "pool": len(pool),
+           "requests": res["requests"], "ok": res["ok"], "mismatch": res["mismatch"], "errors": res["errors"],
+           "error_samples": res["err_samples"], "by_policy": res["by_policy"], "generated_tokens": res["tokens"],
+           "tokens_per_s": round(res["tokens"] / wall, 1), "prompt_tokens": res["prompt_tokens"],
+           "loadavg_at_start": load0, "solo_references_s": round(solo_s, 1),
+           "prompt_tokens_per_s": round(res["prompt_tokens"] / wall, 1), "loadavg_at_end": os.getloadavg(),
+           "ttft_p50_ms": round(1000 * pct(res["ttft"], 50), 1), "ttft_p99_ms": round(1000 * pct(res["ttft"], 99), 1),
+           "itl_p50_ms": round(1000 * pct(res["itl"], 50), 2), "itl_p99_ms": round(1000 * pct(res["itl"], 99), 2),
+           "mean_sequences_per_decode_step": round(seqs / steps, 2) if steps else None,
+           "prefix_cache_hit_rate": metric("slimkv_prefix_cache_hit_rate"),
+           "offline_decode_tps": offline, "offline_command": " ".join(bcmd), "policies": a.policies,
+           "rss_kb_after_solo": rss0, "rss_kb_after_load": rss1, "server_exit": rc}
+
+
+os.makedirs(os.path.dirname(a.out), exist_ok=True)
+json.dump(summary(None, []), open(a.out, "w"), indent=1)  # the load's numbers before the offline bench
+print("load done:", json.dumps(summary(None, [])), flush=True)
+
 bench_json = "/tmp/serve_load_bench.json"
-bcmd = [a.cli or os.path.join(ROOT, "build", "slimkv"), "bench", "-m", model, "-t", str(a.threads), "--pp", "0",
-        "--tg", "64", "-d", "0,512", "-r", "3", "-o", bench_json, "--backend", a.backend]
+bargs = (a.bench_args or "--pp 0 --tg 64 -d 0,512 --batches 1,4,16,64 -r 3").split()
+bcmd = [a.cli or os.path.join(ROOT, "build", "slimkv"), "bench", "-m", model, "-t", str(a.threads), *bargs,
+        "-o", bench_json, "--backend", a.backend]
 subprocess.run(bcmd, capture_output=True, env=dict(os.environ, OMP_WAIT_POLICY="passive"))
 try:
-    offline = {r["test"]: r["tps_mean"] for r in json.load(open(bench_json))["results"]}
+    offline = {r["test"]: r.get("tps_mean", r.get("tokens_per_s")) for r in json.load(open(bench_json))["results"]}
 except Exception as e:
     offline = {"error": str(e)}
-steps, seqs = metric("slimkv_decode_steps_total"), metric("slimkv_decode_step_sequences_total")
-out = {**prov, "server": " ".join(srv.cmd), "clients": a.clients, "duration_s": round(wall, 1), "pool": len(pool),
-       "requests": res["requests"], "ok": res["ok"], "mismatch": res["mismatch"], "errors": res["errors"],
-       "error_samples": res["err_samples"], "by_policy": res["by_policy"], "generated_tokens": res["tokens"],
-       "tokens_per_s": round(res["tokens"] / wall, 1), "prompt_tokens": res["prompt_tokens"],
-       "prompt_tokens_per_s": round(res["prompt_tokens"] / wall, 1), "loadavg_at_end": os.getloadavg(),
-       "ttft_p50_ms": round(1000 * pct(res["ttft"], 50), 1), "ttft_p99_ms": round(1000 * pct(res["ttft"], 99), 1),
-       "itl_p50_ms": round(1000 * pct(res["itl"], 50), 2), "itl_p99_ms": round(1000 * pct(res["itl"], 99), 2),
-       "mean_sequences_per_decode_step": round(seqs / steps, 2) if steps else None,
-       "prefix_cache_hit_rate": metric("slimkv_prefix_cache_hit_rate"),
-       "offline_single_stream_decode_tps": offline, "offline_command": " ".join(bcmd),
-       "rss_kb_after_solo": rss0, "rss_kb_after_load": rss1, "server_exit": rc}
-os.makedirs(os.path.dirname(a.out), exist_ok=True)
+out = summary(offline, bcmd)
 json.dump(out, open(a.out, "w"), indent=1)
 print(json.dumps(out, indent=1))
 sys.exit(0 if res["mismatch"] == 0 and res["errors"] == 0 and rc == 0 else 1)

@@ -16,14 +16,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+static int g_v6;
+void http_use_ipv6(int on) { g_v6 = on; }
+
 int http_send(int port, const char *method, const char *path, const char *extra, const char *body, size_t body_len) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(g_v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
     struct timeval tv = {.tv_sec = 120};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    if (g_v6 ? connect(fd, (struct sockaddr *)&a6, sizeof a6) : connect(fd, (struct sockaddr *)&a, sizeof a)) {
         close(fd);
         return -1;
     }
@@ -167,8 +171,9 @@ int srv_start(srv_proc *p, const char *model_dir, const char *args, char *err, s
     }
     line[n] = 0;
     close(pfd[0]);
-    const char *at = strstr(line, "127.0.0.1:");
-    if (!at) {
+    const char *at = strstr(line, "127.0.0.1:"), *at6 = strstr(line, "[::1]:");
+    const char *port_s = at ? at + 10 : at6 ? at6 + 6 : NULL;
+    if (!port_s) {
         char *log = NULL;
         char c2[600];
         snprintf(c2, sizeof c2, "cat %s", p->log);
@@ -178,7 +183,7 @@ int srv_start(srv_proc *p, const char *model_dir, const char *args, char *err, s
         srv_stop(p);
         return -1;
     }
-    p->port = atoi(at + 10);
+    p->port = atoi(port_s);
     return p->port;
 }
 

@@ -18,6 +18,8 @@ typedef struct hresp {
 /* Send a request (body may be NULL; extra: more header lines, each ending "\r\n", or NULL);
  * returns the connected socket or -1. */
 int http_send(int port, const char *method, const char *path, const char *extra, const char *body, size_t body_len);
+/* Connect to ::1 instead of 127.0.0.1 from now on (1), or back (0). */
+void http_use_ipv6(int on);
 /* Read the whole response from fd (until the server closes it) and close fd. 0 on success. */
 int http_read(int fd, hresp *r);
 /* send + read. */

@@ -534,6 +534,35 @@ static void test_bad_flags(void) {
     }
 }
 
+/* --host ::1: the server answers on IPv6 loopback (health, a streamed completion), not on IPv4. */
+static void test_ipv6(void) {
+    char *lo = NULL;
+    skv_test_sh("grep -c '^00000000000000000000000000000001' /proc/net/if_inet6", &lo, NULL);
+    const int have = lo && atoi(lo) > 0;
+    free(lo);
+    if (!have) {
+        skv_test_skip("no IPv6 loopback here (/proc/net/if_inet6)");
+        return;
+    }
+    srv_proc p;
+    START(p, "--host ::1 -t 1 --parallel 2");
+    http_use_ipv6(1);
+    hresp r;
+    http_do(p.port, "GET", "/health", NULL, NULL, &r);
+    CHECKF(r.status == 200 && r.body && strstr(r.body, "\"ok\""), "health over IPv6: %d", r.status);
+    hresp_free(&r);
+    const char *body = "{\"model\":\"kvt-s\",\"prompt\":\"The cat\",\"max_tokens\":8,\"temperature\":0,\"stream\":true}";
+    http_do(p.port, "POST", "/v1/completions", NULL, body, &r);
+    CHECKF(r.status == 200 && r.body && strstr(r.body, "data: [DONE]"), "stream over IPv6: %d %s", r.status,
+           r.body ? r.body : "");
+    hresp_free(&r);
+    http_use_ipv6(0);
+    http_do(p.port, "GET", "/health", NULL, NULL, &r);
+    CHECKF(r.status == -1, "bound to ::1 only, yet 127.0.0.1 answered %d", r.status);
+    hresp_free(&r);
+    CHECK(srv_stop(&p) == 0);
+}
+
 void register_serve(void) {
     skv_test_add("serve/bad flags: exit 2 (usage) or 1, naming the flag", test_bad_flags);
     skv_test_add("serve/start, health, models, completions = slimkv run, chat, metrics, stop on SIGTERM", test_endpoints);
@@ -542,4 +571,5 @@ void register_serve(void) {
     skv_test_add("serve/queue full: 429 with Retry-After; disconnects cancel (streamed or not)", test_queue_full);
     skv_test_add("serve/KV admission: a request over --kv-mem is a 400, one that must wait is queued", test_kv_admission);
     skv_test_add("serve/two concurrent greedy streams equal their solo runs; prefix reuse, also from a busy slot", test_concurrent_equals_solo);
+    skv_test_add("serve/--host ::1 serves IPv6 loopback only", test_ipv6);
 }

@@ -2,7 +2,9 @@
  * cmd_bench.c — `slimkv bench`: llama-bench-style speed (docs/evaluation.md section 5).
  *
  * pp<N>: prefill N random tokens into an empty cache. tg<N>@d<D>: prefill D tokens (untimed),
- * then N single-token decode steps (no sampling: the next id is pseudo-random). Each test runs
+ * then N single-token decode steps (no sampling: the next id is pseudo-random). bs<B>@d<D>
+ * (--batches on the CPU): B contexts, each prefilled with D tokens, then N steps of all B
+ * together (skv_decode_multi); tokens/s counts B per step. Each test runs
  * once to warm up, then R timed repetitions; tokens/s mean and standard deviation over the
  * repetitions. Next to them: the measured copy bandwidth, the decode bound it implies (bytes one
  * decode step reads / bandwidth), and OpenBLAS sgemm throughput at the model's shapes.
@@ -17,7 +19,7 @@
 
 typedef struct result {
     char name[32];
-    int n, depth;
+    int n, depth, batch; /* batch: contexts stepped together (bs<B>@d<D>), else 0 */
     double mean, sd;
     double samples[64];
     int reps;
@@ -47,6 +49,23 @@ static double run_once(skv_context *c, int32_t V, int n, int depth, int is_pp, i
         }
     }
     return n / (skv_time_now() - t0);
+}
+
+/* tokens/s of one repetition of B contexts stepped together (skv_decode_multi) */
+static double run_multi(skv_context **cs, int B, int32_t V, int n, int depth, int32_t *buf, float *logits) {
+    for (int b = 0; b < B; b++) {
+        cli_check("bench", skv_context_truncate(cs[b], 0));
+        if (depth > 0) {
+            for (int i = 0; i < depth; i++) buf[i] = rand_id(V);
+            cli_check("bench", skv_decode(cs[b], buf, depth, NULL, 0));
+        }
+    }
+    const double t0 = skv_time_now();
+    for (int i = 0; i < n; i++) {
+        for (int b = 0; b < B; b++) buf[b] = rand_id(V);
+        cli_check("bench", skv_decode_multi(cs, B, buf, logits));
+    }
+    return (double)n * B / (skv_time_now() - t0);
 }
 
 /* STREAM-style copy bandwidth: (bytes read + bytes written) / s, best of 5, n threads. */
@@ -145,7 +164,7 @@ int cmd_bench(int argc, char **argv) {
         {"out", 'o', OPT_STR, &out, "FILE", "result JSON (default: a new results/bench-<model>-<time>/ folder; published ones: bench/...)"},
         {"budgets", 0, OPT_STR, &budgets, "LIST", "smallkv: budgets to time against the full cache (default 0.05,0.1,0.2,0.4)"},
         {"pps", 0, OPT_STR, &pps, "LIST", "cuda: prefill lengths (default 4096,16384)"},
-        {"batches", 0, OPT_STR, &batches, "LIST", "cuda: decode batch sizes (default 1,8,32)"},
+        {"batches", 0, OPT_STR, &batches, "LIST", "decode batch sizes (cuda: default 1,8,32; cpu: none unless given, at the first depth)"},
         {"batch-depth", 0, OPT_INT, &batch_depth, "N", "cuda: prompt tokens of each batched sequence (default 1024)"},
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
         {"e2e", 0, OPT_STR, &e2e, "P+G", "cuda: the largest batch of P+G-token sequences that fits and its throughput (prefill + generation)"},
@@ -237,6 +256,34 @@ int cmd_bench(int argc, char **argv) {
             r->samples[r->reps] = run_once(c, in->n_vocab, r->n, r->depth, 0, buf, logits);
         cli_mean_sd(r->samples, r->reps, &r->mean, &r->sd);
     }
+    /* batched decode (CPU: --batches given) at the first depth */
+    int bsz[8], n_bsz = 0;
+    if (tg > 0 && strcmp(batches, "1,8,32"))
+        for (const char *p = batches; *p && n_bsz < 8;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 1 || v > 256 || (*end && *end != ','))
+                cli_die("bench", 2, "bad value for --batches: '%s' (comma-separated, each 1..256)", batches);
+            bsz[n_bsz++] = (int)v;
+            p = *end ? end + 1 : end;
+        }
+    for (int k = 0; k < n_bsz && n_res < 20; k++) {
+        const int B = bsz[k], depth = depths[0], n = tg < in->n_ctx - depth ? tg : in->n_ctx - depth;
+        skv_context **cs = calloc((size_t)B, sizeof *cs);
+        float *lg = malloc(sizeof(float) * (size_t)B * (size_t)in->n_vocab);
+        int32_t *b2 = malloc(sizeof(int32_t) * (size_t)(in->n_ctx > B ? in->n_ctx : B));
+        if (!cs || !lg || !b2) cli_die("bench", 1, "out of memory");
+        for (int b = 0; b < B; b++) cli_check("bench", skv_context_init(m, cp, &cs[b]));
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof *r);
+        r->depth = depth, r->n = n, r->batch = B;
+        snprintf(r->name, sizeof r->name, "bs%d@d%d", B, depth);
+        run_multi(cs, B, in->n_vocab, n, depth, b2, lg);
+        for (r->reps = 0; r->reps < reps; r->reps++) r->samples[r->reps] = run_multi(cs, B, in->n_vocab, n, depth, b2, lg);
+        cli_mean_sd(r->samples, r->reps, &r->mean, &r->sd);
+        for (int b = 0; b < B; b++) skv_context_free(cs[b]);
+        free(cs), free(lg), free(b2);
+    }
     double bw = copy_bandwidth(threads), rbw = read_bandwidth(threads);
     double g_model = sgemm_gflops(pp > 0 ? pp : 512, in->ffn_dim, in->dim);
     double g_square = sgemm_gflops(1024, 1024, 1024);
@@ -261,19 +308,20 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < n_res; i++) {
         const result *r = &res[i];
         double bound = 0, rbound = 0;
-        if (r->name[0] == 't') {
+        if (r->name[0] == 't' || r->batch) {
             /* bytes one step reads: every weight it uses + K and V (in the cache's format) of the
-             * average cache length */
-            double step = (double)in->decode_weight_bytes + (double)kv_row_bytes * (r->depth + r->n / 2.0);
-            bound = bw * 1e9 / step;
-            rbound = rbw * 1e9 / step;
+             * average cache length, of each of the step's B sequences */
+            const int B = r->batch ? r->batch : 1;
+            double step = (double)in->decode_weight_bytes + (double)kv_row_bytes * B * (r->depth + r->n / 2.0);
+            bound = B * bw * 1e9 / step;
+            rbound = B * rbw * 1e9 / step;
         }
         printf("%-14s %9.1f ± %-5.1f", r->name, r->mean, r->sd);
         if (bound > 0) printf(" %12.1f %12.1f", bound, rbound);
         printf("\n");
-        fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"reps\": %d, \"tps_mean\": %.2f, "
+        fprintf(f, "    {\"test\": \"%s\", \"n\": %d, \"depth\": %d, \"batch\": %d, \"reps\": %d, \"tps_mean\": %.2f, "
                 "\"tps_sd\": %.2f, \"copy_bound_tps\": %.1f, \"read_bound_tps\": %.1f, \"samples\": [",
-                r->name, r->n, r->depth, r->reps, r->mean, r->sd, bound, rbound);
+                r->name, r->n, r->depth, r->batch ? r->batch : 1, r->reps, r->mean, r->sd, bound, rbound);
         for (int k = 0; k < r->reps; k++) fprintf(f, "%s%.2f", k ? ", " : "", r->samples[k]);
         fprintf(f, "]}%s\n", i + 1 < n_res ? "," : "");
     }

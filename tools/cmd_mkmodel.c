@@ -59,12 +59,65 @@ static void fill(uint16_t *out, int64_t n, int kind, uint64_t seed, int id) {
     }
 }
 
+/* --tokenizer: DIR's byte-level BPE tokenizer (tokenizer.json) made to cover the shape's vocab:
+ * ids past its own get entries "<xN>" no merge reaches (prompts tokenize as with DIR's
+ * tokenizer; such an id, drawn from random logits, detokenizes as its name); its
+ * tokenizer_config.json (the chat template) is copied. *eos: DIR's EOS id (config.json). */
+static void write_tokenizer(const char *dir, const char *out, int vocab, int *eos) {
+    char path[1200];
+    size_t tl;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char *txt = cli_read_text_file("mkmodel", path, &tl);
+    cJSON *t = cJSON_Parse(txt);
+    free(txt);
+    cJSON *model = t ? cJSON_GetObjectItemCaseSensitive(t, "model") : NULL;
+    cJSON *v = model ? cJSON_GetObjectItemCaseSensitive(model, "vocab") : NULL;
+    if (!cJSON_IsObject(v)) cli_die("mkmodel", 1, "%s: no model.vocab object (--tokenizer wants a BPE tokenizer.json)", path);
+    const int n = cJSON_GetArraySize(v);
+    if (n > vocab) cli_die("mkmodel", 1, "%s: %d entries exceed the shape's vocabulary of %d", path, n, vocab);
+    for (int id = n; id < vocab; id++) {
+        char name[32];
+        snprintf(name, sizeof name, "<x%d>", id);
+        if (cJSON_GetObjectItemCaseSensitive(v, name)) cli_die("mkmodel", 1, "%s: already has an entry %s", path, name);
+        cJSON_AddNumberToObject(v, name, id);
+    }
+    char *o = cJSON_PrintUnformatted(t);
+    cJSON_Delete(t);
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    FILE *f = fopen(path, "w");
+    if (!f || !o || fputs(o, f) < 0) cli_die("mkmodel", 1, "%s: cannot write", path);
+    fclose(f);
+    free(o);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *in = fopen(path, "r");
+    if (in) {
+        fclose(in);
+        txt = cli_read_text_file("mkmodel", path, &tl);
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+        f = fopen(path, "w");
+        if (!f || fputs(txt, f) < 0) cli_die("mkmodel", 1, "%s: cannot write", path);
+        fclose(f);
+        free(txt);
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    in = fopen(path, "r");
+    if (in) {
+        fclose(in);
+        txt = cli_read_text_file("mkmodel", path, &tl);
+        cJSON *c = cJSON_Parse(txt);
+        const cJSON *e = c ? cJSON_GetObjectItemCaseSensitive(c, "eos_token_id") : NULL;
+        if (cJSON_IsNumber(e)) *eos = e->valueint;
+        cJSON_Delete(c);
+        free(txt);
+    }
+}
+
 static void write_all(const char *path, FILE *f, const void *p, size_t n) {
     if (fwrite(p, 1, n, f) != n) cli_die("mkmodel", 1, "%s: write failed: %s", path, strerror(errno));
 }
 
 int cmd_mkmodel(int argc, char **argv) {
-    const char *shape_s = NULL, *out = NULL, *types_s = NULL;
+    const char *shape_s = NULL, *out = NULL, *types_s = NULL, *tok_dir = NULL;
     int layers = 0, shard_mb = 4096;
     uint64_t seed = 1;
     const cli_opt opts[] = {
@@ -73,9 +126,10 @@ int cmd_mkmodel(int argc, char **argv) {
         {"layers", 0, OPT_INT, &layers, "N", "override the number of layers (default: the shape's)"},
         {"shard-mb", 0, OPT_INT, &shard_mb, "MB", "most megabytes per safetensors shard (default 4096)"},
         {"seed", 0, OPT_U64, &seed, "S", "random seed (default 1)"},
+        {"tokenizer", 0, OPT_STR, &tok_dir, "DIR", "write DIR's BPE tokenizer (e.g. kvt-s), its ids extended to the shape's vocabulary by names <xN>, and use its EOS id (so that `slimkv serve` and `run` take the model)"},
         {"layer-types", 0, OPT_STR, &types_s, "T", "LCKV layer_types: \"0_30_..._30_31\" (t(i) per layer, joined by _), or wN: the sandwich with N standard layers (N/2 at the bottom, N/2 at the top, the rest reading the KV of the layer below the top ones); condensed layers get no k_proj/v_proj"},
     };
-    const cli_cmd cmd = {"mkmodel", "--shape NAME -o DIR [--layers N] [--layer-types T]",
+    const cli_cmd cmd = {"mkmodel", "--shape NAME -o DIR [--layers N] [--layer-types T] [--tokenizer DIR]",
                          "Write a model directory of a real architecture shape with random bf16 "
                          "weights (for speed measurements).",
                          opts, (int)(sizeof opts / sizeof opts[0])};
@@ -121,6 +175,8 @@ int cmd_mkmodel(int argc, char **argv) {
         for (int l = 0; l < L; l++)
             snprintf(types_buf + strlen(types_buf), sizeof types_buf - strlen(types_buf), "%s%d", l ? "_" : "", lt[l]);
     if (mkdir(out, 0755) && errno != EEXIST) cli_die("mkmodel", 1, "%s: cannot create: %s", out, strerror(errno));
+    int bos = 0, eos = 1;
+    if (tok_dir) write_tokenizer(tok_dir, out, sh->vocab, &eos), bos = eos;
 
     /* the tensor list, in HF naming */
     const int per_layer = 9 + 3 * sh->bias;
@@ -238,8 +294,8 @@ int cmd_mkmodel(int argc, char **argv) {
     cJSON_AddStringToObject(cfg, "hidden_act", "silu");
     cJSON_AddBoolToObject(cfg, "tie_word_embeddings", 0);
     cJSON_AddStringToObject(cfg, "torch_dtype", "bfloat16");
-    cJSON_AddNumberToObject(cfg, "bos_token_id", 0);
-    cJSON_AddNumberToObject(cfg, "eos_token_id", 1);
+    cJSON_AddNumberToObject(cfg, "bos_token_id", bos);
+    cJSON_AddNumberToObject(cfg, "eos_token_id", eos);
     if (!sh->bias) cJSON_AddBoolToObject(cfg, "attention_bias", 0);
     if (types_s) cJSON_AddStringToObject(cfg, "layer_types", types_buf);
     snprintf(path, sizeof path, "%s/config.json", out);

@@ -18,7 +18,7 @@ int cmd_serve(int argc, char **argv) {
     cli_opt opts[] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "model directory (Hugging Face format)"},
         {"backend", 0, OPT_STR, &backend, "cpu|cuda", "where the model runs (default cpu)"},
-        {"host", 0, OPT_STR, &host, "ADDR", "IPv4 address to listen on (default 127.0.0.1: this machine only)"},
+        {"host", 0, OPT_STR, &host, "ADDR", "IPv4 or IPv6 address to listen on (default 127.0.0.1: this machine only; ::1 for IPv6 loopback)"},
         {"port", 0, OPT_INT, &port, "N", "TCP port (default 8080; 0: any free port, printed at start)"},
         {"parallel", 0, OPT_INT, &parallel, "N", "sequences decoded together (slots; default 4)"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "context of each sequence in tokens (default: the model's, at most 8192)"},

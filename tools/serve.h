@@ -112,7 +112,10 @@ typedef struct srv {
     pthread_t sched;
     srv_slot *slots;
     skv_context *batch;      /* CUDA: one context of `parallel` sequences (full policy) */
-    float *logits;           /* (parallel, n_vocab) */
+    float *logits;           /* (parallel + 1, n_vocab): by slot, and a scratch row */
+    float *mlogits;          /* (parallel, n_vocab) the batched step of own contexts, in call order */
+    skv_context **mctx;      /* (parallel) that step's contexts */
+    int *mslot;              /* (parallel) and their slots */
     int64_t start_time;
 } srv;
 
@@ -131,7 +134,7 @@ int srv_parse(srv *s, const char *body, size_t len, int chat, srv_req **out, cha
 char *srv_error_json(const char *type, const char *param, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* serve_resp.c (under srv->mu, on a finished or streaming request) */
+/* serve_resp.c (without srv->mu: on a finished request, or a streaming request's copy) */
 char *srv_resp_full(const srv *s, const srv_req *r);
 /* The chunks of text and tokens released since sent_text and sent_toks (both advanced), and at the end
  * the final chunk, the usage chunk and [DONE]; malloc'd SSE text or NULL when nothing new. */

@@ -96,6 +96,30 @@ static void timed_wait(srv *s, int ms) {
     pthread_cond_timedwait(&s->out_cv, &s->mu, &ts);
 }
 
+/* Something to send: the chat role chunk, released text or tokens, or the end. (under s->mu) */
+static int stream_news(const stream *st) {
+    const srv_req *r = st->r;
+    return (r->chat && st->first) || r->text_len > st->sent_text || r->n_toks > st->sent_toks || r->done;
+}
+
+/* What is new in r since the last chunk, copied (under s->mu) so that the chunks are formatted
+ * without the lock: a copy of the request whose text and tokens are only the new ones. */
+static int stream_snapshot(const stream *st, srv_req *v) {
+    const srv_req *r = st->r;
+    *v = *r;
+    v->text_len = r->text_len - st->sent_text;
+    v->n_toks = r->n_toks - st->sent_toks;
+    v->text = v->text_len ? malloc(v->text_len + 1) : NULL;
+    v->toks = v->n_toks ? malloc(sizeof(srv_tok) * (size_t)v->n_toks) : NULL;
+    if ((v->text_len && !v->text) || (v->n_toks && !v->toks)) {
+        free(v->text), free(v->toks);
+        return 0;
+    }
+    if (v->text) memcpy(v->text, r->text + st->sent_text, v->text_len), v->text[v->text_len] = 0;
+    if (v->toks) memcpy(v->toks, r->toks + st->sent_toks, sizeof(srv_tok) * (size_t)v->n_toks);
+    return 1;
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     stream *st = cls;
     srv *s = st->s;
@@ -103,10 +127,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         free(st->buf);
         st->buf = NULL, st->off = st->len = 0;
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        srv_req v;
+        int have = 0;
         pthread_mutex_lock(&s->mu);
         for (int waited = 0;; waited += 100) {
-            st->buf = srv_resp_chunks(s, st->r, &st->sent_text, &st->sent_toks, &st->first, &st->finished);
-            if (st->buf) break;
+            if (stream_news(st)) {
+                have = stream_snapshot(st, &v);
+                if (have) break;
+            }
             if (client_gone(st->fd)) {
                 pthread_mutex_unlock(&s->mu);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -118,6 +146,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             timed_wait(s, 100);
         }
         pthread_mutex_unlock(&s->mu);
+        if (have) { /* format the new part (offsets 0 in the copy) outside the lock */
+            size_t t0 = 0;
+            int32_t k0 = 0;
+            st->buf = srv_resp_chunks(s, &v, &t0, &k0, &st->first, &st->finished);
+            st->sent_text += v.text_len, st->sent_toks += v.n_toks;
+            free(v.text), free(v.toks);
+        }
+        if (!st->buf) return MHD_CONTENT_READER_END_WITH_ERROR; /* out of memory */
         st->len = strlen(st->buf);
     }
     const size_t n = st->len - st->off < max ? st->len - st->off : max;
@@ -176,15 +212,17 @@ static enum MHD_Result generate(srv *s, struct MHD_Connection *c, conn *k, int c
         if (client_gone(fd)) break;
         timed_wait(s, 100);
     }
+    const int done = r->done;
+    pthread_mutex_unlock(&s->mu);
+    /* a finished request no longer changes: formatted without the lock */
     char *body = NULL;
     unsigned status = 200;
-    if (r->done && r->err_http) {
+    if (done && r->err_http) {
         status = (unsigned)r->err_http;
         body = srv_error_json("server_error", NULL, NULL, "%s", r->err);
-    } else if (r->done) {
+    } else if (done) {
         body = srv_resp_full(s, r);
     }
-    pthread_mutex_unlock(&s->mu);
     srv_release(s, r);
     if (!body) return MHD_NO; /* the client went away */
     return reply(c, status, "application/json", body, 1, 0);
@@ -262,14 +300,22 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 }
 
 skv_status srv_http_run(srv *s) {
+    /* an IPv4 address (or "localhost"), else an IPv6 one such as ::1 */
     struct sockaddr_in addr = {0};
+    struct sockaddr_in6 addr6 = {0};
+    const char *host = !strcmp(s->host, "localhost") ? "127.0.0.1" : s->host;
+    int v6 = 0;
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)s->port);
-    const char *host = !strcmp(s->host, "localhost") ? "127.0.0.1" : s->host;
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-        fprintf(stderr, "slimkv serve: --host %s is not an IPv4 address\n", s->host);
-        srv_sched_stop(s);
-        return SKV_ERR_ARG;
+        addr6.sin6_family = AF_INET6;
+        addr6.sin6_port = htons((uint16_t)s->port);
+        if (inet_pton(AF_INET6, host, &addr6.sin6_addr) != 1) {
+            fprintf(stderr, "slimkv serve: --host %s is not an IPv4 or IPv6 address\n", s->host);
+            srv_sched_stop(s);
+            return SKV_ERR_ARG;
+        }
+        v6 = 1;
     }
     /* signals go to sigwait below, not to the server's threads */
     sigset_t set;
@@ -279,8 +325,9 @@ skv_status srv_http_run(srv *s) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)s->port, NULL,
-        NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0),
+        (uint16_t)s->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR,
+        v6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)s->body_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)(s->queue_cap + s->parallel + 64),
         MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
     if (!d) {
@@ -289,7 +336,7 @@ skv_status srv_http_run(srv *s) {
         return SKV_ERR_IO;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    printf("slimkv serve: listening on http://%s:%u (model %s, backend %s, %d slots)\n", host,
+    printf("slimkv serve: listening on http://%s%s%s:%u (model %s, backend %s, %d slots)\n", v6 ? "[" : "", host, v6 ? "]" : "",
            di ? di->port : (unsigned)s->port, s->model_name, s->backend == SKV_BACKEND_CUDA ? "cuda" : "cpu",
            s->parallel);
     fflush(stdout);

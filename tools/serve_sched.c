@@ -5,7 +5,8 @@
  * (--kv-mem), dropping cancelled ones; prefill at most about one chunk (prefill_chunk tokens)
  * in total, in whole chunks, so a long prompt does not stall the running streams; then one
  * decode step of every decoding sequence — on CUDA the full-policy sequences as one call of the
- * shared context's batched decode, every sequence with its own context by its own call; sample
+ * shared context's batched decode; every sequence with its own context (every one on the CPU,
+ * whatever its policy) in one skv_decode_multi call, the CPU's batched decode; sample
  * each (log-probabilities first when asked), detokenize, apply stop strings and hand the
  * released text to the waiting HTTP thread.
  *
@@ -299,13 +300,29 @@ static void decode(srv *s, int32_t *ids, int32_t *hold) {
             else on_logits(s, sl, s->logits + (size_t)i * V, scratch), n_seqs++;
         }
     }
+    /* every sequence with its own context: one step of all of them together (the CPU backend
+     * reads each weight once for all), the logits of the k-th into row k of s->mlogits; a
+     * context that could not take a token steps alone (and fails with its own message) */
+    int nm = 0;
     for (int i = 0; i < s->parallel; i++) {
         srv_slot *sl = &s->slots[i];
         if (sl->in_batch || !sl->r || sl->state != SLOT_DECODE) continue;
-        float *lg = s->logits + (size_t)i * V;
-        skv_status st = skv_decode(sl->own, &sl->next, 1, lg, 0);
-        if (st) finish(s, sl, NULL, skv_last_error());
-        else on_logits(s, sl, lg, scratch), n_seqs++;
+        if (skv_context_n_past(sl->own) + 1 > s->n_ctx) {
+            float *lg = s->logits + (size_t)i * V;
+            skv_status st = skv_decode(sl->own, &sl->next, 1, lg, 0);
+            if (st) finish(s, sl, NULL, skv_last_error());
+            else on_logits(s, sl, lg, scratch), n_seqs++;
+            continue;
+        }
+        s->mctx[nm] = sl->own, s->mslot[nm] = i, ids[nm++] = sl->next;
+    }
+    if (nm > 0) {
+        skv_status st = skv_decode_multi(s->mctx, nm, ids, s->mlogits);
+        for (int k = 0; k < nm; k++) {
+            srv_slot *sl = &s->slots[s->mslot[k]];
+            if (st) finish(s, sl, NULL, skv_last_error());
+            else on_logits(s, sl, s->mlogits + (size_t)k * V, scratch), n_seqs++;
+        }
     }
     if (n_seqs) {
         pthread_mutex_lock(&s->mu);
@@ -349,7 +366,10 @@ skv_status srv_sched_start(srv *s) {
     s->slots = calloc((size_t)s->parallel, sizeof *s->slots);
     s->queue = calloc((size_t)s->queue_cap + 1, sizeof *s->queue);
     s->logits = malloc(sizeof(float) * (size_t)V * (size_t)(s->parallel + 1));
-    if (!s->slots || !s->queue || !s->logits) return SKV_ERR_NOMEM;
+    s->mlogits = malloc(sizeof(float) * (size_t)V * (size_t)s->parallel);
+    s->mctx = malloc(sizeof(skv_context *) * (size_t)s->parallel);
+    s->mslot = malloc(sizeof(int) * (size_t)s->parallel);
+    if (!s->slots || !s->queue || !s->logits || !s->mlogits || !s->mctx || !s->mslot) return SKV_ERR_NOMEM;
     for (int i = 0; i < s->parallel; i++) s->slots[i].idx = i;
     skv_status st = SKV_OK;
     if (s->backend == SKV_BACKEND_CUDA) {
@@ -406,4 +426,7 @@ void srv_sched_stop(srv *s) {
     free(s->slots);
     free(s->queue);
     free(s->logits);
+    free(s->mlogits);
+    free(s->mctx);
+    free(s->mslot);
 }

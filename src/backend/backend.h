@@ -114,6 +114,10 @@ struct skv_backend_ops {
     /* the empty sequence dst takes a copy of sequence src's cache */
     skv_status (*seq_copy)(skv_context *c, int32_t dst, int32_t src);
     int64_t (*weight_bytes)(const skv_context *c);
+    /* One decode step of n contexts of this backend and one model together, ids[i] into cs[i]
+     * at its n_past (which the caller advances), logits (n, n_vocab) or NULL (NULL op: the
+     * caller steps them one by one). */
+    skv_status (*decode_multi)(skv_context *const *cs, int32_t n, const int32_t *ids, float *logits);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);
 };

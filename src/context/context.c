@@ -419,6 +419,41 @@ skv_status skv_decode_sampled(skv_context *c, int32_t id, skv_sampler *s, int32_
     return SKV_OK;
 }
 
+skv_status skv_decode_multi(skv_context *const *cs, int32_t n, const int32_t *ids, float *logits) {
+    if (n <= 0 || !cs || !ids) return skv_set_error(SKV_ERR_ARG, "decode_multi: no contexts");
+    int together = cs[0] && cs[0]->be->decode_multi != NULL;
+    for (int32_t i = 0; i < n; i++) {
+        const skv_context *c = cs[i];
+        if (!c) return skv_set_error(SKV_ERR_ARG, "decode_multi: context %d is NULL", i);
+        for (int32_t j = 0; j < i; j++)
+            if (cs[j] == c) return skv_set_error(SKV_ERR_ARG, "decode_multi: contexts %d and %d are the same", j, i);
+        if (c->m != cs[0]->m) return skv_set_error(SKV_ERR_ARG, "decode_multi: context %d has another model than context 0", i);
+        if (c->n_seq > 1)
+            return skv_set_error(SKV_ERR_ARG, "decode_multi: context %d holds several sequences (skv_decode_batch)", i);
+        if (c->n_past + 1 > c->n_ctx)
+            return skv_set_error(SKV_ERR_RANGE, "decode_multi: context %d is full (%d tokens)", i, c->n_ctx);
+        if (ids[i] < 0 || ids[i] >= c->m->cfg.info.n_vocab)
+            return skv_set_error(SKV_ERR_ARG, "decode_multi: token id %d of context %d is outside the vocabulary", ids[i], i);
+        together &= c->be == cs[0]->be;
+    }
+    const int64_t V = cs[0]->m->cfg.info.n_vocab;
+    if (!together || n == 1) {
+        for (int32_t i = 0; i < n; i++) {
+            skv_status st = skv_decode(cs[i], ids + i, 1, logits ? logits + i * V : NULL, 0);
+            if (st) return st;
+        }
+        return SKV_OK;
+    }
+    skv_status st = cs[0]->be->decode_multi(cs, n, ids, logits);
+    if (st) return st;
+    for (int32_t i = 0; i < n; i++) {
+        skv_context *c = cs[i];
+        c->n_past++;
+        if (c->be->step && c->pol.ev.evicts && c->pol.ev.step) c->be->step(c);
+    }
+    return SKV_OK;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Several sequences                                                                         */
 /* ---------------------------------------------------------------------------------------- */

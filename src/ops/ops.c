@@ -118,6 +118,75 @@ static float dot_f16(const uint16_t *w, const float *x, int64_t n) {
     return s;
 }
 
+#ifdef SKV_AVX2
+/* dot_bf16 of one row with 4 (or 2) activations at once, each 8 weights widened once; every
+ * activation's accumulators, order and tail are dot_bf16's, so out[j] equals it bit for bit. */
+#define BF16_FMA4(J, X)                                                                      \
+    a##J##0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + i), a##J##0);                          \
+    a##J##1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + i + 8), a##J##1);                      \
+    a##J##2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(X + i + 16), a##J##2);                     \
+    a##J##3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(X + i + 24), a##J##3)
+#define BF16_END(J, X)                                                                       \
+    for (int64_t k = i; k + 8 <= n; k += 8) a##J##0 = _mm256_fmadd_ps(load_bf16x8(w + k), _mm256_loadu_ps(X + k), a##J##0); \
+    {                                                                                        \
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a##J##0, a##J##1), _mm256_add_ps(a##J##2, a##J##3))); \
+        for (int64_t k = n & ~(int64_t)7; k < n; k++) s += skv_bf16_to_f32(w[k]) * X[k];         \
+        out[J] = s;                                                                          \
+    }
+static void dot4_bf16(const uint16_t *w, const float *const *x, int64_t n, float *out) {
+    const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 w0 = load_bf16x8(w + i), w1 = load_bf16x8(w + i + 8), w2 = load_bf16x8(w + i + 16),
+                     w3 = load_bf16x8(w + i + 24);
+        BF16_FMA4(0, x0);
+        BF16_FMA4(1, x1);
+        BF16_FMA4(2, x2);
+        BF16_FMA4(3, x3);
+    }
+    BF16_END(0, x0)
+    BF16_END(1, x1)
+    BF16_END(2, x2)
+    BF16_END(3, x3)
+}
+static void dot2_bf16(const uint16_t *w, const float *const *x, int64_t n, float *out) {
+    const float *x0 = x[0], *x1 = x[1];
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 w0 = load_bf16x8(w + i), w1 = load_bf16x8(w + i + 8), w2 = load_bf16x8(w + i + 16),
+                     w3 = load_bf16x8(w + i + 24);
+        BF16_FMA4(0, x0);
+        BF16_FMA4(1, x1);
+    }
+    BF16_END(0, x0)
+    BF16_END(1, x1)
+}
+#undef BF16_FMA4
+#undef BF16_END
+#endif
+
+void skv_weight_row_dot_multi(const skv_weight *w, int64_t r, const skv_act *const *a, int nb, float *out) {
+    int j = 0;
+#ifdef SKV_AVX2
+    if (w->dtype == SKV_DTYPE_BF16) {
+        const uint16_t *row = (const uint16_t *)w->data + r * w->cols;
+        const float *x[4];
+        for (; j + 4 <= nb; j += 4) {
+            for (int k = 0; k < 4; k++) x[k] = a[j + k]->x;
+            dot4_bf16(row, x, w->cols, out + j);
+        }
+        for (; j + 2 <= nb; j += 2) {
+            x[0] = a[j]->x, x[1] = a[j + 1]->x;
+            dot2_bf16(row, x, w->cols, out + j);
+        }
+    }
+#endif
+    for (; j < nb; j++) out[j] = skv_weight_row_dot_act(w, r, a[j]);
+}
+
 float skv_wdot_f32(const void *w, const void *x, int64_t n) { return skv_dot(w, x, n); }
 float skv_wdot_f16(const void *w, const void *x, int64_t n) { return dot_f16(w, x, n); }
 float skv_wdot_bf16(const void *w, const void *x, int64_t n) { return dot_bf16(w, x, n); }

@@ -25,6 +25,9 @@ void skv_matvec_rows(const skv_weight *w, const float *x, float *y, int64_t r0, 
 float skv_weight_row_dot(const skv_weight *w, int64_t r, const float *x);
 float skv_weight_row_dot_act(const skv_weight *w, int64_t r, const skv_act *a);
 void skv_matvec_rows_act(const skv_weight *w, const skv_act *a, float *y, int64_t r0, int64_t r1);
+/* out[j] = skv_weight_row_dot_act(w, r, a[j]) for j < nb, bit for bit; bf16 rows are widened
+ * once for several activations (a batched decode step). */
+void skv_weight_row_dot_multi(const skv_weight *w, int64_t r, const skv_act *const *a, int nb, float *out);
 /* The activation forms (bit 1 << skv_act_kind) W's dot product reads. */
 unsigned skv_weight_act_kinds(const skv_weight *w);
 

@@ -9,6 +9,9 @@
 
 #include "backend/backend.h"
 
+#include <math.h>
+#include <omp.h>
+
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64
 
@@ -74,6 +77,31 @@ typedef struct skv_cpu {
 
 /* cpu_forward.c: one chunk (the context's positions advance in the caller) */
 skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd_out *out);
+/* the single-token steps cpu_multi.c shares: input rows; Gemma 3's q/k norms of n rows; one
+ * token's K/V into cache layer cl; decode attention of query heads [h0, h0 + nh) of KV group g
+ * (RoPE of the queries included); x += rmsnorm(proj) with weight w; the V store before a step */
+void skv_cpu_embed_rows(skv_cpu *c, const skv_fwd_in *in);
+void skv_cpu_qk_norms(skv_cpu *c, const skv_layer *ly, int64_t n);
+skv_status skv_cpu_append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k, const float *v);
+void skv_cpu_attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h0, int32_t nh, const float *cs,
+                          const float *sn, int64_t qp, float scale);
+void skv_cpu_post_norm_add(skv_cpu *c, const float *w);
+skv_status skv_cpu_vtop_before_step(skv_cpu *c);
+/* cpu_multi.c: one decode step of n CPU contexts of one model, ids[i] into cs[i] at its
+ * n_past, logits (n, n_vocab) or NULL; each weight row is read once for all n */
+skv_status skv_cpu_decode_multi(skv_context *const *cs, int32_t n, const int32_t *ids, float *logits);
+
+/* 1/sqrt(head_dim), or the model's own query scale */
+static inline float skv_cpu_att_scale(const skv_model *m) {
+    return m->cfg.attn_scale > 0 ? m->cfg.attn_scale : 1.0f / sqrtf((float)m->cfg.info.head_dim);
+}
+
+/* Rows [r0, r1) of a matrix, split evenly over the team of the enclosing parallel region. */
+static inline void skv_cpu_team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *r0 = rows * t / nt;
+    *r1 = rows * (t + 1) / nt;
+}
 skv_status skv_cpu_prefill_scratch(skv_cpu *c);
 void skv_cpu_vtop_free(skv_cpu *c);
 

@@ -388,4 +388,5 @@ const skv_backend_ops skv_backend_cpu = {
     .set_head_window = cpu_set_head_window,
     .drop_head_stats = cpu_drop_head_stats,
     .move_tier = cpu_move_tier,
+    .decode_multi = skv_cpu_decode_multi,
 };

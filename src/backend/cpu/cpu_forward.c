@@ -43,11 +43,6 @@ static inline int visible(const skv_cpu *c, int32_t l, int64_t qp, int64_t kp) {
     return kp <= qp && (w <= 0 || qp - kp < w);
 }
 
-/* 1/sqrt(head_dim), or the model's own query scale */
-static inline float att_scale(const skv_model *m) {
-    return m->cfg.attn_scale > 0 ? m->cfg.attn_scale : 1.0f / sqrtf((float)m->cfg.info.head_dim);
-}
-
 /* The past's slots of stream (cl, g) (0 without a past). */
 static inline int64_t past_slots(const skv_cpu *c, int32_t cl, int32_t g) {
     return c->past ? skv_cache_stream(&c->past->cache, cl, g)->n : 0;
@@ -64,7 +59,7 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
     const skv_model_info *in = &c->m->cfg.info;
     const int32_t hd = in->head_dim, H = in->n_head, G = H / in->n_kv_head;
     const int64_t QD = (int64_t)H * hd, T = c->n_ctx;
-    const float scale = att_scale(c->m);
+    const float scale = skv_cpu_att_scale(c->m);
     const int32_t window = skv_model_layer_window(c->m, l);
     const int stats = stats_ok && (c->want_acc || c->want_win || c->want_last);
     const int head_stats = stats_ok && c->head_acc;
@@ -158,14 +153,14 @@ static void rmsnorm_rows(const skv_cpu *c, float *out, const float *x, const flo
 }
 
 /* Gemma 3: RMSNorm of every head's q and k (n rows) with the layer's q_norm / k_norm */
-static void qk_norms(skv_cpu *c, const skv_layer *ly, int64_t n) {
+void skv_cpu_qk_norms(skv_cpu *c, const skv_layer *ly, int64_t n) {
     const skv_model_info *in = &c->m->cfg.info;
     const int64_t hd = in->head_dim;
     for (int64_t i = 0; i < n * in->n_head; i++) skv_rmsnorm(c->q + i * hd, c->q + i * hd, ly->q_norm, hd, in->rms_eps);
     for (int64_t i = 0; i < n * in->n_kv_head; i++) skv_rmsnorm(c->k + i * hd, c->k + i * hd, ly->k_norm, hd, in->rms_eps);
 }
 
-static skv_status append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k, const float *v) {
+skv_status skv_cpu_append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k, const float *v) {
     const skv_model_info *in = &c->m->cfg.info;
     for (int32_t g = 0; g < in->n_kv_head; g++) {
         skv_status st = skv_cache_append(&c->cache, cl, g, (int32_t)pos, k + (int64_t)g * in->head_dim,
@@ -176,7 +171,7 @@ static skv_status append_kv(skv_cpu *c, int32_t cl, int64_t pos, const float *k,
 }
 
 /* Input rows of the residual stream: embedding rows of ids, or the given embeddings. */
-static void embed_rows(skv_cpu *c, const skv_fwd_in *in) {
+void skv_cpu_embed_rows(skv_cpu *c, const skv_fwd_in *in) {
     const int64_t D = c->m->cfg.info.dim;
     if (in->embd) memcpy(c->x, in->embd, sizeof(float) * (size_t)(in->n * D));
     else
@@ -248,7 +243,7 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
         chunk_own_kv(c, l, c->lk_cur, fin);
         if (append)
             for (int64_t i = 0; i < n; i++)
-                if ((st = append_kv(c, cl, pos0 + i, chunk_kv(c, cl, c->lk_cur, 0) + i * KD,
+                if ((st = skv_cpu_append_kv(c, cl, pos0 + i, chunk_kv(c, cl, c->lk_cur, 0) + i * KD,
                                     chunk_kv(c, cl, c->lk_cur, 1) + i * KD)))
                     return st;
     }
@@ -292,7 +287,7 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     const int32_t lo = m->grp_lo, hi = m->grp_hi, L = in->n_layer;
     skv_status st = skv_cpu_prefill_scratch(c);
     if (st) return st;
-    embed_rows(c, fin);
+    skv_cpu_embed_rows(c, fin);
     const int32_t l0 = fin->layer0, l1 = fin->layer1 > 0 ? fin->layer1 : L;
     if (lo >= 0 && (l0 != 0 || l1 != L || out->resid_in || out->attn_in))
         return skv_set_error(SKV_ERR_UNSUPPORTED, "decode: layer ranges and per-layer taps are not available for "
@@ -320,13 +315,6 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     if (out->all) outputs(c, out, 0, n);
     else outputs(c, out, n - 1, 1);
     return SKV_OK;
-}
-
-/* Rows [r0, r1) of a matrix, split evenly over the team of the enclosing parallel region. */
-static inline void team_rows(int64_t rows, int64_t *r0, int64_t *r1) {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    *r0 = rows * t / nt;
-    *r1 = rows * (t + 1) / nt;
 }
 
 #define SKV_KV_PREFETCH 2 /* blocks ahead */
@@ -431,7 +419,7 @@ static void weigh_vtop(skv_cpu *c, const skv_stream *st, int32_t h0, int32_t nh,
  * group's own kept tokens, block by block; each K and V block is read once for the nh heads.
  * Probabilities are left in c->probs (one row of n_ctx per head, by slot: the past's first).
  * RoPE is applied to the queries here. */
-static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h0, int32_t nh, const float *cs,
+void skv_cpu_attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h0, int32_t nh, const float *cs,
                          const float *sn, int64_t qp, float scale) {
     const skv_model_info *in = &c->m->cfg.info;
     const int32_t hd = in->head_dim;
@@ -473,7 +461,7 @@ static void attend_heads(skv_cpu *c, int32_t l, int32_t cl, int32_t g, int32_t h
 /* Before a decode step under a V top-N rule: the store must still hold what was written;
  * V of slots older than the newest `recent` moves to it (cache layers >= fast_layers); for
  * cold-cache measurements its pages are dropped. */
-static skv_status vtop_before_step(skv_cpu *c) {
+skv_status skv_cpu_vtop_before_step(skv_cpu *c) {
     const skv_vtop_rule *r = &c->plan.vtop;
     skv_status st = skv_vstore_check(c->cache.vs);
     if (st) return st;
@@ -491,7 +479,7 @@ static skv_status vtop_before_step(skv_cpu *c) {
 }
 
 /* x += rmsnorm(proj) with weight w (Gemma's post-attention and post-FFN norms), one token */
-static void post_norm_add(skv_cpu *c, const float *w) {
+void skv_cpu_post_norm_add(skv_cpu *c, const float *w) {
     const skv_model_info *in = &c->m->cfg.info;
     skv_rmsnorm(c->proj, c->proj, w, in->dim, in->rms_eps);
     for (int64_t i = 0; i < in->dim; i++) c->x[i] += c->proj[i];
@@ -506,13 +494,13 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     const int64_t D = in->dim, hd = in->head_dim, F = in->ffn_dim, pos = fin->pos0;
     const int64_t QD = in->n_head * hd, KD = in->n_kv_head * hd;
     const int32_t H = in->n_head, G = in->n_head / in->n_kv_head;
-    const float scale = att_scale(m);
+    const float scale = skv_cpu_att_scale(m);
     const int gemma = m->cfg.gemma3;
     /* per KV head when there are enough of them, or when statistics are gathered per group */
     const int by_group = in->n_kv_head >= c->n_threads || c->want_acc || c->plan.vtop.on;
     skv_status err = SKV_OK;
-    if (c->plan.vtop.on && (err = vtop_before_step(c))) return err;
-    embed_rows(c, fin);
+    if (c->plan.vtop.on && (err = skv_cpu_vtop_before_step(c))) return err;
+    skv_cpu_embed_rows(c, fin);
 
 #pragma omp parallel num_threads(c->n_threads)
     {
@@ -529,7 +517,7 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
             /* q, k, v: one row range over the three stacked matrices (q only: LCKV layers without
              * K/V of their own) */
             const int own = m->kv_src[l] == l;
-            team_rows(own ? QD + 2 * KD : QD, &r0, &r1);
+            skv_cpu_team_rows(own ? QD + 2 * KD : QD, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 if (r < QD) {
                     c->q[r] = skv_weight_row_dot_act(&ly->wq, r, &c->ax) + (ly->bq ? ly->bq[r] : 0);
@@ -545,18 +533,18 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
             if (own) {
 #pragma omp single
                 {
-                    if (ly->q_norm) qk_norms(c, ly, 1);
+                    if (ly->q_norm) skv_cpu_qk_norms(c, ly, 1);
                     for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
-                    skv_status st = append_kv(c, cl, pos, c->k, c->v);
+                    skv_status st = skv_cpu_append_kv(c, cl, pos, c->k, c->v);
                     if (st) err = st;
                 }
             }
             if (by_group) {
 #pragma omp for schedule(static)
-                for (int32_t g = 0; g < in->n_kv_head; g++) attend_heads(c, l, cl, g, g * G, G, cs, sn, pos, scale);
+                for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_attend_heads(c, l, cl, g, g * G, G, cs, sn, pos, scale);
             } else {
 #pragma omp for schedule(static)
-                for (int32_t h = 0; h < H; h++) attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
+                for (int32_t h = 0; h < H; h++) skv_cpu_attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
             }
             /* statistics come from the layer that owns the cache layer */
             if (c->head_acc && own) {
@@ -570,12 +558,12 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
             /* x += o_proj(att_out) */
 #pragma omp single
             skv_act_init(&c->ao, c->att_out, QD, m->act_kinds, c->actbuf + c->act_bytes);
-            team_rows(D, &r0, &r1);
+            skv_cpu_team_rows(D, &r0, &r1);
             if (gemma) { /* x += post_attn_norm(o_proj(att_out)) */
                 for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->wo, r, &c->ao);
 #pragma omp barrier
 #pragma omp single
-                post_norm_add(c, ly->post_attn_norm);
+                skv_cpu_post_norm_add(c, ly->post_attn_norm);
             } else {
                 for (int64_t r = r0; r < r1; r++)
                     c->x[r] += skv_weight_row_dot_act(&ly->wo, r, &c->ao) + (ly->bo ? ly->bo[r] : 0);
@@ -587,7 +575,7 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
             /* hb = silu(gate xb) * (up xb) */
-            team_rows(F, &r0, &r1);
+            skv_cpu_team_rows(F, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 float gt = skv_weight_row_dot_act(&ly->w_gate, r, &c->ax);
                 float up = skv_weight_row_dot_act(&ly->w_up, r, &c->ax);
@@ -596,12 +584,12 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
 #pragma omp barrier
 #pragma omp single
             skv_act_init(&c->ah, c->hb, F, m->act_kinds, c->actbuf + 2 * c->act_bytes);
-            team_rows(D, &r0, &r1);
+            skv_cpu_team_rows(D, &r0, &r1);
             if (gemma) { /* x += post_ffn_norm(down(hb)) */
                 for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
 #pragma omp barrier
 #pragma omp single
-                post_norm_add(c, ly->post_ffn_norm);
+                skv_cpu_post_norm_add(c, ly->post_ffn_norm);
             } else {
                 for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
 #pragma omp barrier
@@ -616,7 +604,7 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
             if (out->logits) {
-                team_rows(in->n_vocab, &r0, &r1);
+                skv_cpu_team_rows(in->n_vocab, &r0, &r1);
                 for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot_act(&m->lm_head, r, &c->ax);
             }
         }
