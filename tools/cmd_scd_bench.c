@@ -116,6 +116,23 @@ int cmd_scd_bench(int argc, char **argv) {
         cli_check(C, skv_context_init(m, cp, &c));
         cli_check(C, skv_decode(c, ids, 256, lg, 0));
         skv_context_free(c);
+        /* and the consumer's path once (the maps' device copy is made by the first rebuild) */
+        skv_scd_req req = {.method = SKV_SCD_FULL, .code_enc = SKV_ENC_BF16};
+        scd_patch_set(C, maps, patch_k, NULL, &req);
+        mem_frames fr = {0};
+        skv_scd_prod_stats ps;
+        cli_check(C, skv_scd_produce_synth(m, maps, ids, 256, &req, 7, mem_emit, &fr, &ps));
+        skv_scd_consumer *sc;
+        cli_check(C, skv_scd_consumer_init(m, maps, cp, &sc));
+        int done = 0;
+        for (int i = 0; i < fr.n; i++) {
+            skv_frame fh;
+            cli_check(C, skv_frame_check(fr.f[i], fr.len[i], SCD_MAX_PAYLOAD, &fh));
+            cli_check(C, skv_scd_consumer_feed(sc, &fh, &done));
+        }
+        if (!done) cli_die(C, 1, "warm-up: the consumer did not finish");
+        skv_scd_consumer_free(sc);
+        mem_free(&fr);
     }
     for (int li = 0; li < n_len; li++) {
         const int32_t n_ids = (int32_t)lens[li], n = n_ids - 1;
