@@ -368,6 +368,19 @@ static void test_frames(void) {
     for (int i = 0; i < R * C; i++) x[i] = randn();
     size_t len;
     skv_frame f;
+    { /* bf16 payloads checked in place (the CUDA consumer's path) as unpacking checks them */
+        uint8_t bb[R * C * 2];
+        CHECK(skv_wire_pack(SKV_ENC_BF16, SKV_PART_ZK, R, C, 0, x, bb) == SKV_OK);
+        CHECK(skv_wire_bf16_check(bb, R, C) == SKV_OK);
+        const uint16_t bad[] = {0x7F80, 0xFF80, 0x7FC1};
+        for (int b = 0; b < 3; b++) {
+            uint8_t keep[2] = {bb[2 * (7 * C + 9)], bb[2 * (7 * C + 9) + 1]};
+            bb[2 * (7 * C + 9)] = (uint8_t)(bad[b] & 0xFF), bb[2 * (7 * C + 9) + 1] = (uint8_t)(bad[b] >> 8);
+            CHECK(skv_wire_bf16_check(bb, R, C) == SKV_ERR_FORMAT && strstr(skv_last_error(), "row 7, column 9"));
+            CHECK(skv_wire_unpack(SKV_ENC_BF16, SKV_PART_ZK, R, C, 0, bb, y) == SKV_ERR_FORMAT);
+            bb[2 * (7 * C + 9)] = keep[0], bb[2 * (7 * C + 9) + 1] = keep[1];
+        }
+    }
     /* every encoding: accepted whole, values within precision */
     const struct { int enc, part; uint32_t group; double tol; } encs[] = {
         {SKV_ENC_F32, SKV_PART_ZK, 0, 0}, {SKV_ENC_BF16, SKV_PART_ZK, 0, 1.0 / 128},

@@ -124,7 +124,7 @@ struct skv_backend_ops {
      * layer's part into an empty context's sequence 0 at positions 0..n-1, then its n slots. */
     skv_status (*codes_upload)(const skv_codes_desc *d, void **dev);
     void (*codes_free)(void *dev);
-    skv_status (*codes_layer)(skv_context *c, void *dev, int32_t layer, int part, const float *z, int32_t n);
+    skv_status (*codes_layer)(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
     skv_status (*codes_finish)(skv_context *c, int32_t n);
 };
 

@@ -32,7 +32,7 @@ int skv_context_codes_on_device(const skv_context *c);
  * call's positions are counted). */
 skv_status skv_context_get_kv_rows(const skv_context *c, int32_t layer, int32_t n, int derope, float *k, float *v);
 skv_status skv_context_codes_upload(const skv_context *c, const skv_codes_desc *d, void **dev, void (**free_fn)(void *));
-skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const float *z, int32_t n);
+skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
 skv_status skv_context_codes_finish(skv_context *c, int32_t n);
 
 #endif

@@ -127,11 +127,11 @@ skv_status skv_context_codes_upload(const skv_context *c, const skv_codes_desc *
     return st;
 }
 
-skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const float *z, int32_t n) {
+skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n) {
     if (!c->be->codes_layer) return skv_set_error(SKV_ERR_UNSUPPORTED, "codes: the %s backend rebuilds no layers", c->be->name);
     if (c->n_past != 0 || c->past) return skv_set_error(SKV_ERR_ARG, "codes: the context is not empty");
     if (n <= 0 || n > c->n_ctx) return skv_set_error(SKV_ERR_RANGE, "codes: %d tokens, the context holds %d", n, c->n_ctx);
-    return c->be->codes_layer(c, dev, layer, part, z, n);
+    return c->be->codes_layer(c, dev, layer, part, z, z_bf16, n);
 }
 
 skv_status skv_context_codes_finish(skv_context *c, int32_t n) {

@@ -343,12 +343,13 @@ static skv_status dev_upload(skv_scd_maps *m, const skv_context *c) {
     return st;
 }
 
-skv_status skv_scd_dev_layer(const skv_scd_maps *mc, skv_context *c, int32_t layer, int part, const float *z, int32_t n) {
+skv_status skv_scd_dev_layer(const skv_scd_maps *mc, skv_context *c, int32_t layer, int part, const void *z, int z_bf16,
+                             int32_t n) {
     skv_scd_maps *m = (skv_scd_maps *)mc; /* the device copy is a cache of the maps */
     skv_status st = skv_scd_maps_check(m, skv_context_model(c));
     if (st) return st;
     if (part != SKV_SCD_K && part != SKV_SCD_V && part != SKV_SCD_H) return skv_set_error(SKV_ERR_ARG, "SCD: part %d", part);
     if (!m->dev && (st = dev_upload(m, c))) return st;
     const int cp = part == SKV_SCD_K ? SKV_CODES_K : part == SKV_SCD_V ? SKV_CODES_V : SKV_CODES_H;
-    return skv_context_codes_layer(c, m->dev, layer, cp, z, n);
+    return skv_context_codes_layer(c, m->dev, layer, cp, z, z_bf16, n);
 }

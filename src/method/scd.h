@@ -39,9 +39,10 @@ struct skv_scd_maps {
  * means, an MLP aligner when hidden > 0, patch layers ranked top layer first; crc from the seed. */
 skv_status skv_scd_maps_random(int32_t n_layer, int32_t kv_dim, int32_t dim, int32_t hidden, int32_t r_k, int32_t r_v,
                                int32_t r_h, int32_t patch_k, uint64_t seed, skv_scd_maps **out);
-/* One layer's codes (part SKV_SCD_K, _V or _H; z (n, r)) decoded on the device of c's backend
+/* One layer's codes (part SKV_SCD_K, _V or _H; z (n, r) f32, or bf16 bits when z_bf16) decoded on the device of c's backend
  * into the empty context c (skv_context_codes_on_device(c) must hold; the maps' device copy is
  * made on first use, not thread-safe); after every layer, skv_context_codes_finish(c, n). */
-skv_status skv_scd_dev_layer(const skv_scd_maps *m, skv_context *c, int32_t layer, int part, const float *z, int32_t n);
+skv_status skv_scd_dev_layer(const skv_scd_maps *m, skv_context *c, int32_t layer, int part, const void *z, int z_bf16,
+                             int32_t n);
 
 #endif

@@ -610,12 +610,19 @@ static skv_status on_layer(skv_scd_consumer *c, const skv_frame *f) {
                              f->part, f->rows, f->cols, skv_wire_enc_name(f->enc), f->group, c->n, cols,
                              skv_wire_enc_name(enc), group);
     const int64_t n = c->n;
+    if (c->dev && f->enc == SKV_ENC_BF16) { /* bf16 codes go to the device as they are, checked here */
+        const int part = f->part == SKV_PART_ZK ? SKV_SCD_K : f->part == SKV_PART_ZV ? SKV_SCD_V : SKV_SCD_H;
+        skv_status st = skv_wire_bf16_check(f->payload, f->rows, f->cols);
+        if (!st) st = skv_scd_dev_layer(c->maps, c->ctx, l, part, f->payload, 1, c->n);
+        if (!st) c->got[l] |= bit, c->n_frames++;
+        return st;
+    }
     float *x = malloc(sizeof(float) * (size_t)n * cols);
     if (!x) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     skv_status st = skv_wire_unpack(f->enc, f->part, f->rows, f->cols, f->group, f->payload, x);
     if (!st && c->dev) { /* the device decodes (only codes reach here: uses_maps) */
         const int part = f->part == SKV_PART_ZK ? SKV_SCD_K : f->part == SKV_PART_ZV ? SKV_SCD_V : SKV_SCD_H;
-        st = skv_scd_dev_layer(c->maps, c->ctx, l, part, x, c->n);
+        st = skv_scd_dev_layer(c->maps, c->ctx, l, part, x, 0, c->n);
         free(x);
         if (!st) c->got[l] |= bit, c->n_frames++;
         return st;

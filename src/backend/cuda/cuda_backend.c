@@ -310,8 +310,8 @@ static skv_status cu_scd_upload(const skv_codes_desc *d, void **dev) {
     return st;
 }
 static void cu_scd_free(void *dev) { skv_gpu_scd_free(dev); }
-static skv_status cu_scd_layer(skv_context *c, void *dev, int32_t layer, int part, const float *z, int32_t n) {
-    return skv_gpu_scd_layer(G(c), dev, layer, part, z, n);
+static skv_status cu_scd_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n) {
+    return skv_gpu_scd_layer(G(c), dev, layer, part, z, z_bf16, n);
 }
 static skv_status cu_scd_finish(skv_context *c, int32_t n) { return skv_gpu_scd_finish(G(c), n); }
 

@@ -184,8 +184,9 @@ skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t
 typedef struct skv_gpu_scd skv_gpu_scd;
 skv_status skv_gpu_scd_upload(const skv_codes_desc *d, skv_gpu_scd **out);
 void skv_gpu_scd_free(skv_gpu_scd *s);
-/* part SKV_CODES_K, _V or _H of layer `layer`, codes z (host, (n, r) f32) */
-skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const float *z, int32_t n);
+/* part SKV_CODES_K, _V or _H of layer `layer`, codes z (host, (n, r): f32, or bf16 bits when
+ * z_bf16, widened on the device) */
+skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
 /* after every layer's parts: sequence 0 holds n slots (positions 0..n-1) in every stream */
 skv_status skv_gpu_scd_finish(skv_gpu_ctx *c, int32_t n);
 

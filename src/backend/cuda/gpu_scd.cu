@@ -17,6 +17,7 @@ struct skv_gpu_scd {
     dpart *k, *v, *h;       /* host arrays of device pointers */
     int64_t cap;            /* rows the scratch holds */
     float *z, *y, *a;       /* (cap, rmax), (cap, max(D, 2 KD)), (cap, max(HID, 2 KD)) */
+    bf16 *zb;               /* (cap, rmax): codes as they arrived in bf16 */
     bf16 *hb;               /* (cap, D) */
 };
 
@@ -38,7 +39,7 @@ extern "C" void skv_gpu_scd_free(skv_gpu_scd *s) {
         }
         free(x);
     }
-    cudaFree(s->z), cudaFree(s->y), cudaFree(s->a), cudaFree(s->hb);
+    cudaFree(s->z), cudaFree(s->y), cudaFree(s->a), cudaFree(s->hb), cudaFree(s->zb);
     free(s);
 }
 
@@ -90,6 +91,10 @@ static __global__ void k_silu(float *a, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         a[i] = a[i] / (1.0f + expf(-a[i]));
 }
+static __global__ void k_from_bf16(const bf16 *x, float *y, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __bfloat162float(x[i]);
+}
 static __global__ void k_to_bf16(const float *x, bf16 *y, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16(x[i]);
@@ -123,18 +128,20 @@ static skv_status sgemm(cublasHandle_t cb, const float *x, const float *w, float
 
 static skv_status scratch(skv_gpu_scd *s, int64_t n) {
     if (n <= s->cap) return SKV_OK;
-    cudaFree(s->z), cudaFree(s->y), cudaFree(s->a), cudaFree(s->hb);
-    s->z = s->y = s->a = NULL, s->hb = NULL, s->cap = 0;
+    cudaFree(s->z), cudaFree(s->y), cudaFree(s->a), cudaFree(s->hb), cudaFree(s->zb);
+    s->z = s->y = s->a = NULL, s->hb = s->zb = NULL, s->cap = 0;
     const int64_t wy = s->D > 2 * s->KD ? s->D : 2 * s->KD, wa = s->HID > 2 * s->KD ? s->HID : 2 * s->KD;
     CK(cudaMalloc((void **)&s->z, sizeof(float) * (size_t)(n * s->rmax)));
     CK(cudaMalloc((void **)&s->y, sizeof(float) * (size_t)(n * wy)));
     CK(cudaMalloc((void **)&s->a, sizeof(float) * (size_t)(n * wa)));
     CK(cudaMalloc((void **)&s->hb, sizeof(bf16) * (size_t)(n * s->D)));
+    CK(cudaMalloc((void **)&s->zb, sizeof(bf16) * (size_t)(n * s->rmax)));
     s->cap = n;
     return SKV_OK;
 }
 
-extern "C" skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const float *z, int32_t n) {
+extern "C" skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const void *z, int z_bf16,
+                                        int32_t n) {
     const skv_gpu_model *g = c->g;
     if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "SCD rebuild on CUDA: not into a KCache context");
     if (g->CL != g->L || layer < 0 || layer >= g->L || layer >= s->L)
@@ -151,7 +158,13 @@ extern "C" skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t 
     if (st || (st = gpu_cache_upload(c)) || (st = scratch(s, n))) return st;
     const dpart *p = part == SKV_CODES_K ? &s->k[layer] : part == SKV_CODES_V ? &s->v[layer] : &s->h[layer];
     const int KD = s->KD, D = s->D, HID = s->HID, r = p->r;
-    CK(cudaMemcpyAsync(s->z, z, sizeof(float) * (size_t)n * r, cudaMemcpyHostToDevice, c->st));
+    if (z_bf16) { /* half the bytes over PCIe, widened here */
+        CK(cudaMemcpyAsync(s->zb, z, sizeof(bf16) * (size_t)n * r, cudaMemcpyHostToDevice, c->st));
+        k_from_bf16<<<512, 256, 0, c->st>>>(s->zb, s->z, (int64_t)n * r);
+        LAUNCHED();
+    } else {
+        CK(cudaMemcpyAsync(s->z, z, sizeof(float) * (size_t)n * r, cudaMemcpyHostToDevice, c->st));
+    }
     const dim3 sg(n, g->KVH);
     const int th = g->hd / 2 < 128 ? g->hd / 2 : 128;
     if (part != SKV_CODES_H) {
