@@ -6,6 +6,7 @@
  * without it.
  */
 #include "harness.h"
+#include "context/context.h"
 #include "method/scd.h"
 #include "method/scd_pipe.h"
 #include "net/frame.h"
@@ -268,6 +269,46 @@ static void test_identical_models(void) {
     free(H), free(zk), free(zv), free(zh), free(k), free(v), free(k2), free(v2);
     skv_context_free(pc), skv_context_free(oc);
     skv_scd_maps_free(maps);
+    skv_model_free(m);
+}
+
+/* skv_batch.layer_done: once per layer, in order, only when the layer holds the whole call
+ * (prompt in 3 chunks), the rows read then equal the cache's after the call. */
+typedef struct done_log {
+    const skv_context *c;
+    int32_t calls, last, n_seen, bad;
+    float *k, *v, *k_at;   /* k_at: (L, n, kv_dim) rows read inside the hook */
+    int32_t n, KD;
+} done_log;
+static void on_done(void *arg, int32_t layer, int32_t n_cached) {
+    done_log *d = arg;
+    d->bad |= layer != d->last + 1 || n_cached != d->n;
+    d->last = layer, d->calls++;
+    if (skv_context_get_kv_rows(d->c, layer, n_cached, 0, d->k_at + (size_t)layer * d->n * d->KD, d->v) != SKV_OK) d->bad |= 2;
+}
+static void test_layer_done(void) {
+    skv_model *m = skv_test_load_model("kvt-s", 1);
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int n = 150, L = in->n_layer, KD = in->n_kv_head * in->head_dim;
+    int32_t ids[150];
+    skv_test_ids(ids, n, 31);
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 160, cp.n_batch = 64;
+    skv_context *c;
+    REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
+    done_log d = {.c = c, .last = -1, .n = n, .KD = KD};
+    d.k = malloc(sizeof(float) * (size_t)n * KD), d.v = malloc(sizeof(float) * (size_t)n * KD);
+    d.k_at = malloc(sizeof(float) * (size_t)L * n * KD);
+    const skv_batch b = {.ids = ids, .n = n, .layer_done = on_done, .layer_arg = &d};
+    REQUIRE(skv_decode_ex(c, &b) == SKV_OK, "%s", skv_last_error());
+    CHECKF(d.calls == L && !d.bad, "layer_done: %d calls for %d layers, bad %d", d.calls, L, d.bad);
+    for (int l = 0; l < L; l++) {
+        CHECK(skv_context_get_kv(c, l, 0, d.k, d.v) == SKV_OK);
+        CHECK(!memcmp(d.k, d.k_at + (size_t)l * n * KD, sizeof(float) * (size_t)n * KD));
+    }
+    free(d.k), free(d.v), free(d.k_at);
+    skv_context_free(c);
     skv_model_free(m);
 }
 
@@ -615,5 +656,6 @@ void register_scd(void) {
     skv_test_add("scd/producer and consumer over loopback TCP: same cache bit for bit as in process", test_tcp);
     skv_test_add("scd/producer and consumer over loopback UCX: same cache bit for bit as in process", test_ucx);
     skv_test_add("scd/faults: corrupt byte, producer killed mid-frame, wrong version, resend", test_faults);
+    skv_test_add("scd/layer_done: once per layer, in order, when the layer holds the whole prompt", test_layer_done);
     skv_test_add("cuda/scd: the consumer's rebuild on the GPU equals the CPU's (reuse, patch)", test_cuda_rebuild);
 }
