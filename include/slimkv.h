@@ -423,6 +423,11 @@ typedef struct skv_batch {
      * final hidden states are produced. Only the layers run append to the cache (the others'
      * streams stay as they are): for filling some layers' K/V from sent hidden states. */
     int32_t layer0, layer1;
+    /* Called once per layer as soon as that layer's K/V of the whole call are cached (CPU
+     * backend; NULL: none), i.e. after the layer ran over the call's last chunk, with the
+     * number of tokens cached by then: a prefill streamed layer by layer (SCD's producer). */
+    void (*layer_done)(void *arg, int32_t layer, int32_t n_cached);
+    void *layer_arg;
 } skv_batch;
 skv_status skv_decode_ex(skv_context *c, const skv_batch *b);
 

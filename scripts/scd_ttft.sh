@@ -5,6 +5,7 @@
 #
 #   scripts/scd_ttft.sh [-o bench/scd] [-r "10 30 100 300 1000"] [-l "512 1024 1984"]
 #                       [-M "scd reuse raw kivi4 oracle"] [-T "tcp ucx"] [-k MAPS] [-d DELAY_MS] [--faults]
+#                       [-S "1 0"]   (producer streaming while it prefills: 1 (default), 0 = --no-stream)
 #
 # For every transport, rate, prompt length and method: one request, producer (kvt-l) in netns
 # skvp, consumer (kvt-l-qa) in netns skvc, prompt = the last LEN tokens of the first 16 kB of the
@@ -18,11 +19,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/scd RATES="10 30 100 300 1000" LENS="512 1024 1984" METHODS="scd reuse raw kivi4 oracle"
-TRANSPORTS="tcp ucx" MAPS=models/scd/kvt-l-to-kvt-l-qa.safetensors DELAY=0 FAULTS=0
+TRANSPORTS="tcp ucx" MAPS=models/scd/kvt-l-to-kvt-l-qa.safetensors DELAY=0 FAULTS=0 STREAMS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) OUT=$2; shift 2 ;; -r) RATES=$2; shift 2 ;; -l) LENS=$2; shift 2 ;; -M) METHODS=$2; shift 2 ;;
     -T) TRANSPORTS=$2; shift 2 ;; -k) MAPS=$2; shift 2 ;; -d) DELAY=$2; shift 2 ;; --faults) FAULTS=1; shift ;;
+    -S) STREAMS=$2; shift 2 ;;
     *) echo "scd_ttft.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -107,17 +109,18 @@ if [ "$FAULTS" = 1 ]; then
 fi
 
 n_req=0
-for _ in $LENS; do for _ in $METHODS; do n_req=$((n_req + 1)); done; done
+for _ in $LENS; do for _ in $METHODS; do for _ in $STREAMS; do n_req=$((n_req + 1)); done; done; done
 for t in $TRANSPORTS; do
   for r in $RATES; do
     shape "$r"
     consumer "$t" "$n_req" --timeout 120
     for len in $LENS; do
-      for m in $METHODS; do
-        line=$(producer "$t" "$m" "$len" --timeout 120) || { echo "scd_ttft.sh: $t $r $len $m failed" >&2; continue; }
+      for m in $METHODS; do for s in $STREAMS; do
+        ns=""; [ "$s" = 0 ] && ns=--no-stream
+        line=$(producer "$t" "$m" "$len" --timeout 120 $ns) || { echo "scd_ttft.sh: $t $r $len $m failed" >&2; continue; }
         echo "{\"rate_mbit\": $r, \"len\": $len, \"delay_ms\": $DELAY, \"producer\": $line}" >> "$OUT/ttft.jsonl"
-        echo "$t ${r}Mbit/s len $len $m: $(echo "$line" | sed -n 's/.*"ttft":\([0-9.]*\).*/\1/p') s"
-      done
+        echo "$t ${r}Mbit/s len $len $m stream $s: $(echo "$line" | sed -n 's/.*"ttft":\([0-9.]*\).*/\1/p') s"
+      done; done
     done
     wait $CPID || true
   done

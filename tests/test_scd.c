@@ -6,6 +6,8 @@
  * without it.
  */
 #include "harness.h"
+#include "context/context.h"
+#include "method/scd.h"
 #include "method/scd_pipe.h"
 #include "net/frame.h"
 
@@ -270,6 +272,124 @@ static void test_identical_models(void) {
     skv_model_free(m);
 }
 
+/* skv_batch.layer_done: once per layer, in order, only when the layer holds the whole call
+ * (prompt in 3 chunks), the rows read then equal the cache's after the call. */
+typedef struct done_log {
+    const skv_context *c;
+    int32_t calls, last, n_seen, bad;
+    float *k, *v, *k_at;   /* k_at: (L, n, kv_dim) rows read inside the hook */
+    int32_t n, KD;
+} done_log;
+static void on_done(void *arg, int32_t layer, int32_t n_cached) {
+    done_log *d = arg;
+    d->bad |= layer != d->last + 1 || n_cached != d->n;
+    d->last = layer, d->calls++;
+    if (skv_context_get_kv_rows(d->c, layer, n_cached, 0, d->k_at + (size_t)layer * d->n * d->KD, d->v) != SKV_OK) d->bad |= 2;
+}
+static void test_layer_done(void) {
+    skv_model *m = skv_test_load_model("kvt-s", 1);
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int n = 150, L = in->n_layer, KD = in->n_kv_head * in->head_dim;
+    int32_t ids[150];
+    skv_test_ids(ids, n, 31);
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 160, cp.n_batch = 64;
+    skv_context *c;
+    REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
+    done_log d = {.c = c, .last = -1, .n = n, .KD = KD};
+    d.k = malloc(sizeof(float) * (size_t)n * KD), d.v = malloc(sizeof(float) * (size_t)n * KD);
+    d.k_at = malloc(sizeof(float) * (size_t)L * n * KD);
+    const skv_batch b = {.ids = ids, .n = n, .layer_done = on_done, .layer_arg = &d};
+    REQUIRE(skv_decode_ex(c, &b) == SKV_OK, "%s", skv_last_error());
+    CHECKF(d.calls == L && !d.bad, "layer_done: %d calls for %d layers, bad %d", d.calls, L, d.bad);
+    for (int l = 0; l < L; l++) {
+        CHECK(skv_context_get_kv(c, l, 0, d.k, d.v) == SKV_OK);
+        CHECK(!memcmp(d.k, d.k_at + (size_t)l * n * KD, sizeof(float) * (size_t)n * KD));
+    }
+    free(d.k), free(d.v), free(d.k_at);
+    skv_context_free(c);
+    skv_model_free(m);
+}
+
+/* frames straight into a consumer, checked as a socket's would be */
+typedef struct cuda_pipe {
+    skv_scd_consumer *c;
+    int done;
+} cuda_pipe;
+static skv_status cuda_pipe_emit(void *arg, const uint8_t *frame, size_t len) {
+    cuda_pipe *p = arg;
+    skv_frame f;
+    skv_status st = skv_frame_check(frame, len, 1ull << 30, &f);
+    return st ? st : skv_scd_consumer_feed(p->c, &f, &p->done);
+}
+
+/* The consumer's rebuild on CUDA (codes decoded, aligned, projected and RoPE'd on the device)
+ * against the CPU consumer's, from the same frames: random maps of kvt-s's shape over a kvt-s
+ * prefill, reuse on every layer and with two patch layers; every cached K/V row within bf16
+ * storage of the CPU's, and the next-token logits alike. Skips without a GPU. */
+static void test_cuda_rebuild(void) {
+    if (!skv_backend_available(SKV_BACKEND_CUDA)) {
+        skv_test_skip("%s", skv_last_error());
+        return;
+    }
+    skv_model *m = skv_test_load_model("kvt-s", 1);
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int n = 150, KD = in->n_kv_head * in->head_dim, D = in->dim, L = in->n_layer, V = in->n_vocab;
+    skv_scd_maps *maps;
+    REQUIRE(skv_scd_maps_random(L, KD, D, 96, 40, 48, 64, 2, 7, &maps) == SKV_OK, "%s", skv_last_error());
+    int32_t ids[151];
+    skv_test_ids(ids, n + 1, 23);
+    skv_context_params pp = skv_context_default_params();
+    pp.n_ctx = n;
+    skv_context *pc;
+    REQUIRE(skv_context_init(m, pp, &pc) == SKV_OK, "%s", skv_last_error());
+    float *H = malloc(sizeof(float) * (size_t)L * n * D);
+    const skv_batch b = {.ids = ids, .n = n, .attn_in = H};
+    REQUIRE(skv_decode_ex(pc, &b) == SKV_OK, "%s", skv_last_error());
+    float *k[2], *v[2], *lg[2];
+    for (int i = 0; i < 2; i++)
+        k[i] = malloc(sizeof(float) * (size_t)n * KD), v[i] = malloc(sizeof(float) * (size_t)n * KD),
+        lg[i] = malloc(sizeof(float) * (size_t)V);
+    for (int cfg = 0; cfg < 2; cfg++) {
+        skv_scd_req req = {.method = cfg ? SKV_SCD_FULL : SKV_SCD_REUSE, .code_enc = SKV_ENC_BF16};
+        if (cfg) req.patch[0] = req.patch[2] = 1;
+        skv_scd_consumer *sc[2];
+        skv_context *bc[2];
+        for (int be = 0; be < 2; be++) {
+            skv_context_params cp = skv_context_default_params();
+            cp.n_ctx = 256;
+            cp.backend = be ? SKV_BACKEND_CUDA : SKV_BACKEND_CPU;
+            REQUIRE(skv_scd_consumer_init(m, maps, cp, &sc[be]) == SKV_OK, "%s", skv_last_error());
+            cuda_pipe p = {.c = sc[be]};
+            skv_scd_prod_stats ps = {0};
+            REQUIRE(skv_scd_produce_ctx(pc, H, NULL, maps, ids, n + 1, &req, cuda_pipe_emit, &p, &ps) == SKV_OK,
+                    "%s consumer: %s", be ? "cuda" : "cpu", skv_last_error());
+            REQUIRE(p.done && (bc[be] = skv_scd_consumer_context(sc[be])), "the %s consumer did not finish", be ? "cuda" : "cpu");
+            CHECK(skv_context_n_past(bc[be]) == n);
+        }
+        for (int l = 0; l < L; l++) {
+            double e = 0, r = 0;
+            for (int be = 0; be < 2; be++) CHECK(skv_context_get_kv(bc[be], l, 0, k[be], v[be]) == SKV_OK);
+            for (int i = 0; i < n * KD; i++)
+                e = fmax(e, fmax(fabs(k[0][i] - k[1][i]), fabs(v[0][i] - v[1][i]))), r = fmax(r, fmax(fabs(k[0][i]), fabs(v[0][i])));
+            CHECKF(r > 0 && e < 1.5e-2 * r, "%s layer %d: CUDA K/V off the CPU's by %g of %g", cfg ? "scd" : "reuse", l, e, r);
+        }
+        for (int be = 0; be < 2; be++)
+            REQUIRE(skv_decode(bc[be], &ids[n], 1, lg[be], 0) == SKV_OK, "%s", skv_last_error());
+        double num = 0, den = 0;
+        for (int i = 0; i < V; i++) num += (lg[0][i] - lg[1][i]) * (lg[0][i] - lg[1][i]), den += lg[0][i] * lg[0][i];
+        CHECKF(sqrt(num / den) < 2e-2, "%s: next-token logits off by %g (relative L2)", cfg ? "scd" : "reuse", sqrt(num / den));
+        for (int be = 0; be < 2; be++) skv_scd_consumer_free(sc[be]);
+    }
+    for (int i = 0; i < 2; i++) free(k[i]), free(v[i]), free(lg[i]);
+    free(H);
+    skv_context_free(pc);
+    skv_scd_maps_free(maps);
+    skv_model_free(m);
+}
+
 static uint8_t *build(int type, int enc, int part, uint32_t group, uint32_t rows, uint32_t cols, const float *x, size_t *len) {
     skv_frame f = {.type = (uint8_t)type, .enc = (uint8_t)enc, .layer = 1, .part = (uint16_t)part, .group = (uint16_t)group,
                    .rows = rows, .cols = cols};
@@ -289,6 +409,19 @@ static void test_frames(void) {
     for (int i = 0; i < R * C; i++) x[i] = randn();
     size_t len;
     skv_frame f;
+    { /* bf16 payloads checked in place (the CUDA consumer's path) as unpacking checks them */
+        uint8_t bb[R * C * 2];
+        CHECK(skv_wire_pack(SKV_ENC_BF16, SKV_PART_ZK, R, C, 0, x, bb) == SKV_OK);
+        CHECK(skv_wire_bf16_check(bb, R, C) == SKV_OK);
+        const uint16_t bad[] = {0x7F80, 0xFF80, 0x7FC1};
+        for (int b = 0; b < 3; b++) {
+            uint8_t keep[2] = {bb[2 * (7 * C + 9)], bb[2 * (7 * C + 9) + 1]};
+            bb[2 * (7 * C + 9)] = (uint8_t)(bad[b] & 0xFF), bb[2 * (7 * C + 9) + 1] = (uint8_t)(bad[b] >> 8);
+            CHECK(skv_wire_bf16_check(bb, R, C) == SKV_ERR_FORMAT && strstr(skv_last_error(), "row 7, column 9"));
+            CHECK(skv_wire_unpack(SKV_ENC_BF16, SKV_PART_ZK, R, C, 0, bb, y) == SKV_ERR_FORMAT);
+            bb[2 * (7 * C + 9)] = keep[0], bb[2 * (7 * C + 9) + 1] = keep[1];
+        }
+    }
     /* every encoding: accepted whole, values within precision */
     const struct { int enc, part; uint32_t group; double tol; } encs[] = {
         {SKV_ENC_F32, SKV_PART_ZK, 0, 0}, {SKV_ENC_BF16, SKV_PART_ZK, 0, 1.0 / 128},
@@ -523,4 +656,6 @@ void register_scd(void) {
     skv_test_add("scd/producer and consumer over loopback TCP: same cache bit for bit as in process", test_tcp);
     skv_test_add("scd/producer and consumer over loopback UCX: same cache bit for bit as in process", test_ucx);
     skv_test_add("scd/faults: corrupt byte, producer killed mid-frame, wrong version, resend", test_faults);
+    skv_test_add("scd/layer_done: once per layer, in order, when the layer holds the whole prompt", test_layer_done);
+    skv_test_add("cuda/scd: the consumer's rebuild on the GPU equals the CPU's (reuse, patch)", test_cuda_rebuild);
 }

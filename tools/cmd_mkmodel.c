@@ -23,6 +23,7 @@ typedef struct shape {
 static const shape SHAPES[] = {
     {"llama3-8b", "LlamaForCausalLM", "llama", 4096, 32, 32, 8, 14336, 128256, 0, 131072, 500000.0},
     {"qwen2-7b", "Qwen2ForCausalLM", "qwen2", 3584, 28, 28, 4, 18944, 152064, 1, 131072, 1000000.0},
+    {"mistral-7b", "MistralForCausalLM", "mistral", 4096, 32, 32, 8, 14336, 32000, 0, 32768, 1000000.0},
 };
 
 typedef struct tensor {
@@ -121,7 +122,7 @@ int cmd_mkmodel(int argc, char **argv) {
     int layers = 0, shard_mb = 4096;
     uint64_t seed = 1;
     const cli_opt opts[] = {
-        {"shape", 0, OPT_STR, &shape_s, "NAME", "llama3-8b or qwen2-7b"},
+        {"shape", 0, OPT_STR, &shape_s, "NAME", "llama3-8b, qwen2-7b or mistral-7b"},
         {"out", 'o', OPT_STR, &out, "DIR", "directory to create"},
         {"layers", 0, OPT_INT, &layers, "N", "override the number of layers (default: the shape's)"},
         {"shard-mb", 0, OPT_INT, &shard_mb, "MB", "most megabytes per safetensors shard (default 4096)"},
@@ -134,12 +135,12 @@ int cmd_mkmodel(int argc, char **argv) {
                          "weights (for speed measurements).",
                          opts, (int)(sizeof opts / sizeof opts[0])};
     cli_parse(&cmd, argc, argv);
-    if (!shape_s) cli_die("mkmodel", 2, "no shape: give --shape llama3-8b or --shape qwen2-7b");
+    if (!shape_s) cli_die("mkmodel", 2, "no shape: give --shape llama3-8b, qwen2-7b or mistral-7b");
     if (!out) cli_die("mkmodel", 2, "no output directory: give -o DIR");
     const shape *sh = NULL;
     for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
         if (!strcmp(SHAPES[i].name, shape_s)) sh = &SHAPES[i];
-    if (!sh) cli_die("mkmodel", 2, "bad value for --shape: '%s' (llama3-8b or qwen2-7b)", shape_s);
+    if (!sh) cli_die("mkmodel", 2, "bad value for --shape: '%s' (llama3-8b, qwen2-7b or mistral-7b)", shape_s);
     if (layers < 0 || layers > 1000) cli_die("mkmodel", 2, "bad value for --layers: %d", layers);
     if (shard_mb < 64) cli_die("mkmodel", 2, "bad value for --shard-mb: %d (at least 64)", shard_mb);
     const int L = layers ? layers : sh->layers, hd = sh->dim / sh->heads;

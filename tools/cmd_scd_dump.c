@@ -46,7 +46,7 @@ static void model_rows(skv_model *m, const int32_t *ids, int32_t n, const int32_
 
 int cmd_scd_dump(int argc, char **argv) {
     const char *prod = NULL, *cons = NULL, *corpus = NULL, *outp = NULL;
-    int n = 200, len_min = 128, len_max = 1984, rows = 48, threads = 0, seed = 1;
+    int n = 200, len_min = 128, len_max = 1984, rows = 48, threads = 0, seed = 1, whole = 0;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &prod, "DIR", "producer model directory"},
         {"consumer", 0, OPT_STR, &cons, "DIR", "consumer model directory (same architecture)"},
@@ -57,6 +57,7 @@ int cmd_scd_dump(int argc, char **argv) {
         {"rows", 'r', OPT_INT, &rows, "R", "token rows sampled per prompt (default 48)"},
         {"seed", 0, OPT_INT, &seed, "S", "prompt and row sampling seed (default 1)"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
+        {"whole-docs", 0, OPT_FLAG, &whole, NULL, "each document of the parity is one prompt (its last --len-max tokens)"},
         {"out", 'o', OPT_STR, &outp, "FILE", "output safetensors file"},
     };
     const cli_cmd cmd = {"scd-dump", "-m PRODUCER --consumer DIR -f CORPUS -o FILE [-n N] [--rows R]",
@@ -74,7 +75,7 @@ int cmd_scd_dump(int argc, char **argv) {
         ia->head_dim != ib->head_dim || ia->n_vocab != ib->n_vocab)
         cli_die("scd-dump", 1, "%s and %s differ in shape (SCD needs one architecture)", prod, cons);
     scd_prompts pr;
-    scd_prompts_make("scd-dump", corpus, tok, n, len_min, len_max, (uint64_t)seed, 0, &pr);
+    scd_prompts_make("scd-dump", corpus, tok, n, len_min, len_max, (uint64_t)seed, 0, whole, &pr);
     const int64_t L = ia->n_layer, D = ia->dim, KD = (int64_t)ia->n_kv_head * ia->head_dim, NR = (int64_t)n * rows;
     /* header: six tensors per layer, layer-major, (NR, cols) f32 each */
     static const char *nm[6] = {"a.k", "b.k", "a.v", "b.v", "a.h", "b.h"};

@@ -61,7 +61,7 @@ int cmd_scd_producer(int argc, char **argv) {
     const char *C = "scd-producer";
     const char *dir = NULL, *mpath = NULL, *addr = NULL, *transport = "tcp", *method = "scd", *enc_s = "bf16";
     const char *prompt = NULL, *file = NULL, *tasks = NULL, *task = "dictqa", *patch_layers = NULL, *fault = NULL;
-    int threads = 0, keep_last = 1984, row_i = 0, patch_k = -1, rc_start = 0, rc_k = 2, retries = 0;
+    int threads = 0, keep_last = 1984, row_i = 0, patch_k = -1, rc_start = 0, rc_k = 2, retries = 0, no_stream = 0;
     float timeout = 30;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &dir, "DIR", "producer model directory"},
@@ -83,6 +83,8 @@ int cmd_scd_producer(int argc, char **argv) {
         {"timeout", 0, OPT_FLOAT, &timeout, "S", "seconds without progress before giving up (default 30)"},
         {"retries", 0, OPT_INT, &retries, "N", "resend a request the consumer refused, up to N times (default 0)"},
         {"fault", 0, OPT_STR, &fault, "KIND:N", "tests: corrupt:N, die:N or version:N at frame N"},
+        {"no-stream", 0, OPT_FLAG, &no_stream, NULL, "prefill first, then send (default: each layer's frames leave "
+                                                     "as soon as the prefill has cached it)"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
     };
     const cli_cmd cmd = {"scd-producer", "-m DIR --connect HOST:PORT [--method M] [--maps FILE] (-p TEXT | -f FILE | --tasks F)",
@@ -141,7 +143,8 @@ int cmd_scd_producer(int argc, char **argv) {
         cli_check(C, tr->connect(host, port, timeout, &conn));
         em.conn = conn, em.frame = 0;
         skv_scd_prod_stats ps;
-        skv_status st = skv_scd_produce(m, maps, all + nt - n_ids, n_ids, &req, net_send, &em, &ps);
+        skv_status st = (no_stream ? skv_scd_produce : skv_scd_produce_stream)(m, maps, all + nt - n_ids, n_ids, &req,
+                                                                                net_send, &em, &ps);
         const double t_sent = skv_time_now() - req.t_request;
         if (st) fprintf(stderr, "scd-producer: error while sending: %s\n", skv_last_error());
         /* the consumer's answer (also after a failed send: it may say why) */
@@ -152,9 +155,9 @@ int cmd_scd_producer(int argc, char **argv) {
         int ok = 0;
         if (!st && f.type == SKV_FT_RESULT && f.enc == SKV_ENC_BYTES) {
             ok = f.len >= 10 && !memcmp(f.payload, "{\"ok\":true", 10);
-            printf("{\"method\": \"%s\", \"transport\": \"%s\", \"tokens\": %d, \"bytes\": %llu, \"layer_bytes\": %llu, "
+            printf("{\"method\": \"%s\", \"transport\": \"%s\", \"stream\": %s, \"tokens\": %d, \"bytes\": %llu, \"layer_bytes\": %llu, "
                    "\"frames\": %d, \"t_prefill\": %.6f, \"t_encode\": %.6f, \"t_sent\": %.6f, \"attempt\": %d, \"consumer\": %.*s}\n",
-                   method, transport, n_ids, (unsigned long long)ps.bytes, (unsigned long long)ps.layer_bytes, ps.frames,
+                   method, transport, no_stream ? "false" : "true", n_ids, (unsigned long long)ps.bytes, (unsigned long long)ps.layer_bytes, ps.frames,
                    ps.t_prefill, ps.t_encode, t_sent, attempt, (int)f.len, (const char *)f.payload);
             fflush(stdout);
         } else if (!st) {
@@ -196,10 +199,11 @@ static void answer(skv_conn *conn, const char *json) {
 }
 
 /* One request: frames until END (or an error); 0 on success with the result JSON in out. */
-static int serve(const char *C, skv_conn *conn, skv_model *m, const skv_scd_maps *maps, const skv_tokenizer *tok, int max_new,
+static int serve(const char *C, skv_conn *conn, skv_model *m, skv_backend be, const skv_scd_maps *maps, const skv_tokenizer *tok, int max_new,
                  const char *dump, int progress, char *out, size_t cap) {
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = skv_model_get_info(m)->n_ctx;
+    cp.backend = be;
     skv_scd_consumer *sc;
     cli_check(C, skv_scd_consumer_init(m, maps, cp, &sc));
     int done = 0, frames = 0;
@@ -281,6 +285,7 @@ static int serve(const char *C, skv_conn *conn, skv_model *m, const skv_scd_maps
 int cmd_scd_consumer(int argc, char **argv) {
     const char *C = "scd-consumer";
     const char *dir = NULL, *mpath = NULL, *addr = "127.0.0.1:0", *transport = "tcp", *port_file = NULL, *dump = NULL;
+    const char *backend_s = "cpu";
     int threads = 0, requests = 1, max_new = 16, progress = 0;
     float timeout = 30, accept_timeout = 600;
     const cli_opt opts[] = {
@@ -295,6 +300,8 @@ int cmd_scd_consumer(int argc, char **argv) {
         {"accept-timeout", 0, OPT_FLOAT, &accept_timeout, "S", "seconds to wait for each producer (default 600)"},
         {"progress", 0, OPT_FLAG, &progress, NULL, "print a line to stderr for every frame received"},
         {"dump-cache", 0, OPT_STR, &dump, "FILE", "write the rebuilt cache (skv_context_export) before decoding"},
+        {"backend", 0, OPT_STR, &backend_s, "B", "cpu (default) or cuda: where the cache is rebuilt (codes decoded "
+                                                  "on the GPU) and decoded"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
     };
     const cli_cmd cmd = {"scd-consumer", "-m DIR [--maps FILE] [--listen HOST:PORT] [--transport tcp|ucx]",
@@ -308,6 +315,7 @@ int cmd_scd_consumer(int argc, char **argv) {
     split_addr(C, "--listen", addr, host, sizeof host, &port);
     const skv_transport_ops *tr = skv_transport_find(transport);
     if (!tr) cli_die(C, 2, "bad value for --transport: '%s' (tcp or ucx)", transport);
+    const skv_backend be = cli_backend(C, backend_s);
     skv_tokenizer *tok = cli_load_tokenizer(C, dir);
     skv_model *m = cli_load_model(C, dir, threads, 0);
     skv_scd_maps *maps = NULL;
@@ -331,7 +339,7 @@ int cmd_scd_consumer(int argc, char **argv) {
         skv_status st = tr->accept(l, accept_timeout, &conn);
         if (st) cli_die(C, 1, "%s", skv_last_error());
         conn->timeout_s = timeout;
-        if (serve(C, conn, m, maps, tok, max_new, dump, progress, out, 1 << 16)) rc = 1;
+        if (serve(C, conn, m, be, maps, tok, max_new, dump, progress, out, 1 << 16)) rc = 1;
         else printf("%s\n", out), fflush(stdout);
         tr->close(conn);
     }

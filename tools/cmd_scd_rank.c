@@ -83,7 +83,7 @@ static double tail_kl(const char *cmd, skv_model *pb, const uint8_t *patch, cons
 
 int cmd_scd_rank(int argc, char **argv) {
     const char *prod = NULL, *cons = NULL, *mpath = NULL, *corpus = NULL, *outp = NULL, *enc_s = "bf16";
-    int n = 24, len_min = 256, len_max = 1024, tail = 16, threads = 0, seed = 2;
+    int n = 24, len_min = 256, len_max = 1024, tail = 16, threads = 0, seed = 2, whole = 0;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &prod, "DIR", "producer model directory"},
         {"consumer", 0, OPT_STR, &cons, "DIR", "consumer model directory"},
@@ -96,6 +96,7 @@ int cmd_scd_rank(int argc, char **argv) {
         {"code-enc", 0, OPT_STR, &enc_s, "E", "code encoding on the wire: bf16 (default), int8, f32"},
         {"seed", 0, OPT_INT, &seed, "S", "prompt seed (default 2)"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
+        {"whole-docs", 0, OPT_FLAG, &whole, NULL, "each document of the parity is one prompt (its last --len-max tokens)"},
         {"out", 'o', OPT_STR, &outp, "FILE", "JSON result"},
     };
     const cli_cmd cmd = {"scd-rank", "-m PRODUCER --consumer DIR --maps FILE -f CORPUS -o FILE",
@@ -117,7 +118,7 @@ int cmd_scd_rank(int argc, char **argv) {
     const int32_t L = in->n_layer, NV = in->n_vocab;
     const int64_t KD = (int64_t)in->n_kv_head * in->head_dim;
     scd_prompts pr;
-    scd_prompts_make("scd-rank", corpus, tok, n, len_min, len_max, (uint64_t)seed, 1, &pr);
+    scd_prompts_make("scd-rank", corpus, tok, n, len_min, len_max, (uint64_t)seed, 1, whole, &pr);
     /* kl[set]: set 0 = reuse only, 1 + l = {l}, 1 + L + (k - 1) = S_k */
     double *kl = calloc((size_t)(1 + 2 * L), sizeof(double));
     uint8_t patch[SKV_SCD_MAX_LAYERS];

@@ -13,7 +13,7 @@ static uint64_t next(uint64_t *s) {
 }
 
 void scd_prompts_make(const char *cmd, const char *corpus, const skv_tokenizer *tok, int32_t n, int32_t len_min,
-                      int32_t len_max, uint64_t seed, int parity, scd_prompts *out) {
+                      int32_t len_max, uint64_t seed, int parity, int whole, scd_prompts *out) {
     if (n <= 0 || len_min < 2 || len_max < len_min)
         cli_die(cmd, 2, "bad prompt counts or lengths: %d prompts of %d..%d tokens", n, len_min, len_max);
     size_t tlen;
@@ -31,6 +31,27 @@ void scd_prompts_make(const char *cmd, const char *corpus, const skv_tokenizer *
     out->n = n;
     out->ids = calloc((size_t)n, sizeof(int32_t *));
     out->len = calloc((size_t)n, sizeof(int32_t));
+    if (whole) {
+        int32_t p = 0;
+        for (size_t d = (size_t)parity; d < n_doc && p < n; d += 2) {
+            const size_t b = doc[d], e = d + 1 < n_doc ? doc[d + 1] - 1 : tlen;
+            int32_t *t = NULL;
+            size_t nt = 0;
+            if (e <= b || skv_tokenize(tok, text + b, e - b, &t, &nt) != SKV_OK || nt < (size_t)len_min) {
+                free(t);
+                continue;
+            }
+            const size_t take = SKV_CLI_MIN(nt, (size_t)len_max);
+            out->ids[p] = malloc(sizeof(int32_t) * take);
+            memcpy(out->ids[p], t + nt - take, sizeof(int32_t) * take);
+            out->len[p++] = (int32_t)take;
+            free(t);
+        }
+        if (p < n) cli_die(cmd, 1, "%s: %d documents of parity %d with at least %d tokens, %d wanted", corpus, p, parity, len_min, n);
+        free(doc);
+        free(text);
+        return;
+    }
     uint64_t st = seed * 2654435761ULL + 17;
     for (int32_t p = 0; p < n; p++) {
         const int32_t want = len_min + (int32_t)(next(&st) % (uint64_t)(len_max - len_min + 1));

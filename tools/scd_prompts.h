@@ -15,9 +15,11 @@ typedef struct scd_prompts {
     int32_t *len;
 } scd_prompts;
 
-/* Exits naming the corpus or flag on failure. */
+/* Exits naming the corpus or flag on failure. whole: each document of the parity in file order
+ * is one prompt (its last len_max tokens; documents under len_min tokens skipped; no seed): a
+ * file of prompts written for calibration, e.g. train/scd_qa_prompts.py. */
 void scd_prompts_make(const char *cmd, const char *corpus, const skv_tokenizer *tok, int32_t n, int32_t len_min,
-                      int32_t len_max, uint64_t seed, int parity, scd_prompts *out);
+                      int32_t len_max, uint64_t seed, int parity, int whole, scd_prompts *out);
 void scd_prompts_free(scd_prompts *p);
 
 #endif

@@ -19,6 +19,7 @@ int cmd_scd_rank(int argc, char **argv);
 int cmd_scd_eval(int argc, char **argv);
 int cmd_scd_producer(int argc, char **argv);
 int cmd_scd_consumer(int argc, char **argv);
+int cmd_scd_bench(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -38,6 +39,7 @@ static const struct {
     {"scd-eval", cmd_scd_eval, "SCD and its baselines through the same frames: scores, KL/TV, bytes"},
     {"scd-producer", cmd_scd_producer, "SCD producer: prefill and stream codes (or a baseline) to a consumer"},
     {"scd-consumer", cmd_scd_consumer, "SCD consumer: rebuild the cache from checked frames, decode without prefill"},
+    {"scd-bench", cmd_scd_bench, "SCD consumer's rebuild vs its own prefill at a model shape (random maps), modelled TTFT"},
     {"mkmodel", cmd_mkmodel, "write a random-weight model of a real shape (llama3-8b, qwen2-7b)"},
 };
 

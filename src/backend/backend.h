@@ -13,6 +13,7 @@
 #include "kv/plan.h"
 #include "kv/policy.h"
 #include "model/model.h"
+#include "backend/codes.h"
 
 typedef struct skv_backend_ops skv_backend_ops;
 
@@ -67,6 +68,9 @@ typedef struct skv_fwd_out {
      * layer and its normalised attention input; layer l's rows start at l * tap_rows * dim */
     float *resid_in, *attn_in;
     int64_t tap_rows;
+    /* after each layer of the chunk (CPU backend): layer_done(layer_arg, layer, tokens cached) */
+    void (*layer_done)(void *arg, int32_t layer, int32_t n_cached);
+    void *layer_arg;
 } skv_fwd_out;
 
 
@@ -120,6 +124,13 @@ struct skv_backend_ops {
     skv_status (*decode_multi)(skv_context *const *cs, int32_t n, const int32_t *ids, float *logits);
     /* Move every stream's K and V to a tier (NULL: not on this backend). */
     skv_status (*move_tier)(skv_context *c, skv_tier tier);
+    /* Cache layers rebuilt from low-rank codes on the backend's device (backend/codes.h; NULL:
+     * the host rebuilds and stream_put writes): the decoders' copy (codes_free frees it), one
+     * layer's part into an empty context's sequence 0 at positions 0..n-1, then its n slots. */
+    skv_status (*codes_upload)(const skv_codes_desc *d, void **dev);
+    void (*codes_free)(void *dev);
+    skv_status (*codes_layer)(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
+    skv_status (*codes_finish)(skv_context *c, int32_t n);
 };
 
 extern const skv_backend_ops skv_backend_cpu, skv_backend_cuda;

@@ -354,7 +354,7 @@ skv_status skv_decode_ex(skv_context *c, const skv_batch *b) {
                              in->n_layer);
     if (b->layer0 > 0 && !b->embd)
         return skv_set_error(SKV_ERR_ARG, "decode: starting at layer %d needs the residual stream as embd", b->layer0);
-    if ((b->resid_in || b->attn_in || b->layer0 || l1 != in->n_layer) && c->be != &skv_backend_cpu)
+    if ((b->resid_in || b->attn_in || b->layer_done || b->layer0 || l1 != in->n_layer) && c->be != &skv_backend_cpu)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "decode: per-layer taps and layer ranges are not on the %s backend",
                              c->be->name);
     if (l1 != in->n_layer && (b->logits || b->hidden || b->hidden_normed))
@@ -372,6 +372,7 @@ skv_status skv_decode_ex(skv_context *c, const skv_batch *b) {
         skv_fwd_out fo = {.all = b->all, .tap_rows = n};
         fo.resid_in = b->resid_in ? b->resid_in + (int64_t)off * D : NULL;
         fo.attn_in = b->attn_in ? b->attn_in + (int64_t)off * D : NULL;
+        if (last) fo.layer_done = b->layer_done, fo.layer_arg = b->layer_arg;
         if (b->all || last) {
             const int64_t r = b->all ? off : 0;
             fo.logits = b->logits ? b->logits + r * V : NULL;

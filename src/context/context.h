@@ -27,5 +27,16 @@ skv_model *skv_context_model(const skv_context *c);
  * head_dim) takes a copy of src's cache where it lives (the device's memory on CUDA): the
  * coprocessor of cache augmentation reads it as its own past. */
 skv_status skv_context_copy_cache(skv_context *dst, const skv_context *src);
+/* Cache layers from low-rank codes on the context's backend (backend/codes.h): whether the
+ * backend does it (else the caller rebuilds rows on the host and uses skv_context_put_kv);
+ * the decoders' device copy for this backend (*free_fn frees it); one layer's part into an
+ * empty context; after every layer, the n positions (then the policy's compression). */
+int skv_context_codes_on_device(const skv_context *c);
+/* skv_context_get_kv of a layer holding n tokens (inside skv_batch.layer_done, before the
+ * call's positions are counted). */
+skv_status skv_context_get_kv_rows(const skv_context *c, int32_t layer, int32_t n, int derope, float *k, float *v);
+skv_status skv_context_codes_upload(const skv_context *c, const skv_codes_desc *d, void **dev, void (**free_fn)(void *));
+skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
+skv_status skv_context_codes_finish(skv_context *c, int32_t n);
 
 #endif

@@ -28,8 +28,12 @@ static void rope_rows(const skv_model *m, float *k, int32_t n, float sign) {
 }
 
 skv_status skv_context_get_kv(const skv_context *c, int32_t layer, int derope, float *k, float *v) {
+    return skv_context_get_kv_rows(c, layer, c->n_past, derope, k, v);
+}
+
+skv_status skv_context_get_kv_rows(const skv_context *c, int32_t layer, int32_t n, int derope, float *k, float *v) {
     const skv_model_info *in = &c->m->cfg.info;
-    const int32_t hd = in->head_dim, KVH = in->n_kv_head, n = c->n_past;
+    const int32_t hd = in->head_dim, KVH = in->n_kv_head;
     if (layer < 0 || layer >= c->n_layer)
         return skv_set_error(SKV_ERR_ARG, "get_kv: cache layer %d of %d", layer, c->n_layer);
     if (hd / 2 > 512) return skv_set_error(SKV_ERR_UNSUPPORTED, "get_kv: head_dim %d", hd);
@@ -110,6 +114,36 @@ skv_status skv_context_put_kv(skv_context *c, int32_t n, const float *k, const f
         c->be->truncate(c, 0);
     }
     free(kr), free(kd), free(vd), free(fm), free(pos);
+    return st;
+}
+
+int skv_context_codes_on_device(const skv_context *c) { return c->be->codes_layer != NULL; }
+
+skv_status skv_context_codes_upload(const skv_context *c, const skv_codes_desc *d, void **dev, void (**free_fn)(void *)) {
+    *dev = NULL, *free_fn = NULL;
+    if (!c->be->codes_upload) return skv_set_error(SKV_ERR_UNSUPPORTED, "codes: the %s backend rebuilds no layers", c->be->name);
+    skv_status st = c->be->codes_upload(d, dev);
+    if (!st) *free_fn = c->be->codes_free;
+    return st;
+}
+
+skv_status skv_context_codes_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n) {
+    if (!c->be->codes_layer) return skv_set_error(SKV_ERR_UNSUPPORTED, "codes: the %s backend rebuilds no layers", c->be->name);
+    if (c->n_past != 0 || c->past) return skv_set_error(SKV_ERR_ARG, "codes: the context is not empty");
+    if (n <= 0 || n > c->n_ctx) return skv_set_error(SKV_ERR_RANGE, "codes: %d tokens, the context holds %d", n, c->n_ctx);
+    return c->be->codes_layer(c, dev, layer, part, z, z_bf16, n);
+}
+
+skv_status skv_context_codes_finish(skv_context *c, int32_t n) {
+    if (!c->be->codes_finish) return skv_set_error(SKV_ERR_UNSUPPORTED, "codes: the %s backend rebuilds no layers", c->be->name);
+    if (c->n_past != 0 || n <= 0 || n > c->n_ctx) return skv_set_error(SKV_ERR_ARG, "codes: finish %d tokens after %d", n, c->n_past);
+    skv_status st = c->be->codes_finish(c, n);
+    if (st) return st;
+    c->n_past = n;
+    if ((st = skv_context_compress(c))) {
+        c->n_past = 0;
+        c->be->truncate(c, 0);
+    }
     return st;
 }
 

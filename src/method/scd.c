@@ -13,6 +13,7 @@
 
 void skv_scd_maps_free(skv_scd_maps *m) {
     if (!m) return;
+    if (m->dev && m->dev_free) m->dev_free(m->dev);
     skv_st_close(m->st);
     free(m->buf);
     free(m->k), free(m->v), free(m->h);
@@ -254,4 +255,101 @@ skv_status skv_scd_rebuild(const skv_scd_maps *m, skv_context *c, int32_t n, con
     if (!st) st = skv_context_put_kv(c, n, K, V, 1);
     free(K), free(V), free(H);
     return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Random maps; the device rebuild                                                           */
+/* ---------------------------------------------------------------------------------------- */
+
+static uint64_t rnd_next(uint64_t *s) {
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return *s;
+}
+
+/* n uniform values of variance 1/fan_in (0 fan_in: zeros) */
+static float *rnd_fill(float **cur, int64_t n, int64_t fan_in, uint64_t *s) {
+    float *p = *cur;
+    *cur += n;
+    const float a = fan_in > 0 ? sqrtf(3.0f / (float)fan_in) : 0.0f;
+    for (int64_t i = 0; i < n; i++) p[i] = a * ((float)(rnd_next(s) >> 40) / (float)(1 << 24) * 2.0f - 1.0f);
+    return p;
+}
+
+skv_status skv_scd_maps_random(int32_t L, int32_t KD, int32_t D, int32_t HID, int32_t rk, int32_t rv, int32_t rh,
+                               int32_t patch_k, uint64_t seed, skv_scd_maps **out) {
+    *out = NULL;
+    if (L < 1 || L > 4096 || KD < 1 || D < 1 || HID < 0 || rk < 1 || rv < 1 || rh < 1 || rk > 2 * KD || rv > 2 * KD ||
+        rh > 2 * D || patch_k < 0 || patch_k > L)
+        return skv_set_error(SKV_ERR_ARG, "SCD random maps: bad shape (%d layers, kv_dim %d, dim %d, hidden %d, ranks %d/%d/%d, k %d)",
+                             L, KD, D, HID, rk, rv, rh, patch_k);
+    skv_scd_maps *m = calloc(1, sizeof *m);
+    if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    m->n_layer = L, m->kv_dim = KD, m->dim = D, m->hidden = HID, m->patch_k = patch_k, m->ranked = 1;
+    snprintf(m->producer, sizeof m->producer, "random");
+    snprintf(m->consumer, sizeof m->consumer, "random");
+    const int64_t per_kv = 2 * (int64_t)KD + 2 * (int64_t)KD * rk + 2 * (int64_t)KD + 2 * (int64_t)KD * rv;
+    const int64_t per_h = 2 * (int64_t)D + 2 * (int64_t)D * rh + (HID ? (int64_t)rh * HID + HID + (int64_t)HID * D : 0);
+    m->buf = malloc(sizeof(float) * (size_t)(L * (per_kv + per_h)));
+    m->r_k = calloc((size_t)L, 4), m->r_v = calloc((size_t)L, 4), m->r_h = calloc((size_t)L, 4);
+    m->patch_rank = calloc((size_t)L, 4);
+    m->k = calloc((size_t)L, sizeof(skv_scd_map)), m->v = calloc((size_t)L, sizeof(skv_scd_map));
+    m->h = calloc((size_t)L, sizeof(skv_scd_map));
+    if (!m->buf || !m->r_k || !m->r_v || !m->r_h || !m->patch_rank || !m->k || !m->v || !m->h) {
+        skv_scd_maps_free(m);
+        return skv_set_error(SKV_ERR_NOMEM, "out of memory for random SCD maps");
+    }
+    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
+    float *cur = (float *)m->buf;
+    for (int32_t l = 0; l < L; l++) {
+        m->r_k[l] = rk, m->r_v[l] = rv, m->r_h[l] = rh, m->patch_rank[l] = L - 1 - l;
+        for (int p = 0; p < 2; p++) {
+            skv_scd_map *x = p ? &m->v[l] : &m->k[l];
+            x->r = p ? rv : rk;
+            x->mua = rnd_fill(&cur, KD, 0, &s);
+            x->enc = rnd_fill(&cur, (int64_t)KD * x->r, KD, &s);
+            x->dec = rnd_fill(&cur, (int64_t)x->r * KD, x->r, &s);
+            x->mub = rnd_fill(&cur, KD, 0, &s);
+        }
+        skv_scd_map *h = &m->h[l];
+        h->r = rh;
+        h->mua = rnd_fill(&cur, D, 0, &s);
+        h->enc = rnd_fill(&cur, (int64_t)D * rh, D, &s);
+        h->skip = rnd_fill(&cur, (int64_t)rh * D, rh, &s);
+        h->b2 = rnd_fill(&cur, D, 0, &s);
+        if (HID) {
+            h->w1 = rnd_fill(&cur, (int64_t)rh * HID, rh, &s);
+            h->b1 = rnd_fill(&cur, HID, 0, &s);
+            h->w2 = rnd_fill(&cur, (int64_t)HID * D, HID, &s);
+        }
+    }
+    m->crc = seed ^ 0x5CD0000000000000ULL;
+    *out = m;
+    return SKV_OK;
+}
+
+static skv_status dev_upload(skv_scd_maps *m, const skv_context *c) {
+    const int32_t L = m->n_layer;
+    skv_codes_part *k = calloc((size_t)L, sizeof *k), *v = calloc((size_t)L, sizeof *v), *h = calloc((size_t)L, sizeof *h);
+    skv_status st = (!k || !v || !h) ? skv_set_error(SKV_ERR_NOMEM, "out of memory") : SKV_OK;
+    for (int32_t l = 0; l < L && !st; l++) {
+        k[l] = (skv_codes_part){.r = m->k[l].r, .dec = m->k[l].dec, .mub = m->k[l].mub};
+        v[l] = (skv_codes_part){.r = m->v[l].r, .dec = m->v[l].dec, .mub = m->v[l].mub};
+        h[l] = (skv_codes_part){.r = m->h[l].r, .skip = m->h[l].skip, .b2 = m->h[l].b2, .w1 = m->h[l].w1,
+                                .b1 = m->h[l].b1, .w2 = m->h[l].w2};
+    }
+    const skv_codes_desc d = {.n_layer = L, .kv_dim = m->kv_dim, .dim = m->dim, .hidden = m->hidden, .k = k, .v = v, .h = h};
+    if (!st) st = skv_context_codes_upload(c, &d, &m->dev, &m->dev_free);
+    free(k), free(v), free(h);
+    return st;
+}
+
+skv_status skv_scd_dev_layer(const skv_scd_maps *mc, skv_context *c, int32_t layer, int part, const void *z, int z_bf16,
+                             int32_t n) {
+    skv_scd_maps *m = (skv_scd_maps *)mc; /* the device copy is a cache of the maps */
+    skv_status st = skv_scd_maps_check(m, skv_context_model(c));
+    if (st) return st;
+    if (part != SKV_SCD_K && part != SKV_SCD_V && part != SKV_SCD_H) return skv_set_error(SKV_ERR_ARG, "SCD: part %d", part);
+    if (!m->dev && (st = dev_upload(m, c))) return st;
+    const int cp = part == SKV_SCD_K ? SKV_CODES_K : part == SKV_SCD_V ? SKV_CODES_V : SKV_CODES_H;
+    return skv_context_codes_layer(c, m->dev, layer, cp, z, z_bf16, n);
 }

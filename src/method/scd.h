@@ -29,6 +29,20 @@ struct skv_scd_maps {
     int32_t patch_k, ranked;
     char producer[64], consumer[64];
     uint64_t crc;              /* CRC-64 of the file: producer and consumer must hold the same maps */
+    /* the consumer side's copy on a backend's device, made by the first rebuild there */
+    void *dev;
+    void (*dev_free)(void *);
 };
+
+/* Random maps of a shape (benchmarks and tests where no calibration can run: timing at real
+ * shapes, GPU against CPU): encoders and decoders with entries of variance 1/fan-in, zero
+ * means, an MLP aligner when hidden > 0, patch layers ranked top layer first; crc from the seed. */
+skv_status skv_scd_maps_random(int32_t n_layer, int32_t kv_dim, int32_t dim, int32_t hidden, int32_t r_k, int32_t r_v,
+                               int32_t r_h, int32_t patch_k, uint64_t seed, skv_scd_maps **out);
+/* One layer's codes (part SKV_SCD_K, _V or _H; z (n, r) f32, or bf16 bits when z_bf16) decoded on the device of c's backend
+ * into the empty context c (skv_context_codes_on_device(c) must hold; the maps' device copy is
+ * made on first use, not thread-safe); after every layer, skv_context_codes_finish(c, n). */
+skv_status skv_scd_dev_layer(const skv_scd_maps *m, skv_context *c, int32_t layer, int part, const void *z, int z_bf16,
+                             int32_t n);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 
 static const char *g_methods[SKV_SCD_METHODS] = {"oracle", "raw", "kivi4", "recompute", "reuse", "scd"};
 
@@ -115,6 +116,43 @@ static skv_status check_req(const skv_model *m, const skv_scd_maps *maps, const 
     return SKV_OK;
 }
 
+/* Layer l's LAYER frames under req, from a producer context holding n tokens (K/V read from
+ * its cache; H, R: its taps), scratch K, V (n, kv_dim) and Z (n, largest rank). */
+static skv_status layer_frames(prod *p, const skv_context *c, int32_t n, const float *H, const float *R,
+                               const skv_scd_maps *maps, const skv_scd_req *req, int32_t l, float *K, float *V, float *Z,
+                               int32_t *n_frames) {
+    const skv_model_info *in = skv_model_get_info(skv_context_model(c));
+    const int32_t D = in->dim, KD = in->n_kv_head * in->head_dim;
+    const uint32_t un = (uint32_t)n;
+    skv_status st = SKV_OK;
+    const unsigned parts = expected_parts(req, l);
+    if (parts & (1u << SKV_PART_RESID)) {
+        st = send_rows(p, l, SKV_PART_RESID, SKV_ENC_BF16, 0, R + (int64_t)l * n * D, un, (uint32_t)D);
+        (*n_frames)++;
+    }
+    if (parts & (1u << SKV_PART_ZH)) {
+        if (!(st = skv_scd_encode(maps, l, SKV_SCD_H, H + (int64_t)l * n * D, n, Z)))
+            st = send_rows(p, l, SKV_PART_ZH, req->code_enc, 0, Z, un, (uint32_t)maps->r_h[l]);
+        (*n_frames)++;
+    }
+    if (parts & (1u << SKV_PART_K)) { /* rows as cached: K after RoPE */
+        const int enc = req->method == SKV_SCD_KIVI4 ? SKV_ENC_KIVI4 : SKV_ENC_BF16;
+        const uint32_t g = enc == SKV_ENC_KIVI4 ? (uint32_t)in->head_dim : 0;
+        if (!(st = skv_context_get_kv_rows(c, l, n, 0, K, V)) &&
+            !(st = send_rows(p, l, SKV_PART_K, enc, g, K, un, (uint32_t)KD)))
+            st = send_rows(p, l, SKV_PART_V, enc, g, V, un, (uint32_t)KD);
+        *n_frames += 2;
+    }
+    if (parts & (1u << SKV_PART_ZK)) {
+        if (!(st = skv_context_get_kv_rows(c, l, n, 1, K, V)) && !(st = skv_scd_encode(maps, l, SKV_SCD_K, K, n, Z)) &&
+            !(st = send_rows(p, l, SKV_PART_ZK, req->code_enc, 0, Z, un, (uint32_t)maps->r_k[l])) &&
+            !(st = skv_scd_encode(maps, l, SKV_SCD_V, V, n, Z)))
+            st = send_rows(p, l, SKV_PART_ZV, req->code_enc, 0, Z, un, (uint32_t)maps->r_v[l]);
+        *n_frames += 2;
+    }
+    return st;
+}
+
 skv_status skv_scd_produce_ctx(const skv_context *c, const float *H, const float *R, const skv_scd_maps *maps,
                                const int32_t *ids, int32_t n_ids, const skv_scd_req *req, skv_scd_emit emit, void *arg,
                                skv_scd_prod_stats *stats) {
@@ -125,7 +163,7 @@ skv_status skv_scd_produce_ctx(const skv_context *c, const float *H, const float
     skv_status st = check_req(m, maps, req);
     if (st) return st;
     const skv_model_info *in = skv_model_get_info(m);
-    const int32_t L = in->n_layer, D = in->dim, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
+    const int32_t L = in->n_layer, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
     if (n < 1) return skv_set_error(SKV_ERR_ARG, "SCD: a prompt of %d tokens (at least 2)", n_ids);
     if (req->method != SKV_SCD_ORACLE && skv_context_n_past(c) != n)
         return skv_set_error(SKV_ERR_ARG, "SCD: the producer's context holds %d tokens, the request fills %d",
@@ -150,37 +188,60 @@ skv_status skv_scd_produce_ctx(const skv_context *c, const float *H, const float
         for (int32_t l = 0; maps && l < L; l++) rmax = SKV_MAX(rmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
         float *Z = malloc(sizeof(float) * (size_t)n * (size_t)rmax);
         if (!K || !V || !Z) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
-        const uint32_t un = (uint32_t)n;
-        for (int32_t l = 0; l < L && !st; l++) {
-            const unsigned parts = expected_parts(req, l);
-            if (parts & (1u << SKV_PART_RESID)) {
-                st = send_rows(&p, l, SKV_PART_RESID, SKV_ENC_BF16, 0, R + (int64_t)l * n * D, un, (uint32_t)D);
-                n_frames++;
-            }
-            if (parts & (1u << SKV_PART_ZH)) {
-                if (!(st = skv_scd_encode(maps, l, SKV_SCD_H, H + (int64_t)l * n * D, n, Z)))
-                    st = send_rows(&p, l, SKV_PART_ZH, req->code_enc, 0, Z, un, (uint32_t)maps->r_h[l]);
-                n_frames++;
-            }
-            if (parts & (1u << SKV_PART_K)) { /* rows as cached: K after RoPE */
-                const int enc = req->method == SKV_SCD_KIVI4 ? SKV_ENC_KIVI4 : SKV_ENC_BF16;
-                const uint32_t g = enc == SKV_ENC_KIVI4 ? (uint32_t)in->head_dim : 0;
-                if (!(st = skv_context_get_kv(c, l, 0, K, V)) &&
-                    !(st = send_rows(&p, l, SKV_PART_K, enc, g, K, un, (uint32_t)KD)))
-                    st = send_rows(&p, l, SKV_PART_V, enc, g, V, un, (uint32_t)KD);
-                n_frames += 2;
-            }
-            if (parts & (1u << SKV_PART_ZK)) {
-                if (!(st = skv_context_get_kv(c, l, 1, K, V)) && !(st = skv_scd_encode(maps, l, SKV_SCD_K, K, n, Z)) &&
-                    !(st = send_rows(&p, l, SKV_PART_ZK, req->code_enc, 0, Z, un, (uint32_t)maps->r_k[l])) &&
-                    !(st = skv_scd_encode(maps, l, SKV_SCD_V, V, n, Z)))
-                    st = send_rows(&p, l, SKV_PART_ZV, req->code_enc, 0, Z, un, (uint32_t)maps->r_v[l]);
-                n_frames += 2;
-            }
-        }
+        for (int32_t l = 0; l < L && !st; l++) st = layer_frames(&p, c, n, H, R, maps, req, l, K, V, Z, &n_frames);
         free(K), free(V), free(Z);
     }
     stats->t_encode = skv_time_now() - t0;
+    if (!st) {
+        char end[64];
+        snprintf(end, sizeof end, "{\"layer_frames\":%d}", n_frames);
+        st = send_json(&p, SKV_FT_END, end);
+    }
+    return st;
+}
+
+skv_status skv_scd_produce_synth(const skv_model *m, const skv_scd_maps *maps, const int32_t *ids, int32_t n_ids,
+                                 const skv_scd_req *req, uint64_t seed, skv_scd_emit emit, void *arg,
+                                 skv_scd_prod_stats *stats) {
+    memset(stats, 0, sizeof *stats);
+    skv_status st = check_req(m, maps, req);
+    if (st) return st;
+    if (req->method == SKV_SCD_RECOMPUTE || req->method == SKV_SCD_KIVI4)
+        return skv_set_error(SKV_ERR_ARG, "SCD: synthetic frames for oracle, raw, reuse and scd only");
+    const skv_model_info *in = skv_model_get_info(m);
+    const int32_t L = in->n_layer, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
+    if (n < 1) return skv_set_error(SKV_ERR_ARG, "SCD: a prompt of %d tokens (at least 2)", n_ids);
+    prod p = {.emit = emit, .arg = arg, .st = stats};
+    char *hello;
+    if ((st = hello_json(m, maps, req, n_ids, &hello))) return st;
+    st = send_json(&p, SKV_FT_HELLO, hello);
+    free(hello);
+    if (!st) {
+        const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
+                             .len = 4 * (uint64_t)n_ids};
+        st = send_frame(&p, f, ids);
+    }
+    int32_t wmax = KD, n_frames = 0;
+    for (int32_t l = 0; maps && l < L; l++) wmax = SKV_MAX(wmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+    float *x = malloc(sizeof(float) * (size_t)n * (size_t)wmax);
+    if (!st && !x) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 3;
+    for (int32_t l = 0; l < L && !st && req->method != SKV_SCD_ORACLE; l++) {
+        const unsigned parts = expected_parts(req, l);
+        for (int part = 0; part < 16 && !st; part++) {
+            if (!(parts & (1u << part))) continue;
+            const int32_t cols = part == SKV_PART_ZK ? maps->r_k[l] : part == SKV_PART_ZV ? maps->r_v[l]
+                               : part == SKV_PART_ZH ? maps->r_h[l] : KD;
+            for (int64_t i = 0; i < (int64_t)n * cols; i++) { /* uniform, variance 1 */
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                x[i] = 1.7320508f * ((float)(s >> 40) / (float)(1 << 24) * 2.0f - 1.0f);
+            }
+            const int enc = part == SKV_PART_K || part == SKV_PART_V ? SKV_ENC_BF16 : req->code_enc;
+            st = send_rows(&p, l, part, enc, 0, x, (uint32_t)n, (uint32_t)cols);
+            n_frames++;
+        }
+    }
+    free(x);
     if (!st) {
         char end[64];
         snprintf(end, sizeof end, "{\"layer_frames\":%d}", n_frames);
@@ -218,6 +279,165 @@ skv_status skv_scd_produce(skv_model *m, const skv_scd_maps *maps, const int32_t
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Producer, streamed: frames leave while the prefill runs                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A sender thread: frames queued by the prefilling thread, emitted in order. */
+typedef struct sender {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t **f;
+    size_t *len;
+    int n, cap, next, closed;
+    skv_status err;
+    char msg[600];
+    skv_scd_emit emit;
+    void *arg;
+} sender;
+
+static void *sender_main(void *a) {
+    sender *s = a;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (s->next == s->n && !s->closed) pthread_cond_wait(&s->cv, &s->mu);
+        if (s->next == s->n) {
+            pthread_mutex_unlock(&s->mu);
+            return NULL;
+        }
+        uint8_t *f = s->f[s->next];
+        const size_t len = s->len[s->next];
+        s->f[s->next++] = NULL;
+        const int failed = s->err != SKV_OK;
+        pthread_mutex_unlock(&s->mu);
+        const skv_status st = failed ? SKV_OK : s->emit(s->arg, f, len);
+        free(f);
+        if (st) {
+            pthread_mutex_lock(&s->mu);
+            s->err = st;
+            snprintf(s->msg, sizeof s->msg, "%s", skv_last_error());
+            pthread_mutex_unlock(&s->mu);
+        }
+    }
+}
+
+/* skv_scd_emit into the queue; the sender's first error, once it has one */
+static skv_status queue_emit(void *arg, const uint8_t *frame, size_t len) {
+    sender *s = arg;
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    memcpy(copy, frame, len);
+    pthread_mutex_lock(&s->mu);
+    skv_status st = s->err;
+    if (!st && s->n == s->cap) {
+        const int cap = s->cap ? 2 * s->cap : 64;
+        uint8_t **f = realloc(s->f, sizeof(uint8_t *) * (size_t)cap);
+        if (f) s->f = f;
+        size_t *l = realloc(s->len, sizeof(size_t) * (size_t)cap);
+        if (l) s->len = l;
+        if (f && l) s->cap = cap;
+        else st = SKV_ERR_NOMEM, snprintf(s->msg, sizeof s->msg, "out of memory");
+    }
+    if (!st) {
+        s->f[s->n] = copy, s->len[s->n++] = len, copy = NULL;
+        pthread_cond_signal(&s->cv);
+    }
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", s->msg);
+    pthread_mutex_unlock(&s->mu);
+    free(copy);
+    return st ? skv_set_error(st, "%s", msg) : SKV_OK;
+}
+
+typedef struct stream_state {
+    prod *p;
+    const skv_context *c;
+    const float *H, *R;
+    const skv_scd_maps *maps;
+    const skv_scd_req *req;
+    float *K, *V, *Z;
+    int32_t n_frames;
+    skv_status st;
+    double t_encode;
+} stream_state;
+
+/* skv_batch.layer_done: layer l is cached for the whole prompt; its frames go out now */
+static void stream_layer(void *arg, int32_t l, int32_t n_cached) {
+    stream_state *s = arg;
+    if (s->st) return;
+    const double t0 = skv_time_now();
+    s->st = layer_frames(s->p, s->c, n_cached, s->H, s->R, s->maps, s->req, l, s->K, s->V, s->Z, &s->n_frames);
+    s->t_encode += skv_time_now() - t0;
+}
+
+skv_status skv_scd_produce_stream(skv_model *m, const skv_scd_maps *maps, const int32_t *ids, int32_t n_ids,
+                                  const skv_scd_req *req, skv_scd_emit emit, void *arg, skv_scd_prod_stats *stats) {
+    if (req->method == SKV_SCD_ORACLE) return skv_scd_produce(m, maps, ids, n_ids, req, emit, arg, stats);
+    memset(stats, 0, sizeof *stats);
+    skv_status st = check_req(m, maps, req);
+    if (st) return st;
+    const skv_model_info *in = skv_model_get_info(m);
+    const int32_t L = in->n_layer, D = in->dim, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
+    if (n < 1) return skv_set_error(SKV_ERR_ARG, "SCD: a prompt of %d tokens (at least 2)", n_ids);
+    const int need_h = req->method == SKV_SCD_FULL, need_r = req->method == SKV_SCD_RECOMPUTE && req->rc_k > 0;
+    int32_t rmax = 1;
+    for (int32_t l = 0; maps && l < L; l++) rmax = SKV_MAX(rmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+    float *H = need_h ? malloc(sizeof(float) * (size_t)L * (size_t)n * (size_t)D) : NULL;
+    float *R = need_r ? malloc(sizeof(float) * (size_t)L * (size_t)n * (size_t)D) : NULL;
+    float *K = malloc(sizeof(float) * (size_t)n * (size_t)KD), *V = malloc(sizeof(float) * (size_t)n * (size_t)KD);
+    float *Z = malloc(sizeof(float) * (size_t)n * (size_t)rmax);
+    if ((need_h && !H) || (need_r && !R) || !K || !V || !Z) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    sender sd = {.emit = emit, .arg = arg};
+    pthread_mutex_init(&sd.mu, NULL);
+    pthread_cond_init(&sd.cv, NULL);
+    pthread_t th;
+    const int started = !st && pthread_create(&th, NULL, sender_main, &sd) == 0;
+    if (!st && !started) st = skv_set_error(SKV_ERR_NOMEM, "SCD: cannot start the sender thread");
+    prod p = {.emit = queue_emit, .arg = &sd, .st = stats};
+    char *hello = NULL;
+    if (!st && !(st = hello_json(m, maps, req, n_ids, &hello))) st = send_json(&p, SKV_FT_HELLO, hello);
+    free(hello);
+    if (!st) {
+        const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
+                             .len = 4 * (uint64_t)n_ids};
+        st = send_frame(&p, f, ids);
+    }
+    /* the prefill in one chunk, each layer's frames queued as soon as it is cached */
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = n, cp.n_batch = n;
+    skv_context *c = NULL;
+    if (!st) st = skv_context_init(m, cp, &c);
+    stream_state ss = {.p = &p, .c = c, .H = H, .R = R, .maps = maps, .req = req, .K = K, .V = V, .Z = Z};
+    const double t0 = skv_time_now();
+    if (!st) {
+        const skv_batch b = {.ids = ids, .n = n, .attn_in = H, .resid_in = R, .layer_done = stream_layer, .layer_arg = &ss};
+        st = skv_decode_ex(c, &b);
+    }
+    stats->t_prefill = skv_time_now() - t0 - ss.t_encode;
+    stats->t_encode = ss.t_encode;
+    if (!st) st = ss.st;
+    if (!st) {
+        char end[64];
+        snprintf(end, sizeof end, "{\"layer_frames\":%d}", ss.n_frames);
+        st = send_json(&p, SKV_FT_END, end);
+    }
+    if (started) {
+        pthread_mutex_lock(&sd.mu);
+        sd.closed = 1;
+        pthread_cond_signal(&sd.cv);
+        pthread_mutex_unlock(&sd.mu);
+        pthread_join(th, NULL);
+        if (!st && sd.err) st = skv_set_error(sd.err, "%s", sd.msg);
+    }
+    for (int i = sd.next; i < sd.n; i++) free(sd.f[i]);
+    free(sd.f), free(sd.len);
+    pthread_mutex_destroy(&sd.mu);
+    pthread_cond_destroy(&sd.cv);
+    skv_context_free(c);
+    free(H), free(R), free(K), free(V), free(Z);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Consumer                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -233,6 +453,7 @@ struct skv_scd_consumer {
     unsigned *want, *got;      /* (L) part bits */
     int32_t n_frames;
     skv_context *ctx;
+    int dev;                   /* codes decoded on the context's device as frames arrive */
     double t_build;
 };
 
@@ -326,11 +547,19 @@ static skv_status on_hello(skv_scd_consumer *c, const skv_frame *f) {
     c->n = c->n_ids - 1;
     c->ids = malloc(sizeof(int32_t) * (size_t)c->n_ids);
     c->want = calloc((size_t)L, sizeof(unsigned)), c->got = calloc((size_t)L, sizeof(unsigned));
-    if (r->method != SKV_SCD_ORACLE) {
+    if (uses_maps(r->method) && c->cp.backend != SKV_BACKEND_CPU) {
+        /* a backend that decodes codes itself: its context now, each layer as it arrives */
+        skv_context_params cp = c->cp;
+        if (cp.n_ctx <= 0) cp.n_ctx = in->n_ctx;
+        if ((st = skv_context_init(c->m, cp, &c->ctx))) return st;
+        c->dev = skv_context_codes_on_device(c->ctx);
+        if (!c->dev) skv_context_free(c->ctx), c->ctx = NULL;
+    }
+    if (r->method != SKV_SCD_ORACLE && !c->dev) {
         c->K = malloc(sizeof(float) * (size_t)L * (size_t)c->n * (size_t)KD);
         c->V = malloc(sizeof(float) * (size_t)L * (size_t)c->n * (size_t)KD);
     }
-    if (!c->ids || !c->want || !c->got || (r->method != SKV_SCD_ORACLE && (!c->K || !c->V)))
+    if (!c->ids || !c->want || !c->got || (r->method != SKV_SCD_ORACLE && !c->dev && (!c->K || !c->V)))
         return skv_set_error(SKV_ERR_NOMEM, "out of memory for a %d-token request", c->n_ids);
     for (int32_t l = 0; l < L; l++) c->want[l] = expected_parts(r, l);
     return SKV_OK;
@@ -381,10 +610,24 @@ static skv_status on_layer(skv_scd_consumer *c, const skv_frame *f) {
                              f->part, f->rows, f->cols, skv_wire_enc_name(f->enc), f->group, c->n, cols,
                              skv_wire_enc_name(enc), group);
     const int64_t n = c->n;
+    if (c->dev && f->enc == SKV_ENC_BF16) { /* bf16 codes go to the device as they are, checked here */
+        const int part = f->part == SKV_PART_ZK ? SKV_SCD_K : f->part == SKV_PART_ZV ? SKV_SCD_V : SKV_SCD_H;
+        skv_status st = skv_wire_bf16_check(f->payload, f->rows, f->cols);
+        if (!st) st = skv_scd_dev_layer(c->maps, c->ctx, l, part, f->payload, 1, c->n);
+        if (!st) c->got[l] |= bit, c->n_frames++;
+        return st;
+    }
     float *x = malloc(sizeof(float) * (size_t)n * cols);
     if (!x) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
-    float *Kl = c->K + l * n * KD, *Vl = c->V + l * n * KD;
     skv_status st = skv_wire_unpack(f->enc, f->part, f->rows, f->cols, f->group, f->payload, x);
+    if (!st && c->dev) { /* the device decodes (only codes reach here: uses_maps) */
+        const int part = f->part == SKV_PART_ZK ? SKV_SCD_K : f->part == SKV_PART_ZV ? SKV_SCD_V : SKV_SCD_H;
+        st = skv_scd_dev_layer(c->maps, c->ctx, l, part, x, 0, c->n);
+        free(x);
+        if (!st) c->got[l] |= bit, c->n_frames++;
+        return st;
+    }
+    float *Kl = st ? NULL : c->K + l * n * KD, *Vl = st ? NULL : c->V + l * n * KD;
     if (!st) switch (f->part) {
         case SKV_PART_ZK: st = skv_scd_decode(c->maps, l, SKV_SCD_K, x, c->n, Kl); break;
         case SKV_PART_ZV: st = skv_scd_decode(c->maps, l, SKV_SCD_V, x, c->n, Vl); break;
@@ -420,6 +663,11 @@ static skv_status on_end(skv_scd_consumer *c, const skv_frame *f) {
     if (nf != c->n_frames)
         return skv_set_error(SKV_ERR_FORMAT, "SCD: END counts %d layer frames, %d arrived", nf, c->n_frames);
     const double t0 = skv_time_now();
+    if (c->dev) {
+        const skv_status s2 = skv_context_codes_finish(c->ctx, c->n);
+        c->t_build += skv_time_now() - t0;
+        return s2;
+    }
     skv_context_params cp = c->cp;
     if (cp.n_ctx <= 0) cp.n_ctx = in->n_ctx;
     skv_status st = skv_context_init(c->m, cp, &c->ctx);

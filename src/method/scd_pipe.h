@@ -60,6 +60,20 @@ skv_status skv_scd_produce_ctx(const skv_context *pc, const float *attn_in, cons
                                const skv_scd_maps *maps, const int32_t *ids, int32_t n_ids, const skv_scd_req *req,
                                skv_scd_emit emit, void *arg, skv_scd_prod_stats *st);
 
+/* skv_scd_produce streamed: HELLO and IDS leave before the prefill, which runs in one chunk
+ * and queues each layer's frames as soon as that layer is cached (skv_batch.layer_done); a
+ * sender thread emits them while the next layers compute. The same frames, in the same order.
+ * stats: t_prefill excludes the encoding done between layers (t_encode). */
+skv_status skv_scd_produce_stream(skv_model *prod, const skv_scd_maps *maps, const int32_t *ids, int32_t n_ids,
+                                  const skv_scd_req *req, skv_scd_emit emit, void *arg, skv_scd_prod_stats *st);
+
+/* The frames of a request as skv_scd_produce would send them, with random LAYER payloads
+ * (codes or rows of variance 1; methods oracle, raw, reuse, scd) and no producer run: the
+ * consumer's side timed at shapes where no producer model or maps exist (scd-bench). */
+skv_status skv_scd_produce_synth(const skv_model *m, const skv_scd_maps *maps, const int32_t *ids, int32_t n_ids,
+                                 const skv_scd_req *req, uint64_t seed, skv_scd_emit emit, void *arg,
+                                 skv_scd_prod_stats *st);
+
 typedef struct skv_scd_consumer skv_scd_consumer;
 /* cp: the consumer context's parameters (n_ctx at least the prompt). */
 skv_status skv_scd_consumer_init(skv_model *cons, const skv_scd_maps *maps, skv_context_params cp,

@@ -108,6 +108,23 @@ skv_status skv_wire_pack(int enc, int part, uint32_t rows, uint32_t cols, uint32
     return SKV_OK;
 }
 
+skv_status skv_wire_bf16_check(const uint8_t *src, uint32_t rows, uint32_t cols) {
+    const uint64_t n = (uint64_t)rows * cols;
+    uint64_t bad = n;
+    for (uint64_t i = 0; i < n && bad == n; i += 4096) { /* blocks without a branch inside */
+        const uint64_t e = SKV_MIN(n, i + 4096);
+        unsigned any = 0;
+        for (uint64_t k = i; k < e; k++) any |= (rd16(src + 2 * k) & 0x7F80u) == 0x7F80u;
+        if (any)
+            for (uint64_t k = i; k < e && bad == n; k++)
+                if ((rd16(src + 2 * k) & 0x7F80u) == 0x7F80u) bad = k;
+    }
+    if (bad < n)
+        return skv_set_error(SKV_ERR_FORMAT, "frame: value at row %llu, column %llu is not finite",
+                             (unsigned long long)(bad / cols), (unsigned long long)(bad % cols));
+    return SKV_OK;
+}
+
 skv_status skv_wire_unpack(int enc, int part, uint32_t rows, uint32_t cols, uint32_t group, const uint8_t *src, float *x) {
     uint64_t bytes;
     skv_status st = skv_wire_payload_bytes(enc, part, rows, cols, group, &bytes);

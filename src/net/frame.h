@@ -49,6 +49,9 @@ skv_status skv_wire_payload_bytes(int enc, int part, uint32_t rows, uint32_t col
  * (naming row and column) a non-finite value or scale. */
 skv_status skv_wire_pack(int enc, int part, uint32_t rows, uint32_t cols, uint32_t group, const float *x, uint8_t *dst);
 skv_status skv_wire_unpack(int enc, int part, uint32_t rows, uint32_t cols, uint32_t group, const uint8_t *src, float *x);
+/* A bf16 payload of rows x cols checked as skv_wire_unpack checks it (every value finite),
+ * without unpacking: for a consumer that decodes bf16 codes on its device. */
+skv_status skv_wire_bf16_check(const uint8_t *src, uint32_t rows, uint32_t cols);
 /* x rounded through an encoding (pack then unpack): what the receiver will hold. */
 skv_status skv_wire_round(int enc, int part, uint32_t rows, uint32_t cols, uint32_t group, float *x);
 

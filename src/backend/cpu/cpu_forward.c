@@ -289,7 +289,7 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     if (st) return st;
     skv_cpu_embed_rows(c, fin);
     const int32_t l0 = fin->layer0, l1 = fin->layer1 > 0 ? fin->layer1 : L;
-    if (lo >= 0 && (l0 != 0 || l1 != L || out->resid_in || out->attn_in))
+    if (lo >= 0 && (l0 != 0 || l1 != L || out->resid_in || out->attn_in || out->layer_done))
         return skv_set_error(SKV_ERR_UNSUPPORTED, "decode: layer ranges and per-layer taps are not available for "
                              "LCKV models (layer_types)");
     c->lk_cur = 0;
@@ -310,8 +310,10 @@ static skv_status forward_chunk(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
         for (; l <= hi; l++)
             if ((st = layer_chunk(c, l, fin, 1, c->iters > 1, NULL))) return st;
     }
-    for (; l < l1; l++)
+    for (; l < l1; l++) {
         if ((st = layer_chunk(c, l, fin, 1, 0, out))) return st;
+        if (out->layer_done) out->layer_done(out->layer_arg, l, fin->pos0 + fin->n);
+    }
     if (out->all) outputs(c, out, 0, n);
     else outputs(c, out, n - 1, 1);
     return SKV_OK;
@@ -644,8 +646,9 @@ skv_status skv_cpu_forward(skv_context *ctx, const skv_fwd_in *in, const skv_fwd
         return skv_set_error(SKV_ERR_ARG, "decode: a layer range [%d, %d) gives no logits or final hidden states",
                              in->layer0, in->layer1);
     /* taps and layer ranges run the multi-token path (also for one token) */
-    if (in->n == 1 && whole && !out->resid_in && !out->attn_in) return forward_token(c, in, out);
-    if (c->m->grp_lo >= 0 && whole && !out->resid_in && !out->attn_in && in->n <= SKV_MIN(c->iters, SKV_LCKV_TOKENS))
+    const int taps = out->resid_in || out->attn_in || out->layer_done;
+    if (in->n == 1 && whole && !taps) return forward_token(c, in, out);
+    if (c->m->grp_lo >= 0 && whole && !taps && in->n <= SKV_MIN(c->iters, SKV_LCKV_TOKENS))
         return forward_tokens(c, in, out);
     return forward_chunk(c, in, out);
 }

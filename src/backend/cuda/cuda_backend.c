@@ -295,6 +295,18 @@ static skv_status cu_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) {
 
 static skv_status cu_seq_copy(skv_context *c, int32_t dst, int32_t src) { return skv_gpu_seq_copy(G(c), dst, src); }
 
+static skv_status cu_scd_upload(const skv_codes_desc *d, void **dev) {
+    skv_gpu_scd *s = NULL;
+    skv_status st = skv_gpu_scd_upload(d, &s);
+    *dev = s;
+    return st;
+}
+static void cu_scd_free(void *dev) { skv_gpu_scd_free(dev); }
+static skv_status cu_scd_layer(skv_context *c, void *dev, int32_t layer, int part, const void *z, int z_bf16, int32_t n) {
+    return skv_gpu_scd_layer(G(c), dev, layer, part, z, z_bf16, n);
+}
+static skv_status cu_scd_finish(skv_context *c, int32_t n) { return skv_gpu_scd_finish(G(c), n); }
+
 static int64_t cu_weight_bytes(const skv_context *c) { return skv_gpu_model_bytes(c->m->be_data); }
 
 const skv_backend_ops skv_backend_cuda = {
@@ -318,4 +330,8 @@ const skv_backend_ops skv_backend_cuda = {
     .seq_copy = cu_seq_copy,
     .set_plan = cu_set_plan,
     .weight_bytes = cu_weight_bytes,
+    .codes_upload = cu_scd_upload,
+    .codes_free = cu_scd_free,
+    .codes_layer = cu_scd_layer,
+    .codes_finish = cu_scd_finish,
 };

@@ -23,6 +23,7 @@
 #include "sample/sampler.h"
 #include "kv/evict.h"
 #include "kv/plan.h"
+#include "backend/codes.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -182,6 +183,20 @@ void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int6
  * head's weight factor (inv, G). */
 skv_status skv_gpu_kc_last(skv_gpu_ctx *c, int32_t row, int32_t kv_head, int32_t *n, int32_t *ns, float *probs,
                            int32_t *sel, int32_t *nsel, float *inv);
+
+/* SCD's consumer rebuild (docs/techniques.md section 5; gpu_scd.cu): the maps' decoders and
+ * aligners on the device (f32), then one cache layer of sequence 0 at a time from its codes:
+ * K = RoPE(z dec + mub) and V = z dec + mub (reuse), or h = z skip + b2 + silu(z w1 + b1) w2
+ * projected by the model's own k/v weights, K RoPE'd (patch); rows go to slots 0..n-1 at
+ * positions 0..n-1 of a context whose sequence 0 is empty. */
+typedef struct skv_gpu_scd skv_gpu_scd;
+skv_status skv_gpu_scd_upload(const skv_codes_desc *d, skv_gpu_scd **out);
+void skv_gpu_scd_free(skv_gpu_scd *s);
+/* part SKV_CODES_K, _V or _H of layer `layer`, codes z (host, (n, r): f32, or bf16 bits when
+ * z_bf16, widened on the device) */
+skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const void *z, int z_bf16, int32_t n);
+/* after every layer's parts: sequence 0 holds n slots (positions 0..n-1) in every stream */
+skv_status skv_gpu_scd_finish(skv_gpu_ctx *c, int32_t n);
 
 #ifdef __cplusplus
 }

@@ -93,4 +93,11 @@ void skv_gpu_kc_counts(const skv_gpu_ctx *c, int64_t *steps, int64_t *rows, int6
     if (rows) *rows = 0;
     if (slow_rows) *slow_rows = 0;
 }
+skv_status skv_gpu_scd_upload(const skv_codes_desc *d, skv_gpu_scd **out) { return (void)d, *out = NULL, no_cuda(); }
+void skv_gpu_scd_free(skv_gpu_scd *s) { (void)s; }
+skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t layer, int part, const void *z, int z_bf16, int32_t n) {
+    (void)c, (void)s, (void)layer, (void)part, (void)z, (void)z_bf16, (void)n;
+    return no_cuda();
+}
+skv_status skv_gpu_scd_finish(skv_gpu_ctx *c, int32_t n) { return (void)c, (void)n, no_cuda(); }
 #endif
