@@ -29,7 +29,7 @@ static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const flo
 #pragma omp parallel for schedule(static) num_threads(c->n_threads)
         for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows_act(w, &a, y, r, SKV_MIN(r + blk, rows));
     } else {
-        skv_matmul(w, x, y, n, c->wconv, c->m->max_weight_elems, c->n_threads);
+        (c->m->f32_prefill ? skv_matmul_f32 : skv_matmul)(w, x, y, n, c->wconv, c->m->max_weight_elems, c->n_threads);
     }
     if (bias)
         for (int64_t i = 0; i < n; i++)
