@@ -190,7 +190,7 @@ static void logits(const gm *g) {
         free(ids);
         pi++;
     }
-    printf("    %s: prefilled |logit - ref| <= %.2g (f32), %.3f (default: int8 activations for K-quants), decoded <= %.3f "
+    printf("    %s: prefilled |logit - ref| <= %.2g (f32), %.3f (default path: int8 activations for K-quant matrices and the head), decoded <= %.3f "
            "(top-40 and 64 probe ids); greedy: %d/%d tokens as the reference\n", g->name, worst_p, worst_q, worst_d, greedy_ok,
            greedy_n);
     free(lg);
