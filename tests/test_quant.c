@@ -183,9 +183,14 @@ static void test_qgemm(void) {
         static const int64_t NS[] = {1, 7, 37};
         for (size_t ni = 0; ni < 3; ni++) {
             const int64_t n = NS[ni];
-            CHECK(!skv_qgemm(&w, x, y, n, scratch, skv_qgemm_scratch_bytes(n, cols, 2) - 1, 2)); /* too little scratch: refused */
-            for (int64_t i = 0; i < n * rows; i++) y[i] = NAN;
+            CHECK(!skv_qgemm(&w, x, y, n, scratch, skv_qgemm_scratch_bytes(1, cols, 2) - 1, 2)); /* not even a row: refused */
+            /* scratch for 3 rows: chunks of 3, the same numbers bit for bit */
+            float *y3 = malloc(sizeof(float) * (size_t)(n * rows));
+            for (int64_t i = 0; i < n * rows; i++) y[i] = y3[i] = NAN;
+            REQUIRE(skv_qgemm(&w, x, y3, n, scratch, skv_qgemm_scratch_bytes(3, cols, 2), 2), "%s: qgemm refused", KQ[k].name);
             REQUIRE(skv_qgemm(&w, x, y, n, scratch, sb, 2), "%s: qgemm refused", KQ[k].name);
+            CHECKF(!memcmp(y, y3, sizeof(float) * (size_t)(n * rows)), "%s n %lld: chunked rows differ", KQ[k].name, (long long)n);
+            free(y3);
             for (int64_t t = 0; t < n; t++) {
                 skv_quantize_q8_K(x + t * cols, qb, cols);
                 for (int64_t i = 0; i < cols; i++) xq[i] = qb[i / 256].d * (float)qb[i / 256].qs[i % 256];

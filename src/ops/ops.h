@@ -50,8 +50,9 @@ void skv_matmul_f32(const skv_weight *w, const float *x, float *y, int64_t n, fl
 
 /* qgemm.c: Y(n, rows) = X(n, cols) W^T for K-quant weights with X quantized per row to int8
  * blocks of 256 (as skv_quantize_q8_K), integer products (AVX-512 VNNI) over the weight codes
- * repacked 16 rows at a time. Returns 0 (and does nothing) where the dtype, the host or the
- * scratch (skv_qgemm_scratch_bytes) does not allow it. */
+ * repacked 16 rows at a time. Scratch for all n rows: skv_qgemm_scratch_bytes(n, cols, threads);
+ * with less, the rows go through in chunks that fit. Returns 0 (and does nothing) where the
+ * dtype or the host does not allow it, or the scratch does not hold even one row. */
 int skv_qgemm_supported(skv_dtype t);
 size_t skv_qgemm_scratch_bytes(int64_t n, int64_t cols, int n_threads);
 int skv_qgemm(const skv_weight *w, const float *x, float *y, int64_t n, void *scratch, size_t scratch_bytes, int n_threads);

@@ -59,7 +59,7 @@ static int64_t act_bytes(int64_t n, int64_t cols) { return n * (cols / 256) * (i
 static int64_t tile_bytes(int64_t cols) { return (TILE_ROWS / PANEL) * (cols / 256) * SB_BYTES; }
 
 size_t skv_qgemm_scratch_bytes(int64_t n, int64_t cols, int n_threads) {
-    return (size_t)(act_bytes(n, cols) + (int64_t)n_threads * tile_bytes(cols) + 128);
+    return (size_t)(act_bytes(n, cols) + (int64_t)n_threads * tile_bytes(cols) + 128); /* + alignment of both parts */
 }
 
 #ifdef SKV_QGEMM
@@ -271,7 +271,16 @@ static void block(int six, const uint8_t *tile, int64_t nsb, int p0, int p1, con
 int skv_qgemm(const skv_weight *w, const float *x, float *y, int64_t n, void *scratch, size_t scratch_bytes, int nt) {
     if (!skv_qgemm_supported(w->dtype) || w->cols % 256 || n < 1) return 0;
     if (nt < 1) nt = omp_get_max_threads();
-    if (skv_qgemm_scratch_bytes(n, w->cols, nt) > scratch_bytes) return 0;
+    if (skv_qgemm_scratch_bytes(n, w->cols, nt) > scratch_bytes) {
+        /* as many activation rows at a time as the scratch holds (rows are independent: the
+         * result is the same bit for bit) */
+        const int64_t fixed = (int64_t)skv_qgemm_scratch_bytes(0, w->cols, nt), per = act_bytes(1, w->cols);
+        const int64_t fit = (int64_t)scratch_bytes > fixed ? ((int64_t)scratch_bytes - fixed) / per : 0;
+        if (fit < 1) return 0;
+        for (int64_t a0 = 0; a0 < n; a0 += fit)
+            skv_qgemm(w, x + a0 * w->cols, y + a0 * w->rows, SKV_MIN(fit, n - a0), scratch, scratch_bytes, nt);
+        return 1;
+    }
     const int64_t rows = w->rows, cols = w->cols, nsb = cols / 256;
     const int six = w->dtype == SKV_DTYPE_Q6_K;
     uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
