@@ -40,7 +40,7 @@ def load_rows(d):
 
 def gp_plot(path, title, ylabel, yrange, series, refs):
     """series: {label: [(budget, y)]}; refs: {label: y} (horizontal lines)"""
-    cmds = [f"set terminal pngcairo size 900,560 font 'sans,11'", f"set output '{path}'", f"set title '{title}'",
+    cmds = [f"set terminal pngcairo size 900,560 font 'sans,11' noenhanced", f"set output '{path}'", f"set title '{title}'",
             "set xlabel 'budget (fraction of prompt tokens kept per KV head)'", f"set ylabel '{ylabel}'",
             "set key outside right", "set grid", "set logscale x 2", "set xrange [0.04:0.5]",
             "set xtics (0.05, 0.1, 0.2, 0.4)"]
