@@ -191,6 +191,10 @@ typedef struct skv_model_params {
     int32_t no_check;  /* 1: skip the load-time scan that refuses NaN or Inf in any weight */
     int32_t lckv_iters; /* LCKV models: the prefill iterations contexts use by default (0:
                           config.json's forward_passes + backward_passes, else 9) */
+    int32_t f32_prefill; /* 1: quantized weights multiply f32 activations in prefill (dequantised
+                          tiles + OpenBLAS: the reference arithmetic); 0 (default): K-quant
+                          weights (Q4_K, Q5_K, Q6_K) multiply int8 activations quantized per 256
+                          values, as decode and llama.cpp do (AVX-512 VNNI hosts; faster) */
 } skv_model_params;
 
 skv_model_params skv_model_default_params(void);
@@ -215,6 +219,12 @@ const char *skv_model_chat_template(const skv_model *m);
 /* skv_chat_render with the model's template and BOS text (tokenizer_config.json `bos_token`). */
 skv_status skv_chat_apply(const skv_model *m, const skv_chat_msg *msgs, size_t n,
                           int add_generation_prompt, char **out);
+/* A prompt's ids as the model expects them: skv_tokenize, then bos_id in front when the model
+ * asks for it (info.add_bos: GGUF tokenizer.ggml.add_bos_token, as llama.cpp's tokenizer with
+ * add_special and transformers' do) and the text does not already begin with it (a chat
+ * template's "<bos>"): Gemma 3's "Hi" -> [2, 6974]. *ids: malloc'd, the caller frees. */
+skv_status skv_model_tokenize(const skv_model *m, const skv_tokenizer *tok, const char *text, size_t len,
+                              int32_t **ids, size_t *n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Context: one sequence's state (KV cache + scratch) over a loaded model                       */

@@ -228,6 +228,9 @@ static void test_cli(void) {
         {"mkmodel --shape gpt5 -o /tmp/x", 2, "--shape"},
         {"mkmodel --shape llama3-8b", 2, "-o DIR"},
         {"bench -m MODEL --depths 1,x", 2, "--depths"},
+        {"skmatch -m MODEL --tasks /dev/null", 2, "--draft"},
+        {"skmatch -m MODEL --draft MODEL --tasks /dev/null --k-fracs 0.1,2", 2, "--k-fracs"},
+        {"skmatch -m MODEL --draft MODEL --tasks /nonexistent.jsonl", 1, "/nonexistent.jsonl"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1200], cmd[2048];

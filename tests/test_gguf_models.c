@@ -6,10 +6,12 @@
  *   - the tokenizer built from the GGUF metadata gives the reference's ids on every string
  *     (ASCII, Unicode, code, special-token text);
  *   - the chat template in the file is recognised (issue 17's families);
- *   - last-position logits of each prompt, prefilled (dequantised weights, f32 activations:
- *     the reference's arithmetic up to summation order) and decoded token by token (int8
+ *   - last-position logits of each prompt, prefilled (f32_prefill: dequantised weights, f32
+ *     activations: the reference's arithmetic up to summation order), prefilled by the default
+ *     path (K-quant weights: int8 activations, skv_qgemm) and decoded token by token (int8
  *     activations against the quantized weights, as llama.cpp computes): the reference's top
- *     token, and every reference top-40 and probe logit within the tolerance of the path;
+ *     token, and every reference top-40 and probe logit within the tolerance of the path (the
+ *     int8 prefill: the decode tolerance);
  *   - 32 greedy tokens: equal to the reference's until the end, or until a step where the
  *     reference's own top-1/top-2 margin is below the decode tolerance (a near tie, which any
  *     arithmetic difference may flip).
@@ -19,6 +21,7 @@
  *   decode 0.5 (Gemma 3: 1.0, below) — activations quantized to int8 per block (error up to
  *     d/2 = max|x|/254 per element) enter every product, as in llama.cpp (measured 0.25-0.40).
  */
+#include "eval/eval.h"
 #include "harness.h"
 
 #include <math.h>
@@ -110,14 +113,17 @@ static void logits(const gm *g) {
     if (!model_path(g, path, sizeof path, &ref)) return;
     skv_model_params mp = skv_model_default_params();
     mp.n_threads = 2;
-    skv_model *m = NULL;
+    mp.f32_prefill = 1;
+    skv_model *m = NULL, *mq = NULL;
     REQUIRE(skv_model_load(path, mp, &m) == SKV_OK, "%s: %s", path, skv_last_error());
+    mp.f32_prefill = 0, mp.use_mmap = 1, mp.no_check = 1; /* the same weights, the default prefill */
+    REQUIRE(skv_model_load(path, mp, &mq) == SKV_OK, "%s: %s", path, skv_last_error());
     CHECKF(skv_chat_detect(skv_model_chat_template(m)) == g->family, "%s: chat template family %s", g->name,
            skv_chat_family_name(skv_chat_detect(skv_model_chat_template(m))));
     const int V = skv_model_get_info(m)->n_vocab;
     const cJSON *probe = cJSON_GetObjectItem(ref, "probe_ids"), *pr;
     float *lg = malloc(sizeof(float) * (size_t)V);
-    double worst_p = 0, worst_d = 0;
+    double worst_p = 0, worst_d = 0, worst_q = 0;
     int pi = 0, greedy_ok = 0, greedy_n = 0;
     cJSON_ArrayForEach(pr, cJSON_GetObjectItem(ref, "prompts")) {
         int n;
@@ -138,6 +144,20 @@ static void logits(const gm *g) {
         CHECKF(skv_test_argmax(lg, V) == top, "%s prompt %d prefilled: top token %d, reference %d", g->name, pi,
                skv_test_argmax(lg, V), top);
         worst_p = fmax(worst_p, dp);
+        /* the default prefill (int8 activations for K-quant weights) */
+        skv_context *cq = NULL;
+        REQUIRE(skv_context_init(mq, cp, &cq) == SKV_OK && skv_decode(cq, ids, n, lg, 0) == SKV_OK, "int8 prefill: %s",
+                skv_last_error());
+        skv_context_free(cq);
+        const double dq = logit_diff(pr, probe, lg);
+        CHECKF(dq <= g->tol_decode, "%s prompt %d prefilled (default path): |logit - reference| up to %.4f", g->name, pi, dq);
+        /* the top token, unless the reference's own top-1/top-2 margin is below the tolerance */
+        const cJSON *tl = cJSON_GetObjectItem(pr, "top_logits");
+        const double margin = cJSON_GetArrayItem(tl, 0)->valuedouble - cJSON_GetArrayItem(tl, 1)->valuedouble;
+        CHECKF(skv_test_argmax(lg, V) == top || margin < g->tol_decode,
+               "%s prompt %d prefilled (default path): top token %d, reference %d with margin %.3f", g->name, pi,
+               skv_test_argmax(lg, V), top, margin);
+        worst_q = fmax(worst_q, dq);
         /* the same prompt token by token (the decode kernels); prompt 0 and 1 only (time) */
         if (pi < 2) {
             for (int i = 0; i < n; i++) REQUIRE(skv_decode(c1, ids + i, 1, lg, 0) == SKV_OK, "decode: %s", skv_last_error());
@@ -170,11 +190,69 @@ static void logits(const gm *g) {
         free(ids);
         pi++;
     }
-    printf("    %s: prefilled |logit - ref| <= %.2g, decoded <= %.3f (top-40 and 64 probe ids); greedy: %d/%d tokens as the "
-           "reference\n", g->name, worst_p, worst_d, greedy_ok, greedy_n);
+    printf("    %s: prefilled |logit - ref| <= %.2g (f32), %.3f (default path: int8 activations for K-quant matrices and the head), decoded <= %.3f "
+           "(top-40 and 64 probe ids); greedy: %d/%d tokens as the reference\n", g->name, worst_p, worst_q, worst_d, greedy_ok,
+           greedy_n);
     free(lg);
-    skv_model_free(m);
+    skv_model_free(m), skv_model_free(mq);
     cJSON_Delete(ref);
+}
+
+/* BOS where the file asks (tokenizer.ggml.add_bos_token: Gemma 3 true, Qwen2.5 false): the
+ * expected ids are llama.cpp's (llama-tokenize of 0c1e570 on the same files, add_special on),
+ * which transformers' tokenizers also give (add_special_tokens=True). Not as they do: a text
+ * that already starts with the BOS ("<bos>" rendered by Gemma's chat template) keeps one BOS
+ * (llama.cpp gives [2, 2, ...] and warns about it). Eval prompts cut to keep_last keep the BOS
+ * in front of the last keep_last - 1 ids. */
+static void bos(void) {
+    static const struct { int mi; int32_t want[3]; int nw; int32_t bos_text_first2[2]; } C[] = {
+        {3, {2, 9259, 1902}, 3, {2, 9259}}, /* Gemma 3: "Hello world" */
+        {2, {9707, 1879}, 2, {33177, 436}}, /* Qwen2.5 1.5B: no BOS; "<bos>" is plain text */
+    };
+    for (size_t k = 0; k < 2; k++) {
+        const gm *g = &MODELS[C[k].mi];
+        char path[256];
+        cJSON *ref = NULL;
+        if (!model_path(g, path, sizeof path, &ref)) continue;
+        cJSON_Delete(ref);
+        skv_model_params mp = skv_model_default_params();
+        mp.use_mmap = 1, mp.no_check = 1, mp.n_threads = 1;
+        skv_model *m = NULL;
+        skv_tokenizer *tok = NULL;
+        REQUIRE(skv_model_load(path, mp, &m) == SKV_OK && skv_tokenizer_load(path, &tok) == SKV_OK, "%s: %s", path,
+                skv_last_error());
+        int32_t *ids = NULL;
+        size_t n = 0;
+        REQUIRE(skv_model_tokenize(m, tok, "Hello world", 11, &ids, &n) == SKV_OK, "tokenize: %s", skv_last_error());
+        CHECKF(n == (size_t)C[k].nw && !memcmp(ids, C[k].want, sizeof *ids * n), "%s: \"Hello world\" -> %zu ids, first %d",
+               g->name, n, n ? ids[0] : -1);
+        free(ids);
+        REQUIRE(skv_model_tokenize(m, tok, "<bos>Hello world", 16, &ids, &n) == SKV_OK, "tokenize: %s", skv_last_error());
+        CHECKF(n >= 2 && ids[0] == C[k].bos_text_first2[0] && ids[1] == C[k].bos_text_first2[1], "%s: \"<bos>Hello world\" -> %d %d",
+               g->name, n ? ids[0] : -1, n > 1 ? ids[1] : -1);
+        free(ids);
+        /* eval prompts: the last keep_last ids, the BOS kept in front */
+        char ctx[] = "one two three four five six seven eight nine ten";
+        skv_task_row row = {.task = "t", .context = ctx, .answer = "", .line = 1};
+        int32_t *full = NULL, *cut = NULL, nf = 0, nc = 0;
+        REQUIRE(skv_eval_prompt(m, tok, &row, 1000, &full, &nf) == SKV_OK && skv_eval_prompt(m, tok, &row, 5, &cut, &nc) == SKV_OK,
+                "eval prompt: %s", skv_last_error());
+        const int add = skv_model_get_info(m)->add_bos;
+        CHECKF(nc == 5 && nf > 6, "%s: %d ids cut to %d", g->name, nf, nc);
+        CHECKF(add ? full[0] == 2 && cut[0] == 2 : full[0] != skv_model_get_info(m)->bos_id, "%s: eval prompt starts with %d / %d",
+               g->name, full[0], cut[0]);
+        CHECKF(!memcmp(cut + add, full + nf - (5 - add), sizeof *cut * (size_t)(5 - add)), "%s: the cut prompt is not the tail",
+               g->name);
+        char empty[] = "";
+        row.context = empty;
+        int32_t *none = NULL, nn = 0;
+        CHECK(skv_eval_prompt(m, tok, &row, 5, &none, &nn) == SKV_ERR_ARG && !none); /* only the BOS: empty context */
+        printf("    %s: add_bos %d, \"Hello world\" -> %d ids; eval prompt %d ids -> last 5 starting %d\n", g->name, add,
+               C[k].nw, nf, cut[0]);
+        free(full), free(cut);
+        skv_tokenizer_free(tok);
+        skv_model_free(m);
+    }
 }
 
 static void tok_smollm(void) { tokenizer(&MODELS[0]); }
@@ -191,6 +269,7 @@ void register_ggufmodels(void) {
     skv_test_add("ggufmodels/Qwen2.5-Coder-0.5B tokenizer from GGUF = reference ids", tok_qwen05);
     skv_test_add("ggufmodels/Qwen2.5-Coder-1.5B tokenizer from GGUF = reference ids", tok_qwen15);
     skv_test_add("ggufmodels/Gemma-3-270M tokenizer from GGUF = reference ids", tok_gemma);
+    skv_test_add("ggufmodels/BOS as the file asks (Gemma 3 yes, Qwen2.5 no), in prompts and cut eval prompts", bos);
     skv_test_add("ggufmodels/SmolLM2-135M Q4_1 logits and greedy32 vs reference", lg_smollm);
     skv_test_add("ggufmodels/Qwen2.5-Coder-0.5B logits and greedy32 vs reference", lg_qwen05);
     skv_test_add("ggufmodels/Qwen2.5-Coder-1.5B Q4_K_M logits and greedy32 vs reference", lg_qwen15);

@@ -129,7 +129,7 @@ static void test_matmul(void) {
         for (int64_t i = 0; i < nt * cols; i++) x[i] = (float)(skv_test_xorshift(&seed) % 2001) / 1000.0f - 1.0f;
         const int64_t scratch_elems = 2 * SKV_QTILE * cols;
         float *scratch = malloc(sizeof(float) * (size_t)scratch_elems);
-        skv_matmul(&w, x, y, nt, scratch, scratch_elems, 2);
+        skv_matmul_f32(&w, x, y, nt, scratch, scratch_elems, 2);
         double worst = 0;
         for (int64_t r = 0; r < rows; r++) {
             skv_weight_row_f32(&w, r, row);
@@ -147,9 +147,79 @@ static void test_matmul(void) {
     }
 }
 
+/* skv_qgemm (K-quants, int8 activations) against double products over the dequantised rows:
+ * with the activations as quantized (d q per 256, from skv_quantize_q8_K) within float rounding,
+ * and with the f32 activations within the quantisation bound sum|w| d / 2. Shapes cover a
+ * partial panel (rows 150 = 9 panels + 6 rows), an odd panel count in the last tile and
+ * activation rows not a multiple of the micro-kernel's 4 (n = 1, 7, 37); 2 threads. */
+static void test_qgemm(void) {
+    static const struct { const char *name; skv_dtype t; } KQ[] = {{"Q4_K", SKV_DTYPE_Q4_K}, {"Q5_K", SKV_DTYPE_Q5_K}, {"Q6_K", SKV_DTYPE_Q6_K}};
+    if (!skv_qgemm_supported(SKV_DTYPE_Q4_K)) {
+        printf("    skipped: this host has no AVX-512 VNNI (skv_matmul uses the f32 path)\n");
+        return;
+    }
+    for (size_t k = 0; k < sizeof KQ / sizeof KQ[0]; k++) {
+        fixture f = {0};
+        REQUIRE(load_fixture(KQ[k].name, KQ[k].t, &f), "fixture %s", KQ[k].name);
+        const int64_t nblk = 6, cols = 256 * nblk, rows = 150, nmax = 37; /* the fixture's blocks, 6 per row */
+        REQUIRE(f.nb >= (uint32_t)nblk, "%s fixture: %u blocks", KQ[k].name, f.nb);
+        uint8_t *wb = malloc((size_t)(rows * nblk * f.bytes));
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < nblk; b++)
+                memcpy(wb + (r * nblk + b) * f.bytes, f.blocks + ((b * 7 + r * 3) % f.nb) * f.bytes, f.bytes);
+        skv_weight w = {wb, KQ[k].t, rows, cols};
+        float *x = malloc(sizeof(float) * (size_t)(nmax * cols)), *y = malloc(sizeof(float) * (size_t)(nmax * rows));
+        float *wr = malloc(sizeof(float) * (size_t)(rows * cols)), *xq = malloc(sizeof(float) * (size_t)cols);
+        skv_act_q8_K *qb = malloc(sizeof(skv_act_q8_K) * (size_t)nblk);
+        for (int64_t r = 0; r < rows; r++) skv_weight_row_f32(&w, r, wr + r * cols);
+        uint32_t seed = 7;
+        for (int64_t i = 0; i < nmax * cols; i++) {
+            x[i] = ((float)(skv_test_xorshift(&seed) % 20001) / 10000.0f - 1.0f) * ((i / 256) % 3 == 0 ? 20.0f : 1.0f);
+            if ((i / cols) == 2 && (i % cols) < 256) x[i] = 0; /* an all-zero block */
+        }
+        const size_t sb = skv_qgemm_scratch_bytes(nmax, cols, 2);
+        void *scratch = malloc(sb);
+        double worst_q = 0, worst_f = 0;
+        static const int64_t NS[] = {1, 7, 37};
+        for (size_t ni = 0; ni < 3; ni++) {
+            const int64_t n = NS[ni];
+            CHECK(!skv_qgemm(&w, x, y, n, scratch, skv_qgemm_scratch_bytes(1, cols, 2) - 1, 2)); /* not even a row: refused */
+            /* scratch for 3 rows: chunks of 3, the same numbers bit for bit */
+            float *y3 = malloc(sizeof(float) * (size_t)(n * rows));
+            for (int64_t i = 0; i < n * rows; i++) y[i] = y3[i] = NAN;
+            REQUIRE(skv_qgemm(&w, x, y3, n, scratch, skv_qgemm_scratch_bytes(3, cols, 2), 2), "%s: qgemm refused", KQ[k].name);
+            REQUIRE(skv_qgemm(&w, x, y, n, scratch, sb, 2), "%s: qgemm refused", KQ[k].name);
+            CHECKF(!memcmp(y, y3, sizeof(float) * (size_t)(n * rows)), "%s n %lld: chunked rows differ", KQ[k].name, (long long)n);
+            free(y3);
+            for (int64_t t = 0; t < n; t++) {
+                skv_quantize_q8_K(x + t * cols, qb, cols);
+                for (int64_t i = 0; i < cols; i++) xq[i] = qb[i / 256].d * (float)qb[i / 256].qs[i % 256];
+                for (int64_t r = 0; r < rows; r++) {
+                    double sq = 0, sf = 0, mag = 0, bound = 0;
+                    for (int64_t i = 0; i < cols; i++) {
+                        const double wv = wr[r * cols + i];
+                        sq += wv * xq[i], sf += wv * x[t * cols + i], mag += fabs(wv * xq[i]);
+                        bound += fabs(wv) * qb[i / 256].d * 0.5;
+                    }
+                    const double got = y[t * rows + r], eq = fabs(got - sq), ef = fabs(got - sf);
+                    CHECKF(eq <= 2e-6 * mag + 1e-6, "%s n %lld: y[%lld, %lld] = %.7g, quantized-activation product %.7g (|w xq| %.4g)",
+                           KQ[k].name, (long long)n, (long long)t, (long long)r, got, sq, mag);
+                    CHECKF(ef <= bound * 1.0001 + 2e-6 * mag + 1e-6, "%s n %lld: y[%lld, %lld] = %.7g, f32 product %.7g beyond %.4g",
+                           KQ[k].name, (long long)n, (long long)t, (long long)r, got, sf, bound);
+                    worst_q = fmax(worst_q, eq / (mag + 1e-30)), worst_f = fmax(worst_f, ef / (bound + 1e-30));
+                }
+            }
+        }
+        printf("    %s: |qgemm - quantized-activation product| <= %.2g x sum|w xq|; |qgemm - f32 product| <= %.2f x bound\n",
+               KQ[k].name, worst_q, worst_f);
+        free(wb), free(x), free(y), free(wr), free(xq), free(qb), free(scratch), free(f.blocks), free(f.ref);
+    }
+}
+
 void register_quant(void) {
     skv_test_add("quant/dequantisation of Q4_0 Q4_1 Q5_0 Q8_0 Q4_K Q5_K Q6_K equals gguf-py's on random blocks", test_dequant);
     skv_test_add("quant/int8 dot kernels vs the dequantised product (float rounding) and the f32 product (quantisation bound)",
                  test_dot);
     skv_test_add("quant/tiled dequantise + OpenBLAS product vs double", test_matmul);
+    skv_test_add("quant/int8 K-quant GEMM (prefill) vs the quantized-activation product and the f32 product's bound", test_qgemm);
 }

@@ -8,7 +8,9 @@
 #include "context/context.h"
 #include "slimkv.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
+#include <unistd.h>
 
 static uint32_t g_rng = 88172645u;
 static uint32_t rnd(void) { return skv_test_xorshift(&g_rng); }
@@ -589,6 +591,42 @@ static void test_cli_smallkv(void) {
     free(out), free(err);
 }
 
+/* `slimkv skmatch` with the small model equal to the large one: every head's own map is in
+ * the small model, so the matched pairs' in-sample Jaccard and the best pair's held-out Jaccard
+ * are 1 (a head is its own best match; ties go to the lowest head, which is then a head with an
+ * identical top-K set), while random pairs stay below */
+static void test_skmatch(void) {
+    const char *cli = skv_test_cli();
+    REQUIRE(access(cli, X_OK) == 0, "CLI binary %s not built", cli);
+    char tasks[512], cmd[2048];
+    snprintf(tasks, sizeof tasks, "%s/skm_tasks.jsonl", skv_test_tmpdir());
+    FILE *f = fopen(tasks, "w");
+    REQUIRE(f, "%s", tasks);
+    for (int r = 0; r < 2; r++) {
+        fprintf(f, "{\"task\": \"t%d\", \"context\": \"", r);
+        for (int i = 0; i < 120; i++) fprintf(f, "item %d is %s. ", i * (r + 3) % 97, i % 3 ? "red" : "blue");
+        fprintf(f, "\", \"answer\": \"x\"}\n");
+    }
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s skmatch -m models/kvt-s --draft models/kvt-s --tasks %s --match-len 64 --k-fracs 0.1 -t 2 -q",
+             cli, tasks);
+    char *out = NULL, *err = NULL;
+    const int rc = skv_test_sh(cmd, &out, &err);
+    REQUIRE(rc == 0, "skmatch: exit %d: %s", rc, err);
+    cJSON *j = cJSON_Parse(out);
+    REQUIRE(j, "skmatch output is not JSON: %s", out);
+    const cJSON *k = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "k"), 0);
+    const cJSON *in = cJSON_GetObjectItem(k, "in_sample"), *ho = cJSON_GetObjectItem(k, "held_out");
+    const double mi = cJSON_GetObjectItem(in, "matched")->valuedouble, ri = cJSON_GetObjectItem(in, "random")->valuedouble;
+    const double bo = cJSON_GetObjectItem(ho, "best")->valuedouble, ro = cJSON_GetObjectItem(ho, "random")->valuedouble;
+    CHECK(cJSON_GetObjectItem(j, "rows")->valueint == 2);
+    CHECKF(mi == 1.0 && bo == 1.0, "in-sample matched %.4f, held-out best %.4f (want 1)", mi, bo);
+    CHECKF(ri < 0.9 && ro < 0.9 && ri > 0 && ro > 0, "random pairs %.4f / %.4f", ri, ro);
+    printf("    kvt-s with itself: in-sample matched %.3f vs random %.3f; held-out best %.3f vs random %.3f\n", mi, ri, bo, ro);
+    cJSON_Delete(j);
+    free(out), free(err);
+}
+
 void register_smallkv(void) {
     skv_test_add("smallkv/run, ppl and bench with --policy smallkv", test_cli_smallkv);
     skv_test_add("smallkv/matching quality (self = Jaccard 1; none before matching)", test_match_quality);
@@ -603,4 +641,5 @@ void register_smallkv(void) {
     skv_test_add("smallkv/per-head attention statistics (prefill = token by token)", test_head_stats);
     skv_test_add("smallkv/attention plan in the model: identity and mass exactness", test_plan_exactness);
     skv_test_add("smallkv/driver: deferral, saliency shift, ablations, memory", test_driver);
+    skv_test_add("smallkv/skmatch: a model matched with itself (Jaccard 1 in-sample, best 1 held out, random below)", test_skmatch);
 }

@@ -239,16 +239,8 @@ skv_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir) {
 int32_t *cli_tokenize(const char *cmd, skv_tokenizer *tok, const skv_model *m, const char *text, size_t len,
                       size_t *n) {
     int32_t *ids = NULL;
-    cli_check(cmd, skv_tokenize(tok, text, len, &ids, n));
-    const skv_model_info *in = m ? skv_model_get_info(m) : NULL;
-    if (in && in->add_bos && *n > 0 && ids[0] != in->bos_id) { /* the model's file asks for a BOS */
-        int32_t *b = realloc(ids, sizeof *ids * (*n + 1));
-        if (!b) cli_die(cmd, 1, "out of memory");
-        memmove(b + 1, b, sizeof *b * *n);
-        b[0] = in->bos_id;
-        ids = b;
-        (*n)++;
-    }
+    /* the BOS where the model's file asks for one */
+    cli_check(cmd, m ? skv_model_tokenize(m, tok, text, len, &ids, n) : skv_tokenize(tok, text, len, &ids, n));
     if (*n == 0) {
         free(ids);
         cli_die(cmd, 2, "the prompt is empty (no tokens)");

@@ -258,6 +258,7 @@ int cmd_sweep(int argc, char **argv) {
                     (long long)res[c].extra_bytes,
                     res[c].kl_n ? res[c].kl_sum / res[c].kl_n : 0.0, res[c].n_gen, np);
         }
+        fflush(rows); /* a sweep stopped early keeps every finished row */
         if (!quiet) progress(i + 1, ts.n, skv_time_now() - t0);
     }
     if (!quiet) fprintf(stderr, "\n");

@@ -352,7 +352,7 @@ static int parse_body(pctx *P, const cJSON *root, int chat, srv_req *r) {
     if (text) {
         size_t n = 0;
         int32_t *ids = NULL;
-        skv_status st = skv_tokenize(s->tok, text, strlen(text), &ids, &n);
+        skv_status st = skv_model_tokenize(s->model, s->tok, text, strlen(text), &ids, &n); /* BOS as the model asks */
         free(text);
         if (st) BAD(chat ? "messages" : "prompt", "cannot tokenize the prompt: %s", skv_last_error());
         r->prompt = ids, r->n_prompt = (int32_t)n;

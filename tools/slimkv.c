@@ -13,6 +13,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
+int cmd_skmatch(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_scd_dump(int argc, char **argv);
 int cmd_scd_rank(int argc, char **argv);
@@ -40,6 +41,7 @@ static const struct {
     {"scd-producer", cmd_scd_producer, "SCD producer: prefill and stream codes (or a baseline) to a consumer"},
     {"scd-consumer", cmd_scd_consumer, "SCD consumer: rebuild the cache from checked frames, decode without prefill"},
     {"scd-bench", cmd_scd_bench, "SCD consumer's rebuild vs its own prefill at a model shape (random maps), modelled TTFT"},
+    {"skmatch", cmd_skmatch, "SmallKV's premise on a model pair: top-K Jaccard of matched head pairs vs random pairs"},
     {"mkmodel", cmd_mkmodel, "write a random-weight model of a real shape (llama3-8b, qwen2-7b)"},
 };
 

@@ -155,8 +155,9 @@ skv_status skv_model_project_kv(const skv_model *m, int32_t layer, const float *
     float *scratch = malloc(sizeof(float) * (size_t)m->max_weight_elems);
     if (!scratch) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     const int64_t KD = (int64_t)in->n_kv_head * in->head_dim;
-    skv_matmul(&ly->wk, h, k, n, scratch, m->max_weight_elems, m->n_threads);
-    skv_matmul(&ly->wv, h, v, n, scratch, m->max_weight_elems, m->n_threads);
+    void (*mm)(const skv_weight *, const float *, float *, int64_t, float *, int64_t, int) = m->f32_prefill ? skv_matmul_f32 : skv_matmul;
+    mm(&ly->wk, h, k, n, scratch, m->max_weight_elems, m->n_threads);
+    mm(&ly->wv, h, v, n, scratch, m->max_weight_elems, m->n_threads);
     for (int64_t i = 0; i < n; i++)
         for (int64_t r = 0; r < KD; r++) {
             if (ly->bk) k[i * KD + r] += ly->bk[r];

@@ -77,6 +77,13 @@ int skv_task_score_final(const char *task, const char *gen, const char *answer);
 
 skv_eval_opts skv_eval_default_opts(void);
 
+/* The prompt of a row: the context's ids with the BOS the model asks for (skv_model_tokenize),
+ * then only the last keep_last of them — the BOS kept in front of the last keep_last - 1 ids
+ * when the model asks for one, as llama.cpp keeps it when it truncates. *ids: malloc'd. An
+ * empty context (no ids besides the BOS) is an error naming the task line. */
+skv_status skv_eval_prompt(const skv_model *m, const skv_tokenizer *tok, const skv_task_row *row, int32_t keep_last,
+                           int32_t **ids, int32_t *n);
+
 /* Evaluate one row under n configurations. res[n] receives the results; *prompt_tokens the
  * prompt length used. */
 skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_row *row,

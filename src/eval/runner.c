@@ -102,24 +102,37 @@ static skv_status shadow_logprobs(shadow *sh, const int32_t *prefix, int32_t t, 
     return SKV_OK;
 }
 
+skv_status skv_eval_prompt(const skv_model *m, const skv_tokenizer *tok, const skv_task_row *row, int32_t keep_last,
+                           int32_t **ids, int32_t *n) {
+    size_t n_ids = 0;
+    *n = 0;
+    if (keep_last < 2) return skv_set_error(SKV_ERR_ARG, "keep_last %d: must be >= 2", keep_last);
+    skv_status st = skv_model_tokenize(m, tok, row->context, strlen(row->context), ids, &n_ids);
+    if (st) return st;
+    const skv_model_info *in = skv_model_get_info(m);
+    const int bos = in->add_bos && n_ids > 0 && (*ids)[0] == in->bos_id; /* kept in front */
+    if (n_ids <= (size_t)bos) {
+        free(*ids);
+        *ids = NULL;
+        return skv_set_error(SKV_ERR_ARG, "task line %d: empty context", row->line);
+    }
+    if (n_ids > (size_t)keep_last) {
+        const size_t keep = (size_t)keep_last - (size_t)bos;
+        memmove(*ids + bos, *ids + n_ids - keep, sizeof **ids * keep);
+        n_ids = (size_t)keep_last;
+    }
+    *n = (int32_t)n_ids;
+    return SKV_OK;
+}
+
 skv_status skv_eval_row(skv_model *m, const skv_tokenizer *tok, const skv_task_row *row,
                         const skv_eval_config *cfgs, int32_t n, const skv_eval_opts *o,
                         skv_eval_result *res, int32_t *prompt_tokens) {
     const int32_t V = skv_model_get_info(m)->n_vocab;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    skv_status st = skv_tokenize(tok, row->context, strlen(row->context), &ids, &n_ids);
+    int32_t *ids = NULL, np = 0;
+    skv_status st = skv_eval_prompt(m, tok, row, o->keep_last, &ids, &np);
     if (st) return st;
-    if (n_ids == 0) {
-        free(ids);
-        return skv_set_error(SKV_ERR_ARG, "task line %d: empty context", row->line);
-    }
     const int32_t *p = ids;
-    int32_t np = (int32_t)n_ids;
-    if (np > o->keep_last) {
-        p += np - o->keep_last;
-        np = o->keep_last;
-    }
     *prompt_tokens = np;
     if (o->max_new > 64) {
         free(ids);

@@ -203,6 +203,7 @@ skv_status skv_model_load(const char *dir, skv_model_params params, skv_model **
     skv_model *m = calloc(1, sizeof *m);
     if (!m) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     m->n_threads = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
+    m->f32_prefill = params.f32_prefill;
     const int gguf = is_gguf(dir);
     skv_status st = gguf ? skv_model_load_gguf(m, dir, params) : load_safetensors(m, dir, params);
     if (!st && gguf) /* GGUF files carry no layer_types: every layer keeps its own KV */

@@ -37,6 +37,7 @@ struct skv_model {
     float *f32_store;         /* one allocation holding every norm and bias in f32 */
     float *rope_inv_freq;     /* (head_dim/2), scaling applied */
     int32_t n_threads;
+    int32_t f32_prefill;      /* skv_model_params.f32_prefill */
     int64_t max_weight_elems; /* largest matrix, for the f32 conversion scratch */
     /* layer-to-cache map: layer l attends to the KV of layer kv_src[l]; the layers that append
      * (kv_src[l] == l) are the cache layers, numbered in order: cache_of[l] is the cache layer

@@ -253,6 +253,12 @@ void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out) {
 
 void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
                 int n_threads) {
+    if (skv_qgemm(w, x, y, n, scratch, (size_t)scratch_elems * sizeof(float), n_threads)) return;
+    skv_matmul_f32(w, x, y, n, scratch, scratch_elems, n_threads);
+}
+
+void skv_matmul_f32(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                    int n_threads) {
     const float *wf = w->data;
     if (skv_dtype_is_quant(w->dtype)) {
         /* dequantise tiles of up to SKV_QTILE rows, each thread its own tile in scratch, and

@@ -37,13 +37,28 @@ unsigned skv_weight_act_kinds(const skv_weight *w);
 /* Row r of W converted to f32: out[cols]. */
 void skv_weight_row_f32(const skv_weight *w, int64_t r, float *out);
 
-/* Y(n, rows) = X(n, cols) W^T with OpenBLAS. bf16/f16 weights are converted into scratch
+/* Y(n, rows) = X(n, cols) W^T. K-quant weights (Q4_K, Q5_K, Q6_K) on AVX-512 VNNI hosts go
+ * through skv_qgemm (int8 activations, as decode and llama.cpp); everything else through
+ * skv_matmul_f32. Same scratch contract as skv_matmul_f32. */
+void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                int n_threads);
+
+/* The float32 product: Y(n, rows) = X(n, cols) W^T with OpenBLAS. bf16/f16 weights are converted into scratch
  * (rows*cols floats) first, in parallel; quantized weights are dequantised SKV_QTILE rows at a
  * time, one tile per thread (scratch: threads * SKV_QTILE * cols floats; fewer threads when it
  * is smaller). n_threads: the OpenMP team (0: the default). Call from outside an OpenMP
  * parallel region. */
-void skv_matmul(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
-                int n_threads);
+void skv_matmul_f32(const skv_weight *w, const float *x, float *y, int64_t n, float *scratch, int64_t scratch_elems,
+                    int n_threads);
+
+/* qgemm.c: Y(n, rows) = X(n, cols) W^T for K-quant weights with X quantized per row to int8
+ * blocks of 256 (as skv_quantize_q8_K), integer products (AVX-512 VNNI) over the weight codes
+ * repacked 16 rows at a time. Scratch for all n rows: skv_qgemm_scratch_bytes(n, cols, threads);
+ * with less, the rows go through in chunks that fit. Returns 0 (and does nothing) where the
+ * dtype or the host does not allow it, or the scratch does not hold even one row. */
+int skv_qgemm_supported(skv_dtype t);
+size_t skv_qgemm_scratch_bytes(int64_t n, int64_t cols, int n_threads);
+int skv_qgemm(const skv_weight *w, const float *x, float *y, int64_t n, void *scratch, size_t scratch_bytes, int n_threads);
 
 /* out[n] = x[n] / sqrt(mean(x^2) + eps) * w[n] (float32, as HF LlamaRMSNorm). */
 void skv_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);

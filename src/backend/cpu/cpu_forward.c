@@ -29,9 +29,10 @@ static void linear(skv_cpu *c, const skv_weight *w, const float *bias, const flo
 #pragma omp parallel for schedule(static) num_threads(c->n_threads)
         for (int64_t r = 0; r < rows; r += blk) skv_matvec_rows_act(w, &a, y, r, SKV_MIN(r + blk, rows));
     } else {
-        skv_matmul(w, x, y, n, c->wconv, c->m->max_weight_elems, c->n_threads);
+        (c->m->f32_prefill ? skv_matmul_f32 : skv_matmul)(w, x, y, n, c->wconv, c->m->max_weight_elems, c->n_threads);
     }
     if (bias)
+#pragma omp parallel for schedule(static) num_threads(c->n_threads) if (n > 1)
         for (int64_t i = 0; i < n; i++)
             for (int64_t r = 0; r < w->rows; r++) y[i * w->rows + r] += bias[r];
 }
@@ -149,6 +150,7 @@ static void attention_prefill(skv_cpu *c, int32_t l, int32_t cl, int64_t pos0, i
 
 static void rmsnorm_rows(const skv_cpu *c, float *out, const float *x, const float *w, int64_t n) {
     const skv_model_info *in = &c->m->cfg.info;
+#pragma omp parallel for schedule(static) num_threads(c->n_threads) if (n > 1)
     for (int64_t i = 0; i < n; i++) skv_rmsnorm(out + i * in->dim, x + i * in->dim, w, in->dim, in->rms_eps);
 }
 
@@ -247,6 +249,7 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
                                     chunk_kv(c, cl, c->lk_cur, 1) + i * KD)))
                     return st;
     }
+#pragma omp parallel for schedule(static) num_threads(c->n_threads) if (n > 1)
     for (int64_t i = 0; i < n; i++) {
         const float *cs = skv_model_rope_at(m, m->rope_cos, l, pos0 + i), *sn = skv_model_rope_at(m, m->rope_sin, l, pos0 + i);
         for (int32_t h = 0; h < in->n_head; h++) skv_rope(c->q + i * QD + h * hd, cs, sn, (int32_t)hd);
@@ -266,6 +269,7 @@ static skv_status layer_chunk(skv_cpu *c, int32_t l, const skv_fwd_in *fin, int 
     rmsnorm_rows(c, c->xb, c->x, ly->ffn_norm, n);
     linear(c, &ly->w_gate, NULL, c->xb, c->hb, n);
     linear(c, &ly->w_up, NULL, c->xb, c->hb2, n);
+#pragma omp parallel for schedule(static) num_threads(c->n_threads) if (n > 1)
     for (int64_t i = 0; i < n; i++)
         if (m->cfg.gemma3) skv_geglu(c->hb + i * F, c->hb2 + i * F, F);
         else skv_swiglu(c->hb + i * F, c->hb2 + i * F, F);
