@@ -16,6 +16,7 @@ for d in sys.argv[1:]:
 out = {}
 for cfg, bl in sorted(blocks.items()):
     n = sx = sx2 = sfull = skl = skv = 0.0
+    bm, bf = [], []  # per-block mean NLL (policy, full cache)
     wins, cmds, machines = [], set(), set()
     for s, (f, j) in sorted(bl.items()):
         k = j['tokens_scored']
@@ -24,6 +25,8 @@ for cfg, bl in sorted(blocks.items()):
         sx += mean * k
         sx2 += (se * se * (k - 1) + mean * mean) * k
         sfull += math.log(j['ppl_full']) * k
+        bm.append(mean)
+        bf.append(math.log(j['ppl_full']))
         skl += j['kl_mean'] * k
         skv += j['kv_bytes_mean'] * j['windows']
         wins += list(range(j['first_window'], j['first_window'] + j['windows']))
@@ -44,8 +47,19 @@ for cfg, bl in sorted(blocks.items()):
         if w0 is None: w0 = w
         if i + 1 == len(wins) or sorted(wins)[i + 1] != w + 1:
             rng.append('%d-%d' % (w0, w)); w0 = None
+    # a 95 % interval from the spread of the 5-window blocks (tokens within a window are not
+    # independent, so the per-token standard error understates a partial run's uncertainty)
+    nb = len(bm)
+    bmean = sum(bm) / nb
+    bse = math.sqrt(sum((x - bmean) ** 2 for x in bm) / (nb - 1) / nb) if nb > 1 else float('nan')
+    d = [x - y for x, y in zip(bm, bf)]  # vs the full cache on the same blocks (paired)
+    dm = sum(d) / nb
+    dse = math.sqrt(sum((x - dm) ** 2 for x in d) / (nb - 1) / nb) if nb > 1 else float('nan')
     out[cfg] = {'windows': len(wins), 'window_ranges': ','.join(rng),
                 'tokens_scored': int(n), 'ppl': math.exp(mean), 'ppl_se': math.exp(mean) * se,
+                'ppl_ci95_blocks': [math.exp(mean - 1.96 * bse), math.exp(mean + 1.96 * bse)],
+                'ratio_to_full': math.exp(mean) / math.exp(sfull / n),
+                'ratio_to_full_ci95_blocks': [math.exp(dm - 1.96 * dse), math.exp(dm + 1.96 * dse)],
                 'ppl_full': math.exp(sfull / n), 'kl_mean': skl / n, 'kv_bytes_mean': skv / len(wins),
                 'kv_share': skv / len(wins) / fb, 'mc_options': sorted(cmds), 'machines': sorted(machines)}
 json.dump(out, sys.stdout, indent=1)
