@@ -265,7 +265,8 @@ typedef enum skv_kv_format {
  *             (layer, KV head); over the eviction of `kc_over` when given (e.g. snapkv)
  *   minicache MiniCache (arXiv 2405.14366): after each prompt, groups of cache layers share one
  *             direction per token (SLERP; per-layer norms kept), the most distinct tokens
- *             (`mc_keep`) unmerged; KV bytes count what that representation stores (CPU)
+ *             (`mc_keep`, or as many as `mc_bytes` allows) unmerged; KV bytes count what that
+ *             representation stores (CPU)
  * Budgets are per KV head; with GQA the scores of a group's query heads are summed. */
 typedef struct skv_policy_params {
     const char *name;      /* one of the above; NULL means "full" */
@@ -297,6 +298,8 @@ typedef struct skv_policy_params {
                               middle layer up) */
     float mc_t;            /* SLERP parameter of a pair (default 0.5) */
     float mc_keep;         /* fraction of tokens left unmerged, the most distinct (default 0.05) */
+    float mc_bytes;        /* or, when > 0: the fraction of the full cache's KV bytes to store, in
+                              (0, 1]; sets the unmerged fraction (the same for every group) */
 } skv_policy_params;
 
 /* kcache options */

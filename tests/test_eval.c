@@ -82,6 +82,10 @@ static void test_cli_policy_errors(void) {
         {"eval -m models/kvt-s --tasks TASKS --policy smallkv --draft models/kvt-s --budget-tokens 9", 2, "not --budget-tokens"},
         {"eval -m models/kvt-s --tasks TASKS --policy smallkv --draft /nonexistent", 1, "/nonexistent/config.json"},
         {"sweep -m models/kvt-s --tasks TASKS --policies smallkv-fast --draft models/kvt-s", 2, "unknown policy 'smallkv-fast'"},
+        {"ppl -m models/kvt-s -f TASKS --skip -1", 2, "--skip"},
+        {"ppl -m models/kvt-s -f TASKS --policy minicache --mc-bytes 1.5", 2, "--mc-bytes 1.5 is outside"},
+        {"ppl -m models/kvt-s -f TASKS --policy minicache --mc-groups g2 --mc-bytes 0.1", 2, "below what these groups store"},
+        {"ppl -m models/kvt-s -f TASKS --policy minicache --mc-groups g1", 2, "--mc-groups"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024];
@@ -136,7 +140,37 @@ static void test_reference_kvt_l_qa(void) {
     check_reference("kvt-l-qa", "macroqa", 0.825, 0.026);
 }
 
+/* `ppl --skip S --windows W` scores windows S .. S+W-1: windows 0 and 1..2 pool to 0..2. */
+static double ppl_run(const char *extra, int *tokens, int *first) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s ppl -m models/kvt-s -f %s/data/corpus.val.txt.xz --ctx 128 -t 1 -q %s",
+             skv_test_cli(), skv_test_shared_dir(), extra);
+    char *out = NULL, *err = NULL;
+    const int rc = skv_test_sh(cmd, &out, &err);
+    CHECKF(rc == 0, "%s: exit %d: %s", cmd, rc, err);
+    cJSON *j = cJSON_Parse(out);
+    const cJSON *nll = cJSON_GetObjectItem(j, "nll"), *n = cJSON_GetObjectItem(j, "tokens_scored"),
+                *fw = cJSON_GetObjectItem(j, "first_window");
+    CHECKF(cJSON_IsNumber(nll) && cJSON_IsNumber(n) && cJSON_IsNumber(fw), "%s: output %s", cmd, out);
+    const double v = cJSON_IsNumber(nll) ? nll->valuedouble : NAN;
+    *tokens = cJSON_IsNumber(n) ? n->valueint : 0, *first = cJSON_IsNumber(fw) ? fw->valueint : -1;
+    cJSON_Delete(j);
+    free(out), free(err);
+    return v;
+}
+
+static void test_ppl_skip(void) {
+    int na, nb, nc, fa, fb, fc;
+    const double all = ppl_run("--windows 3", &na, &fa), a = ppl_run("--windows 1", &nb, &fb),
+                 b = ppl_run("--skip 1 --windows 2", &nc, &fc);
+    CHECK(na == 3 * 127 && nb == 127 && nc == 2 * 127 && fa == 0 && fb == 0 && fc == 1);
+    const double pooled = (a * nb + b * nc) / (nb + nc);
+    CHECKF(fabs(pooled - all) < 2e-6 && fabs(b - a) > 1e-3, "windows 0..2: mean NLL %.6f; 0 and 1..2 pooled %.6f (%.6f, %.6f)",
+           all, pooled, a, b);
+}
+
 void register_eval(void) {
+    skv_test_add("eval/ppl --skip: parts of the windows pool to the whole", test_ppl_skip);
     skv_test_add("eval/metrics on known values", test_metrics);
     skv_test_add("eval/task file errors name the line", test_task_file_errors);
     skv_test_add("eval/cli policy and budget errors", test_cli_policy_errors);

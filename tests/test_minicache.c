@@ -172,6 +172,88 @@ static void test_parse(void) {
                skv_last_error());
     }
     CHECK(skv_mc_parse(NULL, 1, &g) == SKV_ERR_ARG);
+    /* gN: groups of N adjacent layers from the top down, the rest at the bottom unmerged */
+    CHECK(skv_mc_parse("g3", 10, &g) == SKV_OK && g.n == 3 && g.size[0] == 3 && g.layer[0] == 7 &&
+          g.layer[2] == 9 && g.layer[3] == 4 && g.layer[6] == 1 && g.layer[8] == 3);
+    CHECK(skv_mc_parse("g5", 10, &g) == SKV_OK && g.n == 2 && g.layer[0] == 5 && g.layer[5] == 0 && g.layer[9] == 4);
+    CHECK(skv_mc_parse("g10", 10, &g) == SKV_OK && g.n == 1 && g.size[0] == 10);
+    const char *badg[] = {"g1", "g11", "g", "g3x", "g-2"};
+    for (int i = 0; i < 5; i++)
+        CHECKF(skv_mc_parse(badg[i], 10, &g) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-groups") &&
+                   strstr(skv_last_error(), "gN"), "\"%s\": %s", badg[i], skv_last_error());
+}
+
+/* Stored values per token, KV head and tensor, counted token by token from a merge's outcome
+ * (brute force of the bytes formula): a group's unmerged token stores its k rows, a merged one
+ * e and k norms; layers outside the groups their rows. */
+static double stored_fraction(const skv_mc_groups *g, int L, int hd, int n, int n_stay) {
+    double vals = 0;
+    int in[SKV_MC_MAX_LAYERS] = {0};
+    for (int j = 0; j < g->n; j++) {
+        const int k = g->size[j];
+        for (int i = 0; i < k; i++) in[g->layer[g->first[j] + i]] = 1;
+        for (int t = 0; t < n; t++) vals += t < n_stay ? k * hd : hd + k;
+    }
+    for (int l = 0; l < L; l++) vals += in[l] ? 0 : (double)n * hd;
+    return vals / ((double)L * hd * n);
+}
+
+/* --mc-bytes: the unmerged fraction found by the formula stores the asked share of the bytes
+ * (against a token-by-token count, over every retention 0..n, and through the cache's own
+ * accounting); out-of-reach shares refused naming the option and the reachable floor. */
+static void test_bytes_target(void) {
+    const struct { const char *spec; int L; double frac; } cases[] = {
+        {"g5", 10, 0.30}, {"g9", 10, 0.30}, {"g3", 10, 0.50}, {"g2", 10, 0.60}, {"0:1,3:4", 5, 0.7}, {"g2", 4, 1.0},
+    };
+    enum { N = 2048, HDB = 64 };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        skv_mc_groups g;
+        REQUIRE(skv_mc_parse(cases[i].spec, cases[i].L, &g) == SKV_OK, "%s", skv_last_error());
+        double keep = -1;
+        REQUIRE(skv_mc_keep_for_bytes(&g, cases[i].L, HDB, cases[i].frac, &keep) == SKV_OK, "%s", skv_last_error());
+        /* brute force: the retention count whose stored share is nearest the target */
+        int best = 0;
+        for (int s = 0; s <= N; s++)
+            if (fabs(stored_fraction(&g, cases[i].L, HDB, N, s) - cases[i].frac) <
+                fabs(stored_fraction(&g, cases[i].L, HDB, N, best) - cases[i].frac))
+                best = s;
+        const int got = (int)lrint(keep * N);
+        CHECKF(abs(got - best) <= 1, "%s at %.2f: keep %.5f -> %d unmerged of %d, brute force %d", cases[i].spec,
+               cases[i].frac, keep, got, N, best);
+        const double achieved = stored_fraction(&g, cases[i].L, HDB, N, got);
+        CHECKF(fabs(achieved - cases[i].frac) < 2e-4, "%s: stores %.6f, asked %.2f", cases[i].spec, achieved,
+               cases[i].frac);
+        printf("    %s of %d layers at %.2f of the bytes: keep %.5f (%d of %d unmerged), stores %.6f\n", cases[i].spec,
+               cases[i].L, cases[i].frac, keep, got, N, achieved);
+    }
+    /* through the cache: shared bytes make the asked share (5 layers, 2 heads, 53 tokens) */
+    enum { L = 5, H = 2 };
+    float *rows = malloc(sizeof(float) * L * H * 2 * NT * HD);
+    fill(rows, L, H, 5);
+    skv_cache c;
+    REQUIRE(skv_cache_init(&c, L, H, HD, 64, SKV_KV_F32) == SKV_OK, "%s", skv_last_error());
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < H; h++)
+            for (int tok = 0; tok < NT; tok++)
+                CHECK(skv_cache_append(&c, l, h, tok, rows + ((((size_t)l * H + h) * 2 + 0) * NT + tok) * HD,
+                                       rows + ((((size_t)l * H + h) * 2 + 1) * NT + tok) * HD) == SKV_OK);
+    skv_mc_groups g;
+    REQUIRE(skv_mc_parse("g2", L, &g) == SKV_OK, "%s", skv_last_error());
+    double keep;
+    REQUIRE(skv_mc_keep_for_bytes(&g, L, HD, 0.75, &keep) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_mc_apply(&c, &g, 0.5f, (float)keep) == SKV_OK, "%s", skv_last_error());
+    const double full = (double)L * H * 2 * NT * HD * 4, frac = (full - (double)c.shared_bytes) / full;
+    const int n_stay = (int)lrint(keep * NT);
+    CHECKF(fabs(frac - stored_fraction(&g, L, HD, NT, n_stay)) < 1e-12 && fabs(frac - 0.75) < 0.01,
+           "cache stores %.5f of the bytes, formula %.5f, asked 0.75", frac, stored_fraction(&g, L, HD, NT, n_stay));
+    skv_cache_free(&c);
+    free(rows);
+    /* refusals */
+    REQUIRE(skv_mc_parse("g2", 10, &g) == SKV_OK, "%s", skv_last_error());
+    CHECK(skv_mc_keep_for_bytes(&g, 10, 64, 0.30, &keep) == SKV_ERR_ARG);
+    CHECKF(strstr(skv_last_error(), "--mc-bytes 0.3") && strstr(skv_last_error(), "0.5156"), "%s", skv_last_error());
+    CHECK(skv_mc_keep_for_bytes(&g, 10, 64, 1.5, &keep) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-bytes"));
+    CHECK(skv_mc_keep_for_bytes(&g, 10, 64, 0, &keep) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-bytes"));
 }
 
 /* Through a context: bytes drop by the formula; keep = 1 merges nothing (logits as full);
@@ -189,12 +271,13 @@ static void test_policy(void) {
     for (int i = 0; i < 64; i++) ids[i] = (i * 13 + 5) % 61;
     float full[61], lg[61];
     skv_kv_usage u0, u1;
-    for (int run = 0; run < 3; run++) {
+    for (int run = 0; run < 4; run++) {
         skv_context_params cp = skv_context_default_params();
         cp.n_ctx = 128;
         if (run) {
             cp.policy = skv_policy_default_params("minicache");
             if (run == 2) cp.policy.mc_keep = 1;
+            if (run == 3) cp.policy.mc_groups = "g4", cp.policy.mc_bytes = 0.5f;
         }
         skv_context *c = NULL;
         REQUIRE(skv_context_init(m, cp, &c) == SKV_OK, "%s", skv_last_error());
@@ -215,6 +298,11 @@ static void test_policy(void) {
             CHECK(u1.bytes == u0.bytes);
             CHECK(!memcmp(lg, full, sizeof lg));
         }
+        if (run == 3) { /* one group of 4 (hd 8): 12 + 20 r of 32 values = 0.5 at r = 0.2: 13 of 64 stay */
+            const int64_t saved = 2LL * 2 * 51 * (4 * 8 - 8 - 4) * 4;
+            CHECKF(u0.bytes - u1.bytes == saved, "--mc-bytes 0.5: bytes %lld vs full %lld (saving %lld)",
+                   (long long)u1.bytes, (long long)u0.bytes, (long long)saved);
+        }
         skv_context_free(c);
     }
     skv_policy_params p = skv_policy_default_params("minicache");
@@ -223,6 +311,11 @@ static void test_policy(void) {
     p = skv_policy_default_params("minicache");
     p.mc_keep = 1.5f;
     CHECK(skv_policy_validate(&p, m) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-keep"));
+    p = skv_policy_default_params("minicache");
+    p.mc_bytes = 0.2f; /* pairs (2, 3) of 4 layers store at least 1 - (2*8-8-2)/(4*8) = 0.8125 */
+    CHECK(skv_policy_validate(&p, m) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-bytes"));
+    p.mc_bytes = 1.5f;
+    CHECK(skv_policy_validate(&p, m) == SKV_ERR_ARG && strstr(skv_last_error(), "--mc-bytes"));
     skv_model_free(m);
     tiny_free(t);
 }
@@ -230,5 +323,6 @@ static void test_policy(void) {
 void register_minicache(void) {
     skv_test_add("minicache/merge and unmerge vs brute force", test_merge_vs_brute_force);
     skv_test_add("minicache/--mc-groups parsing and refusals", test_parse);
+    skv_test_add("minicache/--mc-bytes retention vs a token count", test_bytes_target);
     skv_test_add("minicache/policy through a context (bytes, keep 1 = full)", test_policy);
 }

@@ -420,9 +420,10 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"kc-weight", 0, OPT_STR, &a->kc_weight, "W", "kcache: renorm (over the rows read) or exact (full softmax) (default renorm)"},
         {"kc-gran", 0, OPT_STR, &a->kc_gran, "G", "kcache: rank by the group's sum, max, or union of each head's top-N (default sum)"},
         {"kc-store", 0, OPT_STR, &a->kc_store, "S", "kcache: slow V store: mmap (a mapped file) or zstd (compressed blocks) (default mmap)"},
-        {"mc-groups", 0, OPT_STR, &a->mc_groups, "G", "minicache: groups of cache layers merged, e.g. 5:6,7:8 (default: pairs from the middle layer up)"},
+        {"mc-groups", 0, OPT_STR, &a->mc_groups, "G", "minicache: groups of cache layers merged, e.g. 5:6,7:8, or gN: groups of N adjacent layers from the top down (default: pairs from the middle layer up)"},
         {"mc-t", 0, OPT_FLOAT, &a->mc_t, "T", "minicache: SLERP parameter of a pair (default 0.5)"},
         {"mc-keep", 0, OPT_FLOAT, &a->mc_keep, "F", "minicache: fraction of tokens left unmerged, the most distinct (default 0.05)"},
+        {"mc-bytes", 0, OPT_FLOAT, &a->mc_bytes, "F", "minicache: instead of --mc-keep, leave unmerged as many tokens as store F of the full cache's KV bytes, in (0, 1]"},
         {"lckv-iters", 0, OPT_INT, &cli_lckv_iters, "N", "LCKV models (layer_types): prefill iterations of the condensed group (default: config.json's forward_passes + backward_passes, else 9)"},
         {"kc-block", 0, OPT_INT, &a->kc_block, "B", "kcache: tokens per zstd block, a multiple of 32 (default 32)"},
         {"kc-dir", 0, OPT_STR, &a->kc_dir, "DIR", "kcache: directory of the store's file (default $TMPDIR or /tmp)"},
@@ -490,7 +491,7 @@ skv_policy_params cli_policy_params(const char *cmd, const cli_policy_args *a, c
     p.pool_kernel = a->pool_kernel;
     p.pyramid_beta = a->beta;
     p.quant_bits = a->bits;
-    p.mc_groups = a->mc_groups, p.mc_t = a->mc_t, p.mc_keep = a->mc_keep;
+    p.mc_groups = a->mc_groups, p.mc_t = a->mc_t, p.mc_keep = a->mc_keep, p.mc_bytes = a->mc_bytes;
     if (!strcmp(p.name, "kcache")) cli_kcache_params(cmd, a, &p);
     if (skv_policy_validate(&p, m) != SKV_OK) cli_die(cmd, 2, "%s", skv_last_error());
     if (!strcmp(p.name, "full") || !strcmp(p.name, "quant") || !strcmp(p.name, "minicache") ||

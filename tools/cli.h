@@ -106,7 +106,7 @@ typedef struct cli_policy_args {
     int kc_recent, kc_fast_layers, kc_block, kc_cold;
     /* minicache */
     const char *mc_groups;
-    float mc_t, mc_keep;
+    float mc_t, mc_keep, mc_bytes;
 } cli_policy_args;
 /* Initialise a with the library defaults and append the shared options to opts at *n. */
 void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n);

@@ -94,16 +94,17 @@ static const char *jnum(char *buf, size_t cap, double x) {
  * sum of squared per-token NLLs, for the standard error of the mean NLL (as llama-perplexity:
  * sqrt((E[x^2] - E[x]^2) / (n - 1))), propagated to the perplexity as ppl * se. With progress
  * enabled, also "PPL = x +/- y" on standard error. extra: further fields, ", \"key\": value". */
-static void report(const char *out, const char *dir, double nll, double nll2, int64_t scored, int n_win, int W,
-                   double secs, int quiet, const char *extra) {
+static void report(const char *out, const char *dir, double nll, double nll2, int64_t scored, int skip, int n_win,
+                   int W, double secs, int quiet, const char *extra) {
     const double mean = nll / (double)scored, var = nll2 / (double)scored - mean * mean;
     const double se = scored > 1 && var > 0 ? sqrt(var / (double)(scored - 1)) : 0, ppl = exp(mean);
     char a[32], b[32], c[32], d[32];
     if (!quiet) fprintf(stderr, "slimkv ppl: PPL = %.4f +/- %.5f (mean NLL %.5f +/- %.5f, %lld tokens)\n", ppl,
                         ppl * se, mean, se, (long long)scored);
-    printf("{\"ppl\": %s, \"ppl_se\": %s, \"nll\": %s, \"nll_se\": %s, \"windows\": %d, \"window_tokens\": %d, "
-           "\"tokens_scored\": %lld, \"seconds\": %.2f%s}\n", jnum(a, sizeof a, ppl), jnum(b, sizeof b, ppl * se),
-           jnum(c, sizeof c, mean), jnum(d, sizeof d, se), n_win, W, (long long)scored, secs, extra);
+    printf("{\"ppl\": %s, \"ppl_se\": %s, \"nll\": %s, \"nll_se\": %s, \"first_window\": %d, \"windows\": %d, "
+           "\"window_tokens\": %d, \"tokens_scored\": %lld, \"seconds\": %.2f%s}\n", jnum(a, sizeof a, ppl),
+           jnum(b, sizeof b, ppl * se), jnum(c, sizeof c, mean), jnum(d, sizeof d, se), skip, n_win, W,
+           (long long)scored, secs, extra);
     if (!out) return;
     FILE *f = fopen(out, "w");
     if (!f) cli_die("ppl", 1, "%s: cannot write", out);
@@ -111,9 +112,9 @@ static void report(const char *out, const char *dir, double nll, double nll2, in
     cli_json_provenance(f);
     fprintf(f, "  \"model\": ");
     cli_json_string(f, dir, strlen(dir));
-    fprintf(f, ",\n  \"ppl\": %s,\n  \"ppl_se\": %s,\n  \"nll\": %s,\n  \"nll_se\": %s,\n  \"windows\": %d,\n"
-            "  \"window_tokens\": %d,\n  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n", a, b, c, d, n_win, W,
-            (long long)scored, secs, extra);
+    fprintf(f, ",\n  \"ppl\": %s,\n  \"ppl_se\": %s,\n  \"nll\": %s,\n  \"nll_se\": %s,\n  \"first_window\": %d,\n"
+            "  \"windows\": %d,\n  \"window_tokens\": %d,\n  \"tokens_scored\": %lld,\n  \"seconds\": %.2f%s\n}\n", a, b,
+            c, d, skip, n_win, W, (long long)scored, secs, extra);
     fclose(f);
 }
 
@@ -126,7 +127,8 @@ int cmd_ppl(int argc, char **argv) {
     cli_opt opts[64] = {
         {"file", 'f', OPT_STR, &file, "FILE", "text corpus, plain or .xz; documents split by 0x1e"},
         {"windows", 'w', OPT_INT, &windows, "W", "score the first W windows (default 200)"},
-        {"skip-windows", 0, OPT_INT, &skip, "S", "score windows S .. S+W-1 instead (one share of a run split over processes)"},
+        {"skip-windows", 0, OPT_INT, &skip, "S", "score windows S .. S+W-1 instead (one share of a run split over processes, to be pooled)"},
+        {"skip", 0, OPT_INT, &skip, "S", "the same as --skip-windows"},
         {"ctx", 'c', OPT_INT, &ctx, "N", "window length in tokens (default: the model's context)"},
         {"out", 'o', OPT_STR, &out, "FILE", "also write the result as JSON (with commit, machine, command)"},
         {"quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress on standard error"},
@@ -151,7 +153,7 @@ int cmd_ppl(int argc, char **argv) {
     dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!file) cli_die("ppl", 2, "no corpus: give -f FILE");
     if (windows < 1) cli_die("ppl", 2, "bad value for --windows: %d (must be >= 1)", windows);
-    if (skip < 0) cli_die("ppl", 2, "bad value for --skip-windows: %d (must be >= 0)", skip);
+    if (skip < 0) cli_die("ppl", 2, "bad value for --skip-windows/--skip: %d (must be >= 0)", skip);
     size_t len;
     char *text = cli_read_text_file("ppl", file, &len);
     skv_tokenizer *tok = cli_load_tokenizer("ppl", dir);
@@ -172,8 +174,8 @@ int cmd_ppl(int argc, char **argv) {
     if (chunk < 0) cli_die("ppl", 2, "bad value for --chunk: %d (must be >= 0)", chunk);
     if (chunk == 0) chunk = with_policy ? 128 : 512;
 
-    /* Tokenize documents until W * windows tokens are collected. */
-    const size_t need = (size_t)W * ((size_t)windows + (size_t)skip);
+    /* Tokenize documents until W * (skip + windows) tokens are collected; drop the first skip. */
+    const size_t need = (size_t)W * ((size_t)skip + (size_t)windows);
     int32_t *all = malloc(need * sizeof(int32_t));
     size_t n_all = 0;
     for (char *doc = text; doc < text + len && n_all < need;) {
@@ -223,7 +225,7 @@ int cmd_ppl(int argc, char **argv) {
                  sp.budget, sk_prompt, sp.score ? "window" : "acc", sp.match_window ? "window" : "prefix",
                  exp(nll_full / (double)scored), kl / (double)scored, fast, (long long)u.slow_bytes,
                  (long long)u.draft_kv_bytes, (long long)u.draft_weight_bytes);
-        report(out, dir, nll, nll2, scored, n_win, W, skv_time_now() - t0, quiet, extra);
+        report(out, dir, nll, nll2, scored, skip, n_win, W, skv_time_now() - t0, quiet, extra);
         free(draft);
         free(all);
         free(text);
@@ -313,7 +315,7 @@ int cmd_ppl(int argc, char **argv) {
                  "\"chunk\": %d, \"ppl_full\": %.6f, \"kl_mean\": %.6g, \"kv_bytes_mean\": %.0f",
                  pp.name, pp.budget, pp.budget_tokens, chunk, exp(nll_pol / (double)scored),
                  kl / (double)scored, kv_sum / n_win);
-    report(out, dir, nll, nll2, scored, n_win, W, skv_time_now() - t0, quiet, extra);
+    report(out, dir, nll, nll2, scored, skip, n_win, W, skv_time_now() - t0, quiet, extra);
     free(lg);
     free(all);
     free(text);

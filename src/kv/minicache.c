@@ -19,6 +19,18 @@ skv_status skv_mc_parse(const char *spec, int32_t n_layer, skv_mc_groups *g) {
             return skv_set_error(SKV_ERR_ARG, "policy minicache: %d cache layers leave no pair to merge", n_layer);
         return SKV_OK;
     }
+    if (spec[0] == 'g') { /* gN: groups of N adjacent layers from the top down */
+        char *end;
+        const long k = strtol(spec + 1, &end, 10);
+        if (end == spec + 1 || *end || k < 2 || k > SKV_MC_MAX_GROUP || k > n_layer)
+            return skv_set_error(SKV_ERR_ARG, "policy minicache: --mc-groups \"%s\": gN needs 2 <= N <= %d (a group "
+                                 "size of at most the %d cache layers)", spec, SKV_MC_MAX_GROUP, n_layer);
+        for (int32_t top = n_layer; top - k >= 0; top -= (int32_t)k) {
+            g->first[g->n] = n, g->size[g->n++] = (int32_t)k;
+            for (int32_t l = top - (int32_t)k; l < top; l++) g->layer[n++] = l;
+        }
+        return SKV_OK;
+    }
     const char *s = spec;
     while (*s) {
         g->first[g->n] = n;
@@ -49,6 +61,25 @@ skv_status skv_mc_parse(const char *spec, int32_t n_layer, skv_mc_groups *g) {
         else if (*s)
             return skv_set_error(SKV_ERR_ARG, "policy minicache: --mc-groups \"%s\": unexpected \"%.8s\"", spec, s);
     }
+    return SKV_OK;
+}
+
+skv_status skv_mc_keep_for_bytes(const skv_mc_groups *g, int32_t n_layer, int32_t hd, double frac, double *keep) {
+    *keep = 0;
+    if (!(frac > 0 && frac <= 1))
+        return skv_set_error(SKV_ERR_ARG, "policy minicache: --mc-bytes %g is outside (0, 1]", frac);
+    double lo = (double)n_layer * hd, gain = 0; /* values stored with every token merged; saved per unmerged */
+    for (int32_t j = 0; j < g->n; j++) {
+        const double k = g->size[j];
+        lo -= k * hd - (hd + k);
+        gain += k * hd - (hd + k);
+    }
+    const double want = frac * n_layer * hd;
+    if (want < lo - 1e-9 * lo)
+        return skv_set_error(SKV_ERR_ARG, "policy minicache: --mc-bytes %g is below what these groups store with every "
+                             "token merged (%.4f of the full cache's bytes): merge more layers (--mc-groups)", frac,
+                             lo / ((double)n_layer * hd));
+    *keep = gain > 0 ? fmin(1, fmax(0, (want - lo) / gain)) : 0;
     return SKV_OK;
 }
 

@@ -28,9 +28,18 @@ typedef struct skv_mc_groups {
 } skv_mc_groups;
 
 /* Parse "5:6,7:8" (groups of >= 2 distinct cache layers in [0, n_layer), each layer in one
- * group at most); NULL or "" gives the default pairs (n_layer/2, +1), (+2, +3), ... Errors name
- * the option (--mc-groups). */
+ * group at most), or "gN" (groups of N adjacent layers from the top down: (L-N .. L-1),
+ * (L-2N .. L-N-1), ...; the fewer than N layers left at the bottom stay unmerged); NULL or ""
+ * gives the default pairs (n_layer/2, +1), (+2, +3), ... Errors name the option (--mc-groups). */
 skv_status skv_mc_parse(const char *spec, int32_t n_layer, skv_mc_groups *g);
+
+/* The unmerged fraction r (the same in every group) at which the merged cache stores `frac` of
+ * the full cache's bytes. Per token, KV head and tensor the full cache stores n_layer * hd
+ * values; the merged one (n_layer - sum k) * hd for the layers outside the groups and, for a
+ * group of k, k * hd for an unmerged token, hd + k (e and k norms) for a merged one:
+ *   frac * n_layer * hd = (n_layer - sum k) hd + sum_j [r k_j hd + (1 - r)(hd + k_j)].
+ * Refuses (naming --mc-bytes) a frac outside (0, 1] or below what merging every token stores. */
+skv_status skv_mc_keep_for_bytes(const skv_mc_groups *g, int32_t n_layer, int32_t hd, double frac, double *keep);
 
 /* One token's rows x[i] (hd each) of a k-layer group: e (hd) the merged direction, norms (k),
  * returns the distinctness (Ω for a pair; for k > 2 the largest angle between a u_i and e).
