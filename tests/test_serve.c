@@ -425,8 +425,10 @@ static void test_concurrent_equals_solo(void) {
     srv_proc p;
     START(p, "-t 1 --parallel 2 --prefill-chunk 16");
     const char *bodies[2] = {
-        "{\"model\":\"kvt-s\",\"prompt\":\"The kernel allocates memory for the page cache when\",\"max_tokens\":48,"
-        "\"temperature\":0,\"stream\":true}",
+        /* long enough (160 tokens, no early EOS) that the second request is admitted while it runs,
+         * also on a loaded machine */
+        "{\"model\":\"kvt-s\",\"prompt\":\"The kernel allocates memory for the page cache when\",\"max_tokens\":160,"
+        "\"temperature\":0,\"ignore_eos\":true,\"stream\":true}",
         "{\"model\":\"kvt-s\",\"prompt\":\"Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy "
         "disposition, seemed to unite some of the best blessings of existence; and had lived nearly twenty-one years "
         "in the world with very little to distress or vex her.\",\"max_tokens\":40,\"temperature\":0,\"stream\":true,"
