@@ -542,7 +542,7 @@ static int pair(const char *transport, const char *method, const char *maps, con
     snprintf(dir, sizeof dir, "%s/pair%d", skv_test_tmpdir(), k++);
     char mflag[700] = "";
     if (maps) snprintf(mflag, sizeof mflag, "--maps %s", maps);
-    snprintf(cmd, sizeof cmd, "mkdir -p %s && (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 %s scd-consumer -m %s/models/kvt-s %s "
+    const int len = snprintf(cmd, sizeof cmd, "mkdir -p %s && (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 %s scd-consumer -m %s/models/kvt-s %s "
              "--transport %s --port-file %s/port --timeout 10 -t 1 -n 4 %s > %s/c.out 2> %s/c.err; echo $? > %s/c.rc) & "
              "for i in $(seq 100); do [ -f %s/port ] && break; sleep 0.1; done; [ -f %s/port ] || exit 99; "
              "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 %s scd-producer -m %s/models/kvt-s %s --transport %s --method %s "
@@ -550,7 +550,7 @@ static int pair(const char *transport, const char *method, const char *maps, con
              "that a single man in possession of a good fortune, must be in want of a wife.' %s > %s/p.out 2> %s/p.err; "
              "echo $? > %s/p.rc; wait", dir, skv_test_cli(), skv_test_shared_dir(), mflag, transport, dir, cons_extra, dir, dir,
              dir, dir, dir, skv_test_cli(), skv_test_shared_dir(), mflag, transport, method, dir, prod_extra, dir, dir, dir);
-    if (skv_test_sh(cmd, NULL, NULL) != 0) return -1;
+    if (len < 0 || len >= (int)sizeof cmd || skv_test_sh(cmd, NULL, NULL) != 0) return -1; /* (too long: a failed run) */
     char p[700], *s = NULL;
     int crc = -1;
     snprintf(cmd, sizeof cmd, "cat %s/c.out", dir), skv_test_sh(cmd, cout, NULL);

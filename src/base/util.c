@@ -116,3 +116,14 @@ skv_status skv_map_file(const char *path, size_t min_size, const char *what, int
     *map = m, *size = n;
     return SKV_OK;
 }
+
+void *skv_copy_to_hugepages(const void *src, size_t size, int writable, size_t *map_size) {
+    const size_t huge = (size_t)2 << 20, al = (size + huge - 1) & ~(huge - 1);
+    void *mem = mmap(NULL, al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return NULL;
+    madvise(mem, al, MADV_HUGEPAGE);
+    memcpy(mem, src, size);
+    if (!writable) mprotect(mem, al, PROT_READ);
+    *map_size = al;
+    return mem;
+}

@@ -392,10 +392,9 @@ skv_status skv_gguf_open(const char *path, int to_ram, skv_gguf **out) {
     g->map = map;
     g->map_size = size;
     if (to_ram) { /* copy into anonymous huge-page memory; views move with it */
-        void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (mem != MAP_FAILED) {
-            madvise(mem, size, MADV_HUGEPAGE);
-            memcpy(mem, map, size);
+        size_t al; /* writable: a loader may permute rows in place; on failure the file mapping stays */
+        void *mem = skv_copy_to_hugepages(map, size, 1, &al);
+        if (mem) {
             const ptrdiff_t shift = (const uint8_t *)mem - (const uint8_t *)map;
             for (int64_t i = 0; i < g->n_kv; i++) {
                 skv_gguf_kv *kv = &g->kv[i];
@@ -406,6 +405,7 @@ skv_status skv_gguf_open(const char *path, int to_ram, skv_gguf **out) {
             for (int64_t i = 0; i < g->n_t; i++) g->t[i].data = (const uint8_t *)g->t[i].data + shift;
             munmap(map, size);
             g->map = mem;
+            g->map_size = al;
             g->buf = mem;
         }
     }

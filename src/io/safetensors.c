@@ -198,14 +198,11 @@ static skv_status open_file(skv_st_set *s, const char *path) {
  * transparent huge pages (fewer TLB misses when decode streams every weight), and rebase the
  * tensor views onto it. */
 static skv_status move_to_ram(skv_st_set *s, st_file *f) {
-    const size_t huge = (size_t)2 << 20, al = (f->size + huge - 1) & ~(huge - 1);
-    void *mem = mmap(NULL, al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
+    size_t al;
+    void *mem = skv_copy_to_hugepages(f->map, f->size, 0, &al);
+    if (!mem)
         return skv_set_error(SKV_ERR_NOMEM, "%s: cannot allocate %zu bytes for the weights",
                              f->path, f->size);
-    madvise(mem, al, MADV_HUGEPAGE);
-    memcpy(mem, f->map, f->size);
-    mprotect(mem, al, PROT_READ);
     for (int64_t i = 0; i < s->n_tensors; i++)
         if (s->tensors[i].file == f->path)
             s->tensors[i].data = (const uint8_t *)mem + ((const uint8_t *)s->tensors[i].data -
