@@ -103,6 +103,26 @@ static skv_status hello_json(const skv_model *m, const skv_scd_maps *maps, const
     return *out ? SKV_OK : skv_set_error(SKV_ERR_NOMEM, "out of memory");
 }
 
+/* A request's head: the HELLO frame (model, maps, method) and the prompt's ids. */
+static skv_status send_head(prod *p, const skv_model *m, const skv_scd_maps *maps, const skv_scd_req *req,
+                            const int32_t *ids, int32_t n_ids) {
+    char *hello;
+    skv_status st = hello_json(m, maps, req, n_ids, &hello);
+    if (st) return st;
+    st = send_json(p, SKV_FT_HELLO, hello);
+    free(hello);
+    if (st) return st;
+    const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
+                         .len = 4 * (uint64_t)n_ids};
+    return send_frame(p, f, ids);
+}
+
+/* The largest code rank of any layer (K, V or patch), at least lo. */
+static int32_t max_rank(const skv_scd_maps *maps, int32_t L, int32_t lo) {
+    for (int32_t l = 0; maps && l < L; l++) lo = SKV_MAX(lo, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+    return lo;
+}
+
 static skv_status check_req(const skv_model *m, const skv_scd_maps *maps, const skv_scd_req *r) {
     const skv_model_info *in = skv_model_get_info(m);
     if (r->method < 0 || r->method >= SKV_SCD_METHODS) return skv_set_error(SKV_ERR_ARG, "SCD: unknown method %d", r->method);
@@ -171,21 +191,12 @@ skv_status skv_scd_produce_ctx(const skv_context *c, const float *H, const float
     if ((req->method == SKV_SCD_FULL && !H) || (req->method == SKV_SCD_RECOMPUTE && req->rc_k > 0 && !R))
         return skv_set_error(SKV_ERR_ARG, "SCD: method %s needs the producer's per-layer taps", skv_scd_method_name(req->method));
     prod p = {.emit = emit, .arg = arg, .st = stats};
-    char *hello;
-    if ((st = hello_json(m, maps, req, n_ids, &hello))) return st;
-    st = send_json(&p, SKV_FT_HELLO, hello);
-    free(hello);
-    if (!st) {
-        const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
-                             .len = 4 * (uint64_t)n_ids};
-        st = send_frame(&p, f, ids);
-    }
+    st = send_head(&p, m, maps, req, ids, n_ids);
     int32_t n_frames = 0;
     const double t0 = skv_time_now();
     if (!st && req->method != SKV_SCD_ORACLE) {
         float *K = malloc(sizeof(float) * (size_t)n * (size_t)KD), *V = malloc(sizeof(float) * (size_t)n * (size_t)KD);
-        int32_t rmax = 1;
-        for (int32_t l = 0; maps && l < L; l++) rmax = SKV_MAX(rmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+        const int32_t rmax = max_rank(maps, L, 1);
         float *Z = malloc(sizeof(float) * (size_t)n * (size_t)rmax);
         if (!K || !V || !Z) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
         for (int32_t l = 0; l < L && !st; l++) st = layer_frames(&p, c, n, H, R, maps, req, l, K, V, Z, &n_frames);
@@ -212,17 +223,9 @@ skv_status skv_scd_produce_synth(const skv_model *m, const skv_scd_maps *maps, c
     const int32_t L = in->n_layer, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
     if (n < 1) return skv_set_error(SKV_ERR_ARG, "SCD: a prompt of %d tokens (at least 2)", n_ids);
     prod p = {.emit = emit, .arg = arg, .st = stats};
-    char *hello;
-    if ((st = hello_json(m, maps, req, n_ids, &hello))) return st;
-    st = send_json(&p, SKV_FT_HELLO, hello);
-    free(hello);
-    if (!st) {
-        const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
-                             .len = 4 * (uint64_t)n_ids};
-        st = send_frame(&p, f, ids);
-    }
-    int32_t wmax = KD, n_frames = 0;
-    for (int32_t l = 0; maps && l < L; l++) wmax = SKV_MAX(wmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+    st = send_head(&p, m, maps, req, ids, n_ids);
+    const int32_t wmax = max_rank(maps, L, KD);
+    int32_t n_frames = 0;
     float *x = malloc(sizeof(float) * (size_t)n * (size_t)wmax);
     if (!st && !x) st = skv_set_error(SKV_ERR_NOMEM, "out of memory");
     uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 3;
@@ -379,8 +382,7 @@ skv_status skv_scd_produce_stream(skv_model *m, const skv_scd_maps *maps, const 
     const int32_t L = in->n_layer, D = in->dim, KD = in->n_kv_head * in->head_dim, n = n_ids - 1;
     if (n < 1) return skv_set_error(SKV_ERR_ARG, "SCD: a prompt of %d tokens (at least 2)", n_ids);
     const int need_h = req->method == SKV_SCD_FULL, need_r = req->method == SKV_SCD_RECOMPUTE && req->rc_k > 0;
-    int32_t rmax = 1;
-    for (int32_t l = 0; maps && l < L; l++) rmax = SKV_MAX(rmax, SKV_MAX(maps->r_k[l], SKV_MAX(maps->r_v[l], maps->r_h[l])));
+    const int32_t rmax = max_rank(maps, L, 1);
     float *H = need_h ? malloc(sizeof(float) * (size_t)L * (size_t)n * (size_t)D) : NULL;
     float *R = need_r ? malloc(sizeof(float) * (size_t)L * (size_t)n * (size_t)D) : NULL;
     float *K = malloc(sizeof(float) * (size_t)n * (size_t)KD), *V = malloc(sizeof(float) * (size_t)n * (size_t)KD);
@@ -393,14 +395,7 @@ skv_status skv_scd_produce_stream(skv_model *m, const skv_scd_maps *maps, const 
     const int started = !st && pthread_create(&th, NULL, sender_main, &sd) == 0;
     if (!st && !started) st = skv_set_error(SKV_ERR_NOMEM, "SCD: cannot start the sender thread");
     prod p = {.emit = queue_emit, .arg = &sd, .st = stats};
-    char *hello = NULL;
-    if (!st && !(st = hello_json(m, maps, req, n_ids, &hello))) st = send_json(&p, SKV_FT_HELLO, hello);
-    free(hello);
-    if (!st) {
-        const skv_frame f = {.type = SKV_FT_IDS, .enc = SKV_ENC_I32, .layer = -1, .rows = (uint32_t)n_ids, .cols = 1,
-                             .len = 4 * (uint64_t)n_ids};
-        st = send_frame(&p, f, ids);
-    }
+    if (!st) st = send_head(&p, m, maps, req, ids, n_ids);
     /* the prefill in one chunk, each layer's frames queued as soon as it is cached */
     skv_context_params cp = skv_context_default_params();
     cp.n_ctx = n, cp.n_batch = n;
