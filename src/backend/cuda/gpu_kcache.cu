@@ -379,6 +379,144 @@ k_kc_scores(const float *q, const bf16 *kp, const int32_t *bt, const int32_t *sl
     }
 }
 
+/* The scores pass, transposed (the default; k_kc_scores above is the previous one, kept as the
+ * "prevscores" variant). Block (KV head g0 + x, split, row r) as there; lanes in groups of HD/8
+ * read one key row each with 16-byte loads, a group taking KT_U consecutive rows per iteration,
+ * and the next iteration's rows are loaded before this one's are used (two sets of registers:
+ * loads always in flight). Each lane's KT_U x G partial dot products are then summed over the
+ * group by a butterfly that halves the values a lane holds at each step (kt_fold: KT_U x G x
+ * 15/16 shuffles instead of 4 per value for HD 128), so that afterwards every lane holds whole
+ * scores of its own (row, head) pairs: one exp per score, not one per lane of the group, and one
+ * store per score. Per lane a running (max, sum of exp) per value slot (slot i of lane li always
+ * holds the same head), merged per head at the end. Same outputs as k_kc_scores (part_m, part_l
+ * per split; every scaled score into dsc unless NULL); the sums are in another order. */
+#define KT_WARPS 4
+#define KT_U 4
+
+__host__ __device__ constexpr int kt_pow2(int v) { return v <= 1 ? 1 : 2 * kt_pow2((v + 1) / 2); }
+__host__ __device__ constexpr int kt_log2(int v) { return v <= 1 ? 0 : 1 + kt_log2(v / 2); }
+
+/* sum C values over the lanes of a group of 2 B lanes (B the highest lane bit left), halving C
+ * while it is >= 2: lane bit B set keeps the upper half, receives its partner's upper half */
+template <int C, int B>
+__device__ __forceinline__ void kt_fold(float *v, int li) {
+    if constexpr (B >= 1) {
+        if constexpr (C >= 2) {
+            const bool hi = (li & B) != 0;
+#pragma unroll
+            for (int i = 0; i < C / 2; i++) {
+                const float send = hi ? v[i] : v[i + C / 2], keep = hi ? v[i + C / 2] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, B);
+            }
+            kt_fold<C / 2, B / 2>(v, li);
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], B);
+            kt_fold<1, B / 2>(v, li);
+        }
+    }
+}
+
+template <int HD, int G>
+__global__ void __launch_bounds__(KT_WARPS * 32, 4)
+k_kc_scores_t(const float *q, const bf16 *kp, const int32_t *bt, const int32_t *slen, const int32_t *rseq,
+              float *part_m, float *part_l, float *dsc, int l, int n_seq, int mb, int H, int KVH, int n_ctx,
+              int n_split, float scale, int g0) {
+    constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = KT_WARPS * KPW, RIT = NG * KT_U;
+    constexpr int V = KT_U * G, VP = kt_pow2(V), CF = VP >= LPK ? VP / LPK : 1;
+    constexpr int S = VP >= LPK ? 0 : kt_log2(LPK / VP); /* lanes li >> S hold the same values */
+    __shared__ float sm_m[KT_WARPS * 32][CF], sm_l[KT_WARPS * 32][CF];
+    const int g = g0 + blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
+    const int sid = (l * n_seq + rseq[r]) * KVH + g, L = slen[sid] + 1;
+    const int32_t *bts = bt + (int64_t)sid * mb;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, li = lane % LPK;
+    const int grp = warp * KPW + lane / LPK;
+    /* the splits of k_kc_scores (the same slots per split) */
+    int split_len = max((L + n_split - 1) / n_split, 64);
+    split_len = (split_len + NG - 1) / NG * NG;
+    const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
+    float qv[G][8];
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) qv[j][e] = q[((int64_t)r * H + g * G + j) * HD + li * 8 + e] * scale;
+    /* value slot i of this lane: index base + i = u G + j (row u of the group's KT_U, head j) */
+    const int base = (li >> S) * CF;
+    const bool owner = (li & ((1 << S) - 1)) == 0;
+    float m[CF], ls[CF];
+#pragma unroll
+    for (int i = 0; i < CF; i++) m[i] = -INFINITY, ls[i] = 0;
+    float *sc = dsc ? dsc + ((int64_t)r * H + g * G) * n_ctx : NULL;
+    const uint4 zero4 = make_uint4(0, 0, 0, 0);
+    uint4 cur[KT_U], nxt[KT_U];
+#pragma unroll
+    for (int u = 0; u < KT_U; u++) {
+        const int t = k0 + grp * KT_U + u;
+        cur[u] = t < k1 ? *(const uint4 *)(kp + slot_row(bts, t) * HD + li * 8) : zero4;
+    }
+    for (int b0 = k0; b0 < k1; b0 += RIT) { /* uniform over the block */
+        const int t0 = b0 + grp * KT_U;
+#pragma unroll
+        for (int u = 0; u < KT_U; u++) {
+            const int t = t0 + RIT + u;
+            nxt[u] = t < k1 ? *(const uint4 *)(kp + slot_row(bts, t) * HD + li * 8) : zero4;
+        }
+        float v[VP];
+#pragma unroll
+        for (int u = 0; u < KT_U; u++) {
+            float kf[8];
+            bf16x8_to_f32(cur[u], kf);
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                float x = 0;
+#pragma unroll
+                for (int e = 0; e < 8; e++) x += qv[j][e] * kf[e];
+                v[u * G + j] = x;
+            }
+        }
+#pragma unroll
+        for (int i = V; i < VP; i++) v[i] = 0;
+        kt_fold<VP, LPK / 2>(v, li);
+#pragma unroll
+        for (int i = 0; i < CF; i++) {
+            const int idx = base + i, u = idx / G, j = idx % G, t = t0 + u;
+            if (idx < V && t < k1) {
+                const float d = v[i], mx = fmaxf(m[i], d);
+                ls[i] = ls[i] * __expf(m[i] - mx) + __expf(d - mx);
+                m[i] = mx;
+                if (sc && owner) sc[(int64_t)j * n_ctx + t] = d;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < KT_U; u++) cur[u] = nxt[u];
+    }
+#pragma unroll
+    for (int i = 0; i < CF; i++) sm_m[threadIdx.x][i] = m[i], sm_l[threadIdx.x][i] = ls[i];
+    __syncthreads();
+    /* head j by warp j % KT_WARPS: every (thread, slot) holding j (duplicates and padding hold
+     * (-inf, 0) or are skipped) */
+    for (int j = warp; j < G; j += KT_WARPS) {
+        float M = -INFINITY;
+        for (int e = lane; e < KT_WARPS * 32 * CF; e += 32) {
+            const int t = e / CF, i = e % CF, idx = (((t & 31) % LPK) >> S) * CF + i;
+            if (idx < V && idx % G == j) M = fmaxf(M, sm_m[t][i]);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float Ssum = 0;
+        if (M != -INFINITY)
+            for (int e = lane; e < KT_WARPS * 32 * CF; e += 32) {
+                const int t = e / CF, i = e % CF, idx = (((t & 31) % LPK) >> S) * CF + i;
+                const bool own = (((t & 31) % LPK) & ((1 << S) - 1)) == 0;
+                if (own && idx < V && idx % G == j && sm_m[t][i] != -INFINITY) Ssum += sm_l[t][i] * __expf(sm_m[t][i] - M);
+            }
+        Ssum = warp_sum(Ssum);
+        if (lane == 0) {
+            const int64_t ps = ((int64_t)r * H + g * G + j) * n_split + sp;
+            part_m[ps] = M, part_l[ps] = Ssum;
+        }
+    }
+}
+
 /* Block (KV head g, row r): the group's attention output from the selected host rows and the
  * ring's fast rows (slots ns .. L-1), weights exp(score - lse) * inv. Lanes in groups of HD/8
  * read one row with 16-byte loads, four rows in flight per group. */
@@ -564,12 +702,13 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
  * scores. Whole alternatives, whose output is right: 5 "chunks2" and 7 "chunks4" the KV heads in
  * two or four chunks whose host reads overlap the next chunk's scores pass (gpu_kc_decode), 6
  * "oldscores" the split-K decode kernel without V for the scores pass (gpu.cu; the pipeline
- * before the K-only scores kernel), serial. */
+ * before the K-only scores kernel), serial; 8 "prevscores" the K-only scores kernel before the
+ * transposed one (k_kc_scores instead of k_kc_scores_t; the default pipeline otherwise). */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
-    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4"};
+    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4", "prevscores"};
     int p = 0;
-    for (int i = 1; e && i < 8; i++)
+    for (int i = 1; e && i < 9; i++)
         if (!strcmp(e, names[i])) p = i;
     const int changed = p != c->kc_prof;
     c->kc_prof = p;
@@ -649,7 +788,10 @@ skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
 #define SC_ARGS c->q, c->kpool, c->bt, c->slen, c->seq_d, c->part_m, c->part_l, dsc, l, c->n_seq, c->mb, g->H, KVH, \
                 c->n_ctx, n_split, scale, g0
 #define SC_G(HD_, G_) \
-    case G_: k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); break;
+    case G_: \
+        if (prof == 8) k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); \
+        else k_kc_scores_t<HD_, G_><<<grid, KT_WARPS * 32, 0, c->st>>>(SC_ARGS); \
+        break;
         if (g->hd == 128) {
             switch (G) { SC_G(128, 1) SC_G(128, 2) SC_G(128, 3) SC_G(128, 4) SC_G(128, 5) SC_G(128, 6) SC_G(128, 7) SC_G(128, 8) }
         } else {
