@@ -311,6 +311,80 @@ static void test_chunks(void) {
     skv_model_free(m);
 }
 
+/* The selection's candidate path (the default) against the radix select over all ranks
+ * (SKV_KC_PROFILE=prevselect) and against its own fallback (a context made with SKV_KC_CAP=17:
+ * more candidates than 17 go to the full radix select): logits bit for bit in batched steps of
+ * three copied-then-diverging sequences, N = 16, sum and max; the previous scores kernel
+ * (prevscores) and the run-4 pipeline (prev) within float tolerance; the finish with eight host
+ * rows in flight (fin8) bit for bit; SKV_KC_CAP out of range refused, naming it. */
+static void test_select_paths(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    enum { P = 300, N = 3, STEPS = 6 };
+    int32_t ids[P];
+    skv_test_ids(ids, P, 71);
+    setenv("SKV_KC_CAP", "0", 1);
+    skv_context *bad = ctx(m, kc(16, SKV_KC_SUM, SKV_KC_RENORM), SKV_BACKEND_CUDA, 1);
+    CHECKF(!bad && strstr(skv_last_error(), "SKV_KC_CAP"), "SKV_KC_CAP=0 accepted: %s", skv_last_error());
+    unsetenv("SKV_KC_CAP");
+    const char *alt[] = {"prevselect", "fallback", "fin8", "prevscores", "prev"};
+    enum { NALT = 5 };
+    float *la = malloc(sizeof(float) * (size_t)N * V), *lb = malloc(sizeof(float) * (size_t)N * V);
+    for (int gi = 0; gi < 2; gi++) {
+        const int gran = gi ? SKV_KC_MAX : SKV_KC_SUM;
+        const skv_policy_params p = kc(16, gran, SKV_KC_RENORM);
+        skv_context *a = ctx(m, p, SKV_BACKEND_CUDA, N);
+        setenv("SKV_KC_CAP", "17", 1);
+        skv_context *f = ctx(m, p, SKV_BACKEND_CUDA, N);
+        unsetenv("SKV_KC_CAP");
+        REQUIRE(a && f, "%s", skv_last_error());
+        skv_context *cs[2] = {a, f};
+        for (int k = 0; k < 2; k++) {
+            REQUIRE(skv_seq_decode(cs[k], 0, ids, P) == SKV_OK, "%s", skv_last_error());
+            for (int s = 1; s < N; s++) REQUIRE(skv_seq_decode(cs[k], s, ids, P - 7 * s) == SKV_OK, "%s", skv_last_error());
+        }
+        int32_t cur[N] = {21, 22, 23}, next[N], nb[N], len[N];
+        for (int s = 0; s < N; s++) len[s] = P - 7 * s;
+        double worst[NALT] = {0};
+        int same[NALT], top[NALT] = {0};
+        for (int i = 0; i < NALT; i++) same[i] = 1;
+        for (int t = 0; t < STEPS; t++) {
+            /* each alternative on the state both contexts share, then the default on a, whose ids go on */
+            for (int i = 0; i < NALT; i++) {
+                skv_context *c = i == 1 ? f : a;
+                if (i != 1) setenv("SKV_KC_PROFILE", alt[i], 1);
+                REQUIRE(skv_decode_batch(c, cur, N, lb, nb) == SKV_OK, "%s", skv_last_error());
+                unsetenv("SKV_KC_PROFILE");
+                for (int s = 0; s < N; s++) REQUIRE(skv_seq_truncate(c, s, len[s]) == SKV_OK, "%s", skv_last_error());
+                REQUIRE(skv_decode_batch(a, cur, N, la, next) == SKV_OK, "%s", skv_last_error());
+                for (int s = 0; s < N; s++) REQUIRE(skv_seq_truncate(a, s, len[s]) == SKV_OK, "%s", skv_last_error());
+                same[i] &= !memcmp(la, lb, sizeof(float) * (size_t)N * V) && !memcmp(next, nb, sizeof next);
+                for (int s = 0; s < N; s++) {
+                    worst[i] = fmax(worst[i], rel_l2(lb + (int64_t)s * V, la + (int64_t)s * V, V));
+                    top[i] += next[s] == nb[s];
+                }
+            }
+            REQUIRE(skv_decode_batch(a, cur, N, la, next) == SKV_OK && skv_decode_batch(f, cur, N, lb, nb) == SKV_OK, "%s",
+                    skv_last_error());
+            memcpy(cur, next, sizeof cur);
+            for (int s = 0; s < N; s++) len[s]++;
+        }
+        printf("    %s: prevselect %s, fallback (cap 17) %s, fin8 %s; prevscores rel L2 <= %.2e (ids %d/%d), prev "
+               "%.2e (ids %d/%d)\n", gi ? "max" : "sum", same[0] ? "bit-identical" : "DIFFERS",
+               same[1] ? "bit-identical" : "DIFFERS", same[2] ? "bit-identical" : "DIFFERS", worst[3], top[3],
+               STEPS * N, worst[4], top[4], STEPS * N);
+        CHECKF(same[0] && same[1] && same[2], "%s: prevselect %d, fallback %d, fin8 %d (1 = bit-identical)",
+               gi ? "max" : "sum", same[0], same[1], same[2]);
+        CHECKF(worst[3] < 1e-3 && worst[4] < 1e-3 && top[3] == STEPS * N && top[4] == STEPS * N,
+               "prevscores %.3g (ids %d), prev %.3g (ids %d)", worst[3], top[3], worst[4], top[4]);
+        skv_context_free(a), skv_context_free(f);
+    }
+    free(la), free(lb);
+    skv_model_free(m);
+}
+
 /* --kc-fast-layers K on CUDA: the first K layers keep every V row in HBM (the ordinary decode
  * attention), the others select. K = 3: logits against the CPU backend's KCache with the same
  * K, and rows read = the CPU's = (layers - K) x KV heads x N per step; K = all layers: nothing
@@ -499,14 +573,14 @@ static void test_cli(void) {
         n++;
         npro += strncmp(name, "kcache-", 7) == 0;
         ok &= ms > 0;
-        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-chunks2") || !strcmp(name, "kcache-oldscores") ||
-            !strcmp(name, "kcache-chunks4"))
+        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-prevscores") || !strcmp(name, "kcache-prevselect") ||
+            !strcmp(name, "kcache-prev") || !strcmp(name, "kcache-fin8") || !strcmp(name, "kcache-chunks2"))
             ok &= rows == per_seq * bs;
         if (!strcmp(name, "full")) ok &= rows == 0;
     }
     printf("    bench (kvt-l, depth 256, max batch 3): %d rows (%d variants), largest batch full %g, kcache %g\n", n, npro,
            jnum(j, "max_batch_full"), jnum(j, "max_batch_kcache"));
-    CHECKF(ok && n == 18 && npro == 14 && jnum(j, "max_batch_full") == 3 && jnum(j, "max_batch_kcache") == 3,
+    CHECKF(ok && n == 22 && npro == 18 && jnum(j, "max_batch_full") == 3 && jnum(j, "max_batch_kcache") == 3,
            "bench JSON: %d rows, %d variants, ok %d", n, npro, ok);
     cJSON_Delete(j);
     snprintf(cmd, sizeof cmd, "%s bench -m %s/models/kvt-l --backend cuda --policy kcache --max-batch 0", cli, sh);
@@ -588,6 +662,8 @@ void register_cuda_kcache(void) {
     skv_test_add("cuda/kcache N >= context = the CUDA full cache", test_full_n);
     skv_test_add("cuda/kcache batched copied sequences = single; truncate and re-decode bit-identical", test_batch_truncate);
     skv_test_add("cuda/kcache overlapped chunks = serial bit for bit; old scores pass within tolerance", test_chunks);
+    skv_test_add("cuda/kcache selection: candidate path = full radix select = its fallback; previous kernels agree",
+                 test_select_paths);
     skv_test_add("cuda/kcache --kc-fast-layers vs the CPU backend and (all layers) the full cache", test_fast_layers);
     skv_test_add("cuda/kcache fork of the full cache into KCache = KCache from the start", test_fork_into);
     skv_test_add("cuda/kcache CLI: run, ppl, eval, bench with --backend cuda --policy kcache", test_cli);

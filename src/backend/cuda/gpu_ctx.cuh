@@ -85,6 +85,7 @@ struct skv_gpu_ctx {
     unsigned long long *kc_ct; /* device (2): decode steps with slow rows, rows read */
     int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
     int kc_chunks;          /* chunks of KV heads per layer (the finish of one overlaps the next's scores) */
+    int kc_cap;             /* the selection's candidate capacity (gpu_kcache.cu, k_kc_select) */
     cudaStream_t kc_st;     /* the finish's stream (high priority) */
     cudaEvent_t kc_ev[KC_MAX_CHUNKS], kc_join;
 };

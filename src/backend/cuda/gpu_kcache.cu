@@ -177,16 +177,91 @@ __device__ void kc_top(const float *rk, int n, int N, uint32_t *keep, uint32_t *
     __syncthreads();
 }
 
+#define KC_NMAX 1024 /* the candidate path's largest N (chunk maxima in shared memory) */
+#define KC_CAP 4096  /* and its most candidates (keys and slots in shared memory) */
+
+__device__ unsigned kc_umin(unsigned v, unsigned *sh);
+
+/* The candidate path of k_kc_select (which says why it is exact): marks in keep the N best of
+ * rk[0..ns) from the candidates, ranks >= the smallest of the N chunk maxima cmax; returns 0
+ * (nothing marked) when there are more than cap (<= KC_CAP). pc: scratch, one word per 32 slots. */
+__device__ int kc_cand_top(const float *rk, int ns, int N, int cap, uint32_t *keep, uint32_t *pc, const unsigned *cmax,
+                           float *ck, int *cs, uint32_t *ckeep, uint32_t *ceq, unsigned *hist, int *sh) {
+    unsigned t = 0xffffffffu;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) t = min(t, cmax[i]);
+    const unsigned T0 = kc_umin(t, (unsigned *)sh);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, np = (ns + 31) / 32;
+    /* candidates per piece of 32 slots (piece p: slots 32p .. 32p + 31, one warp's ballot) */
+    for (int b = 0; b < ns; b += blockDim.x) {
+        const int s = b + threadIdx.x;
+        const unsigned ball = __ballot_sync(0xffffffffu, s < ns && kc_ord(rk[s]) >= T0);
+        if (lane == 0 && b + 32 * w < ns) pc[(b >> 5) + w] = (uint32_t)__popc(ball);
+    }
+    __syncthreads();
+    /* exclusive offsets: a contiguous range of pieces per thread */
+    const int per = (np + blockDim.x - 1) / blockDim.x, p0 = threadIdx.x * per, p1 = min(np, p0 + per);
+    int c = 0;
+    for (int p = p0; p < p1; p++) c += (int)pc[p];
+    int tot;
+    int o = kc_scan(c, sh, &tot);
+    if (tot > cap) return 0; /* (tot is the block's: all threads return) */
+    for (int p = p0; p < p1; p++) {
+        const int k = (int)pc[p];
+        pc[p] = (uint32_t)o, o += k;
+    }
+    for (int i = threadIdx.x; i < tot / 32 + 1; i += blockDim.x) ckeep[i] = 0;
+    __syncthreads();
+    for (int b = 0; b < ns; b += blockDim.x) {
+        const int s = b + threadIdx.x;
+        const float v = s < ns ? rk[s] : 0.0f;
+        const bool in = s < ns && kc_ord(v) >= T0;
+        const unsigned ball = __ballot_sync(0xffffffffu, in);
+        if (in) {
+            const int pos = (int)pc[(b >> 5) + w] + __popc(ball & ((1u << lane) - 1u));
+            ck[pos] = v, cs[pos] = s;
+        }
+    }
+    __syncthreads();
+    kc_top(ck, tot, N, ckeep, ceq, tot / 32 + 1, hist, sh);
+    for (int i = threadIdx.x; i < tot; i += blockDim.x)
+        if ((ckeep[i >> 5] >> (i & 31)) & 1u) atomicOr(&keep[cs[i] >> 5], 1u << (cs[i] & 31));
+    __syncthreads();
+    return 1;
+}
+
+/* the minimum of v over the block. sh: 32 words. */
+__device__ unsigned kc_umin(unsigned v, unsigned *sh) {
+    v = __reduce_min_sync(0xffffffffu, v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    unsigned t = 0xffffffffu;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) t = min(t, sh[w]);
+    return t;
+}
+
 /* Block (KV head g, row r): the slow slots this step reads, ascending, into sel; nsel; each
  * head's weight factor into inv; counters ct[0] (steps with slow rows, counted once per row in
- * the first KCache layer) and ct[1] (rows). */
+ * the first KCache layer) and ct[1] (rows).
+ * cap > 0 (granularity sum or max, N <= KC_NMAX; the default, SKV_KC_PROFILE=prevselect gives
+ * cap 0): the slots are dealt into N chunks (slot s into chunk s % N) whose maxima the rank pass
+ * keeps; the smallest of those maxima, T0, is at most the N-th largest rank (N disjoint chunks
+ * each hold one rank >= T0), so every slot of the top N (ties included) has a rank >= T0. Those
+ * candidates, usually a few hundred, are compacted in slot order into shared memory and the
+ * radix select (kc_top) runs over them alone: the same set as kc_top over all ranks (same keys,
+ * ties to the lower slot), with two passes over the ranks instead of five. More than cap
+ * candidates (flat ranks; cap is KC_CAP, or $SKV_KC_CAP for tests): kc_top over all ranks, as
+ * with cap 0. */
 __global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, float *lse, const float *part_m,
                                                           const float *part_l, int n_split, const int32_t *slen,
                                                           const int32_t *rseq, float *rank, int32_t *sel, int32_t *nsel,
                                                           float *inv, unsigned long long *ct, kc_rule R, int l,
-                                                          int n_seq, int H, int KVH, int n_ctx, int g0) {
+                                                          int n_seq, int H, int KVH, int n_ctx, int g0, int cap) {
     extern __shared__ uint32_t kc_bits[]; /* keep, eq: nwords each */
-    __shared__ unsigned hist[256];
+    __shared__ unsigned hist[256], cmax[KC_NMAX];
+    __shared__ float ck[KC_CAP];
+    __shared__ int cs[KC_CAP];
+    __shared__ uint32_t ckeep[KC_CAP / 32 + 1], ceq[KC_CAP / 32 + 1];
     __shared__ int sh[33];
     __shared__ float shf[33], ls[G_MAX];
     const int g = g0 + blockIdx.x, r = blockIdx.y, G = H / KVH;
@@ -233,6 +308,11 @@ __global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, floa
                 kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
             }
         } else {
+            const bool cpath = cap > 0 && N <= KC_NMAX;
+            if (cpath) {
+                for (int i = threadIdx.x; i < N; i += blockDim.x) cmax[i] = 0u;
+                __syncthreads();
+            }
             for (int b0 = threadIdx.x; b0 < ns; b0 += 4 * blockDim.x) {
                 float d[4][G_MAX];
 #pragma unroll
@@ -253,10 +333,12 @@ __global__ void __launch_bounds__(KC_THREADS) k_kc_select(const float *dsc, floa
                         v = R.gran == SKV_VTOP_MAX ? fmaxf(v, p) : v + p;
                     }
                     rk[s] = v;
+                    if (cpath) atomicMax(&cmax[s % N], kc_ord(v));
                 }
             }
             __syncthreads();
-            kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
+            if (!cpath || !kc_cand_top(rk, ns, N, cap, keep, eq, cmax, ck, cs, ckeep, ceq, hist, sh))
+                kc_top(rk, ns, N, keep, eq, nwords, hist, sh);
         }
         /* compaction: ascending slots */
         const int per = (nwords + blockDim.x - 1) / blockDim.x, w0 = threadIdx.x * per, w1 = min(nwords, w0 + per);
@@ -519,8 +601,9 @@ k_kc_scores_t(const float *q, const bf16 *kp, const int32_t *bt, const int32_t *
 
 /* Block (KV head g, row r): the group's attention output from the selected host rows and the
  * ring's fast rows (slots ns .. L-1), weights exp(score - lse) * inv. Lanes in groups of HD/8
- * read one row with 16-byte loads, four rows in flight per group. */
-template <int HD, int G>
+ * read one row with 16-byte loads, FU host rows (four; eight in the "fin8" variant) and four ring rows in flight
+ * per group. */
+template <int HD, int G, int FU>
 __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float *lse, const float *inv,
                                                    const int32_t *slen, const int32_t *rseq, const int32_t *sel,
                                                    const int32_t *nsel, const bf16 *vh, const bf16 *vd, int vw, bf16 *att,
@@ -552,18 +635,18 @@ __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float
         }
     };
     const bf16 *hrow = vh + (int64_t)sid * n_ctx * HD + li * 8;
-    for (int i0 = grp; i0 < cnt; i0 += 4 * NGR) {
-        int s[4];
-        uint4 v[4];
+    for (int i0 = grp; i0 < cnt; i0 += FU * NGR) {
+        int s[FU];
+        uint4 v[FU];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < FU; u++) {
             const int i = i0 + u * NGR;
             s[u] = i < cnt ? sl[i] : -1;
         }
 #pragma unroll
-        for (int u = 0; u < 4; u++) v[u] = s[u] >= 0 ? *(const uint4 *)(hrow + (int64_t)s[u] * HD) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < FU; u++) v[u] = s[u] >= 0 ? *(const uint4 *)(hrow + (int64_t)s[u] * HD) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < FU; u++)
             if (s[u] >= 0) add(s[u], v[u]);
     }
     const bf16 *drow = vd + ((int64_t)seq * KVH + g) * vw * HD + li * 8;
@@ -663,8 +746,12 @@ skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
     if (ce && (c->kc_chunks < 1 || c->kc_chunks > KC_MAX_CHUNKS))
         return skv_set_error(SKV_ERR_ARG, "SKV_KC_CHUNKS=%s: 1 to %d", ce, KC_MAX_CHUNKS);
     if (c->kc_chunks > g->KVH) c->kc_chunks = g->KVH;
-    if (kc_smem(c) > 48 * 1024)
-        CK(cudaFuncSetAttribute(k_kc_select, cudaFuncAttributeMaxDynamicSharedMemorySize, kc_smem(c)));
+    /* the selection's candidate capacity: KC_CAP, or less ($SKV_KC_CAP, for tests of the fallback) */
+    const char *ca = getenv("SKV_KC_CAP");
+    c->kc_cap = ca ? atoi(ca) : KC_CAP;
+    if (ca && (c->kc_cap < 1 || c->kc_cap > KC_CAP)) return skv_set_error(SKV_ERR_ARG, "SKV_KC_CAP=%s: 1 to %d", ca, KC_CAP);
+    /* (the static shared memory is about 39 KB: over 48 KB in all needs the opt-in) */
+    CK(cudaFuncSetAttribute(k_kc_select, cudaFuncAttributeMaxDynamicSharedMemorySize, kc_smem(c)));
     return SKV_OK;
 }
 
@@ -703,12 +790,17 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
  * two or four chunks whose host reads overlap the next chunk's scores pass (gpu_kc_decode), 6
  * "oldscores" the split-K decode kernel without V for the scores pass (gpu.cu; the pipeline
  * before the K-only scores kernel), serial; 8 "prevscores" the K-only scores kernel before the
- * transposed one (k_kc_scores instead of k_kc_scores_t; the default pipeline otherwise). */
+ * transposed one (k_kc_scores instead of k_kc_scores_t; the default pipeline otherwise); 9
+ * "prevselect" the selection without the candidate path (k_kc_select's radix select over all
+ * ranks); 10 "prev" both (the default pipeline of run 4, bench/cuda/kcache-h200/run4); 11 "fin8"
+ * the finish with eight host rows in flight per lane group instead of four (the same sums in
+ * the same order). */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
-    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4", "prevscores"};
+    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4", "prevscores",
+                           "prevselect", "prev", "fin8"};
     int p = 0;
-    for (int i = 1; e && i < 9; i++)
+    for (int i = 1; e && i < 12; i++)
         if (!strcmp(e, names[i])) p = i;
     const int changed = p != c->kc_prof;
     c->kc_prof = p;
@@ -722,7 +814,7 @@ static skv_status kc_select(skv_gpu_ctx *c, int l, int n, int g0, int gn, int n_
     k_kc_select<<<dim3(gn, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, with_parts ? c->part_m : NULL,
                                                                c->part_l, n_split, c->slen, c->seq_d, c->kc_rank,
                                                                c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, rule_of(c), l,
-                                                               c->n_seq, g->H, g->KVH, c->n_ctx, g0);
+                                                               c->n_seq, g->H, g->KVH, c->n_ctx, g0, c->kc_prof == 9 || c->kc_prof == 10 ? 0 : c->kc_cap);
     LAUNCHED();
     return SKV_OK;
 }
@@ -735,7 +827,10 @@ static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaSt
 #define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, gpu_kc_vbase(c, l), \
                  c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3, g0
 #define FIN_G(HD_, G_) \
-    case G_: k_kc_finish<HD_, G_><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); break;
+    case G_: \
+        if (c->kc_prof == 11) k_kc_finish<HD_, G_, 8><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
+        else k_kc_finish<HD_, G_, 4><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
+        break;
     if (g->hd == 128) {
         switch (g->H / g->KVH) { FIN_G(128, 1) FIN_G(128, 2) FIN_G(128, 3) FIN_G(128, 4) FIN_G(128, 5) FIN_G(128, 6) FIN_G(128, 7) FIN_G(128, 8) }
     } else {
@@ -789,7 +884,7 @@ skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
                 c->n_ctx, n_split, scale, g0
 #define SC_G(HD_, G_) \
     case G_: \
-        if (prof == 8) k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); \
+        if (prof == 8 || prof == 10) k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); \
         else k_kc_scores_t<HD_, G_><<<grid, KT_WARPS * 32, 0, c->st>>>(SC_ARGS); \
         break;
         if (g->hd == 128) {
