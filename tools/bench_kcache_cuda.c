@@ -59,14 +59,14 @@ static skv_context *make(skv_model *m, int n_ctx, int ub, int n_seq, const skv_p
     return c;
 }
 
-/* stage variants (outputs wrong by design: timing by differences), then whole alternatives
- * (right outputs): "prevscores" the previous K-only scores kernel, "prevselect" the selection
+/* "prev" first (the pipeline of run 4, for old against new), then stage variants (outputs
+ * wrong by design: timing by differences), then whole alternatives (right outputs): "prevscores" the previous K-only scores kernel, "prevselect" the selection
  * without its candidate path, "prev" both (the default pipeline of bench/cuda/kcache-h200/run4),
  * "fin8" eight host rows in flight per lane group in the finish, "chunks2" the KV heads in two
  * chunks whose host reads overlap the next chunk's scores pass and selection. (SKV_KC_PROFILE
  * also knows chunks4 and oldscores, slower in run 4 and no longer timed here.) */
 #define NPROF 9
-static const char *g_prof[NPROF] = {"nodsc", "scores", "select", "fast", "prevscores", "prevselect", "prev", "fin8",
+static const char *g_prof[NPROF] = {"prev", "nodsc", "scores", "select", "fast", "prevscores", "prevselect", "fin8",
                                     "chunks2"};
 
 /* the profiling variants of KCache at (B, depth), each a row */
@@ -193,14 +193,17 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
     const int64_t avail_hbm = dev.memory_bytes - wbytes - ((int64_t)6 << 30);
     const int64_t host = mem_available();
     int b_full = 0, b_kc = 0, b_kc_hbm = (int)((avail_hbm - half) / (half + half / 40)), b_kc_host = host > 0 ? (int)(host * 0.75 / half) : -1;
-    double fill_full = 0, fill_kc = 0;
+    double fill_full = 0, fill_kc = 0, make_s[2] = {0, 0};
     for (int kc = 0; kc < 2; kc++) {
         int B = kc ? (b_kc_host > 0 && b_kc_host < b_kc_hbm ? b_kc_host : b_kc_hbm) : (int)(avail_hbm / (2 * half)) + 2;
         if (B > max_batch) B = max_batch;
         skv_context *c = NULL;
+        const double t_make = skv_time_now();
         for (; B >= 1 && !c; B--) c = make(m, (int)n_ctx2, ubatch, B, kc ? &kp : &fp, &st);
         if (!c) cli_check("bench", st);
         B++;
+        make_s[kc] = skv_time_now() - t_make; /* (KCache: mostly pinning the host memory for V) */
+        printf("  bs%-4d d%-6d %-7s context made in %.1f s\n", B, batch_depth, kc ? "kcache" : "full", make_s[kc]);
         if (kc) b_kc = B;
         else b_full = B;
         const double fs = fill(c, ids, batch_depth, B);
@@ -238,12 +241,13 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
             "  \"kc_gran\": \"%s\",\n  \"tg\": %d,\n  \"batch_depth\": %d,\n  \"kv_bytes_per_seq_full\": %lld,\n"
             "  \"max_batch_full\": %d,\n  \"max_batch_kcache\": %d,\n  \"kcache_hbm_estimate\": %d,\n"
             "  \"kcache_host_limit\": %d,\n  \"host_mem_available\": %lld,\n  \"fill_seconds_full\": %.2f,\n"
-            "  \"fill_seconds_kcache\": %.2f,\n  \"best_tokens_per_s_full\": %.1f,\n  \"best_tokens_per_s_kcache\": %.1f,\n"
+            "  \"fill_seconds_kcache\": %.2f,\n  \"context_seconds_full\": %.2f,\n  \"context_seconds_kcache\": %.2f,\n"
+            "  \"best_tokens_per_s_full\": %.1f,\n  \"best_tokens_per_s_kcache\": %.1f,\n"
             "  \"speedup\": %.3f,\n"
             "  \"timing\": \"wall clock around public-API calls (each returns after the device finishes)\",\n"
             "  \"results\": [\n", dev.name, (long long)dev.memory_bytes, base, (long long)wbytes, bw / 1e9, h2d / 1e9,
             pa->kc_n, kp.kc_recent, kp.kc_fast_layers, pa->kc_weight, pa->kc_gran, tg, batch_depth, (long long)(2 * half),
-            b_full, b_kc, b_kc_hbm, b_kc_host, (long long)host, fill_full, fill_kc, best_full, best_kc,
+            b_full, b_kc, b_kc_hbm, b_kc_host, (long long)host, fill_full, fill_kc, make_s[0], make_s[1], best_full, best_kc,
             best_full > 0 ? best_kc / best_full : 0.0);
     printf("slimkv bench --backend cuda --policy kcache  %s on %s  host-to-device %.1f GB/s, device copy %.0f GB/s\n", base,
            dev.name, h2d / 1e9, bw / 1e9);
