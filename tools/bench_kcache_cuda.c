@@ -9,9 +9,9 @@
  *    (pinned memory, cudaMemcpy of 1 GiB).
  *    Then the same steps under each profiling variant (SKV_KC_PROFILE: the scores pass without
  *    writing scores, the scores pass alone, no finish, the finish without the host rows), whose
- *    differences place the time of each stage (their outputs are wrong by design), and five
- *    alternatives: the previous scores kernel, the previous selection, both (the pipeline of
- *    run 4), the finish with more host reads in flight, two overlapped chunks (g_prof).
+ *    differences place the time of each stage (their outputs are wrong by design), and three
+ *    alternatives: the pipeline of run 4, the finish with more host reads in flight, two
+ *    overlapped chunks (g_prof).
  * 2. The largest batch at --batch-depth: the full cache's is found by creating contexts from an
  *    estimate down until one fits in HBM; KCache's needs HBM for K (and a ring of newest V
  *    rows) and pinned host memory for V, so it is the smaller of the HBM estimate and what the
@@ -59,15 +59,15 @@ static skv_context *make(skv_model *m, int n_ctx, int ub, int n_seq, const skv_p
     return c;
 }
 
-/* "prev" first (the pipeline of run 4, for old against new), then stage variants (outputs
- * wrong by design: timing by differences), then whole alternatives (right outputs): "prevscores" the previous K-only scores kernel, "prevselect" the selection
- * without its candidate path, "prev" both (the default pipeline of bench/cuda/kcache-h200/run4),
- * "fin8" eight host rows in flight per lane group in the finish, "chunks2" the KV heads in two
- * chunks whose host reads overlap the next chunk's scores pass and selection. (SKV_KC_PROFILE
- * also knows chunks4 and oldscores, slower in run 4 and no longer timed here.) */
-#define NPROF 9
-static const char *g_prof[NPROF] = {"prev", "nodsc", "scores", "select", "fast", "prevscores", "prevselect", "fin8",
-                                    "chunks2"};
+/* "prev" first: the default pipeline of bench/cuda/kcache-h200/run4 (the previous K-only scores
+ * kernel and the selection without its candidate path), for old against new in one run; then
+ * the stage variants (outputs wrong by design: timing by differences); then two alternatives
+ * (right outputs): "fin8" eight host rows in flight per lane group in the finish, "chunks2" the
+ * KV heads in two chunks whose host reads overlap the next chunk's scores pass and selection.
+ * (SKV_KC_PROFILE also knows prevscores and prevselect, each half of "prev", and chunks4 and
+ * oldscores, slower in run 4; not timed here, to keep the run short.) */
+#define NPROF 7
+static const char *g_prof[NPROF] = {"prev", "nodsc", "scores", "select", "fast", "fin8", "chunks2"};
 
 /* the profiling variants of KCache at (B, depth), each a row */
 static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr);
