@@ -7,11 +7,18 @@
 #   model  write the model (kvt-s's tokenizer, models/kvt-s) into /dev/shm/m8b (tmpfs: much
 #          faster to write than the disk); may run in the background
 #   start  wait for the model; the offline batched decode (slimkv bench --backend cuda, batches
-#          1/16/64 at depth 512) with the default kernels, then with --batch-invariant, into $OUT; then DEV/scripts/serve_load.py (64 streaming clients, mixed prompt lengths
-#          and per-request KV policies, greedy; every stream checked against its solo run)
-#          against `slimkv serve --backend cuda` (batch-invariant, the default) for SECONDS, started in its own process session (setsid) so that it outlives the call
+#          1/16/64 at depth 512) with the default kernels, then with --batch-invariant, into
+#          $OUT; then DEV/scripts/serve_load.py (64 streaming clients, mixed prompt lengths and
+#          per-request KV policies, greedy; every stream checked against its solo run) against
+#          `slimkv serve --backend cuda` (batch-invariant, the default) for SECONDS, started in
+#          its own process session (setsid) so that it outlives the call
 #   wait   (the next call, issued at once: the machine goes back 30 s after a call) wait for
-#          the load run, at most SECONDS, and copy its results into $OUT
+#          the load run, at most SECONDS, and copy its results into $OUT. A carried folder that a
+#          call does not carry again is removed there, so `start` leaves a copy of this script
+#          in /tmp/skv_load and the wait call needs nothing carried:
+#            sh /tmp/skv_load/serve_load_gpu.sh wait - SECONDS
+#          (the running server and load keep their unlinked files).
+# The run in bench/serve/h200-10min/ used these steps (its wait step typed inline).
 set -e
 what=${1:?usage: serve_load_gpu.sh model|start|wait DEV [SECONDS]}
 dev=${2:?usage: serve_load_gpu.sh model|start|wait DEV [SECONDS]}
@@ -37,6 +44,7 @@ start)
             -o "$OUT/offline-$arm.json" 2>&1 | grep -v '^ *$' | tail -6
     done
     mkdir -p $res
+    cp "$0" $res/
     SKV_COMMIT=$(cat "$dev/COMMIT" 2>/dev/null) setsid nohup python3 "$dev/scripts/serve_load.py" --backend cuda \
         --cli "$cli" --model $m --corpus "$dev/corpus.val.txt.xz" --clients 64 --parallel 64 --threads 8 --pool 16 \
         --duration "$dur" --policies mixed --server-args "--ctx 2048 --prefill-chunk 512" --bench-args none \
@@ -45,8 +53,9 @@ start)
     ;;
 wait)
     t0=$(date +%s)
-    while pgrep -f "$dev/scripts/serve_load.py" > /dev/null && [ $(($(date +%s) - t0)) -lt "$dur" ]; do sleep 2; done
-    cp $res/* "$OUT/"
+    # (the bracket keeps pgrep from matching a shell whose command line names the script)
+    while pgrep -f "scripts/serve_loa[d].py" > /dev/null && [ $(($(date +%s) - t0)) -lt "$dur" ]; do sleep 2; done
+    cp $res/*.json $res/*.log "$OUT/"
     tail -60 $res/load.log
     ;;
 esac

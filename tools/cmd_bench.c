@@ -188,6 +188,9 @@ int cmd_bench(int argc, char **argv) {
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
     if (out) cli_check_writable("bench", "--out", out);
+    if (binv && (strcmp(pa.backend, "cuda") || !strcmp(pa.policy, "kcache") || e2e))
+        cli_die("bench", 2, "--batch-invariant: the CUDA decode and batch tests only (not --policy kcache or --e2e; "
+                "the CPU backend is batch-invariant always)");
     if (!strcmp(pa.backend, "cuda") && !strcmp(pa.policy, "kcache")) {
         /* KCache against the full cache: batch 1 at depths, and the largest batch at a depth */
         cli_backend("bench", pa.backend);
