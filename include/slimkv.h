@@ -357,7 +357,8 @@ typedef struct skv_context_params {
                               step together (skv_decode_batch of 1..n_seq, single-token
                               skv_decode), at some throughput cost; 0 (default): the fastest
                               kernels per batch size, which round differently. The CPU backend
-                              is batch-invariant always. KCache contexts keep their kernels. */
+                              is batch-invariant always. KCache's attention keeps its own
+                              kernels (not batch-invariant). */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);

@@ -541,6 +541,7 @@ extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, c
 
 extern "C" void skv_gpu_set_batch_invariant(skv_gpu_ctx *c, int on) {
     c->binv = on != 0;
+    cudaStreamSynchronize(c->st); /* no step in flight */
     for (int i = 0; c->graph && i < 2 * (c->n_seq + 1); i++) /* captured with the other kernels */
         if (c->graph[i]) cudaGraphExecDestroy(c->graph[i]), c->graph[i] = NULL;
 }
