@@ -352,6 +352,13 @@ typedef struct skv_context_params {
                               condensed group in a prefill (0: forward_passes + backward_passes
                               of config.json, else 9); prompt chunks of at most
                               min(lckv_iters, 9) tokens run token by token (exact) */
+    int32_t batch_invariant; /* CUDA: 1 = each decode step's logits of a sequence are the same
+                              bits whatever else is decoded with it and however many sequences
+                              step together (skv_decode_batch of 1..n_seq, single-token
+                              skv_decode), at some throughput cost; 0 (default): the fastest
+                              kernels per batch size, which round differently. The CPU backend
+                              is batch-invariant always. KCache's attention keeps its own
+                              kernels (not batch-invariant). */
 } skv_context_params;
 
 skv_context_params skv_context_default_params(void);

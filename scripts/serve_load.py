@@ -31,7 +31,8 @@ ap.add_argument("--policies", default="mixed", choices=["mixed", "full"],
                 help="mixed: per-request KV policies; full: every request under the full cache")
 ap.add_argument("--server-args", default="", help="more `slimkv serve` flags, e.g. '--ctx 2048'")
 ap.add_argument("--bench-args", default=None,
-                help="the offline `slimkv bench` flags (default: single stream and batched decode, 1/4/16/64)")
+                help="the offline `slimkv bench` flags (default: single stream and batched decode, 1/4/16/64; "
+                     "'none': no offline bench)")
 a = ap.parse_args()
 
 model = a.model or default_model()
@@ -205,14 +206,17 @@ json.dump(summary(None, []), open(a.out, "w"), indent=1)  # the load's numbers b
 print("load done:", json.dumps(summary(None, [])), flush=True)
 
 bench_json = "/tmp/serve_load_bench.json"
-bargs = (a.bench_args or "--pp 0 --tg 64 -d 0,512 --batches 1,4,16,64 -r 3").split()
-bcmd = [a.cli or os.path.join(ROOT, "build", "slimkv"), "bench", "-m", model, "-t", str(a.threads), *bargs,
-        "-o", bench_json, "--backend", a.backend]
-subprocess.run(bcmd, capture_output=True, env=dict(os.environ, OMP_WAIT_POLICY="passive"))
-try:
-    offline = {r["test"]: r.get("tps_mean", r.get("tokens_per_s")) for r in json.load(open(bench_json))["results"]}
-except Exception as e:
-    offline = {"error": str(e)}
+if a.bench_args == "none":  # the offline bench runs elsewhere (serve_load_gpu.sh runs it before the load)
+    bcmd, offline = [], None
+else:
+    bargs = (a.bench_args or "--pp 0 --tg 64 -d 0,512 --batches 1,4,16,64 -r 3").split()
+    bcmd = [a.cli or os.path.join(ROOT, "build", "slimkv"), "bench", "-m", model, "-t", str(a.threads), *bargs,
+            "-o", bench_json, "--backend", a.backend]
+    subprocess.run(bcmd, capture_output=True, env=dict(os.environ, OMP_WAIT_POLICY="passive"))
+    try:
+        offline = {r["test"]: r.get("tps_mean", r.get("tokens_per_s")) for r in json.load(open(bench_json))["results"]}
+    except Exception as e:
+        offline = {"error": str(e)}
 out = summary(offline, bcmd)
 json.dump(out, open(a.out, "w"), indent=1)
 print(json.dumps(out, indent=1))

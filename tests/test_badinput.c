@@ -228,6 +228,7 @@ static void test_cli(void) {
         {"mkmodel --shape gpt5 -o /tmp/x", 2, "--shape"},
         {"mkmodel --shape llama3-8b", 2, "-o DIR"},
         {"bench -m MODEL --depths 1,x", 2, "--depths"},
+        {"bench -m MODEL --batch-invariant", 2, "--batch-invariant"},
         {"skmatch -m MODEL --tasks /dev/null", 2, "--draft"},
         {"skmatch -m MODEL --draft MODEL --tasks /dev/null --k-fracs 0.1,2", 2, "--k-fracs"},
         {"skmatch -m MODEL --draft MODEL --tasks /nonexistent.jsonl", 1, "/nonexistent.jsonl"},

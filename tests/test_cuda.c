@@ -728,7 +728,71 @@ static void test_batch_sizes(void) {
     skv_model_free(m);
 }
 
+
+/* The batch-invariant mode (batch_invariant = 1): sequences of mixed prompt lengths (chunked
+ * prefill, some a single chunk, some several) decoded together in batches of 1, 3, 8 and 17
+ * give each sequence's logits bit for bit as the same sequence decoded alone, step after step,
+ * on kvt-s and kvt-l; the same comparison under the default kernels is printed (not asserted:
+ * it differs where rounding differs). */
+static void binv_rows_equal(skv_model *m, int N, int binv, int *equal, int *rows) {
+    enum { STEPS = 3, P_MAX = 200 };
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_context_params cp = skv_context_default_params();
+    cp.backend = SKV_BACKEND_CUDA, cp.n_ctx = 256, cp.n_batch = 64, cp.batch_invariant = binv;
+    skv_context *one = NULL, *b = NULL;
+    REQUIRE(skv_context_init(m, cp, &one) == SKV_OK, "%s", skv_last_error());
+    cp.n_seq = N;
+    REQUIRE(skv_context_init(m, cp, &b) == SKV_OK, "%s", skv_last_error());
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N * P_MAX), *len = malloc(sizeof(int32_t) * (size_t)N);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)N * (STEPS + 1)), *next = malloc(sizeof(int32_t) * (size_t)N);
+    float *lb = malloc(sizeof(float) * (size_t)N * STEPS * V), *l1 = malloc(sizeof(float) * (size_t)V);
+    for (int s = 0; s < N; s++) {
+        len[s] = 2 + (s * 37 + N * 11) % 190; /* 2..191 tokens: one to four chunks of 64 */
+        for (int i = 0; i < len[s]; i++) ids[s * P_MAX + i] = (int32_t)((i * 2654435761u + 7919u * s + 31u * N) % (uint32_t)(V - 1) + 1);
+        REQUIRE(skv_seq_decode(b, s, ids + s * P_MAX, len[s] - 1) == SKV_OK, "%s", skv_last_error());
+        tok[s] = ids[s * P_MAX + len[s] - 1];
+    }
+    for (int t = 0; t < STEPS; t++) {
+        REQUIRE(skv_decode_batch(b, tok + t * N, N, lb + (size_t)t * N * V, next) == SKV_OK, "%s", skv_last_error());
+        for (int s = 0; s < N; s++) tok[(t + 1) * N + s] = next[s];
+    }
+    *equal = 0;
+    for (int s = 0; s < N; s++) {
+        REQUIRE(skv_context_truncate(one, 0) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_decode(one, ids + s * P_MAX, len[s] - 1, NULL, 0) == SKV_OK, "%s", skv_last_error());
+        for (int t = 0; t < STEPS; t++) {
+            REQUIRE(skv_decode(one, tok + t * N + s, 1, l1, 0) == SKV_OK, "%s", skv_last_error());
+            *equal += !memcmp(l1, lb + ((size_t)t * N + s) * V, sizeof(float) * (size_t)V);
+        }
+    }
+    *rows = N * STEPS;
+    skv_context_free(one), skv_context_free(b);
+    free(ids), free(len), free(tok), free(next), free(lb), free(l1);
+}
+
+static void test_batch_invariant(void) {
+    if (!have_gpu()) return;
+    const char *names[] = {"kvt-s", "kvt-l"};
+    const int sizes[] = {1, 3, 8, 17};
+    for (int k = 0; k < 2; k++) {
+        skv_model *m = skv_test_load_model(names[k], 0);
+        REQUIRE(m, "%s: %s", names[k], skv_last_error());
+        for (int i = 0; i < 4; i++) {
+            int rows = 0, rows_d = 0, eq = -1, eq_d = -1;
+            binv_rows_equal(m, sizes[i], 1, &eq, &rows);
+            binv_rows_equal(m, sizes[i], 0, &eq_d, &rows_d);
+            printf("    %s batch of %2d: batch-invariant mode %d/%d rows of logits bit-identical to solo; default "
+                   "kernels %d/%d\n", names[k], sizes[i], eq, rows, eq_d, rows_d);
+            CHECKF(eq == rows, "%s batch of %d, batch-invariant mode: only %d of %d rows of logits equal solo bit for bit",
+                   names[k], sizes[i], eq, rows);
+        }
+        skv_model_free(m);
+    }
+}
+
 void register_cuda(void) {
+    skv_test_add("cuda/batch-invariant mode: batches of 1, 3, 8, 17 (mixed lengths) = solo bit for bit (kvt-s, kvt-l)",
+                 test_batch_invariant);
     skv_test_add("cuda/batched decode of 5, 12, 40 = single decode; decode switches agree", test_batch_sizes);
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);

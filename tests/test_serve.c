@@ -524,7 +524,7 @@ static void test_bad_flags(void) {
     } cases[] = {
         {"--parallel 0", "--parallel", 2}, {"--port 70000", "--port", 2}, {"--backend tpu", "--backend", 2},
         {"--policy magic", "magic", 1},    {"--api-key ''", "--api-key", 2}, {"--host 300.1.2.3", "--host", 1},
-        {"--max-body 10", "--max-body", 2}, {"--bogus", "bogus", 2},
+        {"--max-body 10", "--max-body", 2}, {"--bogus", "bogus", 2}, {"--batch-invariant maybe", "--batch-invariant", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char cmd[2048], *err = NULL;

@@ -53,8 +53,11 @@ static void prefill(skv_context *c, int seq, const int32_t *ids, int n, int ub) 
     for (int off = 0; off < n; off += ub) cli_check("bench", skv_seq_decode(c, seq, ids + off, n - off < ub ? n - off : ub));
 }
 
+static int binv_mode; /* bench_cuda's binv, for every context it makes */
+
 static skv_context *context(skv_model *m, int n_ctx, int ubatch, int n_seq, const skv_policy_params *pol) {
     skv_context_params cp = skv_context_default_params();
+    cp.batch_invariant = binv_mode;
     cp.backend = SKV_BACKEND_CUDA;
     cp.n_ctx = n_ctx, cp.n_batch = ubatch, cp.n_seq = n_seq;
     if (pol) cp.policy = *pol;
@@ -64,7 +67,8 @@ static skv_context *context(skv_model *m, int n_ctx, int ubatch, int n_seq, cons
 }
 
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
-               int ubatch, int reps, const cli_policy_args *pa, const char *out) {
+               int ubatch, int reps, int binv, const cli_policy_args *pa, const char *out) {
+    binv_mode = binv;
     int pps[MAXR], depths[MAXR], batches[MAXR];
     const int n_pp = parse_list("bench", "--pp", pp_s, pps, MAXR);
     const int n_d = parse_list("bench", "--depths", depths_s, depths, MAXR);
@@ -184,9 +188,9 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
             "  \"timing\": \"wall clock around public-API calls (each returns after the device finishes)\",\n"
-            "  \"ubatch\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
+            "  \"ubatch\": %d,\n  \"batch_invariant\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
             dev.name, dev.sms, (long long)dev.memory_bytes, base, (long long)gw, (long long)wbytes, (long long)kv_tok,
-            bw / 1e9, upload_s, ubatch, pa->policy, !evicts ? 1.0 : (double)pp.budget);
+            bw / 1e9, upload_s, ubatch, binv, pa->policy, !evicts ? 1.0 : (double)pp.budget);
     printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev.name,
            dev.sms, bw / 1e9, gw / 1e9);
     printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");

@@ -153,7 +153,7 @@ static double kv_bytes_per_token(skv_kv_format f, const skv_model_info *in) {
 int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984", *budgets = "0.05,0.1,0.2,0.4";
     const char *pps = "4096,16384", *batches = "1,8,32", *e2e = NULL;
-    int e2e_steps = 32, e2e_max = 4096;
+    int e2e_steps = 32, e2e_max = 4096, binv = 0;
     int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
     cli_policy_args pa;
     cli_opt opts[64] = {
@@ -170,9 +170,10 @@ int cmd_bench(int argc, char **argv) {
         {"e2e", 0, OPT_STR, &e2e, "P+G", "cuda: the largest batch of P+G-token sequences that fits and its throughput (prefill + generation)"},
         {"steps", 0, OPT_INT, &e2e_steps, "S", "cuda --e2e: decode steps timed at each of two depths (default 32)"},
         {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096)"},
+        {"batch-invariant", 0, OPT_FLAG, &binv, NULL, "cuda: decode in the batch-invariant mode (as slimkv serve does; default: the fastest kernels)"},
         CLI_OPT_NO_CHECK,
     };
-    int n_opts = 14;
+    int n_opts = 15;
     cli_policy_options(&pa, opts, &n_opts);
     const cli_cmd cmd = {"bench", "-m DIR [-t N] [-r R] | -m DIR --policy smallkv --draft DIR [--depths D] [--tg N]",
                          "Prompt processing and generation speed, llama-bench style, with the "
@@ -187,6 +188,9 @@ int cmd_bench(int argc, char **argv) {
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
     if (out) cli_check_writable("bench", "--out", out);
+    if (binv && (strcmp(pa.backend, "cuda") || !strcmp(pa.policy, "kcache") || e2e))
+        cli_die("bench", 2, "--batch-invariant: the CUDA decode and batch tests only (not --policy kcache or --e2e; "
+                "the CPU backend is batch-invariant always)");
     if (!strcmp(pa.backend, "cuda") && !strcmp(pa.policy, "kcache")) {
         /* KCache against the full cache: batch 1 at depths, and the largest batch at a depth */
         cli_backend("bench", pa.backend);
@@ -198,7 +202,7 @@ int cmd_bench(int argc, char **argv) {
         cli_backend("bench", pa.backend);
         if (e2e) return bench_e2e(dir, e2e, e2e_steps, e2e_max, out);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
-                          batch_depth, ubatch, reps, &pa, out);
+                          batch_depth, ubatch, reps, binv, &pa, out);
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {

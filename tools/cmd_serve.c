@@ -12,6 +12,7 @@
 
 int cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *backend = "cpu", *host = "127.0.0.1", *api_key = NULL, *policy = "full", *name = NULL;
+    const char *binv = "on";
     int port = 8080, parallel = 4, ctx = 0, queue = 64, max_body = 1 << 20, timeout = 10, chunk = 128, threads = 0;
     int kv_mb = 0;
     float budget = 0.2f;
@@ -32,6 +33,8 @@ int cmd_serve(int argc, char **argv) {
         {"budget", 0, OPT_FLOAT, &budget, "F", "the default policy's budget fraction (default 0.2)"},
         {"name", 0, OPT_STR, &name, "NAME", "model id in the API (default: the directory's name)"},
         {"threads", 't', OPT_INT, &threads, "N", "CPU threads (default: all cores)"},
+        {"batch-invariant", 0, OPT_STR, &binv, "on|off", "cuda: decode each stream with the same bits whatever else is "
+                                                          "batched with it (default on; off: the fastest kernels per batch size)"},
         CLI_OPT_NO_CHECK,
     };
     const cli_cmd cmd = {"serve", "-m DIR [--backend cpu|cuda] [--host ADDR] [--port N] [--parallel N] [--ctx N] "
@@ -51,6 +54,8 @@ int cmd_serve(int argc, char **argv) {
     if (chunk < 1) cli_die("serve", 2, "bad value for --prefill-chunk: %d (>= 1)", chunk);
     if (ctx < 0) cli_die("serve", 2, "bad value for --ctx: %d (>= 0)", ctx);
     if (kv_mb < 0) cli_die("serve", 2, "bad value for --kv-mem: %d (>= 0)", kv_mb);
+    if (strcmp(binv, "on") && strcmp(binv, "off"))
+        cli_die("serve", 2, "bad value for --batch-invariant: %s (on or off)", binv);
     if (api_key && !*api_key) cli_die("serve", 2, "bad value for --api-key: empty");
 
     /* one thread per connection: without a cap glibc gives each its own malloc arena, and the
@@ -60,6 +65,7 @@ int cmd_serve(int argc, char **argv) {
     s->model_dir = dir, s->host = host, s->api_key = api_key, s->port = port, s->parallel = parallel;
     s->queue_cap = queue, s->max_body = max_body, s->body_timeout_s = timeout, s->prefill_chunk = chunk;
     s->backend = !strcmp(backend, "cuda") ? SKV_BACKEND_CUDA : SKV_BACKEND_CPU;
+    s->batch_invariant = !strcmp(binv, "on");
     if (s->backend == SKV_BACKEND_CUDA && !skv_backend_available(SKV_BACKEND_CUDA))
         cli_die("serve", 1, "--backend cuda: %s", skv_last_error());
     if (!name) {

@@ -88,6 +88,7 @@ typedef struct srv {
     /* configuration */
     const char *model_dir, *model_name, *host, *api_key;
     int port, parallel, queue_cap, prefill_chunk, max_body, body_timeout_s;
+    int batch_invariant; /* CUDA: the shared batch context decodes batch-invariantly (--batch-invariant) */
     int32_t n_ctx;
     int64_t kv_mem;          /* bytes all sequences' caches may reserve */
     int64_t kv_tok_bytes;    /* K+V bytes of one token in every cache layer */

@@ -5,7 +5,8 @@
  * (--kv-mem), dropping cancelled ones; prefill at most about one chunk (prefill_chunk tokens)
  * in total, in whole chunks, so a long prompt does not stall the running streams; then one
  * decode step of every decoding sequence — on CUDA the full-policy sequences as one call of the
- * shared context's batched decode; every sequence with its own context (every one on the CPU,
+ * shared context's batched decode (batch-invariant unless --batch-invariant off: a stream's
+ * logits do not depend on what else is decoded); every sequence with its own context (every one on the CPU,
  * whatever its policy) in one skv_decode_multi call, the CPU's batched decode; sample
  * each (log-probabilities first when asked), detokenize, apply stop strings and hand the
  * released text to the waiting HTTP thread.
@@ -378,6 +379,7 @@ skv_status srv_sched_start(srv *s) {
         cp.n_batch = s->prefill_chunk;
         cp.backend = SKV_BACKEND_CUDA;
         cp.n_seq = s->parallel;
+        cp.batch_invariant = s->batch_invariant;
         if ((st = skv_context_init(s->model, cp, &s->batch))) return st;
     } else { /* every slot's context up front, under the default policy */
         for (int i = 0; i < s->parallel && !st; i++) {

@@ -123,6 +123,7 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
                                .v_slow = p->v_slow, .vtop = vt, .lckv_iters = c->lckv_iters};
     skv_gpu_ctx *gc = NULL;
     if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, c->n_seq, &gp, &gc))) return st;
+    if (p->batch_invariant) skv_gpu_set_batch_invariant(gc, 1);
     c->bs = gc;
     return SKV_OK;
 }

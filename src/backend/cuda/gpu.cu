@@ -32,6 +32,8 @@ static skv_status launch(skv_gpu_ctx *c, const char *what, void (*k)(KArgs...), 
     return SKV_OK;
 }
 
+#include "backend/cuda/gpu_binv.cuh" /* (its host side launches through launch()) */
+
 static int env_int(const char *name, int dflt) {
     const char *v = getenv(name);
     return v && *v ? atoi(v) : dflt;
@@ -96,6 +98,10 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
         if (c->att_waves < 1) c->att_waves = 1;
         c->prof = env_int("SKV_CUDA_PROF", 0);
+        /* the batch-invariant mode's attention splits: the batch-1 choice of the default path */
+        c->bi_target = (c->att_waves * c->sms) / g->KVH;
+        if (c->bi_target > c->max_split) c->bi_target = c->max_split;
+        if (c->bi_target < 1) c->bi_target = 1;
         /* the flash kernel's two shared-memory stages exceed the default 48 KB */
         CK(cudaFuncSetAttribute(k_flash_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
         CK(cudaFuncSetAttribute(k_flash_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
@@ -185,6 +191,7 @@ static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, con
     skv_gpu_model *g = c->g;
     skv_status st = launch(c, "rmsnorm", k_rmsnorm, dim3(n), dim3(1024), 0, xf, nw, c->xb, g->D, g->eps);
     if (st) return st;
+    if (T == 2 && c->binv_on) return bi_linear<2>(c, what, W, c->xb, NULL, h, NULL, n, 0);
     if (T == 2 && use_tc(c, W, n)) return gemv_tc<2>(c, what, W, c->xb, NULL, h, NULL, n, 0);
     if (T == 2) {
         if ((st = linear(c, what, W, c->xb, c->gu, NULL, n, 0))) return st;
@@ -196,6 +203,7 @@ static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, con
 /* y (n, W.rows) f32 (+)= x (n, W.cols) bf16 . W^T (+ bias); `what`: the profile's stage */
 static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const bf16 *x, float *y, const float *bias,
                          int n, int acc) {
+    if (c->binv_on) return bi_linear<1>(c, what, W, x, y, NULL, bias, n, acc);
     if (W->q) return gq_linear(c->st, c->cb, W, x, y, bias, n, acc, c->qtile, c->g->qtile);
     const int rows = (int)W->rows, cols = (int)W->cols;
     if (use_tc(c, W, n)) return gemv_tc<1>(c, what, W, x, y, NULL, bias, n, acc);
@@ -251,6 +259,7 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
 static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
+    if (c->binv_on && !c->kc) return bi_attn_decode(c, l, n, strict);
     /* about four waves of blocks on the chip (att_waves; loads in flight); each block finds its keys from
      * the row's length */
     int n_split = (c->att_waves * c->sms + KVH * n - 1) / (KVH * n);
@@ -402,6 +411,11 @@ static skv_status decode_step(skv_gpu_ctx *c, int n, const skv_gpu_sample *sampl
     CK(cudaMemcpyAsync(c->pos_d, c->stage + R, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
     CK(cudaMemcpyAsync(c->seq_d, c->stage + 2 * R, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, c->st));
     if (sample && (st = gpu_sample_stage(c, sample, n))) return st;
+    c->binv_on = c->binv; /* (prefill chunks keep the default kernels) */
+    struct off_after {
+        skv_gpu_ctx *c;
+        ~off_after() { c->binv_on = 0; }
+    } binv_off = {c};
     auto body = [&]() -> skv_status {
         skv_status s2;
         if ((s2 = layers(c, n, 1, 0, 0)) || (s2 = head(c, 0, n))) return s2;
@@ -523,6 +537,13 @@ extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, c
     CK(cudaStreamSynchronize(c->st));
     CK(cudaGetLastError());
     return SKV_OK;
+}
+
+extern "C" void skv_gpu_set_batch_invariant(skv_gpu_ctx *c, int on) {
+    c->binv = on != 0;
+    cudaStreamSynchronize(c->st); /* no step in flight */
+    for (int i = 0; c->graph && i < 2 * (c->n_seq + 1); i++) /* captured with the other kernels */
+        if (c->graph[i]) cudaGraphExecDestroy(c->graph[i]), c->graph[i] = NULL;
 }
 
 extern "C" void skv_gpu_timer_start(skv_gpu_ctx *c) { cudaEventRecord(c->e0, c->st); }

@@ -133,6 +133,10 @@ skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src);
  * rows as f32 (n_ctx * head_dim). */
 skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t seq, int32_t kv_head, int32_t *n,
                                int32_t *pos, float *acc, float *win, float *last, float *k, float *v);
+/* The batch-invariant decode mode (on: 1; default 0; gpu_binv.cuh): each decode step's logits
+ * of a sequence are the same bits whatever the batch's size and other rows (batch 1 included),
+ * at some cost in throughput; prefill keeps its kernels. */
+void skv_gpu_set_batch_invariant(skv_gpu_ctx *c, int on);
 /* Set sequence seq's next position (after its streams were written). */
 skv_status skv_gpu_set_next(skv_gpu_ctx *c, int32_t seq, int32_t pos);
 /* Fill an empty stream: n slots with positions, statistics (each may be NULL: zeros) and K, V

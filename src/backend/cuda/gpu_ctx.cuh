@@ -61,6 +61,9 @@ struct skv_gpu_ctx {
      * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
      * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
     int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
+    /* the batch-invariant decode mode (gpu_binv.cuh; skv_gpu_set_batch_invariant): set, on in
+     * the decode step being built, its attention splits' target */
+    int binv, binv_on, bi_target;
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;

@@ -36,6 +36,7 @@ skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t *ids, cons
     (void)all;
     return no_cuda();
 }
+void skv_gpu_set_batch_invariant(skv_gpu_ctx *c, int on) { (void)c, (void)on; }
 void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from) { (void)c, (void)seq, (void)win_from; }
 skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                 int32_t *next, const skv_gpu_sample *sample) {
