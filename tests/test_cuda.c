@@ -728,8 +728,68 @@ static void test_batch_sizes(void) {
     skv_model_free(m);
 }
 
+/* logits (N, V) of the third decode step of N sequences whose prompts went in as 37 rows and 3
+ * rows (the second chunk through the fused GEMVs' prefill use), with the fused decode kernels
+ * (SKV_CUDA_FUSE, gpu_fused.cuh) on or off */
+static void fuse_logits(skv_gpu_model *gm, int V, int N, const char *fuse, float *out) {
+    enum { P = 40 };
+    setenv("SKV_CUDA_FUSE", fuse, 1);
+    skv_gpu_ctx *c = NULL;
+    const skv_status st = skv_gpu_ctx_init(gm, 128, 64, N, NULL, &c);
+    unsetenv("SKV_CUDA_FUSE");
+    REQUIRE(st == SKV_OK, "%s", skv_last_error());
+    int32_t ids[P], tok[8], pos[8];
+    for (int s = 0; s < N; s++) {
+        for (int i = 0; i < P; i++) ids[i] = (int32_t)((i * 40503u + 31u * s) % (uint32_t)(V - 1) + 1);
+        CHECK(skv_gpu_forward(c, s, ids, NULL, P - 3, 0, NULL, NULL, NULL, 0) == SKV_OK);
+        CHECK(skv_gpu_forward(c, s, ids + P - 3, NULL, 3, P - 3, NULL, NULL, NULL, 0) == SKV_OK);
+        tok[s] = ids[s], pos[s] = P;
+    }
+    for (int t = 0; t < 3; t++) {
+        CHECK(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK);
+        for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
+    }
+    skv_gpu_ctx_free(c);
+}
+
+/* The fused decode kernels (norm + GEMV + RoPE + store, attention + split merge, norm + gate/up
+ * + SwiGLU) against the separate ones at 1, 2, 3 rows (the fused GEMVs) and 5 (the fused
+ * attention beside the tensor-core GEMV): the same arithmetic in the same order, so equal
+ * logits (bit-identical unless the compiler contracted differently) and equal greedy ids. */
+static void test_fused_decode(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 0);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_gpu_model *gm = NULL;
+    REQUIRE(skv_model_gpu(m, &gm) == SKV_OK, "%s", skv_last_error());
+    const int ns[] = {1, 2, 3, 5};
+    for (int k = 0; k < 4; k++) {
+        const int N = ns[k];
+        const size_t nb = sizeof(float) * (size_t)N * V;
+        float *a = malloc(nb), *o = malloc(nb);
+        for (size_t i = 0; i < (size_t)N * V; i++) a[i] = o[i] = NAN;
+        fuse_logits(gm, V, N, "1", a);
+        fuse_logits(gm, V, N, "0", o);
+        double worst = 0;
+        int top = 1, nan = 0;
+        for (int s = 0; s < N; s++) {
+            for (int v = 0; v < V; v++) nan += isnan(a[(size_t)s * V + v]);
+            worst = fmax(worst, rel_l2(a + (size_t)s * V, o + (size_t)s * V, V));
+            top &= skv_test_argmax(a + (size_t)s * V, V) == skv_test_argmax(o + (size_t)s * V, V);
+        }
+        printf("    %d rows: fused vs separate kernels: %s, relative L2 %.2e, top-1 %s\n", N,
+               !memcmp(a, o, nb) ? "bit-identical" : "different bits", worst, top ? "equal" : "DIFFERENT");
+        CHECKF(!nan && worst < 1e-3 && top, "%d rows: fused vs separate decode kernels: relative L2 %.3g, %d NaN, top-1 %s",
+               N, worst, nan, top ? "equal" : "different");
+        free(a), free(o);
+    }
+    skv_model_free(m);
+}
+
 void register_cuda(void) {
     skv_test_add("cuda/batched decode of 5, 12, 40 = single decode; decode switches agree", test_batch_sizes);
+    skv_test_add("cuda/fused decode kernels = the separate kernels at 1, 2, 3, 5 rows", test_fused_decode);
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);

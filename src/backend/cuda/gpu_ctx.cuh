@@ -59,8 +59,11 @@ struct skv_gpu_ctx {
      * dependent launch (SKV_CUDA_PDL, default 1), the tensor-core GEMV with the SwiGLU fused for
      * 4..8 rows (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU),
      * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
-     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
+     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps), the
+     * fused decode kernels of gpu_fused.cuh (SKV_CUDA_FUSE: 1 default; 0 the separate ones) */
     int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
+    int fuse;
+    int32_t *att_cnt;       /* device (rows_max, KVH) finished splits per row and KV head (fused merge) */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
