@@ -96,7 +96,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->use_graphs = env_int("SKV_CUDA_GRAPHS", 1) != 0;
         c->pdl = env_int("SKV_CUDA_PDL", 1) != 0;
         c->gemv_tc = env_int("SKV_CUDA_GEMV", 1) != 0;
-        c->fuse = env_int("SKV_CUDA_FUSE", 1) != 0;
+        c->fuse = env_int("SKV_CUDA_FUSE", FUSE_ALL) & FUSE_ALL;
         c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
         if (c->att_waves < 1) c->att_waves = 1;
         c->prof = env_int("SKV_CUDA_PROF", 0);
@@ -184,7 +184,8 @@ static skv_status gemv_tc(skv_gpu_ctx *c, const char *what, const gmat *W, const
 /* whether the fused GEMV (gpu_fused.cuh) takes n rows through W; norm: with the RMSNorm
  * staged in shared memory (n * cols bf16, at most 48 KB) */
 static int use_fused(const skv_gpu_ctx *c, const gmat *W, int n, int norm) {
-    return c->fuse && !W->q && n >= 1 && n <= 3 && W->cols % 8 == 0 && !(norm && n * W->cols * 2 > 48 * 1024);
+    return (c->fuse & (norm ? FUSE_NORM : FUSE_PLAIN)) && !W->q && n >= 1 && n <= 3 && W->cols % 8 == 0 &&
+           !(norm && n * W->cols * 2 > 48 * 1024);
 }
 
 /* the fused GEMV of n (1..3) rows in mode m (GF_*): out = W's rows (PLAIN, NORM) or half of
@@ -318,7 +319,7 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
         st = launch(c, "attention", k_attn_decode_f<HD_, G_, 8>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS, c->att, \
                     dsc ? c->lse : (float *)NULL, c->att_cnt);                                               \
         break;
-    if (vo && c->fuse) { /* the split merge in the kernel's last block per (row, KV head) */
+    if (vo && (c->fuse & FUSE_ATT)) { /* the split merge in the kernel's last block per (row, KV head) */
         if (hd == 128) {
             switch (H / KVH) { ATT_F(128, 1) ATT_F(128, 2) ATT_F(128, 3) ATT_F(128, 4) ATT_F(128, 5) ATT_F(128, 6) ATT_F(128, 7) ATT_F(128, 8) }
         } else {
@@ -360,7 +361,7 @@ static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, i
     skv_gpu_model *g = c->g;
     const glayer *y = &g->layers[l];
     const int kv_in = y->own ? g->KVH : 0;
-    if (decode && !c->kc && use_fused(c, &y->wqkv, n, 1)) { /* one kernel: norm, q/k/v, RoPE, store */
+    if (decode && !c->kc && (c->fuse & FUSE_ROPE) && use_fused(c, &y->wqkv, n, 1)) { /* one kernel: norm, q/k/v, RoPE, store */
         gf_rope rp = {c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->pos_d, c->seq_d, c->spos, c->sacc, c->swin,
                       c->cosr, c->sinr, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd, c->n_ctx};
         return gemv_f(c, "gemv qkv", GF_ROPE, &y->wqkv, NULL, c->x, y->attn_norm, NULL, NULL, y->bqkv, n, 0, &rp);
