@@ -96,7 +96,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->use_graphs = env_int("SKV_CUDA_GRAPHS", 1) != 0;
         c->pdl = env_int("SKV_CUDA_PDL", 1) != 0;
         c->gemv_tc = env_int("SKV_CUDA_GEMV", 1) != 0;
-        c->fuse = env_int("SKV_CUDA_FUSE", FUSE_ALL) & FUSE_ALL;
+        c->fuse = env_int("SKV_CUDA_FUSE", FUSE_DEFAULT) & FUSE_ALL;
+        c->att_minlen = env_int("SKV_CUDA_ATT_MINLEN", 64);
+        if (c->att_minlen < 1) c->att_minlen = 1;
         c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
         if (c->att_waves < 1) c->att_waves = 1;
         c->prof = env_int("SKV_CUDA_PROF", 0);
@@ -317,7 +319,7 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
 #define ATT_F(HD_, G_)                                                                                        \
     case G_:                                                                                                  \
         st = launch(c, "attention", k_attn_decode_f<HD_, G_, 8>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS, c->att, \
-                    dsc ? c->lse : (float *)NULL, c->att_cnt);                                               \
+                    dsc ? c->lse : (float *)NULL, c->att_cnt, c->att_minlen);                                \
         break;
     if (vo && (c->fuse & FUSE_ATT)) { /* the split merge in the kernel's last block per (row, KV head) */
         if (hd == 128) {

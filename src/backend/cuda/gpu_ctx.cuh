@@ -18,6 +18,8 @@
  * the attention with its split merge (every batch size); o and down with the weights loaded
  * before the wait */
 enum { FUSE_NORM = 1, FUSE_ROPE = 2, FUSE_ATT = 4, FUSE_PLAIN = 8, FUSE_ALL = 15 };
+/* the default: the parts that were not slower on the H200 (bench/cuda/issue16-fused-h200) */
+#define FUSE_DEFAULT (FUSE_NORM | FUSE_ROPE | FUSE_PLAIN)
 
 struct skv_gpu_ctx {
     skv_gpu_model *g;
@@ -66,10 +68,12 @@ struct skv_gpu_ctx {
      * 4..8 rows (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU),
      * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
      * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps), the
-     * fused decode kernels of gpu_fused.cuh (SKV_CUDA_FUSE, a mask of FUSE_*: 15 default, 0 the
+     * fused decode kernels of gpu_fused.cuh (SKV_CUDA_FUSE, a mask of FUSE_*: FUSE_DEFAULT, 0 the
      * separate kernels) */
     int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
     int fuse;               /* FUSE_* */
+    int att_minlen;         /* keys per split at least, fused attention (SKV_CUDA_ATT_MINLEN, default 64 as
+                               the separate kernel) */
     int32_t *att_cnt;       /* device (rows_max, KVH) finished splits per row and KV head (fused merge) */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */

@@ -208,7 +208,8 @@ __device__ __forceinline__ void gf_commit(void) { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void gf_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-/* k_attn_decode (same grid, arguments, splits and arithmetic) with two changes: each lane's K
+/* k_attn_decode (same grid, arguments and arithmetic; splits of at least min_len keys, 64 there)
+ * with two changes: each lane's K
  * and V rows come through a ring of S stages in shared memory (cp.async, S - 1 key steps in
  * flight instead of one, no registers held for them; a lane reads back only what it copied, so
  * no barrier), and the last block of each (row, KV head) to finish — counted in cnt (rows, KVH),
@@ -219,13 +220,14 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attn_decode_f(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, const int32_t *bt, const int32_t *slen,
                 const int32_t *rseq, float *part_o, float *part_m, float *part_l, float *dsc, int layer, int n_seq,
                 int mb, int H, int KVH, int n_ctx, int n_split, float scale, int strict, bf16 *att, float *lse,
-                int32_t *cnt) {
+                int32_t *cnt, int min_len) {
     pdl_trigger();
     pdl_wait();
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW, NT = ATT_WARPS * 32;
     constexpr int RING = S * 2 * NT * 16, OSZ = NG * G * HD * 4;
-    __shared__ __align__(16) unsigned char sm_raw[RING > OSZ ? RING : OSZ]; /* the ring, then sm_o */
-    __shared__ float sm_m[NG][G], sm_l[NG][G], wsh[257];
+    __shared__ __align__(16) unsigned char sm_raw[RING > OSZ ? RING : OSZ]; /* the ring, sm_o, the merge's */
+    static_assert(3 * G * 256 * 4 <= (RING > OSZ ? RING : OSZ), "the merge's staging fits (n_split <= 256)");
+    __shared__ float sm_m[NG][G], sm_l[NG][G];
     __shared__ int last;
     uint4 *ring = (uint4 *)sm_raw;                        /* [S][2][NT] */
     float(*sm_o)[G][HD] = (float(*)[G][HD])sm_raw;        /* [NG][G][HD] after the loop */
@@ -234,9 +236,11 @@ k_attn_decode_f(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, 
     const int32_t *bts = bt + (int64_t)sid * mb;
     const int lane = tid & 31, warp = tid >> 5, sub = lane / LPK, li = lane % LPK;
     const int grp = warp * KPW + sub;
-    int split_len = max((L + n_split - 1) / n_split, 64);
+    int split_len = max((L + n_split - 1) / n_split, min_len);
     split_len = (split_len + NG - 1) / NG * NG;
     const int k0 = sp * split_len, k1 = min(L, k0 + split_len);
+    /* the splits holding keys (the others are empty: they add exact zeros to the merge's sums) */
+    const int n_used = max(min((L + split_len - 1) / split_len, n_split), 1);
     float qv[G][8], o[G][8], m[G], l[G];
 #pragma unroll
     for (int j = 0; j < G; j++) {
@@ -321,38 +325,55 @@ k_attn_decode_f(const float *q, const bf16 *kp, const bf16 *vp, const bf16 *vd, 
     if (!last) return;
     if (tid == 0) cnt[(int64_t)r * KVH + g] = 0; /* for the next launch */
     __threadfence();
-    __shared__ float red[NT / 32];
-    for (int j = 0; j < G; j++) {
-        const int h = g * G + j;
-        const int64_t ps = ((int64_t)r * H + h) * n_split;
+    /* all G heads at once (k_attn_merge's sums, each in its order): the splits' maxima, sums and
+     * weights staged in shared memory (the ring's memory again, G x 256 each) */
+    float *pm = (float *)sm_raw, *pl = pm + G * 256, *pw = pl + G * 256;
+    __shared__ float Ms[G], Ss[G];
+    const int64_t pb = ((int64_t)r * H + g * G) * n_split; /* head j's split s: pb + j n_split + s */
+    for (int i = tid; i < G * n_used; i += NT) {
+        const int j = i / n_used, sp2 = i % n_used;
+        pm[j * 256 + sp2] = __ldcg(part_m + pb + (int64_t)j * n_split + sp2);
+        pl[j * 256 + sp2] = __ldcg(part_l + pb + (int64_t)j * n_split + sp2);
+    }
+    __syncthreads();
+    for (int j = warp; j < G; j += NT / 32) {
         float mx = -INFINITY;
-        for (int s = tid; s < n_split; s += NT) mx = fmaxf(mx, __ldcg(part_m + ps + s));
+        for (int s2 = lane; s2 < n_used; s2 += 32) mx = fmaxf(mx, pm[j * 256 + s2]);
 #pragma unroll
         for (int of = 16; of > 0; of >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, of));
-        __syncthreads(); /* red and wsh of the previous head are no longer read */
-        if (lane == 0) red[warp] = mx;
-        __syncthreads();
-        float M = -INFINITY;
-        for (int w = 0; w < NT / 32; w++) M = fmaxf(M, red[w]);
-        for (int s = tid; s < n_split; s += NT) {
-            const float ms = __ldcg(part_m + ps + s);
-            wsh[s] = ms == -INFINITY ? 0.0f : __expf(ms - M);
+        if (lane == 0) Ms[j] = mx;
+    }
+    __syncthreads();
+    for (int i = tid; i < G * n_used; i += NT) {
+        const int j = i / n_used, sp2 = i % n_used;
+        const float ms = pm[j * 256 + sp2];
+        pw[j * 256 + sp2] = ms == -INFINITY ? 0.0f : __expf(ms - Ms[j]);
+    }
+    __syncthreads();
+    if (tid < G) {
+        float Sm = 0;
+        for (int s2 = 0; s2 < n_used; s2++) Sm += pl[tid * 256 + s2] * pw[tid * 256 + s2];
+        Ss[tid] = Sm;
+    }
+    constexpr int PER = (G * HD + NT - 1) / NT; /* outputs per thread, their loads interleaved */
+    float O[PER];
+#pragma unroll
+    for (int k = 0; k < PER; k++) O[k] = 0;
+#pragma unroll 4
+    for (int s2 = 0; s2 < n_used; s2++)
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int idx = tid + k * NT, j = idx / HD, d = idx % HD;
+            if (idx < G * HD) O[k] += __ldcg(part_o + (pb + (int64_t)j * n_split + s2) * HD + d) * pw[j * 256 + s2];
         }
-        __syncthreads();
-        if (tid == 0) {
-            float Sm = 0;
-            for (int s = 0; s < n_split; s++) Sm += __ldcg(part_l + ps + s) * wsh[s];
-            wsh[256] = Sm;
-        }
-        __syncthreads();
-        if (tid < HD) {
-            float O = 0;
-#pragma unroll 8
-            for (int s = 0; s < n_split; s++) O += __ldcg(part_o + (ps + s) * HD + tid) * wsh[s];
-            const float Sm = wsh[256];
-            att[((int64_t)r * H + h) * HD + tid] = __float2bfloat16(Sm > 0 ? O / Sm : 0.0f);
-            if (lse && tid == 0) lse[(int64_t)r * H + h] = M + logf(Sm);
-        }
+    __syncthreads(); /* Ss */
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        const int idx = tid + k * NT, j = idx / HD, d = idx % HD;
+        if (idx >= G * HD) continue;
+        const float Sm = Ss[j];
+        att[((int64_t)r * H + g * G + j) * HD + d] = __float2bfloat16(Sm > 0 ? O[k] / Sm : 0.0f);
+        if (lse && d == 0) lse[(int64_t)r * H + g * G + j] = Ms[j] + logf(Sm);
     }
 }
 
