@@ -690,7 +690,7 @@ static void step_logits(skv_gpu_model *gm, int V, const char *pdl, const char *g
         tok[s] = ids[s], pos[s] = P;
     }
     for (int t = 0; t < 3; t++) {
-        CHECK(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK);
+        REQUIRE(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK, "%s", skv_last_error());
         for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
     }
     skv_gpu_ctx_free(c);
@@ -743,12 +743,14 @@ static void fuse_logits(skv_gpu_model *gm, int V, int N, const char *fuse, const
     int32_t ids[P], tok[8], pos[8];
     for (int s = 0; s < N; s++) {
         for (int i = 0; i < P; i++) ids[i] = (int32_t)((i * 40503u + 31u * s) % (uint32_t)(V - 1) + 1);
-        CHECK(skv_gpu_forward(c, s, ids, NULL, P - 3, 0, NULL, NULL, NULL, 0) == SKV_OK);
-        CHECK(skv_gpu_forward(c, s, ids + P - 3, NULL, 3, P - 3, NULL, NULL, NULL, 0) == SKV_OK);
+        for (int off = 0; off < P - 3; off += 64) /* chunks of at most n_batch rows */
+            REQUIRE(skv_gpu_forward(c, s, ids + off, NULL, P - 3 - off < 64 ? P - 3 - off : 64, off, NULL, NULL, NULL,
+                                    0) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_gpu_forward(c, s, ids + P - 3, NULL, 3, P - 3, NULL, NULL, NULL, 0) == SKV_OK, "%s", skv_last_error());
         tok[s] = ids[s], pos[s] = P;
     }
     for (int t = 0; t < 3; t++) {
-        CHECK(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK);
+        REQUIRE(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK, "%s", skv_last_error());
         for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
     }
     skv_gpu_ctx_free(c);
@@ -773,6 +775,7 @@ static void test_fused_decode(void) {
         const int N = ns[k];
         const size_t nb = sizeof(float) * (size_t)N * V;
         float *a = malloc(nb), *o = malloc(nb);
+        for (size_t i = 0; i < (size_t)N * V; i++) o[i] = NAN; /* every element must be written */
         fuse_logits(gm, V, N, "0", NULL, o);
         for (int f = 0; f < 6; f++) {
             for (size_t i = 0; i < (size_t)N * V; i++) a[i] = NAN;
@@ -780,7 +783,7 @@ static void test_fused_decode(void) {
             double worst = 0;
             int top = 1, nan = 0;
             for (int s = 0; s < N; s++) {
-                for (int v = 0; v < V; v++) nan += isnan(a[(size_t)s * V + v]);
+                for (int v = 0; v < V; v++) nan += isnan(a[(size_t)s * V + v]) + isnan(o[(size_t)s * V + v]);
                 worst = fmax(worst, rel_l2(a + (size_t)s * V, o + (size_t)s * V, V));
                 top &= skv_test_argmax(a + (size_t)s * V, V) == skv_test_argmax(o + (size_t)s * V, V);
             }

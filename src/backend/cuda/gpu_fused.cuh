@@ -1,7 +1,9 @@
 /*
- * gpu_fused.cuh — the fused decode kernels (included by gpu.cu only; SKV_CUDA_FUSE=1, the
- * default): fewer launches per layer, the same arithmetic in the same order as the separate
- * kernels of gpu_kernels.cuh (so the same bits, barring the compiler's contractions).
+ * gpu_fused.cuh — the fused decode kernels (included by gpu.cu only; SKV_CUDA_FUSE, a mask of
+ * FUSE_* parts, gpu_ctx.cuh; off by default: on the H200 they were not faster than the separate
+ * kernels under graph replay with early launches, bench/cuda/issue16-fused-h200/README.md):
+ * fewer launches per layer, the same arithmetic in the same order as the separate kernels of
+ * gpu_kernels.cuh (the same bits, measured at 1, 2, 3 and 5 rows).
  *
  * Per layer at 1..3 rows: qkv GEMV with the RMSNorm in its prologue and RoPE + cache store in
  * its epilogue; decode attention with the split merge done by each (row, KV head)'s last block;
