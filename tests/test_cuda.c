@@ -690,7 +690,7 @@ static void step_logits(skv_gpu_model *gm, int V, const char *pdl, const char *g
         tok[s] = ids[s], pos[s] = P;
     }
     for (int t = 0; t < 3; t++) {
-        CHECK(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK);
+        REQUIRE(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK, "%s", skv_last_error());
         for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
     }
     skv_gpu_ctx_free(c);
@@ -790,10 +790,82 @@ static void test_batch_invariant(void) {
     }
 }
 
+/* logits (N, V) of the third decode step of N sequences whose 200-token prompts went in as 197
+ * rows and 3 (the last chunk through the fused GEMVs' prefill use; 200 keys: four splits of 64
+ * for the attention to merge), with the fused decode kernels (SKV_CUDA_FUSE, gpu_fused.cuh) as
+ * given and the fused attention's shortest split (SKV_CUDA_ATT_MINLEN, NULL: the default) */
+static void fuse_logits(skv_gpu_model *gm, int V, int N, const char *fuse, const char *minlen, float *out) {
+    enum { P = 200 };
+    setenv("SKV_CUDA_FUSE", fuse, 1);
+    if (minlen) setenv("SKV_CUDA_ATT_MINLEN", minlen, 1);
+    skv_gpu_ctx *c = NULL;
+    const skv_status st = skv_gpu_ctx_init(gm, 256, 64, N, NULL, &c);
+    unsetenv("SKV_CUDA_FUSE"), unsetenv("SKV_CUDA_ATT_MINLEN");
+    REQUIRE(st == SKV_OK, "%s", skv_last_error());
+    int32_t ids[P], tok[8], pos[8];
+    for (int s = 0; s < N; s++) {
+        for (int i = 0; i < P; i++) ids[i] = (int32_t)((i * 40503u + 31u * s) % (uint32_t)(V - 1) + 1);
+        for (int off = 0; off < P - 3; off += 64) /* chunks of at most n_batch rows */
+            REQUIRE(skv_gpu_forward(c, s, ids + off, NULL, P - 3 - off < 64 ? P - 3 - off : 64, off, NULL, NULL, NULL,
+                                    0) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_gpu_forward(c, s, ids + P - 3, NULL, 3, P - 3, NULL, NULL, NULL, 0) == SKV_OK, "%s", skv_last_error());
+        tok[s] = ids[s], pos[s] = P;
+    }
+    for (int t = 0; t < 3; t++) {
+        REQUIRE(skv_gpu_decode_batch(c, tok, pos, N, out, NULL, NULL) == SKV_OK, "%s", skv_last_error());
+        for (int s = 0; s < N; s++) tok[s] = (tok[s] * 7 + t) % (V - 1) + 1, pos[s]++;
+    }
+    skv_gpu_ctx_free(c);
+}
+
+/* The fused decode kernels (norm + GEMV + RoPE + store, attention + split merge, norm + gate/up
+ * + SwiGLU) against the separate ones at 1, 2, 3 rows (the fused GEMVs) and 5 (the fused
+ * attention beside the tensor-core GEMV): the same arithmetic in the same order, so equal
+ * logits (bit-identical unless the compiler contracted differently) and equal greedy ids. */
+static void test_fused_decode(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 0);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_gpu_model *gm = NULL;
+    REQUIRE(skv_model_gpu(m, &gm) == SKV_OK, "%s", skv_last_error());
+    const int ns[] = {1, 2, 3, 5};
+    /* each part alone (RoPE needs the norm), all; all with splits of at least 256 keys (one split
+     * here instead of four: other sums, so within rounding) */
+    const char *masks[] = {"1", "3", "4", "8", "15", "15"};
+    for (int k = 0; k < 4; k++) {
+        const int N = ns[k];
+        const size_t nb = sizeof(float) * (size_t)N * V;
+        float *a = malloc(nb), *o = malloc(nb);
+        for (size_t i = 0; i < (size_t)N * V; i++) o[i] = NAN; /* every element must be written */
+        fuse_logits(gm, V, N, "0", NULL, o);
+        for (int f = 0; f < 6; f++) {
+            for (size_t i = 0; i < (size_t)N * V; i++) a[i] = NAN;
+            fuse_logits(gm, V, N, masks[f], f == 5 ? "256" : NULL, a);
+            double worst = 0;
+            int top = 1, nan = 0;
+            for (int s = 0; s < N; s++) {
+                for (int v = 0; v < V; v++) nan += isnan(a[(size_t)s * V + v]) + isnan(o[(size_t)s * V + v]);
+                worst = fmax(worst, rel_l2(a + (size_t)s * V, o + (size_t)s * V, V));
+                top &= skv_test_argmax(a + (size_t)s * V, V) == skv_test_argmax(o + (size_t)s * V, V);
+            }
+            printf("    %d rows, SKV_CUDA_FUSE=%s%s vs 0: %s, relative L2 %.2e, top-1 %s\n", N, masks[f],
+                   f == 5 ? " SKV_CUDA_ATT_MINLEN=256" : "",
+                   !memcmp(a, o, nb) ? "bit-identical" : "different bits", worst, top ? "equal" : "DIFFERENT");
+            /* other split sums (f == 5): bf16 tolerance, as batched vs single decode */
+            CHECKF(!nan && (f == 5 ? worst < 5e-3 : worst < 1e-3 && top), "%d rows: SKV_CUDA_FUSE=%s vs 0: relative L2 "
+                   "%.3g, %d NaN, top-1 %s", N, masks[f], worst, nan, top ? "equal" : "different");
+        }
+        free(a), free(o);
+    }
+    skv_model_free(m);
+}
+
 void register_cuda(void) {
     skv_test_add("cuda/batch-invariant mode: batches of 1, 3, 8, 17 (mixed lengths) = solo bit for bit (kvt-s, kvt-l)",
                  test_batch_invariant);
     skv_test_add("cuda/batched decode of 5, 12, 40 = single decode; decode switches agree", test_batch_sizes);
+    skv_test_add("cuda/fused decode kernels = the separate kernels at 1, 2, 3, 5 rows", test_fused_decode);
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);
     skv_test_add("cuda/kvt-s logits and greedy vs golden.json on the GPU", test_golden_s);
     skv_test_add("cuda/kvt-l logits and greedy vs golden.json on the GPU", test_golden_l);

@@ -11,6 +11,7 @@
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_kernels.cuh"
 #include "backend/cuda/gpu_gemv.cuh"
+#include "backend/cuda/gpu_fused.cuh"
 #include "backend/cuda/gpu_qweights.cuh"
 
 #define ALLOC(p, n) CK(cudaMalloc((void **)&(p), (size_t)(n) * sizeof(*(p))))
@@ -79,6 +80,8 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         ALLOC(c->part_m, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->part_l, (int64_t)n_seq * g->H * c->max_split);
         ALLOC(c->lse, R * g->H);
+        ALLOC(c->att_cnt, R * g->KVH);
+        CK(cudaMemset(c->att_cnt, 0, sizeof(int32_t) * (size_t)(R * g->KVH))); /* the last block re-zeroes it */
         if (c->pol.want_acc || c->pol.want_last || c->kc) ALLOC(c->dsc, (int64_t)n_seq * g->H * n_ctx);
         ALLOC(c->ids_d, R);
         ALLOC(c->pos_d, R);
@@ -95,6 +98,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         c->use_graphs = env_int("SKV_CUDA_GRAPHS", 1) != 0;
         c->pdl = env_int("SKV_CUDA_PDL", 1) != 0;
         c->gemv_tc = env_int("SKV_CUDA_GEMV", 1) != 0;
+        c->fuse = env_int("SKV_CUDA_FUSE", FUSE_DEFAULT) & FUSE_ALL;
+        c->att_minlen = env_int("SKV_CUDA_ATT_MINLEN", 64);
+        if (c->att_minlen < 1) c->att_minlen = 1;
         c->att_waves = env_int("SKV_CUDA_ATT_WAVES", 4);
         if (c->att_waves < 1) c->att_waves = 1;
         c->prof = env_int("SKV_CUDA_PROF", 0);
@@ -148,7 +154,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     gpu_kc_free(c);
     gpu_prof_free(c);
     void *ps[] = {c->qtile, c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
-                  c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
+                  c->part_m, c->part_l, c->lse, c->att_cnt, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
                   c->prob, c->samp_d, c->seen_d, c->fetch_rows};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     cudaFree(c->cublas_ws);
@@ -183,12 +189,43 @@ static skv_status gemv_tc(skv_gpu_ctx *c, const char *what, const gmat *W, const
                   cols, n, acc);
 }
 
+/* whether the fused GEMV (gpu_fused.cuh) takes n rows through W; norm: with the RMSNorm
+ * staged in shared memory (n * cols bf16, at most 48 KB) */
+static int use_fused(const skv_gpu_ctx *c, const gmat *W, int n, int norm) {
+    return (c->fuse & (norm ? FUSE_NORM : FUSE_PLAIN)) && !W->q && n >= 1 && n <= 3 && W->cols % 8 == 0 &&
+           !(norm && n * W->cols * 2 > 48 * 1024);
+}
+
+/* the fused GEMV of n (1..3) rows in mode m (GF_*): out = W's rows (PLAIN, NORM) or half of
+ * them (SWIGLU: gate | up; ROPE: rotation pairs) */
+static skv_status gemv_f(skv_gpu_ctx *c, const char *what, int m, const gmat *W, const bf16 *x, const float *xf,
+                         const float *nw, float *y, bf16 *h, const float *bias, int n, int acc, const gf_rope *rp) {
+    const int cols = (int)W->cols, out = (int)(m >= GF_SWIGLU ? W->rows / 2 : W->rows);
+    const size_t smem = m == GF_PLAIN ? 0 : (size_t)n * cols * sizeof(bf16);
+    gf_rope r;
+    if (rp) r = *rp;
+    else memset(&r, 0, sizeof r);
+    const dim3 grid((out + 7) / 8), block(256);
+    const bf16 *w = (const bf16 *)W->w;
+    const float eps = c->g->eps;
+    switch (m * 4 + n) {
+#define GF(M, B) \
+    case M * 4 + B: return launch(c, what, k_gemv_f<B, M>, grid, block, smem, w, x, xf, nw, eps, y, h, bias, out, cols, acc, r);
+        GF(GF_PLAIN, 1) GF(GF_PLAIN, 2) GF(GF_PLAIN, 3) GF(GF_NORM, 1) GF(GF_NORM, 2) GF(GF_NORM, 3)
+        GF(GF_SWIGLU, 1) GF(GF_SWIGLU, 2) GF(GF_SWIGLU, 3) GF(GF_ROPE, 1) GF(GF_ROPE, 2) GF(GF_ROPE, 3)
+#undef GF
+    }
+    return skv_set_error(SKV_ERR_ARG, "CUDA: fused GEMV of %d rows in mode %d", n, m);
+}
+
 /* The RMSNorm of rows xf (n, dim) f32 with weight nw into xb, then W: T = 1 y = xb W^T (+ bias);
  * T = 2 h = SwiGLU of xb (gate | up)^T (one kernel with the tensor-core GEMV, else two). */
 template <int T>
 static skv_status norm_gemv(skv_gpu_ctx *c, const char *what, const gmat *W, const float *xf, const float *nw,
                             float *y, bf16 *h, const float *bias, int n) {
     skv_gpu_model *g = c->g;
+    if (use_fused(c, W, n, 1)) /* one kernel: the norm in its prologue (and SwiGLU in its epilogue) */
+        return gemv_f(c, what, T == 2 ? GF_SWIGLU : GF_NORM, W, NULL, xf, nw, y, h, bias, n, 0, NULL);
     skv_status st = launch(c, "rmsnorm", k_rmsnorm, dim3(n), dim3(1024), 0, xf, nw, c->xb, g->D, g->eps);
     if (st) return st;
     if (T == 2 && c->binv_on) return bi_linear<2>(c, what, W, c->xb, NULL, h, NULL, n, 0);
@@ -207,6 +244,7 @@ static skv_status linear(skv_gpu_ctx *c, const char *what, const gmat *W, const 
     if (W->q) return gq_linear(c->st, c->cb, W, x, y, bias, n, acc, c->qtile, c->g->qtile);
     const int rows = (int)W->rows, cols = (int)W->cols;
     if (use_tc(c, W, n)) return gemv_tc<1>(c, what, W, x, y, NULL, bias, n, acc);
+    if (use_fused(c, W, n, 0)) return gemv_f(c, what, GF_PLAIN, W, x, NULL, NULL, y, NULL, bias, n, acc, NULL);
     if (n <= GEMV_MAX_B) {
         const int threads = 256, blocks = (rows * 32 + threads - 1) / threads;
         switch (n) {
@@ -287,6 +325,21 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
         st = vo ? launch(c, "attention", k_attn_decode<HD_, G_, true>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS)   \
                 : launch(c, "attention", k_attn_decode<HD_, G_, false>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS); \
         break;
+#define ATT_F(HD_, G_)                                                                                        \
+    case G_:                                                                                                  \
+        st = launch(c, "attention", k_attn_decode_f<HD_, G_, 8>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS, c->att, \
+                    dsc ? c->lse : (float *)NULL, c->att_cnt, c->att_minlen);                                \
+        break;
+    if (vo && (c->fuse & FUSE_ATT)) { /* the split merge in the kernel's last block per (row, KV head) */
+        if (hd == 128) {
+            switch (H / KVH) { ATT_F(128, 1) ATT_F(128, 2) ATT_F(128, 3) ATT_F(128, 4) ATT_F(128, 5) ATT_F(128, 6) ATT_F(128, 7) ATT_F(128, 8) }
+        } else {
+            switch (H / KVH) { ATT_F(64, 1) ATT_F(64, 2) ATT_F(64, 3) ATT_F(64, 4) ATT_F(64, 5) ATT_F(64, 6) ATT_F(64, 7) ATT_F(64, 8) }
+        }
+#undef ATT_F
+        if (st) return st;
+        return stats ? gpu_cache_decode_stats(c, l, n) : SKV_OK;
+    }
     if (hd == 128) {
         switch (H / KVH) { ATT_G(128, 1) ATT_G(128, 2) ATT_G(128, 3) ATT_G(128, 4) ATT_G(128, 5) ATT_G(128, 6) ATT_G(128, 7) ATT_G(128, 8) }
     } else {
@@ -318,9 +371,14 @@ static kc_vloc kc_vloc_of(const skv_gpu_ctx *c, int l, int decode) {
 static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, int pos0) {
     skv_gpu_model *g = c->g;
     const glayer *y = &g->layers[l];
+    const int kv_in = y->own ? g->KVH : 0;
+    if (decode && !c->kc && (c->fuse & FUSE_ROPE) && use_fused(c, &y->wqkv, n, 1)) { /* one kernel: norm, q/k/v, RoPE, store */
+        gf_rope rp = {c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->pos_d, c->seq_d, c->spos, c->sacc, c->swin,
+                      c->cosr, c->sinr, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd, c->n_ctx};
+        return gemv_f(c, "gemv qkv", GF_ROPE, &y->wqkv, NULL, c->x, y->attn_norm, NULL, NULL, y->bqkv, n, 0, &rp);
+    }
     skv_status st = norm_gemv<1>(c, "gemv qkv", &y->wqkv, c->x, y->attn_norm, c->qkv, NULL, y->bqkv, n);
     if (st) return st;
-    const int kv_in = y->own ? g->KVH : 0;
     return launch(c, "rope+store", k_rope_store, dim3(n, g->H + kv_in), dim3(g->hd / 2), 0, (const float *)c->qkv, c->q,
                   c->qb, c->kpool, c->vpool, (const int32_t *)c->bt, (const int32_t *)c->slen, c->spos, c->sacc, c->swin,
                   (const float *)c->cosr, (const float *)c->sinr, (const int32_t *)(decode ? c->pos_d : NULL),

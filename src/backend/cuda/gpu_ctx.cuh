@@ -13,6 +13,16 @@
 #define BLK SKV_GPU_BLOCK
 #define KC_MAX_CHUNKS 8
 
+/* the fused decode kernels (gpu_fused.cuh) at 1..3 rows, by part: RMSNorm in the GEMV prologue
+ * (and SwiGLU in gate/up's epilogue); RoPE + cache store in the qkv epilogue (with FUSE_NORM);
+ * the attention with its split merge (every batch size); o and down with the weights loaded
+ * before the wait */
+enum { FUSE_NORM = 1, FUSE_ROPE = 2, FUSE_ATT = 4, FUSE_PLAIN = 8, FUSE_ALL = 15 };
+/* the default: none. On the H200 (bench/cuda/issue16-fused-h200) norm + rope + plain decoded
+ * Llama-3-8B at 4k in 305.83 ms per 64 tokens against 306.72 / 303.89 with the separate kernels
+ * (no gain beyond run-to-run spread), and the fused attention was slower (311.51 at 4k). */
+#define FUSE_DEFAULT 0
+
 struct skv_gpu_ctx {
     skv_gpu_model *g;
     skv_gpu_policy pol;
@@ -59,11 +69,17 @@ struct skv_gpu_ctx {
      * dependent launch (SKV_CUDA_PDL, default 1), the tensor-core GEMV with the SwiGLU fused for
      * 4..8 rows (SKV_CUDA_GEMV: 1 default; 0 the one-warp-per-row GEMV and a separate SwiGLU),
      * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
-     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
+     * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps), the
+     * fused decode kernels of gpu_fused.cuh (SKV_CUDA_FUSE, a mask of FUSE_*: FUSE_DEFAULT, 0 the
+     * separate kernels) */
     int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
     /* the batch-invariant decode mode (gpu_binv.cuh; skv_gpu_set_batch_invariant): set, on in
      * the decode step being built, its attention splits' target */
     int binv, binv_on, bi_target;
+    int fuse;               /* FUSE_* */
+    int att_minlen;         /* keys per split at least, fused attention (SKV_CUDA_ATT_MINLEN, default 64 as
+                               the separate kernel) */
+    int32_t *att_cnt;       /* device (rows_max, KVH) finished splits per row and KV head (fused merge) */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
