@@ -129,7 +129,7 @@ int bench_e2e(const char *dir, const char *spec, int steps, int max_b, const cha
 int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches_s, int tg, int batch_depth, int ubatch,
                       int reps, int max_batch, const cli_policy_args *pa, const char *out);
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
-               int ubatch, int reps, const cli_policy_args *pa, const char *out);
+               int ubatch, int reps, int fit_max, const cli_policy_args *pa, const char *out);
 /* Benchmark helpers: the last path component of a directory; a pseudo-random id in [0, V)
  * from a generator whose state the caller keeps; mean and sample standard deviation. */
 const char *cli_basename(const char *dir);

@@ -47,6 +47,11 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     c->g = g, c->n_ctx = n_ctx, c->n_batch = n_batch, c->n_seq = n_seq;
     if (pol) c->pol = *pol;
     c->kc = c->pol.vtop.on;
+    const skv_status kst = gpu_kivi_check(c);
+    if (kst) {
+        free(c);
+        return kst;
+    }
     c->rows_max = n_batch > n_seq ? n_batch : n_seq;
     const int64_t R = c->rows_max, QD = (int64_t)g->H * g->hd, KD = (int64_t)g->KVH * g->hd;
     c->max_split = 256;
@@ -59,7 +64,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         CB(cublasCreate(&c->cb));
         CB(cublasSetStream(c->cb, c->st));
         skv_status s2 = gpu_cache_alloc(c);
-        if (s2 || (c->kc && (s2 = gpu_kc_alloc(c)))) return s2;
+        if (s2 || (c->kc && (s2 = gpu_kc_alloc(c))) || (c->pol.kv_bits && (s2 = gpu_kivi_alloc(c)))) return s2;
         ALLOC(c->x, R * g->D);
         if (g->grp_lo >= 0) ALLOC(c->x0, R * g->D);
         ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
@@ -140,6 +145,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
     gpu_kc_free(c);
+    gpu_kivi_free(c);
     gpu_prof_free(c);
     void *ps[] = {c->qtile, c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
@@ -234,16 +240,20 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
     const bf16 *vd = !c->kc ? NULL
                      : l < c->pol.vtop.fast_layers ? gpu_kc_vbase(c, l) + (int64_t)seq * KVH * c->n_ctx * hd
                                                    : c->kc_vpre + (int64_t)l * KVH * c->n_ctx * hd;
+    /* KIVI: the old slots dequantised into a dense bf16 scratch beside the chunk's rows, read
+     * through an identity block table; then the chunk's completed groups quantised */
+    skv_status st;
+    if (c->kv_bits && (st = gpu_kivi_prefill_begin(c, l, seq))) return st;
+    const bf16 *kp = c->kv_bits ? c->kv_sk : c->kpool, *vp = c->kv_bits ? c->kv_sv : c->vpool;
+    const int32_t *bt = c->kv_bits ? c->kv_sbt : c->bt + (int64_t)s0 * c->mb;
     if (hd == 128)
         k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2, mode);
+            c->qb, kp, vp, vd, c->n_ctx, bt, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2, mode);
     else
         k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2, mode);
+            c->qb, kp, vp, vd, c->n_ctx, bt, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2, mode);
     LAUNCHED();
-    return SKV_OK;
+    return c->kv_bits ? gpu_kivi_prefill_end(c, l, seq, n) : SKV_OK;
 }
 
 /* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]) over
@@ -273,6 +283,11 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     const bf16 *kpc = c->kpool, *vpc = c->vpool;
     const int32_t *btc = c->bt, *slc = c->slen, *sqc = c->seq_d;
     skv_status st = SKV_OK;
+    if (c->kv_bits) { /* KIVI: codes read and dequantised in the kernel (gpu_kivi.cu) */
+        if ((st = gpu_kivi_decode(c, l, n, n_split))) return st;
+        return launch(c, "attn merge", k_attn_merge, dim3(H, n), dim3(hd), 0, (const float *)c->part_o,
+                      (const float *)c->part_m, (const float *)c->part_l, c->att, (float *)NULL, H, hd, n_split);
+    }
 #define ATT_G(HD_, G_)                                                                                         \
     case G_:                                                                                                   \
         st = vo ? launch(c, "attention", k_attn_decode<HD_, G_, true>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS)   \
@@ -312,6 +327,7 @@ static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, i
     skv_status st = norm_gemv<1>(c, "gemv qkv", &y->wqkv, c->x, y->attn_norm, c->qkv, NULL, y->bqkv, n);
     if (st) return st;
     const int kv_in = y->own ? g->KVH : 0;
+    if (c->kv_bits) return gpu_kivi_store(c, y->cl, n, decode, seq, pos0, kv_in);
     return launch(c, "rope+store", k_rope_store, dim3(n, g->H + kv_in), dim3(g->hd / 2), 0, (const float *)c->qkv, c->q,
                   c->qb, c->kpool, c->vpool, (const int32_t *)c->bt, (const int32_t *)c->slen, c->spos, c->sacc, c->swin,
                   (const float *)c->cosr, (const float *)c->sinr, (const int32_t *)(decode ? c->pos_d : NULL),
