@@ -157,18 +157,18 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         r->bound_ms = ((double)wbytes + (double)kv_tok * (kept + (per_step ? 0.5 : tg / 2.0))) / bw * 1e3;
     }
     skv_context_free(c);
-    int fit = 0; /* the largest batch whose context of batch_depth + tg tokens allocates */
+    int fit = 0; /* the largest batch whose context of max_len tokens (the longest test) allocates */
     if (fit_max > 0) {
         int lo = 0, hi = fit_max;
         while (lo < hi) {
             const int mid = lo + (hi - lo + 1) / 2;
             skv_context *t = NULL;
-            if (try_context(m, batch_depth + tg, ubatch, mid, NULL, &t) == SKV_OK) lo = mid;
+            if (try_context(m, max_len, ubatch, mid, NULL, &t) == SKV_OK) lo = mid;
             else hi = mid - 1;
             skv_context_free(t);
         }
         fit = lo;
-        printf("fit: %d sequences of %d tokens (at most %d tried)\n", fit, batch_depth + tg, fit_max);
+        printf("fit: %d sequences of %d tokens (at most %d tried)\n", fit, max_len, fit_max);
     }
     int bmax = 0;
     for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
@@ -214,7 +214,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             "  \"fit_batch\": %d,\n  \"fit_tokens\": %d,\n  \"fit_max\": %d,\n  \"results\": [\n",
             dev.name, dev.sms, (long long)dev.memory_bytes, base, (long long)gw, (long long)wbytes, (long long)kv_tok,
             bw / 1e9, upload_s, ubatch, pa->policy, !evicts ? 1.0 : (double)pp.budget, kbits == 8 ? "int8" : kbits == 4 ? "int4" : "bf16",
-            fit, batch_depth + tg, fit_max);
+            fit, max_len, fit_max);
     printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB  KV cache %s "
            "(%lld bytes/token)\n", base, dev.name, dev.sms, bw / 1e9, gw / 1e9, kbits == 8 ? "int8" : kbits == 4 ? "int4" : "bf16",
            (long long)kv_tok);

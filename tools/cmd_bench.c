@@ -169,7 +169,7 @@ int cmd_bench(int argc, char **argv) {
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
         {"e2e", 0, OPT_STR, &e2e, "P+G", "cuda: the largest batch of P+G-token sequences that fits and its throughput (prefill + generation)"},
         {"steps", 0, OPT_INT, &e2e_steps, "S", "cuda --e2e: decode steps timed at each of two depths (default 32)"},
-        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096); cuda: given, the largest batch whose cache of --batch-depth + --tg tokens allocates (at most B)"},
+        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096); cuda: given, the largest batch whose cache of the longest test's tokens allocates (at most B)"},
         CLI_OPT_NO_CHECK,
     };
     int n_opts = 14;
