@@ -219,8 +219,43 @@ static void test_refusals(void) {
     skv_model_free(m);
 }
 
+/* The prefill flash kernel with 8 warps (128 query rows per K/V tile, SKV_CUDA_FA_WARPS=8) gives
+ * the 4-warp kernel's logits bit for bit (each warp's rows see the same tiles in the same order;
+ * tiles past a warp's diagonal are fully masked); prompt of 300 in chunks of 128 and 100. */
+static void test_flash_warps(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab, PP = 300;
+    int32_t *ids = malloc(sizeof(int32_t) * PP);
+    uint32_t seed = 5;
+    for (int i = 0; i < PP; i++) ids[i] = (int32_t)(skv_test_xorshift(&seed) % (uint32_t)(V - 1)) + 1;
+    float *a = malloc(sizeof(float) * (size_t)PP * V), *b = malloc(sizeof(float) * (size_t)PP * V);
+    const int chunks[2] = {128, 100};
+    int same = 1;
+    for (int ci = 0; ci < 2; ci++) {
+        for (int w = 0; w < 2; w++) {
+            setenv("SKV_CUDA_FA_WARPS", w ? "8" : "4", 1);
+            skv_context *c = kctx(m, SKV_BACKEND_CUDA, SKV_KV_BF16, chunks[ci]);
+            REQUIRE(c, "context: %s", skv_last_error());
+            REQUIRE(skv_decode(c, ids, PP, w ? b : a, 1) == SKV_OK, "prefill: %s", skv_last_error());
+            skv_context_free(c);
+        }
+        const int eq = !memcmp(a, b, sizeof(float) * (size_t)PP * V);
+        CHECKF(eq, "chunks of %d: 8-warp flash logits differ from the 4-warp kernel's (relative L2 %.3g)", chunks[ci],
+               rel_l2(b, a, (int64_t)PP * V));
+        same &= eq;
+    }
+    unsetenv("SKV_CUDA_FA_WARPS");
+    printf("    kvt-l prefill of 300 (chunks of 128 and 100), every position's logits: 8-warp flash = 4-warp: %s\n",
+           same ? "bit-identical" : "DIFFERENT");
+    free(a), free(b), free(ids);
+    skv_model_free(m);
+}
+
 void register_cuda_kivi(void) {
     skv_test_add("cuda_kivi/decode kernel vs double reference over dequantised rows; rows = kv/quant.c", test_kernel);
     skv_test_add("cuda_kivi/kvt-l int8/int4 cache: CUDA vs CPU logits and greedy, truncation, bytes", test_vs_cpu);
     skv_test_add("cuda_kivi/refusals: evicting policy, f16, fork, export", test_refusals);
+    skv_test_add("cuda_kivi/prefill flash kernel with 8 warps = 4 warps (kvt-l logits bit-identical)", test_flash_warps);
 }

@@ -104,6 +104,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         /* the flash kernel's two shared-memory stages exceed the default 48 KB */
         CK(cudaFuncSetAttribute(k_flash_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
         CK(cudaFuncSetAttribute(k_flash_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
+        CK(cudaFuncSetAttribute(k_flash_prefill<128, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
+        CK(cudaFuncSetAttribute(k_flash_prefill<64, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
+        c->fa_warps = env_int("SKV_CUDA_FA_WARPS", 4) == 8 ? 8 : 4;
         CK(cudaEventCreate(&c->e0));
         CK(cudaEventCreate(&c->e1));
         /* RoPE tables computed as the CPU backend does (float angle, cosf/sinf) */
@@ -232,7 +235,8 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
     const int s0 = sid_of(c, l, seq, 0);
-    const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
+    const int bq = 16 * c->fa_warps; /* query rows per block */
+    const dim3 grid((n + bq - 1) / bq, H);
     const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
     float *lse = stats && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) ? c->lse : NULL;
     /* KCache: V from the dense rows of the layer (every row below fast_layers) or of the
@@ -246,12 +250,15 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
     if (c->kv_bits && (st = gpu_kivi_prefill_begin(c, l, seq))) return st;
     const bf16 *kp = c->kv_bits ? c->kv_sk : c->kpool, *vp = c->kv_bits ? c->kv_sv : c->vpool;
     const int32_t *bt = c->kv_bits ? c->kv_sbt : c->bt + (int64_t)s0 * c->mb;
-    if (hd == 128)
-        k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
-            c->qb, kp, vp, vd, c->n_ctx, bt, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2, mode);
-    else
-        k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(
-            c->qb, kp, vp, vd, c->n_ctx, bt, c->slen + s0, c->att, lse, n, H, KVH, c->mb, sl2, mode);
+#define FA_LAUNCH(HD_, NW_)                                                                                        \
+    k_flash_prefill<HD_, NW_><<<grid, NW_ * 32, flash_smem_bytes<HD_>(), c->st>>>(c->qb, kp, vp, vd, c->n_ctx, bt, \
+                                                                                 c->slen + s0, c->att, lse, n, H, KVH, \
+                                                                                 c->mb, sl2, mode)
+    if (hd == 128 && c->fa_warps == 8) FA_LAUNCH(128, 8);
+    else if (hd == 128) FA_LAUNCH(128, 4);
+    else if (c->fa_warps == 8) FA_LAUNCH(64, 8);
+    else FA_LAUNCH(64, 4);
+#undef FA_LAUNCH
     LAUNCHED();
     return c->kv_bits ? gpu_kivi_prefill_end(c, l, seq, n) : SKV_OK;
 }

@@ -61,6 +61,7 @@ struct skv_gpu_ctx {
      * waves of attention splits (SKV_CUDA_ATT_WAVES, default 4), the per-stage profile
      * (SKV_CUDA_PROF=N: eager launches timed with events, printed to stderr every N steps) */
     int pdl, gemv_tc, att_waves, prof, prof_on; /* prof_on: this step is profiled */
+    int fa_warps;           /* warps (16 query rows each) per prefill flash block: SKV_CUDA_FA_WARPS, 4 or 8 */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
