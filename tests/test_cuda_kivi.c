@@ -4,6 +4,7 @@
  * on CUDA against the CPU backend with the same KIVI cache, and the refusals. Skips without a GPU.
  */
 #include "backend/cuda/gpu.h"
+#include "context/context.h"
 #include "harness.h"
 #include "kv/quant.h"
 
@@ -138,33 +139,42 @@ static void test_vs_cpu(void) {
     int32_t *ids = malloc(sizeof(int32_t) * PP);
     uint32_t seed = 77;
     for (int i = 0; i < PP; i++) ids[i] = (int32_t)(skv_test_xorshift(&seed) % (uint32_t)(V - 1)) + 1;
-    float *lg = malloc(sizeof(float) * V), *lc = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    float *lg = malloc(sizeof(float) * V), *lc = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V),
+          *lf = malloc(sizeof(float) * V);
     const skv_kv_format fs[] = {SKV_KV_Q8, SKV_KV_Q4};
     for (int fi = 0; fi < 2; fi++) {
         const int bits = fs[fi] == SKV_KV_Q8 ? 8 : 4;
         skv_context *g = kctx(m, SKV_BACKEND_CUDA, fs[fi], 100), *c = kctx(m, SKV_BACKEND_CPU, fs[fi], 100),
-                    *b = kctx(m, SKV_BACKEND_CUDA, SKV_KV_BF16, 100);
-        REQUIRE(g && c && b, "int%d contexts: %s", bits, skv_last_error());
+                    *b = kctx(m, SKV_BACKEND_CUDA, SKV_KV_BF16, 100), *f = kctx(m, SKV_BACKEND_CPU, SKV_KV_F32, 100);
+        REQUIRE(g && c && b && f, "int%d contexts: %s", bits, skv_last_error());
         REQUIRE(skv_decode(g, ids, PP, lg, 0) == SKV_OK && skv_decode(c, ids, PP, lc, 0) == SKV_OK &&
-                skv_decode(b, ids, PP, lb, 0) == SKV_OK, "prefill: %s", skv_last_error());
-        double worst = rel_l2(lg, lc, V), sum_c = 0, sum_b = 0;
-        int agree = 0, steps = 0;
+                skv_decode(b, ids, PP, lb, 0) == SKV_OK && skv_decode(f, ids, PP, lf, 0) == SKV_OK, "prefill: %s",
+                skv_last_error());
+        double worst = rel_l2(lg, lc, V), sum_c = 0, sum_b = 0, sum_bf = 0, sum_cf = 0;
+        int agree = 0, steps = 0, worst_at = -1;
+        printf("    kvt-l int%d after the prompt: CUDA vs CPU %.2e; GPU bf16 vs CPU f32 %.2e; CPU int%d vs CPU f32 %.2e\n",
+               bits, worst, rel_l2(lb, lf, V), bits, rel_l2(lc, lf, V));
         int32_t tok = skv_test_argmax(lc, V);
         for (int t = 0; t < ST + ST2; t++) {
             if (t == ST) { /* truncate inside a quantised group, then go on */
                 REQUIRE(skv_context_truncate(g, 305) == SKV_OK && skv_context_truncate(c, 305) == SKV_OK &&
-                        skv_context_truncate(b, 305) == SKV_OK, "truncate: %s", skv_last_error());
+                        skv_context_truncate(b, 305) == SKV_OK && skv_context_truncate(f, 305) == SKV_OK, "truncate: %s",
+                        skv_last_error());
             }
             REQUIRE(skv_decode(g, &tok, 1, lg, 0) == SKV_OK && skv_decode(c, &tok, 1, lc, 0) == SKV_OK &&
-                    skv_decode(b, &tok, 1, lb, 0) == SKV_OK, "decode: %s", skv_last_error());
+                    skv_decode(b, &tok, 1, lb, 0) == SKV_OK && skv_decode(f, &tok, 1, lf, 0) == SKV_OK, "decode: %s",
+                    skv_last_error());
             const double e = rel_l2(lg, lc, V);
-            worst = fmax(worst, e), sum_c += e, sum_b += rel_l2(lg, lb, V);
+            if (e > worst) worst = e, worst_at = t;
+            sum_c += e, sum_b += rel_l2(lg, lb, V), sum_bf += rel_l2(lb, lf, V), sum_cf += rel_l2(lc, lf, V);
             agree += skv_test_argmax(lg, V) == skv_test_argmax(lc, V), steps++;
             tok = skv_test_argmax(lc, V);
         }
         skv_kv_usage ug, uc, ub;
         skv_context_kv_usage(g, &ug), skv_context_kv_usage(c, &uc), skv_context_kv_usage(b, &ub);
         const double tol = bits == 8 ? 3e-2 : 6e-2;
+        printf("    kvt-l int%d decode means: CUDA vs CPU %.2e (worst at step %d); GPU bf16 vs CPU f32 %.2e; CPU int%d vs "
+               "CPU f32 %.2e\n", bits, sum_c / steps, worst_at, sum_bf / steps, bits, sum_cf / steps);
         printf("    kvt-l int%d, CUDA vs CPU (prefill 300 in chunks of 100, %d steps, truncation to 305 between): "
                "logits relative L2 <= %.2e (mean %.2e; vs the GPU's bf16 cache mean %.2e), greedy equal %d/%d; "
                "GPU cache %lld bytes (bf16 %lld, x%.3f), CPU %lld\n", bits, steps, worst, sum_c / steps, sum_b / steps,
@@ -180,9 +190,135 @@ static void test_vs_cpu(void) {
         const double want = bits == 8 ? 1056.0 / 1280 : 736.0 / 1280;
         CHECKF(fabs((double)ug.bytes / (double)ub.bytes - want) < 1e-9, "int%d: GPU cache bytes %lld vs bf16 %lld (x%.4f "
                "expected)", bits, (long long)ug.bytes, (long long)ub.bytes, want);
-        skv_context_free(g), skv_context_free(c), skv_context_free(b);
+        skv_context_free(g), skv_context_free(c), skv_context_free(b), skv_context_free(f);
     }
-    free(lg), free(lc), free(lb), free(ids);
+    free(lg), free(lc), free(lb), free(lf), free(ids);
+    skv_model_free(m);
+}
+
+/* The stored rows of the GPU's KIVI cache (dequantised) against the GPU's bf16 cache fed the same
+ * tokens: each value within half a quantisation step of the bf16 row plus bf16 rounding (layer 0,
+ * whose K/V do not depend on the cache) or 1.5 steps plus 2 % of the row's largest value (later
+ * layers, whose inputs differ slightly). After a prompt of 300 in chunks of 100 (the prefill's
+ * commit), 25 decode steps (the store's quantisation at slot 319) and a truncation to 305. A row in
+ * the wrong place or a stale residual breaks it at once. */
+static double rows_check(skv_context *q, skv_context *b, int bits, int nl, int kvh, int hd, const char *when,
+                         double *worst_l0) {
+    const int qmax = (1 << bits) - 1;
+    float *kq = malloc(sizeof(float) * 512 * (size_t)hd), *vq = malloc(sizeof(float) * 512 * (size_t)hd),
+          *kb = malloc(sizeof(float) * 512 * (size_t)hd), *vb = malloc(sizeof(float) * 512 * (size_t)hd);
+    double worst = 0;
+    *worst_l0 = 0;
+    int bad = 0;
+    for (int l = 0; l < nl && kq && vq && kb && vb; l++)
+        for (int g = 0; g < kvh; g++) {
+            int32_t n = 0, nb = 0;
+            if (skv_gpu_stream_read(q->bs, l, 0, g, &n, NULL, NULL, NULL, NULL, kq, vq) != SKV_OK ||
+                skv_gpu_stream_read(b->bs, l, 0, g, &nb, NULL, NULL, NULL, NULL, kb, vb) != SKV_OK) {
+                skv_test_fail(__FILE__, __LINE__, "stream read: %s", skv_last_error());
+                goto out;
+            }
+            CHECKF(n == nb, "%s: layer %d head %d: %d slots vs %d", when, l, g, n, nb);
+            const int nq = n / 32 * 32;
+            for (int w = 0; w < 2; w++) {
+                const float *x = w ? vq : kq, *r = w ? vb : kb;
+                double rmax = 0;
+                for (int64_t i = 0; i < (int64_t)n * hd; i++) rmax = fmax(rmax, fabs(r[i]));
+                for (int s = 0; s < n; s++)
+                    for (int c = 0; c < hd; c++) {
+                        double step = 0; /* the group's step from the stored rows: (max - min) / qmax */
+                        if (s < nq) {
+                            double lo = INFINITY, hi = -INFINITY;
+                            if (!w)
+                                for (int t = s / 32 * 32; t < s / 32 * 32 + 32; t++)
+                                    lo = fmin(lo, x[(int64_t)t * hd + c]), hi = fmax(hi, x[(int64_t)t * hd + c]);
+                            else
+                                for (int e = c / 32 * 32; e < c / 32 * 32 + 32; e++)
+                                    lo = fmin(lo, x[(int64_t)s * hd + e]), hi = fmax(hi, x[(int64_t)s * hd + e]);
+                            step = (hi - lo) / qmax;
+                        }
+                        const double d = fabs((double)x[(int64_t)s * hd + c] - r[(int64_t)s * hd + c]);
+                        const double rb = fabs(r[(int64_t)s * hd + c]) / 128 + 1e-6;
+                        const double lim = l == 0 ? 0.5 * step * 1.0001 + rb : 1.5 * step + rb + 0.02 * rmax;
+                        const double e = d / lim;
+                        if (e > 1 && bad++ < 5)
+                            printf("    %s: layer %d head %d %s slot %d ch %d: %.6g vs bf16 %.6g (step %.3g)\n", when, l, g,
+                                   w ? "V" : "K", s, c, x[(int64_t)s * hd + c], r[(int64_t)s * hd + c], step);
+                        worst = fmax(worst, e);
+                        if (l == 0) *worst_l0 = fmax(*worst_l0, e);
+                    }
+            }
+        }
+out:
+    free(kq), free(vq), free(kb), free(vb);
+    return worst;
+}
+
+static void test_rows(void) {
+    if (!have_gpu()) return;
+    skv_model *m = skv_test_load_model("kvt-l", 2);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab, PP = 300;
+    int32_t *ids = malloc(sizeof(int32_t) * (PP + 25));
+    uint32_t seed = 91;
+    for (int i = 0; i < PP + 25; i++) ids[i] = (int32_t)(skv_test_xorshift(&seed) % (uint32_t)(V - 1)) + 1;
+    for (int bits = 8; bits >= 4; bits -= 4) {
+        skv_context *q = kctx(m, SKV_BACKEND_CUDA, bits == 8 ? SKV_KV_Q8 : SKV_KV_Q4, 100),
+                    *b = kctx(m, SKV_BACKEND_CUDA, SKV_KV_BF16, 100);
+        REQUIRE(q && b, "contexts: %s", skv_last_error());
+        const char *when[3] = {"prefill 300", "+25 steps", "truncated to 305"};
+        const int nl = skv_model_n_cache_layers(m), kvh = in->n_kv_head, hd = in->head_dim;
+        const size_t per = 2 * 512 * (size_t)hd;
+        float *keep = malloc(sizeof(float) * per * (size_t)(nl * kvh)), *now = malloc(sizeof(float) * per);
+        REQUIRE(keep && now, "out of memory");
+        for (int k = 0; k < 3; k++) {
+            if (k == 0) {
+                REQUIRE(skv_decode(q, ids, PP, NULL, 0) == SKV_OK && skv_decode(b, ids, PP, NULL, 0) == SKV_OK, "%s",
+                        skv_last_error());
+            } else if (k == 1) {
+                for (int t = 0; t < 25; t++)
+                    REQUIRE(skv_decode(q, ids + PP + t, 1, NULL, 0) == SKV_OK &&
+                            skv_decode(b, ids + PP + t, 1, NULL, 0) == SKV_OK, "%s", skv_last_error());
+            } else {
+                REQUIRE(skv_context_truncate(q, 305) == SKV_OK && skv_context_truncate(b, 305) == SKV_OK, "%s",
+                        skv_last_error());
+            }
+            if (k == 2) { /* the rows kept are the rows before, bit for bit (a quantised group dequantised into
+                             the residual by the same dequantiser) */
+                int same = 1;
+                for (int l = 0; l < nl; l++)
+                    for (int g = 0; g < kvh; g++) {
+                        int32_t n = 0;
+                        REQUIRE(skv_gpu_stream_read(q->bs, l, 0, g, &n, NULL, NULL, NULL, NULL, now, now + per / 2) ==
+                                SKV_OK, "%s", skv_last_error());
+                        const float *o = keep + per * (size_t)(l * kvh + g);
+                        CHECKF(n == 305, "truncated stream holds %d slots", n);
+                        same &= !memcmp(now, o, sizeof(float) * (size_t)n * hd) &&
+                                !memcmp(now + per / 2, o + per / 2, sizeof(float) * (size_t)n * hd);
+                    }
+                printf("    int%d %-16s rows kept = the rows before: %s\n", bits, when[k], same ? "bit-identical" : "DIFFERENT");
+                CHECKF(same, "int%d: truncation changed the kept rows", bits);
+                continue;
+            }
+            if (k == 1)
+                for (int l = 0; l < nl; l++)
+                    for (int g = 0; g < kvh; g++) {
+                        int32_t n = 0;
+                        float *o = keep + per * (size_t)(l * kvh + g);
+                        REQUIRE(skv_gpu_stream_read(q->bs, l, 0, g, &n, NULL, NULL, NULL, NULL, o, o + per / 2) == SKV_OK,
+                                "%s", skv_last_error());
+                    }
+            double w0;
+            const double w = rows_check(q, b, bits, nl, kvh, hd, when[k], &w0);
+            printf("    int%d %-16s stored rows vs the GPU's bf16 cache: worst / bound %.3f (layer 0: %.3f)\n", bits,
+                   when[k], w, w0);
+            CHECKF(w <= 1 && w0 <= 1, "int%d %s: rows off by %.3g x the bound (layer 0 %.3g)", bits, when[k], w, w0);
+        }
+        skv_context_free(q), skv_context_free(b);
+        free(keep), free(now);
+    }
+    free(ids);
     skv_model_free(m);
 }
 
@@ -256,6 +392,7 @@ static void test_flash_warps(void) {
 void register_cuda_kivi(void) {
     skv_test_add("cuda_kivi/decode kernel vs double reference over dequantised rows; rows = kv/quant.c", test_kernel);
     skv_test_add("cuda_kivi/kvt-l int8/int4 cache: CUDA vs CPU logits and greedy, truncation, bytes", test_vs_cpu);
+    skv_test_add("cuda_kivi/stored rows vs the GPU's bf16 cache after prefill, decode, truncation", test_rows);
     skv_test_add("cuda_kivi/refusals: evicting policy, f16, fork, export", test_refusals);
     skv_test_add("cuda_kivi/prefill flash kernel with 8 warps = 4 warps (kvt-l logits bit-identical)", test_flash_warps);
 }
