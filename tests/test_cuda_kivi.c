@@ -30,7 +30,7 @@ static double rel_l2(const float *a, const float *ref, int64_t n) {
 /* One case: the kernel's output vs double attention over its own dequantised rows; the rows vs
  * kv/quant.c's quantiser on the same input (complete groups) and the input itself (the f32
  * residual). Returns the output's relative L2 error; *row_err the rows' largest difference. */
-static double kivi_case(int bits, int hd, int G, int n, int splits, uint32_t seed, double *row_err) {
+static double kivi_case(int bits, int hd, int G, int n, int splits, int units, uint32_t seed, double *row_err) {
     float *q = malloc(sizeof(float) * (size_t)G * hd), *k = malloc(sizeof(float) * (size_t)n * hd),
           *v = malloc(sizeof(float) * (size_t)n * hd), *out = malloc(sizeof(float) * (size_t)G * hd),
           *kd = malloc(sizeof(float) * (size_t)n * hd), *vd = malloc(sizeof(float) * (size_t)n * hd),
@@ -48,7 +48,7 @@ static double kivi_case(int bits, int hd, int G, int n, int splits, uint32_t see
             k[t * hd + c] = frand(&seed) * sc + (float)(c % 3) - 1.0f;
             v[t * hd + c] = frand(&seed) * (1.0f + (float)(t % 4));
         }
-    if (skv_gpu_kivi_attn_test(bits, hd, G, n, splits, q, k, v, out, kd, vd) != SKV_OK) {
+    if (skv_gpu_kivi_attn_test(bits, hd, G, n, splits, units, q, k, v, out, kd, vd) != SKV_OK) {
         skv_test_fail(__FILE__, __LINE__, "kivi test: %s", skv_last_error());
         goto done;
     }
@@ -100,21 +100,24 @@ static void test_kernel(void) {
     const int gs[] = {1, 3, 4, 8};
     double worst = 0, worst_row = 0;
     int cases = 0;
+    for (int units = 0; units < 2; units++)
     for (int bits = 8; bits >= 4; bits -= 4)
         for (int hd = 64; hd <= 128; hd += 64)
             for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++)
                 for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
                     const int splits = 1 + (int)((ni * 7 + gi) % 3) * 33; /* 1, 34, 67 */
                     double row_err;
-                    const double e = kivi_case(bits, hd, gs[gi], ns[ni], splits, 1000u + (uint32_t)(ni * 31 + gi), &row_err);
-                    CHECKF(e >= 0 && e < 1e-4, "int%d hd %d G %d n %d splits %d: output relative L2 %.3g vs the double "
-                           "reference over the dequantised rows", bits, hd, gs[gi], ns[ni], splits, e);
+                    const double e = kivi_case(bits, hd, gs[gi], ns[ni], splits, units, 1000u + (uint32_t)(ni * 31 + gi),
+                                               &row_err);
+                    CHECKF(e >= 0 && e < 1e-4, "%s int%d hd %d G %d n %d splits %d: output relative L2 %.3g vs the double "
+                           "reference over the dequantised rows", units ? "units" : "groups", bits, hd, gs[gi], ns[ni],
+                           splits, e);
                     CHECKF(row_err <= 1e-6, "int%d hd %d G %d n %d: stored rows differ from kv/quant.c's by %.3g", bits,
                            hd, gs[gi], ns[ni], row_err);
                     worst = fmax(worst, e), worst_row = fmax(worst_row, row_err);
                     cases++;
                 }
-    printf("    %d cases (int8/int4, hd 64/128, G 1..8, 1..4097 keys, 1..67 splits): output vs double reference over "
+    printf("    %d cases (both kernel variants, int8/int4, hd 64/128, G 1..8, 1..4097 keys, 1..67 splits): output vs double reference over "
            "the dequantised rows relative L2 <= %.2e; stored rows vs kv/quant.c <= %.2e\n", cases, worst, worst_row);
 }
 

@@ -170,8 +170,8 @@ int64_t skv_gpu_kv_block_bytes(int hd, int bits);
  * of 32 (the last partial group f32, as the cache keeps it) by the cache's quantiser, then G query
  * heads q (G, hd) attend over them through the decode kernel in n_split splits (merged here):
  * out (G, hd); kdeq, vdeq (may be NULL): the stored rows dequantised (n, hd). */
-skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, const float *q, const float *k,
-                                  const float *v, float *out, float *kdeq, float *vdeq);
+skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
+                                  const float *k, const float *v, float *out, float *kdeq, float *vdeq);
 
 /* Timing with device events around the next calls: start, then stop returns milliseconds. */
 void skv_gpu_timer_start(skv_gpu_ctx *c);

@@ -90,6 +90,7 @@ struct skv_gpu_ctx {
     cudaEvent_t kc_ev[KC_MAX_CHUNKS], kc_join;
     /* KIVI int8/int4 cache (pol.kv_bits; gpu_kivi.cu): kpool and vpool are NULL */
     int kv_bits;            /* 0: bf16 cache */
+    int kv_units;           /* the decode kernel's work in units of steps (SKV_CUDA_KIVI_UNITS=1; default 0) */
     int64_t kv_bb;          /* bytes of one quantised block (K and V of BLK slots) */
     uint8_t *kv_q;          /* device (n_blocks, kv_bb) */
     float *kv_rk, *kv_rv;   /* device (n_streams, 32, hd) f32 residual: the newest partial group */

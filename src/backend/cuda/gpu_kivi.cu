@@ -291,11 +291,15 @@ __device__ __forceinline__ uint2 load_codes(const uint8_t *row, int li) {
 
 /* Split-K decode attention over a KIVI stream. Block (g, split, row): the G query heads of KV
  * head g against the split's groups of stream (l, row r's sequence, g), the new slot included
- * (L = slen + 1; groups below L / 32 quantised, the last partial one the residual). Each warp
- * takes whole groups (the group's key scales folded into the query once); lanes in groups of
- * HD / 8 hold 8 channels of one key. Writes the split's (max, sum, unnormalised output) as
- * k_attn_decode does, for k_attn_merge. */
-template <int HD, int G, int BITS>
+ * (L = slen + 1; groups below L / 32 quantised, the last partial one the residual). Lanes in
+ * groups of HD / 8 hold 8 channels of one key. UNITS = false (the default, measured): each warp
+ * takes whole groups (the group's key scales folded into the query once, codes loaded U steps at
+ * a time) and the residual group one step at a time. UNITS = true (SKV_CUDA_KIVI_UNITS=1): the
+ * work goes to warps in units of U steps of a group (its scales folded per unit), so a split of
+ * one or two groups keeps all warps busy, and the residual group's steps are spread over every
+ * warp of its split. Writes the split's (max, sum, unnormalised output) as k_attn_decode does,
+ * for k_attn_merge. */
+template <int HD, int G, int BITS, bool UNITS>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_kivi_attn(const float *q, kivi_ref K, const int32_t *bt, const int32_t *slen, const int32_t *rseq, float *part_o,
             float *part_m, float *part_l, int layer, int n_seq, int mb, int H, int KVH, int n_split, float scale) {
@@ -303,6 +307,7 @@ k_kivi_attn(const float *q, kivi_ref K, const int32_t *bt, const int32_t *slen, 
     pdl_wait();
     constexpr int LPK = HD / 8, KPW = 32 / LPK, NG = ATT_WARPS * KPW, CB = HD * BITS / 8, STEPS = KG / KPW;
     constexpr int UM = G > 4 ? 4 : 8, U = STEPS < UM ? STEPS : UM; /* steps whose loads are issued together */
+    constexpr int UPG = STEPS / U;                                  /* units per group */
     __shared__ float sm_m[NG][G], sm_l[NG][G];
     __shared__ float sm_o[NG][G][HD];
     const int g = blockIdx.x, sp = blockIdx.y, r = blockIdx.z;
@@ -334,71 +339,146 @@ k_kivi_attn(const float *q, kivi_ref K, const int32_t *bt, const int32_t *slen, 
         for (int e = 0; e < 8; e++) o[j][e] = o[j][e] * a + (pv * vf[e] + pb);
         m[j] = mn;
     };
-    for (int gi = g0 + warp; gi < g1; gi += ATT_WARPS) {
+    /* steps [i0, i0 + U) of quantised group gi: the key scales folded into the query, the codes
+     * of the U steps loaded together, then the U keys */
+    auto quant_steps = [&](int gi, int i0) {
         const int base = gi * KG;
-        if (base + KG <= Lq) {
-            uint8_t *blk = K.q + (int64_t)bts[base / BLK] * K.bb;
-            const int half = (base % BLK) / KG;
-            const float *kp = kpar(blk, half, HD);
-            const float4 s0 = *(const float4 *)(kp + li * 8), s1 = *(const float4 *)(kp + li * 8 + 4);
-            const float4 n0 = *(const float4 *)(kp + HD + li * 8), n1 = *(const float4 *)(kp + HD + li * 8 + 4);
-            const float ks[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-            const float km[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
-            float qs[G][8], qm[G];
+        uint8_t *blk = K.q + (int64_t)bts[base / BLK] * K.bb;
+        const int half = (base % BLK) / KG;
+        const float *kp = kpar(blk, half, HD);
+        const uint8_t *kc = kcode(blk, HD, BITS) + (int64_t)half * KG * CB;
+        const uint8_t *vc = vcode(blk, HD, BITS) + (int64_t)half * KG * CB;
+        const float2 *vpp = (const float2 *)vpar(blk, HD, BITS) + (int64_t)half * KG * (HD / KG) + li * 8 / KG;
+        uint2 kw[U], vw[U];
+        float2 vsm[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int t = (i0 + u) * KPW + sub;
+            kw[u] = load_codes<BITS>(kc + (int64_t)t * CB, li);
+            vw[u] = load_codes<BITS>(vc + (int64_t)t * CB, li);
+            vsm[u] = vpp[(int64_t)t * (HD / KG)];
+        }
+        const float4 s0 = *(const float4 *)(kp + li * 8), s1 = *(const float4 *)(kp + li * 8 + 4);
+        const float4 n0 = *(const float4 *)(kp + HD + li * 8), n1 = *(const float4 *)(kp + HD + li * 8 + 4);
+        const float ks[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+        const float km[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+        float qs[G][8], qm[G];
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            qm[j] = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) qs[j][e] = qv[j][e] * ks[e], qm[j] += qv[j][e] * km[e];
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8], vf[8];
+            codes8<BITS>(kw[u], kf);
+            codes8<BITS>(vw[u], vf);
 #pragma unroll
             for (int j = 0; j < G; j++) {
-                qm[j] = 0;
+                float d = qm[j];
 #pragma unroll
-                for (int e = 0; e < 8; e++) qs[j][e] = qv[j][e] * ks[e], qm[j] += qv[j][e] * km[e];
+                for (int e = 0; e < 8; e++) d += qs[j][e] * kf[e];
+                update(j, d, vsm[u].x, vsm[u].y, vf, true);
             }
-            const uint8_t *kc = kcode(blk, HD, BITS) + (int64_t)half * KG * CB;
-            const uint8_t *vc = vcode(blk, HD, BITS) + (int64_t)half * KG * CB;
-            const float2 *vpp = (const float2 *)vpar(blk, HD, BITS) + (int64_t)half * KG * (HD / KG) + li * 8 / KG;
-#pragma unroll 1
-            for (int i0 = 0; i0 < STEPS; i0 += U) {
-                uint2 kw[U], vw[U];
-                float2 vsm[U];
+        }
+    };
+    /* step i of the residual (f32 rows base .. L - 1) */
+    auto resid_step = [&](int base, int i) {
+        const float *rk = K.rk + (int64_t)sid * KG * HD + li * 8, *rv = K.rv + (int64_t)sid * KG * HD + li * 8;
+        const int t = i * KPW + sub;
+        const bool ok = base + t < L;
+        float kf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, vf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (ok) {
+            const float4 a = *(const float4 *)(rk + (int64_t)t * HD), b = *(const float4 *)(rk + (int64_t)t * HD + 4);
+            const float4 c = *(const float4 *)(rv + (int64_t)t * HD), e = *(const float4 *)(rv + (int64_t)t * HD + 4);
+            kf[0] = a.x, kf[1] = a.y, kf[2] = a.z, kf[3] = a.w, kf[4] = b.x, kf[5] = b.y, kf[6] = b.z, kf[7] = b.w;
+            vf[0] = c.x, vf[1] = c.y, vf[2] = c.z, vf[3] = c.w, vf[4] = e.x, vf[5] = e.y, vf[6] = e.z, vf[7] = e.w;
+        }
 #pragma unroll
-                for (int u = 0; u < U; u++) {
-                    const int t = (i0 + u) * KPW + sub;
-                    kw[u] = load_codes<BITS>(kc + (int64_t)t * CB, li);
-                    vw[u] = load_codes<BITS>(vc + (int64_t)t * CB, li);
-                    vsm[u] = vpp[(int64_t)t * (HD / KG)];
+        for (int j = 0; j < G; j++) {
+            float d = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
+            update(j, d, 1.0f, 0.0f, vf, ok);
+        }
+    };
+    if (!UNITS) { /* the kernel as measured at fad5d5f */
+        for (int gi = g0 + warp; gi < g1; gi += ATT_WARPS) {
+            const int base = gi * KG;
+            if (base + KG <= Lq) {
+                uint8_t *blk = K.q + (int64_t)bts[base / BLK] * K.bb;
+                const int half = (base % BLK) / KG;
+                const float *kp = kpar(blk, half, HD);
+                const float4 s0 = *(const float4 *)(kp + li * 8), s1 = *(const float4 *)(kp + li * 8 + 4);
+                const float4 n0 = *(const float4 *)(kp + HD + li * 8), n1 = *(const float4 *)(kp + HD + li * 8 + 4);
+                const float ks[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+                const float km[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+                float qs[G][8], qm[G];
+    #pragma unroll
+                for (int j = 0; j < G; j++) {
+                    qm[j] = 0;
+    #pragma unroll
+                    for (int e = 0; e < 8; e++) qs[j][e] = qv[j][e] * ks[e], qm[j] += qv[j][e] * km[e];
                 }
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    float kf[8], vf[8];
-                    codes8<BITS>(kw[u], kf);
-                    codes8<BITS>(vw[u], vf);
-#pragma unroll
+                const uint8_t *kc = kcode(blk, HD, BITS) + (int64_t)half * KG * CB;
+                const uint8_t *vc = vcode(blk, HD, BITS) + (int64_t)half * KG * CB;
+                const float2 *vpp = (const float2 *)vpar(blk, HD, BITS) + (int64_t)half * KG * (HD / KG) + li * 8 / KG;
+    #pragma unroll 1
+                for (int i0 = 0; i0 < STEPS; i0 += U) {
+                    uint2 kw[U], vw[U];
+                    float2 vsm[U];
+    #pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        const int t = (i0 + u) * KPW + sub;
+                        kw[u] = load_codes<BITS>(kc + (int64_t)t * CB, li);
+                        vw[u] = load_codes<BITS>(vc + (int64_t)t * CB, li);
+                        vsm[u] = vpp[(int64_t)t * (HD / KG)];
+                    }
+    #pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        float kf[8], vf[8];
+                        codes8<BITS>(kw[u], kf);
+                        codes8<BITS>(vw[u], vf);
+    #pragma unroll
+                        for (int j = 0; j < G; j++) {
+                            float d = qm[j];
+    #pragma unroll
+                            for (int e = 0; e < 8; e++) d += qs[j][e] * kf[e];
+                            update(j, d, vsm[u].x, vsm[u].y, vf, true);
+                        }
+                    }
+                }
+            } else { /* the residual (f32): rows base .. L - 1 */
+                const float *rk = K.rk + (int64_t)sid * KG * HD + li * 8, *rv = K.rv + (int64_t)sid * KG * HD + li * 8;
+                for (int i = 0; i < STEPS; i++) {
+                    const int t = i * KPW + sub;
+                    const bool ok = base + t < L;
+                    float kf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, vf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    if (ok) {
+                        const float4 a = *(const float4 *)(rk + (int64_t)t * HD), b = *(const float4 *)(rk + (int64_t)t * HD + 4);
+                        const float4 c = *(const float4 *)(rv + (int64_t)t * HD), e = *(const float4 *)(rv + (int64_t)t * HD + 4);
+                        kf[0] = a.x, kf[1] = a.y, kf[2] = a.z, kf[3] = a.w, kf[4] = b.x, kf[5] = b.y, kf[6] = b.z, kf[7] = b.w;
+                        vf[0] = c.x, vf[1] = c.y, vf[2] = c.z, vf[3] = c.w, vf[4] = e.x, vf[5] = e.y, vf[6] = e.z, vf[7] = e.w;
+                    }
+    #pragma unroll
                     for (int j = 0; j < G; j++) {
-                        float d = qm[j];
-#pragma unroll
-                        for (int e = 0; e < 8; e++) d += qs[j][e] * kf[e];
-                        update(j, d, vsm[u].x, vsm[u].y, vf, true);
+                        float d = 0;
+    #pragma unroll
+                        for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
+                        update(j, d, 1.0f, 0.0f, vf, ok);
                     }
                 }
             }
-        } else { /* the residual (f32): rows base .. L - 1 */
-            const float *rk = K.rk + (int64_t)sid * KG * HD + li * 8, *rv = K.rv + (int64_t)sid * KG * HD + li * 8;
-            for (int i = 0; i < STEPS; i++) {
-                const int t = i * KPW + sub;
-                const bool ok = base + t < L;
-                float kf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, vf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                if (ok) {
-                    const float4 a = *(const float4 *)(rk + (int64_t)t * HD), b = *(const float4 *)(rk + (int64_t)t * HD + 4);
-                    const float4 c = *(const float4 *)(rv + (int64_t)t * HD), e = *(const float4 *)(rv + (int64_t)t * HD + 4);
-                    kf[0] = a.x, kf[1] = a.y, kf[2] = a.z, kf[3] = a.w, kf[4] = b.x, kf[5] = b.y, kf[6] = b.z, kf[7] = b.w;
-                    vf[0] = c.x, vf[1] = c.y, vf[2] = c.z, vf[3] = c.w, vf[4] = e.x, vf[5] = e.y, vf[6] = e.z, vf[7] = e.w;
-                }
+        }
+    } else {
+        const int gq1 = min(g1, Lq / KG); /* the split's quantised groups: [g0, gq1) */
+#pragma unroll 1
+        for (int u = g0 * UPG + warp; u < gq1 * UPG; u += ATT_WARPS) quant_steps(u / UPG, (u % UPG) * U);
+        if (g1 > gq1 && gq1 * KG < L) { /* the residual group, its steps over all warps */
+            static_assert(STEPS % ATT_WARPS == 0, "residual steps per warp");
 #pragma unroll
-                for (int j = 0; j < G; j++) {
-                    float d = 0;
-#pragma unroll
-                    for (int e = 0; e < 8; e++) d += qv[j][e] * kf[e];
-                    update(j, d, 1.0f, 0.0f, vf, ok);
-                }
-            }
+            for (int ii = 0; ii < STEPS / ATT_WARPS; ii++) resid_step(gq1 * KG, ii * ATT_WARPS + warp);
         }
     }
 #pragma unroll
@@ -455,6 +535,8 @@ skv_status gpu_kivi_alloc(skv_gpu_ctx *c) {
     const int64_t hd = g->hd, S = c->n_streams;
     c->kv_bits = c->pol.kv_bits;
     c->kv_bb = gpu_kivi_block_bytes(g->hd, c->kv_bits);
+    const char *u = getenv("SKV_CUDA_KIVI_UNITS");
+    c->kv_units = u && *u && atoi(u) != 0;
     ALLOC(c->kv_q, (int64_t)c->n_blocks * c->kv_bb);
     ALLOC(c->kv_rk, S * KG * hd);
     ALLOC(c->kv_rv, S * KG * hd);
@@ -505,13 +587,13 @@ skv_status gpu_kivi_prefill_end(skv_gpu_ctx *c, int l, int seq, int n) {
     return SKV_OK;
 }
 
-template <int HD, int BITS>
+template <int HD, int BITS, bool UNITS>
 static skv_status attn_hd(skv_gpu_ctx *c, int l, int n, int n_split, dim3 grid, float scale) {
     const skv_gpu_model *g = c->g;
 #define KV_ARGS (const float *)c->q, ref_of(c), (const int32_t *)c->bt, (const int32_t *)c->slen, \
                 (const int32_t *)c->seq_d, c->part_o, c->part_m, c->part_l, l, c->n_seq, c->mb, g->H, g->KVH, n_split, scale
 #define KV_G(G_) \
-    case G_: return klaunch(c, "attention", k_kivi_attn<HD, G_, BITS>, grid, dim3(ATT_WARPS * 32), KV_ARGS);
+    case G_: return klaunch(c, "attention", k_kivi_attn<HD, G_, BITS, UNITS>, grid, dim3(ATT_WARPS * 32), KV_ARGS);
     switch (g->H / g->KVH) { KV_G(1) KV_G(2) KV_G(3) KV_G(4) KV_G(5) KV_G(6) KV_G(7) KV_G(8) }
 #undef KV_G
 #undef KV_ARGS
@@ -521,8 +603,17 @@ static skv_status attn_hd(skv_gpu_ctx *c, int l, int n, int n_split, dim3 grid, 
 skv_status gpu_kivi_decode(skv_gpu_ctx *c, int l, int n, int n_split) {
     const dim3 grid(c->g->KVH, n_split, n);
     const float scale = 1.0f / sqrtf((float)c->g->hd);
-    if (c->g->hd == 128) return c->kv_bits == 8 ? attn_hd<128, 8>(c, l, n, n_split, grid, scale) : attn_hd<128, 4>(c, l, n, n_split, grid, scale);
-    return c->kv_bits == 8 ? attn_hd<64, 8>(c, l, n, n_split, grid, scale) : attn_hd<64, 4>(c, l, n, n_split, grid, scale);
+#define KV_HD(HD_)                                                                                                 \
+    if (c->g->hd == HD_) {                                                                                         \
+        if (c->kv_units) return c->kv_bits == 8 ? attn_hd<HD_, 8, true>(c, l, n, n_split, grid, scale)              \
+                                                : attn_hd<HD_, 4, true>(c, l, n, n_split, grid, scale);             \
+        return c->kv_bits == 8 ? attn_hd<HD_, 8, false>(c, l, n, n_split, grid, scale)                              \
+                               : attn_hd<HD_, 4, false>(c, l, n, n_split, grid, scale);                             \
+    }
+    KV_HD(128)
+    KV_HD(64)
+#undef KV_HD
+    return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA KIVI attention: head_dim %d", c->g->hd);
 }
 
 skv_status gpu_kivi_truncate(skv_gpu_ctx *c, int seq, int from) {
@@ -567,8 +658,8 @@ __global__ void k_kivi_test_fill(const float *k, const float *v, int n, int hd, 
     for (int i = threadIdx.x; i < (n - base) * hd; i += blockDim.x) K.rk[i] = k[(int64_t)base * hd + i], K.rv[i] = v[(int64_t)base * hd + i];
 }
 
-extern "C" skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, const float *q, const float *k,
-                                             const float *v, float *out, float *kdeq, float *vdeq) {
+extern "C" skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
+                                             const float *k, const float *v, float *out, float *kdeq, float *vdeq) {
     if ((bits != 8 && bits != 4) || (hd != 64 && hd != 128) || G < 1 || G > G_MAX || n < 1 || n_split < 1 || n_split > 256)
         return skv_set_error(SKV_ERR_ARG, "KIVI attention test: bits %d hd %d G %d n %d splits %d", bits, hd, G, n, n_split);
     const int mb = (n + BLK - 1) / BLK;
@@ -576,6 +667,7 @@ extern "C" skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int
     gm.H = G, gm.KVH = 1, gm.hd = hd;
     skv_gpu_ctx c = {};
     c.g = &gm, c.kv_bits = bits, c.kv_bb = gpu_kivi_block_bytes(hd, bits), c.n_seq = 1, c.mb = mb, c.n_batch = 1;
+    c.kv_units = units != 0;
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)mb);
     if (!ids) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     for (int i = 0; i < mb; i++) ids[i] = i;
