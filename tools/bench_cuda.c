@@ -54,20 +54,27 @@ static void prefill(skv_context *c, int seq, const int32_t *ids, int n, int ub) 
 }
 
 static int binv_mode; /* bench_cuda's binv, for every context it makes */
+static skv_kv_format bench_fmt = SKV_KV_F32; /* --kv-format: bf16 (f32 stored as bf16), int8, int4 */
 
-static skv_context *context(skv_model *m, int n_ctx, int ubatch, int n_seq, const skv_policy_params *pol) {
+static skv_status try_context(skv_model *m, int n_ctx, int ubatch, int n_seq, const skv_policy_params *pol,
+                              skv_context **c) {
     skv_context_params cp = skv_context_default_params();
+    cp.backend = SKV_BACKEND_CUDA, cp.kv_format = bench_fmt;
     cp.batch_invariant = binv_mode;
-    cp.backend = SKV_BACKEND_CUDA;
     cp.n_ctx = n_ctx, cp.n_batch = ubatch, cp.n_seq = n_seq;
     if (pol) cp.policy = *pol;
+    *c = NULL;
+    return skv_context_init(m, cp, c);
+}
+
+static skv_context *context(skv_model *m, int n_ctx, int ubatch, int n_seq, const skv_policy_params *pol) {
     skv_context *c = NULL;
-    cli_check("bench", skv_context_init(m, cp, &c));
+    cli_check("bench", try_context(m, n_ctx, ubatch, n_seq, pol, &c));
     return c;
 }
 
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
-               int ubatch, int reps, int binv, const cli_policy_args *pa, const char *out) {
+               int ubatch, int reps, int binv, int fit_max, const cli_policy_args *pa, const char *out) {
     binv_mode = binv;
     int pps[MAXR], depths[MAXR], batches[MAXR];
     const int n_pp = parse_list("bench", "--pp", pp_s, pps, MAXR);
@@ -75,6 +82,7 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     const int n_b = parse_list("bench", "--batches", batch_s, batches, MAXR);
     if (tg < 1 || ubatch < 1 || reps < 1 || reps > 64 || batch_depth < 1)
         cli_die("bench", 2, "--tg, --ubatch, --batch-depth must be >= 1 and --reps 1..64");
+    bench_fmt = cli_kv_format("bench", pa);
     skv_model *m = cli_load_model("bench", dir, 0, 1);
     const skv_model_info *in = skv_model_get_info(m);
     skv_device_info dev;
@@ -98,7 +106,11 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     const int64_t wbytes = in->weight_dtype >= SKV_DTYPE_Q4_0
                                ? in->decode_weight_bytes
                                : gw - (int64_t)in->n_vocab * in->dim * 2 * !in->tied_embeddings;
-    const int64_t kv_tok = (int64_t)skv_model_n_cache_layers(m) * in->n_kv_head * in->head_dim * 2 * 2;
+    const int kbits = bench_fmt == SKV_KV_Q8 ? 8 : bench_fmt == SKV_KV_Q4 ? 4 : 0;
+    /* bytes per token per (layer, KV head): bf16 K and V, or KIVI's codes and f32 scales and
+     * minima (a key group's 2 hd floats per 32 tokens, a token's 2 per 32 channels) */
+    const int64_t kv_tok = (int64_t)skv_model_n_cache_layers(m) * in->n_kv_head *
+                           (kbits ? in->head_dim / 2 + 2 * (int64_t)in->head_dim * kbits / 8 : (int64_t)in->head_dim * 4);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len);
     for (int i = 0; i < max_len; i++) ids[i] = rid(in->n_vocab);
 
@@ -148,6 +160,19 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
         r->bound_ms = ((double)wbytes + (double)kv_tok * (kept + (per_step ? 0.5 : tg / 2.0))) / bw * 1e3;
     }
     skv_context_free(c);
+    int fit = 0; /* the largest batch whose context of max_len tokens (the longest test) allocates */
+    if (fit_max > 0) {
+        int lo = 0, hi = fit_max;
+        while (lo < hi) {
+            const int mid = lo + (hi - lo + 1) / 2;
+            skv_context *t = NULL;
+            if (try_context(m, max_len, ubatch, mid, NULL, &t) == SKV_OK) lo = mid;
+            else hi = mid - 1;
+            skv_context_free(t);
+        }
+        fit = lo;
+        printf("fit: %d sequences of %d tokens (at most %d tried)\n", fit, max_len, fit_max);
+    }
     int bmax = 0;
     for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
     if (bmax > 0) {
@@ -188,11 +213,14 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
             "  \"model\": \"%s\",\n  \"gpu_weight_bytes\": %lld,\n  \"decode_weight_bytes\": %lld,\n"
             "  \"kv_bytes_per_token\": %lld,\n  \"copy_bandwidth_GBps\": %.1f,\n  \"upload_seconds\": %.2f,\n"
             "  \"timing\": \"wall clock around public-API calls (each returns after the device finishes)\",\n"
-            "  \"ubatch\": %d,\n  \"batch_invariant\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"results\": [\n",
+            "  \"ubatch\": %d,\n  \"batch_invariant\": %d,\n  \"tg_policy\": \"%s\",\n  \"tg_budget\": %g,\n  \"kv_format\": \"%s\",\n"
+            "  \"fit_batch\": %d,\n  \"fit_tokens\": %d,\n  \"fit_max\": %d,\n  \"results\": [\n",
             dev.name, dev.sms, (long long)dev.memory_bytes, base, (long long)gw, (long long)wbytes, (long long)kv_tok,
-            bw / 1e9, upload_s, ubatch, binv, pa->policy, !evicts ? 1.0 : (double)pp.budget);
-    printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB\n", base, dev.name,
-           dev.sms, bw / 1e9, gw / 1e9);
+            bw / 1e9, upload_s, ubatch, binv, pa->policy, !evicts ? 1.0 : (double)pp.budget, kbits == 8 ? "int8" : kbits == 4 ? "int4" : "bf16",
+            fit, max_len, fit_max);
+    printf("slimkv bench --backend cuda  %s  on %s (%d SMs)  copy bandwidth %.0f GB/s  weights %.2f GB  KV cache %s "
+           "(%lld bytes/token)\n", base, dev.name, dev.sms, bw / 1e9, gw / 1e9, kbits == 8 ? "int8" : kbits == 4 ? "int4" : "bf16",
+           (long long)kv_tok);
     printf("%-16s %12s %14s %12s %10s\n", "test", "ms", "tokens/s", "bound ms/tok", "x bound");
     for (int i = 0; i < nr; i++) {
         const crow *r = &rows[i];

@@ -392,7 +392,7 @@ void cli_policy_options(cli_policy_args *a, cli_opt *opts, int *n) {
         {"threads", 't', OPT_INT, &a->threads, "N", "threads (default: all cores)"},
         {"mmap", 0, OPT_FLAG, &a->use_mmap, NULL, "keep weights in the file mapping (default: copy to huge pages)"},
         {"policy", 0, OPT_STR, &a->policy, "P", "KV policy: full, window, h2o, snapkv, pyramidkv, tova, quant, smallkv, kcache, minicache (default full)"},
-        {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not quant or smallkv) (default cpu)"},
+        {"backend", 0, OPT_STR, &a->backend, "B", "cpu or cuda (a build with `make CUDA=1` and a GPU; not smallkv) (default cpu)"},
         {"budget", 'b', OPT_FLOAT, &a->budget, "B", "fraction of the prompt's tokens each KV head keeps, in (0, 1] (default 0.2)"},
         {"budget-tokens", 0, OPT_INT, &a->budget_tokens, "N", "or an absolute token count per KV head"},
         {"sinks", 0, OPT_INT, &a->sinks, "N", "window: attention-sink tokens (default 4)"},

@@ -130,7 +130,7 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
                       int reps, int max_batch, const cli_policy_args *pa, const char *out);
 /* binv: the contexts decode in the batch-invariant mode (skv_context_params.batch_invariant) */
 int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const char *batch_s, int tg, int batch_depth,
-               int ubatch, int reps, int binv, const cli_policy_args *pa, const char *out);
+               int ubatch, int reps, int binv, int fit_max, const cli_policy_args *pa, const char *out);
 /* Benchmark helpers: the last path component of a directory; a pseudo-random id in [0, V)
  * from a generator whose state the caller keeps; mean and sample standard deviation. */
 const char *cli_basename(const char *dir);

@@ -169,7 +169,7 @@ int cmd_bench(int argc, char **argv) {
         {"ubatch", 0, OPT_INT, &ubatch, "N", "cuda: tokens per prefill call (default 2048)"},
         {"e2e", 0, OPT_STR, &e2e, "P+G", "cuda: the largest batch of P+G-token sequences that fits and its throughput (prefill + generation)"},
         {"steps", 0, OPT_INT, &e2e_steps, "S", "cuda --e2e: decode steps timed at each of two depths (default 32)"},
-        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096)"},
+        {"max-batch", 0, OPT_INT, &e2e_max, "B", "cuda --e2e, cuda --policy kcache: largest batch tried (default 4096); cuda: given, the largest batch whose cache of the longest test's tokens allocates (at most B)"},
         {"batch-invariant", 0, OPT_FLAG, &binv, NULL, "cuda: decode in the batch-invariant mode (as slimkv serve does; default: the fastest kernels)"},
         CLI_OPT_NO_CHECK,
     };
@@ -202,7 +202,7 @@ int cmd_bench(int argc, char **argv) {
         cli_backend("bench", pa.backend);
         if (e2e) return bench_e2e(dir, e2e, e2e_steps, e2e_max, out);
         return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
-                          batch_depth, ubatch, reps, binv, &pa, out);
+                          batch_depth, ubatch, reps, binv, e2e_max != 4096 ? e2e_max : 0, &pa, out);
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {

@@ -71,8 +71,9 @@ skv_status skv_gpu_backend_h2d_bandwidth(int64_t bytes, double *bps) { return sk
 static skv_status kc_check(const skv_context *c, const skv_context_params *p) {
     const skv_policy_params *q = &c->pol.p;
     if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: --kv-format %s: the CUDA cache is bf16 (int8/int4 "
-                             "K with KCache runs on --backend cpu)", p->kv_format == SKV_KV_Q8 ? "int8" : "int4");
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: --kv-format %s: KCache on CUDA keeps a bf16 cache "
+                             "(int8/int4 K with KCache runs on --backend cpu)", p->kv_format == SKV_KV_Q8 ? "int8"
+                             : p->kv_format == SKV_KV_Q4 ? "int4" : "f16");
     if (q->kc_over && *q->kc_over)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "policy kcache on CUDA: --kc-over %s (KCache over an evicted cache runs "
                              "on --backend cpu)", q->kc_over);
@@ -102,11 +103,11 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
         if (st) return st;
         vt = c->pol.ops->vtop(&c->pol.p);
     }
-    if (c->pol.ops->format && c->pol.ops->format(&c->pol.p, p->kv_format) != p->kv_format)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only (the CUDA cache is bf16)",
-                             c->pol.ops->name);
-    if (p->kv_format != SKV_KV_F32 && p->kv_format != SKV_KV_BF16)
-        return skv_set_error(SKV_ERR_UNSUPPORTED, "KV format %d: the CUDA cache is bf16", (int)p->kv_format);
+    /* the cache's format: the policy's (quant: KIVI int8/int4) or --kv-format; f32 is stored bf16
+     * on the GPU, int8/int4 as the CPU's KIVI blocks (gpu_kivi.cu), f16 refused */
+    const skv_kv_format fmt = c->pol.ops->format ? c->pol.ops->format(&c->pol.p, p->kv_format) : p->kv_format;
+    if (fmt != SKV_KV_F32 && fmt != SKV_KV_BF16 && fmt != SKV_KV_Q8 && fmt != SKV_KV_Q4)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "--kv-format f16: the CUDA cache is bf16 or KIVI int8/int4");
     if (c->pol.ops->transform)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "policy %s runs on the CPU backend only", c->pol.ops->name);
     if (p->collect_head_stats)
@@ -115,12 +116,16 @@ static skv_status cu_init(skv_context *c, const skv_context_params *p) {
     if (in->sliding_window > 0 && c->n_ctx > in->sliding_window)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "the CUDA backend has no sliding-window attention: a context of %d "
                              "tokens exceeds the model's window of %d", c->n_ctx, in->sliding_window);
+    if (p->batch_invariant && (fmt == SKV_KV_Q8 || fmt == SKV_KV_Q4))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "the batch-invariant mode (batch_invariant, --batch-invariant) has "
+                             "no KIVI int8/int4 attention kernel on CUDA: use the bf16 cache or the default kernels");
     skv_gpu_model *g = NULL;
     skv_status st = model_gpu(c->m, &g);
     if (st) return st;
     const skv_gpu_policy gp = {.ev = c->pol.ev, .want_acc = !!(c->stats & SKV_STAT_ACC),
                                .want_win = !!(c->stats & SKV_STAT_WIN), .want_last = !!(c->stats & SKV_STAT_LAST),
-                               .v_slow = p->v_slow, .vtop = vt, .lckv_iters = c->lckv_iters};
+                               .v_slow = p->v_slow, .vtop = vt, .lckv_iters = c->lckv_iters,
+                               .kv_bits = fmt == SKV_KV_Q8 ? 8 : fmt == SKV_KV_Q4 ? 4 : 0};
     skv_gpu_ctx *gc = NULL;
     if ((st = skv_gpu_ctx_init(g, c->n_ctx, c->n_batch, c->n_seq, &gp, &gc))) return st;
     if (p->batch_invariant) skv_gpu_set_batch_invariant(gc, 1);
@@ -188,7 +193,8 @@ static void cu_usage(const skv_context *c, skv_kv_usage *u) {
     u->bytes = bytes;
     u->bytes_slow = slow;
     u->bytes_fast = bytes - slow;
-    u->bytes_by_format[SKV_KV_BF16] = bytes;
+    const int bits = skv_gpu_kv_bits(G(c));
+    u->bytes_by_format[bits == 8 ? SKV_KV_Q8 : bits == 4 ? SKV_KV_Q4 : SKV_KV_BF16] = bytes;
     if (c->pol.ops->vtop) { /* KCache: rows read from pinned host memory over PCIe */
         skv_gpu_kc_counts(G(c), &u->fetch_steps, &u->fetch_rows, NULL);
         u->fetch_bytes = u->fetch_rows * c->m->cfg.info.head_dim * 2;
@@ -199,13 +205,17 @@ static void cu_usage(const skv_context *c, skv_kv_usage *u) {
 static int64_t cu_stream_bytes(const skv_context *c, int32_t layer, int32_t kv_head) {
     int32_t n = 0;
     if (skv_gpu_stream_read(G(c), layer, 0, kv_head, &n, NULL, NULL, NULL, NULL, NULL, NULL)) return -1;
-    return (int64_t)(n + SKV_GPU_BLOCK - 1) / SKV_GPU_BLOCK * SKV_GPU_BLOCK * c->m->cfg.info.head_dim * 2 * 2;
+    return (int64_t)(n + SKV_GPU_BLOCK - 1) / SKV_GPU_BLOCK *
+           skv_gpu_kv_block_bytes(c->m->cfg.info.head_dim, skv_gpu_kv_bits(G(c)));
 }
 
 /* A stream read back as bf16 blocks of SKV_KV_BLOCK rows (the exchange layout); rows 0:
  * positions and statistics only. */
 static skv_status cu_stream_get(const skv_context *c, int32_t layer, int32_t g, int rows, skv_stream_io *s) {
     memset(s, 0, sizeof *s);
+    if (rows && skv_gpu_kv_bits(G(c)))
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "cache export on CUDA: a KIVI (int8/int4) cache's blocks are not "
+                             "exchanged (use --backend cpu)");
     const int64_t hd = c->m->cfg.info.head_dim, T = c->n_ctx;
     float *k = NULL, *v = NULL;
     if (rows) k = malloc(sizeof(float) * (size_t)(T * hd)), v = malloc(sizeof(float) * (size_t)(T * hd));

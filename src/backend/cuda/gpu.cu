@@ -50,6 +50,11 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
     c->g = g, c->n_ctx = n_ctx, c->n_batch = n_batch, c->n_seq = n_seq;
     if (pol) c->pol = *pol;
     c->kc = c->pol.vtop.on;
+    const skv_status kst = gpu_kivi_check(c);
+    if (kst) {
+        free(c);
+        return kst;
+    }
     c->rows_max = n_batch > n_seq ? n_batch : n_seq;
     const int64_t R = c->rows_max, QD = (int64_t)g->H * g->hd, KD = (int64_t)g->KVH * g->hd;
     c->max_split = 256;
@@ -62,7 +67,7 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         CB(cublasCreate(&c->cb));
         CB(cublasSetStream(c->cb, c->st));
         skv_status s2 = gpu_cache_alloc(c);
-        if (s2 || (c->kc && (s2 = gpu_kc_alloc(c)))) return s2;
+        if (s2 || (c->kc && (s2 = gpu_kc_alloc(c))) || (c->pol.kv_bits && (s2 = gpu_kivi_alloc(c)))) return s2;
         ALLOC(c->x, R * g->D);
         if (g->grp_lo >= 0) ALLOC(c->x0, R * g->D);
         ALLOC(c->xb, R * (g->D > QD ? g->D : QD));
@@ -111,6 +116,9 @@ extern "C" skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t 
         /* the flash kernel's two shared-memory stages exceed the default 48 KB */
         CK(cudaFuncSetAttribute(k_flash_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
         CK(cudaFuncSetAttribute(k_flash_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
+        CK(cudaFuncSetAttribute(k_flash_prefill<128, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<128>()));
+        CK(cudaFuncSetAttribute(k_flash_prefill<64, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, flash_smem_bytes<64>()));
+        c->fa_warps = env_int("SKV_CUDA_FA_WARPS", 4) == 8 ? 8 : 4;
         CK(cudaEventCreate(&c->e0));
         CK(cudaEventCreate(&c->e1));
         /* RoPE tables computed as the CPU backend does (float angle, cosf/sinf) */
@@ -152,6 +160,7 @@ extern "C" void skv_gpu_ctx_free(skv_gpu_ctx *c) {
     if (c->cst) cudaStreamSynchronize(c->cst);
     gpu_cache_free(c);
     gpu_kc_free(c);
+    gpu_kivi_free(c);
     gpu_prof_free(c);
     void *ps[] = {c->qtile, c->x, c->x0, c->xb, c->q, c->qb, c->qkv, c->att, c->gu, c->h, c->logits, c->cosr, c->sinr, c->part_o,
                   c->part_m, c->part_l, c->lse, c->att_cnt, c->dsc, c->ids_d, c->pos_d, c->seq_d, c->next_d, c->argkey,
@@ -272,7 +281,8 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
     const int s0 = sid_of(c, l, seq, 0);
-    const dim3 grid((n + FA_BQ - 1) / FA_BQ, H);
+    const int bq = 16 * c->fa_warps; /* query rows per block */
+    const dim3 grid((n + bq - 1) / bq, H);
     const float sl2 = 1.4426950408889634f / sqrtf((float)hd);
     float *lse = stats && (c->pol.want_acc || c->pol.want_win || c->pol.want_last) ? c->lse : NULL;
     /* KCache: V from the dense rows of the layer (every row below fast_layers) or of the
@@ -280,16 +290,23 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
     const bf16 *vd = !c->kc ? NULL
                      : l < c->pol.vtop.fast_layers ? gpu_kc_vbase(c, l) + (int64_t)seq * KVH * c->n_ctx * hd
                                                    : c->kc_vpre + (int64_t)l * KVH * c->n_ctx * hd;
-    if (hd == 128)
-        k_flash_prefill<128><<<grid, 128, flash_smem_bytes<128>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2, mode);
-    else
-        k_flash_prefill<64><<<grid, 128, flash_smem_bytes<64>(), c->st>>>(
-            c->qb, c->kpool, c->vpool, vd, c->n_ctx, c->bt + (int64_t)s0 * c->mb, c->slen + s0, c->att, lse, n, H, KVH,
-            c->mb, sl2, mode);
+    /* KIVI: the old slots dequantised into a dense bf16 scratch beside the chunk's rows, read
+     * through an identity block table; then the chunk's completed groups quantised */
+    skv_status st;
+    if (c->kv_bits && (st = gpu_kivi_prefill_begin(c, l, seq))) return st;
+    const bf16 *kp = c->kv_bits ? c->kv_sk : c->kpool, *vp = c->kv_bits ? c->kv_sv : c->vpool;
+    const int32_t *bt = c->kv_bits ? c->kv_sbt : c->bt + (int64_t)s0 * c->mb;
+#define FA_LAUNCH(HD_, NW_)                                                                                        \
+    k_flash_prefill<HD_, NW_><<<grid, NW_ * 32, flash_smem_bytes<HD_>(), c->st>>>(c->qb, kp, vp, vd, c->n_ctx, bt, \
+                                                                                 c->slen + s0, c->att, lse, n, H, KVH, \
+                                                                                 c->mb, sl2, mode)
+    if (hd == 128 && c->fa_warps == 8) FA_LAUNCH(128, 8);
+    else if (hd == 128) FA_LAUNCH(128, 4);
+    else if (c->fa_warps == 8) FA_LAUNCH(64, 8);
+    else FA_LAUNCH(64, 4);
+#undef FA_LAUNCH
     LAUNCHED();
-    return SKV_OK;
+    return c->kv_bits ? gpu_kivi_prefill_end(c, l, seq, n) : SKV_OK;
 }
 
 /* Decode attention of n rows (one token each, row r of sequence seq_d[r] at pos_d[r]) over
@@ -297,7 +314,7 @@ static skv_status attn_prefill(skv_gpu_ctx *c, int l, int seq, int n, int mode, 
 static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     skv_gpu_model *g = c->g;
     const int hd = g->hd, H = g->H, KVH = g->KVH;
-    if (c->binv_on && !c->kc) return bi_attn_decode(c, l, n, strict);
+    if (c->binv_on && !c->kc && !c->kv_bits) return bi_attn_decode(c, l, n, strict);
     /* about four waves of blocks on the chip (att_waves; loads in flight); each block finds its keys from
      * the row's length */
     int n_split = (c->att_waves * c->sms + KVH * n - 1) / (KVH * n);
@@ -320,6 +337,11 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     const bf16 *kpc = c->kpool, *vpc = c->vpool;
     const int32_t *btc = c->bt, *slc = c->slen, *sqc = c->seq_d;
     skv_status st = SKV_OK;
+    if (c->kv_bits) { /* KIVI: codes read and dequantised in the kernel (gpu_kivi.cu) */
+        if ((st = gpu_kivi_decode(c, l, n, n_split))) return st;
+        return launch(c, "attn merge", k_attn_merge, dim3(H, n), dim3(hd), 0, (const float *)c->part_o,
+                      (const float *)c->part_m, (const float *)c->part_l, c->att, (float *)NULL, H, hd, n_split);
+    }
 #define ATT_G(HD_, G_)                                                                                         \
     case G_:                                                                                                   \
         st = vo ? launch(c, "attention", k_attn_decode<HD_, G_, true>, grid, dim3(ATT_WARPS * 32), 0, ATT_ARGS)   \
@@ -372,13 +394,14 @@ static skv_status qkv_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, i
     skv_gpu_model *g = c->g;
     const glayer *y = &g->layers[l];
     const int kv_in = y->own ? g->KVH : 0;
-    if (decode && !c->kc && (c->fuse & FUSE_ROPE) && use_fused(c, &y->wqkv, n, 1)) { /* one kernel: norm, q/k/v, RoPE, store */
+    if (decode && !c->kc && !c->kv_bits && (c->fuse & FUSE_ROPE) && use_fused(c, &y->wqkv, n, 1)) { /* one kernel: norm, q/k/v, RoPE, store */
         gf_rope rp = {c->q, c->qb, c->kpool, c->vpool, c->bt, c->slen, c->pos_d, c->seq_d, c->spos, c->sacc, c->swin,
                       c->cosr, c->sinr, y->cl, c->n_seq, c->mb, g->H, g->KVH, g->hd, c->n_ctx};
         return gemv_f(c, "gemv qkv", GF_ROPE, &y->wqkv, NULL, c->x, y->attn_norm, NULL, NULL, y->bqkv, n, 0, &rp);
     }
     skv_status st = norm_gemv<1>(c, "gemv qkv", &y->wqkv, c->x, y->attn_norm, c->qkv, NULL, y->bqkv, n);
     if (st) return st;
+    if (c->kv_bits) return gpu_kivi_store(c, y->cl, n, decode, seq, pos0, kv_in);
     return launch(c, "rope+store", k_rope_store, dim3(n, g->H + kv_in), dim3(g->hd / 2), 0, (const float *)c->qkv, c->q,
                   c->qb, c->kpool, c->vpool, (const int32_t *)c->bt, (const int32_t *)c->slen, c->spos, c->sacc, c->swin,
                   (const float *)c->cosr, (const float *)c->sinr, (const int32_t *)(decode ? c->pos_d : NULL),

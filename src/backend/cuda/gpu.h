@@ -75,6 +75,8 @@ typedef struct skv_gpu_policy {
      * them over PCIe (zero-copy) inside the attention kernel. No eviction, forks or imports. */
     skv_vtop_rule vtop;
     int32_t lckv_iters;      /* LCKV models: group iterations of a prefill chunk (0: 9) */
+    int32_t kv_bits;         /* 8 or 4: a KIVI int8/int4 cache (kv/quant.c's format, gpu_kivi.cu);
+                                0: bf16. Only without eviction, statistics, v_slow, KCache, LCKV */
 } skv_gpu_policy;
 
 /* A next-token choice on the device, as skv_sampler_sample makes it on the host. */
@@ -162,6 +164,18 @@ void skv_gpu_scratch_free(void *dev);
  * rounded to bf16 first as the forward pass's matrix inputs are. deq (host, may be NULL): the
  * device's dequantisation of W (rows, cols) as the tiles hold it (bf16, widened to f32). */
 skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float *y, float *deq);
+
+/* The KIVI cache's bits (8, 4), or 0 for the bf16 cache; bytes of one block of SKV_GPU_BLOCK
+ * slots (K and V) in that format. */
+int skv_gpu_kv_bits(const skv_gpu_ctx *c);
+int64_t skv_gpu_kv_block_bytes(int hd, int bits);
+
+/* Test of the KIVI decode attention: n keys k, v (n, hd) f32 stored as int8/int4 (bits) groups
+ * of 32 (the last partial group f32, as the cache keeps it) by the cache's quantiser, then G query
+ * heads q (G, hd) attend over them through the decode kernel in n_split splits (merged here):
+ * out (G, hd); kdeq, vdeq (may be NULL): the stored rows dequantised (n, hd). */
+skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
+                                  const float *k, const float *v, float *out, float *kdeq, float *vdeq);
 
 /* Timing with device events around the next calls: start, then stop returns milliseconds. */
 void skv_gpu_timer_start(skv_gpu_ctx *c);

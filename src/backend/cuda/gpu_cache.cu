@@ -420,8 +420,9 @@ skv_status gpu_cache_alloc(skv_gpu_ctx *c) {
     const skv_gpu_model *g = c->g;
     const int64_t S = c->n_streams, rows = (int64_t)S * c->mb * BLK;
     c->n_blocks = (int32_t)(S * c->mb);
-    ALLOC(c->kpool, rows * g->hd);
-    if (c->pol.vtop.on) {
+    if (!c->pol.kv_bits) ALLOC(c->kpool, rows * g->hd); /* KIVI: quantised blocks (gpu_kivi.cu), no bf16 pools */
+    if (c->pol.kv_bits) {
+    } else if (c->pol.vtop.on) {
         /* KCache: no V pool (gpu_kcache.cu) */
     } else if (c->pol.v_slow) {
         CK(cudaHostAlloc((void **)&c->vpool_host, sizeof(bf16) * (size_t)(rows * g->hd), cudaHostAllocMapped));
@@ -611,7 +612,7 @@ extern "C" skv_status skv_gpu_truncate(skv_gpu_ctx *c, int32_t seq, int32_t from
         return skv_set_error(SKV_ERR_ARG, "CUDA truncate: sequence %d from %d", seq, from);
     if (from >= c->h_next[seq]) return SKV_OK;
     CK(cudaStreamSynchronize(c->st));
-    skv_status st = launch_compress(c, seq, CMP_TRUNC, from);
+    skv_status st = c->kv_bits ? gpu_kivi_truncate(c, seq, from) : launch_compress(c, seq, CMP_TRUNC, from);
     if (st) return st;
     CK(cudaMemcpyAsync(c->h_n, c->slen, sizeof(int32_t) * (size_t)c->n_streams, cudaMemcpyDeviceToHost, c->st));
     CK(cudaStreamSynchronize(c->st));
@@ -634,6 +635,8 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     if (gd->CL != g->CL || gd->KVH != g->KVH || gd->hd != g->hd || dst->n_ctx < src->h_next[0])
         return skv_set_error(SKV_ERR_ARG, "CUDA context copy: another cache shape or too short a destination");
     if (dst->h_next[0] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA context copy: the destination is not empty");
+    if (src->kv_bits || dst->kv_bits)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: forks of a KIVI (int8/int4) cache run on --backend cpu");
     if (src->kc)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA context copy: a KCache context cannot be forked (its V lives in "
                              "pinned host memory); fork the full cache into KCache, or use --backend cpu");
@@ -673,8 +676,8 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
 }
 
 extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots) {
-    int64_t nb = 0, ns = 0;
-    for (int i = 0; i < c->n_streams; i++) nb += c->h_nb[i], ns += c->h_n[i];
+    int64_t nb = 0, ns = 0, used = 0;
+    for (int i = 0; i < c->n_streams; i++) nb += c->h_nb[i], ns += c->h_n[i], used += c->h_n[i] > 0;
     const int64_t half = nb * BLK * c->g->hd * (int64_t)sizeof(bf16);
     if (c->kc) { /* K blocks, V rows: the slow ones in host memory only */
         int64_t slow = 0;
@@ -685,7 +688,8 @@ extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *
         if (slots) *slots = ns;
         return;
     }
-    if (bytes) *bytes = 2 * half;
+    /* KIVI: the quantised blocks and each used stream's f32 residual (32 rows of K and V) */
+    if (bytes) *bytes = c->kv_bits ? nb * c->kv_bb + used * 32 * c->g->hd * 8 : 2 * half;
     if (slow_bytes) *slow_bytes = c->pol.v_slow ? half : 0;
     if (slots) *slots = ns;
 }
@@ -714,6 +718,7 @@ extern "C" skv_status skv_gpu_stream_read(skv_gpu_ctx *c, int32_t layer, int32_t
         if (c->slast) CK(cudaMemcpy(last, c->slast + o, sizeof(float) * (size_t)m, cudaMemcpyDeviceToHost));
         else memset(last, 0, sizeof(float) * (size_t)m);
     }
+    if (c->kv_bits && (k || v) && m > 0) return gpu_kivi_read(c, sid, m, k, v);
     if (v && c->kc && m > 0) { /* KCache: every V row is in pinned host memory */
         const bf16 *src = c->kc_vhost_h + (int64_t)sid * c->n_ctx * g->hd;
         for (int64_t i = 0; i < (int64_t)m * g->hd; i++) v[i] = __bfloat162float(src[i]);
@@ -754,7 +759,7 @@ extern "C" skv_status skv_gpu_fetch_v(skv_gpu_ctx *c, int32_t layer, int32_t seq
     if (layer < 0 || layer >= g->CL || seq < 0 || seq >= c->n_seq || kv_head < 0 || kv_head >= g->KVH || n < 0 ||
         n > c->n_ctx)
         return skv_set_error(SKV_ERR_ARG, "CUDA fetch: layer %d sequence %d KV head %d, %d rows", layer, seq, kv_head, n);
-    if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA fetch: a KCache context reads its own V rows");
+    if (c->kc || c->kv_bits) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA fetch: not from a KCache or KIVI context");
     const int sid = sid_of(c, layer, seq, kv_head);
     for (int i = 0; i < n; i++)
         if (rows[i] < 0 || rows[i] >= c->h_n[sid])
@@ -812,6 +817,7 @@ extern "C" skv_status skv_gpu_stream_write(skv_gpu_ctx *c, int32_t layer, int32_
                              kv_head, n);
     const int sid = sid_of(c, layer, seq, kv_head);
     if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA stream write: a KCache context cannot import a cache");
+    if (c->kv_bits) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA stream write: a KIVI (int8/int4) cache cannot import rows");
     if (c->h_n[sid] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA stream write: the stream is not empty");
     CK(cudaStreamSynchronize(c->st));
     skv_status st = grow(c, sid, (n + BLK - 1) / BLK);
@@ -884,6 +890,7 @@ extern "C" skv_status skv_gpu_seq_copy(skv_gpu_ctx *c, int32_t dst, int32_t src)
     if (c->h_next[dst] != 0) return skv_set_error(SKV_ERR_ARG, "CUDA sequence copy: sequence %d is not empty", dst);
     if (c->pol.ev.evicts && c->pol.ev.step)
         return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA sequence copy: a policy that evicts every step");
+    if (c->kv_bits) return skv_set_error(SKV_ERR_UNSUPPORTED, "CUDA sequence copy: not of a KIVI (int8/int4) cache");
     CK(cudaStreamSynchronize(c->st));
     for (int l = 0; l < g->CL; l++) /* cache layers */
         for (int k = 0; k < g->KVH; k++) {

@@ -80,6 +80,7 @@ struct skv_gpu_ctx {
     int att_minlen;         /* keys per split at least, fused attention (SKV_CUDA_ATT_MINLEN, default 64 as
                                the separate kernel) */
     int32_t *att_cnt;       /* device (rows_max, KVH) finished splits per row and KV head (fused merge) */
+    int fa_warps;           /* warps (16 query rows each) per prefill flash block: SKV_CUDA_FA_WARPS, 4 or 8 */
     struct gpu_prof *pf;
     cudaGraphExec_t *graph; /* (2 * (n_seq + 1)) decode step of n rows, greedy / sampled */
     cudaEvent_t e0, e1;
@@ -107,6 +108,15 @@ struct skv_gpu_ctx {
     int kc_cap;             /* the selection's candidate capacity (gpu_kcache.cu, k_kc_select) */
     cudaStream_t kc_st;     /* the finish's stream (high priority) */
     cudaEvent_t kc_ev[KC_MAX_CHUNKS], kc_join;
+    /* KIVI int8/int4 cache (pol.kv_bits; gpu_kivi.cu): kpool and vpool are NULL */
+    int kv_bits;            /* 0: bf16 cache */
+    int kv_units;           /* the decode kernel's work in units of steps (SKV_CUDA_KIVI_UNITS=1; default 0) */
+    int64_t kv_bb;          /* bytes of one quantised block (K and V of BLK slots) */
+    uint8_t *kv_q;          /* device (n_blocks, kv_bb) */
+    float *kv_rk, *kv_rv;   /* device (n_streams, 32, hd) f32 residual: the newest partial group */
+    float *kv_stk, *kv_stv; /* device (KVH, n_batch, hd) prefill staging (f32) */
+    bf16 *kv_sk, *kv_sv;    /* device (KVH, mb * BLK, hd) prefill scratch the flash kernel reads */
+    int32_t *kv_sbt;        /* device (KVH, mb) identity block table of the scratch */
 };
 
 /* stream of cache layer l */
@@ -145,6 +155,22 @@ skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n);
 int gpu_kc_profile(skv_gpu_ctx *c);
 /* after sequence seq was truncated to `from`: the ring refilled from the host rows */
 skv_status gpu_kc_truncated(skv_gpu_ctx *c, int seq, int from);
+
+/* gpu_kivi.cu: the KIVI cache. check: refusals (0: fine); store: q, and K/V of a layer keeping
+ * them (kv_in = KVH) into the residual (decode) or staging + scratch (prefill); prefill_begin:
+ * old slots into the scratch; prefill_end: groups quantised, the rest to the residual; decode:
+ * the attention splits into part_o/m/l (k_attn_merge follows); truncate: slen and the residual
+ * (the host mirror updated by the caller); read: a stream's slots dequantised (host f32). */
+skv_status gpu_kivi_check(const skv_gpu_ctx *c);
+skv_status gpu_kivi_alloc(skv_gpu_ctx *c);
+void gpu_kivi_free(skv_gpu_ctx *c);
+int64_t gpu_kivi_block_bytes(int hd, int bits);
+skv_status gpu_kivi_store(skv_gpu_ctx *c, int l, int n, int decode, int seq, int pos0, int kv_in);
+skv_status gpu_kivi_prefill_begin(skv_gpu_ctx *c, int l, int seq);
+skv_status gpu_kivi_prefill_end(skv_gpu_ctx *c, int l, int seq, int n);
+skv_status gpu_kivi_decode(skv_gpu_ctx *c, int l, int n, int n_split);
+skv_status gpu_kivi_truncate(skv_gpu_ctx *c, int seq, int from);
+skv_status gpu_kivi_read(skv_gpu_ctx *c, int sid, int n, float *k, float *v);
 
 /* gpu_prof.cu: the per-stage decode profile (c->prof steps per report) */
 skv_status gpu_prof_begin(skv_gpu_ctx *c);

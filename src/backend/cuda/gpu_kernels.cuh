@@ -337,8 +337,10 @@ __global__ void k_attn_merge(const float *part_o, const float *part_m, const flo
 template <int HD>
 constexpr int flash_smem_bytes() { return 4 * FA_BK * (HD + 8) * (int)sizeof(bf16); }
 
-template <int HD>
-__global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
+/* NW warps per block: NW * 16 query rows sharing each K/V tile (4: FA_BQ rows, the default; 8:
+ * twice the rows per tile load, SKV_CUDA_FA_WARPS=8) */
+template <int HD, int NW = 4>
+__global__ void __launch_bounds__(NW * 32, NW == 4 ? FA_MIN_BLOCKS : 1) k_flash_prefill(const bf16 *Q, const bf16 *kp, const bf16 *vp,
                                                        const bf16 *vd, int64_t vd_stride,
                                                        const int32_t *bt, const int32_t *slen, bf16 *out, float *lse,
                                                        int n, int H, int KVH, int mb, float scale_log2, int mode) {
@@ -349,7 +351,7 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
     bf16 *const sk0 = (bf16 *)fa_smem, *const sv0 = sk0 + FA_BK * LD;
     bf16 *const sk1 = sv0 + FA_BK * LD, *const sv1 = sk1 + FA_BK * LD;
     /* the longest (latest) query tiles first: less tail at the end of the grid */
-    const int h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * (NW * 16), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: matrix and row this lane addresses */
     const int G = H / KVH, kvh = h / G;
     const int32_t *bts = bt + (int64_t)kvh * mb;
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
-    const int last_q = min(q0 + FA_BQ, n) - 1;  /* the block's last query row */
+    const int last_q = min(q0 + NW * 16, n) - 1;  /* the block's last query row */
     const int diag = mode == 0 ? 0 : 1;          /* strict: a query does not see its own slot */
     const int kend = mode == 2 ? n_old : n_old + last_q + 1 - diag; /* slots the block needs */
     /* issue the copies of the tile at k0 into stage (sk, sv); rows past kend are zero-filled */
@@ -378,7 +380,7 @@ __global__ void __launch_bounds__(128, FA_MIN_BLOCKS) k_flash_prefill(const bf16
         /* V: the same block, or (vd: KCache) rows k0.. of KV head kvh's dense rows */
         const bf16 *vt = vd ? vd + ((int64_t)kvh * vd_stride + k0) * HD : vp + b0;
 #pragma unroll 4
-        for (int i = threadIdx.x; i < FA_BK * HD / 8; i += 128) { /* 16-byte chunks */
+        for (int i = threadIdx.x; i < FA_BK * HD / 8; i += NW * 32) { /* 16-byte chunks */
             const int row = i / (HD / 8), col = (i % (HD / 8)) * 8;
             const bool ok = k0 + row < kend;
             const int64_t off = ok ? (int64_t)row * HD + col : 0;

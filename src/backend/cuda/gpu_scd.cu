@@ -144,6 +144,7 @@ extern "C" skv_status skv_gpu_scd_layer(skv_gpu_ctx *c, skv_gpu_scd *s, int32_t 
                                         int32_t n) {
     const skv_gpu_model *g = c->g;
     if (c->kc) return skv_set_error(SKV_ERR_UNSUPPORTED, "SCD rebuild on CUDA: not into a KCache context");
+    if (c->kv_bits) return skv_set_error(SKV_ERR_UNSUPPORTED, "SCD rebuild on CUDA: not into a KIVI (int8/int4) cache");
     if (g->CL != g->L || layer < 0 || layer >= g->L || layer >= s->L)
         return skv_set_error(SKV_ERR_ARG, "SCD rebuild on CUDA: layer %d of %d (maps: %d; models sharing KV refused)", layer,
                              g->L, s->L);

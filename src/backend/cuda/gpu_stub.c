@@ -18,6 +18,13 @@ skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float 
     (void)w, (void)x, (void)n, (void)y, (void)deq;
     return no_cuda();
 }
+int skv_gpu_kv_bits(const skv_gpu_ctx *c) { return (void)c, 0; }
+int64_t skv_gpu_kv_block_bytes(int hd, int bits) { return (void)hd, (void)bits, 0; }
+skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
+                                  const float *k, const float *v, float *out, float *kdeq, float *vdeq) {
+    (void)bits, (void)hd, (void)G, (void)n, (void)n_split, (void)units, (void)q, (void)k, (void)v, (void)out, (void)kdeq, (void)vdeq;
+    return no_cuda();
+}
 skv_status skv_gpu_ctx_init(skv_gpu_model *g, int32_t n_ctx, int32_t n_batch, int32_t n_seq, const skv_gpu_policy *pol,
                             skv_gpu_ctx **out) {
     (void)g, (void)n_ctx, (void)n_batch, (void)n_seq, (void)pol;
