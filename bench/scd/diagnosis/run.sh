@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run.sh — issue 14's quality diagnosis (bench/scd/diagnosis/README.md): per-layer ablations on
-# the dictqa val rows with the committed maps, then the quality table of full-rank QA maps.
+# the dictqa val rows with the committed maps, then the quality of full-rank task-format maps (first 39 dictqa rows, the rows of bench/scd/quality-50).
 #   bench/scd/diagnosis/run.sh MAPS_FULL     (from the repository root; ~20 min on 1 core)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -19,5 +19,5 @@ build/slimkv scd-ablate -m "$SH/models/kvt-l" --consumer "$SH/models/kvt-l-qa" -
   --tasks "$SH/data/tasks.val.jsonl" --task-names dictqa --limit 50 --mix 0.25 -t 1 --configs "$C" \
   --rows-out $OUT/ablate-rows.jsonl > $OUT/ablate.md 2> $OUT/ablate.log
 build/slimkv scd-eval -m "$SH/models/kvt-l" --consumer "$SH/models/kvt-l-qa" --maps "$FULL" \
-  --tasks "$SH/data/tasks.val.jsonl" --task-names dictqa --limit 50 --methods oracle,raw,reuse --sweep -t 1 \
+  --tasks "$SH/data/tasks.val.jsonl" --task-names dictqa --limit 39 --methods oracle,raw,reuse,scd --patch-k 10 -t 1 \
   -o $OUT/quality-full.json --rows-out $OUT/quality-full-rows.jsonl > $OUT/quality-full.md 2> $OUT/quality-full.log
