@@ -272,6 +272,134 @@ static void test_identical_models(void) {
     skv_model_free(m);
 }
 
+/* The oracle-input ablation: every layer's K/V rebuilt from the consumer's own normalised
+ * attention inputs through its projections (the patch path with a perfect aligner) reproduces
+ * the consumer's own next-token logits; the same with the last layer's rows taken from another
+ * prompt does not (the check can fail). */
+static void test_oracle_input(void) {
+    skv_model *m = skv_test_load_model("kvt-s", 1);
+    REQUIRE(m, "kvt-s: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int n = 120, KD = in->n_kv_head * in->head_dim, D = in->dim, L = in->n_layer, V = in->n_vocab;
+    REQUIRE(V <= 8192 && L <= 64, "shape");
+    int32_t ids[121], other[121];
+    skv_test_ids(ids, n + 1, 41);
+    skv_test_ids(other, n + 1, 42);
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = 128;
+    float *H = malloc(sizeof(float) * (size_t)L * n * D), *H2 = malloc(sizeof(float) * (size_t)L * n * D);
+    float *K = malloc(sizeof(float) * (size_t)L * n * KD), *Vr = malloc(sizeof(float) * (size_t)L * n * KD);
+    static float lo[8192], lr[8192];
+    skv_context *oc, *xc;
+    REQUIRE(skv_context_init(m, cp, &oc) == SKV_OK && skv_context_init(m, cp, &xc) == SKV_OK, "%s", skv_last_error());
+    const skv_batch b = {.ids = ids, .n = n, .attn_in = H}, b2 = {.ids = other, .n = n, .attn_in = H2};
+    REQUIRE(skv_decode_ex(oc, &b) == SKV_OK && skv_decode_ex(xc, &b2) == SKV_OK, "%s", skv_last_error());
+    REQUIRE(skv_decode(oc, &ids[n], 1, lo, 0) == SKV_OK, "%s", skv_last_error()); /* the oracle's next token */
+    double scale = 0;
+    for (int i = 0; i < V; i++) scale = fmax(scale, fabs(lo[i]));
+    for (int bad = 0; bad < 2; bad++) {
+        skv_scd_layer_src src[64];
+        for (int l = 0; l < L; l++) {
+            const float *h = (bad && l == L - 1 ? H2 : H) + (size_t)l * n * D;
+            REQUIRE(skv_model_project_kv(m, l, h, n, K + (size_t)l * n * KD, Vr + (size_t)l * n * KD) == SKV_OK, "%s",
+                    skv_last_error());
+            src[l] = (skv_scd_layer_src){.src = SKV_SCD_SRC_ROWS, .k = K + (size_t)l * n * KD, .v = Vr + (size_t)l * n * KD};
+        }
+        skv_context *rc;
+        REQUIRE(skv_context_init(m, cp, &rc) == SKV_OK, "%s", skv_last_error());
+        REQUIRE(skv_scd_rebuild(NULL, rc, n, src) == SKV_OK, "rebuild: %s", skv_last_error());
+        REQUIRE(skv_decode(rc, &ids[n], 1, lr, 0) == SKV_OK, "%s", skv_last_error());
+        double e = 0;
+        for (int i = 0; i < V; i++) e = fmax(e, fabs(lo[i] - lr[i]));
+        if (!bad) {
+            CHECKF(e < 1e-4 * scale, "oracle inputs: next-token logits off by %g (scale %g)", e, scale);
+            CHECK(skv_test_argmax(lo, V) == skv_test_argmax(lr, V));
+        } else {
+            CHECKF(e > 1e-2 * scale, "another prompt's last layer changed the logits by only %g", e);
+        }
+        skv_context_free(rc);
+    }
+    free(H), free(H2), free(K), free(Vr);
+    skv_context_free(oc), skv_context_free(xc);
+    skv_model_free(m);
+}
+
+/* the "kl" of every line of a rows file whose key (method or config) is name, as text */
+static int rows_kl(const char *path, const char *key, const char *name, char kl[][32], int cap) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[8192], pat[96];
+    snprintf(pat, sizeof pat, "\"%s\": \"%s\"", key, name);
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n < cap) {
+        const char *k = strstr(line, "\"kl\": ");
+        if (!strstr(line, pat) || !k) continue;
+        sscanf(k + 6, "%31[0-9.e+-]", kl[n++]);
+    }
+    fclose(f);
+    return n;
+}
+
+/* scd-ablate from the command line: with producer = consumer, the oracle-input and raw
+ * configurations (also with the consumer running the prompt's last tokens) score KL 0 to the
+ * oracle; bad configurations are refused naming the flag. With low-rank maps (numpy), its reuse
+ * and patch configurations give the KL of scd-eval's reuse and all-layers-patched scd through
+ * the frames, digit for digit, row by row (the same cache). */
+static void test_ablate(void) {
+    const char *sh = skv_test_shared_dir(), *cli = skv_test_cli(), *tmp = skv_test_tmpdir();
+    char cmd[4096], rows[512], *err = NULL;
+    snprintf(rows, sizeof rows, "%s/ablate_rows.jsonl", tmp);
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 %s scd-ablate -m %s/models/kvt-s --consumer %s/models/kvt-s --tasks "
+             "%s/data/tasks.val.jsonl --task-names passkey --limit 2 -t 1 --max-new 8 --configs hhhh,oooo,wwww+8 "
+             "--rows-out %s", cli, sh, sh, sh, rows);
+    REQUIRE(skv_test_sh(cmd, NULL, &err) == 0, "scd-ablate: %s", err);
+    free(err), err = NULL;
+    static char kl[8][32];
+    const char *cf[3] = {"hhhh", "oooo", "wwww+8"};
+    for (int c = 0; c < 3; c++) {
+        const int n = rows_kl(rows, "config", cf[c], kl, 8);
+        CHECKF(n == 2, "%s: %d rows", cf[c], n);
+        for (int i = 0; i < n; i++) CHECKF(atof(kl[i]) < 1e-4, "%s row %d: KL %s to the oracle", cf[c], i, kl[i]);
+    }
+    snprintf(cmd, sizeof cmd, "%s scd-ablate -m %s/models/kvt-s --consumer %s/models/kvt-s --tasks %s/data/tasks.val.jsonl "
+             "--configs hhh", cli, sh, sh, sh);
+    CHECK(skv_test_sh(cmd, NULL, &err) == 2 && err && strstr(err, "--configs"));
+    free(err), err = NULL;
+    snprintf(cmd, sizeof cmd, "%s scd-ablate -m %s/models/kvt-s --consumer %s/models/kvt-s --tasks %s/data/tasks.val.jsonl "
+             "--configs rrrr", cli, sh, sh, sh);
+    CHECK(skv_test_sh(cmd, NULL, &err) == 2 && err && strstr(err, "--maps"));
+    free(err), err = NULL;
+    if (!have_numpy()) {
+        skv_test_skip("python3 with numpy is not installed (the reuse/patch part)");
+        return;
+    }
+    REQUIRE(identical_maps(), "could not build the kvt-s calibration dump");
+    char maps[512], erows[512];
+    snprintf(maps, sizeof maps, "%s/lowrank_maps.st", tmp);
+    snprintf(erows, sizeof erows, "%s/ablate_eval_rows.jsonl", tmp);
+    snprintf(cmd, sizeof cmd, "OPENBLAS_NUM_THREADS=1 python3 train/scd_calibrate.py --dump %s/ident_dump.st --out %s "
+             "--rank-k 4 --rank-v 4 --rank-h 8 --aligner linear >/dev/null", tmp, maps);
+    REQUIRE(skv_test_sh(cmd, NULL, &err) == 0, "calibration: %s", err);
+    free(err), err = NULL;
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 %s scd-ablate -m %s/models/kvt-s --consumer %s/models/kvt-s --maps %s "
+             "--tasks %s/data/tasks.val.jsonl --task-names passkey --limit 2 -t 1 --max-new 8 --configs rrrr,pppp "
+             "--rows-out %s && OMP_NUM_THREADS=1 %s scd-eval -m %s/models/kvt-s --consumer %s/models/kvt-s --maps %s "
+             "--tasks %s/data/tasks.val.jsonl --task-names passkey --limit 2 -t 1 --max-new 8 --methods oracle,reuse,scd "
+             "--patch-k 4 --rows-out %s >/dev/null", cli, sh, sh, maps, sh, rows, cli, sh, sh, maps, sh, erows);
+    REQUIRE(skv_test_sh(cmd, NULL, &err) == 0, "scd-ablate / scd-eval: %s", err);
+    free(err);
+    static char ka[8][32], ke[8][32];
+    const char *pairs[2][2] = {{"rrrr", "reuse"}, {"pppp", "scd-k4"}};
+    for (int p = 0; p < 2; p++) {
+        const int na = rows_kl(rows, "config", pairs[p][0], ka, 8), ne = rows_kl(erows, "method", pairs[p][1], ke, 8);
+        CHECKF(na == 2 && ne == 2, "%s / %s: %d and %d rows", pairs[p][0], pairs[p][1], na, ne);
+        for (int i = 0; i < na && i < ne; i++) {
+            CHECKF(!strcmp(ka[i], ke[i]), "%s row %d: KL %s in scd-ablate, %s through the frames", pairs[p][1], i, ka[i], ke[i]);
+            CHECKF(atof(ka[i]) > 1e-4, "%s row %d: KL %s (rank-4 maps should leave an error)", pairs[p][1], i, ka[i]);
+        }
+    }
+}
+
 /* skv_batch.layer_done: once per layer, in order, only when the layer holds the whole call
  * (prompt in 3 chunks), the rows read then equal the cache's after the call. */
 typedef struct done_log {
@@ -656,6 +784,8 @@ void register_scd(void) {
     skv_test_add("scd/producer and consumer over loopback TCP: same cache bit for bit as in process", test_tcp);
     skv_test_add("scd/producer and consumer over loopback UCX: same cache bit for bit as in process", test_ucx);
     skv_test_add("scd/faults: corrupt byte, producer killed mid-frame, wrong version, resend", test_faults);
+    skv_test_add("scd/oracle-input ablation: K/V from the consumer's own inputs reproduce its logits", test_oracle_input);
+    skv_test_add("scd/scd-ablate: oracle configurations score KL 0; reuse and patch equal scd-eval's through the frames", test_ablate);
     skv_test_add("scd/layer_done: once per layer, in order, when the layer holds the whole prompt", test_layer_done);
     skv_test_add("cuda/scd: the consumer's rebuild on the GPU equals the CPU's (reuse, patch)", test_cuda_rebuild);
 }

@@ -46,7 +46,7 @@ static void model_rows(skv_model *m, const int32_t *ids, int32_t n, const int32_
 
 int cmd_scd_dump(int argc, char **argv) {
     const char *prod = NULL, *cons = NULL, *corpus = NULL, *outp = NULL;
-    int n = 200, len_min = 128, len_max = 1984, rows = 48, threads = 0, seed = 1, whole = 0;
+    int n = 200, len_min = 128, len_max = 1984, rows = 48, threads = 0, seed = 1, whole = 0, consec = 0;
     const cli_opt opts[] = {
         {"model", 'm', OPT_STR, &prod, "DIR", "producer model directory"},
         {"consumer", 0, OPT_STR, &cons, "DIR", "consumer model directory (same architecture)"},
@@ -58,6 +58,7 @@ int cmd_scd_dump(int argc, char **argv) {
         {"seed", 0, OPT_INT, &seed, "S", "prompt and row sampling seed (default 1)"},
         {"threads", 't', OPT_INT, &threads, "N", "threads (default: all cores)"},
         {"whole-docs", 0, OPT_FLAG, &whole, NULL, "each document of the parity is one prompt (its last --len-max tokens)"},
+        {"consecutive", 0, OPT_FLAG, &consec, NULL, "rows of a prompt are one block of consecutive positions (random start)"},
         {"out", 'o', OPT_STR, &outp, "FILE", "output safetensors file"},
     };
     const cli_cmd cmd = {"scd-dump", "-m PRODUCER --consumer DIR -f CORPUS -o FILE [-n N] [--rows R]",
@@ -83,7 +84,7 @@ int cmd_scd_dump(int argc, char **argv) {
     size_t hl = 0;
     int64_t off = 0;
     hl += (size_t)sprintf(hdr + hl, "{\"__metadata__\":{\"producer\":\"%s\",\"consumer\":\"%s\",\"prompts\":\"%d\","
-                          "\"rows_per_prompt\":\"%d\",\"seed\":\"%d\"}", cli_basename(prod), cli_basename(cons), n, rows, seed);
+                          "\"rows_per_prompt\":\"%d\",\"seed\":\"%d\",\"consecutive\":\"%d\"}", cli_basename(prod), cli_basename(cons), n, rows, seed, consec);
     int64_t *toff = malloc(sizeof(int64_t) * (size_t)(L * 6));
     for (int64_t l = 0; l < L; l++)
         for (int t = 0; t < 6; t++) {
@@ -107,10 +108,14 @@ int cmd_scd_dump(int argc, char **argv) {
     const double t0 = skv_time_now();
     for (int32_t p = 0; p < n; p++) {
         const int32_t T = pr.len[p];
+        if (consec) { /* one block of consecutive positions */
+            const int32_t s0 = (int32_t)(rnd(&rs) % (uint64_t)(T - rows + 1));
+            for (int32_t i = 0; i < rows; i++) pick[i] = s0 + i;
+        }
         /* rows without replacement: a partial Fisher-Yates over positions */
         int32_t *perm = malloc(sizeof(int32_t) * (size_t)T);
         for (int32_t i = 0; i < T; i++) perm[i] = i;
-        for (int32_t i = 0; i < rows; i++) {
+        for (int32_t i = 0; i < rows && !consec; i++) {
             const int32_t j = i + (int32_t)(rnd(&rs) % (uint64_t)(T - i));
             const int32_t x = perm[i];
             perm[i] = perm[j], perm[j] = x;

@@ -23,31 +23,6 @@ typedef struct cfg {
     int32_t n[8];
 } cfg;
 
-/* Greedy generation from c, first input id; stops at eos, max_new, or when the task's score is
- * final. text receives the decoded generation. */
-static void generate(const char *cmd, skv_context *c, int32_t V, const skv_tokenizer *tok, int32_t first,
-                     const skv_task_row *row, int max_new, char *text, size_t cap, int32_t *gen, int32_t *n_gen) {
-    float *lg = malloc(sizeof(float) * (size_t)V);
-    int32_t id = first, k = 0;
-    text[0] = 0;
-    while (k < max_new) {
-        cli_check(cmd, skv_decode(c, &id, 1, lg, 0));
-        const int32_t nx = scd_argmax(lg, V);
-        if (nx == 0) break;
-        gen[k++] = nx;
-        id = nx;
-        char *t = NULL;
-        size_t tl;
-        if (skv_detokenize(tok, gen, (size_t)k, &t, &tl) == SKV_OK) {
-            snprintf(text, cap, "%s", t);
-            free(t);
-        }
-        if (skv_task_score_final(row->task, text, row->answer)) break;
-    }
-    *n_gen = k;
-    free(lg);
-}
-
 static int task_index(const char *t, const char **names, int n) {
     for (int i = 0; i < n; i++)
         if (!strcmp(names[i], t)) return i;
@@ -181,8 +156,8 @@ int cmd_scd_eval(int argc, char **argv) {
             /* teacher-forced distributions along the oracle's continuation */
             double kl = 0, tv = 0;
             int npos = 0;
-            if (ci == 0) generate(C, bc, NV, tok, ids[n], row, max_new, text, sizeof text, ogen, &n_ogen);
-            else generate(C, bc, NV, tok, ids[n], row, max_new, text, sizeof text, gen, &n_gen);
+            if (ci == 0) scd_generate(C, bc, NV, tok, ids[n], row, max_new, text, sizeof text, ogen, &n_ogen);
+            else scd_generate(C, bc, NV, tok, ids[n], row, max_new, text, sizeof text, gen, &n_gen);
             if (ci == 0) okl = SKV_CLI_MIN(kl_n, n_ogen + 1);
             for (int t = 0; t < okl; t++) { /* input t: the last prompt token, then the oracle's tokens */
                 const int32_t id = t == 0 ? ids[n] : ogen[t - 1];

@@ -2,6 +2,7 @@
  * scd_common.c — see scd_common.h.
  */
 #include "scd_common.h"
+#include "eval/eval.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -60,4 +61,29 @@ int32_t scd_argmax(const float *x, int32_t n) {
     for (int32_t i = 1; i < n; i++)
         if (x[i] > x[b]) b = i;
     return b;
+}
+
+/* Greedy generation from c, first input id; stops at eos, max_new, or when the task's score is
+ * final. text receives the decoded generation. */
+void scd_generate(const char *cmd, skv_context *c, int32_t V, const skv_tokenizer *tok, int32_t first,
+                     const skv_task_row *row, int max_new, char *text, size_t cap, int32_t *gen, int32_t *n_gen) {
+    float *lg = malloc(sizeof(float) * (size_t)V);
+    int32_t id = first, k = 0;
+    text[0] = 0;
+    while (k < max_new) {
+        cli_check(cmd, skv_decode(c, &id, 1, lg, 0));
+        const int32_t nx = scd_argmax(lg, V);
+        if (nx == 0) break;
+        gen[k++] = nx;
+        id = nx;
+        char *t = NULL;
+        size_t tl;
+        if (skv_detokenize(tok, gen, (size_t)k, &t, &tl) == SKV_OK) {
+            snprintf(text, cap, "%s", t);
+            free(t);
+        }
+        if (skv_task_score_final(row->task, text, row->answer)) break;
+    }
+    *n_gen = k;
+    free(lg);
 }

@@ -27,5 +27,10 @@ void scd_log_softmax(const float *logits, int32_t V, float *lp);
 /* KL(p || q) and total variation of two log-distributions. */
 void scd_kl_tv(const float *lp, const float *lq, int32_t V, double *kl, double *tv);
 int32_t scd_argmax(const float *x, int32_t n);
+/* Greedy generation from c, first input id; stops at eos, max_new, or when the task's score is
+ * final. text receives the decoded generation, gen[*n_gen] its ids. */
+struct skv_task_row;
+void scd_generate(const char *cmd, skv_context *c, int32_t V, const skv_tokenizer *tok, int32_t first,
+                  const struct skv_task_row *row, int max_new, char *text, size_t cap, int32_t *gen, int32_t *n_gen);
 
 #endif

@@ -18,6 +18,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_scd_dump(int argc, char **argv);
 int cmd_scd_rank(int argc, char **argv);
 int cmd_scd_eval(int argc, char **argv);
+int cmd_scd_ablate(int argc, char **argv);
 int cmd_scd_producer(int argc, char **argv);
 int cmd_scd_consumer(int argc, char **argv);
 int cmd_scd_bench(int argc, char **argv);
@@ -37,6 +38,7 @@ static const struct {
     {"serve", cmd_serve, "an OpenAI-compatible HTTP server (continuous batching, KV policy per request)"},
     {"scd-dump", cmd_scd_dump, "SCD calibration data: both models' K, V, normalised inputs on training prompts"},
     {"scd-rank", cmd_scd_rank, "SCD patch-layer ranking and budget on held-out prompts"},
+    {"scd-ablate", cmd_scd_ablate, "SCD ablations: the consumer's cache assembled per layer from chosen sources"},
     {"scd-eval", cmd_scd_eval, "SCD and its baselines through the same frames: scores, KL/TV, bytes"},
     {"scd-producer", cmd_scd_producer, "SCD producer: prefill and stream codes (or a baseline) to a consumer"},
     {"scd-consumer", cmd_scd_consumer, "SCD consumer: rebuild the cache from checked frames, decode without prefill"},
