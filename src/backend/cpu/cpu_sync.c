@@ -9,9 +9,10 @@
  * with a few pauses and then sched_yield: on a quiet machine the yield returns at once (a poll
  * every microsecond or so), on a loaded one it hands the core to whoever waits for it (maybe
  * the partner thread; a pause loop there made a step up to 2x slower than sleeping at once).
- * How long it spins adapts: every wait is timed, and a wait that ended within SKV_BAR_SPIN_MAX
- * (the partner was running and arrived soon) lets the budget grow back towards that maximum,
- * while a longer one (on a loaded machine, a partner descheduled for a time slice) halves it,
+ * How long it polls adapts: every wait is timed, and a wait that ended within SKV_BAR_SPIN_MAX
+ * (the partner was running and arrived soon) lets the budget grow back slowly towards that
+ * maximum, while a longer one (on a loaded machine, a partner descheduled for a time slice)
+ * halves it,
  * so that an oversubscribed machine sees the sleeping barrier and a quiet one the spinning.
  *
  * Sense by generation: the last thread to arrive resets the count and advances `gen`; the others
@@ -76,9 +77,9 @@ void skv_cpu_bar_wait(skv_cpu_bar *b, int n) {
         while (atomic_load(&b->gen) == g) syscall(SYS_futex, &b->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
         atomic_fetch_sub(&b->sleepers, 1);
     }
-    /* the budget: grows back after a short wait, halves after a long one (relaxed: a lost
-     * update between threads only delays the adaptation by one wait) */
+    /* the budget: grows back slowly after a short wait (by 1/8 and 1 us), halves after a long
+     * one (relaxed: a lost update between threads only delays the adaptation by one wait) */
     const int64_t w = now_ns() - t0;
-    const int nb = w <= SKV_BAR_SPIN_MAX ? (int)SKV_MIN(SKV_BAR_SPIN_MAX, 2 * budget + 1000) : (int)(budget / 2);
+    const int nb = w <= SKV_BAR_SPIN_MAX ? (int)SKV_MIN(SKV_BAR_SPIN_MAX, budget + budget / 8 + 1000) : (int)(budget / 2);
     if (nb != budget) atomic_store_explicit(&b->spin_ns, nb, memory_order_relaxed);
 }
