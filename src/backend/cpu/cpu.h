@@ -31,7 +31,9 @@ typedef struct skv_cpu_bar {
     atomic_int count;          /* threads arrived in this generation */
     atomic_uint gen;           /* generation, advanced by the last thread to arrive */
     atomic_int sleepers;       /* threads asleep on gen */
-    atomic_int spin_ns;        /* how long a wait spins before it sleeps (adapts) */
+    atomic_int ok;             /* share of recent waits a spin would have covered (of 1024) */
+    atomic_int wake_ns;        /* recent sleepers' time from release to running again */
+    atomic_llong release_ns;   /* when the last release happened */
 } skv_cpu_bar;
 void skv_cpu_bar_init(skv_cpu_bar *b);
 /* every one of the n threads of the enclosing team calls it; returns when all have */

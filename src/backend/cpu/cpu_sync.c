@@ -5,15 +5,17 @@
  * work apart. OpenMP's barrier under OMP_WAIT_POLICY=passive (how a shared machine is run) puts
  * a waiting thread to sleep at once; waking it again costs tens of microseconds on a virtual
  * machine (an inter-processor interrupt to a halted vCPU), which made up two thirds of a kvt-l
- * step at depth 1984 with 2 threads. This barrier polls first, then sleeps on a futex. It polls
- * with a few pauses and then sched_yield: on a quiet machine the yield returns at once (a poll
- * every microsecond or so), on a loaded one it hands the core to whoever waits for it (maybe
- * the partner thread; a pause loop there made a step up to 2x slower than sleeping at once).
- * How long it polls adapts: every wait is timed, and a wait that ended within SKV_BAR_SPIN_MAX
- * (the partner was running and arrived soon) lets the budget grow back slowly towards that
- * maximum, while a longer one (on a loaded machine, a partner descheduled for a time slice)
- * halves it,
- * so that an oversubscribed machine sees the sleeping barrier and a quiet one the spinning.
+ * step at depth 1984 with 2 threads. This barrier spins (pause) for up to SKV_BAR_SPIN_MAX
+ * before it sleeps on a futex, but only while spinning pays, which it measures:
+ *   - `ok`: how often the last thread arrived within SKV_BAR_SPIN_MAX of a waiter (an average
+ *     over the last ~16 waits, in 1/1024), whether the waiter spun or slept;
+ *   - `wake_ns`: how long a sleeper took to run again after the last thread released it.
+ * It spins while ok >= 90 % and waking costs >= SKV_BAR_WAKE_COSTLY (a quiet virtual machine,
+ * where the partner is running and a halted vCPU wakes slowly); otherwise it sleeps at once (a
+ * loaded machine, where the partner is often descheduled and a spinning vCPU only delays it:
+ * there even 5 us of spinning per barrier cost 10 % of a step, and a pause loop can make the
+ * hypervisor deschedule the spinning vCPU). (Polling with sched_yield was slower still: a yield
+ * can hand the core away for a whole time slice.)
  *
  * Sense by generation: the last thread to arrive resets the count and advances `gen`; the others
  * wait for `gen` to move. `sleepers` counts threads in the futex wait, so the last thread makes
@@ -23,7 +25,6 @@
 #include "backend/cpu/cpu.h"
 
 #include <limits.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -36,7 +37,9 @@
 #define SKV_PAUSE() ((void)0)
 #endif
 
-#define SKV_BAR_SPIN_MAX 100000 /* ns: the most a wait spins before sleeping */
+#define SKV_BAR_SPIN_MAX 50000   /* ns: the most a wait spins before sleeping */
+#define SKV_BAR_WAKE_COSTLY 15000 /* ns: a wake-up this slow is worth avoiding by spinning */
+#define SKV_BAR_OK_SPIN 922       /* spin while ok >= 0.9 (of 1024) */
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -48,38 +51,45 @@ void skv_cpu_bar_init(skv_cpu_bar *b) {
     atomic_init(&b->count, 0);
     atomic_init(&b->gen, 0);
     atomic_init(&b->sleepers, 0);
-    atomic_init(&b->spin_ns, SKV_BAR_SPIN_MAX / 2);
+    atomic_init(&b->ok, 1024);
+    atomic_init(&b->wake_ns, 2 * SKV_BAR_WAKE_COSTLY);
+    atomic_init(&b->release_ns, 0);
 }
 
 void skv_cpu_bar_wait(skv_cpu_bar *b, int n) {
     if (n <= 1) return;
     const unsigned g = atomic_load(&b->gen);
+    const int64_t t0 = now_ns();
     if (atomic_fetch_add(&b->count, 1) == n - 1) {
         atomic_store(&b->count, 0);
+        atomic_store_explicit(&b->release_ns, t0, memory_order_relaxed); /* ordered by the gen update */
         atomic_fetch_add(&b->gen, 1);
         if (atomic_load(&b->sleepers) > 0) syscall(SYS_futex, &b->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         return;
     }
-    /* poll (the clock read every 8 polls), then sleep */
-    const int64_t t0 = now_ns(), budget = atomic_load_explicit(&b->spin_ns, memory_order_relaxed);
+    /* relaxed loads and stores of the statistics: a lost update between threads only delays the
+     * adaptation by one wait */
+    const int ok = atomic_load_explicit(&b->ok, memory_order_relaxed);
+    const int spin = ok >= SKV_BAR_OK_SPIN && atomic_load_explicit(&b->wake_ns, memory_order_relaxed) >= SKV_BAR_WAKE_COSTLY;
     int done = 0;
-    for (unsigned i = 1; budget > 0; i++) {
+    for (unsigned i = 1; spin; i++) { /* the clock read every 16 pauses */
         if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) {
             done = 1;
             break;
         }
-        if (i < 64) SKV_PAUSE();
-        else sched_yield();
-        if ((i & 7) == 0 && now_ns() - t0 > budget) break;
+        SKV_PAUSE();
+        if ((i & 15) == 0 && now_ns() - t0 > SKV_BAR_SPIN_MAX) break;
     }
     if (!done) {
         atomic_fetch_add(&b->sleepers, 1);
         while (atomic_load(&b->gen) == g) syscall(SYS_futex, &b->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
         atomic_fetch_sub(&b->sleepers, 1);
     }
-    /* the budget: grows back slowly after a short wait (by 1/8 and 1 us), halves after a long
-     * one (relaxed: a lost update between threads only delays the adaptation by one wait) */
-    const int64_t w = now_ns() - t0;
-    const int nb = w <= SKV_BAR_SPIN_MAX ? (int)SKV_MIN(SKV_BAR_SPIN_MAX, budget + budget / 8 + 1000) : (int)(budget / 2);
-    if (nb != budget) atomic_store_explicit(&b->spin_ns, nb, memory_order_relaxed);
+    const int64_t rel = atomic_load_explicit(&b->release_ns, memory_order_relaxed);
+    atomic_store_explicit(&b->ok, ok - ok / 16 + (rel - t0 <= SKV_BAR_SPIN_MAX ? 64 : 0), memory_order_relaxed);
+    if (!done) {
+        const int w = atomic_load_explicit(&b->wake_ns, memory_order_relaxed);
+        const int64_t lat = SKV_MIN(now_ns() - rel, 1000000);
+        atomic_store_explicit(&b->wake_ns, (int)(w - w / 8 + lat / 8), memory_order_relaxed);
+    }
 }
