@@ -323,26 +323,35 @@ INLINE __m512i codes64(int bits, const uint8_t *row, int32_t i) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, m)), _mm256_and_si256(_mm256_srli_epi16(b, 4), m), 1);
 }
 
-/* v[r] (16 vectors of 16 int32) -> lane r = the sum of v[r]'s lanes; integer, so exact */
-INLINE __m512i reduce16(__m512i *v) {
-    __m512i a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm512_add_epi32(_mm512_shuffle_i64x2(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_i64x2(v[2 * i], v[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; i++) /* 128-bit lane k: four partial sums of v[4i + k] */
-        b[i] = _mm512_add_epi32(_mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0x88), _mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0xDD));
-    for (int i = 0; i < 2; i++) /* lane k: v[8i + k] at 0 and 2, v[8i + 4 + k] at 1 and 3 (partial) */
-        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(b[2 * i], b[2 * i + 1]), _mm512_unpackhi_epi32(b[2 * i], b[2 * i + 1]));
-    /* lane 4k + m: the sum of v[k + 4m] */
-    const __m512i d = _mm512_add_epi32(_mm512_unpacklo_epi64(c[0], c[1]), _mm512_unpackhi_epi64(c[0], c[1]));
-    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), d);
+/* r[0..15] (16 rows of 16 dwords) -> v[k] lane i = dword k of row i (64 shuffles) */
+INLINE void transpose16(const __m512i *r, __m512i *v) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + c], 128-bit lane L: dword 4L + c of rows 4i..4i+3 */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* 4 x 4 transpose of 128-bit lanes over u[c], u[4 + c], ... */
+        const __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), b = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        const __m512i e = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE), d = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+        v[c] = _mm512_shuffle_i32x4(a, b, 0x88);
+        v[4 + c] = _mm512_shuffle_i32x4(a, b, 0xDD);
+        v[8 + c] = _mm512_shuffle_i32x4(e, d, 0x88);
+        v[12 + c] = _mm512_shuffle_i32x4(e, d, 0xDD);
+    }
 }
 
 /* Keys (head_dim a multiple of 64): q'_j = q_j * scale (per channel, in codes64's byte order)
  * quantised per block to integers qi = 128 qh + ql, qh in [-127, 127], ql in [-64, 63] (|qi| <=
  * skv_kvattn_query_levels(hd), so no int32 sum overflows), q'_j ~ d_j qi; each row's
  * sum_c qi_c code_c is two u8 x s8 dot products (vpdpbusd, exact), and the score is
- * (d_j dot + c_j) * scale with c_j = q_j . min. Sixteen rows at a time, the per-row sums of
- * each head reduced into one vector. */
+ * (d_j dot + c_j) * scale with c_j = q_j . min. Sixteen rows at a time, their codes transposed
+ * once for every head of the pass. */
 INLINE void scores_vnni(int bits, int32_t hd, const void *blk, const int32_t *rows, int32_t m, const float *q,
                         const int NH, float scale, float *s, int64_t lds) {
     const float *sc = blk, *mn = sc + hd;
@@ -386,25 +395,33 @@ INLINE void scores_vnni(int bits, int32_t hd, const void *blk, const int32_t *ro
             ql[j][i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(lb[1], lb[0])), _mm256_set_m128i(lb[3], lb[2]), 1);
         }
     }
+    int32_t qhd[HMAX][SKV_KVATTN_MAX_HD / 4] __attribute__((aligned(64))), qld[HMAX][SKV_KVATTN_MAX_HD / 4] __attribute__((aligned(64)));
+    FOR_HEADS(j)
+        for (int32_t i = 0; i < nc; i++) {
+            _mm512_store_si512((void *)(qhd[j] + 16 * i), qh[j][i]);
+            _mm512_store_si512((void *)(qld[j] + 16 * i), ql[j][i]);
+        }
     for (int32_t k0 = 0; k0 < m; k0 += 16) {
         const int cnt = (int)SKV_MIN(16, m - k0);
-        __m512i acc[HMAX][16];
-        for (int r = 0; r < 16; r++) {
-            const uint8_t *row = codes + rows[k0 + (r < cnt ? r : cnt - 1)] * rb;
-            __m512i ah[HMAX], al[HMAX];
-            FOR_HEADS(j) ah[j] = al[j] = _mm512_setzero_si512();
-            for (int32_t i = 0; i < nc; i++) {
-                const __m512i x = codes64(bits, row, i);
-                FOR_HEADS(j) {
-                    ah[j] = _mm512_dpbusd_epi32(ah[j], x, qh[j][i]);
-                    al[j] = _mm512_dpbusd_epi32(al[j], x, ql[j][i]);
+        __m512i ah[HMAX], al[HMAX];
+        FOR_HEADS(j) ah[j] = al[j] = _mm512_setzero_si512();
+        for (int32_t i = 0; i < nc; i++) {
+            /* 16 rows' codes transposed: v[k] lane r = channels 4k..4k+3 of row r, so that each
+             * query dword meets all 16 rows in one instruction and lane r sums row r */
+            __m512i r[16], v[16];
+            for (int rr = 0; rr < 16; rr++) r[rr] = codes64(bits, codes + rows[k0 + (rr < cnt ? rr : cnt - 1)] * rb, i);
+            transpose16(r, v);
+            FOR_HEADS(j)
+                for (int k = 0; k < 16; k++) {
+                    ah[j] = _mm512_dpbusd_epi32(ah[j], v[k], _mm512_set1_epi32(qhd[j][16 * i + k]));
+                    al[j] = _mm512_dpbusd_epi32(al[j], v[k], _mm512_set1_epi32(qld[j][16 * i + k]));
                 }
-            }
-            FOR_HEADS(j) acc[j][r] = _mm512_add_epi32(_mm512_slli_epi32(ah[j], 7), al[j]);
         }
+        __m512i acc[HMAX];
+        FOR_HEADS(j) acc[j] = _mm512_add_epi32(_mm512_slli_epi32(ah[j], 7), al[j]);
         const int dense = rows[k0 + cnt - 1] - rows[k0] == cnt - 1; /* rows in a run: one masked store */
         FOR_HEADS(j) {
-            const __m512 dot = _mm512_cvtepi32_ps(reduce16(acc[j]));
+            const __m512 dot = _mm512_cvtepi32_ps(acc[j]);
             const __m512 sv = _mm512_mul_ps(_mm512_fmadd_ps(dot, _mm512_set1_ps(dq[j]), _mm512_set1_ps(cst[j])), _mm512_set1_ps(scale));
             if (dense) {
                 _mm512_mask_storeu_ps(s + j * lds + rows[k0], (__mmask16)((1u << cnt) - 1), sv);
