@@ -67,10 +67,7 @@ void skv_cpu_bar_wait(skv_cpu_bar *b, int n) {
         if (atomic_load(&b->sleepers) > 0) syscall(SYS_futex, &b->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         return;
     }
-    /* relaxed loads and stores of the statistics: a lost update between threads only delays the
-     * adaptation by one wait */
-    const int ok = atomic_load_explicit(&b->ok, memory_order_relaxed);
-    const int spin = ok >= SKV_BAR_OK_SPIN && atomic_load_explicit(&b->wake_ns, memory_order_relaxed) >= SKV_BAR_WAKE_COSTLY;
+    const int spin = atomic_load_explicit(&b->ok, memory_order_relaxed) >= SKV_BAR_OK_SPIN && atomic_load_explicit(&b->wake_ns, memory_order_relaxed) >= SKV_BAR_WAKE_COSTLY;
     int done = 0;
     for (unsigned i = 1; spin; i++) { /* the clock read every 16 pauses */
         if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) {
@@ -85,11 +82,19 @@ void skv_cpu_bar_wait(skv_cpu_bar *b, int n) {
         while (atomic_load(&b->gen) == g) syscall(SYS_futex, &b->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
         atomic_fetch_sub(&b->sleepers, 1);
     }
+    /* the averages, updated with compare-and-swap: a plain store could let the partner's update
+     * from a wait that began earlier overwrite this one (a slow waker's long waits were lost so) */
     const int64_t rel = atomic_load_explicit(&b->release_ns, memory_order_relaxed);
-    atomic_store_explicit(&b->ok, ok - ok / 16 + (rel - t0 <= SKV_BAR_SPIN_MAX ? 64 : 0), memory_order_relaxed);
+    const int good = rel - t0 <= SKV_BAR_SPIN_MAX;
+    int o = atomic_load_explicit(&b->ok, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&b->ok, &o, o - o / 16 + (good ? 64 : 0), memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+    }
     if (!done) {
-        const int w = atomic_load_explicit(&b->wake_ns, memory_order_relaxed);
-        const int64_t lat = SKV_MIN(now_ns() - rel, 1000000);
-        atomic_store_explicit(&b->wake_ns, (int)(w - w / 8 + lat / 8), memory_order_relaxed);
+        const int lat = (int)SKV_MIN(now_ns() - rel, 1000000);
+        int w = atomic_load_explicit(&b->wake_ns, memory_order_relaxed);
+        while (!atomic_compare_exchange_weak_explicit(&b->wake_ns, &w, w - w / 8 + lat / 8, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+        }
     }
 }
