@@ -4,7 +4,9 @@
 #
 #   scripts/kvformat_bench.sh [MODEL_DIR] [OUT_DIR]
 #   env: REPS (5) invocations per (build, threads), ROUNDS (3) timed rounds of N_GEN steps per
-#        invocation and format, DEPTH (1984), N_GEN (64), THREADS ("2 1"), BASE (main)
+#        invocation and format, DEPTH (1984), N_GEN (64), THREADS ("2 1"), BASE (main),
+#        RUN_PREFIX ("") a command prefix for the timed runs only, e.g. "chrt -f 10" (root): the
+#        runs then preempt the other jobs of a shared machine, as if it were quiet
 #
 # main's library is built from `git archive $BASE` in a temporary directory; one driver,
 # scripts/kvformat_bench.c (slimkv.h only), is linked against each library. Per rep, per thread
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 MODEL=${1:-../shared/models/kvt-l}
 OUT=${2:-bench/kvformat}
 REPS=${REPS:-5} ROUNDS=${ROUNDS:-3} DEPTH=${DEPTH:-1984} N_GEN=${N_GEN:-64} THREADS=${THREADS:-"2 1"} BASE=${BASE:-main}
+export RUN_PREFIX=${RUN_PREFIX:-}
 FORMATS="0 1 4 2 3" # f32 bf16 f16 int8 int4 (skv_kv_format numbers)
 export OMP_WAIT_POLICY=passive
 
@@ -36,7 +39,7 @@ BASE_COMMIT=$(git rev-parse --short=12 "$BASE")
 HEAD_COMMIT=$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- src include scripts || echo -dirty)
 RAW="$OUT/raw.txt"
 {
-    echo "# scripts/kvformat_bench.sh $MODEL $OUT  REPS=$REPS ROUNDS=$ROUNDS DEPTH=$DEPTH N_GEN=$N_GEN THREADS='$THREADS'"
+    echo "# scripts/kvformat_bench.sh $MODEL $OUT  REPS=$REPS ROUNDS=$ROUNDS DEPTH=$DEPTH N_GEN=$N_GEN THREADS='$THREADS' RUN_PREFIX='$RUN_PREFIX'"
     echo "# before: $BASE $BASE_COMMIT  after: $HEAD_COMMIT  machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
     echo "# columns: rep threads build loadavg1 format median_tps round_tps..."
 } >"$RAW"
@@ -51,7 +54,7 @@ for rep in $(seq 1 "$REPS"); do
         if [ $((rep % 2)) -eq 0 ]; then order="after before"; fi
         for b in $order; do
             load=$(cut -d' ' -f1 /proc/loadavg)
-            "$TMP/$b" "$MODEL" "$t" "$DEPTH" "$N_GEN" "$ROUNDS" $FORMATS | while read -r line; do
+            $RUN_PREFIX "$TMP/$b" "$MODEL" "$t" "$DEPTH" "$N_GEN" "$ROUNDS" $FORMATS | while read -r line; do
                 echo "$rep $t $b $load $line" >>"$RAW"
             done
             echo "rep $rep threads $t $b done (load $load)" >&2
@@ -90,12 +93,13 @@ per_tok = {  # K + V bytes per token per (layer, KV head), full blocks
     "int4": (2 * hd * 4 + B * hd // 2) / B + (2 * (hd // 32) * 4 * B + B * hd // 2) / B,
 }
 avg_len = depth + n_gen / 2
-res = {"command": f"scripts/kvformat_bench.sh {model} {out}", "before": base_c, "after": head_c,
+res = {"command": f"scripts/kvformat_bench.sh {model} {out}", "run_prefix": os.environ.get("RUN_PREFIX", ""), "before": base_c, "after": head_c,
        "depth": depth, "n_gen": n_gen, "decode_weight_bytes": wbytes, "results": {}, "loadavg": {}}
 md = [f"# Decode tokens/s by KV format, {os.path.basename(model.rstrip('/'))}, depth {depth}, {n_gen} steps per round",
       "", f"before = {base_c} (main), after = {head_c}; tok/s: medians over every round of every run; "
       "×f32 (paired): the median over rounds of the format's tok/s over f32's in the same round of the same "
-      "process (formats interleave round by round, so load drift cancels).", ""]
+      "process (formats interleave round by round, so load drift cancels)." +
+      (f" Timed runs under `{os.environ['RUN_PREFIX']}`." if os.environ.get("RUN_PREFIX") else ""), ""]
 for t in sorted({k[0] for k in samples}, reverse=True):
     ld = loads[t]
     res["loadavg"][t] = {"min": min(ld), "median": statistics.median(ld), "max": max(ld)}

@@ -12,6 +12,10 @@
  * against the exact values the stored block represents (code * s + m in double for KIVI). The
  * checks use twice these bounds (the scale multiply adds an ulp) and also assert the observed
  * error is not zero for the quantised formats (a test that cannot fail is a defect).
+ * Where the library's int8/int4 scores quantise the query (AVX-512 VNNI: q_c s_c in steps of
+ * d = max_c |q_c s_c| / L, L = skv_kvattn_query_levels(hd), rounded to nearest), each score may
+ * move by a further scale * d * (1/2 + 2^-10) * sum_c code_c (the rounding of q_c s_c / d in
+ * float adds at most L 2^-24 < 2^-10 to the half step).
  */
 #include "harness.h"
 #include "kv/cache.h"
@@ -105,18 +109,39 @@ static void test_f16_rows(void) {
     CHECK(a[N - 8] == 0x7c00 && a[N - 7] == 0x7bff && a[N - 6] == 0x3c00 && a[N - 5] == 0x3c02);
 }
 
+/* The integer codes of a quantised K block (kv/quant.c layout) and the query's step d for head
+ * q (0 where the kernels take f32 queries). */
+static void key_codes(int f, int hd, const uint8_t *blk, int *codes) {
+    const uint8_t *c = blk + 2 * (size_t)hd * sizeof(float);
+    for (int i = 0; i < SKV_KV_BLOCK * hd; i++) codes[i] = f == SKV_KV_Q8 ? c[i] : (i & 1) ? c[i >> 1] >> 4 : c[i >> 1] & 15;
+}
+static double query_step(int f, int hd, const uint8_t *blk, const float *q) {
+    const int32_t L = skv_kvattn_query_levels(hd);
+    if (!quantised(f) || L <= 0 || hd % 64) return 0;
+    const float *sc = (const float *)blk;
+    float a = 0;
+    for (int c = 0; c < hd; c++) a = fmaxf(a, fabsf(q[c] * sc[c]));
+    return (double)a / L;
+}
+
 static void test_scores(void) {
-    static const int hds[] = {64, 128, 40, 36};
+    static const int hds[] = {64, 128, 40, 36, 96, 512};
+    static const int ns[] = {29, 32, 1, 17};
     static uint8_t blk[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD * 4];
     static double back[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD], mag[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD];
     static float widened[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD];
+    static int codes[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD];
+    static float q[6 * SKV_KVATTN_MAX_HD];
     for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++)
-        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++) {
-            const int hd = hds[hi], nh = 6, n = 29, lds = 40;
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+            const int hd = hds[hi], nh = 6, n = ns[ni], lds = 40;
             if (quantised(f) && hd % 32) continue;
+            if (!quantised(f) && (hd > 128 || ni > 0)) continue; /* the float formats as before */
             make_block(f, hd, 0, blk, back);
             magnitudes(f, hd, 0, blk, back, mag);
-            float q[6 * 128], s[6 * 40];
+            if (quantised(f)) key_codes(f, hd, blk, codes);
+            float s[6 * 40];
             for (int i = 0; i < nh * hd; i++) q[i] = srnd() * 2;
             uint8_t cls[SKV_KV_BLOCK];
             for (int t = 0; t < SKV_KV_BLOCK; t++) cls[t] = t % 7 == 3 ? SKV_READ_VONLY : t % 11 == 4 ? SKV_READ_SKIP : SKV_READ_OWN;
@@ -130,6 +155,7 @@ static void test_scores(void) {
             double worst = 0, worst_err = 0;
             int bad = 0;
             for (int j = 0; j < nh; j++) {
+                const double step = query_step(f, hd, blk, q + j * hd);
                 for (int t = n; t < lds; t++) CHECK(s[j * lds + t] == 12345); /* rows past n untouched */
                 for (int t = 0; t < n; t++) {
                     const float got = s[j * lds + t];
@@ -144,6 +170,11 @@ static void test_scores(void) {
                     }
                     ref *= scale;
                     bound = 2 * (hd + 3) * ldexp(1, -24) * bound * scale + 1e-30;
+                    if (step > 0) { /* the query's int16-like steps */
+                        double sc = 0;
+                        for (int c = 0; c < hd; c++) sc += codes[t * hd + c];
+                        bound += scale * step * (0.5 + ldexp(1, -10)) * sc;
+                    }
                     const double err = fabs(got - ref);
                     worst = fmax(worst, err / bound), worst_err = fmax(worst_err, err);
                     if (err > bound && bad++ < 3)
@@ -167,14 +198,45 @@ static void test_scores(void) {
         }
 }
 
+/* The largest dot product the integer scores can meet: every row but the first at the top code
+ * (255 or 15) in every channel, and q_c s_c of one magnitude and sign, at the largest head_dim
+ * (no int32 sum may overflow). */
+static void test_scores_edge(void) {
+    static float rows[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD], q[SKV_KVATTN_MAX_HD];
+    static uint8_t blk[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD * 2];
+    const int hd = SKV_KVATTN_MAX_HD, n = SKV_KV_BLOCK;
+    for (int f = SKV_KV_Q8; f <= SKV_KV_Q4; f++) {
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < hd; c++) rows[t * hd + c] = t == 0 ? -1.0f - c / 256.0f : 1.0f + c / 128.0f;
+        skv_quant_block((skv_kv_format)f, hd, 0, rows, blk);
+        const float *sc = (const float *)blk, *mn = sc + hd;
+        for (int c = 0; c < hd; c++) q[c] = 0.75f / sc[c]; /* q_c s_c = 0.75 for every channel */
+        float s[SKV_KV_BLOCK];
+        skv_kvattn_scores((skv_kv_format)f, hd, blk, n, q, 1, 1.0f, NULL, s, n);
+        const int top = f == SKV_KV_Q8 ? 255 : 15;
+        for (int t = 0; t < n; t++) {
+            double ref = 0, mag = 0;
+            for (int c = 0; c < hd; c++) {
+                const double x = (t == 0 ? 0 : top) * (double)sc[c] + mn[c];
+                ref += (double)q[c] * x;
+                mag += fabs((double)q[c]) * ((t == 0 ? 0 : top) * fabs((double)sc[c]) + fabs((double)mn[c]));
+            }
+            const double bound = 2 * (hd + 3) * ldexp(1, -24) * mag + 1e-6 * fabs(ref);
+            CHECKF(fabs(s[t] - ref) <= bound, "%s hd %d row %d: score %.9g, reference %.9g (an overflowing sum?)", fname(f), hd, t,
+                   s[t], ref);
+        }
+    }
+}
+
 static void test_weigh(void) {
-    static const int hds[] = {64, 128, 40, 36};
+    static const int hds[] = {64, 128, 40, 36, 96};
     static uint8_t blk[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD * 4];
     static double back[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD], mag[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD];
     static float widened[SKV_KV_BLOCK * SKV_KVATTN_MAX_HD];
     for (int f = 0; f < SKV_KV_FORMAT_COUNT; f++)
         for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
-            for (int with_mul = 0; with_mul < 2; with_mul++) {
+            for (int variant = 0; variant < 3; variant++) { /* mul; cls; every row, no cls */
+                const int with_mul = variant == 0, no_cls = variant == 2;
                 const int hd = hds[hi], nh = 5, n = 32, ldp = 50;
                 if (quantised(f) && hd % 32) continue;
                 make_block(f, hd, 1, blk, back);
@@ -184,8 +246,9 @@ static void test_weigh(void) {
                 for (int j = 0; j < nh; j++) mul[j] = 0.5f + frnd();
                 for (int i = 0; i < nh * hd; i++) o[i] = o0[i] = old[i] = srnd();
                 uint8_t cls[SKV_KV_BLOCK];
-                for (int t = 0; t < SKV_KV_BLOCK; t++) cls[t] = t % 5 == 2 ? SKV_READ_SKIP : t % 3 ? SKV_READ_OWN : SKV_READ_VONLY;
-                skv_kvattn_weigh((skv_kv_format)f, hd, blk, n, p, ldp, with_mul ? mul : NULL, cls, nh, o);
+                for (int t = 0; t < SKV_KV_BLOCK; t++)
+                    cls[t] = no_cls ? SKV_READ_OWN : t % 5 == 2 ? SKV_READ_SKIP : t % 3 ? SKV_READ_OWN : SKV_READ_VONLY;
+                skv_kvattn_weigh((skv_kv_format)f, hd, blk, n, p, ldp, with_mul ? mul : NULL, no_cls ? NULL : cls, nh, o);
                 if (quantised(f)) skv_dequant_block((skv_kv_format)f, hd, 1, blk, widened, SKV_KV_BLOCK);
                 else
                     for (int i = 0; i < SKV_KV_BLOCK * hd; i++) widened[i] = (float)back[i];
@@ -213,7 +276,7 @@ static void test_weigh(void) {
                 for (int j = 0; j < nh; j++) { /* one head alone: the same bits */
                     float one[128];
                     memcpy(one, o0 + j * hd, sizeof(float) * (size_t)hd);
-                    skv_kvattn_weigh((skv_kv_format)f, hd, blk, n, p + j * ldp, ldp, with_mul ? mul + j : NULL, cls, 1, one);
+                    skv_kvattn_weigh((skv_kv_format)f, hd, blk, n, p + j * ldp, ldp, with_mul ? mul + j : NULL, no_cls ? NULL : cls, 1, one);
                     CHECKF(!memcmp(one, o + j * hd, sizeof(float) * (size_t)hd), "%s hd %d: head %d alone weighs differently", fname(f), hd, j);
                 }
                 if (!quantised(f))
@@ -241,11 +304,22 @@ static void test_attention_over_cache(void) {
         float q[3 * 64], s[3 * 128], o[3 * 64] = {0}, vb[SKV_KV_BLOCK * 64];
         for (int i = 0; i < nh * hd; i++) q[i] = srnd() * 2;
         const float scale = 0.125f;
+        double dmax = 0; /* the largest score move the query's integer steps allow (none: 0) */
         for (int b = 0; b * SKV_KV_BLOCK < n; b++) {
             skv_kv_format bf;
             const int rows = SKV_MIN(SKV_KV_BLOCK, n - b * SKV_KV_BLOCK);
             const void *K = skv_cache_block(&c, st, b, 0, &bf, NULL);
             skv_kvattn_scores(bf, hd, K, rows, q, nh, scale, NULL, s + b * SKV_KV_BLOCK, 128);
+            if (quantised(bf)) {
+                static int codes[SKV_KV_BLOCK * 64];
+                key_codes(bf, hd, K, codes);
+                for (int j = 0; j < nh; j++)
+                    for (int t = 0; t < rows; t++) {
+                        double sc = 0;
+                        for (int i = 0; i < hd; i++) sc += codes[t * hd + i];
+                        dmax = fmax(dmax, scale * query_step(bf, hd, K, q + j * hd) * (0.5 + ldexp(1, -10)) * sc);
+                    }
+            }
             if (quantised(f)) CHECKF((bf == (skv_kv_format)f) == (rows == SKV_KV_BLOCK), "%s block %d stored as %s", fname(f), b, fname(bf));
         }
         for (int j = 0; j < nh; j++) skv_softmax(s + j * 128, n);
@@ -274,8 +348,10 @@ static void test_attention_over_cache(void) {
             }
         }
         /* scores within ~1e-5 (|q.k| <= 2 * 2 * 64 * 0.125, f32 rounding of the dequantised rows
-         * and of the folded sums): probabilities within 2e-5 relative, plus exp256's 2e-7 */
-        const double tol = 4e-5 * maxv;
+         * and of the folded sums): probabilities within 2e-5 relative, plus exp256's 2e-7; and
+         * scores that move by at most dmax (integer query steps) move each probability by at
+         * most a factor e^(+-2 dmax) */
+        const double tol = 4e-5 * maxv + (exp(2 * dmax) - 1) * maxv;
         CHECKF(worst <= tol, "%s: attention differs from the dequantised reference by %.3g (tolerance %.3g)", fname(f), worst, tol);
         skv_cache_free(&c);
     }
@@ -322,6 +398,7 @@ static void test_f16_in_model(void) {
 void register_kvattn(void) {
     skv_test_add("kvattn/f16 rows (F16C) round as the scalar conversion", test_f16_rows);
     skv_test_add("kvattn/scores of each format vs double and vs the f32 path", test_scores);
+    skv_test_add("kvattn/int8/int4 scores at the int32 edge (head_dim 512, top codes)", test_scores_edge);
     skv_test_add("kvattn/weighted V of each format vs double and vs the f32 path", test_weigh);
     skv_test_add("kvattn/attention over a cache of each format vs the dequantised reference", test_attention_over_cache);
     skv_test_add("kvattn/f16 cache in the model stays close to f32", test_f16_in_model);

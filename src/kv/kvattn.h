@@ -13,8 +13,14 @@
  * f32, bf16 and f16 rows are summed in the same order as skv_dot / skv_axpy over the rows
  * widened to f32 (the results are those of the dequantise-then-f32 path bit for bit); int8/int4
  * results differ from the dequantised rows' by rounding only (tests/test_kvattn.c states the
- * bound). A head's result never depends on how many heads share the call. AVX2 + FMA + F16C
- * where the compiler targets them, scalar otherwise.
+ * bound), except that where AVX-512 VNNI is targeted the int8/int4 scores take the scaled query
+ * q_c * scale_c quantised to int16 per block and head (steps of max_c |q_c scale_c| / L, L =
+ * skv_kvattn_query_levels(hd)), so that each row's dot product is exact integer arithmetic
+ * (vpdpwssd over codes widened to int16); that adds at most (step / 2) * sum_c code_tc to
+ * q . k (relative to the query's largest term, 2^-16: far below the codes' own rounding).
+ * A head's result never depends on how many heads share the call. AVX-512 (VNNI, BW) for the
+ * quantised formats, AVX2 + FMA + F16C for the rest (and for all where AVX-512 is not
+ * targeted), scalar otherwise; chosen when the library is built (-march).
  */
 #ifndef SKV_KV_KVATTN_H
 #define SKV_KV_KVATTN_H
@@ -36,6 +42,10 @@ void skv_kvattn_scores(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n
  * may be NULL: none). */
 void skv_kvattn_weigh(skv_kv_format fmt, int32_t hd, const void *blk, int32_t n, const float *p, int64_t ldp,
                       const float *mul, const uint8_t *cls, int32_t nh, float *o);
+
+/* L of the int16 query above for head_dim hd (the largest |q| code: no int32 sum of
+ * L * 255 * hd overflows), or 0 where the scores use f32 queries (no AVX-512 VNNI). */
+int32_t skv_kvattn_query_levels(int32_t hd);
 
 /* Ask for a block's bytes to be brought into the cache ahead of its use (blocks are scattered
  * over the pools, so the hardware prefetcher does not see the next one coming). */

@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 
 /* query rows per causal block of prefill attention */
 #define SKV_ATT_BLOCK 64
@@ -24,6 +25,19 @@ typedef struct skv_cpu_vtop {
     uint8_t *zs;               /* the store's read scratch */
     skv_vstore_stats ct;
 } skv_cpu_vtop;
+
+/* The decode pass's barrier (cpu_sync.c): spins briefly, then sleeps on a futex. */
+typedef struct skv_cpu_bar {
+    atomic_int count;          /* threads arrived in this generation */
+    atomic_uint gen;           /* generation, advanced by the last thread to arrive */
+    atomic_int sleepers;       /* threads asleep on gen */
+    atomic_int ok;             /* share of recent waits a spin would have covered (of 1024) */
+    atomic_int wake_ns;        /* recent sleepers' time from release to running again */
+    atomic_llong release_ns;   /* when the last release happened */
+} skv_cpu_bar;
+void skv_cpu_bar_init(skv_cpu_bar *b);
+/* every one of the n threads of the enclosing team calls it; returns when all have */
+void skv_cpu_bar_wait(skv_cpu_bar *b, int n);
 
 typedef struct skv_cpu {
     const skv_model *m;
@@ -73,6 +87,7 @@ typedef struct skv_cpu {
     size_t act_bytes;
     skv_act ax, ao, ah;
     void *pol_scratch;         /* policy selection scratch */
+    skv_cpu_bar bar;           /* forward_token's barrier */
 } skv_cpu;
 
 /* cpu_forward.c: one chunk (the context's positions advance in the caller) */

@@ -37,6 +37,7 @@ static skv_status cpu_init(skv_context *ctx, const skv_context_params *p) {
     skv_cpu *c = calloc(1, sizeof *c);
     if (!c) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
     ctx->bs = c;
+    skv_cpu_bar_init(&c->bar);
     c->m = m;
     c->n_ctx = ctx->n_ctx, c->n_batch = ctx->n_batch, c->n_threads = ctx->n_threads;
     c->head_win_from = INT64_MAX;

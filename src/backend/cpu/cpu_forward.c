@@ -508,18 +508,22 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
     if (c->plan.vtop.on && (err = skv_cpu_vtop_before_step(c))) return err;
     skv_cpu_embed_rows(c, fin);
 
+    skv_cpu_bar *bar = &c->bar;
 #pragma omp parallel num_threads(c->n_threads)
     {
+        /* thread 0 does the serial steps; skv_cpu_bar_wait separates the steps (cpu_sync.c) */
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#define SYNC() skv_cpu_bar_wait(bar, nt)
         int64_t r0, r1;
         for (int32_t l = 0; l < in->n_layer; l++) {
             const skv_layer *ly = &m->layers[l];
             const int32_t cl = m->cache_of[l];
             const float *cs = skv_model_rope_at(m, m->rope_cos, l, pos), *sn = skv_model_rope_at(m, m->rope_sin, l, pos);
-#pragma omp single
-            {
+            if (tid == 0) {
                 skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
                 skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
+            SYNC();
             /* q, k, v: one row range over the three stacked matrices (q only: LCKV layers without
              * K/V of their own) */
             const int own = m->kv_src[l] == l;
@@ -535,51 +539,54 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                     c->v[k] = skv_weight_row_dot_act(&ly->wv, k, &c->ax) + (ly->bv ? ly->bv[k] : 0);
                 }
             }
-#pragma omp barrier
+            SYNC();
             if (own) {
-#pragma omp single
-                {
+                if (tid == 0) {
                     if (ly->q_norm) skv_cpu_qk_norms(c, ly, 1);
                     for (int32_t g = 0; g < in->n_kv_head; g++) skv_rope(c->k + g * hd, cs, sn, (int32_t)hd);
                     skv_status st = skv_cpu_append_kv(c, cl, pos, c->k, c->v);
                     if (st) err = st;
                 }
+                SYNC();
             }
+            /* attention: KV groups (or query heads) in contiguous ranges, as a static schedule */
             if (by_group) {
-#pragma omp for schedule(static)
-                for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_attend_heads(c, l, cl, g, g * G, G, cs, sn, pos, scale);
+                skv_cpu_team_rows(in->n_kv_head, &r0, &r1);
+                for (int32_t g = (int32_t)r0; g < r1; g++) skv_cpu_attend_heads(c, l, cl, g, g * G, G, cs, sn, pos, scale);
             } else {
-#pragma omp for schedule(static)
-                for (int32_t h = 0; h < H; h++) skv_cpu_attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
+                skv_cpu_team_rows(H, &r0, &r1);
+                for (int32_t h = (int32_t)r0; h < r1; h++) skv_cpu_attend_heads(c, l, cl, h / G, h, 1, cs, sn, pos, scale);
             }
+            SYNC();
             /* statistics come from the layer that owns the cache layer */
             if (c->head_acc && own) {
-#pragma omp for schedule(static)
-                for (int32_t h = 0; h < H; h++) skv_cpu_decode_head_stats(c, l, cl, pos, h);
+                skv_cpu_team_rows(H, &r0, &r1);
+                for (int32_t h = (int32_t)r0; h < r1; h++) skv_cpu_decode_head_stats(c, l, cl, pos, h);
+                SYNC();
             }
             if ((c->want_acc || c->want_last) && own) {
-#pragma omp for schedule(static)
-                for (int32_t g = 0; g < in->n_kv_head; g++) skv_cpu_decode_stream_stats(c, cl, g);
+                skv_cpu_team_rows(in->n_kv_head, &r0, &r1);
+                for (int32_t g = (int32_t)r0; g < r1; g++) skv_cpu_decode_stream_stats(c, cl, g);
+                SYNC();
             }
             /* x += o_proj(att_out) */
-#pragma omp single
-            skv_act_init(&c->ao, c->att_out, QD, m->act_kinds, c->actbuf + c->act_bytes);
+            if (tid == 0) skv_act_init(&c->ao, c->att_out, QD, m->act_kinds, c->actbuf + c->act_bytes);
+            SYNC();
             skv_cpu_team_rows(D, &r0, &r1);
             if (gemma) { /* x += post_attn_norm(o_proj(att_out)) */
                 for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->wo, r, &c->ao);
-#pragma omp barrier
-#pragma omp single
-                skv_cpu_post_norm_add(c, ly->post_attn_norm);
+                SYNC();
+                if (tid == 0) skv_cpu_post_norm_add(c, ly->post_attn_norm);
             } else {
                 for (int64_t r = r0; r < r1; r++)
                     c->x[r] += skv_weight_row_dot_act(&ly->wo, r, &c->ao) + (ly->bo ? ly->bo[r] : 0);
-#pragma omp barrier
             }
-#pragma omp single
-            {
+            SYNC();
+            if (tid == 0) {
                 skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
                 skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
+            SYNC();
             /* hb = silu(gate xb) * (up xb) */
             skv_cpu_team_rows(F, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
@@ -587,33 +594,33 @@ static skv_status forward_token(skv_cpu *c, const skv_fwd_in *fin, const skv_fwd
                 float up = skv_weight_row_dot_act(&ly->w_up, r, &c->ax);
                 c->hb[r] = (gemma ? skv_gelu_tanh(gt) : skv_silu(gt)) * up;
             }
-#pragma omp barrier
-#pragma omp single
-            skv_act_init(&c->ah, c->hb, F, m->act_kinds, c->actbuf + 2 * c->act_bytes);
+            SYNC();
+            if (tid == 0) skv_act_init(&c->ah, c->hb, F, m->act_kinds, c->actbuf + 2 * c->act_bytes);
+            SYNC();
             skv_cpu_team_rows(D, &r0, &r1);
             if (gemma) { /* x += post_ffn_norm(down(hb)) */
                 for (int64_t r = r0; r < r1; r++) c->proj[r] = skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
-#pragma omp barrier
-#pragma omp single
-                skv_cpu_post_norm_add(c, ly->post_ffn_norm);
+                SYNC();
+                if (tid == 0) skv_cpu_post_norm_add(c, ly->post_ffn_norm);
             } else {
                 for (int64_t r = r0; r < r1; r++) c->x[r] += skv_weight_row_dot_act(&ly->w_down, r, &c->ah);
-#pragma omp barrier
             }
+            SYNC();
         }
         if (out->logits || out->hidden_normed) {
-#pragma omp single
-            {
+            if (tid == 0) {
                 if (out->hidden) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
                 skv_rmsnorm(c->xb, c->x, m->final_norm, D, in->rms_eps);
                 if (out->hidden_normed) memcpy(out->hidden_normed, c->xb, sizeof(float) * (size_t)D);
                 skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
             }
+            SYNC();
             if (out->logits) {
                 skv_cpu_team_rows(in->n_vocab, &r0, &r1);
                 for (int64_t r = r0; r < r1; r++) out->logits[r] = skv_weight_row_dot_act(&m->lm_head, r, &c->ax);
             }
         }
+#undef SYNC
     }
     if (out->hidden && !out->logits && !out->hidden_normed) memcpy(out->hidden, c->x, sizeof(float) * (size_t)D);
     if (!err && c->cache.vs_err) {
