@@ -296,7 +296,7 @@ int bench_kcache_cuda(const char *dir, const char *depths_s, const char *batches
     fprintf(f, "  ]\n}\n");
     fclose(f);
     printf("largest batch at depth %d: full %d, kcache %d (HBM estimate %d, host memory limit %d); best tokens/s full "
-           "%.1f, kcache %.1f (x%.2f)\nwritten to %s\n", batch_depth, b_full, b_kc, b_kc_hbm, b_kc_host, best_full,
+           "%.1f, kcache %.1f (x%.3f)\nwritten to %s\n", batch_depth, b_full, b_kc, b_kc_hbm, b_kc_host, best_full,
            best_kc, best_full > 0 ? best_kc / best_full : 0.0, out);
     free(ids);
     skv_model_free(m);

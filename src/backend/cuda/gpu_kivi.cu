@@ -213,12 +213,14 @@ __global__ void k_kivi_old(const int32_t *bt, int l, int seq, int n_seq, int mb,
     }
 }
 
-/* Prefill: after the chunk of n rows at slots n_old..: group n_old / 32 + blockIdx.x of stream
- * (l, seq, blockIdx.y) quantised when complete (rows before n_old from the residual, the rest
- * from staging), else the chunk's rows into the residual. */
+/* Prefill: after the chunk of n rows at slots n_old..: group n_old / 32 + g0 + blockIdx.x of
+ * stream (l, seq, blockIdx.y) quantised when complete (rows before n_old from the residual, the
+ * rest from staging), else the chunk's rows into the residual. The first group reads the
+ * residual that a new partial last group overwrites: the caller launches that last group
+ * separately, after the others (gpu_kivi_prefill_end). */
 __global__ void k_kivi_commit(const int32_t *bt, int l, int seq, int n_seq, int mb, int KVH, int hd, int n_old, int n,
-                              kivi_ref K) {
-    const int gi = n_old / KG + blockIdx.x, g = blockIdx.y, sid = (l * n_seq + seq) * KVH + g;
+                              int g0, kivi_ref K) {
+    const int gi = n_old / KG + g0 + blockIdx.x, g = blockIdx.y, sid = (l * n_seq + seq) * KVH + g;
     const int base = gi * KG, end = n_old + n;
     float *rk = K.rk + (int64_t)sid * KG * hd, *rv = K.rv + (int64_t)sid * KG * hd;
     const float *sk = K.stk + (int64_t)g * K.n_batch * hd, *sv = K.stv + (int64_t)g * K.n_batch * hd;
@@ -475,10 +477,12 @@ k_kivi_attn(const float *q, kivi_ref K, const int32_t *bt, const int32_t *slen, 
         const int gq1 = min(g1, Lq / KG); /* the split's quantised groups: [g0, gq1) */
 #pragma unroll 1
         for (int u = g0 * UPG + warp; u < gq1 * UPG; u += ATT_WARPS) quant_steps(u / UPG, (u % UPG) * U);
-        if (g1 > gq1 && gq1 * KG < L) { /* the residual group, its steps over all warps */
+        const int rg = Lq / KG; /* the residual group, when it is this split's: its steps over all warps
+                                  * (a split past the last group has g1 < g0 and must not take it) */
+        if (rg >= g0 && rg < g1 && rg * KG < L) {
             static_assert(STEPS % ATT_WARPS == 0, "residual steps per warp");
 #pragma unroll
-            for (int ii = 0; ii < STEPS / ATT_WARPS; ii++) resid_step(gq1 * KG, ii * ATT_WARPS + warp);
+            for (int ii = 0; ii < STEPS / ATT_WARPS; ii++) resid_step(rg * KG, ii * ATT_WARPS + warp);
         }
     }
 #pragma unroll
@@ -580,10 +584,18 @@ skv_status gpu_kivi_prefill_begin(skv_gpu_ctx *c, int l, int seq) {
 
 skv_status gpu_kivi_prefill_end(skv_gpu_ctx *c, int l, int seq, int n) {
     const skv_gpu_model *g = c->g;
-    const int n_old = c->h_n[sid_of(c, l, seq, 0)], groups = (n_old + n - 1) / KG - n_old / KG + 1;
-    k_kivi_commit<<<dim3(groups, g->KVH), 64, 0, c->st>>>(c->bt, l, seq, c->n_seq, c->mb, g->KVH, g->hd, n_old, n,
-                                                           ref_of(c));
+    const int n_old = c->h_n[sid_of(c, l, seq, 0)], end = n_old + n, groups = (end - 1) / KG - n_old / KG + 1;
+    /* a partial last group that is not the first is written into the residual only after the
+     * first group (which may read the residual's rows before n_old) has been quantised */
+    const int split = groups > 1 && end % KG != 0;
+    k_kivi_commit<<<dim3(groups - split, g->KVH), 64, 0, c->st>>>(c->bt, l, seq, c->n_seq, c->mb, g->KVH, g->hd, n_old,
+                                                                   n, 0, ref_of(c));
     LAUNCHED();
+    if (split) {
+        k_kivi_commit<<<dim3(1, g->KVH), 64, 0, c->st>>>(c->bt, l, seq, c->n_seq, c->mb, g->KVH, g->hd, n_old, n,
+                                                          groups - 1, ref_of(c));
+        LAUNCHED();
+    }
     return SKV_OK;
 }
 
