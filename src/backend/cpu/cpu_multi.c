@@ -29,8 +29,18 @@ typedef struct multi {
     float **y[Y_N];
     const skv_act **a[A_N];
     int32_t *it_ctx, *it_g, *it_h0, *it_nh, n_items; /* attention work items (one layer) */
+    atomic_int *next;   /* (n_layer) the next attention item to take, per layer (from 0) */
+    skv_cpu_bar *bar;   /* the first context's decode barrier (cpu_sync.c), for the whole team */
     skv_status *err;
 } multi;
+
+/* [i0, i1): this thread's share of n per-context items, then (END_FOR) the team in step again,
+ * as `omp for` with its closing barrier did: the step's barrier (cpu_sync.c) instead of
+ * OpenMP's, whose passive wait sleeps and wakes a vCPU at every one of a step's ~90 barriers */
+#define SYNC() skv_cpu_bar_wait(mu->bar, omp_get_num_threads())
+#define TEAM_FOR(i, n)                                                                                       \
+    for (int64_t i##_0, i##_1, i##_once = (skv_cpu_team_rows((n), &i##_0, &i##_1), 1); i##_once; i##_once = 0) \
+        for (int32_t i = (int32_t)i##_0; i < i##_1; i++)
 
 /* y[i][r] (add: +=) W[r] . a[i] + bias[r] for rows [r0, r1) and every context i: tiles of
  * rows, each dotted with chunks of MULTI_CHUNK activations (skv_weight_row_dot_multi) */
@@ -67,22 +77,21 @@ static void layer(const multi *mu, int32_t l) {
     const int own = m->kv_src[l] == l, gemma = m->cfg.gemma3;
     const float scale = skv_cpu_att_scale(m);
     int64_t r0, r1;
-#pragma omp for schedule(static)
-    for (int32_t i = 0; i < n; i++) {
+    TEAM_FOR(i, n) {
         skv_cpu *c = mu->c[i];
         skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
         skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
     }
+    SYNC();
     /* q, k, v: one row range over the three stacked matrices */
     skv_cpu_team_rows(own ? QD + 2 * KD : QD, &r0, &r1);
     if (r0 < QD) mdot(mu, &ly->wq, ly->bq, r0, SKV_MIN(r1, QD), Y_Q, A_X, 0);
     if (own && r1 > QD && r0 < QD + KD)
         mdot(mu, &ly->wk, ly->bk, SKV_MAX(r0, QD) - QD, SKV_MIN(r1, QD + KD) - QD, Y_K, A_X, 0);
     if (own && r1 > QD + KD) mdot(mu, &ly->wv, ly->bv, SKV_MAX(r0, QD + KD) - QD - KD, r1 - QD - KD, Y_V, A_X, 0);
-#pragma omp barrier
+    SYNC();
     if (own) {
-#pragma omp for schedule(static)
-        for (int32_t i = 0; i < n; i++) {
+        TEAM_FOR(i, n) {
             skv_cpu *c = mu->c[i];
             const float *cs = skv_model_rope_at(m, m->rope_cos, l, mu->pos[i]), *sn = skv_model_rope_at(m, m->rope_sin, l, mu->pos[i]);
             if (ly->q_norm) skv_cpu_qk_norms(c, ly, 1);
@@ -90,41 +99,43 @@ static void layer(const multi *mu, int32_t l) {
             skv_status st = skv_cpu_append_kv(c, cl, mu->pos[i], c->k, c->v);
             if (st && !mu->err[i]) mu->err[i] = st;
         }
+        SYNC();
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int32_t k = 0; k < mu->n_items; k++) {
+    /* attention items taken one at a time (contexts of different lengths) */
+    for (int32_t k; (k = atomic_fetch_add_explicit(&mu->next[l], 1, memory_order_relaxed)) < mu->n_items;) {
         const int32_t i = mu->it_ctx[k];
         const float *cs = skv_model_rope_at(m, m->rope_cos, l, mu->pos[i]), *sn = skv_model_rope_at(m, m->rope_sin, l, mu->pos[i]);
         skv_cpu_attend_heads(mu->c[i], l, cl, mu->it_g[k], mu->it_h0[k], mu->it_nh[k], cs, sn, mu->pos[i], scale);
     }
+    SYNC();
     if (own) { /* statistics (from the layer that owns the cache layer) */
-#pragma omp for schedule(static)
-        for (int32_t k = 0; k < n * H; k++) {
+        TEAM_FOR(k, n * H) {
             skv_cpu *c = mu->c[k / H];
             if (c->head_acc) skv_cpu_decode_head_stats(c, l, cl, mu->pos[k / H], k % H);
         }
-#pragma omp for schedule(static)
-        for (int32_t k = 0; k < n * in->n_kv_head; k++) {
+        SYNC();
+        TEAM_FOR(k, n * in->n_kv_head) {
             skv_cpu *c = mu->c[k / in->n_kv_head];
             if (c->want_acc || c->want_last) skv_cpu_decode_stream_stats(c, cl, k % in->n_kv_head);
         }
+        SYNC();
     }
-#pragma omp for schedule(static)
-    for (int32_t i = 0; i < n; i++) skv_act_init(&mu->c[i]->ao, mu->c[i]->att_out, QD, m->act_kinds, mu->c[i]->actbuf + mu->c[i]->act_bytes);
+    TEAM_FOR(i, n) skv_act_init(&mu->c[i]->ao, mu->c[i]->att_out, QD, m->act_kinds, mu->c[i]->actbuf + mu->c[i]->act_bytes);
+    SYNC();
     /* x += o_proj(att_out) (Gemma: x += post_attn_norm(o_proj(att_out))) */
     skv_cpu_team_rows(D, &r0, &r1);
     mdot(mu, &ly->wo, ly->bo, r0, r1, gemma ? Y_PROJ : Y_X, A_O, !gemma);
-#pragma omp barrier
+    SYNC();
     if (gemma) {
-#pragma omp for schedule(static)
-        for (int32_t i = 0; i < n; i++) skv_cpu_post_norm_add(mu->c[i], ly->post_attn_norm);
+        TEAM_FOR(i, n) skv_cpu_post_norm_add(mu->c[i], ly->post_attn_norm);
+        SYNC();
     }
-#pragma omp for schedule(static)
-    for (int32_t i = 0; i < n; i++) {
+    TEAM_FOR(i, n) {
         skv_cpu *c = mu->c[i];
         skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
         skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
     }
+    SYNC();
     /* hb = silu(gate xb) * (up xb) */
     skv_cpu_team_rows(F, &r0, &r1);
     mdot(mu, &ly->w_gate, NULL, r0, r1, Y_HB, A_X, 0);
@@ -133,15 +144,15 @@ static void layer(const multi *mu, int32_t l) {
         float *hb = mu->c[i]->hb, *up = mu->c[i]->hb2;
         for (int64_t r = r0; r < r1; r++) hb[r] = (gemma ? skv_gelu_tanh(hb[r]) : skv_silu(hb[r])) * up[r];
     }
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int32_t i = 0; i < n; i++) skv_act_init(&mu->c[i]->ah, mu->c[i]->hb, F, m->act_kinds, mu->c[i]->actbuf + 2 * mu->c[i]->act_bytes);
+    SYNC();
+    TEAM_FOR(i, n) skv_act_init(&mu->c[i]->ah, mu->c[i]->hb, F, m->act_kinds, mu->c[i]->actbuf + 2 * mu->c[i]->act_bytes);
+    SYNC();
     skv_cpu_team_rows(D, &r0, &r1);
     mdot(mu, &ly->w_down, NULL, r0, r1, gemma ? Y_PROJ : Y_X, A_H, !gemma);
-#pragma omp barrier
+    SYNC();
     if (gemma) {
-#pragma omp for schedule(static)
-        for (int32_t i = 0; i < n; i++) skv_cpu_post_norm_add(mu->c[i], ly->post_ffn_norm);
+        TEAM_FOR(i, n) skv_cpu_post_norm_add(mu->c[i], ly->post_ffn_norm);
+        SYNC();
     }
 }
 
@@ -151,6 +162,7 @@ static void multi_free(multi *mu) {
     for (int k = 0; k < Y_N; k++) free(mu->y[k]);
     for (int k = 0; k < A_N; k++) free(mu->a[k]);
     free(mu->it_ctx);
+    free(mu->next);
     free(mu->err);
 }
 
@@ -161,7 +173,8 @@ skv_status skv_cpu_decode_multi(skv_context *const *cs, int32_t n, const int32_t
     multi mu = {.n = n};
     int ok = (mu.c = malloc(sizeof(skv_cpu *) * (size_t)n)) && (mu.pos = malloc(sizeof(int64_t) * (size_t)n)) &&
              (mu.err = calloc((size_t)n, sizeof(skv_status))) &&
-             (mu.it_ctx = malloc(sizeof(int32_t) * 4 * (size_t)n * (size_t)H));
+             (mu.it_ctx = malloc(sizeof(int32_t) * 4 * (size_t)n * (size_t)H)) &&
+             (mu.next = calloc((size_t)in->n_layer, sizeof(atomic_int)));
     for (int k = 0; ok && k < Y_N; k++) ok = (mu.y[k] = malloc(sizeof(float *) * (size_t)n)) != NULL;
     for (int k = 0; ok && k < A_N; k++) ok = (mu.a[k] = malloc(sizeof(skv_act *) * (size_t)n)) != NULL;
     if (!ok) {
@@ -197,19 +210,22 @@ skv_status skv_cpu_decode_multi(skv_context *const *cs, int32_t n, const int32_t
         return st;
     }
 
+    mu.bar = &((skv_cpu *)cs[0]->bs)->bar; /* (its statistics carry over from step to step) */
+    multi *const mp = &mu;
 #pragma omp parallel num_threads(nt)
     {
-        for (int32_t l = 0; l < in->n_layer; l++) layer(&mu, l);
+        multi *const mu = mp; /* (SYNC and TEAM_FOR name mu) */
+        for (int32_t l = 0; l < in->n_layer; l++) layer(mu, l);
         if (logits) {
-#pragma omp for schedule(static)
-            for (int32_t i = 0; i < n; i++) {
-                skv_cpu *c = mu.c[i];
+            TEAM_FOR(i, n) {
+                skv_cpu *c = mu->c[i];
                 skv_rmsnorm(c->xb, c->x, m->final_norm, in->dim, in->rms_eps);
                 skv_act_init(&c->ax, c->xb, in->dim, m->act_kinds, c->actbuf);
             }
+            SYNC();
             int64_t r0, r1;
             skv_cpu_team_rows(in->n_vocab, &r0, &r1);
-            mdot(&mu, &m->lm_head, NULL, r0, r1, Y_LOGITS, A_X, 0);
+            mdot(mu, &m->lm_head, NULL, r0, r1, Y_LOGITS, A_X, 0);
         }
     }
     for (int32_t i = 0; i < n && !st; i++) {
