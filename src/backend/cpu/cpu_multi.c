@@ -34,13 +34,11 @@ typedef struct multi {
     skv_status *err;
 } multi;
 
-/* [i0, i1): this thread's share of n per-context items, then (END_FOR) the team in step again,
- * as `omp for` with its closing barrier did: the step's barrier (cpu_sync.c) instead of
- * OpenMP's, whose passive wait sleeps and wakes a vCPU at every one of a step's ~90 barriers */
+/* The team in step again after a stage, as `omp for`'s closing barrier did: the decode step's
+ * barrier (cpu_sync.c) instead of OpenMP's, whose passive wait sleeps and wakes a vCPU at every
+ * one of a step's ~90 barriers. Per-context stages take this thread's share of the contexts
+ * (skv_cpu_team_rows). */
 #define SYNC() skv_cpu_bar_wait(mu->bar, omp_get_num_threads())
-#define TEAM_FOR(i, n)                                                                                       \
-    for (int64_t i##_0, i##_1, i##_once = (skv_cpu_team_rows((n), &i##_0, &i##_1), 1); i##_once; i##_once = 0) \
-        for (int32_t i = (int32_t)i##_0; i < i##_1; i++)
 
 /* y[i][r] (add: +=) W[r] . a[i] + bias[r] for rows [r0, r1) and every context i: tiles of
  * rows, each dotted with chunks of MULTI_CHUNK activations (skv_weight_row_dot_multi) */
@@ -77,7 +75,8 @@ static void layer(const multi *mu, int32_t l) {
     const int own = m->kv_src[l] == l, gemma = m->cfg.gemma3;
     const float scale = skv_cpu_att_scale(m);
     int64_t r0, r1;
-    TEAM_FOR(i, n) {
+    skv_cpu_team_rows(n, &r0, &r1);
+    for (int32_t i = (int32_t)r0; i < r1; i++) {
         skv_cpu *c = mu->c[i];
         skv_rmsnorm(c->xb, c->x, ly->attn_norm, D, in->rms_eps);
         skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
@@ -91,7 +90,8 @@ static void layer(const multi *mu, int32_t l) {
     if (own && r1 > QD + KD) mdot(mu, &ly->wv, ly->bv, SKV_MAX(r0, QD + KD) - QD - KD, r1 - QD - KD, Y_V, A_X, 0);
     SYNC();
     if (own) {
-        TEAM_FOR(i, n) {
+        skv_cpu_team_rows(n, &r0, &r1);
+        for (int32_t i = (int32_t)r0; i < r1; i++) {
             skv_cpu *c = mu->c[i];
             const float *cs = skv_model_rope_at(m, m->rope_cos, l, mu->pos[i]), *sn = skv_model_rope_at(m, m->rope_sin, l, mu->pos[i]);
             if (ly->q_norm) skv_cpu_qk_norms(c, ly, 1);
@@ -109,28 +109,33 @@ static void layer(const multi *mu, int32_t l) {
     }
     SYNC();
     if (own) { /* statistics (from the layer that owns the cache layer) */
-        TEAM_FOR(k, n * H) {
+        skv_cpu_team_rows(n * H, &r0, &r1);
+        for (int32_t k = (int32_t)r0; k < r1; k++) {
             skv_cpu *c = mu->c[k / H];
             if (c->head_acc) skv_cpu_decode_head_stats(c, l, cl, mu->pos[k / H], k % H);
         }
         SYNC();
-        TEAM_FOR(k, n * in->n_kv_head) {
+        skv_cpu_team_rows(n * in->n_kv_head, &r0, &r1);
+        for (int32_t k = (int32_t)r0; k < r1; k++) {
             skv_cpu *c = mu->c[k / in->n_kv_head];
             if (c->want_acc || c->want_last) skv_cpu_decode_stream_stats(c, cl, k % in->n_kv_head);
         }
         SYNC();
     }
-    TEAM_FOR(i, n) skv_act_init(&mu->c[i]->ao, mu->c[i]->att_out, QD, m->act_kinds, mu->c[i]->actbuf + mu->c[i]->act_bytes);
+    skv_cpu_team_rows(n, &r0, &r1);
+    for (int32_t i = (int32_t)r0; i < r1; i++) skv_act_init(&mu->c[i]->ao, mu->c[i]->att_out, QD, m->act_kinds, mu->c[i]->actbuf + mu->c[i]->act_bytes);
     SYNC();
     /* x += o_proj(att_out) (Gemma: x += post_attn_norm(o_proj(att_out))) */
     skv_cpu_team_rows(D, &r0, &r1);
     mdot(mu, &ly->wo, ly->bo, r0, r1, gemma ? Y_PROJ : Y_X, A_O, !gemma);
     SYNC();
     if (gemma) {
-        TEAM_FOR(i, n) skv_cpu_post_norm_add(mu->c[i], ly->post_attn_norm);
+        skv_cpu_team_rows(n, &r0, &r1);
+        for (int32_t i = (int32_t)r0; i < r1; i++) skv_cpu_post_norm_add(mu->c[i], ly->post_attn_norm);
         SYNC();
     }
-    TEAM_FOR(i, n) {
+    skv_cpu_team_rows(n, &r0, &r1);
+    for (int32_t i = (int32_t)r0; i < r1; i++) {
         skv_cpu *c = mu->c[i];
         skv_rmsnorm(c->xb, c->x, ly->ffn_norm, D, in->rms_eps);
         skv_act_init(&c->ax, c->xb, D, m->act_kinds, c->actbuf);
@@ -145,13 +150,15 @@ static void layer(const multi *mu, int32_t l) {
         for (int64_t r = r0; r < r1; r++) hb[r] = (gemma ? skv_gelu_tanh(hb[r]) : skv_silu(hb[r])) * up[r];
     }
     SYNC();
-    TEAM_FOR(i, n) skv_act_init(&mu->c[i]->ah, mu->c[i]->hb, F, m->act_kinds, mu->c[i]->actbuf + 2 * mu->c[i]->act_bytes);
+    skv_cpu_team_rows(n, &r0, &r1);
+    for (int32_t i = (int32_t)r0; i < r1; i++) skv_act_init(&mu->c[i]->ah, mu->c[i]->hb, F, m->act_kinds, mu->c[i]->actbuf + 2 * mu->c[i]->act_bytes);
     SYNC();
     skv_cpu_team_rows(D, &r0, &r1);
     mdot(mu, &ly->w_down, NULL, r0, r1, gemma ? Y_PROJ : Y_X, A_H, !gemma);
     SYNC();
     if (gemma) {
-        TEAM_FOR(i, n) skv_cpu_post_norm_add(mu->c[i], ly->post_ffn_norm);
+        skv_cpu_team_rows(n, &r0, &r1);
+        for (int32_t i = (int32_t)r0; i < r1; i++) skv_cpu_post_norm_add(mu->c[i], ly->post_ffn_norm);
         SYNC();
     }
 }
@@ -214,16 +221,17 @@ skv_status skv_cpu_decode_multi(skv_context *const *cs, int32_t n, const int32_t
     multi *const mp = &mu;
 #pragma omp parallel num_threads(nt)
     {
-        multi *const mu = mp; /* (SYNC and TEAM_FOR name mu) */
+        multi *const mu = mp; /* (SYNC names mu) */
+        int64_t r0, r1;
         for (int32_t l = 0; l < in->n_layer; l++) layer(mu, l);
         if (logits) {
-            TEAM_FOR(i, n) {
+            skv_cpu_team_rows(n, &r0, &r1);
+            for (int32_t i = (int32_t)r0; i < r1; i++) {
                 skv_cpu *c = mu->c[i];
                 skv_rmsnorm(c->xb, c->x, m->final_norm, in->dim, in->rms_eps);
                 skv_act_init(&c->ax, c->xb, in->dim, m->act_kinds, c->actbuf);
             }
             SYNC();
-            int64_t r0, r1;
             skv_cpu_team_rows(in->n_vocab, &r0, &r1);
             mdot(mu, &m->lm_head, NULL, r0, r1, Y_LOGITS, A_X, 0);
         }
