@@ -316,7 +316,9 @@ static void test_chunks(void) {
  * more candidates than 17 go to the full radix select): logits bit for bit in batched steps of
  * three sequences of different lengths, N = 16, sum and max; the previous scores kernel
  * (prevscores) and the run-4 pipeline (prev) within 1e-2 relative L2 with the same greedy ids; the finish with eight host
- * rows in flight (fin8) bit for bit; SKV_KC_CAP out of range refused, naming it. */
+ * rows in flight (fin8), the finish reading host memory itself without the gather kernel (direct), four chunks of
+ * KV heads whose gathers overlap the next chunk's scores (chunks4), and the gather with 32 blocks (g32), each bit
+ * for bit; SKV_KC_CAP out of range refused, naming it. */
 static void test_select_paths(void) {
     if (!have_gpu()) return;
     skv_model *m = skv_test_load_model("kvt-l", 2);
@@ -329,8 +331,8 @@ static void test_select_paths(void) {
     skv_context *bad = ctx(m, kc(16, SKV_KC_SUM, SKV_KC_RENORM), SKV_BACKEND_CUDA, 1);
     CHECKF(!bad && strstr(skv_last_error(), "SKV_KC_CAP"), "SKV_KC_CAP=0 accepted: %s", skv_last_error());
     unsetenv("SKV_KC_CAP");
-    const char *alt[] = {"prevselect", "fallback", "fin8", "prevscores", "prev"};
-    enum { NALT = 5 };
+    const char *alt[] = {"prevselect", "fallback", "fin8", "prevscores", "prev", "direct", "chunks4", "g32"};
+    enum { NALT = 8 };
     float *la = malloc(sizeof(float) * (size_t)N * V), *lb = malloc(sizeof(float) * (size_t)N * V);
     for (int gi = 0; gi < 2; gi++) {
         const int gran = gi ? SKV_KC_MAX : SKV_KC_SUM;
@@ -371,12 +373,14 @@ static void test_select_paths(void) {
             memcpy(cur, next, sizeof cur);
             for (int s = 0; s < N; s++) len[s]++;
         }
-        printf("    %s: prevselect %s, fallback (cap 17) %s, fin8 %s; prevscores rel L2 <= %.2e (ids %d/%d), prev "
-               "%.2e (ids %d/%d)\n", gi ? "max" : "sum", same[0] ? "bit-identical" : "DIFFERS",
-               same[1] ? "bit-identical" : "DIFFERS", same[2] ? "bit-identical" : "DIFFERS", worst[3], top[3],
-               STEPS * N, worst[4], top[4], STEPS * N);
-        CHECKF(same[0] && same[1] && same[2], "%s: prevselect %d, fallback %d, fin8 %d (1 = bit-identical)",
-               gi ? "max" : "sum", same[0], same[1], same[2]);
+        printf("    %s: prevselect %s, fallback (cap 17) %s, fin8 %s, direct %s, chunks4 %s, g32 %s; prevscores rel L2 "
+               "<= %.2e (ids %d/%d), prev %.2e (ids %d/%d)\n", gi ? "max" : "sum", same[0] ? "bit-identical" : "DIFFERS",
+               same[1] ? "bit-identical" : "DIFFERS", same[2] ? "bit-identical" : "DIFFERS",
+               same[5] ? "bit-identical" : "DIFFERS", same[6] ? "bit-identical" : "DIFFERS",
+               same[7] ? "bit-identical" : "DIFFERS", worst[3], top[3], STEPS * N, worst[4], top[4], STEPS * N);
+        CHECKF(same[0] && same[1] && same[2] && same[5] && same[6] && same[7],
+               "%s: prevselect %d, fallback %d, fin8 %d, direct %d, chunks4 %d, g32 %d (1 = bit-identical)",
+               gi ? "max" : "sum", same[0], same[1], same[2], same[5], same[6], same[7]);
         /* (the two scores kernels sum in different orders: a last-bit score difference can swap a
          * near-tie row of the selection; the H200 run 5 measured 1.59e-3 for sum, 0 for max, with
          * the greedy ids all equal) */
@@ -577,14 +581,15 @@ static void test_cli(void) {
         npro += strncmp(name, "kcache-", 7) == 0;
         nwav += strncmp(name, "full-waves", 10) == 0; /* the full cache's arm with more attention splits */
         ok &= ms > 0;
-        if (!strcmp(name, "kcache") || !strcmp(name, "kcache-prev") || !strcmp(name, "kcache-fin8") ||
-            !strcmp(name, "kcache-chunks2"))
-            ok &= rows == per_seq * bs;
+        static const char *const right[] = {"kcache", "kcache-direct", "kcache-chunks2", "kcache-chunks4", "kcache-g4",
+                                            "kcache-g16", "kcache-g32"};
+        for (size_t i = 0; i < sizeof right / sizeof right[0]; i++)
+            if (!strcmp(name, right[i])) ok &= rows == per_seq * bs;
         if (!strncmp(name, "full", 4)) ok &= rows == 0;
     }
     printf("    bench (kvt-l, depth 256, max batch 3): %d rows (%d variants, %d full-cache split variants), largest batch "
            "full %g, kcache %g\n", n, npro, nwav, jnum(j, "max_batch_full"), jnum(j, "max_batch_kcache"));
-    CHECKF(ok && n == 21 && npro == 14 && nwav == 3 && jnum(j, "max_batch_full") == 3 && jnum(j, "max_batch_kcache") == 3,
+    CHECKF(ok && n == 29 && npro == 20 && nwav == 5 && jnum(j, "max_batch_full") == 3 && jnum(j, "max_batch_kcache") == 3,
            "bench JSON: %d rows, %d variants, %d full-cache split variants, ok %d", n, npro, nwav, ok);
     cJSON_Delete(j);
     snprintf(cmd, sizeof cmd, "%s bench -m %s/models/kvt-l --backend cuda --policy kcache --max-batch 0", cli, sh);

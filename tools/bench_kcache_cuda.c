@@ -59,15 +59,15 @@ static skv_context *make(skv_model *m, int n_ctx, int ub, int n_seq, const skv_p
     return c;
 }
 
-/* "prev" first: the default pipeline of bench/cuda/kcache-h200/run4 (the previous K-only scores
- * kernel and the selection without its candidate path), for old against new in one run; then
- * the stage variants (outputs wrong by design: timing by differences); then two alternatives
- * (right outputs): "fin8" eight host rows in flight per lane group in the finish, "chunks2" the
- * KV heads in two chunks whose host reads overlap the next chunk's scores pass and selection.
- * (SKV_KC_PROFILE also knows prevscores and prevselect, each half of "prev", and chunks4 and
- * oldscores, slower in run 4; not timed here, to keep the run short.) */
-#define NPROF 7
-static const char *g_prof[NPROF] = {"prev", "nodsc", "scores", "select", "fast", "fin8", "chunks2"};
+/* "direct" first: the default pipeline of bench/cuda/kcache-h200/run5 (the finish reads the
+ * selected rows from host memory itself, no gather kernel), for old against new in one run;
+ * then the stage variants (outputs wrong by design: timing by differences); then alternatives
+ * (right outputs): "chunks2", "chunks4" the KV heads in two or four chunks whose gather and
+ * finish overlap the next chunk's scores pass and selection, "g4", "g16", "g32" the gather
+ * kernel with 4, 16, 32 blocks instead of 8. (SKV_KC_PROFILE also knows prev, prevscores,
+ * prevselect, oldscores and fin8, slower in runs 4 and 5; not timed here, to keep the run short.) */
+#define NPROF 10
+static const char *g_prof[NPROF] = {"direct", "nodsc", "scores", "select", "fast", "chunks2", "chunks4", "g4", "g16", "g32"};
 
 /* the profiling variants of KCache at (B, depth), each a row */
 static void profile_rows(skv_context *c, int B, int depth, int tg, int reps, int32_t V, int hd, krow *rows, int *nr);
@@ -139,10 +139,10 @@ static double fill(skv_context *c, const int32_t *ids, int n, int B) {
  * each a row "full-wavesW" that counts towards the full cache's best throughput. */
 static void full_wave_rows(skv_model *m, int n_ctx, int ub, int B, int depth, int tg, int reps, int32_t V, int hd,
                            const int32_t *ids, krow *rows, int *nr) {
-    static const char *waves[] = {"waves8", "waves16", "waves32"};
+    static const char *waves[] = {"waves8", "waves16", "waves32", "waves64", "waves128"};
     const skv_policy_params fp = skv_policy_default_params("full");
     const char *was = getenv("SKV_CUDA_ATT_WAVES");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         setenv("SKV_CUDA_ATT_WAVES", waves[i] + 5, 1);
         skv_status st;
         skv_context *c = make(m, n_ctx, ub, B, &fp, &st);

@@ -106,6 +106,9 @@ struct skv_gpu_ctx {
     int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
     int kc_chunks;          /* chunks of KV heads per layer (the finish of one overlaps the next's scores) */
     int kc_cap;             /* the selection's candidate capacity (gpu_kcache.cu, k_kc_select) */
+    bf16 *kc_stage;         /* device (rows_max, KVH, kc_scap, hd): the selected host rows, gathered */
+    int kc_scap;            /* most rows selected per (row, KV head) */
+    int kc_gblocks;         /* blocks of the gather kernel (SKV_KC_GATHER, default 8) */
     cudaStream_t kc_st;     /* the finish's stream (high priority) */
     cudaEvent_t kc_ev[KC_MAX_CHUNKS], kc_join;
     /* KIVI int8/int4 cache (pol.kv_bits; gpu_kivi.cu): kpool and vpool are NULL */

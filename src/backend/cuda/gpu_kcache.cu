@@ -7,12 +7,16 @@
  * (gpu.cu, k_attn_decode without V), then k_kc_select ranks the slow slots — those older than
  * the newest `recent`, in whole 32-token units, as the CPU's store — by the group's summed or
  * max probability, or each query head's own top N (union), with a radix select on the
- * device (ties: lower slot), and k_kc_finish reads the selected rows straight from host memory
- * over PCIe (zero-copy loads, many in flight per block) plus the ring's fast rows, weighted by
- * exp(score - lse) (exact) or that renormalised over the rows read.
+ * device (ties: lower slot); k_kc_gather copies the selected rows from host memory over PCIe
+ * (zero-copy loads) into a device staging buffer with a few blocks, and k_kc_finish reads them
+ * there plus the ring's fast rows, weighted by exp(score - lse) (exact) or that renormalised
+ * over the rows read. (Why a separate gather with few blocks: on the H200, random 256-byte
+ * reads of a ~100 GB pinned buffer run at 10.6 GB/s from 368 blocks in flight at once, the
+ * finish's shape, and at 14.9-15.7 GB/s from 8-16 blocks of 256 threads, whatever the host
+ * page size: bench/cuda/kcache-h200/pcie-s5.)
  *
  * Shapes: dsc (rows, H, n_ctx) scaled scores; lse (rows, H); kc_rank, kc_sel (rows, KVH, n_ctx);
- * kc_nsel (rows, KVH); kc_inv (rows, H).
+ * kc_nsel (rows, KVH); kc_inv (rows, H); kc_stage (rows, KVH, kc_scap, hd).
  */
 #include "backend/cuda/gpu_ctx.cuh"
 #include "backend/cuda/gpu_device.cuh"
@@ -601,14 +605,16 @@ k_kc_scores_t(const float *q, const bf16 *kp, const int32_t *bt, const int32_t *
 
 /* Block (KV head g, row r): the group's attention output from the selected host rows and the
  * ring's fast rows (slots ns .. L-1), weights exp(score - lse) * inv. Lanes in groups of HD/8
- * read one row with 16-byte loads, FU host rows (four; eight in the "fin8" variant) and four ring rows in flight
- * per group. */
+ * read one row with 16-byte loads, FU selected rows (four; eight in the "fin8" variant) and four
+ * ring rows in flight per group. The selected rows come from the staging buffer (stage, scap
+ * rows per (row, KV head), in selection order: k_kc_gather) or, stage NULL (the "direct"
+ * variant), from host memory; the same values in the same order either way. */
 template <int HD, int G, int FU>
 __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float *lse, const float *inv,
                                                    const int32_t *slen, const int32_t *rseq, const int32_t *sel,
-                                                   const int32_t *nsel, const bf16 *vh, const bf16 *vd, int vw, bf16 *att,
-                                                   kc_rule R, int l, int n_seq, int H, int KVH, int n_ctx, int no_host,
-                                                   int g0) {
+                                                   const int32_t *nsel, const bf16 *vh, const bf16 *stage, int scap,
+                                                   const bf16 *vd, int vw, bf16 *att, kc_rule R, int l, int n_seq, int H,
+                                                   int KVH, int n_ctx, int no_host, int g0) {
     constexpr int LPK = HD / 8, RPW = 32 / LPK, NGR = 4 * RPW;
     __shared__ float sm[NGR][G][HD];
     const int g = g0 + blockIdx.x, r = blockIdx.y, seq = rseq[r];
@@ -635,6 +641,7 @@ __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float
         }
     };
     const bf16 *hrow = vh + (int64_t)sid * n_ctx * HD + li * 8;
+    const bf16 *srow = stage ? stage + ((int64_t)r * KVH + g) * scap * HD + li * 8 : NULL;
     for (int i0 = grp; i0 < cnt; i0 += FU * NGR) {
         int s[FU];
         uint4 v[FU];
@@ -644,7 +651,10 @@ __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float
             s[u] = i < cnt ? sl[i] : -1;
         }
 #pragma unroll
-        for (int u = 0; u < FU; u++) v[u] = s[u] >= 0 ? *(const uint4 *)(hrow + (int64_t)s[u] * HD) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < FU; u++)
+            v[u] = s[u] < 0 ? make_uint4(0, 0, 0, 0)
+                   : srow ? *(const uint4 *)(srow + (int64_t)(i0 + u * NGR) * HD)
+                          : *(const uint4 *)(hrow + (int64_t)s[u] * HD);
 #pragma unroll
         for (int u = 0; u < FU; u++)
             if (s[u] >= 0) add(s[u], v[u]);
@@ -671,6 +681,41 @@ __global__ void __launch_bounds__(128) k_kc_finish(const float *dsc, const float
         float t = 0;
         for (int x = 0; x < NGR; x++) t += sm[x][j][d];
         att[((int64_t)r * H + g * G + j) * HD + d] = __float2bfloat16(t);
+    }
+}
+
+/* The selected host rows of KV heads [g0, g0 + gn) for n rows into the staging buffer: task t =
+ * (item, i), item = (row, head) r * gn + (g - g0), i < scap, row i of the item's selection
+ * (skipped past nsel); lanes in groups of HD/8 move one 256-byte row (HD 128) with 16-byte
+ * loads, FU rows in flight per group, consecutive groups on consecutive rows of one stream. A
+ * few blocks only (SKV_KC_GATHER): fewer host reads in flight run faster (the header). */
+#define KG_THREADS 256
+#define KG_U 16
+template <int HD>
+__global__ void __launch_bounds__(KG_THREADS) k_kc_gather(const int32_t *sel, const int32_t *nsel, const int32_t *rseq,
+                                                        const bf16 *vh, bf16 *stage, int l, int n_seq, int KVH, int n_ctx,
+                                                        int g0, int gn, int n, int scap) {
+    constexpr int LPK = HD / 8;
+    const int li = threadIdx.x % LPK;
+    const int64_t NG = (int64_t)gridDim.x * KG_THREADS / LPK, T = (int64_t)n * gn * scap;
+    for (int64_t t0 = ((int64_t)blockIdx.x * KG_THREADS + threadIdx.x) / LPK; t0 < T; t0 += KG_U * NG) {
+        uint4 v[KG_U];
+        int64_t dst[KG_U];
+#pragma unroll
+        for (int u = 0; u < KG_U; u++) {
+            const int64_t t = t0 + u * NG;
+            dst[u] = -1;
+            if (t >= T) continue;
+            const int item = (int)(t / scap), i = (int)(t % scap), r = item / gn, g = g0 + item % gn;
+            const int64_t rg = (int64_t)r * KVH + g;
+            if (i >= nsel[rg]) continue;
+            const int64_t sid = ((int64_t)l * n_seq + rseq[r]) * KVH + g;
+            v[u] = *(const uint4 *)(vh + (sid * n_ctx + sel[rg * n_ctx + i]) * HD + li * 8);
+            dst[u] = (rg * scap + i) * HD + li * 8;
+        }
+#pragma unroll
+        for (int u = 0; u < KG_U; u++)
+            if (dst[u] >= 0) *(uint4 *)(stage + dst[u]) = v[u];
     }
 }
 
@@ -731,6 +776,19 @@ skv_status gpu_kc_alloc(skv_gpu_ctx *c) {
     ALLOC(c->kc_inv, R * g->H);
     ALLOC(c->kc_ct, 2);
     CK(cudaMemset(c->kc_ct, 0, 2 * sizeof(unsigned long long)));
+    /* the staging buffer: at most N rows per (row, KV head) (N of a fraction: of n_ctx slots,
+     * rounded as k_kc_select does), G N with the union of the heads' own sets, at most n_ctx */
+    {
+        int64_t nmax = v->n > 0 ? v->n : (int64_t)(v->frac * (float)c->n_ctx + 0.5f) + 1;
+        if (v->gran == SKV_VTOP_UNION) nmax *= g->H / g->KVH;
+        c->kc_scap = (int)(nmax < T ? nmax : T);
+        if (c->kc_scap < 1) c->kc_scap = 1;
+    }
+    ALLOC(c->kc_stage, R * g->KVH * c->kc_scap * hd);
+    const char *gb = getenv("SKV_KC_GATHER");
+    c->kc_gblocks = gb ? atoi(gb) : 8;
+    if (gb && (c->kc_gblocks < 1 || c->kc_gblocks > 1024))
+        return skv_set_error(SKV_ERR_ARG, "SKV_KC_GATHER=%s: 1 to 1024 blocks", gb);
     CK(cudaHostAlloc((void **)&c->kc_vhost_h, sizeof(bf16) * (size_t)(S * T * hd), cudaHostAllocMapped));
     CK(cudaHostGetDevicePointer((void **)&c->kc_vhost, c->kc_vhost_h, 0));
     /* the finish's stream (chunks > 1): high priority, so that its blocks (waiting on PCIe) get
@@ -760,7 +818,7 @@ void gpu_kc_free(skv_gpu_ctx *c) {
     for (int i = 0; i < KC_MAX_CHUNKS; i++)
         if (c->kc_ev[i]) cudaEventDestroy(c->kc_ev[i]);
     if (c->kc_join) cudaEventDestroy(c->kc_join);
-    void *ps[] = {c->kc_vdev, c->kc_vpre, c->kc_rank, c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct};
+    void *ps[] = {c->kc_vdev, c->kc_vpre, c->kc_rank, c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, c->kc_stage};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     if (c->kc_vhost_h) cudaFreeHost(c->kc_vhost_h);
     free(c->kc_voff), free(c->kc_vw);
@@ -794,13 +852,15 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
  * "prevselect" the selection without the candidate path (k_kc_select's radix select over all
  * ranks); 10 "prev" both (the default pipeline of run 4, bench/cuda/kcache-h200/run4); 11 "fin8"
  * the finish with eight host rows in flight per lane group instead of four (the same sums in
- * the same order). */
+ * the same order); 12 "direct" the finish reading the selected rows from host memory itself
+ * (no gather kernel: the default of run 5); 13 "g4", 14 "g16", 15 "g32" the gather kernel with
+ * 4, 16 or 32 blocks instead of SKV_KC_GATHER's (default 8). */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
     const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4", "prevscores",
-                           "prevselect", "prev", "fin8"};
+                           "prevselect", "prev", "fin8", "direct", "g4", "g16", "g32"};
     int p = 0;
-    for (int i = 1; e && i < 12; i++)
+    for (int i = 1; e && i < 16; i++)
         if (!strcmp(e, names[i])) p = i;
     const int changed = p != c->kc_prof;
     c->kc_prof = p;
@@ -820,12 +880,25 @@ static skv_status kc_select(skv_gpu_ctx *c, int l, int n, int g0, int gn, int n_
 }
 
 /* the output of KV heads [g0, g0 + gn) for n rows from the selected host rows and the ring, on
- * stream fs */
+ * stream fs: the gather into the staging buffer, then the finish (the "direct" variant: the
+ * finish alone, reading host memory) */
 static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaStream_t fs) {
     const skv_gpu_model *g = c->g;
     const kc_rule R = rule_of(c);
-#define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, gpu_kc_vbase(c, l), \
-                 c->kc_vw[l], c->att, R, l, c->n_seq, g->H, g->KVH, c->n_ctx, c->kc_prof == 3, g0
+    const int staged = c->kc_prof != 12;
+    if (staged && c->kc_prof != 3) {
+        const int nb = c->kc_prof == 13 ? 4 : c->kc_prof == 14 ? 16 : c->kc_prof == 15 ? 32 : c->kc_gblocks;
+        if (g->hd == 128)
+            k_kc_gather<128><<<nb, KG_THREADS, 0, fs>>>(c->kc_sel, c->kc_nsel, c->seq_d, c->kc_vhost, c->kc_stage, l,
+                                                        c->n_seq, g->KVH, c->n_ctx, g0, gn, n, c->kc_scap);
+        else
+            k_kc_gather<64><<<nb, KG_THREADS, 0, fs>>>(c->kc_sel, c->kc_nsel, c->seq_d, c->kc_vhost, c->kc_stage, l,
+                                                       c->n_seq, g->KVH, c->n_ctx, g0, gn, n, c->kc_scap);
+        LAUNCHED();
+    }
+#define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, \
+                 staged ? c->kc_stage : NULL, c->kc_scap, gpu_kc_vbase(c, l), c->kc_vw[l], c->att, R, l, c->n_seq, \
+                 g->H, g->KVH, c->n_ctx, c->kc_prof == 3, g0
 #define FIN_G(HD_, G_) \
     case G_: \
         if (c->kc_prof == 11) k_kc_finish<HD_, G_, 8><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
