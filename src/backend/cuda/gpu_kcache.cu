@@ -934,10 +934,10 @@ int gpu_kc_old_scores(const skv_gpu_ctx *c) { return c->kc_prof == 6; }
 skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
     const skv_gpu_model *g = c->g;
     const int KVH = g->KVH, G = g->H / KVH, prof = c->kc_prof;
-    /* chunks: $SKV_KC_CHUNKS, else one (serial). Measured on the H200 at 46 x 32k (README): two
-     * chunks 78.3 ms a step, four 80.0, one 75.9 — each chunk's selection launch has fewer
-     * blocks (one of 1024 threads per row and KV head) and the host reads, latency-bound, do not
-     * hide behind the next chunk's scores pass; at batch 1 four chunks cost 14.3 ms against 8.1 */
+    /* chunks: $SKV_KC_CHUNKS, else one (serial). Measured on the H200 at 46 x 32k with the gather
+     * kernel (bench/cuda/kcache-h200/run6): one chunk 56.0 ms a step, two 52.6, four 50.1 (each
+     * chunk's gather and finish beside the next chunk's scores pass); at batch 1 one chunk 7.86
+     * ms, two 9.53, four 13.70 (launches of too few blocks): one by default */
     int nch = c->kc_chunks ? c->kc_chunks : 1;
     if (prof == 5) nch = KVH % 2 ? 1 : 2;
     if (prof == 7) nch = KVH % 4 ? 1 : 4;
