@@ -18,7 +18,8 @@
 #          in /tmp/skv_load and the wait call needs nothing carried:
 #            sh /tmp/skv_load/serve_load_gpu.sh wait - SECONDS
 #          (the running server and load keep their unlinked files).
-# The run in bench/serve/h200-10min/ used these steps (its wait step typed inline).
+# The runs in bench/serve/h200-10min/ (its wait step typed inline) and bench/serve/h200-s5/ (600 s;
+# two wait calls) used these steps.
 set -e
 what=${1:?usage: serve_load_gpu.sh model|start|wait DEV [SECONDS]}
 dev=${2:?usage: serve_load_gpu.sh model|start|wait DEV [SECONDS]}
@@ -55,7 +56,7 @@ wait)
     t0=$(date +%s)
     # (the bracket keeps pgrep from matching a shell whose command line names the script)
     while pgrep -f "scripts/serve_loa[d].py" > /dev/null && [ $(($(date +%s) - t0)) -lt "$dur" ]; do sleep 2; done
-    cp $res/*.json $res/*.log "$OUT/"
+    cp $res/*.json $res/*.log "$OUT/" 2>/dev/null || echo "the load has not written its results yet: wait again"
     tail -60 $res/load.log
     ;;
 esac
