@@ -201,8 +201,12 @@ static void test_vs_cpu(void) {
 
 /* The stored rows of the GPU's KIVI cache (dequantised) against the GPU's bf16 cache fed the same
  * tokens: each value within half a quantisation step of the bf16 row plus bf16 rounding (layer 0,
- * whose K/V do not depend on the cache) or 1.5 steps plus 2 % of the row's largest value (later
- * layers, whose inputs differ slightly). After a prompt of 300 in chunks of 100 (the prefill's
+ * whose K/V do not depend on the cache: a row in the wrong place or a stale residual shows here in
+ * every layer's stream alike) or 1.5 steps plus a share of the row's largest value (later layers,
+ * whose inputs differ by the quantised cache's attention: 2 % for int8, 5 % for int4, whose
+ * logits move 11x more than int8's on the CPU, 1.67e-2 vs 1.52e-3 relative L2 to f32 in
+ * cuda_kivi/kvt-l int8/int4; on the H200 the int4 residual rows of layers 7-9 right after a group
+ * was quantised came to 2.7 % in run 6, bench/cuda/kcache-h200/run6/tests.log). After a prompt of 300 in chunks of 100 (the prefill's
  * commit), 25 decode steps (the store's quantisation at slot 319) and a truncation to 305. A row in
  * the wrong place or a stale residual breaks it at once. */
 static double rows_check(skv_context *q, skv_context *b, int bits, int nl, int kvh, int hd, const char *when,
@@ -242,7 +246,8 @@ static double rows_check(skv_context *q, skv_context *b, int bits, int nl, int k
                         }
                         const double d = fabs((double)x[(int64_t)s * hd + c] - r[(int64_t)s * hd + c]);
                         const double rb = fabs(r[(int64_t)s * hd + c]) / 128 + 1e-6;
-                        const double lim = l == 0 ? 0.5 * step * 1.0001 + rb : 1.5 * step + rb + 0.02 * rmax;
+                        const double share = bits == 4 ? 0.05 : 0.02;
+                        const double lim = l == 0 ? 0.5 * step * 1.0001 + rb : 1.5 * step + rb + share * rmax;
                         const double e = d / lim;
                         if (e > 1 && bad++ < 5)
                             printf("    %s: layer %d head %d %s slot %d ch %d: %.6g vs bf16 %.6g (step %.3g)\n", when, l, g,
