@@ -229,6 +229,8 @@ static void test_cli(void) {
         {"mkmodel --shape llama3-8b", 2, "-o DIR"},
         {"bench -m MODEL --depths 1,x", 2, "--depths"},
         {"bench -m MODEL --batch-invariant", 2, "--batch-invariant"},
+        {"bench -m MODEL --max-batch 0", 2, "--max-batch"},
+        {"bench -m MODEL --tg -3", 2, "--tg"},
         {"skmatch -m MODEL --tasks /dev/null", 2, "--draft"},
         {"skmatch -m MODEL --draft MODEL --tasks /dev/null --k-fracs 0.1,2", 2, "--k-fracs"},
         {"skmatch -m MODEL --draft MODEL --tasks /nonexistent.jsonl", 1, "/nonexistent.jsonl"},

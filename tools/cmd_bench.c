@@ -12,6 +12,7 @@
 #include "cli.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -150,11 +151,16 @@ static double kv_bytes_per_token(skv_kv_format f, const skv_model_info *in) {
     return per * streams;
 }
 
+#define UNSET INT_MIN /* an integer option not given */
+#define OR_INT(v, d) ((v) == UNSET ? (d) : (v))
+#define OR_STR(v, d) ((v) ? (v) : (d))
+
 int cmd_bench(int argc, char **argv) {
-    const char *dir = NULL, *out = NULL, *depths_s = "0,1024,1984", *budgets = "0.05,0.1,0.2,0.4";
-    const char *pps = "4096,16384", *batches = "1,8,32", *e2e = NULL;
-    int e2e_steps = 32, e2e_max = 4096, binv = 0;
-    int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = 128, ubatch = 2048, batch_depth = 1024;
+    /* options whose default depends on the mode start as "not given" (NULL, UNSET) */
+    const char *dir = NULL, *out = NULL, *depths_s = NULL, *budgets = "0.05,0.1,0.2,0.4";
+    const char *pps = "4096,16384", *batches = NULL, *e2e = NULL;
+    int e2e_steps = 32, e2e_max = UNSET, binv = 0;
+    int use_mmap = 0, threads = 0, reps = 5, pp = 512, tg = UNSET, ubatch = 2048, batch_depth = UNSET;
     cli_policy_args pa;
     cli_opt opts[64] = {
         {"reps", 'r', OPT_INT, &reps, "R", "timed repetitions per test (default 5)"},
@@ -185,6 +191,7 @@ int cmd_bench(int argc, char **argv) {
     dir = pa.dir, threads = pa.threads, use_mmap = pa.use_mmap;
     if (!dir) cli_die("bench", 2, "no model: give -m DIR (a Hugging Face model directory)");
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
+    if (e2e_max != UNSET && e2e_max < 1) cli_die("bench", 2, "bad value for --max-batch: %d (must be >= 1)", e2e_max);
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
     if (out) cli_check_writable("bench", "--out", out);
@@ -194,28 +201,30 @@ int cmd_bench(int argc, char **argv) {
     if (!strcmp(pa.backend, "cuda") && !strcmp(pa.policy, "kcache")) {
         /* KCache against the full cache: batch 1 at depths, and the largest batch at a depth */
         cli_backend("bench", pa.backend);
-        return bench_kcache_cuda(dir, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768",
-                                 strcmp(batches, "1,8,32") ? batches : NULL, tg == 128 ? 32 : tg,
-                                 batch_depth == 1024 ? 32768 : batch_depth, ubatch, reps, e2e_max, &pa, out);
+        return bench_kcache_cuda(dir, OR_STR(depths_s, "4096,16384,32768"), batches, OR_INT(tg, 32),
+                                 OR_INT(batch_depth, 32768), ubatch, reps, OR_INT(e2e_max, 4096), &pa, out);
     }
     if (!strcmp(pa.backend, "cuda")) {
         cli_backend("bench", pa.backend);
-        if (e2e) return bench_e2e(dir, e2e, e2e_steps, e2e_max, out);
-        return bench_cuda(dir, pps, strcmp(depths_s, "0,1024,1984") ? depths_s : "4096,16384,32768", batches, tg,
-                          batch_depth, ubatch, reps, binv, e2e_max != 4096 ? e2e_max : 0, &pa, out);
+        if (e2e) return bench_e2e(dir, e2e, e2e_steps, OR_INT(e2e_max, 4096), out);
+        /* (--max-batch not given: 0, no cap) */
+        return bench_cuda(dir, pps, OR_STR(depths_s, "4096,16384,32768"), OR_STR(batches, "1,8,32"), OR_INT(tg, 128),
+                          OR_INT(batch_depth, 1024), ubatch, reps, binv, e2e_max == UNSET ? 0 : e2e_max, &pa, out);
     }
     if (strcmp(pa.backend, "cpu")) cli_backend("bench", pa.backend);
     if (!strcmp(pa.policy, "smallkv")) {
-        const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
-        const int n = tg == 128 ? 64 : tg;
+        const int depth = depths_s ? atoi(depths_s) : 1984;
+        const int n = OR_INT(tg, 64);
         return bench_smallkv(dir, &pa, budgets, depth, n, reps, threads, use_mmap, out);
     } else if (!strcmp(pa.policy, "kcache")) {
         /* full against kcache (mmap warm, cold, zstd) at one depth (default 1984, tg 64) */
-        const int depth = strcmp(depths_s, "0,1024,1984") ? atoi(depths_s) : 1984;
-        return bench_kcache(dir, &pa, depth, tg == 128 ? 64 : tg, reps, threads, use_mmap, out);
+        const int depth = depths_s ? atoi(depths_s) : 1984;
+        return bench_kcache(dir, &pa, depth, OR_INT(tg, 64), reps, threads, use_mmap, out);
     } else if (strcmp(pa.policy, "full")) {
         cli_die("bench", 2, "bad value for --policy: '%s' (bench times the full cache, kcache, or smallkv with --draft)", pa.policy);
     }
+    tg = OR_INT(tg, 128);
+    if (!depths_s) depths_s = "0,1024,1984";
     if (pp < 0 || tg < 0) cli_die("bench", 2, "--pp and --tg must be >= 0");
     skv_model *m = cli_load_model("bench", dir, threads, use_mmap);
     const skv_model_info *in = skv_model_get_info(m);
@@ -262,7 +271,7 @@ int cmd_bench(int argc, char **argv) {
     }
     /* batched decode (CPU: --batches given) at the first depth */
     int bsz[8], n_bsz = 0;
-    if (tg > 0 && strcmp(batches, "1,8,32"))
+    if (tg > 0 && batches)
         for (const char *p = batches; *p && n_bsz < 8;) {
             char *end;
             long v = strtol(p, &end, 10);
