@@ -192,6 +192,8 @@ int cmd_bench(int argc, char **argv) {
     if (!dir) cli_die("bench", 2, "no model: give -m DIR (a Hugging Face model directory)");
     if (reps < 1 || reps > 64) cli_die("bench", 2, "bad value for --reps: %d (1..64)", reps);
     if (e2e_max != UNSET && e2e_max < 1) cli_die("bench", 2, "bad value for --max-batch: %d (must be >= 1)", e2e_max);
+    if (tg != UNSET && tg < 0) cli_die("bench", 2, "bad value for --tg: %d (must be >= 0)", tg);
+    if (batch_depth != UNSET && batch_depth < 1) cli_die("bench", 2, "bad value for --batch-depth: %d (must be >= 1)", batch_depth);
     /* the result file: an explicit --out is checked now, not after the run; by default a new
      * folder under results/ (published results under bench/ are written only when asked) */
     if (out) cli_check_writable("bench", "--out", out);
