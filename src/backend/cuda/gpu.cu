@@ -330,7 +330,7 @@ static skv_status attn_decode(skv_gpu_ctx *c, int l, int n, int strict) {
     if (!vo && !gpu_kc_old_scores(c)) return gpu_kc_decode(c, l, n);
     const bf16 *vd = kc_fast ? gpu_kc_vbase(c, l) : NULL;
     const bool stats = !strict && (c->pol.want_acc || c->pol.want_last);
-    float *dsc = stats || (!vo && c->kc_prof != 4) ? c->dsc : NULL;
+    float *dsc = stats || (!vo && c->kc_prof != KCP_NODSC) ? c->dsc : NULL;
 #define ATT_ARGS qc, kpc, vpc, vd, btc, slc, sqc, c->part_o, c->part_m, c->part_l, dsc, l, c->n_seq, \
                  c->mb, H, KVH, c->n_ctx, n_split, scale, strict
     const float *qc = c->q;

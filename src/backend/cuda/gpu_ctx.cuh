@@ -23,6 +23,15 @@ enum { FUSE_NORM = 1, FUSE_ROPE = 2, FUSE_ATT = 4, FUSE_PLAIN = 8, FUSE_ALL = 15
  * (no gain beyond run-to-run spread), and the fused attention was slower (311.51 at 4k). */
 #define FUSE_DEFAULT 0
 
+
+/* KCache's profiling variants (SKV_KC_PROFILE, by name in gpu_kc_profile): KCP_SCORES ..
+ * KCP_NODSC leave stages out (wrong outputs, timing by differences); the others are whole
+ * alternatives with right outputs. */
+enum kc_variant {
+    KCP_DEFAULT, KCP_SCORES, KCP_SELECT, KCP_FAST, KCP_NODSC, KCP_CHUNKS2, KCP_OLDSCORES, KCP_CHUNKS4,
+    KCP_PREVSCORES, KCP_PREVSELECT, KCP_PREV, KCP_FIN8, KCP_DIRECT, KCP_G4, KCP_G16, KCP_G32, KCP_N
+};
+
 struct skv_gpu_ctx {
     skv_gpu_model *g;
     skv_gpu_policy pol;
@@ -103,7 +112,7 @@ struct skv_gpu_ctx {
     int32_t *kc_nsel;       /* device (rows_max, KVH) */
     float *kc_inv;          /* device (rows_max, H) weight factor per head */
     unsigned long long *kc_ct; /* device (2): decode steps with slow rows, rows read */
-    int kc_prof;            /* SKV_KC_PROFILE: stages left out, for timing (gpu_kcache.cu) */
+    int kc_prof;            /* SKV_KC_PROFILE: a kc_variant (gpu_kcache.cu, gpu_kc_profile) */
     int kc_chunks;          /* chunks of KV heads per layer (the finish of one overlaps the next's scores) */
     int kc_cap;             /* the selection's candidate capacity (gpu_kcache.cu, k_kc_select) */
     bf16 *kc_stage;         /* device (rows_max, KVH, kc_scap, hd): the selected host rows, gathered */

@@ -857,10 +857,10 @@ skv_status gpu_kc_prefill_begin(skv_gpu_ctx *c, int seq, int pos0, int n) {
  * 4, 16 or 32 blocks instead of SKV_KC_GATHER's (default 8). */
 int gpu_kc_profile(skv_gpu_ctx *c) {
     const char *e = getenv("SKV_KC_PROFILE");
-    const char *names[] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4", "prevscores",
-                           "prevselect", "prev", "fin8", "direct", "g4", "g16", "g32"};
-    int p = 0;
-    for (int i = 1; e && i < 16; i++)
+    static const char *const names[KCP_N] = {"", "scores", "select", "fast", "nodsc", "chunks2", "oldscores", "chunks4",
+                                             "prevscores", "prevselect", "prev", "fin8", "direct", "g4", "g16", "g32"};
+    int p = KCP_DEFAULT;
+    for (int i = 1; e && i < KCP_N; i++)
         if (!strcmp(e, names[i])) p = i;
     const int changed = p != c->kc_prof;
     c->kc_prof = p;
@@ -874,7 +874,7 @@ static skv_status kc_select(skv_gpu_ctx *c, int l, int n, int g0, int gn, int n_
     k_kc_select<<<dim3(gn, n), KC_THREADS, kc_smem(c), c->st>>>(c->dsc, c->lse, with_parts ? c->part_m : NULL,
                                                                c->part_l, n_split, c->slen, c->seq_d, c->kc_rank,
                                                                c->kc_sel, c->kc_nsel, c->kc_inv, c->kc_ct, rule_of(c), l,
-                                                               c->n_seq, g->H, g->KVH, c->n_ctx, g0, c->kc_prof == 9 || c->kc_prof == 10 ? 0 : c->kc_cap);
+                                                               c->n_seq, g->H, g->KVH, c->n_ctx, g0, c->kc_prof == KCP_PREVSELECT || c->kc_prof == KCP_PREV ? 0 : c->kc_cap);
     LAUNCHED();
     return SKV_OK;
 }
@@ -885,9 +885,9 @@ static skv_status kc_select(skv_gpu_ctx *c, int l, int n, int g0, int gn, int n_
 static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaStream_t fs) {
     const skv_gpu_model *g = c->g;
     const kc_rule R = rule_of(c);
-    const int staged = c->kc_prof != 12;
-    if (staged && c->kc_prof != 3) {
-        const int nb = c->kc_prof == 13 ? 4 : c->kc_prof == 14 ? 16 : c->kc_prof == 15 ? 32 : c->kc_gblocks;
+    const int staged = c->kc_prof != KCP_DIRECT;
+    if (staged && c->kc_prof != KCP_FAST) {
+        const int nb = c->kc_prof == KCP_G4 ? 4 : c->kc_prof == KCP_G16 ? 16 : c->kc_prof == KCP_G32 ? 32 : c->kc_gblocks;
         if (g->hd == 128)
             k_kc_gather<128><<<nb, KG_THREADS, 0, fs>>>(c->kc_sel, c->kc_nsel, c->seq_d, c->kc_vhost, c->kc_stage, l,
                                                         c->n_seq, g->KVH, c->n_ctx, g0, gn, n, c->kc_scap);
@@ -898,10 +898,10 @@ static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaSt
     }
 #define FIN_ARGS c->dsc, c->lse, c->kc_inv, c->slen, c->seq_d, c->kc_sel, c->kc_nsel, c->kc_vhost, \
                  staged ? c->kc_stage : NULL, c->kc_scap, gpu_kc_vbase(c, l), c->kc_vw[l], c->att, R, l, c->n_seq, \
-                 g->H, g->KVH, c->n_ctx, c->kc_prof == 3, g0
+                 g->H, g->KVH, c->n_ctx, c->kc_prof == KCP_FAST, g0
 #define FIN_G(HD_, G_) \
     case G_: \
-        if (c->kc_prof == 11) k_kc_finish<HD_, G_, 8><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
+        if (c->kc_prof == KCP_FIN8) k_kc_finish<HD_, G_, 8><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
         else k_kc_finish<HD_, G_, 4><<<dim3(gn, n), 128, 0, fs>>>(FIN_ARGS); \
         break;
     if (g->hd == 128) {
@@ -918,12 +918,12 @@ static skv_status kc_finish(skv_gpu_ctx *c, int l, int n, int g0, int gn, cudaSt
 /* the old pipeline's tail (gpu.cu ran the split-K kernel without V and its merge: lse is set) */
 skv_status gpu_kc_attend(skv_gpu_ctx *c, int l, int n) {
     skv_status st;
-    if (c->kc_prof == 1 || c->kc_prof == 4) return SKV_OK;
-    if ((st = kc_select(c, l, n, 0, c->g->KVH, 0, 0)) || c->kc_prof == 2) return st;
+    if (c->kc_prof == KCP_SCORES || c->kc_prof == KCP_NODSC) return SKV_OK;
+    if ((st = kc_select(c, l, n, 0, c->g->KVH, 0, 0)) || c->kc_prof == KCP_SELECT) return st;
     return kc_finish(c, l, n, 0, c->g->KVH, c->st);
 }
 
-int gpu_kc_old_scores(const skv_gpu_ctx *c) { return c->kc_prof == 6; }
+int gpu_kc_old_scores(const skv_gpu_ctx *c) { return c->kc_prof == KCP_OLDSCORES; }
 
 /* Decode attention of layer l (>= fast_layers) for n rows: the K-only scores pass, then the
  * selection (with each head's log-sum-exp from the pass's splits), then the finish, which reads
@@ -939,9 +939,9 @@ skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
      * chunk's gather and finish beside the next chunk's scores pass); at batch 1 one chunk 7.86
      * ms, two 9.53, four 13.70 (launches of too few blocks): one by default */
     int nch = c->kc_chunks ? c->kc_chunks : 1;
-    if (prof == 5) nch = KVH % 2 ? 1 : 2;
-    if (prof == 7) nch = KVH % 4 ? 1 : 4;
-    const int overlap = nch > 1 && prof != 1 && prof != 2 && prof != 4;
+    if (prof == KCP_CHUNKS2) nch = KVH % 2 ? 1 : 2;
+    if (prof == KCP_CHUNKS4) nch = KVH % 4 ? 1 : 4;
+    const int overlap = nch > 1 && prof != KCP_SCORES && prof != KCP_SELECT && prof != KCP_NODSC;
     const float scale = 1.0f / sqrtf((float)g->hd);
     skv_status st;
     for (int ci = 0; ci < nch; ci++) {
@@ -951,13 +951,13 @@ skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
         int n_split = (32 * c->sms + KVH * n - 1) / (KVH * n);
         n_split = min(n_split, min(c->max_split, (c->n_ctx + 255) / 256));
         n_split = max(n_split, 1);
-        float *dsc = prof == 4 ? NULL : c->dsc;
+        float *dsc = prof == KCP_NODSC ? NULL : c->dsc;
         const dim3 grid(gn, n_split, n);
 #define SC_ARGS c->q, c->kpool, c->bt, c->slen, c->seq_d, c->part_m, c->part_l, dsc, l, c->n_seq, c->mb, g->H, KVH, \
                 c->n_ctx, n_split, scale, g0
 #define SC_G(HD_, G_) \
     case G_: \
-        if (prof == 8 || prof == 10) k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); \
+        if (prof == KCP_PREVSCORES || prof == KCP_PREV) k_kc_scores<HD_, G_><<<grid, KS_WARPS * 32, 0, c->st>>>(SC_ARGS); \
         else k_kc_scores_t<HD_, G_><<<grid, KT_WARPS * 32, 0, c->st>>>(SC_ARGS); \
         break;
         if (g->hd == 128) {
@@ -968,9 +968,9 @@ skv_status gpu_kc_decode(skv_gpu_ctx *c, int l, int n) {
 #undef SC_G
 #undef SC_ARGS
         LAUNCHED();
-        if (prof == 1 || prof == 4) continue;
+        if (prof == KCP_SCORES || prof == KCP_NODSC) continue;
         if ((st = kc_select(c, l, n, g0, gn, n_split, 1))) return st;
-        if (prof == 2) continue;
+        if (prof == KCP_SELECT) continue;
         if (!overlap) {
             if ((st = kc_finish(c, l, n, g0, gn, c->st))) return st;
             continue;
