@@ -293,8 +293,16 @@ static skv_status cu_stream_put(skv_context *c, int32_t layer, int32_t g, const 
     return st;
 }
 
-static skv_status cu_seq_forward(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0) {
-    return skv_gpu_forward(G(c), seq, ids, NULL, n, pos0, NULL, NULL, NULL, 0);
+static skv_status cu_seq_forward(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits) {
+    return skv_gpu_forward(G(c), seq, ids, NULL, n, pos0, logits, NULL, NULL, 0);
+}
+
+static void cu_seq_begin_call(skv_context *c, int32_t seq, int32_t n, int32_t pos0) {
+    if (c->stats & SKV_STAT_WIN) skv_gpu_begin_call(G(c), seq, pos0 + n - SKV_MAX(c->pol.p.obs_window, 1));
+}
+
+static skv_status cu_seq_compress(skv_context *c, int32_t seq, const int32_t *budget) {
+    return skv_gpu_compress(G(c), seq, budget);
 }
 
 static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
@@ -336,6 +344,8 @@ const skv_backend_ops skv_backend_cuda = {
     .stream_get = cu_stream_get,
     .stream_put = cu_stream_put,
     .seq_forward = cu_seq_forward,
+    .seq_begin_call = cu_seq_begin_call,
+    .seq_compress = cu_seq_compress,
     .decode_batch = cu_decode_batch,
     .seq_truncate = cu_seq_truncate,
     .seq_copy = cu_seq_copy,
