@@ -509,6 +509,8 @@ skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
  * decoded into several continuations; CUDA). */
 skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src);
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
+/* Bytes of the cache sequence seq holds (its blocks, after any eviction), or -1. */
+int64_t skv_seq_kv_bytes(const skv_context *c, int32_t seq);
 
 /* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured
  * device-to-device copy bandwidth over `bytes` (bytes read + written per second), and the bytes

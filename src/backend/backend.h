@@ -118,6 +118,8 @@ struct skv_backend_ops {
      * the backend's several-sequence contexts take no evicting policy). */
     void (*seq_begin_call)(skv_context *c, int32_t seq, int32_t n, int32_t pos0);
     skv_status (*seq_compress)(skv_context *c, int32_t seq, const int32_t *budget);
+    /* bytes of the cache blocks sequence seq holds */
+    int64_t (*seq_kv_bytes)(const skv_context *c, int32_t seq);
     skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                int32_t *next);
     skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);

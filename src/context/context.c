@@ -468,6 +468,16 @@ static skv_status seq_check(const skv_context *c, int32_t seq, const void *op) {
     return SKV_OK;
 }
 
+int64_t skv_seq_kv_bytes(const skv_context *c, int32_t seq) {
+    if (seq < 0 || seq >= c->n_seq) return -1;
+    if (c->n_seq == 1 || !c->be->seq_kv_bytes) {
+        skv_kv_usage u;
+        skv_context_kv_usage(c, &u);
+        return c->n_seq == 1 ? u.bytes : -1;
+    }
+    return c->be->seq_kv_bytes(c, seq);
+}
+
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq) {
     return seq < 0 || seq >= c->n_seq ? -1 : seq == 0 ? c->n_past : c->seq_past[seq];
 }

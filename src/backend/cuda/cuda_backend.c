@@ -305,6 +305,11 @@ static skv_status cu_seq_compress(skv_context *c, int32_t seq, const int32_t *bu
     return skv_gpu_compress(G(c), seq, budget);
 }
 
+static int64_t cu_seq_kv_bytes(const skv_context *c, int32_t seq) {
+    const int64_t nb = skv_gpu_seq_blocks(G(c), seq);
+    return nb < 0 ? -1 : nb * skv_gpu_kv_block_bytes(c->m->cfg.info.head_dim, skv_gpu_kv_bits(G(c)));
+}
+
 static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                   int32_t *next) {
     return skv_gpu_decode_batch(G(c), ids, pos, n, logits, next, NULL);
@@ -346,6 +351,7 @@ const skv_backend_ops skv_backend_cuda = {
     .seq_forward = cu_seq_forward,
     .seq_begin_call = cu_seq_begin_call,
     .seq_compress = cu_seq_compress,
+    .seq_kv_bytes = cu_seq_kv_bytes,
     .decode_batch = cu_decode_batch,
     .seq_truncate = cu_seq_truncate,
     .seq_copy = cu_seq_copy,

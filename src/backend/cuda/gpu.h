@@ -102,6 +102,8 @@ void skv_gpu_ctx_free(skv_gpu_ctx *c);
 /* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
  * the slots (kept tokens) summed over streams. */
 void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots);
+/* Cache blocks (SKV_GPU_BLOCK slots of K and V each) held by sequence seq's streams, or -1. */
+int64_t skv_gpu_seq_blocks(const skv_gpu_ctx *c, int32_t seq);
 
 /* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; pos0 must be the
  * sequence's next position), given as ids or as input embeddings (host, (n, dim) f32). Outputs

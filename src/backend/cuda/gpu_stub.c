@@ -20,6 +20,7 @@ skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float 
 }
 int skv_gpu_kv_bits(const skv_gpu_ctx *c) { return (void)c, 0; }
 int64_t skv_gpu_kv_block_bytes(int hd, int bits) { return (void)hd, (void)bits, 0; }
+int64_t skv_gpu_seq_blocks(const skv_gpu_ctx *c, int32_t seq) { return (void)c, (void)seq, -1; }
 skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
                                   const float *k, const float *v, float *out, float *kdeq, float *vdeq) {
     (void)bits, (void)hd, (void)G, (void)n, (void)n_split, (void)units, (void)q, (void)k, (void)v, (void)out, (void)kdeq, (void)vdeq;
