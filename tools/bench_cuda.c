@@ -202,7 +202,14 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
             cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
-            r->bound_ms = ((double)wbytes + (double)kv_tok * B * (batch_depth + tg / 2.0)) / bw * 1e3;
+            double rows_kept = batch_depth + tg / 2.0; /* K/V rows per sequence and stream read per step */
+            if (evicts) { /* what the sequences hold after the steps (the kept prompt, plus decoded rows) */
+                skv_kv_usage u;
+                skv_context_kv_usage(c, &u);
+                rows_kept = (double)u.slots / ((double)skv_model_n_cache_layers(m) * in->n_kv_head * bmax);
+                r->kept = rows_kept;
+            }
+            r->bound_ms = ((double)wbytes + (double)kv_tok * B * rows_kept) / bw * 1e3;
         }
         skv_context_free(c);
         free(bid), free(pr);
