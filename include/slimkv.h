@@ -504,6 +504,11 @@ skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32
  * context's do (as skv_decode). */
 skv_status skv_seq_decode_logits(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, float *logits);
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
+/* One step of the n distinct sequences seqs[0..n) (any subset, any order: sequences join and
+ * leave a running batch between steps), ids[r] into sequence seqs[r]; logits and next by row r.
+ * skv_decode_batch is this with seqs 0..n-1. */
+skv_status skv_decode_seqs(skv_context *c, const int32_t *seqs, const int32_t *ids, int32_t n, float *logits,
+                           int32_t *next);
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
 /* The empty sequence dst takes a copy of sequence src's cache and position (a shared prompt
  * decoded into several continuations; CUDA). */

@@ -125,7 +125,7 @@ typedef struct srv {
     srv_slot *slots;
     srv_group grp[SRV_GROUPS]; /* CUDA: the batched contexts (serve_slot.c) */
     int n_grp;
-    int *rowslot;            /* (parallel) the slot decoding in a group's sequence, or -1 */
+    int *rowslot;            /* (parallel) the slot of each row of a group's decode step */
     float *logits;           /* (parallel + 1, n_vocab): by slot, and a scratch row */
     float *mlogits;          /* (parallel, n_vocab) the batched step of own contexts, in call order */
     skv_context **mctx;      /* (parallel) that step's contexts */

@@ -283,38 +283,26 @@ static void prefill(srv *s, int *rr) {
     *rr = (*rr + 1) % s->parallel;
 }
 
-static void decode(srv *s, int32_t *ids, int32_t *hold) {
+static void decode(srv *s, int32_t *ids, int32_t *seqs) {
     const int32_t V = s->info->n_vocab;
     float *scratch = s->logits + (size_t)s->parallel * (size_t)V;
     int n_seqs = 0;
-    /* each group's sequences 0..nb-1 step together (the highest decoding one sets nb); idle ones
-     * take a dummy token, then drop it (an evicting group's idle sequences are empty or about
-     * to be emptied, so what the dummy step evicts there does not matter) */
+    /* each group's decoding sequences step together (skv_decode_seqs: just those, in slot
+     * order; the others are left as they are) */
     for (int gi = 0; gi < s->n_grp; gi++) {
         skv_context *b = s->grp[gi].c;
         int nb = 0;
-        for (int q = 0; q < s->parallel; q++) s->rowslot[q] = -1;
         for (int i = 0; i < s->parallel; i++) {
             const srv_slot *sl = &s->slots[i];
-            if (sl->in_batch && sl->grp == gi && sl->r && sl->state == SLOT_DECODE) {
-                s->rowslot[sl->seq] = i;
-                nb = SKV_CLI_MAX(nb, sl->seq + 1);
-            }
+            if (sl->in_batch && sl->grp == gi && sl->r && sl->state == SLOT_DECODE)
+                s->rowslot[nb] = i, seqs[nb] = sl->seq, ids[nb++] = sl->next;
         }
         if (nb == 0) continue;
-        for (int q = 0; q < nb; q++) {
-            const int i = s->rowslot[q];
-            ids[q] = i >= 0 ? s->slots[i].next : 0;
-            hold[q] = i >= 0 ? -1 : skv_seq_n_past(b, q);
-        }
-        skv_status st = skv_decode_batch(b, ids, nb, s->logits, NULL);
-        for (int q = 0; q < nb; q++)
-            if (hold[q] >= 0) skv_seq_truncate(b, q, hold[q]);
-        for (int q = 0; q < nb; q++) {
-            if (s->rowslot[q] < 0) continue;
-            srv_slot *sl = &s->slots[s->rowslot[q]];
+        skv_status st = skv_decode_seqs(b, seqs, ids, nb, s->logits, NULL);
+        for (int k = 0; k < nb; k++) {
+            srv_slot *sl = &s->slots[s->rowslot[k]];
             if (st) finish(s, sl, NULL, skv_last_error());
-            else on_logits(s, sl, s->logits + (size_t)q * V, scratch), n_seqs++;
+            else on_logits(s, sl, s->logits + (size_t)k * V, scratch), n_seqs++;
         }
     }
     /* every sequence with its own context: one step of all of them together (the CPU backend

@@ -201,11 +201,6 @@ void slot_release(srv *s, srv_slot *sl) {
         skv_seq_truncate(slot_ctx(s, sl), sl->seq, 0);
         s->grp[sl->grp].used[sl->seq] = 0;
         sl->in_batch = 0;
-    } else if (sl->in_batch) { /* a full sequence could not take the dummy token of later batched steps */
-        skv_context *b = slot_ctx(s, sl);
-        const int32_t n = skv_seq_n_past(b, sl->seq);
-        if (n >= s->n_ctx - 1) skv_seq_truncate(b, sl->seq, s->n_ctx - 2);
-        if (sl->n_ids > s->n_ctx - 2) sl->n_ids = s->n_ctx - 2;
     }
     if (sl->own && s->backend == SKV_BACKEND_CUDA && !sl->reusable) { /* GPU memory back */
         skv_context_free(sl->own);

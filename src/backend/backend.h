@@ -120,8 +120,9 @@ struct skv_backend_ops {
     skv_status (*seq_compress)(skv_context *c, int32_t seq, const int32_t *budget);
     /* bytes of the cache blocks sequence seq holds */
     int64_t (*seq_kv_bytes)(const skv_context *c, int32_t seq);
-    skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
-                               int32_t *next);
+    /* (decode_batch: rows are sequences seqs[r], or 0..n-1 when seqs is NULL) */
+    skv_status (*decode_batch)(skv_context *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                               float *logits, int32_t *next);
     skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);
     /* the empty sequence dst takes a copy of sequence src's cache */
     skv_status (*seq_copy)(skv_context *c, int32_t dst, int32_t src);

@@ -518,16 +518,28 @@ skv_status skv_seq_decode_logits(skv_context *c, int32_t seq, const int32_t *ids
 }
 
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next) {
+    return skv_decode_seqs(c, NULL, ids, n, logits, next);
+}
+
+skv_status skv_decode_seqs(skv_context *c, const int32_t *seqs, const int32_t *ids, int32_t n, float *logits,
+                           int32_t *next) {
+    if (n < 1) return skv_set_error(SKV_ERR_ARG, "a decode step of %d sequences", n);
     skv_status st = seq_check(c, n - 1, (const void *)c->be->decode_batch);
+    for (int32_t i = 0; i < n && !st && seqs; i++) {
+        if ((st = seq_check(c, seqs[i], (const void *)c->be->decode_batch))) break;
+        for (int32_t j = 0; j < i && !st; j++)
+            if (seqs[j] == seqs[i]) st = skv_set_error(SKV_ERR_ARG, "sequence %d twice in one decode step", seqs[i]);
+    }
     if (st) return st;
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
     if (!pos) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
-    for (int32_t i = 0; i < n; i++) pos[i] = *seq_pos(c, i);
+    for (int32_t i = 0; i < n; i++) pos[i] = *seq_pos(c, seqs ? seqs[i] : i);
     for (int32_t i = 0; i < n && !st; i++)
-        if (pos[i] + 1 > c->n_ctx) st = skv_set_error(SKV_ERR_RANGE, "sequence %d is full (%d tokens)", i, c->n_ctx);
-    if (!st) st = c->be->decode_batch(c, ids, pos, n, logits, next);
+        if (pos[i] + 1 > c->n_ctx)
+            st = skv_set_error(SKV_ERR_RANGE, "sequence %d is full (%d tokens)", seqs ? seqs[i] : i, c->n_ctx);
+    if (!st) st = c->be->decode_batch(c, seqs, ids, pos, n, logits, next);
     if (!st)
-        for (int32_t i = 0; i < n; i++) (*seq_pos(c, i))++;
+        for (int32_t i = 0; i < n; i++) (*seq_pos(c, seqs ? seqs[i] : i))++;
     free(pos);
     return st;
 }

@@ -310,9 +310,9 @@ static int64_t cu_seq_kv_bytes(const skv_context *c, int32_t seq) {
     return nb < 0 ? -1 : nb * skv_gpu_kv_block_bytes(c->m->cfg.info.head_dim, skv_gpu_kv_bits(G(c)));
 }
 
-static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
-                                  int32_t *next) {
-    return skv_gpu_decode_batch(G(c), ids, pos, n, logits, next, NULL);
+static skv_status cu_decode_batch(skv_context *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                                  float *logits, int32_t *next) {
+    return skv_gpu_decode_seqs(G(c), seqs, ids, pos, n, logits, next, NULL);
 }
 
 static skv_status cu_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) { return skv_gpu_truncate(G(c), seq, n_past); }

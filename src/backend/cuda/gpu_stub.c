@@ -51,6 +51,11 @@ skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_
     (void)c, (void)ids, (void)pos, (void)n, (void)logits, (void)next, (void)sample;
     return no_cuda();
 }
+skv_status skv_gpu_decode_seqs(skv_gpu_ctx *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                               float *logits, int32_t *next, const skv_gpu_sample *sample) {
+    (void)c, (void)seqs, (void)ids, (void)pos, (void)n, (void)logits, (void)next, (void)sample;
+    return no_cuda();
+}
 skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget) {
     return (void)c, (void)seq, (void)budget, no_cuda();
 }
