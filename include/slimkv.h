@@ -346,8 +346,9 @@ typedef struct skv_context_params {
     int32_t v_slow;        /* CUDA: V blocks in pinned host memory (the slow tier, read over
                               PCIe), K on the device */
     int32_t n_seq;         /* sequences the context holds (0 or 1: one; more: the CUDA backend,
-                              a policy that evicts nothing: full or kcache; see "Several
-                              sequences") */
+                              a policy that keeps the cache's format: full, kcache or one
+                              that evicts, each sequence compressed and evicting on its own;
+                              see "Several sequences") */
     int32_t lckv_iters;    /* LCKV models (layer_types in config.json): iterations of the
                               condensed group in a prefill (0: forward_passes + backward_passes
                               of config.json, else 9); prompt chunks of at most
@@ -497,12 +498,24 @@ skv_status skv_decode_multi(skv_context *const *cs, int32_t n, const int32_t *id
  * together (ids[i] for sequence i, at its next position), returning logits (n, n_vocab) and/or
  * each sequence's greedy next id; skv_seq_truncate forgets a sequence's tokens from n_past on. */
 skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n);
+/* skv_seq_decode with the last token's logits (n_vocab) into logits when non-NULL. With a
+ * policy that evicts, a call of n > 1 tokens is a prompt: the sequence is then compressed to the
+ * policy's budgets at its new length, and its decode steps evict as a single-sequence
+ * context's do (as skv_decode). */
+skv_status skv_seq_decode_logits(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, float *logits);
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next);
+/* One step of the n distinct sequences seqs[0..n) (any subset, any order: sequences join and
+ * leave a running batch between steps), ids[r] into sequence seqs[r]; logits and next by row r.
+ * skv_decode_batch is this with seqs 0..n-1. */
+skv_status skv_decode_seqs(skv_context *c, const int32_t *seqs, const int32_t *ids, int32_t n, float *logits,
+                           int32_t *next);
 skv_status skv_seq_truncate(skv_context *c, int32_t seq, int32_t n_past);
 /* The empty sequence dst takes a copy of sequence src's cache and position (a shared prompt
  * decoded into several continuations; CUDA). */
 skv_status skv_seq_copy(skv_context *c, int32_t dst, int32_t src);
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq);
+/* Bytes of the cache sequence seq holds (its blocks, after any eviction), or -1. */
+int64_t skv_seq_kv_bytes(const skv_context *c, int32_t seq);
 
 /* Facts of a backend's device for reports (CUDA: the GPU; CPU: name only), the measured
  * device-to-device copy bandwidth over `bytes` (bytes read + written per second), and the bytes

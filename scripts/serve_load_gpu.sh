@@ -7,7 +7,8 @@
 #   model  write the model (kvt-s's tokenizer, models/kvt-s) into /dev/shm/m8b (tmpfs: much
 #          faster to write than the disk); may run in the background
 #   start  wait for the model; the offline batched decode (slimkv bench --backend cuda, batches
-#          1/16/64 at depth 512) with the default kernels, then with --batch-invariant, into
+#          1/16/64 at depth 512) with the default kernels, then with --batch-invariant (and with
+#          TORCH=1 PyTorch's compiled static-cache decode at the same batches, torch_bench.py), into
 #          $OUT; then DEV/scripts/serve_load.py (64 streaming clients, mixed prompt lengths and
 #          per-request KV policies, greedy; every stream checked against its solo run) against
 #          `slimkv serve --backend cuda` (batch-invariant, the default) for SECONDS, started in
@@ -44,6 +45,10 @@ start)
         "$cli" bench -m $m --backend cuda --pps 512 -d 512 --batches 1,16,64 --batch-depth 512 --tg 32 -r 2 $flag \
             -o "$OUT/offline-$arm.json" 2>&1 | grep -v '^ *$' | tail -6
     done
+    if [ -n "${TORCH:-}" ]; then # PyTorch's best batched decode on the same model (StaticCache + torch.compile)
+        timeout 300 python3 "$dev/scripts/torch_bench.py" $m --pps "" --depths "" --batches 1,16,64 --batch-depth 512 \
+            --tg 32 --reps 2 --compiled --out "$OUT/torch-offline.json" 2>&1 | tail -8 || echo "torch_bench failed"
+    fi
     mkdir -p $res
     cp "$0" $res/
     SKV_COMMIT=$(cat "$dev/COMMIT" 2>/dev/null) setsid nohup python3 "$dev/scripts/serve_load.py" --backend cuda \

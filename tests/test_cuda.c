@@ -790,6 +790,137 @@ static void test_batch_invariant(void) {
     }
 }
 
+/* Evicting policies in a several-sequence context (the server's batched decode of requests
+ * with a KV method): N = 5 sequences of mixed prompt lengths, each prompt in one
+ * skv_seq_decode_logits call (chunks of 64, then the sequence compressed at its length), then 6
+ * batched steps — against the same sequence alone in a one-sequence context (skv_decode of the
+ * prompt, then single-token steps), batch-invariant mode: the prompt's last logits and every
+ * step's logits bit for bit, and every stream's kept positions equal after the steps, for each
+ * of snapkv, pyramidkv (compress once), h2o, tova, window (evict every step), budget 0.5. */
+static void test_batch_evict(void) {
+    if (!have_gpu()) return;
+    enum { N = 5, STEPS = 6, P_MAX = 240 };
+    skv_model *m = skv_test_load_model("kvt-l", 0);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const skv_model_info *in = skv_model_get_info(m);
+    const int V = in->n_vocab, KVH = in->n_kv_head, NL = skv_model_n_cache_layers(m);
+    const char *pols[] = {"snapkv", "pyramidkv", "h2o", "tova", "window"};
+    int32_t *ids = malloc(sizeof(int32_t) * N * P_MAX), len[N], tok[(STEPS + 1) * N], next[N];
+    float *lb = malloc(sizeof(float) * (size_t)N * (STEPS + 1) * V), *l1 = malloc(sizeof(float) * (size_t)V);
+    int32_t *pa = malloc(sizeof(int32_t) * 512), *pb = malloc(sizeof(int32_t) * 512);
+    for (int s = 0; s < N; s++) {
+        len[s] = 40 + (s * 53) % 190; /* 40..229 tokens: one to four chunks of 64 */
+        for (int i = 0; i < len[s]; i++) ids[s * P_MAX + i] = (int32_t)((i * 2654435761u + 7919u * s) % (uint32_t)(V - 1) + 1);
+    }
+    for (int k = 0; k < 5; k++) {
+        skv_context_params cp = skv_context_default_params();
+        cp.backend = SKV_BACKEND_CUDA, cp.n_ctx = 256, cp.n_batch = 64, cp.batch_invariant = 1;
+        cp.policy = skv_policy_default_params(pols[k]);
+        cp.policy.budget = 0.5f;
+        skv_context *one = NULL, *b = NULL;
+        REQUIRE(skv_context_init(m, cp, &one) == SKV_OK, "%s: %s", pols[k], skv_last_error());
+        cp.n_seq = N;
+        REQUIRE(skv_context_init(m, cp, &b) == SKV_OK, "%s: %s", pols[k], skv_last_error());
+        for (int s = 0; s < N; s++) {
+            REQUIRE(skv_seq_decode_logits(b, s, ids + s * P_MAX, len[s], lb + (size_t)s * V) == SKV_OK, "%s",
+                    skv_last_error());
+            tok[s] = skv_test_argmax(lb + (size_t)s * V, V);
+        }
+        for (int t = 0; t < STEPS; t++) {
+            REQUIRE(skv_decode_batch(b, tok + t * N, N, lb + (size_t)(t + 1) * N * V, next) == SKV_OK, "%s",
+                    skv_last_error());
+            memcpy(tok + (t + 1) * N, next, sizeof next);
+        }
+        int equal = 0, rows = 0, kept_same = 1, shrunk = 0;
+        for (int s = 0; s < N; s++) {
+            REQUIRE(skv_context_truncate(one, 0) == SKV_OK, "%s", skv_last_error());
+            REQUIRE(skv_decode(one, ids + s * P_MAX, len[s], l1, 0) == SKV_OK, "%s", skv_last_error());
+            equal += !memcmp(l1, lb + (size_t)s * V, sizeof(float) * (size_t)V), rows++;
+            for (int t = 0; t < STEPS; t++) {
+                REQUIRE(skv_decode(one, tok + t * N + s, 1, l1, 0) == SKV_OK, "%s", skv_last_error());
+                equal += !memcmp(l1, lb + ((size_t)(t + 1) * N + s) * V, sizeof(float) * (size_t)V), rows++;
+            }
+            for (int l = 0; l < NL; l++)
+                for (int g = 0; g < KVH; g++) {
+                    int32_t na = 0, nb = 0;
+                    REQUIRE(skv_gpu_stream_read(one->bs, l, 0, g, &na, pa, NULL, NULL, NULL, NULL, NULL) == SKV_OK &&
+                                skv_gpu_stream_read(b->bs, l, s, g, &nb, pb, NULL, NULL, NULL, NULL, NULL) == SKV_OK,
+                            "%s", skv_last_error());
+                    kept_same &= na == nb && !memcmp(pa, pb, sizeof(int32_t) * (size_t)na);
+                    shrunk |= nb < len[s] + STEPS;
+                }
+        }
+        printf("    %-9s budget 0.5, %d sequences batched vs alone: %d/%d rows of logits bit-identical; kept positions "
+               "%s; evicted %s\n", pols[k], N, equal, rows, kept_same ? "equal" : "DIFFER", shrunk ? "yes" : "NO");
+        CHECKF(equal == rows && kept_same && shrunk, "%s: %d of %d rows equal, kept positions equal %d, evicted %d",
+               pols[k], equal, rows, kept_same, shrunk);
+        skv_context_free(one), skv_context_free(b);
+    }
+    free(ids), free(lb), free(l1), free(pa), free(pb);
+    skv_model_free(m);
+}
+
+/* skv_decode_seqs (sequences joining and leaving a running batch): 6 sequences of a full-policy
+ * batch-invariant context, prompts of mixed lengths, then steps of changing subsets in changing
+ * orders ({5, 2, 0}, {1, 3, 4, 2}, all six reversed, {3}); each row's logits bit for bit as the
+ * same sequence alone fed the same tokens; a sequence named twice, or out of range, is refused
+ * and nothing advances. */
+static void test_decode_seqs(void) {
+    if (!have_gpu()) return;
+    enum { N = 6, P_MAX = 200, MAXT = 8 };
+    skv_model *m = skv_test_load_model("kvt-l", 0);
+    REQUIRE(m, "kvt-l: %s", skv_last_error());
+    const int V = skv_model_get_info(m)->n_vocab;
+    skv_context_params cp = skv_context_default_params();
+    cp.backend = SKV_BACKEND_CUDA, cp.n_ctx = 256, cp.n_batch = 64, cp.batch_invariant = 1;
+    skv_context *one = NULL, *b = NULL;
+    REQUIRE(skv_context_init(m, cp, &one) == SKV_OK, "%s", skv_last_error());
+    cp.n_seq = N;
+    REQUIRE(skv_context_init(m, cp, &b) == SKV_OK, "%s", skv_last_error());
+    static const int32_t sub[4][N] = {{5, 2, 0}, {1, 3, 4, 2}, {5, 4, 3, 2, 1, 0}, {3}};
+    static const int nsub[4] = {3, 4, 6, 1};
+    int32_t *ids = malloc(sizeof(int32_t) * N * P_MAX), len[N], fed[N][MAXT], nfed[N] = {0};
+    float *lb = malloc(sizeof(float) * (size_t)N * V), *got = malloc(sizeof(float) * (size_t)N * MAXT * V);
+    float *l1 = malloc(sizeof(float) * (size_t)V);
+    for (int s = 0; s < N; s++) {
+        len[s] = 20 + (s * 41) % 170;
+        for (int i = 0; i < len[s]; i++) ids[s * P_MAX + i] = (int32_t)((i * 40503u + 977u * s) % (uint32_t)(V - 1) + 1);
+        REQUIRE(skv_seq_decode(b, s, ids + s * P_MAX, len[s]) == SKV_OK, "%s", skv_last_error());
+    }
+    int32_t tk[N], next[N];
+    for (int t = 0; t < 4; t++) {
+        for (int k = 0; k < nsub[t]; k++) tk[k] = (int32_t)((t * 131 + sub[t][k] * 17) % (V - 1) + 1);
+        REQUIRE(skv_decode_seqs(b, sub[t], tk, nsub[t], lb, next) == SKV_OK, "%s", skv_last_error());
+        for (int k = 0; k < nsub[t]; k++) {
+            const int s = sub[t][k];
+            memcpy(got + ((size_t)s * MAXT + nfed[s]) * V, lb + (size_t)k * V, sizeof(float) * (size_t)V);
+            fed[s][nfed[s]++] = tk[k];
+        }
+    }
+    int equal = 0, rows = 0;
+    for (int s = 0; s < N; s++) {
+        REQUIRE(skv_context_truncate(one, 0) == SKV_OK && skv_decode(one, ids + s * P_MAX, len[s], NULL, 0) == SKV_OK,
+                "%s", skv_last_error());
+        for (int t = 0; t < nfed[s]; t++) {
+            REQUIRE(skv_decode(one, &fed[s][t], 1, l1, 0) == SKV_OK, "%s", skv_last_error());
+            equal += !memcmp(l1, got + ((size_t)s * MAXT + t) * V, sizeof(float) * (size_t)V), rows++;
+        }
+    }
+    const int32_t twice[2] = {1, 1}, out[2] = {0, N};
+    const int32_t p1 = skv_seq_n_past(b, 1);
+    const skv_status e1 = skv_decode_seqs(b, twice, tk, 2, NULL, NULL);
+    const int twice_ok = e1 == SKV_ERR_ARG && strstr(skv_last_error(), "twice") != NULL;
+    const skv_status e2 = skv_decode_seqs(b, out, tk, 2, NULL, NULL);
+    printf("    decode_seqs over changing subsets and orders: %d/%d rows of logits bit-identical to each sequence "
+           "alone; a sequence twice %s, out of range %s\n", equal, rows, twice_ok ? "refused" : "ACCEPTED",
+           e2 != SKV_OK ? "refused" : "ACCEPTED");
+    CHECKF(equal == rows && rows == 14, "%d of %d rows equal", equal, rows);
+    CHECK(twice_ok && e2 != SKV_OK && skv_seq_n_past(b, 1) == p1 && skv_seq_n_past(b, 0) == len[0] + 2);
+    skv_context_free(one), skv_context_free(b);
+    free(ids), free(lb), free(got), free(l1);
+    skv_model_free(m);
+}
+
 /* logits (N, V) of the third decode step of N sequences whose 200-token prompts went in as 197
  * rows and 3 (the last chunk through the fused GEMVs' prefill use; 200 keys: four splits of 64
  * for the attention to merge), with the fused decode kernels (SKV_CUDA_FUSE, gpu_fused.cuh) as
@@ -864,6 +995,9 @@ static void test_fused_decode(void) {
 void register_cuda(void) {
     skv_test_add("cuda/batch-invariant mode: batches of 1, 3, 8, 17 (mixed lengths) = solo bit for bit (kvt-s, kvt-l)",
                  test_batch_invariant);
+    skv_test_add("cuda/evicting policies in a several-sequence context = each sequence alone (batch-invariant)",
+                 test_batch_evict);
+    skv_test_add("cuda/decode_seqs: subsets in any order = each sequence alone; duplicates refused", test_decode_seqs);
     skv_test_add("cuda/batched decode of 5, 12, 40 = single decode; decode switches agree", test_batch_sizes);
     skv_test_add("cuda/fused decode kernels = the separate kernels at 1, 2, 3, 5 rows", test_fused_decode);
     skv_test_add("cuda/head_dim 128 GQA model vs the double reference (prefill chunks, decode)", test_tiny_hd128);

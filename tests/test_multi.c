@@ -171,6 +171,19 @@ static void test_bad_calls(void) {
         skv_context_free(o);
         skv_model_free(m2);
     }
+    /* several sequences in one context: the CUDA backend's; a CPU context refuses them, naming
+     * n_seq, with any policy; skv_seq_kv_bytes of a one-sequence context is its cache's bytes */
+    const char *pols[] = {"full", "h2o"};
+    for (int i = 0; i < 2; i++) {
+        skv_context_params cp = skv_context_default_params();
+        cp.n_ctx = 64, cp.n_seq = 2, cp.policy = skv_policy_default_params(pols[i]);
+        skv_context *x = NULL;
+        CHECKF(skv_context_init(m, cp, &x) == SKV_ERR_ARG && !x && strstr(skv_last_error(), "n_seq 2"),
+               "n_seq 2 on the CPU with %s: %s", pols[i], skv_last_error());
+    }
+    skv_kv_usage u;
+    skv_context_kv_usage(c1, &u);
+    CHECK(skv_seq_kv_bytes(c1, 0) == u.bytes && u.bytes > 0 && skv_seq_kv_bytes(c1, 1) == -1);
     skv_context_free(c0), skv_context_free(c1);
 }
 

@@ -9,7 +9,9 @@
  * bytes read per step + K/V bytes of the average cache length) / measured device copy
  * bandwidth (bytes read + written per second). With --policy other than full, the tg rows run
  * under it: the prompt is compressed to the budget after its prefill (statistics collected
- * as the policy needs), steps evict as the policy does, and the bound counts the kept K/V.
+ * as the policy needs), steps evict as the policy does, and the bound counts the kept K/V; so
+ * do the bs rows (each sequence's prompt in one call, compressed at its end; each repetition
+ * truncates the decoded tokens away, what the steps evicted from the prompt stays evicted).
  * Everything goes through the public API (slimkv.h); every call returns after the device has
  * finished, so wall-clock time around the calls is the device time plus the host's overhead.
  */
@@ -176,11 +178,12 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
     int bmax = 0;
     for (int i = 0; i < n_b; i++) bmax = batches[i] > bmax ? batches[i] : bmax;
     if (bmax > 0) {
-        c = context(m, batch_depth + tg, ubatch, bmax, NULL);
+        c = context(m, batch_depth + tg, ubatch, bmax, evicts ? &pp : NULL);
         int32_t *bid = malloc(sizeof(int32_t) * (size_t)bmax), *pr = malloc(sizeof(int32_t) * (size_t)batch_depth);
         for (int s = 0; s < bmax; s++) {
             for (int i = 0; i < batch_depth; i++) pr[i] = rid(in->n_vocab);
-            prefill(c, s, pr, batch_depth, ubatch);
+            if (evicts) cli_check("bench", skv_seq_decode(c, s, pr, batch_depth)); /* one prompt: one compression */
+            else prefill(c, s, pr, batch_depth, ubatch);
         }
         for (int i = 0; i < n_b; i++) {
             const int B = batches[i];
@@ -199,7 +202,14 @@ int bench_cuda(const char *dir, const char *pp_s, const char *depths_s, const ch
                 if (k >= 0) r->ms[r->reps++] = ms;
             }
             cli_mean_sd(r->ms, r->reps, &r->mean, &r->sd);
-            r->bound_ms = ((double)wbytes + (double)kv_tok * B * (batch_depth + tg / 2.0)) / bw * 1e3;
+            double rows_kept = batch_depth + tg / 2.0; /* K/V rows per sequence and stream read per step */
+            if (evicts) { /* what the sequences hold after the steps (the kept prompt, plus decoded rows) */
+                skv_kv_usage u;
+                skv_context_kv_usage(c, &u);
+                rows_kept = (double)u.slots / ((double)skv_model_n_cache_layers(m) * in->n_kv_head * bmax);
+                r->kept = rows_kept;
+            }
+            r->bound_ms = ((double)wbytes + (double)kv_tok * B * rows_kept) / bw * 1e3;
         }
         skv_context_free(c);
         free(bid), free(pr);

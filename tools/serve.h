@@ -84,6 +84,17 @@ typedef struct srv_metrics {
 
 typedef struct srv_slot srv_slot;
 
+/* CUDA: a context of `parallel` sequences under one KV method; group 0 the full policy
+ * (sequence i = slot i, prefix reuse), then one per evicting method requests named, made on
+ * first use (sequences handed out lowest first) */
+#define SRV_GROUPS 8
+typedef struct srv_group {
+    skv_context *c;
+    skv_policy_params p;
+    char name[32];
+    unsigned char *used; /* (parallel) sequences taken (evicting groups) */
+} srv_group;
+
 typedef struct srv {
     /* configuration */
     const char *model_dir, *model_name, *host, *api_key;
@@ -112,7 +123,9 @@ typedef struct srv {
     /* the scheduler's own */
     pthread_t sched;
     srv_slot *slots;
-    skv_context *batch;      /* CUDA: one context of `parallel` sequences (full policy) */
+    srv_group grp[SRV_GROUPS]; /* CUDA: the batched contexts (serve_slot.c) */
+    int n_grp;
+    int *rowslot;            /* (parallel) the slot of each row of a group's decode step */
     float *logits;           /* (parallel + 1, n_vocab): by slot, and a scratch row */
     float *mlogits;          /* (parallel, n_vocab) the batched step of own contexts, in call order */
     skv_context **mctx;      /* (parallel) that step's contexts */

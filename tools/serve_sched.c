@@ -4,9 +4,10 @@
  * Each iteration: admit queued requests into free slots while their KV reservation fits
  * (--kv-mem), dropping cancelled ones; prefill at most about one chunk (prefill_chunk tokens)
  * in total, in whole chunks, so a long prompt does not stall the running streams; then one
- * decode step of every decoding sequence — on CUDA the full-policy sequences as one call of the
- * shared context's batched decode (batch-invariant unless --batch-invariant off: a stream's
- * logits do not depend on what else is decoded); every sequence with its own context (every one on the CPU,
+ * decode step of every decoding sequence — on CUDA one call of the batched decode per group
+ * (serve_slot.c: the full-policy sequences, and one group per evicting KV method, each in a
+ * shared context; batch-invariant unless --batch-invariant off: a stream's logits do not
+ * depend on what else is decoded); every sequence with its own context (every one on the CPU,
  * whatever its policy) in one skv_decode_multi call, the CPU's batched decode; sample
  * each (log-probabilities first when asked), detokenize, apply stop strings and hand the
  * released text to the waiting HTTP thread.
@@ -253,12 +254,16 @@ static void prefill(srv *s, int *rr) {
         srv_slot *sl = &s->slots[(*rr + k) % s->parallel];
         if (sl->state != SLOT_PREFILL) continue;
         srv_req *r = sl->r;
-        const int32_t target = sl->in_batch ? r->n_prompt - 1 : r->n_prompt;
+        /* a full-policy sequence of group 0 feeds its last prompt token as its first batched
+         * step; every other (own contexts, evicting groups) takes the whole prompt in one call
+         * when its policy evicts (compressed once, at the prompt's end) and gives its logits */
+        const int step_last = sl->in_batch && sl->grp == 0;
+        const int32_t target = step_last ? r->n_prompt - 1 : r->n_prompt;
         int32_t n = SKV_CLI_MIN(s->prefill_chunk, target - sl->pos);
-        if (!sl->in_batch && skv_policy_evicts(r->pol_name) > 0) n = target - sl->pos;
+        if (!step_last && skv_policy_evicts(r->pol_name) > 0) n = target - sl->pos;
         float *lg = s->logits + (size_t)sl->idx * (size_t)s->info->n_vocab;
         if (n > 0) {
-            skv_status st = slot_append(s, sl, r->prompt + sl->pos, n, sl->pos + n == target && !sl->in_batch ? lg : NULL);
+            skv_status st = slot_append(s, sl, r->prompt + sl->pos, n, sl->pos + n == target && !step_last ? lg : NULL);
             if (st) {
                 finish(s, sl, NULL, skv_last_error());
                 continue;
@@ -267,7 +272,7 @@ static void prefill(srv *s, int *rr) {
             used += n;
         }
         if (sl->pos == target) {
-            if (sl->in_batch) {
+            if (step_last) {
                 sl->next = r->prompt[r->n_prompt - 1];
                 sl->state = SLOT_DECODE;
             } else {
@@ -278,27 +283,26 @@ static void prefill(srv *s, int *rr) {
     *rr = (*rr + 1) % s->parallel;
 }
 
-static void decode(srv *s, int32_t *ids, int32_t *hold) {
+static void decode(srv *s, int32_t *ids, int32_t *seqs) {
     const int32_t V = s->info->n_vocab;
     float *scratch = s->logits + (size_t)s->parallel * (size_t)V;
-    int nb = 0, n_seqs = 0;
-    for (int i = 0; i < s->parallel; i++)
-        if (s->slots[i].in_batch && s->slots[i].r && s->slots[i].state == SLOT_DECODE) nb = i + 1;
-    if (nb > 0) { /* sequences 0..nb-1 step together; idle ones take a dummy token, then drop it */
-        for (int i = 0; i < nb; i++) {
-            srv_slot *sl = &s->slots[i];
-            const int dec = sl->in_batch && sl->r && sl->state == SLOT_DECODE;
-            ids[i] = dec ? sl->next : 0;
-            hold[i] = dec ? -1 : skv_seq_n_past(s->batch, i);
+    int n_seqs = 0;
+    /* each group's decoding sequences step together (skv_decode_seqs: just those, in slot
+     * order; the others are left as they are) */
+    for (int gi = 0; gi < s->n_grp; gi++) {
+        skv_context *b = s->grp[gi].c;
+        int nb = 0;
+        for (int i = 0; i < s->parallel; i++) {
+            const srv_slot *sl = &s->slots[i];
+            if (sl->in_batch && sl->grp == gi && sl->r && sl->state == SLOT_DECODE)
+                s->rowslot[nb] = i, seqs[nb] = sl->seq, ids[nb++] = sl->next;
         }
-        skv_status st = skv_decode_batch(s->batch, ids, nb, s->logits, NULL);
-        for (int i = 0; i < nb; i++)
-            if (hold[i] >= 0) skv_seq_truncate(s->batch, i, hold[i]);
-        for (int i = 0; i < nb; i++) {
-            srv_slot *sl = &s->slots[i];
-            if (hold[i] >= 0) continue;
+        if (nb == 0) continue;
+        skv_status st = skv_decode_seqs(b, seqs, ids, nb, s->logits, NULL);
+        for (int k = 0; k < nb; k++) {
+            srv_slot *sl = &s->slots[s->rowslot[k]];
             if (st) finish(s, sl, NULL, skv_last_error());
-            else on_logits(s, sl, s->logits + (size_t)i * V, scratch), n_seqs++;
+            else on_logits(s, sl, s->logits + (size_t)k * V, scratch), n_seqs++;
         }
     }
     /* every sequence with its own context: one step of all of them together (the CPU backend
@@ -370,7 +374,8 @@ skv_status srv_sched_start(srv *s) {
     s->mlogits = malloc(sizeof(float) * (size_t)V * (size_t)s->parallel);
     s->mctx = malloc(sizeof(skv_context *) * (size_t)s->parallel);
     s->mslot = malloc(sizeof(int) * (size_t)s->parallel);
-    if (!s->slots || !s->queue || !s->logits || !s->mlogits || !s->mctx || !s->mslot) return SKV_ERR_NOMEM;
+    s->rowslot = malloc(sizeof(int) * (size_t)s->parallel);
+    if (!s->slots || !s->queue || !s->logits || !s->mlogits || !s->mctx || !s->mslot || !s->rowslot) return SKV_ERR_NOMEM;
     for (int i = 0; i < s->parallel; i++) s->slots[i].idx = i;
     skv_status st = SKV_OK;
     if (s->backend == SKV_BACKEND_CUDA) {
@@ -380,7 +385,10 @@ skv_status srv_sched_start(srv *s) {
         cp.backend = SKV_BACKEND_CUDA;
         cp.n_seq = s->parallel;
         cp.batch_invariant = s->batch_invariant;
-        if ((st = skv_context_init(s->model, cp, &s->batch))) return st;
+        if ((st = skv_context_init(s->model, cp, &s->grp[0].c))) return st;
+        snprintf(s->grp[0].name, sizeof s->grp[0].name, "full");
+        s->grp[0].p = skv_policy_default_params("full");
+        s->n_grp = 1;
     } else { /* every slot's context up front, under the default policy */
         for (int i = 0; i < s->parallel && !st; i++) {
             skv_context_params cp = skv_context_default_params();
@@ -424,7 +432,9 @@ void srv_sched_stop(srv *s) {
     s->n_queue = 0;
     pthread_cond_broadcast(&s->out_cv);
     pthread_mutex_unlock(&s->mu);
-    skv_context_free(s->batch);
+    for (int i = 0; i < s->n_grp; i++) skv_context_free(s->grp[i].c), free(s->grp[i].used);
+    s->n_grp = 0;
+    free(s->rowslot);
     free(s->slots);
     free(s->queue);
     free(s->logits);

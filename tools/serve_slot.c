@@ -2,10 +2,12 @@
  * serve_slot.c — where a slot's KV cache lives, and prefix reuse.
  *
  * A slot runs one request at a time. With the CUDA backend, requests under the full policy run
- * as sequence `idx` of one shared context of `parallel` sequences (its batched decode); every
- * other request (any request on the CPU, whose backend has no several-sequence contexts, and a
- * request with an evicting policy on CUDA, whose batched context runs the full policy only)
- * runs in the slot's own context, made with the request's policy.
+ * as sequence `idx` of one shared context of `parallel` sequences (group 0, its batched
+ * decode), and requests under an evicting policy as a sequence of a shared context made with
+ * that policy (a group per distinct method, up to SRV_GROUPS, each sequence compressed and
+ * evicting on its own); every other request (any request on the CPU, whose backend has no
+ * several-sequence contexts, or one whose group could not be made) runs in the slot's own
+ * context, made with the request's policy.
  *
  * Prefix reuse: a slot keeps the ids its cache holds after a request under the full policy; a
  * new request goes to the free slot sharing the longest prefix with it, rounded down to whole
@@ -22,10 +24,12 @@
 
 static int is_full(const skv_policy_params *p) { return !p->name || !strcmp(p->name, "full"); }
 
-int slot_uses_batch(const srv *s, const srv_req *r) { return s->batch && is_full(&r->pol); }
+int slot_uses_batch(const srv *s, const srv_req *r) { return s->grp[0].c && is_full(&r->pol); }
+
+skv_context *slot_ctx(const srv *s, const srv_slot *sl) { return s->grp[sl->grp].c; }
 
 int32_t slot_n_past(const srv *s, const srv_slot *sl) {
-    return sl->in_batch ? skv_seq_n_past(s->batch, sl->idx) : sl->own ? skv_context_n_past(sl->own) : 0;
+    return sl->in_batch ? skv_seq_n_past(slot_ctx(s, sl), sl->seq) : sl->own ? skv_context_n_past(sl->own) : 0;
 }
 
 /* Prompt tokens slot sl could reuse for r. */
@@ -60,6 +64,32 @@ static int same_policy(const skv_policy_params *a, const skv_policy_params *b) {
            a->budget_tokens == b->budget_tokens && a->sinks == b->sinks && a->recent_frac == b->recent_frac &&
            a->obs_window == b->obs_window && a->pool_kernel == b->pool_kernel &&
            a->pyramid_beta == b->pyramid_beta && a->quant_bits == b->quant_bits;
+}
+
+int slot_group(srv *s, const skv_policy_params *p) {
+    if (s->backend != SKV_BACKEND_CUDA || is_full(p) || skv_policy_evicts(p->name) <= 0) return 0;
+    for (int i = 1; i < s->n_grp; i++)
+        if (same_policy(&s->grp[i].p, p)) return i;
+    if (s->n_grp >= SRV_GROUPS) return 0;
+    srv_group *g = &s->grp[s->n_grp];
+    skv_context_params cp = skv_context_default_params();
+    cp.n_ctx = s->n_ctx;
+    cp.n_batch = s->prefill_chunk;
+    cp.backend = SKV_BACKEND_CUDA;
+    cp.kv_format = SKV_KV_BF16;
+    cp.n_seq = s->parallel;
+    cp.batch_invariant = s->batch_invariant;
+    cp.policy = *p;
+    g->used = calloc((size_t)s->parallel, 1);
+    if (!g->used || skv_context_init(s->model, cp, &g->c)) { /* (no memory for it: own contexts as before) */
+        free(g->used);
+        memset(g, 0, sizeof *g);
+        return 0;
+    }
+    snprintf(g->name, sizeof g->name, "%s", p->name);
+    g->p = *p;
+    g->p.name = g->name;
+    return s->n_grp++;
 }
 
 /* CPU: another slot (busy or free) holding a longer prefix of r than sl does lends it: sl's
@@ -100,15 +130,31 @@ static skv_status borrow_prefix(srv *s, srv_slot *sl, srv_req *r, int32_t *reuse
 skv_status slot_prepare(srv *s, srv_slot *sl, srv_req *r, int32_t *reused) {
     *reused = slot_prefix(s, sl, r);
     skv_status st = SKV_OK;
+    int gi = 0;
     if (slot_uses_batch(s, r)) {
-        sl->in_batch = 1;
+        sl->in_batch = 1, sl->grp = 0, sl->seq = sl->idx;
+        skv_context *b = s->grp[0].c;
         if (sl->cache_kind != SLOT_BATCH) *reused = 0;
-        st = skv_seq_truncate(s->batch, sl->idx, SKV_CLI_MIN(*reused, skv_seq_n_past(s->batch, sl->idx)));
+        st = skv_seq_truncate(b, sl->idx, SKV_CLI_MIN(*reused, skv_seq_n_past(b, sl->idx)));
         if (!st && s->backend == SKV_BACKEND_CUDA && sl->own) { /* free the GPU memory of an old own context */
             skv_context_free(sl->own);
             sl->own = NULL;
         }
         sl->cache_kind = SLOT_BATCH;
+    } else if ((gi = slot_group(s, &r->pol)) > 0) { /* the lowest free sequence of the method's group */
+        srv_group *g = &s->grp[gi];
+        int q = 0;
+        while (q < s->parallel && g->used[q]) q++;
+        if (q == s->parallel) return SKV_ERR_RANGE; /* (cannot happen: a sequence per slot) */
+        g->used[q] = 1;
+        sl->in_batch = 1, sl->grp = gi, sl->seq = q;
+        *reused = 0;
+        st = skv_seq_truncate(g->c, q, 0);
+        if (!st && sl->own) {
+            skv_context_free(sl->own);
+            sl->own = NULL;
+        }
+        sl->cache_kind = SLOT_NONE;
     } else {
         sl->in_batch = 0;
         const int own_ok = sl->own && same_policy(&sl->own_p, &r->pol) && is_full(&r->pol) && sl->cache_kind == SLOT_OWN;
@@ -143,17 +189,18 @@ static void push_ids(srv_slot *sl, const int32_t *ids, int32_t n) {
 }
 
 skv_status slot_append(srv *s, srv_slot *sl, const int32_t *ids, int32_t n, float *logits) {
-    skv_status st = sl->in_batch ? skv_seq_decode(s->batch, sl->idx, ids, n) : skv_decode(sl->own, ids, n, logits, 0);
+    skv_status st = sl->in_batch ? skv_seq_decode_logits(slot_ctx(s, sl), sl->seq, ids, n, logits)
+                                 : skv_decode(sl->own, ids, n, logits, 0);
     if (!st && sl->reusable) push_ids(sl, ids, n);
     return st;
 }
 
 void slot_release(srv *s, srv_slot *sl) {
     if (!sl->reusable) sl->n_ids = 0;
-    if (sl->in_batch) { /* a full sequence could not take the dummy token of later batched steps */
-        const int32_t n = skv_seq_n_past(s->batch, sl->idx);
-        if (n >= s->n_ctx - 1) skv_seq_truncate(s->batch, sl->idx, s->n_ctx - 2);
-        if (sl->n_ids > s->n_ctx - 2) sl->n_ids = s->n_ctx - 2;
+    if (sl->in_batch && sl->grp > 0) { /* the sequence back to its group, empty (its blocks freed) */
+        skv_seq_truncate(slot_ctx(s, sl), sl->seq, 0);
+        s->grp[sl->grp].used[sl->seq] = 0;
+        sl->in_batch = 0;
     }
     if (sl->own && s->backend == SKV_BACKEND_CUDA && !sl->reusable) { /* GPU memory back */
         skv_context_free(sl->own);
@@ -162,8 +209,9 @@ void slot_release(srv *s, srv_slot *sl) {
 }
 
 int64_t slot_kv_bytes(const srv *s, const srv_slot *sl, int64_t *fast, int64_t *slow) {
-    if (sl->in_batch) {
-        const int64_t b = (int64_t)skv_seq_n_past(s->batch, sl->idx) * s->kv_tok_bytes;
+    if (sl->in_batch) { /* group 0: the tokens' K/V; an evicting group: the blocks the sequence holds */
+        const int64_t b = sl->grp ? skv_seq_kv_bytes(slot_ctx(s, sl), sl->seq)
+                                  : (int64_t)skv_seq_n_past(slot_ctx(s, sl), sl->seq) * s->kv_tok_bytes;
         if (fast) *fast += b;
         return b;
     }

@@ -20,7 +20,8 @@ struct srv_slot {
     skv_context *own;          /* the slot's own context, or NULL */
     char own_pol[32];
     skv_policy_params own_p;   /* the policy it was made with */
-    int in_batch;              /* the request runs as sequence idx of srv->batch */
+    int in_batch;              /* the request runs as sequence seq of group grp's context */
+    int grp, seq;
     int cache_kind;            /* SLOT_OWN or SLOT_BATCH: where ids are cached */
     int reusable;              /* ids[0..n_ids) are in the cache, intact (full policy) */
     int32_t *ids, n_ids, cap_ids;
@@ -37,6 +38,10 @@ struct srv_slot {
 };
 
 int slot_uses_batch(const srv *s, const srv_req *r);
+/* the context a batched slot's sequence lives in */
+skv_context *slot_ctx(const srv *s, const srv_slot *sl);
+/* the evicting group (> 0) a request joins, made on first use; 0: none (its own context) */
+int slot_group(srv *s, const skv_policy_params *p);
 int32_t slot_n_past(const srv *s, const srv_slot *sl);
 int32_t slot_prefix(const srv *s, const srv_slot *sl, const srv_req *r);
 /* Make the slot's cache ready for r; *reused prompt tokens are already in it. */

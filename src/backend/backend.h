@@ -109,11 +109,20 @@ struct skv_backend_ops {
     const float *(*head_row)(const skv_context *c, int kind, int32_t layer, int32_t head);
     skv_status (*set_head_window)(skv_context *c, int32_t from);
     void (*drop_head_stats)(skv_context *c);
-    /* Several sequences (NULL: one only): a chunk of one sequence; one step of sequences
-     * 0..n-1 at positions pos[i]; truncating one; the weight bytes the backend holds. */
-    skv_status (*seq_forward)(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0);
-    skv_status (*decode_batch)(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
-                               int32_t *next);
+    /* Several sequences (NULL: one only): a chunk of one sequence (logits of its last token
+     * into logits when non-NULL); one step of sequences 0..n-1 at positions pos[i]; truncating
+     * one; the weight bytes the backend holds. */
+    skv_status (*seq_forward)(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits);
+    /* A multi-token call of n tokens of sequence seq from pos0 starts (its observation-window
+     * statistics reset; NULL: none); evict sequence seq's streams to budget[cache layer] (NULL:
+     * the backend's several-sequence contexts take no evicting policy). */
+    void (*seq_begin_call)(skv_context *c, int32_t seq, int32_t n, int32_t pos0);
+    skv_status (*seq_compress)(skv_context *c, int32_t seq, const int32_t *budget);
+    /* bytes of the cache blocks sequence seq holds */
+    int64_t (*seq_kv_bytes)(const skv_context *c, int32_t seq);
+    /* (decode_batch: rows are sequences seqs[r], or 0..n-1 when seqs is NULL) */
+    skv_status (*decode_batch)(skv_context *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                               float *logits, int32_t *next);
     skv_status (*seq_truncate)(skv_context *c, int32_t seq, int32_t n_past);
     /* the empty sequence dst takes a copy of sequence src's cache */
     skv_status (*seq_copy)(skv_context *c, int32_t dst, int32_t src);

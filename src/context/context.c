@@ -108,10 +108,10 @@ skv_status skv_context_init(skv_model *m, skv_context_params p, skv_context **ou
     c->head_win_from = INT32_MAX;
     c->v_slow = p.v_slow;
     c->n_seq = p.n_seq > 1 ? p.n_seq : 1;
-    if (p.n_seq < 0 || (c->n_seq > 1 && (p.backend != SKV_BACKEND_CUDA || c->pol.ev.evicts || p.collect_stats))) {
+    if (p.n_seq < 0 || (c->n_seq > 1 && (p.backend != SKV_BACKEND_CUDA || ops->transform || p.collect_stats))) {
         free(c);
-        return skv_set_error(SKV_ERR_ARG, "n_seq %d: several sequences need the CUDA backend and a policy that evicts "
-                             "nothing (full, kcache)", p.n_seq);
+        return skv_set_error(SKV_ERR_ARG, "n_seq %d: several sequences need the CUDA backend and a policy that keeps "
+                             "the cache's format (not %s) without collect_stats", p.n_seq, ops->name);
     }
     c->seq_past = calloc((size_t)c->n_seq, sizeof(int32_t));
     c->pol.budget_now = calloc((size_t)c->n_layer, sizeof(int32_t));
@@ -468,12 +468,28 @@ static skv_status seq_check(const skv_context *c, int32_t seq, const void *op) {
     return SKV_OK;
 }
 
+int64_t skv_seq_kv_bytes(const skv_context *c, int32_t seq) {
+    if (seq < 0 || seq >= c->n_seq) return -1;
+    if (c->n_seq == 1 || !c->be->seq_kv_bytes) {
+        skv_kv_usage u;
+        skv_context_kv_usage(c, &u);
+        return c->n_seq == 1 ? u.bytes : -1;
+    }
+    return c->be->seq_kv_bytes(c, seq);
+}
+
 int32_t skv_seq_n_past(const skv_context *c, int32_t seq) {
     return seq < 0 || seq >= c->n_seq ? -1 : seq == 0 ? c->n_past : c->seq_past[seq];
 }
 
 skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32_t n) {
-    if (seq == 0 && c->n_seq == 1) return skv_decode(c, ids, n, NULL, 0);
+    return skv_seq_decode_logits(c, seq, ids, n, NULL);
+}
+
+/* As skv_decode for one sequence: the call's chunks, then (n > 1) the policy's compression of
+ * that sequence at its new length. */
+skv_status skv_seq_decode_logits(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, float *logits) {
+    if (seq == 0 && c->n_seq == 1) return skv_decode(c, ids, n, logits, 0);
     skv_status st = seq_check(c, seq, (const void *)c->be->seq_forward);
     if (st) return st;
     int32_t *p = seq_pos(c, seq);
@@ -482,25 +498,48 @@ skv_status skv_seq_decode(skv_context *c, int32_t seq, const int32_t *ids, int32
     for (int32_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= c->m->cfg.info.n_vocab)
             return skv_set_error(SKV_ERR_ARG, "token id %d at index %d is outside the vocabulary", ids[i], i);
+    const int evicts = c->pol.ev.evicts;
+    if (evicts && !c->be->seq_compress)
+        return skv_set_error(SKV_ERR_UNSUPPORTED, "several sequences with policy %s: not on the %s backend",
+                             c->pol.ops->name, c->be->name);
+    if (n > 1 && c->be->seq_begin_call) c->be->seq_begin_call(c, seq, n, *p);
     for (int32_t off = 0; off < n; off += c->n_batch) {
         const int32_t nb = SKV_MIN(c->n_batch, n - off);
-        if ((st = c->be->seq_forward(c, seq, ids + off, nb, *p))) return st;
+        if ((st = c->be->seq_forward(c, seq, ids + off, nb, *p, off + nb == n ? logits : NULL))) return st;
         *p += nb;
     }
-    return SKV_OK;
+    if (n == 1 || !evicts) return SKV_OK;
+    int32_t *bud = malloc(sizeof(int32_t) * (size_t)c->n_layer);
+    if (!bud) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
+    for (int32_t l = 0; l < c->n_layer; l++) bud[l] = skv_policy_budget(c->pol.ops, &c->pol.p, l, c->n_layer, *p);
+    st = c->be->seq_compress(c, seq, bud);
+    free(bud);
+    return st;
 }
 
 skv_status skv_decode_batch(skv_context *c, const int32_t *ids, int32_t n, float *logits, int32_t *next) {
+    return skv_decode_seqs(c, NULL, ids, n, logits, next);
+}
+
+skv_status skv_decode_seqs(skv_context *c, const int32_t *seqs, const int32_t *ids, int32_t n, float *logits,
+                           int32_t *next) {
+    if (n < 1) return skv_set_error(SKV_ERR_ARG, "a decode step of %d sequences", n);
     skv_status st = seq_check(c, n - 1, (const void *)c->be->decode_batch);
+    for (int32_t i = 0; i < n && !st && seqs; i++) {
+        if ((st = seq_check(c, seqs[i], (const void *)c->be->decode_batch))) break;
+        for (int32_t j = 0; j < i && !st; j++)
+            if (seqs[j] == seqs[i]) st = skv_set_error(SKV_ERR_ARG, "sequence %d twice in one decode step", seqs[i]);
+    }
     if (st) return st;
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
     if (!pos) return skv_set_error(SKV_ERR_NOMEM, "out of memory");
-    for (int32_t i = 0; i < n; i++) pos[i] = *seq_pos(c, i);
+    for (int32_t i = 0; i < n; i++) pos[i] = *seq_pos(c, seqs ? seqs[i] : i);
     for (int32_t i = 0; i < n && !st; i++)
-        if (pos[i] + 1 > c->n_ctx) st = skv_set_error(SKV_ERR_RANGE, "sequence %d is full (%d tokens)", i, c->n_ctx);
-    if (!st) st = c->be->decode_batch(c, ids, pos, n, logits, next);
+        if (pos[i] + 1 > c->n_ctx)
+            st = skv_set_error(SKV_ERR_RANGE, "sequence %d is full (%d tokens)", seqs ? seqs[i] : i, c->n_ctx);
+    if (!st) st = c->be->decode_batch(c, seqs, ids, pos, n, logits, next);
     if (!st)
-        for (int32_t i = 0; i < n; i++) (*seq_pos(c, i))++;
+        for (int32_t i = 0; i < n; i++) (*seq_pos(c, seqs ? seqs[i] : i))++;
     free(pos);
     return st;
 }

@@ -293,13 +293,26 @@ static skv_status cu_stream_put(skv_context *c, int32_t layer, int32_t g, const 
     return st;
 }
 
-static skv_status cu_seq_forward(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0) {
-    return skv_gpu_forward(G(c), seq, ids, NULL, n, pos0, NULL, NULL, NULL, 0);
+static skv_status cu_seq_forward(skv_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0, float *logits) {
+    return skv_gpu_forward(G(c), seq, ids, NULL, n, pos0, logits, NULL, NULL, 0);
 }
 
-static skv_status cu_decode_batch(skv_context *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
-                                  int32_t *next) {
-    return skv_gpu_decode_batch(G(c), ids, pos, n, logits, next, NULL);
+static void cu_seq_begin_call(skv_context *c, int32_t seq, int32_t n, int32_t pos0) {
+    if (c->stats & SKV_STAT_WIN) skv_gpu_begin_call(G(c), seq, pos0 + n - SKV_MAX(c->pol.p.obs_window, 1));
+}
+
+static skv_status cu_seq_compress(skv_context *c, int32_t seq, const int32_t *budget) {
+    return skv_gpu_compress(G(c), seq, budget);
+}
+
+static int64_t cu_seq_kv_bytes(const skv_context *c, int32_t seq) {
+    const int64_t nb = skv_gpu_seq_blocks(G(c), seq);
+    return nb < 0 ? -1 : nb * skv_gpu_kv_block_bytes(c->m->cfg.info.head_dim, skv_gpu_kv_bits(G(c)));
+}
+
+static skv_status cu_decode_batch(skv_context *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                                  float *logits, int32_t *next) {
+    return skv_gpu_decode_seqs(G(c), seqs, ids, pos, n, logits, next, NULL);
 }
 
 static skv_status cu_seq_truncate(skv_context *c, int32_t seq, int32_t n_past) { return skv_gpu_truncate(G(c), seq, n_past); }
@@ -336,6 +349,9 @@ const skv_backend_ops skv_backend_cuda = {
     .stream_get = cu_stream_get,
     .stream_put = cu_stream_put,
     .seq_forward = cu_seq_forward,
+    .seq_begin_call = cu_seq_begin_call,
+    .seq_compress = cu_seq_compress,
+    .seq_kv_bytes = cu_seq_kv_bytes,
     .decode_batch = cu_decode_batch,
     .seq_truncate = cu_seq_truncate,
     .seq_copy = cu_seq_copy,

@@ -598,19 +598,28 @@ extern "C" skv_status skv_gpu_forward(skv_gpu_ctx *c, int32_t seq, const int32_t
 
 extern "C" skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n,
                                            float *logits, int32_t *next, const skv_gpu_sample *sample) {
+    return skv_gpu_decode_seqs(c, NULL, ids, pos, n, logits, next, sample);
+}
+
+extern "C" skv_status skv_gpu_decode_seqs(skv_gpu_ctx *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos,
+                                          int32_t n, float *logits, int32_t *next, const skv_gpu_sample *sample) {
     skv_gpu_model *g = c->g;
     if (n < 1 || n > c->n_seq) return skv_set_error(SKV_ERR_RANGE, "CUDA decode: %d sequences (context has %d)", n, c->n_seq);
     for (int i = 0; i < n; i++) {
+        const int q = seqs ? seqs[i] : i;
+        if (q < 0 || q >= c->n_seq) return skv_set_error(SKV_ERR_RANGE, "CUDA decode: sequence %d (context has %d)", q, c->n_seq);
+        for (int j = 0; seqs && j < i; j++)
+            if (seqs[j] == q) return skv_set_error(SKV_ERR_ARG, "CUDA decode: sequence %d twice in one step", q);
         if (pos[i] < 0 || pos[i] >= c->n_ctx || ids[i] < 0 || ids[i] >= g->V)
-            return skv_set_error(SKV_ERR_RANGE, "CUDA decode: sequence %d: id %d at position %d (context %d)", i, ids[i],
+            return skv_set_error(SKV_ERR_RANGE, "CUDA decode: sequence %d: id %d at position %d (context %d)", q, ids[i],
                                  pos[i], c->n_ctx);
-        if (pos[i] != c->h_next[i])
+        if (pos[i] != c->h_next[q])
             return skv_set_error(SKV_ERR_ARG, "CUDA decode: position %d of sequence %d, whose next position is %d",
-                                 pos[i], i, c->h_next[i]);
+                                 pos[i], q, c->h_next[q]);
     }
     CK(cudaStreamSynchronize(c->st)); /* the staging buffer is free */
     for (int i = 0; i < n; i++)
-        c->stage[i] = ids[i], c->stage[c->rows_max + i] = pos[i], c->stage[2 * c->rows_max + i] = i;
+        c->stage[i] = ids[i], c->stage[c->rows_max + i] = pos[i], c->stage[2 * c->rows_max + i] = seqs ? seqs[i] : i;
     skv_status st = decode_step(c, n, sample);
     if (st) return st;
     if (next) CK(cudaMemcpyAsync(next, c->next_d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->st));

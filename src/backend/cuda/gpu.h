@@ -102,6 +102,8 @@ void skv_gpu_ctx_free(skv_gpu_ctx *c);
 /* Cache use now: bytes of the blocks held (K and V; in slow_bytes those of a slow V pool) and
  * the slots (kept tokens) summed over streams. */
 void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots);
+/* Cache blocks (SKV_GPU_BLOCK slots of K and V each) held by sequence seq's streams, or -1. */
+int64_t skv_gpu_seq_blocks(const skv_gpu_ctx *c, int32_t seq);
 
 /* n tokens of sequence seq at positions pos0 .. pos0+n-1 (n <= n_batch; pos0 must be the
  * sequence's next position), given as ids or as input embeddings (host, (n, dim) f32). Outputs
@@ -119,6 +121,10 @@ void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from);
  * each: argmax on the GPU, or drawn by sample[s] when sample is not NULL. */
 skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n,
                                 float *logits, int32_t *next, const skv_gpu_sample *sample);
+/* The same for the n distinct sequences seqs[0..n) in that order (row r: sequence seqs[r]);
+ * seqs NULL: 0..n-1 (skv_gpu_decode_batch). */
+skv_status skv_gpu_decode_seqs(skv_gpu_ctx *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                               float *logits, int32_t *next, const skv_gpu_sample *sample);
 
 /* Evict: every stream of layer l of sequence seq keeps min(n, budget[l]) slots chosen by the
  * policy; window and h2o then hold each stream at budget[l] per decode step. */

@@ -675,6 +675,14 @@ extern "C" skv_status skv_gpu_ctx_copy(skv_gpu_ctx *dst, const skv_gpu_ctx *src_
     return SKV_OK;
 }
 
+extern "C" int64_t skv_gpu_seq_blocks(const skv_gpu_ctx *c, int32_t seq) {
+    if (seq < 0 || seq >= c->n_seq) return -1;
+    int64_t nb = 0;
+    for (int l = 0; l < c->g->CL; l++)
+        for (int k = 0; k < c->g->KVH; k++) nb += c->h_nb[sid_of(c, l, seq, k)];
+    return nb;
+}
+
 extern "C" void skv_gpu_kv_usage(const skv_gpu_ctx *c, int64_t *bytes, int64_t *slow_bytes, int64_t *slots) {
     int64_t nb = 0, ns = 0, used = 0;
     for (int i = 0; i < c->n_streams; i++) nb += c->h_nb[i], ns += c->h_n[i], used += c->h_n[i] > 0;

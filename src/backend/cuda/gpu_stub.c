@@ -20,6 +20,7 @@ skv_status skv_gpu_qmat_test(const skv_gpu_mat *w, const float *x, int n, float 
 }
 int skv_gpu_kv_bits(const skv_gpu_ctx *c) { return (void)c, 0; }
 int64_t skv_gpu_kv_block_bytes(int hd, int bits) { return (void)hd, (void)bits, 0; }
+int64_t skv_gpu_seq_blocks(const skv_gpu_ctx *c, int32_t seq) { return (void)c, (void)seq, -1; }
 skv_status skv_gpu_kivi_attn_test(int bits, int hd, int G, int n, int n_split, int units, const float *q,
                                   const float *k, const float *v, float *out, float *kdeq, float *vdeq) {
     (void)bits, (void)hd, (void)G, (void)n, (void)n_split, (void)units, (void)q, (void)k, (void)v, (void)out, (void)kdeq, (void)vdeq;
@@ -48,6 +49,11 @@ void skv_gpu_begin_call(skv_gpu_ctx *c, int32_t seq, int32_t win_from) { (void)c
 skv_status skv_gpu_decode_batch(skv_gpu_ctx *c, const int32_t *ids, const int32_t *pos, int32_t n, float *logits,
                                 int32_t *next, const skv_gpu_sample *sample) {
     (void)c, (void)ids, (void)pos, (void)n, (void)logits, (void)next, (void)sample;
+    return no_cuda();
+}
+skv_status skv_gpu_decode_seqs(skv_gpu_ctx *c, const int32_t *seqs, const int32_t *ids, const int32_t *pos, int32_t n,
+                               float *logits, int32_t *next, const skv_gpu_sample *sample) {
+    (void)c, (void)seqs, (void)ids, (void)pos, (void)n, (void)logits, (void)next, (void)sample;
     return no_cuda();
 }
 skv_status skv_gpu_compress(skv_gpu_ctx *c, int32_t seq, const int32_t *budget) {
