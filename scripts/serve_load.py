@@ -197,6 +197,9 @@ def summary(offline, bcmd):
            "itl_p50_ms": round(1000 * pct(res["itl"], 50), 2), "itl_p99_ms": round(1000 * pct(res["itl"], 99), 2),
            "mean_sequences_per_decode_step": round(seqs / steps, 2) if steps else None,
            "prefix_cache_hit_rate": metric("slimkv_prefix_cache_hit_rate"),
+           "decode_forward_calls": metric("slimkv_decode_forward_calls_total"), "decode_steps": steps,
+           "scheduler_seconds": {ph: metric(f'slimkv_scheduler_seconds_total{{phase="{ph}"}}')
+                                 for ph in ("start", "prefill", "forward", "token", "account")},
            "offline_decode_tps": offline, "offline_command": " ".join(bcmd), "policies": a.policies,
            "rss_kb_after_solo": rss0, "rss_kb_after_load": rss1, "server_exit": rc}
 

@@ -112,6 +112,18 @@ static void test_endpoints(void) {
                strstr(r.body, "slimkv_inter_token_latency_seconds_count") && strstr(r.body, "slimkv_kv_bytes{tier=\"fast\"}") &&
                strstr(r.body, "slimkv_queue_depth 0") && strstr(r.body, "slimkv_generated_tokens_total 40"),
            "metrics: %s", r.body ? r.body : "");
+    /* the scheduler's time by phase: prompts were prefilled and tokens decoded */
+    static const char *const busy[] = {"prefill", "forward", "token"};
+    for (int k = 0; k < 3 && r.body; k++) {
+        char key[96];
+        snprintf(key, sizeof key, "slimkv_scheduler_seconds_total{phase=\"%s\"} ", busy[k]);
+        const char *at = strstr(r.body, key);
+        CHECKF(at && strtod(at + strlen(key), NULL) > 0, "metrics: no time in phase %s", busy[k]);
+    }
+    /* 24 + 16 tokens, the first of each from its prompt's logits: 23 decode steps at least
+     * (both requests' steps together), 38 one after the other */
+    const char *fc = r.body ? strstr(r.body, "\nslimkv_decode_forward_calls_total ") : NULL;
+    CHECKF(fc && strtod(fc + 35, NULL) >= 23 && strtod(fc + 35, NULL) <= 38, "metrics: forward calls: %.40s", fc ? fc : "none");
     hresp_free(&r);
     CHECKF(srv_stop(&p) == 0, "the server did not exit cleanly on SIGTERM (log %s)", p.log);
 }

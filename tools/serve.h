@@ -74,11 +74,20 @@ typedef struct srv_hist {
     int64_t n;
 } srv_hist;
 
+/* Where the scheduler thread's time goes (/metrics slimkv_scheduler_seconds_total{phase}):
+ * admitting and starting requests, prefill (prompt forwards, and the first token of a prompt
+ * that gives its logits), the batched decode forwards (the model, synchronous), per-token host
+ * work after them (sampling, log-probabilities, detokenizing, stop strings, handing text to
+ * the HTTP threads), and KV accounting. */
+enum srv_phase { SRV_PH_START, SRV_PH_PREFILL, SRV_PH_FORWARD, SRV_PH_TOKEN, SRV_PH_ACCOUNT, SRV_PHASES };
+
 typedef struct srv_metrics {
     int64_t requests[4];     /* completions, chat, models/health/metrics, errors */
     int64_t rejected_429, cancelled;
     int64_t tokens_in, tokens_out, prefix_hit_tokens, prefix_lookup_tokens;
     int64_t steps, step_seqs;
+    int64_t forward_calls;    /* batched decode calls (one per group with decoding sequences, plus the own contexts' call) */
+    double phase_s[SRV_PHASES]; /* scheduler wall time by phase (enum srv_phase) */
     srv_hist ttft, itl;
 } srv_metrics;
 

@@ -91,6 +91,15 @@ char *srv_metrics_text(srv *s) {
     counter(&b, "slimkv_decode_steps_total", "counter", "scheduler decode steps", NULL, m.steps);
     counter(&b, "slimkv_decode_step_sequences_total", "counter", "sequences summed over decode steps", NULL,
             m.step_seqs);
+    counter(&b, "slimkv_decode_forward_calls_total", "counter",
+            "batched decode forwards (one per group of sequences sharing a context and KV method, per step)", NULL,
+            m.forward_calls);
+    static const char *const phase[SRV_PHASES] = {"start", "prefill", "forward", "token", "account"};
+    tb_printf(&b, "# HELP slimkv_scheduler_seconds_total scheduler thread time by phase: start (admission), prefill "
+                  "(prompt forwards), forward (batched decode forwards), token (sampling, detokenizing, stop strings, "
+                  "streaming hand-off), account (KV bytes)\n# TYPE slimkv_scheduler_seconds_total counter\n");
+    for (int k = 0; k < SRV_PHASES; k++)
+        tb_printf(&b, "slimkv_scheduler_seconds_total{phase=\"%s\"} %.6f\n", phase[k], m.phase_s[k]);
     counter(&b, "slimkv_queue_depth", "gauge", "requests waiting for a slot", NULL, queue);
     counter(&b, "slimkv_active_sequences", "gauge", "sequences holding a slot", NULL, active);
     counter(&b, "slimkv_kv_reserved_bytes", "gauge", "KV bytes reserved by admitted requests", NULL, reserved);

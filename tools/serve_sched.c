@@ -283,8 +283,11 @@ static void prefill(srv *s, int *rr) {
     *rr = (*rr + 1) % s->parallel;
 }
 
-static void decode(srv *s, int32_t *ids, int32_t *seqs) {
+/* Time of one decode step's forwards (ph[SRV_PH_FORWARD]) and per-token host work
+ * (ph[SRV_PH_TOKEN]), added to ph; *calls counts the forward calls. */
+static void decode(srv *s, int32_t *ids, int32_t *seqs, double *ph, int64_t *calls) {
     const int32_t V = s->info->n_vocab;
+    double t0 = skv_time_now(), tf = 0;
     float *scratch = s->logits + (size_t)s->parallel * (size_t)V;
     int n_seqs = 0;
     /* each group's decoding sequences step together (skv_decode_seqs: just those, in slot
@@ -298,7 +301,9 @@ static void decode(srv *s, int32_t *ids, int32_t *seqs) {
                 s->rowslot[nb] = i, seqs[nb] = sl->seq, ids[nb++] = sl->next;
         }
         if (nb == 0) continue;
+        const double tc = skv_time_now();
         skv_status st = skv_decode_seqs(b, seqs, ids, nb, s->logits, NULL);
+        tf += skv_time_now() - tc, ++*calls;
         for (int k = 0; k < nb; k++) {
             srv_slot *sl = &s->slots[s->rowslot[k]];
             if (st) finish(s, sl, NULL, skv_last_error());
@@ -314,7 +319,9 @@ static void decode(srv *s, int32_t *ids, int32_t *seqs) {
         if (sl->in_batch || !sl->r || sl->state != SLOT_DECODE) continue;
         if (skv_context_n_past(sl->own) + 1 > s->n_ctx) {
             float *lg = s->logits + (size_t)i * V;
+            const double tc = skv_time_now();
             skv_status st = skv_decode(sl->own, &sl->next, 1, lg, 0);
+            tf += skv_time_now() - tc, ++*calls;
             if (st) finish(s, sl, NULL, skv_last_error());
             else on_logits(s, sl, lg, scratch), n_seqs++;
             continue;
@@ -322,13 +329,17 @@ static void decode(srv *s, int32_t *ids, int32_t *seqs) {
         s->mctx[nm] = sl->own, s->mslot[nm] = i, ids[nm++] = sl->next;
     }
     if (nm > 0) {
+        const double tc = skv_time_now();
         skv_status st = skv_decode_multi(s->mctx, nm, ids, s->mlogits);
+        tf += skv_time_now() - tc, ++*calls;
         for (int k = 0; k < nm; k++) {
             srv_slot *sl = &s->slots[s->mslot[k]];
             if (st) finish(s, sl, NULL, skv_last_error());
             else on_logits(s, sl, s->mlogits + (size_t)k * V, scratch), n_seqs++;
         }
     }
+    ph[SRV_PH_FORWARD] += tf;
+    ph[SRV_PH_TOKEN] += skv_time_now() - t0 - tf;
     if (n_seqs) {
         pthread_mutex_lock(&s->mu);
         s->met.steps++;
@@ -351,15 +362,23 @@ static void *sched_main(void *arg) {
         }
         for (int i = 0; i < s->parallel; i++) cancel[i] = s->slots[i].r && s->slots[i].r->cancelled;
         pthread_mutex_unlock(&s->mu);
+        double ph[SRV_PHASES] = {0}, t = skv_time_now(), t1;
+        int64_t calls = 0;
         for (int i = 0; i < n_fresh; i++) start(s, &s->slots[fresh[i]]);
         for (int i = 0; i < s->parallel; i++)
             if (cancel[i] && s->slots[i].r && s->slots[i].state != SLOT_FREE) finish(s, &s->slots[i], NULL, NULL);
+        t1 = skv_time_now(), ph[SRV_PH_START] = t1 - t, t = t1;
         prefill(s, &rr);
-        decode(s, ids, hold);
+        t1 = skv_time_now(), ph[SRV_PH_PREFILL] = t1 - t;
+        decode(s, ids, hold, ph, &calls);
+        t = skv_time_now();
         int64_t fast = 0, slow = 0;
         for (int i = 0; i < s->parallel; i++) slot_kv_bytes(s, &s->slots[i], &fast, &slow);
+        ph[SRV_PH_ACCOUNT] = skv_time_now() - t;
         pthread_mutex_lock(&s->mu);
         s->kv_bytes_fast = fast, s->kv_bytes_slow = slow;
+        for (int k = 0; k < SRV_PHASES; k++) s->met.phase_s[k] += ph[k];
+        s->met.forward_calls += calls;
     }
     pthread_mutex_unlock(&s->mu);
     free(fresh), free(cancel), free(ids), free(hold);
