@@ -98,7 +98,6 @@ int cmd_serve(int argc, char **argv) {
     s->start_time = (int64_t)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
-    pthread_cond_init(&s->out_cv, NULL);
     static const double ttft_le[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
     static const double itl_le[] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
     srv_hist_init(&s->met.ttft, ttft_le, (int)(sizeof ttft_le / sizeof ttft_le[0]));
@@ -109,7 +108,6 @@ int cmd_serve(int argc, char **argv) {
     skv_model_free(s->model);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
-    pthread_cond_destroy(&s->out_cv);
     free(nm);
     free(s);
     return st ? 1 : 0;

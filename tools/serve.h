@@ -65,6 +65,7 @@ typedef struct srv_req {
     int refs;                /* holders: the HTTP side and, once submitted, the scheduler */
     int64_t kv_bytes;        /* its cache at the end */
     double t_first;          /* first token released */
+    pthread_cond_t cv;       /* signalled (under srv->mu) when it has news: text, tokens, its end */
 } srv_req;
 
 typedef struct srv_hist {
@@ -122,7 +123,6 @@ typedef struct srv {
     /* shared state */
     pthread_mutex_t mu;
     pthread_cond_t cv;       /* the scheduler waits for work */
-    pthread_cond_t out_cv;   /* HTTP threads wait for output */
     srv_req **queue;
     int n_queue, running;
     int64_t kv_reserved;

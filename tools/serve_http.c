@@ -87,13 +87,14 @@ static int conn_fd(struct MHD_Connection *c) {
     return ci ? ci->connect_fd : -1;
 }
 
-static void timed_wait(srv *s, int ms) {
+/* Wait (under s->mu) at most ms for news of r. */
+static void timed_wait(srv *s, srv_req *r, int ms) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += (long)ms * 1000000L;
     ts.tv_sec += ts.tv_nsec / 1000000000L;
     ts.tv_nsec %= 1000000000L;
-    pthread_cond_timedwait(&s->out_cv, &s->mu, &ts);
+    pthread_cond_timedwait(&r->cv, &s->mu, &ts);
 }
 
 /* Something to send: the chat role chunk, released text or tokens, or the end. (under s->mu) */
@@ -143,7 +144,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 st->buf = strdup(": waiting\n\n");
                 break;
             }
-            timed_wait(s, 100);
+            timed_wait(s, st->r, 100);
         }
         pthread_mutex_unlock(&s->mu);
         if (have) { /* format the new part (offsets 0 in the copy) outside the lock */
@@ -210,7 +211,7 @@ static enum MHD_Result generate(srv *s, struct MHD_Connection *c, conn *k, int c
     pthread_mutex_lock(&s->mu);
     while (!r->done) {
         if (client_gone(fd)) break;
-        timed_wait(s, 100);
+        timed_wait(s, r, 100);
     }
     const int done = r->done;
     pthread_mutex_unlock(&s->mu);

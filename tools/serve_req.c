@@ -397,6 +397,12 @@ int srv_parse(srv *s, const char *body, size_t len, int chat, srv_req **out, cha
         return 400;
     }
     srv_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        cJSON_Delete(root);
+        *err = srv_error_json("server_error", NULL, NULL, "out of memory");
+        return 503;
+    }
+    pthread_cond_init(&r->cv, NULL);
     int rc = parse_body(&P, root, chat, r);
     cJSON_Delete(root);
     if (rc) {

@@ -23,6 +23,7 @@
 
 void srv_req_free(srv_req *r) {
     if (!r) return;
+    pthread_cond_destroy(&r->cv);
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->text);
@@ -88,7 +89,7 @@ static void emit(srv *s, srv_slot *sl, size_t upto, int mode) {
     }
     sl->n_pend = keep;
     sl->released = upto;
-    pthread_cond_broadcast(&s->out_cv);
+    pthread_cond_signal(&r->cv); /* its own HTTP thread only: waking every waiting thread per token costs more than the decode */
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -107,8 +108,8 @@ static void finish(srv *s, srv_slot *sl, const char *reason, const char *err) {
     r->done = 1;
     s->kv_reserved -= r->kv_need;
     s->n_active--;
+    pthread_cond_signal(&r->cv);
     unref_locked(r);
-    pthread_cond_broadcast(&s->out_cv);
     pthread_mutex_unlock(&s->mu);
     skv_sampler_free(sl->smp);
     skv_detok_free(sl->dt);
@@ -446,10 +447,10 @@ void srv_sched_stop(srv *s) {
         s->queue[i]->err_http = 503;
         snprintf(s->queue[i]->err, sizeof s->queue[i]->err, "the server is shutting down");
         s->queue[i]->done = 1;
+        pthread_cond_signal(&s->queue[i]->cv);
         unref_locked(s->queue[i]);
     }
     s->n_queue = 0;
-    pthread_cond_broadcast(&s->out_cv);
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->n_grp; i++) skv_context_free(s->grp[i].c), free(s->grp[i].used);
     s->n_grp = 0;
