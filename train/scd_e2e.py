@@ -206,6 +206,37 @@ def build(texts, tok, P, C, a, rng):
     return out
 
 
+
+def build_plain(corpus, n, tok, P, C, a, rng):
+    """Plain training-corpus windows (even-numbered documents, the calibration parity): the
+    consumer continues 16 tokens after the transferred context; same structure as build()."""
+    import lzma
+    with lzma.open(corpus, 'rt', encoding='utf-8', errors='replace') as f:
+        docs = [d for i, d in enumerate(f.read().split('\x1e')) if i % 2 == 0 and len(d) > 4000]
+    rng.shuffle(docs)
+    out, t0 = [], time.time()
+    with torch.no_grad():
+        for d in docs:
+            ids = tok.encode(d).ids
+            if len(ids) < 400:
+                continue
+            L = rng.randint(256, min(1500, len(ids) - 17))
+            st = rng.randint(0, len(ids) - L - 17)
+            w = ids[st:st + L + 17]
+            base, qt, x = torch.tensor(w[:L]), torch.tensor(w[L:L + 1]), torch.tensor(w[L + 1:])
+            _, prow = P.forward(base, collect=True)
+            _, crow = C.forward(base, collect=True)
+            lo, cq = C.forward(torch.cat([qt, x]), start=L, prefix=crow, collect=True)
+            out.append({'S': L, 'prod': [(k.half(), vv.half()) for k, vv in prow],
+                        'cons': [(k.half(), vv.half()) for k, vv in crow],
+                        'var': [{'q': qt, 'ans': x, 'prod': None, 'cons': [(k[:0].half(), vv[:0].half()) for k, vv in cq],
+                                 'teach': lo[:len(x)].log_softmax(-1)}], 'plain': True})
+            if len(out) == n:
+                break
+    print(f'{len(out)} plain windows prefilled ({time.time() - t0:.0f} s)', flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--producer', required=True)
@@ -225,6 +256,10 @@ def main():
     ap.add_argument('--questions', type=int, default=8, help='questions per context (its own + others of the context)')
     ap.add_argument('--cache', default=None, help='save / load the prefills here (torch.save)')
     ap.add_argument('--eval-every', type=int, default=250)
+    ap.add_argument('--plain', type=int, default=0, help='plain training-corpus windows mixed in (continuation KL)')
+    ap.add_argument('--plain-cache', default=None)
+    ap.add_argument('--plain-repeat', type=int, default=4, help='each plain window counts this many times in sampling')
+    ap.add_argument('--corpus', default='../shared/data/corpus.train.txt.xz')
     ap.add_argument('--check-hf', action='store_true', help='compare this forward with transformers first')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -255,12 +290,24 @@ def main():
         cache = build(texts, tok, P, C, a, rng)
         if a.cache:
             torch.save(cache, a.cache)
+    n_task = len(cache)
+    if a.plain:
+        if a.plain_cache and os.path.exists(a.plain_cache):
+            plain = torch.load(a.plain_cache)
+        else:
+            plain = build_plain(a.corpus, a.plain, tok, P, C, a, random.Random(a.seed + 1))
+            if a.plain_cache:
+                torch.save(plain, a.plain_cache)
+        cache = cache + plain
     print(f'{len(cache)} prompts ({sum(len(c["var"]) for c in cache)} questions); prompt tokens mean '
           f'{sum(c["S"] for c in cache) / len(cache):.0f}', flush=True)
     L, kd = cfg['num_hidden_layers'], cfg['num_key_value_heads'] * cfg['head_dim']
     tr_idx = [i for i in range(len(cache)) if i % 4 != 3]
     ho_idx = [i for i in range(len(cache)) if i % 4 == 3]
-    pairs = [(i, j) for i in tr_idx for j in range(len(cache[i]['var']))]
+    pairs = [(i, j) for i in tr_idx for j in range(len(cache[i]['var']))
+             for _ in range(a.plain_repeat if cache[i].get('plain') else 1)]
+    ho_idx = [i for i in ho_idx if i < n_task]  # early stopping on the task prompts
+    ho_plain = [i for i in range(n_task, len(cache)) if i % 4 == 3]
     print(f'{len(tr_idx)} training prompts ({len(pairs)} questions), {len(ho_idx)} held out (their own question)', flush=True)
 
     # maps: parameters per layer and part
@@ -326,6 +373,8 @@ def main():
 
     e0 = evaluate(ho_idx)
     show('init', e0)
+    if ho_plain:
+        print(f'    held-out plain windows: KL {evaluate(ho_plain)[0]:.3f}', flush=True)
     best, best_state = e0, {k: {n: t.detach().clone() for n, t in m.items()} for k, m in maps.items()}
     opt = torch.optim.Adam(params, lr=a.lr)
     t0 = time.time()
@@ -346,6 +395,8 @@ def main():
         if step % a.eval_every == 0 or step == a.steps:
             e = evaluate(ho_idx)
             show(f'  step {step}', e)
+            if ho_plain:
+                print(f'    held-out plain windows: KL {evaluate(ho_plain)[0]:.3f}', flush=True)
             if e[0] < best[0]:
                 best, best_state = e, {k: {n: t.detach().clone() for n, t in m.items()} for k, m in maps.items()}
     maps = best_state
