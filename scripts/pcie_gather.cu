@@ -63,6 +63,24 @@ __global__ void stream_k(const uint4 *a, uint4 *b, size_t n) {
     }
 }
 
+/* Modes m = 0 the gather alone (launched by `gather` on s2), 1 the HBM copy alone (18 passes of
+   stream_k on s1), 2 both together; two repetitions each. t[m] = {ms from the start to the end
+   of s2's work, ms to the end of s1's work} of the last repetition. */
+template <class G>
+static void time_modes(G gather, const uint4 *xa, uint4 *xb, size_t nb, cudaStream_t s1, cudaStream_t s2,
+                       cudaEvent_t e0, cudaEvent_t e1, cudaEvent_t e2, float t[3][2]) {
+    for (int m = 0; m < 3; m++) for (int rep = 0; rep < 2; rep++) {
+        cudaEventRecord(e0, s1);
+        cudaStreamWaitEvent(s2, e0, 0);
+        if (m != 1) gather();
+        if (m != 0) for (int k = 0; k < 18; k++) stream_k<<<132 * 8, 256, 0, s1>>>(xa, xb, nb / 16);
+        cudaEventRecord(e1, s2);
+        cudaEventRecord(e2, s1);
+        cudaEventSynchronize(e1), cudaEventSynchronize(e2);
+        cudaEventElapsedTime(&t[m][0], e0, e1), cudaEventElapsedTime(&t[m][1], e0, e2);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "alloc";
     const double gb = argc > 2 ? atof(argv[2]) : 4;
@@ -167,29 +185,18 @@ int main(int argc, char **argv) {
         cudaEvent_t e0, e1, e2;
         cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
         float t[3][2];
-        for (int m = 0; m < 3; m++) for (int rep = 0; rep < 2; rep++) {
-            cudaEventRecord(e0, s1);
-            cudaStreamWaitEvent(s2, e0, 0);
-            if (m != 1) for (int L = 0; L < launches; L++)
+        time_modes([&] {
+            for (int L = 0; L < launches; L++)
                 gather<4><<<blocks, 128, 0, s2>>>((const uint4 *)d, sid_d + L * blocks, idx_d + (size_t)L * blocks * cnt, cnt, n_ctx, out);
-            if (m != 0) for (int k = 0; k < 18; k++) stream_k<<<132 * 8, 256, 0, s1>>>(xa, xb, nb / 16);
-            cudaEventRecord(e1, s2);
-            cudaEventRecord(e2, s1);
-            cudaEventSynchronize(e1), cudaEventSynchronize(e2);
-            float a1, a2;
-            cudaEventElapsedTime(&a1, e0, e1), cudaEventElapsedTime(&a2, e0, e2);
-            t[m][0] = a1, t[m][1] = a2;
-        }
+        }, xa, xb, nb, s1, s2, e0, e1, e2, t);
         uint4 *stage;
         CK(cudaMalloc(&stage, (size_t)blocks * cnt * 256));
         const int cfgs[][3] = {{2, 256, 16}, {4, 256, 16}, {4, 256, 32}, {4, 512, 16}, {8, 256, 8}, {8, 256, 16}, {8, 256, 32}, {8, 512, 16}, {16, 256, 8}, {16, 128, 16}};
         for (int ci = 0; ci < 10; ci++) for (int q = 1; q <= 4; q *= 4) {
             const int nbk = cfgs[ci][0], nt = cfgs[ci][1], fu = cfgs[ci][2];
             float tt[3][2];
-            for (int m = 0; m < 3; m++) for (int rep = 0; rep < 2; rep++) {
-                cudaEventRecord(e0, s1);
-                cudaStreamWaitEvent(s2, e0, 0);
-                if (m != 1) for (int L = 0; L < launches; L++) for (int qq = 0; qq < q; qq++) {
+            time_modes([&] {
+                for (int L = 0; L < launches; L++) for (int qq = 0; qq < q; qq++) {
                     const int nr = blocks * cnt / q;
                     const int64_t *sp = sid_d + L * blocks + qq * blocks / q;
                     const int *ip = idx_d + (size_t)L * blocks * cnt + (size_t)qq * nr;
@@ -197,14 +204,7 @@ int main(int argc, char **argv) {
                     if (fu == 16) gather_few<16><<<nbk, nt, 0, s2>>>((const uint4 *)d, sp, ip, cnt, nr, n_ctx, stage);
                     if (fu == 32) gather_few<32><<<nbk, nt, 0, s2>>>((const uint4 *)d, sp, ip, cnt, nr, n_ctx, stage);
                 }
-                if (m != 0) for (int k = 0; k < 18; k++) stream_k<<<132 * 8, 256, 0, s1>>>(xa, xb, nb / 16);
-                cudaEventRecord(e1, s2);
-                cudaEventRecord(e2, s1);
-                cudaEventSynchronize(e1), cudaEventSynchronize(e2);
-                float a1, a2;
-                cudaEventElapsedTime(&a1, e0, e1), cudaEventElapsedTime(&a2, e0, e2);
-                tt[m][0] = a1, tt[m][1] = a2;
-            }
+            }, xa, xb, nb, s1, s2, e0, e1, e2, tt);
             printf("\n    few %2d x%3d fu%2d launches/layer %d: gather alone %.2f ms (%.1f GB/s) | hbm alone %.2f | together gather %.2f hbm %.2f",
                    nbk, nt, fu, q, tt[0][0], bytes / tt[0][0] / 1e6, tt[1][1], tt[2][0], tt[2][1]);
             fflush(stdout);

@@ -113,14 +113,6 @@ class Llama:
         return logits, out
 
 
-def split_answer(text):
-    """(prompt, answer) of a task-format prompt: the answer follows the last 'Answer:'."""
-    i = text.rfind('Answer:')
-    if i < 0:
-        return None
-    return text[:i + len('Answer:')], text[i + len('Answer:'):]
-
-
 DEFINE = re.compile(r'^#define\s+([A-Z][A-Z0-9_]{2,40})\s+(\(?-?(?:0x[0-9a-fA-F]+|\d+)[uUlL]*\)?)\s*$', re.M)
 
 
